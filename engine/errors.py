@@ -1,0 +1,36 @@
+"""The one exception hierarchy of spectra.
+
+The command line turns a `SpectraError` into one line on stderr and its `exit_code`;
+anything else is a bug and keeps its traceback.
+"""
+
+
+class SpectraError(Exception):
+    """Base of every error spectra raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(SpectraError):
+    """Bad input from the user: flags, files, data sets, prompt sets, server URLs."""
+
+    exit_code = 2
+
+
+class ServerError(SpectraError):
+    """A model server answered with an error, or could not be reached."""
+
+    def __init__(self, server: str, status: int | None, message: str):
+        self.server = server
+        self.status = status
+        self.message = message
+        where = f"HTTP {status}" if status is not None else "no response"
+        super().__init__(f"{server}: {where}: {message}")
+
+
+class RetryableServerError(ServerError):
+    """A server error worth retrying: connection trouble, 429, 5xx, a stalled or cut stream."""
+
+
+class ServerStartError(SpectraError):
+    """A model server we started died or never became healthy."""

@@ -1,0 +1,203 @@
+"""What a run produces: plain dataclasses, written as one JSON line per (problem, repeat).
+
+A run folder holds `manifest.json` (the config, model ids, package versions) and
+`records.jsonl` (one `ProblemRecord` a line). Every line is written whole and flushed to
+disk, so a crash leaves at most a partial last line; `read_records` reports and skips it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECORDS_FILE = "records.jsonl"
+MANIFEST_FILE = "manifest.json"
+
+MODEL_ROLES = ("small", "big")
+
+
+@dataclass
+class ModelUsage:
+    """Tokens and requests one model spent, summed over requests."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+
+    def add(self, other: ModelUsage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.requests += other.requests
+
+
+@dataclass
+class StepRecord:
+    """One reasoning step as kept in the track.
+
+    `writer` is the model whose text was kept ("small" or "big"). In `spec` mode `score`
+    is the big model's 0-9 judgement of the small model's draft and `score_distribution`
+    the renormalised probabilities of the digits found in the top logprobs; when the draft
+    was rejected, `draft` keeps its text. `usage` counts every request made for the step
+    (draft, score, rewrite), per model.
+    """
+
+    index: int
+    text: str
+    writer: str
+    tokens: int
+    score: float | None = None
+    score_distribution: dict[str, float] | None = None
+    draft: str | None = None
+    usage: dict[str, ModelUsage] = field(default_factory=dict)
+    latency_s: float = 0.0
+
+    @property
+    def accepted(self) -> bool | None:
+        """True when a scored draft was kept, False when it was rewritten, None if unscored."""
+        return None if self.score is None else self.draft is None
+
+
+@dataclass
+class TrackRecord:
+    """One reasoning track on one problem: its steps, its answer and what it cost.
+
+    `finish_reason` is one of: "answer" (an answer was written), "budget" (the thinking
+    budget ran out, then the answer was asked for), "eos" (a model ended the sequence),
+    "repeat" (a step repeated the previous one), "cancelled" (stopped early by the
+    scheduler), "failed" (an error, kept in `error`).
+    """
+
+    track_id: int
+    mode: str
+    role: str | None = None
+    method: str | None = None
+    seed: int | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    answer_text: str = ""
+    answer: str | None = None
+    finish_reason: str = ""
+    error: str | None = None
+    usage: dict[str, ModelUsage] = field(default_factory=dict)
+    thinking_tokens: int = 0
+    answer_tokens: int = 0
+    latency_s: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def mean_score(self) -> float | None:
+        scores = [s.score for s in self.steps if s.score is not None]
+        return sum(scores) / len(scores) if scores else None
+
+
+@dataclass
+class ProblemRecord:
+    """Everything a run learned about one (problem, repeat): tracks, votes, choice, timings."""
+
+    run_id: str
+    dataset: str
+    problem_id: str
+    repeat_id: int
+    mode: str
+    problem: str
+    reference_answer: str | None
+    tracks: list[TrackRecord] = field(default_factory=list)
+    answer: str | None = None
+    aggregation: str = "majority"
+    votes: dict[str, float] = field(default_factory=dict)
+    early_stopped: bool = False
+    cancelled_tracks: list[int] = field(default_factory=list)
+    tokens_saved: int = 0
+    method_selection: dict[str, Any] | None = None
+    usage: dict[str, ModelUsage] = field(default_factory=dict)
+    latency_s: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    config_digest: str = ""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.problem_id, self.repeat_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProblemRecord:
+        data = dict(data)
+        data["tracks"] = [_track_from_dict(t) for t in data.get("tracks", [])]
+        data["usage"] = _usage_from_dict(data.get("usage", {}))
+        return cls(**_known_fields(cls, data))
+
+
+def sum_usage(parts: list[dict[str, ModelUsage]]) -> dict[str, ModelUsage]:
+    """Per-model usage summed over several records' usage dicts."""
+    total: dict[str, ModelUsage] = {}
+    for part in parts:
+        for model, usage in part.items():
+            total.setdefault(model, ModelUsage()).add(usage)
+    return total
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _usage_from_dict(data: dict[str, Any]) -> dict[str, ModelUsage]:
+    return {model: ModelUsage(**u) for model, u in data.items()}
+
+
+def _track_from_dict(data: dict[str, Any]) -> TrackRecord:
+    data = dict(data)
+    data["steps"] = [_step_from_dict(s) for s in data.get("steps", [])]
+    data["usage"] = _usage_from_dict(data.get("usage", {}))
+    return TrackRecord(**_known_fields(TrackRecord, data))
+
+
+def _step_from_dict(data: dict[str, Any]) -> StepRecord:
+    data = dict(data)
+    data["usage"] = _usage_from_dict(data.get("usage", {}))
+    return StepRecord(**_known_fields(StepRecord, data))
+
+
+@dataclass
+class ReadResult:
+    """Records read from a file, and the lines that could not be read (1-based numbers)."""
+
+    records: list[ProblemRecord]
+    bad_lines: list[tuple[int, str]]
+    partial_tail: bool
+
+
+def read_records(path: Path) -> ReadResult:
+    """Read a records file. Malformed lines are reported, not fatal.
+
+    A last line without its newline is a write cut short by a crash: `partial_tail` says so.
+    """
+    records: list[ProblemRecord] = []
+    bad: list[tuple[int, str]] = []
+    if not path.exists():
+        return ReadResult(records, bad, False)
+    raw = path.read_bytes()
+    partial_tail = bool(raw) and not raw.endswith(b"\n")
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(ProblemRecord.from_dict(json.loads(line)))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            bad.append((number, f"{type(exc).__name__}: {exc}"))
+    return ReadResult(records, bad, partial_tail)
+
+
+def append_record(path: Path, record: ProblemRecord) -> None:
+    """Append one record as one complete line and force it to disk."""
+    line = json.dumps(record.to_dict(), ensure_ascii=False) + "\n"
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())

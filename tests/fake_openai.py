@@ -1,0 +1,176 @@
+"""A scripted, in-process fake of vLLM's OpenAI-compatible server, for exact unit tests.
+
+Each request to `/v1/completions` is answered by the next `Reply` of the script, or by a
+responder function of the request body. Replies can fail with a status, stall, stream slowly,
+cut the stream, or send a malformed body, so every branch of the client can be driven.
+The server records every request body and every request whose client went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Reply:
+    """One scripted answer. `tokens` splits the text into streamed tokens (default: characters)."""
+
+    text: str = "ok"
+    tokens: list[str] | None = None
+    finish_reason: str = "stop"
+    stop_reason: str | int | None = None
+    top_logprobs: list[dict[str, float]] | None = None
+    prompt_tokens: int = 5
+    status: int = 200
+    error_message: str = "scripted failure"
+    delay_s: float = 0.0
+    chunk_delay_s: float = 0.0
+    cut_after_chunks: int | None = None
+    malformed: bool = False
+
+    def token_list(self) -> list[str]:
+        if self.tokens is not None:
+            return self.tokens
+        return list(self.text) if self.text else []
+
+
+Responder = Callable[[dict[str, Any]], Reply]
+
+
+@dataclass
+class FakeOpenAIServer:
+    """Start with `async with FakeOpenAIServer(script) as server:`; `server.url` is its base URL."""
+
+    script: list[Reply] | Responder = field(default_factory=list)
+    served_model: str = "fake-model"
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    disconnects: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    url: str = ""
+
+    async def __aenter__(self) -> FakeOpenAIServer:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._runner.cleanup()
+
+    def _next_reply(self, body: dict[str, Any]) -> Reply:
+        if callable(self.script):
+            return self.script(body)
+        if not self.script:
+            raise AssertionError(f"fake server got an unscripted request: {body}")
+        return self.script.pop(0)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.served_model, "object": "model"}]})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        tokens = [ord(ch) for ch in body["prompt"]]
+        return web.json_response({"tokens": tokens, "count": len(tokens), "max_model_len": 4096})
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        reply = self._next_reply(body)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(reply.delay_s)
+            if reply.status != 200:
+                return web.json_response(
+                    {"object": "error", "message": reply.error_message, "code": reply.status}, status=reply.status
+                )
+            if reply.malformed:
+                return web.Response(text='{"choices": [ {"text": "trunc', content_type="application/json")
+            if body.get("stream"):
+                return await self._stream(request, body, reply)
+            return web.json_response(_full_response(body, reply))
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.disconnects += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], reply: Reply) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        tokens = reply.token_list()
+        for i, token in enumerate(tokens):
+            if reply.cut_after_chunks is not None and i >= reply.cut_after_chunks:
+                request.transport.close()
+                return response
+            last = i == len(tokens) - 1
+            choice: dict[str, Any] = {
+                "index": 0,
+                "text": token,
+                "finish_reason": reply.finish_reason if last else None,
+                "stop_reason": reply.stop_reason if last else None,
+                "logprobs": _logprobs(reply, [token], i),
+            }
+            await _send(response, {"object": "text_completion", "choices": [choice]})
+            await asyncio.sleep(reply.chunk_delay_s)
+        if not tokens:
+            end = {"index": 0, "text": "", "finish_reason": reply.finish_reason, "stop_reason": reply.stop_reason}
+            await _send(response, {"object": "text_completion", "choices": [end]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await _send(response, {"object": "text_completion", "choices": [], "usage": _usage(reply)})
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+async def _send(response: web.StreamResponse, chunk: dict[str, Any]) -> None:
+    await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+
+def _usage(reply: Reply) -> dict[str, int]:
+    completion = len(reply.token_list())
+    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": reply.prompt_tokens + completion}
+
+
+def _logprobs(reply: Reply, tokens: list[str], offset: int) -> dict[str, Any] | None:
+    if reply.top_logprobs is None:
+        return None
+    tops = reply.top_logprobs[offset : offset + len(tokens)]
+    return {
+        "tokens": tokens,
+        "token_logprobs": [top.get(tok, -1.0) for tok, top in zip(tokens, tops, strict=False)],
+        "top_logprobs": tops,
+        "text_offset": list(range(len(tokens))),
+    }
+
+
+def _full_response(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    choices = []
+    for index in range(int(body.get("n", 1))):
+        choices.append({
+            "index": index,
+            "text": reply.text,
+            "finish_reason": reply.finish_reason,
+            "stop_reason": reply.stop_reason,
+            "logprobs": _logprobs(reply, reply.token_list(), 0),
+        })
+    return {"object": "text_completion", "model": body.get("model"), "choices": choices, "usage": _usage(reply)}
