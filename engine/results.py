@@ -10,9 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import structlog
+
+from engine.errors import UsageError
+
+log = structlog.get_logger(__name__)
 
 RECORDS_FILE = "records.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -201,3 +209,72 @@ def append_record(path: Path, record: ProblemRecord) -> None:
         handle.write(line)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+class RunStore:
+    """A run folder: its manifest and its records, opened for a run that may be a resume.
+
+    Opening it keeps the finished records, sets aside lines a crash cut short (the original
+    file is kept beside it as `records.jsonl.damaged-<time>`), and refuses a folder whose
+    manifest has another config digest unless `overwrite` (then the old files are kept as
+    `*.replaced-<time>`).
+    """
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], done: dict[tuple[str, int], ProblemRecord]):
+        self.folder = folder
+        self.manifest = manifest
+        self.done = done
+
+    @property
+    def records_path(self) -> Path:
+        return self.folder / RECORDS_FILE
+
+    @classmethod
+    def open(cls, folder: Path, manifest: dict[str, Any], *, overwrite: bool = False) -> RunStore:
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest_path, records_path = folder / MANIFEST_FILE, folder / RECORDS_FILE
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if manifest_path.exists():
+            old = _read_manifest(manifest_path)
+            if old.get("config_digest") != manifest["config_digest"]:
+                if not overwrite:
+                    raise UsageError(
+                        f"{folder} holds a run with another config (digest {old.get('config_digest')}, now "
+                        f"{manifest['config_digest']}); use a new --output_dir, or --overwrite to replace it"
+                    )
+                for path in (manifest_path, records_path):
+                    if path.exists():
+                        path.rename(path.with_name(f"{path.name}.replaced-{stamp}"))
+            else:
+                manifest = {**manifest, "run_id": old.get("run_id", manifest["run_id"])}
+        read = read_records(records_path)
+        if read.bad_lines or read.partial_tail:
+            kept = records_path.with_name(f"{RECORDS_FILE}.damaged-{stamp}")
+            shutil.copyfile(records_path, kept)
+            _write_atomically(records_path, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
+                                                    for r in read.records))
+            log.warning("damaged_records_set_aside", bad_lines=[n for n, _ in read.bad_lines],
+                        partial_tail=read.partial_tail, original=str(kept))
+        _write_atomically(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        done = {r.key: r for r in read.records}
+        return cls(folder, manifest, done)
+
+    def append(self, record: ProblemRecord) -> None:
+        append_record(self.records_path, record)
+        self.done[record.key] = record
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc}); move it away or use --overwrite") from exc
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

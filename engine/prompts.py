@@ -1,0 +1,269 @@
+"""Prompt sets: folders of YAML holding every text a track sends, found by name or by path.
+
+A set is a folder with up to three files, described in `prompts/README.md`:
+`templates.yaml` (the prompts, with `{placeholders}`), `roles.yaml` (name -> persona
+instruction) and `methods.yaml` (name -> description and instruction). A bare name is a
+folder of the `prompts` package; anything with a slash, or that exists, is a folder path.
+Validation runs on load and fails with one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import string
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.errors import UsageError
+
+PACKAGE = "prompts"
+DEFAULT_SET = "default"
+TEMPLATES_FILE = "templates.yaml"
+ROLES_FILE = "roles.yaml"
+METHODS_FILE = "methods.yaml"
+KNOWN_FILES = (TEMPLATES_FILE, ROLES_FILE, METHODS_FILE)
+CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass(frozen=True)
+class Templates:
+    """The raw template texts of a set; `PromptSet.render_*` fills them in."""
+
+    problem: str
+    problem_multiple_choice: str
+    score: str
+    score_prefix: str
+    rewrite: str
+    answer: str
+    select_methods: str
+
+
+# key -> (allowed placeholders, required placeholders). A template that drops a required
+# placeholder would silently hide the problem (or the draft, or the methods) from the model.
+PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "problem": (frozenset({"problem"}), frozenset({"problem"})),
+    "problem_multiple_choice": (frozenset({"problem", "choices"}), frozenset({"problem", "choices"})),
+    "score": (frozenset({"problem", "step"}), frozenset()),
+    "score_prefix": (frozenset(), frozenset()),
+    "rewrite": (frozenset({"draft"}), frozenset({"draft"})),
+    "answer": (frozenset(), frozenset()),
+    "select_methods": (frozenset({"problem", "methods", "method_num"}), frozenset({"problem", "methods"})),
+}
+# An empty `rewrite` selects SpecReason's behaviour (the big model continues the same prefix).
+MAY_BE_EMPTY = frozenset({"rewrite"})
+
+
+@dataclass(frozen=True)
+class Method:
+    """A solution method: a one-line `description` for the selector, an `instruction` for the track."""
+
+    name: str
+    description: str
+    instruction: str
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """A loaded, validated prompt set. `roles` and `methods` are empty when the files are absent."""
+
+    name: str
+    path: Path
+    templates: Templates
+    roles: dict[str, str] = field(default_factory=dict)
+    methods: dict[str, Method] = field(default_factory=dict)
+
+    def render_problem(self, problem: str, choices: list[str] | tuple[str, ...] | None = None) -> str:
+        """The first user message: `problem`, or `problem_multiple_choice` when choices are given."""
+        if choices is None:
+            return self.templates.problem.format(problem=problem)
+        if not 2 <= len(choices) <= len(CHOICE_LETTERS):
+            raise UsageError(f"a multiple-choice problem needs 2 to 26 choices, got {len(choices)}")
+        lines = "\n".join(f"({CHOICE_LETTERS[i]}) {text}" for i, text in enumerate(choices))
+        return self.templates.problem_multiple_choice.format(problem=problem, choices=lines)
+
+    def render_score(self, problem: str, step: str) -> str:
+        """The user turn asking the big model to rate the last step 0-9."""
+        return self.templates.score.format(problem=problem, step=step)
+
+    def render_score_prefix(self) -> str:
+        """The assistant text the scorer continues from; its next token is the score."""
+        return self.templates.score_prefix.format()
+
+    def render_rewrite(self, draft: str) -> str:
+        """The user turn showing a rejected draft; "" when the set rewrites by continuing the prefix."""
+        return self.templates.rewrite.format(draft=draft)
+
+    def render_answer(self) -> str:
+        """The text appended to close thinking and ask for the final answer when the budget is spent."""
+        return self.templates.answer.format()
+
+    def render_select_methods(self, problem: str, method_num: int) -> str:
+        """The method selector's user message, listing this set's methods as `- name: description`."""
+        methods = self.require_methods()
+        listing = "\n".join(f"- {m.name}: {m.description}" for m in methods.values())
+        return self.templates.select_methods.format(problem=problem, methods=listing, method_num=method_num)
+
+    def require_roles(self) -> dict[str, str]:
+        """The roles, or a UsageError when this set has none."""
+        if not self.roles:
+            raise UsageError(f"prompt set {self.name} has no {ROLES_FILE}; use --prompt-set roles or add one")
+        return self.roles
+
+    def require_methods(self) -> dict[str, Method]:
+        """The methods, or a UsageError when this set has none."""
+        if not self.methods:
+            raise UsageError(f"prompt set {self.name} has no {METHODS_FILE}; use --prompt-set methods or add one")
+        return self.methods
+
+
+def load_prompt_set(name_or_path: str) -> PromptSet:
+    """Load and validate a prompt set: a packaged set by bare name, or any folder by path."""
+    folder = _resolve(name_or_path)
+    files = _yaml_files(folder)
+    if not files:
+        raise UsageError(f"prompt set folder {folder} holds none of {', '.join(KNOWN_FILES)}")
+    given = _read_templates(folder / TEMPLATES_FILE) if TEMPLATES_FILE in files else {}
+    if folder == _package_root() / DEFAULT_SET:
+        missing = [f.name for f in fields(Templates) if f.name not in given]
+        if missing:
+            raise UsageError(f"{folder / TEMPLATES_FILE}: missing key {missing[0]!r}")
+        base = {}
+    else:
+        base = _default_templates()
+    templates = Templates(**{**base, **given})
+    roles = _read_roles(folder / ROLES_FILE) if ROLES_FILE in files else {}
+    methods = _read_methods(folder / METHODS_FILE) if METHODS_FILE in files else {}
+    return PromptSet(name=folder.name, path=folder, templates=templates, roles=roles, methods=methods)
+
+
+def available_prompt_sets() -> list[str]:
+    """Names of the prompt sets shipped in the `prompts` package."""
+    root = _package_root()
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")) and any(p.glob("*.yaml"))
+    )
+
+
+def _package_root() -> Path:
+    # importlib.resources finds the package wherever it is installed (editable or not);
+    # the package is a plain folder on disk in both cases, so a Path is safe.
+    return Path(str(resources.files(PACKAGE))).resolve()
+
+
+def _resolve(name_or_path: str) -> Path:
+    if not name_or_path.strip():
+        raise UsageError(f"empty prompt set name; available: {', '.join(available_prompt_sets())}")
+    if "/" in name_or_path or Path(name_or_path).exists():
+        folder = Path(name_or_path)
+        if not folder.exists():
+            raise UsageError(f"prompt set folder {folder} does not exist")
+        if not folder.is_dir():
+            raise UsageError(f"prompt set path {folder} is not a folder")
+        return folder.resolve()
+    folder = _package_root() / name_or_path
+    if not folder.is_dir():
+        raise UsageError(
+            f"unknown prompt set {name_or_path!r}; available: {', '.join(available_prompt_sets())} "
+            "(or give a path to a folder of YAML files)"
+        )
+    return folder
+
+
+def _yaml_files(folder: Path) -> set[str]:
+    names = {p.name for p in folder.iterdir() if p.suffix in (".yaml", ".yml")}
+    unknown = sorted(names - set(KNOWN_FILES))
+    if unknown:
+        raise UsageError(f"{folder / unknown[0]}: unknown file in a prompt set; expected {', '.join(KNOWN_FILES)}")
+    return names
+
+
+@functools.cache
+def _default_templates() -> dict[str, str]:
+    return dataclasses.asdict(load_prompt_set(DEFAULT_SET).templates)
+
+
+def _load_yaml_mapping(path: Path) -> dict[Any, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UsageError(f"{path}: not valid YAML: {exc.problem or exc.context}{where}") from exc
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if data is None:
+        raise UsageError(f"{path}: the file is empty; give at least one entry or delete it")
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping of name: value, got {type(data).__name__}")
+    if not data:
+        raise UsageError(f"{path}: the mapping is empty; give at least one entry or delete the file")
+    for key in data:
+        if not isinstance(key, str) or not key.strip():
+            raise UsageError(f"{path}: key {key!r} must be non-empty text (quote it in YAML)")
+    return data
+
+
+def _read_templates(path: Path) -> dict[str, str]:
+    data = _load_yaml_mapping(path)
+    for key, text in data.items():
+        if key not in PLACEHOLDERS:
+            raise UsageError(f"{path}: unknown key {key!r}; known keys: {', '.join(PLACEHOLDERS)}")
+        if not isinstance(text, str):
+            raise UsageError(f"{path}: key {key!r} must be text, got {type(text).__name__}")
+        if not text and key not in MAY_BE_EMPTY:
+            raise UsageError(f"{path}: key {key!r} must not be empty")
+        if text:
+            _check_placeholders(path, key, text)
+    return data
+
+
+def _check_placeholders(path: Path, key: str, text: str) -> None:
+    allowed, required = PLACEHOLDERS[key]
+    hint = "literal braces are written doubled, e.g. \\boxed{{}}"
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise UsageError(f"{path}: key {key!r}: {exc}; {hint}") from exc
+    found = set()
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in allowed:
+            known = ", ".join(f"{{{n}}}" for n in sorted(allowed)) or "none"
+            raise UsageError(f"{path}: key {key!r}: unknown placeholder {{{name}}} (allowed: {known}); {hint}")
+        if spec or conversion:
+            raise UsageError(f"{path}: key {key!r}: placeholder {{{name}}} takes no format spec or !conversion")
+        found.add(name)
+    missing = sorted(required - found)
+    if missing:
+        raise UsageError(f"{path}: key {key!r} must contain the placeholder {{{missing[0]}}}")
+
+
+def _read_roles(path: Path) -> dict[str, str]:
+    data = _load_yaml_mapping(path)
+    for name, instruction in data.items():
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise UsageError(f"{path}: role {name!r} needs a non-empty instruction text")
+    return {name: instruction.strip() for name, instruction in data.items()}
+
+
+def _read_methods(path: Path) -> dict[str, Method]:
+    data = _load_yaml_mapping(path)
+    methods = {}
+    for name, entry in data.items():
+        if not isinstance(entry, dict):
+            raise UsageError(f"{path}: method {name!r} must be a mapping with description and instruction")
+        unknown = set(entry) - {"description", "instruction"}
+        if unknown:
+            raise UsageError(f"{path}: method {name!r}: unknown key {sorted(map(str, unknown))[0]!r}")
+        for key in ("description", "instruction"):
+            value = entry.get(key)
+            if not isinstance(value, str) or not value.strip():
+                raise UsageError(f"{path}: method {name!r}: key {key!r} must be non-empty text")
+        methods[name] = Method(name, " ".join(entry["description"].split()), entry["instruction"].strip())
+    return methods

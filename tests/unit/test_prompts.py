@@ -1,0 +1,204 @@
+"""Prompt sets: the shipped sets, rendering, and the one-line errors of broken sets."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from engine.errors import UsageError
+from engine.prompts import (
+    Templates,
+    available_prompt_sets,
+    load_prompt_set,
+)
+
+SEED_PROBLEM = (
+    "Solve the following math problem efficiently and clearly. Please reason step by step, "
+    "separate logical reasoning steps with two newline characters (\\n\\n), and put your final "
+    "answer within \\boxed{}.\nProblem: "
+)
+SEED_SCORE = (
+    "Evaluate the last reasoning step solely based on factual correctness and logical validity. "
+    "Ignore style, phrasing, or overall usefulness—only judge whether the step is objectively "
+    "correct and logically follows from prior steps. Assign a score from 0 to 9."
+)
+
+
+def write_set(folder: Path, **files: str) -> Path:
+    """A prompt set in `folder`: each keyword is a file stem (templates, roles, methods) -> YAML text."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, text in files.items():
+        (folder / f"{stem}.yaml").write_text(text, encoding="utf-8")
+    return folder
+
+
+def load_error(folder: Path) -> str:
+    with pytest.raises(UsageError) as caught:
+        load_prompt_set(str(folder))
+    message = str(caught.value)
+    assert "\n" not in message, "errors are one line"
+    return message
+
+
+def test_shipped_sets_all_load():
+    names = available_prompt_sets()
+    assert {"default", "roles", "methods"} <= set(names)
+    for name in names:
+        prompt_set = load_prompt_set(name)
+        assert prompt_set.name == name
+        assert prompt_set.path.is_dir()
+        assert isinstance(prompt_set.templates, Templates)
+
+
+def test_shipped_roles_and_methods_have_the_promised_sizes():
+    roles = load_prompt_set("roles").require_roles()
+    assert 4 <= len(roles) <= 6
+    assert all(len(text.split()) >= 20 for text in roles.values()), "each role is a few sentences"
+    methods = load_prompt_set("methods").require_methods()
+    assert 8 <= len(methods) <= 12
+    for name, method in methods.items():
+        assert method.name == name
+        assert "\n" not in method.description
+        assert len(method.instruction) > len(method.description)
+
+
+def test_default_texts_are_the_seeds():
+    prompt_set = load_prompt_set("default")
+    assert prompt_set.render_problem("What is 1+1?") == SEED_PROBLEM + "What is 1+1?"
+    assert prompt_set.render_score("p", "s") == SEED_SCORE
+    assert prompt_set.render_score_prefix() == "<think>I think the quality score is: "
+    assert prompt_set.render_answer() == (
+        "\n\nConsidering the limited time, I have to give the solution based on the thinking directly now."
+        "\n</think>\n\n"
+    )
+    assert prompt_set.templates.rewrite == ""
+    assert prompt_set.render_rewrite("a draft") == ""
+
+
+def test_render_keeps_literal_braces_and_problem_braces():
+    prompt_set = load_prompt_set("default")
+    text = prompt_set.render_problem("Find {x} such that $x^{2}=4$.")
+    assert "\\boxed{}" in text and "{{" not in text
+    assert text.endswith("Find {x} such that $x^{2}=4$.")
+
+
+def test_render_multiple_choice():
+    text = load_prompt_set("default").render_problem("Which?", ["one", "two", "three", "four"])
+    assert "\\boxed{X}" in text and "\\boxed{A}" in text
+    assert text.endswith("Which?\nChoices:\n(A) one\n(B) two\n(C) three\n(D) four")
+    with pytest.raises(UsageError, match="2 to 26 choices"):
+        load_prompt_set("default").render_problem("Which?", ["only"])
+
+
+def test_render_select_methods_lists_every_method():
+    prompt_set = load_prompt_set("methods")
+    text = prompt_set.render_select_methods("Count the primes below 30.", 3)
+    for method in prompt_set.methods.values():
+        assert f"- {method.name}: {method.description}\n" in text + "\n"
+    assert "Count the primes below 30." in text
+    assert " 3 " in text
+    assert "{" not in text
+
+
+def test_sets_without_roles_or_methods_say_which_set_to_use():
+    prompt_set = load_prompt_set("default")
+    with pytest.raises(UsageError, match="prompt set default has no roles.yaml; use --prompt-set roles or add one"):
+        prompt_set.require_roles()
+    with pytest.raises(UsageError, match="prompt set default has no methods.yaml; use --prompt-set methods"):
+        prompt_set.require_methods()
+    with pytest.raises(UsageError, match="no methods.yaml"):
+        prompt_set.render_select_methods("p", 2)
+
+
+def test_roles_only_set_takes_default_templates(tmp_path):
+    folder = write_set(tmp_path / "mine", roles="a: Think hard.\nb: |-\n  Think twice.\n")
+    prompt_set = load_prompt_set(str(folder))
+    assert prompt_set.name == "mine"
+    assert prompt_set.roles == {"a": "Think hard.", "b": "Think twice."}
+    assert prompt_set.templates == load_prompt_set("default").templates
+
+
+def test_partial_templates_take_the_rest_from_default(tmp_path):
+    folder = write_set(
+        tmp_path / "partial",
+        templates='score: "Rate {step} for {problem}."\nrewrite: "Rejected: {draft}. Write a better step."\n',
+    )
+    prompt_set = load_prompt_set(str(folder))
+    default = dataclasses.asdict(load_prompt_set("default").templates)
+    mine = dataclasses.asdict(prompt_set.templates)
+    assert {k for k in default if default[k] != mine[k]} == {"score", "rewrite"}
+    assert prompt_set.render_score("P", "S") == "Rate S for P."
+    assert prompt_set.render_rewrite("bad") == "Rejected: bad. Write a better step."
+
+
+def test_relative_path_and_bare_name_from_another_directory(tmp_path, monkeypatch):
+    write_set(tmp_path / "sets" / "local", roles="x: Be brief.\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_prompt_set("sets/local").roles == {"x": "Be brief."}
+    # a bare name is looked up in the installed package, wherever the run starts
+    assert load_prompt_set("roles").path.parent.name == "prompts"
+
+
+def test_unknown_set_lists_the_available_ones():
+    with pytest.raises(UsageError) as caught:
+        load_prompt_set("nosuchset")
+    message = str(caught.value)
+    assert "unknown prompt set 'nosuchset'" in message
+    assert "default, methods, roles" in message
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"templates": "problem: 'Solve {question}'\n"}, "key 'problem': unknown placeholder {question}"),
+        ({"templates": "problem: 'Put it in \\boxed{} {problem}'\n"}, "literal braces are written doubled"),
+        ({"templates": "problem: 'Answer as \\boxed{X}: {problem}'\n"}, "unknown placeholder {X}"),
+        ({"templates": "problem: 'Oops {problem'\n"}, "key 'problem'"),
+        ({"templates": "problem: 'No placeholder here'\n"}, "key 'problem' must contain the placeholder {problem}"),
+        ({"templates": "problem: '{problem!r}'\n"}, "takes no format spec"),
+        ({"templates": "problem: ''\n"}, "key 'problem' must not be empty"),
+        ({"templates": "problem: 3\n"}, "key 'problem' must be text, got int"),
+        ({"templates": "scroe: 'x'\n"}, "unknown key 'scroe'; known keys: problem,"),
+        ({"templates": "rewrite: 'Do better.'\n"}, "key 'rewrite' must contain the placeholder {draft}"),
+        ({"templates": "score_prefix: 'Score {step}: '\n"}, "unknown placeholder {step} (allowed: none)"),
+        ({"templates": "- problem\n- score\n"}, "expected a mapping of name: value, got list"),
+        ({"templates": "problem: 'a\n  b: c\n"}, "not valid YAML"),
+        ({"roles": ""}, "roles.yaml: the file is empty"),
+        ({"roles": "[]\n"}, "expected a mapping"),
+        ({"roles": "{}\n"}, "roles.yaml: the mapping is empty"),
+        ({"roles": "a: ''\n"}, "role 'a' needs a non-empty instruction"),
+        ({"roles": "a: [x]\n"}, "role 'a' needs a non-empty instruction"),
+        ({"roles": "1: Think.\n"}, "key 1 must be non-empty text"),
+        ({"methods": "m: just text\n"}, "method 'm' must be a mapping with description and instruction"),
+        ({"methods": "m:\n  description: d\n"}, "method 'm': key 'instruction' must be non-empty text"),
+        ({"methods": "m:\n  description: d\n  instruction: i\n  level: 3\n"}, "method 'm': unknown key 'level'"),
+        ({"role": "a: b\n"}, "role.yaml: unknown file in a prompt set"),
+    ],
+)
+def test_broken_sets_fail_with_one_line_naming_file_and_key(tmp_path, files, expected):
+    folder = write_set(tmp_path / "bad", **files)
+    message = load_error(folder)
+    assert expected in message
+    assert str(folder.resolve()) in message
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    folder = write_set(tmp_path / "bad", roles="a: fine\nb: [unclosed\nc: x\n")
+    assert "roles.yaml: not valid YAML" in load_error(folder)
+    assert "line" in load_error(folder)
+
+
+def test_folder_errors(tmp_path):
+    assert "does not exist" in load_error(tmp_path / "absent")
+    (tmp_path / "file.yaml").write_text("a: b\n")
+    assert "is not a folder" in load_error(tmp_path / "file.yaml")
+    (tmp_path / "empty").mkdir()
+    assert "holds none of templates.yaml, roles.yaml, methods.yaml" in load_error(tmp_path / "empty")
+
+
+def test_prompt_set_is_frozen():
+    prompt_set = load_prompt_set("default")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        prompt_set.name = "other"  # type: ignore[misc]
