@@ -1,0 +1,110 @@
+"""Combine the tracks of one problem: group equivalent answers, vote, and decide early.
+
+Answers are grouped with math-verify (`engine.answers.group_equivalent`). Three ways to vote,
+registered in `AGGREGATIONS`:
+- `majority`: the group with most tracks. Ties go to the group holding the track that spent
+  most tokens (SpecLRM's rule: longer reasoning is the better tie-breaker).
+- `weighted`: each track counts with its mean step score (1 for tracks that were not scored).
+- `first`: the answer of the first track to finish with one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.answers import group_equivalent
+from engine.results import TrackRecord
+
+# A track's weight is its mean step score, so it can never exceed the top score.
+MAX_SCORE_WEIGHT = 9.0
+
+
+@dataclass(frozen=True)
+class AnswerGroup:
+    answer: str
+    track_ids: tuple[int, ...]
+    weight: float
+    most_tokens: int
+    first_finished_at: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    answer: str | None
+    votes: dict[str, float]
+
+
+def track_weight(track: TrackRecord, aggregation: str) -> float:
+    if aggregation == "weighted" and track.mean_score is not None:
+        return track.mean_score
+    return 1.0
+
+
+def answer_groups(tracks: list[TrackRecord], aggregation: str, *, multiple_choice: bool) -> list[AnswerGroup]:
+    """Finished tracks with an answer, grouped by equivalence, in order of first appearance."""
+    answered = [t for t in tracks if t.answer is not None]
+    groups = []
+    for members in group_equivalent([t.answer for t in answered], multiple_choice=multiple_choice):
+        group = [answered[i] for i in members]
+        groups.append(AnswerGroup(
+            answer=group[0].answer,
+            track_ids=tuple(t.track_id for t in group),
+            weight=sum(track_weight(t, aggregation) for t in group),
+            most_tokens=max(t.thinking_tokens + t.answer_tokens for t in group),
+            first_finished_at=min(t.finished_at or float("inf") for t in group),
+        ))
+    return groups
+
+
+def _by_weight(groups: list[AnswerGroup]) -> AnswerGroup | None:
+    return max(groups, key=lambda g: (g.weight, g.most_tokens), default=None)
+
+
+def _by_first(groups: list[AnswerGroup]) -> AnswerGroup | None:
+    return min(groups, key=lambda g: g.first_finished_at, default=None)
+
+
+AGGREGATIONS: dict[str, Callable[[list[AnswerGroup]], AnswerGroup | None]] = {
+    "majority": _by_weight,
+    "weighted": _by_weight,
+    "first": _by_first,
+}
+
+
+def decide(tracks: list[TrackRecord], aggregation: str, *, multiple_choice: bool) -> Decision:
+    """The chosen answer of a problem and the votes each answer got."""
+    groups = answer_groups(tracks, aggregation, multiple_choice=multiple_choice)
+    winner = AGGREGATIONS[aggregation](groups)
+    votes = {g.answer: g.weight for g in groups}
+    return Decision(answer=winner.answer if winner else None, votes=votes)
+
+
+def outcome_settled(
+    finished: list[TrackRecord],
+    running: int,
+    aggregation: str,
+    *,
+    multiple_choice: bool,
+    share: float | None = None,
+) -> bool:
+    """True when the tracks still `running` can no longer change the answer `finished` ones chose.
+
+    The leader must beat the runner-up by more than the most the running tracks could add
+    (a tie could still flip on tokens). With `share`, it is enough that the leader already
+    holds that share of the weight all tracks could cast.
+    """
+    groups = answer_groups(finished, aggregation, multiple_choice=multiple_choice)
+    if aggregation == "first":
+        return bool(groups)
+    if not groups:
+        return running == 0
+    per_track = MAX_SCORE_WEIGHT if aggregation == "weighted" else 1.0
+    ranked = sorted((g.weight for g in groups), reverse=True)
+    leader, runner_up = ranked[0], (ranked[1] if len(ranked) > 1 else 0.0)
+    still_open = running * per_track
+    if leader > runner_up + still_open:
+        return True
+    if share is not None:
+        return leader >= share * (sum(ranked) + still_open)
+    return False

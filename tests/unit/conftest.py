@@ -1,0 +1,43 @@
+"""Shared unit-test pieces: a real (tiny, word-level) tokenizer with a ChatML template, and
+models whose clients talk to scripted fake servers."""
+
+import aiohttp
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from engine.chat import ChatFormat
+from engine.client import ClientLimits, ModelClient
+from engine.policies import Model
+
+CHATML = (
+    "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+FAST_LIMITS = ClientLimits(backoff_initial_s=0.01, backoff_max_s=0.02, max_attempts=2, stall_timeout_s=5.0)
+
+
+def chatml_tokenizer() -> PreTrainedTokenizerFast:
+    word_level = Tokenizer(models.WordLevel({"[UNK]": 0, "<think>": 1}, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]")
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+@pytest.fixture
+async def session():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def make_models(session):
+    """models(big=server, small=server, thinking=True) -> {"big": Model, "small": Model}."""
+
+    def build(*, thinking: bool = True, limits: ClientLimits = FAST_LIMITS, **servers):
+        chat = ChatFormat(chatml_tokenizer(), thinking=thinking)
+        return {role: Model(role, ModelClient(session, role, [server.url], limits), chat)
+                for role, server in servers.items()}
+
+    return build

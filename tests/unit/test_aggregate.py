@@ -1,0 +1,79 @@
+"""Voting over tracks and the early-stop rule, on hand-made track records."""
+
+import pytest
+
+from engine.aggregate import decide, outcome_settled
+from engine.results import StepRecord, TrackRecord
+
+
+def track(track_id, answer, *, tokens=10, scores=(), finished_at=None):
+    steps = [StepRecord(index=i, text="s", writer="small", tokens=1, score=s) for i, s in enumerate(scores)]
+    return TrackRecord(track_id=track_id, mode="spec", answer=answer, thinking_tokens=tokens, steps=steps,
+                       finish_reason="answer", finished_at=float(track_id if finished_at is None else finished_at))
+
+
+def test_majority_groups_equivalent_answers():
+    tracks = [track(0, "\\frac{1}{2}"), track(1, "0.5"), track(2, "3"), track(3, None)]
+    decision = decide(tracks, "majority", multiple_choice=False)
+    assert decision.answer == "\\frac{1}{2}"
+    assert decision.votes == {"\\frac{1}{2}": 2.0, "3": 1.0}
+
+
+def test_majority_tie_goes_to_the_group_with_the_longest_track():
+    tracks = [track(0, "1", tokens=50), track(1, "2", tokens=80), track(2, "1", tokens=10), track(3, "2", tokens=5)]
+    assert decide(tracks, "majority", multiple_choice=False).answer == "2"
+
+
+def test_weighted_vote_uses_mean_step_scores():
+    tracks = [track(0, "1", scores=(2, 2)), track(1, "1", scores=(3,)), track(2, "7", scores=(9, 8))]
+    decision = decide(tracks, "weighted", multiple_choice=False)
+    assert decision.votes == {"1": pytest.approx(5.0), "7": pytest.approx(8.5)}
+    assert decision.answer == "7"
+
+
+def test_first_finished_wins_under_first():
+    tracks = [track(0, "5", finished_at=9.0), track(1, "6", finished_at=2.0), track(2, "5", finished_at=3.0)]
+    assert decide(tracks, "first", multiple_choice=False).answer == "6"
+
+
+def test_no_answers_means_no_decision():
+    decision = decide([track(0, None), track(1, None)], "majority", multiple_choice=False)
+    assert decision.answer is None and decision.votes == {}
+
+
+def test_multiple_choice_groups_letters():
+    decision = decide([track(0, "B"), track(1, "(B)"), track(2, "C")], "majority", multiple_choice=True)
+    assert decision.answer == "B" and decision.votes == {"B": 2.0, "C": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("answers", "running", "settled"),
+    [
+        (["4", "4", "4"], 2, True),    # 3 > 0 + 2
+        (["4", "4"], 2, False),        # 2 > 0 + 2 fails: two running tracks could tie
+        (["4", "4", "5"], 1, False),   # 2 > 1 + 1 fails: a tie could still flip on tokens
+        (["4", "4", "5"], 0, True),
+        ([], 3, False),
+    ],
+)
+def test_majority_settles_only_when_the_leader_cannot_be_caught(answers, running, settled):
+    finished = [track(i, a) for i, a in enumerate(answers)]
+    assert outcome_settled(finished, running, "majority", multiple_choice=False) is settled
+
+
+def test_share_settles_early_once_the_leader_holds_it():
+    finished = [track(0, "4"), track(1, "4")]
+    # 2 of (2 cast + 2 open) = 0.5 < 0.6; with 1 open 2/3 >= 0.6
+    assert not outcome_settled(finished, 2, "majority", multiple_choice=False, share=0.6)
+    assert outcome_settled(finished, 1, "majority", multiple_choice=False, share=0.6)
+
+
+def test_weighted_counts_running_tracks_at_the_top_score():
+    finished = [track(0, "4", scores=(9,)), track(1, "4", scores=(9,))]
+    assert not outcome_settled(finished, 2, "weighted", multiple_choice=False)  # 18 > 18 fails
+    assert outcome_settled(finished, 1, "weighted", multiple_choice=False)
+
+
+def test_first_settles_at_the_first_answer():
+    assert outcome_settled([track(0, "1")], 5, "first", multiple_choice=False)
+    assert not outcome_settled([track(0, None)], 5, "first", multiple_choice=False)

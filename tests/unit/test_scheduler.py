@@ -1,0 +1,136 @@
+"""Scheduler limits, early stop with real cancellation, track planning and method selection."""
+
+import asyncio
+
+from engine.config import ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
+from engine.datasets import Problem
+from engine.methods import parse_methods, select_methods
+from engine.prompts import load_prompt_set
+from engine.scheduler import Scheduler, WorkItem, plan_tracks
+from tests.fake_openai import FakeOpenAIServer, Reply
+
+PROBLEMS = [Problem(id=str(i), problem=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(5)]
+SEED_STRIDE = 7919  # engine.policies derives request seeds as track_seed * 7919 + ...
+
+
+def config(**parallel):
+    return RunConfig(runner="scale", output_dir="unused", big=ModelConfig("big"), small=ModelConfig("small"),
+                     reasoning=ReasoningConfig(mode="big", seed=0), parallel=ParallelConfig(**parallel),
+                     prompt_set="roles")
+
+
+def track_of(body):
+    return body["seed"] // SEED_STRIDE
+
+
+def scripted_tracks(answers, delays):
+    """Track t thinks one step (after delays[t] seconds), closes thinking, answers answers[t]."""
+
+    def respond(body):
+        t = track_of(body)
+        if "\n\n" in (body.get("stop") or []):
+            return Reply(text="thinking", stop_reason="</think>", delay_s=delays[t])
+        return Reply(text=f"\\boxed{{{answers[t]}}}")
+
+    return respond
+
+
+async def run_scheduler(make_models, responder, cfg, problems):
+    records = []
+    async with FakeOpenAIServer(responder) as big:
+        models = make_models(big=big)
+        scheduler = Scheduler(cfg, models, load_prompt_set(cfg.prompt_set), run_id="r", dataset="d",
+                              on_record=records.append)
+        await scheduler.run([WorkItem(p, 0) for p in problems])
+        await asyncio.sleep(0.05)  # let the server notice closed connections
+    return records, big
+
+
+async def test_tracks_in_flight_never_exceed_the_limit(make_models):
+    cfg = config(tracks=4, max_tracks_in_flight=3, max_problems_in_flight=2)
+    responder = scripted_tracks(["1"] * 4, [0.03] * 4)
+    records, big = await run_scheduler(make_models, responder, cfg, PROBLEMS)
+    assert big.peak_in_flight == 3
+    assert sorted(r.problem_id for r in records) == [p.id for p in PROBLEMS]
+    assert all(len(r.tracks) == 4 and r.answer == "1" and not r.early_stopped for r in records)
+
+
+async def test_problems_start_in_order(make_models):
+    cfg = config(tracks=1, max_problems_in_flight=1)
+    records, big = await run_scheduler(make_models, scripted_tracks(["1"], [0.0]), cfg, PROBLEMS)
+    first_prompt_of = [next(i for i, b in enumerate(big.requests) if f"What is {p.id} + " in b["prompt"])
+                       for p in PROBLEMS]
+    assert first_prompt_of == sorted(first_prompt_of)
+    assert [r.problem_id for r in records] == [p.id for p in PROBLEMS]
+
+
+async def test_early_stop_cancels_the_tracks_that_cannot_change_the_answer(make_models):
+    cfg = config(tracks=5, early_stop=True)
+    responder = scripted_tracks(["7", "7", "7", "8", "8"], [0.0, 0.0, 0.0, 30.0, 30.0])
+    records, big = await run_scheduler(make_models, responder, cfg, PROBLEMS[:1])
+    (record,) = records
+    assert record.answer == "7" and record.early_stopped
+    assert record.cancelled_tracks == [3, 4]
+    assert [t.finish_reason for t in record.tracks] == ["think_end"] * 3 + ["cancelled"] * 2
+    assert big.disconnects == 2 and big.in_flight == 0
+    assert record.tokens_saved > 0
+    leftover = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "one"]
+    assert leftover == []
+
+
+async def test_without_early_stop_every_track_finishes(make_models):
+    cfg = config(tracks=3)
+    records, big = await run_scheduler(make_models, scripted_tracks(["7", "7", "8"], [0, 0, 0.1]), cfg, PROBLEMS[:1])
+    assert records[0].cancelled_tracks == [] and records[0].votes == {"7": 2.0, "8": 1.0}
+    assert big.disconnects == 0
+
+
+def test_roles_are_assigned_round_robin_and_seeds_differ():
+    prompts = load_prompt_set("roles")
+    setups = plan_tracks(config(tracks=7, use_role_prompts=True), prompts, repeat_id=2, methods=None)
+    roles = list(prompts.roles)
+    assert [s.role for s in setups] == [roles[i % len(roles)] for i in range(7)]
+    assert [s.instruction for s in setups] == [prompts.roles[s.role] for s in setups]
+    assert len({s.seed for s in setups}) == 7 and setups[0].seed == 2000
+
+
+def test_plain_tracks_have_no_instruction():
+    setups = plan_tracks(config(tracks=3), load_prompt_set("roles"), repeat_id=0, methods=None)
+    assert [(s.role, s.instruction) for s in setups] == [(None, None)] * 3
+
+
+def test_methods_take_precedence_and_cycle():
+    prompts = load_prompt_set("methods")
+    setups = plan_tracks(config(tracks=3), prompts, repeat_id=0, methods=["casework", "symmetry"])
+    assert [s.method for s in setups] == ["casework", "symmetry", "casework"]
+    assert setups[1].instruction == prompts.methods["symmetry"].instruction
+
+
+LIBRARY = ["algebraic_manipulation", "casework", "working_backwards", "symmetry"]
+
+
+def test_parse_methods_reads_a_json_list():
+    text = 'I pick ["Working Backwards", "casework", "nonsense"]'
+    assert parse_methods(text, LIBRARY, 3) == ["working_backwards", "casework"]
+
+
+def test_parse_methods_finds_names_in_order_of_mention():
+    text = "Symmetry first, then casework; algebraic-manipulation as a check. Also symmetry again."
+    assert parse_methods(text, LIBRARY, 2) == ["symmetry", "casework"]
+
+
+async def test_select_methods_falls_back_to_library_order_and_records_it(make_models):
+    prompts = load_prompt_set("methods")
+    async with FakeOpenAIServer([Reply(text="no idea")]) as big:
+        choice = await select_methods("a problem", prompts, make_models(big=big)["big"], 3)
+    assert choice.fallback and choice.raw == "no idea"
+    assert choice.methods == list(prompts.methods)[:3]
+    assert choice.usage["big"].requests == 1
+    assert "a problem" in big.requests[0]["prompt"] and "casework" in big.requests[0]["prompt"]
+
+
+async def test_select_methods_keeps_a_parsable_choice(make_models):
+    prompts = load_prompt_set("methods")
+    async with FakeOpenAIServer([Reply(text="casework\nsymmetry")]) as big:
+        choice = await select_methods("p", prompts, make_models(big=big)["big"], 2)
+    assert choice.methods == ["casework", "symmetry"] and not choice.fallback
