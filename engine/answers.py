@@ -14,7 +14,8 @@ caller's GIL, and is the same code path from the main thread, a worker thread or
 Blocking: `answers_equivalent`, `is_correct` and `group_equivalent` block the calling
 thread for up to `timeout_s` per comparison (plus a one-off helper start of about a second).
 From asyncio code call them through `await asyncio.to_thread(...)`. Calls from several
-threads are safe; they take turns on the one helper.
+threads are safe; they take turns on the one helper. Results are cached per pair. The only
+exception they raise is a SpectraError when the helper process cannot start at all.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ DEFAULT_TIMEOUT_S = 5.0
 HELPER_START_TIMEOUT_S = 60.0
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
-_ANSWER_PHRASE_RE = re.compile(r"answer\**\s*(?:is\b|:)\**[ \t]*(?P<x>[^\n]*)", re.IGNORECASE)
+_ANSWER_PHRASE_RE = re.compile(r"answer\**\s*(?:is\b:?|:)\**[ \t]*(?P<x>[^\n]*)", re.IGNORECASE)
 _CHOICE_PHRASE_RE = re.compile(
     r"(?i:answer)\**\s*(?:(?i:is)\b|:)\**\s*(?:(?i:option|choice)\s+)?\(?\s*(?P<x>[A-D])\s*\)?(?![A-Za-z0-9])"
 )
@@ -55,7 +57,12 @@ _SENTENCE_END_RE = re.compile(r"\.\s")
 _SPACING_RE = re.compile(r"\\left(?![A-Za-z])|\\right(?![A-Za-z])|\\[!,;: ]")
 # Whitespace goes, except the one space that ends a command before a letter (`\cdot x`).
 _WHITESPACE_RE = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])|\s+")
-_INTEGER_RE = re.compile(r"[-+]?\d+")
+# Exact rationals: 12, -3/4, \frac{-3}{4}; compared as fractions without math-verify.
+_RATIONAL_RES = (
+    re.compile(r"(?P<sign>[-+]?)(?P<num>\d+)"),
+    re.compile(r"(?P<sign>[-+]?)(?P<num>\d+)/(?P<den>\d+)"),
+    re.compile(r"(?P<sign>[-+]?)\\frac\{(?P<num>-?\d+)\}\{(?P<den>-?\d+)\}"),
+)
 
 
 def extract_answer(text: str, *, choices: bool = False) -> str | None:
@@ -146,8 +153,8 @@ def choice_letter(answer: str | None) -> str | None:
 def normalize_answer(answer: str) -> str:
     """Spelling-only normalisation: never changes what an answer means.
 
-    Drops spaces (but the one ending a command), `\\left`/`\\right`, LaTeX spacing commands, surrounding `$` and a final
-    period; writes `\\dfrac`/`\\tfrac` as `\\frac`.
+    Drops spaces (but the one ending a command before a letter), `\\left`/`\\right`, LaTeX
+    spacing commands, surrounding `$` and a final period; writes `\\dfrac`/`\\tfrac` as `\\frac`.
     """
     text = answer.strip().rstrip(".").strip().strip("$")
     text = _SPACING_RE.sub("", text)
@@ -209,12 +216,27 @@ def _compare(kind: str, a: str, b: str, timeout_s: float, multiple_choice: bool)
     norm_a, norm_b = normalize_answer(a), normalize_answer(b)
     if norm_a == norm_b:
         return bool(norm_a)
-    if _INTEGER_RE.fullmatch(norm_a) and _INTEGER_RE.fullmatch(norm_b):
-        return int(norm_a) == int(norm_b)
+    rational_a, rational_b = _rational(norm_a), _rational(norm_b)
+    if rational_a is not None and rational_b is not None:
+        return rational_a == rational_b
     # math-verify reads "abc}{" as abc: an unbalanced answer is malformed and matches nothing.
     if not (_balanced(norm_a) and _balanced(norm_b)):
         return False
+    if kind == "equivalent" and b.strip() < a.strip():
+        a, b = b, a  # symmetric: one cache entry per pair
     return _math_verify_cached(kind, a.strip(), b.strip(), float(timeout_s))
+
+
+def _rational(text: str) -> Fraction | None:
+    for pattern in _RATIONAL_RES:
+        match = pattern.fullmatch(text)
+        if match:
+            denominator = int(match.groupdict().get("den") or 1)
+            if denominator == 0:
+                return None
+            value = Fraction(int(match["num"]), denominator)
+            return -value if match["sign"] == "-" else value
+    return None
 
 
 def _balanced(text: str) -> bool:

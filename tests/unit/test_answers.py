@@ -28,6 +28,7 @@ from engine.answers import (
         (r"The answer is \boxed{4}. Answer: 9", "4"),
         ("So the answer is $\\frac{1}{2}$. Done.", r"\frac{1}{2}"),
         ("The final answer is 3.5.", "3.5"),
+        ("So the answer is: $-4$", "-4"),
         ("**Answer:** 42", "42"),
         ("ANSWER: 17\nmore text", "17"),
         ("Answer: 1\nno wait. Answer: 2", "2"),
@@ -87,6 +88,8 @@ def test_normalize_answer_changes_spelling_only():
         ("x^2+2x+1", "(x+1)^2"),
         ("1,000", "1000"),
         ("007", "7"),
+        (r"-\frac{3}{4}", "-3/4"),
+        (r"\frac{-6}{8}", "-0.75"),
         (r"\{1,2\}", r"\{2,1\}"),
     ],
 )
@@ -100,6 +103,7 @@ def test_equivalent_answers(a, b):
     [
         ("1/2", r"\frac{1}{3}"),
         ("12", "13"),
+        ("1/2", "2/1"),
         ("(1, 2)", "(2, 1)"),
         (r"\pi", "3.14159"),
         (r"\frac{1}{", "1"),  # malformed: unbalanced braces

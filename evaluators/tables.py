@@ -1,0 +1,154 @@
+"""The evaluation as tables of text cells, rendered for a terminal or as Markdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from evaluators.compare import Comparison
+from evaluators.summary import RunSummary
+
+DASH = "-"
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+
+
+def pct(value: float | None) -> str:
+    return DASH if value is None else f"{100 * value:.1f}%"
+
+
+def num(value: float | None, digits: int = 1) -> str:
+    return DASH if value is None else f"{value:,.{digits}f}"
+
+
+def accuracy_table(summaries: list[RunSummary]) -> Table:
+    rows = []
+    for s in summaries:
+        spread = DASH if s.accuracy_mean is None else f"{pct(s.accuracy_mean)} ± {pct(s.accuracy_std)}"
+        skipped = str(s.skipped_lines) + (" (cut tail)" if s.partial_tail else "")
+        rows.append(
+            [
+                s.name,
+                s.mode,
+                s.dataset,
+                f"{s.problems} x {s.repeats}",
+                f"{s.scored_records}/{s.records}",
+                pct(s.accuracy),
+                spread,
+                pct(s.track_accuracy),
+                skipped,
+            ]
+        )
+    headers = ["run", "mode", "data set", "problems x repeats", "scored", "accuracy"]
+    headers += ["mean ± std over repeats", "track accuracy", "skipped lines"]
+    return Table("Accuracy (voted answer)", headers, rows)
+
+
+def k_table(summaries: list[RunSummary]) -> Table:
+    ks = sorted(
+        {k for s in summaries for d in (s.pass_at_k_tracks, s.pass_at_k_repeats) for k in d}
+        | {k for s in summaries for d in (s.maj_at_k_tracks, s.maj_at_k_repeats) for k in d}
+    )
+    rows = []
+    for s in summaries:
+        for over, passes, majs in (
+            ("tracks", s.pass_at_k_tracks, s.maj_at_k_tracks),
+            ("repeats", s.pass_at_k_repeats, s.maj_at_k_repeats),
+        ):
+            if passes or majs:
+                rows.append([s.name, over] + [pct(passes.get(k)) for k in ks] + [pct(majs.get(k)) for k in ks])
+    headers = ["run", "over"] + [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks]
+    return Table("pass@k and maj@k", headers, rows)
+
+
+def track_table(summaries: list[RunSummary]) -> Table:
+    rows = [
+        [s.name, label, str(int(figures["tracks"])), pct(figures["accuracy"])]
+        for s in summaries
+        for label, figures in s.track_accuracy_by_label.items()
+    ]
+    return Table("Accuracy per track", ["run", "track", "finished tracks", "accuracy"], rows)
+
+
+def cost_table(summaries: list[RunSummary]) -> Table:
+    rows = []
+    for s in summaries:
+        t = s.tokens
+        rows.append(
+            [
+                s.name,
+                num(s.latency["mean"], 2),
+                num(s.latency["p50"], 2),
+                num(s.latency["p95"], 2),
+                num(t.total_completion_per_record, 0),
+                num(t.completion_per_record.get("small"), 0),
+                num(t.completion_per_record.get("big"), 0),
+                pct(t.big_share_generated),
+                pct(t.big_share_kept),
+                pct(s.steps.acceptance_rate),
+                num(t.total_requests_per_record, 1),
+                num(s.tokens_saved_per_record, 0),
+            ]
+        )
+    headers = ["run", "latency mean s", "p50 s", "p95 s", "tokens/record", "small", "big"]
+    headers += ["big share", "big share kept", "step acceptance", "requests/record", "saved/record"]
+    return Table("Cost per record (problem x repeat)", headers, rows)
+
+
+def comparison_table(comparisons: list[Comparison]) -> Table:
+    rows = []
+    for c in comparisons:
+        ci = (
+            DASH
+            if c.accuracy_diff_ci is None
+            else f"[{_signed(c.accuracy_diff_ci[0])}, {_signed(c.accuracy_diff_ci[1])}]"
+        )
+        speedup = DASH if c.speedup is None else f"{c.speedup:.2f}x"
+        ratio = DASH if c.token_ratio is None else f"{c.token_ratio:.2f}"
+        rows.append([c.run, str(c.common_problems), speedup, ratio, _signed(c.accuracy_diff), ci])
+    baseline = comparisons[0].baseline if comparisons else DASH
+    headers = ["run", "common problems", "speedup", "token ratio", "accuracy diff", "95% CI"]
+    return Table(f"Against baseline {baseline}", headers, rows)
+
+
+def _signed(value: float | None) -> str:
+    return DASH if value is None else f"{100 * value:+.1f} pts"
+
+
+def all_tables(summaries: list[RunSummary], comparisons: list[Comparison]) -> list[Table]:
+    """The tables of an evaluation, in reading order; empty ones left out."""
+    tables = [accuracy_table(summaries), k_table(summaries), track_table(summaries), cost_table(summaries)]
+    if comparisons:
+        tables.append(comparison_table(comparisons))
+    return [t for t in tables if t.rows]
+
+
+def render_text(table: Table) -> str:
+    """Aligned columns for a terminal: columns of figures to the right, text to the left."""
+    columns = list(zip(table.headers, *table.rows, strict=True))
+    widths = [max(len(cell) for cell in column) for column in columns]
+    right = [all(_is_figure(cell) for cell in column[1:]) for column in columns]
+    lines = [table.title, _text_row(table.headers, widths, right), "  ".join("-" * w for w in widths)]
+    lines += [_text_row(row, widths, right) for row in table.rows]
+    return "\n".join(lines)
+
+
+def _is_figure(cell: str) -> bool:
+    return cell == DASH or cell[:1].isdigit() or cell[:1] in ("+", "-", "[")
+
+
+def _text_row(cells: list[str], widths: list[int], right: list[bool]) -> str:
+    padded = (c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True))
+    return "  ".join(padded).rstrip()
+
+
+def render_markdown(table: Table) -> str:
+    """A Markdown table under a level-3 heading."""
+    lines = [f"### {table.title}", "", "| " + " | ".join(table.headers) + " |"]
+    lines.append("|" + "|".join("---" for _ in table.headers) + "|")
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table.rows]
+    return "\n".join(lines)
