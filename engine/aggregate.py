@@ -47,13 +47,15 @@ def answer_groups(tracks: list[TrackRecord], aggregation: str, *, multiple_choic
     groups = []
     for members in group_equivalent([t.answer for t in answered], multiple_choice=multiple_choice):
         group = [answered[i] for i in members]
-        groups.append(AnswerGroup(
-            answer=group[0].answer,
-            track_ids=tuple(t.track_id for t in group),
-            weight=sum(track_weight(t, aggregation) for t in group),
-            most_tokens=max(t.thinking_tokens + t.answer_tokens for t in group),
-            first_finished_at=min(t.finished_at or float("inf") for t in group),
-        ))
+        groups.append(
+            AnswerGroup(
+                answer=group[0].answer,
+                track_ids=tuple(t.track_id for t in group),
+                weight=sum(track_weight(t, aggregation) for t in group),
+                most_tokens=max(t.thinking_tokens + t.answer_tokens for t in group),
+                first_finished_at=min(t.finished_at or float("inf") for t in group),
+            )
+        )
     return groups
 
 

@@ -46,9 +46,7 @@ class ChatFormat:
     def assistant_head(self, messages: tuple[Message, ...]) -> str:
         conversation = [{"role": m.role, "content": m.content} for m in messages]
         conversation.append({"role": "assistant", "content": _PLACEHOLDER})
-        rendered = self._tokenizer.apply_chat_template(
-            conversation, tokenize=False, continue_final_message=True
-        )
+        rendered = self._tokenizer.apply_chat_template(conversation, tokenize=False, continue_final_message=True)
         head, found, _ = rendered.rpartition(_PLACEHOLDER)
         if not found:
             raise UsageError("the model's chat template drops the assistant message; pass a --chat_template")

@@ -112,8 +112,11 @@ class RunConfig:
             "small": self.small.model,
             "reasoning": dataclasses.asdict(self.reasoning),
             "parallel": {k: v for k, v in dataclasses.asdict(self.parallel).items() if not k.startswith("max_")},
-            "data": {"dataset_name": self.data.dataset_name, "data_file": self.data.data_file,
-                     "fields": self.data.fields},
+            "data": {
+                "dataset_name": self.data.dataset_name,
+                "data_file": self.data.data_file,
+                "fields": self.data.fields,
+            },
             "prompt_set": self.prompt_set,
             "thinking": self.thinking,
         }
@@ -128,8 +131,12 @@ class RunConfig:
             raise UsageError(f"--score_method must be one of {', '.join(SCORE_METHODS)}, not {r.score_method!r}")
         if not 0 <= r.score_threshold <= 9:
             raise UsageError(f"--score_threshold must be between 0 and 9, not {r.score_threshold}")
-        for name, value in (("--token_budget", r.token_budget), ("--max_step_tokens", r.max_step_tokens),
-                            ("--answer_max_tokens", r.answer_max_tokens), ("--tracks", p.tracks)):
+        for name, value in (
+            ("--token_budget", r.token_budget),
+            ("--max_step_tokens", r.max_step_tokens),
+            ("--answer_max_tokens", r.answer_max_tokens),
+            ("--tracks", p.tracks),
+        ):
             if value < 1:
                 raise UsageError(f"{name} must be at least 1, not {value}")
         if r.answer_model not in ("big", "small") or p.selector_model not in ("big", "small"):

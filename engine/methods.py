@@ -29,8 +29,12 @@ class MethodChoice:
     usage: dict[str, ModelUsage] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"methods": self.methods, "raw": self.raw, "fallback": self.fallback,
-                "usage": {k: vars(v) for k, v in self.usage.items()}}
+        return {
+            "methods": self.methods,
+            "raw": self.raw,
+            "fallback": self.fallback,
+            "usage": {k: vars(v) for k, v in self.usage.items()},
+        }
 
 
 def _canonical(name: str) -> str:
@@ -67,12 +71,15 @@ async def select_methods(problem: str, prompts: PromptSet, selector: Model, coun
     opening = f"{selector.chat.think_prefix}{THINK_CLOSE}\n\n" if selector.chat.thinking else ""
     completion = await selector.client.complete(
         selector.chat.render([Message("user", request)], opening),
-        max_tokens=SELECTOR_MAX_TOKENS, temperature=0.0, extra=NO_SPECIAL_TOKENS,
+        max_tokens=SELECTOR_MAX_TOKENS,
+        temperature=0.0,
+        extra=NO_SPECIAL_TOKENS,
     )
     chosen = parse_methods(completion.text, library, count)
     fallback = len(chosen) < min(count, len(library))
     if fallback:
         chosen += [name for name in library if name not in chosen][: count - len(chosen)]
         log.info("method_selection_fallback", raw=completion.text[:200], methods=chosen)
-    return MethodChoice(methods=chosen, raw=completion.text, fallback=fallback,
-                        usage={selector.role: usage_of(completion)})
+    return MethodChoice(
+        methods=chosen, raw=completion.text, fallback=fallback, usage={selector.role: usage_of(completion)}
+    )

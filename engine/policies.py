@@ -89,8 +89,9 @@ async def generate_step(model: Model, ctx: StepContext, *, salt: int) -> Complet
 NO_SPECIAL_TOKENS = {"add_special_tokens": False}
 
 
-def _kept(completion: Completion, writer: str, index: int, usage: dict[str, ModelUsage], started: float,
-          **scored) -> StepRecord:
+def _kept(
+    completion: Completion, writer: str, index: int, usage: dict[str, ModelUsage], started: float, **scored
+) -> StepRecord:
     return StepRecord(
         index=index,
         text=completion.text.replace(THINK_CLOSE, ""),

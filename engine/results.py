@@ -251,10 +251,15 @@ class RunStore:
         if read.bad_lines or read.partial_tail:
             kept = records_path.with_name(f"{RECORDS_FILE}.damaged-{stamp}")
             shutil.copyfile(records_path, kept)
-            _write_atomically(records_path, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
-                                                    for r in read.records))
-            log.warning("damaged_records_set_aside", bad_lines=[n for n, _ in read.bad_lines],
-                        partial_tail=read.partial_tail, original=str(kept))
+            _write_atomically(
+                records_path, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in read.records)
+            )
+            log.warning(
+                "damaged_records_set_aside",
+                bad_lines=[n for n, _ in read.bad_lines],
+                partial_tail=read.partial_tail,
+                original=str(kept),
+            )
         _write_atomically(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         done = {r.key: r for r in read.records}
         return cls(folder, manifest, done)

@@ -47,8 +47,16 @@ def plan_tracks(config: RunConfig, prompts: PromptSet, repeat_id: int, methods: 
         role = roles[track_id % len(roles)] if roles else None
         method = methods[track_id % len(methods)] if methods else None
         instruction = prompts.methods[method].instruction if method else (prompts.roles[role] if role else None)
-        setups.append(TrackSetup(track_id=track_id, mode=config.reasoning.mode, role=role, method=method,
-                                 instruction=instruction, seed=seed))
+        setups.append(
+            TrackSetup(
+                track_id=track_id,
+                mode=config.reasoning.mode,
+                role=role,
+                method=method,
+                instruction=instruction,
+                seed=seed,
+            )
+        )
     return setups
 
 
@@ -59,8 +67,16 @@ def total_tokens(track: TrackRecord) -> int:
 class Scheduler:
     """Runs work items to problem records under the configured limits."""
 
-    def __init__(self, config: RunConfig, models: dict[str, Model], prompts: PromptSet, *, run_id: str,
-                 dataset: str, on_record: Callable[[ProblemRecord], None]):
+    def __init__(
+        self,
+        config: RunConfig,
+        models: dict[str, Model],
+        prompts: PromptSet,
+        *,
+        run_id: str,
+        dataset: str,
+        on_record: Callable[[ProblemRecord], None],
+    ):
         self.config = config
         self.models = models
         self.prompts = prompts
@@ -91,27 +107,43 @@ class Scheduler:
         started_wall, started = time.time(), time.monotonic()
         choice: MethodChoice | None = None
         if config.parallel.method_num > 0:
-            choice = await select_methods(problem.problem, self.prompts, self.models[config.parallel.selector_model],
-                                          config.parallel.method_num)
+            choice = await select_methods(
+                problem.problem, self.prompts, self.models[config.parallel.selector_model], config.parallel.method_num
+            )
         setups = plan_tracks(config, self.prompts, item.repeat_id, choice.methods if choice else None)
         tracks = [new_track_record(s) for s in setups]
         cancelled = await self._run_tracks(setups, tracks, problem)
         multiple_choice = bool(problem.choices)
-        decision = await asyncio.to_thread(decide, tracks, config.parallel.aggregation,
-                                           multiple_choice=multiple_choice)
+        decision = await asyncio.to_thread(decide, tracks, config.parallel.aggregation, multiple_choice=multiple_choice)
         record = ProblemRecord(
-            run_id=self.run_id, dataset=self.dataset, problem_id=problem.id, repeat_id=item.repeat_id,
-            mode=config.runner, problem=problem.problem, reference_answer=problem.answer, tracks=tracks,
-            answer=decision.answer, aggregation=config.parallel.aggregation, votes=decision.votes,
-            early_stopped=bool(cancelled), cancelled_tracks=cancelled,
+            run_id=self.run_id,
+            dataset=self.dataset,
+            problem_id=problem.id,
+            repeat_id=item.repeat_id,
+            mode=config.runner,
+            problem=problem.problem,
+            reference_answer=problem.answer,
+            tracks=tracks,
+            answer=decision.answer,
+            aggregation=config.parallel.aggregation,
+            votes=decision.votes,
+            early_stopped=bool(cancelled),
+            cancelled_tracks=cancelled,
             tokens_saved=_tokens_saved(tracks, cancelled),
             method_selection=choice.to_dict() if choice else None,
             usage=sum_usage([t.usage for t in tracks] + ([choice.usage] if choice else [])),
-            latency_s=time.monotonic() - started, started_at=started_wall, finished_at=time.time(),
+            latency_s=time.monotonic() - started,
+            started_at=started_wall,
+            finished_at=time.time(),
             config_digest=config.digest(),
         )
-        log.info("problem_done", answer=record.answer, votes=record.votes, seconds=round(record.latency_s, 2),
-                 cancelled=cancelled)
+        log.info(
+            "problem_done",
+            answer=record.answer,
+            votes=record.votes,
+            seconds=round(record.latency_s, 2),
+            cancelled=cancelled,
+        )
         return record
 
     async def _run_tracks(self, setups: list[TrackSetup], tracks: list[TrackRecord], problem: Problem) -> list[int]:
@@ -134,8 +166,12 @@ class Scheduler:
                 return
             running = len(tracks) - len(finished)
             if running and await asyncio.to_thread(
-                outcome_settled, list(finished), running, parallel.aggregation,
-                multiple_choice=bool(problem.choices), share=parallel.early_stop_share,
+                outcome_settled,
+                list(finished),
+                running,
+                parallel.aggregation,
+                multiple_choice=bool(problem.choices),
+                share=parallel.early_stop_share,
             ):
                 done_ids = {t.track_id for t in finished}
                 for track_id, task in tasks.items():

@@ -56,8 +56,7 @@ def track_messages(problem: Problem, prompts: PromptSet, instruction: str | None
 
 
 def new_track_record(setup: TrackSetup) -> TrackRecord:
-    return TrackRecord(track_id=setup.track_id, mode=setup.mode, role=setup.role, method=setup.method,
-                       seed=setup.seed)
+    return TrackRecord(track_id=setup.track_id, mode=setup.mode, role=setup.role, method=setup.method, seed=setup.seed)
 
 
 async def run_track(
@@ -101,17 +100,29 @@ async def _think(record, setup, problem, models, prompts, config, messages) -> s
         if record.thinking_tokens >= config.token_budget:
             return "budget"
         ctx = StepContext(
-            models=models, messages=messages, reasoning=reasoning_text(record, config.step_delimiter),
-            index=len(record.steps), config=_within_budget(config, record.thinking_tokens),
-            prompts=prompts, problem=problem.problem, seed=setup.seed,
+            models=models,
+            messages=messages,
+            reasoning=reasoning_text(record, config.step_delimiter),
+            index=len(record.steps),
+            config=_within_budget(config, record.thinking_tokens),
+            prompts=prompts,
+            problem=problem.problem,
+            seed=setup.seed,
         )
         outcome = await policy(ctx)
         step = outcome.step
         previous = record.steps[-1].text if record.steps else None
         record.steps.append(step)
         record.thinking_tokens += step.tokens
-        log.debug("step_done", track=setup.track_id, index=step.index, writer=step.writer, score=step.score,
-                  tokens=step.tokens, ending=outcome.ending)
+        log.debug(
+            "step_done",
+            track=setup.track_id,
+            index=step.index,
+            writer=step.writer,
+            score=step.score,
+            tokens=step.tokens,
+            ending=outcome.ending,
+        )
         if not step.text.strip() or step.text == previous:
             return "repeat"
         if any(marker in step.text for marker in ANSWER_MARKERS):
@@ -141,8 +152,12 @@ async def _answer(record, ending, models, prompts, config, messages, *, multiple
         closing = closing if model.chat.thinking else closing.replace(THINK_CLOSE, "")
     prompt = model.chat.render(list(messages), model.chat.think_prefix + reasoning + closing)
     completion = await model.client.complete(
-        prompt, max_tokens=config.answer_max_tokens, temperature=config.temperature, top_p=config.top_p,
-        seed=None if record.seed is None else record.seed * 7919 + 3, extra=NO_SPECIAL_TOKENS,
+        prompt,
+        max_tokens=config.answer_max_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=None if record.seed is None else record.seed * 7919 + 3,
+        extra=NO_SPECIAL_TOKENS,
     )
     record.usage = sum_usage([record.usage, {model.role: usage_of(completion)}])
     record.answer_text = completion.text
@@ -150,4 +165,3 @@ async def _answer(record, ending, models, prompts, config, messages, *, multiple
     record.answer = extract_answer(completion.text, choices=multiple_choice) or extract_answer(
         reasoning, choices=multiple_choice
     )
-

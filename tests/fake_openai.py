@@ -147,8 +147,11 @@ async def _send(response: web.StreamResponse, chunk: dict[str, Any]) -> None:
 
 def _usage(reply: Reply) -> dict[str, int]:
     completion = len(reply.token_list())
-    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": reply.prompt_tokens + completion}
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": reply.prompt_tokens + completion,
+    }
 
 
 def _logprobs(reply: Reply, tokens: list[str], offset: int) -> dict[str, Any] | None:
@@ -166,11 +169,13 @@ def _logprobs(reply: Reply, tokens: list[str], offset: int) -> dict[str, Any] | 
 def _full_response(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     choices = []
     for index in range(int(body.get("n", 1))):
-        choices.append({
-            "index": index,
-            "text": reply.text,
-            "finish_reason": reply.finish_reason,
-            "stop_reason": reply.stop_reason,
-            "logprobs": _logprobs(reply, reply.token_list(), 0),
-        })
+        choices.append(
+            {
+                "index": index,
+                "text": reply.text,
+                "finish_reason": reply.finish_reason,
+                "stop_reason": reply.stop_reason,
+                "logprobs": _logprobs(reply, reply.token_list(), 0),
+            }
+        )
     return {"object": "text_completion", "model": body.get("model"), "choices": choices, "usage": _usage(reply)}

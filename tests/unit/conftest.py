@@ -37,7 +37,9 @@ def make_models(session):
 
     def build(*, thinking: bool = True, limits: ClientLimits = FAST_LIMITS, **servers):
         chat = ChatFormat(chatml_tokenizer(), thinking=thinking)
-        return {role: Model(role, ModelClient(session, role, [server.url], limits), chat)
-                for role, server in servers.items()}
+        return {
+            role: Model(role, ModelClient(session, role, [server.url], limits), chat)
+            for role, server in servers.items()
+        }
 
     return build

@@ -8,8 +8,15 @@ from engine.results import StepRecord, TrackRecord
 
 def track(track_id, answer, *, tokens=10, scores=(), finished_at=None):
     steps = [StepRecord(index=i, text="s", writer="small", tokens=1, score=s) for i, s in enumerate(scores)]
-    return TrackRecord(track_id=track_id, mode="spec", answer=answer, thinking_tokens=tokens, steps=steps,
-                       finish_reason="answer", finished_at=float(track_id if finished_at is None else finished_at))
+    return TrackRecord(
+        track_id=track_id,
+        mode="spec",
+        answer=answer,
+        thinking_tokens=tokens,
+        steps=steps,
+        finish_reason="answer",
+        finished_at=float(track_id if finished_at is None else finished_at),
+    )
 
 
 def test_majority_groups_equivalent_answers():
@@ -49,9 +56,9 @@ def test_multiple_choice_groups_letters():
 @pytest.mark.parametrize(
     ("answers", "running", "settled"),
     [
-        (["4", "4", "4"], 2, True),    # 3 > 0 + 2
-        (["4", "4"], 2, False),        # 2 > 0 + 2 fails: two running tracks could tie
-        (["4", "4", "5"], 1, False),   # 2 > 1 + 1 fails: a tie could still flip on tokens
+        (["4", "4", "4"], 2, True),  # 3 > 0 + 2
+        (["4", "4"], 2, False),  # 2 > 0 + 2 fails: two running tracks could tie
+        (["4", "4", "5"], 1, False),  # 2 > 1 + 1 fails: a tie could still flip on tokens
         (["4", "4", "5"], 0, True),
         ([], 3, False),
     ],

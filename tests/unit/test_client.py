@@ -86,8 +86,9 @@ async def test_client_error_is_not_retried_and_names_server_status_and_message(s
 
 
 async def test_stalled_response_times_out_and_gives_up_after_max_attempts(session):
-    limits = ClientLimits(stall_timeout_s=0.2, request_timeout_s=0.3, max_attempts=2,
-                          backoff_initial_s=0.01, backoff_max_s=0.01)
+    limits = ClientLimits(
+        stall_timeout_s=0.2, request_timeout_s=0.3, max_attempts=2, backoff_initial_s=0.01, backoff_max_s=0.01
+    )
     async with FakeOpenAIServer(lambda body: Reply(delay_s=5.0)) as server:
         with pytest.raises(RetryableServerError, match="timed out"):
             await client_for(session, server, limits=limits).complete("p", max_tokens=4)
@@ -133,9 +134,10 @@ async def test_requests_spread_over_endpoints_within_per_endpoint_limit(session)
 
 
 async def test_failing_endpoint_is_passed_over_for_its_healthy_twin(session):
-    async with FakeOpenAIServer(lambda b: Reply(status=503)) as bad, FakeOpenAIServer(
-        lambda b: Reply(text="from good")
-    ) as good:
+    async with (
+        FakeOpenAIServer(lambda b: Reply(status=503)) as bad,
+        FakeOpenAIServer(lambda b: Reply(text="from good")) as good,
+    ):
         client = client_for(session, bad, good)
         results = [await client.complete("p", max_tokens=1) for _ in range(4)]
     assert all(r.text == "from good" for r in results)

@@ -14,9 +14,15 @@ SEED_STRIDE = 7919  # engine.policies derives request seeds as track_seed * 7919
 
 
 def config(**parallel):
-    return RunConfig(runner="scale", output_dir="unused", big=ModelConfig("big"), small=ModelConfig("small"),
-                     reasoning=ReasoningConfig(mode="big", seed=0), parallel=ParallelConfig(**parallel),
-                     prompt_set="roles")
+    return RunConfig(
+        runner="scale",
+        output_dir="unused",
+        big=ModelConfig("big"),
+        small=ModelConfig("small"),
+        reasoning=ReasoningConfig(mode="big", seed=0),
+        parallel=ParallelConfig(**parallel),
+        prompt_set="roles",
+    )
 
 
 def track_of(body):
@@ -39,8 +45,9 @@ async def run_scheduler(make_models, responder, cfg, problems):
     records = []
     async with FakeOpenAIServer(responder) as big:
         models = make_models(big=big)
-        scheduler = Scheduler(cfg, models, load_prompt_set(cfg.prompt_set), run_id="r", dataset="d",
-                              on_record=records.append)
+        scheduler = Scheduler(
+            cfg, models, load_prompt_set(cfg.prompt_set), run_id="r", dataset="d", on_record=records.append
+        )
         await scheduler.run([WorkItem(p, 0) for p in problems])
         await asyncio.sleep(0.05)  # let the server notice closed connections
     return records, big
@@ -58,8 +65,9 @@ async def test_tracks_in_flight_never_exceed_the_limit(make_models):
 async def test_problems_start_in_order(make_models):
     cfg = config(tracks=1, max_problems_in_flight=1)
     records, big = await run_scheduler(make_models, scripted_tracks(["1"], [0.0]), cfg, PROBLEMS)
-    first_prompt_of = [next(i for i, b in enumerate(big.requests) if f"What is {p.id} + " in b["prompt"])
-                       for p in PROBLEMS]
+    first_prompt_of = [
+        next(i for i, b in enumerate(big.requests) if f"What is {p.id} + " in b["prompt"]) for p in PROBLEMS
+    ]
     assert first_prompt_of == sorted(first_prompt_of)
     assert [r.problem_id for r in records] == [p.id for p in PROBLEMS]
 

@@ -98,8 +98,11 @@ async def test_average_score_method_uses_the_digit_distribution(make_models):
 
 async def test_no_digit_among_top_logprobs_scores_zero_and_rewrites(make_models):
     small = Script(step=[step("bad", stop_reason="</think>")])
-    big = Script(score=[Reply(text="x", top_logprobs=[{"x": -0.1, "y": -3.0}])],
-                 step=[step("good", stop_reason="</think>")], answer=[ANSWER])
+    big = Script(
+        score=[Reply(text="x", top_logprobs=[{"x": -0.1, "y": -3.0}])],
+        step=[step("good", stop_reason="</think>")],
+        answer=[ANSWER],
+    )
     record = await run(make_models, small, big, ReasoningConfig(score_method="average"))
     assert record.steps[0].score == 0.0 and record.steps[0].score_distribution == {}
     assert record.steps[0].writer == "big" and record.steps[0].text == "good"

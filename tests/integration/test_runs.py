@@ -1,0 +1,143 @@
+"""Whole runs on the tiny vLLM-CPU models: records complete and consistent, resumes, the CLI.
+
+Random weights write random text, so these check protocol and bookkeeping, never content."""
+
+import json
+import subprocess
+import sys
+
+from engine.config import DataConfig, ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
+from engine.results import RECORDS_FILE, read_records
+from engine.run import execute
+
+FINISH_REASONS = {"answer", "think_end", "eos", "repeat", "budget"}
+SHORT = dict(token_budget=96, max_step_tokens=24, answer_max_tokens=16, seed=1)
+
+
+def config_for(servers, tmp_path, runner="spec", reasoning=None, parallel=None, prompt_set="default"):
+    return RunConfig(
+        runner=runner,
+        output_dir=str(tmp_path / runner),
+        big=ModelConfig(servers.big.model, (servers.big.url,)),
+        small=ModelConfig(servers.small.model, (servers.small.url,)),
+        reasoning=reasoning or ReasoningConfig(**SHORT),
+        parallel=parallel or ParallelConfig(),
+        data=DataConfig(dataset_name="demo", problem_id="0-1"),
+        prompt_set=prompt_set,
+    )
+
+
+def check_track_bookkeeping(track, config):
+    assert track.finish_reason in FINISH_REASONS, track.error
+    assert track.steps, "a track that finished has steps"
+    assert track.thinking_tokens == sum(s.tokens for s in track.steps)
+    for model, usage in track.usage.items():
+        from_steps = sum(s.usage[model].completion_tokens for s in track.steps if model in s.usage)
+        answer = track.answer_tokens if model == config.reasoning.answer_model else 0
+        assert usage.completion_tokens == from_steps + answer
+    for step in track.steps:
+        assert step.writer in ("small", "big")
+        if config.reasoning.mode == "spec":
+            assert step.score is not None and 0 <= step.score <= 9
+            assert isinstance(step.score_distribution, dict)
+            rewritten = step.score < config.reasoning.score_threshold
+            assert (step.draft is not None) == rewritten
+            assert step.writer == ("big" if rewritten else "small")
+            assert step.usage["big"].requests == (2 if rewritten else 1)
+
+
+def problem_usage_is_the_sum_of_tracks(record):
+    for model, usage in record.usage.items():
+        tracks = sum(t.usage[model].completion_tokens for t in record.tracks if model in t.usage)
+        selection = (record.method_selection or {}).get("usage", {}).get(model, {}).get("completion_tokens", 0)
+        assert usage.completion_tokens == tracks + selection
+
+
+async def test_spec_run_writes_complete_consistent_records_and_resumes(vllm_servers, tmp_path):
+    config = config_for(vllm_servers, tmp_path)
+    outcome = await execute(config, progress=False)
+    assert [(r.problem_id, r.repeat_id) for r in outcome.records] == [("0", 0), ("1", 0)]
+    for record in outcome.records:
+        (track,) = record.tracks
+        check_track_bookkeeping(track, config)
+        problem_usage_is_the_sum_of_tracks(record)
+        assert record.reference_answer is not None and record.config_digest == config.digest()
+    manifest = json.loads((tmp_path / "spec" / "manifest.json").read_text())
+    assert manifest["models"]["big"] == vllm_servers.big.model and "vllm-cpu" in manifest["versions"]
+
+    again = await execute(config, progress=False)
+    assert again.new == 0 and again.resumed == 2
+    assert len(read_records(tmp_path / "spec" / RECORDS_FILE).records) == 2
+
+
+async def test_big_only_baseline_uses_only_the_big_model(vllm_servers, tmp_path):
+    config = config_for(vllm_servers, tmp_path, runner="base", reasoning=ReasoningConfig(mode="big", **SHORT))
+    outcome = await execute(config, progress=False)
+    for record in outcome.records:
+        assert set(record.usage) == {"big"}
+        check_track_bookkeeping(record.tracks[0], config)
+
+
+async def test_spec_scale_methods_selects_methods_and_votes(vllm_servers, tmp_path):
+    config = config_for(
+        vllm_servers,
+        tmp_path,
+        runner="spec_scale_methods",
+        prompt_set="methods",
+        parallel=ParallelConfig(tracks=3, method_num=3, early_stop=True),
+    )
+    outcome = await execute(config, progress=False)
+    for record in outcome.records:
+        selection = record.method_selection
+        assert len(selection["methods"]) == 3 and isinstance(selection["fallback"], bool)
+        assert selection["usage"]["big"]["requests"] == 1
+        assert [t.method for t in record.tracks] == selection["methods"]
+        for track in record.tracks:
+            if track.track_id in record.cancelled_tracks:
+                assert track.finish_reason == "cancelled"
+            else:
+                check_track_bookkeeping(track, config)
+        answered = [t.answer for t in record.tracks if t.answer is not None]
+        assert sum(record.votes.values()) == len(answered)
+        assert (record.answer is None) == (not answered)
+        problem_usage_is_the_sum_of_tracks(record)
+
+
+def test_runner_command_line_runs_and_prints_a_summary(vllm_servers, tmp_path):
+    out = tmp_path / "cli"
+    command = [
+        sys.executable,
+        "-m",
+        "runners.spec_scale",
+        "--dataset-name",
+        "demo",
+        "--problem-id",
+        "2",
+        "--tracks",
+        "2",
+        "--use_role_prompts",
+        "--prompt-set",
+        "roles",
+        "--big_model",
+        vllm_servers.big.model,
+        "--big_url",
+        vllm_servers.big.url,
+        "--small_model",
+        vllm_servers.small.model,
+        "--small_url",
+        vllm_servers.small.url,
+        "--token_budget",
+        "64",
+        "--max_step_tokens",
+        "16",
+        "--answer_max_tokens",
+        "8",
+        "--output_dir",
+        str(out),
+        "--no_progress",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[0].startswith("problem")
+    (record,) = read_records(out / RECORDS_FILE).records
+    assert [t.role for t in record.tracks] == ["careful_algebraist", "skeptical_verifier"]

@@ -1,0 +1,103 @@
+"""Durable records: whole lines, damaged tails set aside, resumes that refuse a changed config."""
+
+import json
+
+import pytest
+
+from engine.errors import UsageError
+from engine.results import (
+    MANIFEST_FILE,
+    RECORDS_FILE,
+    ModelUsage,
+    ProblemRecord,
+    RunStore,
+    StepRecord,
+    TrackRecord,
+    append_record,
+    read_records,
+)
+
+
+def record(problem_id="1", repeat_id=0):
+    step = StepRecord(
+        index=0,
+        text="s",
+        writer="small",
+        tokens=3,
+        score=8.0,
+        score_distribution={"8": 1.0},
+        usage={"small": ModelUsage(10, 3, 1)},
+    )
+    track = TrackRecord(track_id=0, mode="spec", steps=[step], answer="4", usage={"small": ModelUsage(10, 3, 1)})
+    return ProblemRecord(
+        run_id="r",
+        dataset="demo",
+        problem_id=problem_id,
+        repeat_id=repeat_id,
+        mode="spec",
+        problem="2+2?",
+        reference_answer="4",
+        tracks=[track],
+        answer="4",
+    )
+
+
+def manifest(digest="abc"):
+    return {"run_id": "new", "config_digest": digest}
+
+
+def test_a_record_round_trips_through_its_json_line(tmp_path):
+    path = tmp_path / RECORDS_FILE
+    append_record(path, record())
+    read = read_records(path)
+    assert read.records == [record()] and not read.bad_lines and not read.partial_tail
+    assert read.records[0].tracks[0].steps[0].accepted is True
+
+
+def test_partial_last_line_and_malformed_lines_are_reported(tmp_path):
+    path = tmp_path / RECORDS_FILE
+    append_record(path, record("1"))
+    with path.open("a") as handle:
+        handle.write("not json\n")
+    append_record(path, record("2"))
+    with path.open("a") as handle:
+        handle.write(json.dumps(record("3").to_dict())[:40])
+    read = read_records(path)
+    assert [r.problem_id for r in read.records] == ["1", "2"]
+    assert [n for n, _ in read.bad_lines] == [2, 4]
+    assert read.partial_tail
+
+
+def test_opening_a_damaged_folder_keeps_good_records_and_sets_the_original_aside(tmp_path):
+    RunStore.open(tmp_path, manifest())
+    append_record(tmp_path / RECORDS_FILE, record("1"))
+    with (tmp_path / RECORDS_FILE).open("a") as handle:
+        handle.write('{"run_id": "r", "datas')
+    store = RunStore.open(tmp_path, manifest())
+    assert set(store.done) == {("1", 0)}
+    assert read_records(tmp_path / RECORDS_FILE).partial_tail is False
+    (damaged,) = tmp_path.glob(f"{RECORDS_FILE}.damaged-*")
+    assert damaged.read_text().endswith('"datas')
+
+
+def test_resume_keeps_the_run_id_and_finished_records(tmp_path):
+    first = RunStore.open(tmp_path, {"run_id": "first", "config_digest": "abc"})
+    first.append(record("1"))
+    again = RunStore.open(tmp_path, manifest())
+    assert again.manifest["run_id"] == "first"
+    assert set(again.done) == {("1", 0)}
+
+
+def test_a_changed_config_is_refused_without_overwrite(tmp_path):
+    RunStore.open(tmp_path, manifest("abc")).append(record())
+    with pytest.raises(UsageError, match="another config.*--overwrite"):
+        RunStore.open(tmp_path, manifest("xyz"))
+    assert len(read_records(tmp_path / RECORDS_FILE).records) == 1
+
+
+def test_overwrite_starts_over_and_keeps_the_old_files(tmp_path):
+    RunStore.open(tmp_path, manifest("abc")).append(record())
+    store = RunStore.open(tmp_path, manifest("xyz"), overwrite=True)
+    assert store.done == {}
+    assert json.loads((tmp_path / MANIFEST_FILE).read_text())["config_digest"] == "xyz"
+    assert len(list(tmp_path.glob(f"{RECORDS_FILE}.replaced-*"))) == 1
