@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -42,25 +42,36 @@ TINY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "tiny-models"
 DEMO_REASONING = {"token_budget": 160, "max_step_tokens": 32, "answer_max_tokens": 32}
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming it, not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 def _single_model(args: argparse.Namespace, default_tracks: int) -> dict[str, Any]:
-    mode = args.model or "big"
+    mode = _or(args.model, "big")
     return {
         "mode": mode,
-        "answer_model": args.answer_model or mode,
-        "selector_model": args.selector_model or mode,
-        "tracks": args.tracks or default_tracks,
+        "answer_model": _or(args.answer_model, mode),
+        "selector_model": _or(args.selector_model, mode),
+        "tracks": _or(args.tracks, default_tracks),
     }
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "base": lambda a: _single_model(a, 1),
-    "spec": lambda a: {"mode": "spec", "tracks": a.tracks or 1},
+    "spec": lambda a: {"mode": "spec", "tracks": _or(a.tracks, 1)},
     "scale": lambda a: _single_model(a, 3),
-    "spec_scale": lambda a: {"mode": "spec", "tracks": a.tracks or 3},
+    "spec_scale": lambda a: {"mode": "spec", "tracks": _or(a.tracks, 3)},
     "spec_scale_methods": lambda a: {
         "mode": "spec",
-        "method_num": a.method_num or 3,
-        "tracks": a.tracks or a.method_num or 3,
+        "method_num": _or(a.method_num, 3),
+        "tracks": _or(a.tracks, _or(a.method_num, 3)),
     },
 }
 
@@ -211,7 +222,7 @@ def format_summary(records: list[ProblemRecord]) -> str:
 
 def run_runner(runner: str, argv: list[str] | None = None, *, choose_runner: bool = False) -> int:
     """Entry point of `runners/<runner>.py` and, with `choose_runner` (`--runner`), `spectra run`."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="spectra run" if choose_runner else f"runners/{runner}.py",
         description="Run a reasoning mode over a data set and write one record a problem.",
     )
@@ -273,8 +284,8 @@ def _make_tiny_models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="spectra", description="Parallel, speculative LLM reasoning on vLLM.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = ArgumentParser(prog="spectra", description="Parallel, speculative LLM reasoning on vLLM.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     commands.add_parser(
         "run", help="run a runner (default spec) on a data set; with no models, the tiny demo", add_help=False
     )

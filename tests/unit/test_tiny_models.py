@@ -8,6 +8,9 @@ from transformers import AutoConfig, AutoTokenizer
 
 from engine.tiny_models import MARKER, make_tiny_models
 
+# Building models needs torch, which comes with the cpu/gpu extras (vLLM), not the base install.
+pytest.importorskip("torch")
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -1,0 +1,142 @@
+"""The sim server the benchmarks rest on: its answers end tracks as configured, its latency model
+and capacity hold, and its faults fail requests as asked."""
+
+import asyncio
+import time
+
+import pytest
+
+from benchmarks.harness import sim_process, sim_stats
+from benchmarks.sim_server import FAULT_KINDS, Latency, SimConfig, SimServer, answer_number, plan_reply
+from engine.client import ClientLimits, ModelClient
+from engine.config import ReasoningConfig
+from engine.datasets import Problem
+from engine.errors import RetryableServerError
+from engine.prompts import load_prompt_set
+from engine.scoring import score_from_logprobs
+from engine.track import TrackSetup, new_track_record, run_track, track_messages
+
+PROBLEM = Problem(id="p1", problem="What is 6 * 7?", answer="42")
+PROMPTS = load_prompt_set("default")
+QUICK = Latency(request_s=0.0, token_s=0.001, capacity=16)
+STEP = {"stop": ["\n\n", "</think>"], "max_tokens": 64}
+
+
+def sim_config(**overrides) -> SimConfig:
+    return SimConfig(**{"models": {"small": QUICK, "big": QUICK}, "steps_per_track": 3, "step_tokens": 4,
+                        **overrides})
+
+
+async def run_spec_track(make_models, config: SimConfig):
+    async with SimServer(config) as sim:
+        models = make_models(big=sim, small=sim)
+        setup = TrackSetup(track_id=0, mode="spec", seed=1)
+        record = new_track_record(setup)
+        await run_track(record, setup, PROBLEM, models, PROMPTS, ReasoningConfig(seed=1))
+    head = models["big"].chat.render(list(track_messages(PROBLEM, PROMPTS, None)), "")
+    return record, sim, head
+
+
+@pytest.mark.parametrize(("accept_rate", "writer"), [(1.0, "small"), (0.0, "big")])
+async def test_a_spec_track_thinks_the_configured_steps_then_answers(make_models, accept_rate, writer):
+    record, sim, head = await run_spec_track(make_models, sim_config(accept_rate=accept_rate))
+    assert record.finish_reason == "think_end" and record.error is None
+    assert [s.writer for s in record.steps] == [writer] * 3
+    assert [s.tokens for s in record.steps] == [4, 4, 4]
+    assert record.answer == str(answer_number(head))
+    rewrites = 3 if writer == "big" else 0
+    assert sim.stats.requests == {"step": 3 + rewrites, "score": 3, "answer": 1, "tokenize": 0}
+    assert sim.stats.served == 7 + rewrites and sim.stats.queued == 0
+
+
+async def test_every_track_of_a_problem_makes_the_same_requests(make_models):
+    first, _, _ = await run_spec_track(make_models, sim_config(accept_rate=0.5))
+    second, _, _ = await run_spec_track(make_models, sim_config(accept_rate=0.5))
+    assert [(s.writer, s.text, s.score) for s in first.steps] == [(s.writer, s.text, s.score) for s in second.steps]
+
+
+def test_score_replies_accept_at_the_configured_rate_with_top_logprobs():
+    config = sim_config(accept_rate=0.7)
+    replies = [plan_reply("score", {"prompt": f"step {i}", "max_tokens": 1, "logprobs": 10}, config)
+               for i in range(2000)]
+    scores = [score_from_logprobs(r.tokens[0], r.top_logprobs[0], "greedy").value for r in replies]
+    accepted = sum(score >= config.accept_threshold for score in scores) / len(scores)
+    assert 0.66 < accepted < 0.74
+    assert all(len(r.top_logprobs[0]) == 10 and max(r.top_logprobs[0], key=r.top_logprobs[0].get) == r.tokens[0]
+               for r in replies)
+
+
+def test_a_step_is_cut_at_max_tokens():
+    reply = plan_reply("step", {"prompt": "<think>\n", "model": "small", **STEP, "max_tokens": 3}, sim_config())
+    assert (len(reply.tokens), reply.finish_reason, reply.stop_reason) == (3, "length", None)
+
+
+async def test_a_request_takes_request_time_plus_time_per_token(session):
+    config = sim_config(models={"m": Latency(request_s=0.05, token_s=0.01, capacity=4)}, step_tokens=10)
+    async with SimServer(config) as sim:
+        client = ModelClient(session, "m", [sim.url])
+        started = time.monotonic()
+        completion = await client.complete("<think>\n", **STEP)
+        elapsed = time.monotonic() - started
+    assert completion.completion_tokens == 10 and completion.stop_reason == "\n\n"
+    assert 0.15 <= elapsed < 0.25
+    assert 0.06 <= completion.ttft_s < 0.15
+
+
+async def test_requests_beyond_capacity_wait_for_a_slot(session):
+    config = sim_config(models={"m": Latency(request_s=0.0, token_s=0.01, capacity=2)}, step_tokens=10)
+    async with SimServer(config) as sim:
+        client = ModelClient(session, "m", [sim.url])
+        started = time.monotonic()
+        await asyncio.gather(*(client.complete("<think>\n", **STEP) for _ in range(6)))
+        elapsed = time.monotonic() - started
+    assert 0.3 <= elapsed < 0.45  # three rounds of two requests of 0.1 s
+    assert sim.stats.peak_decoding == {"m": 2} and sim.stats.peak_in_flight == 6 and sim.stats.queued == 4
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+async def test_a_fault_rate_of_one_fails_every_attempt(session, kind, stream):
+    config = sim_config(models={"m": QUICK}, fault_rate=1.0, fault_kinds=(kind,), stall_s=1.0, step_tokens=8)
+    limits = ClientLimits(max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.02, stall_timeout_s=0.2,
+                          request_timeout_s=0.3)
+    async with SimServer(config) as sim:
+        client = ModelClient(session, "m", [sim.url], limits)
+        with pytest.raises(RetryableServerError):
+            await client.complete("<think>\n", stream=stream, **STEP)
+    assert sim.stats.faults[kind] == 3 and sum(sim.stats.faults.values()) == 3 and sim.stats.served == 0
+    assert (client.stats.retries, client.stats.failures) == (2, 1)
+
+
+async def fault_pattern(session, seed: int) -> list[bool]:
+    config = sim_config(models={"m": QUICK}, fault_rate=0.3, fault_kinds=("http_503",), seed=seed)
+    failed = []
+    async with SimServer(config) as sim:
+        client = ModelClient(session, "m", [sim.url], ClientLimits(max_attempts=1))
+        for _ in range(30):
+            try:
+                await client.complete("<think>\n", **STEP)
+            except RetryableServerError:
+                failed.append(True)
+            else:
+                failed.append(False)
+    return failed
+
+
+async def test_faults_are_drawn_the_same_way_for_the_same_seed(session):
+    first, again, other = [await fault_pattern(session, seed) for seed in (5, 5, 6)]
+    assert first == again and first != other
+    assert 0 < sum(first) < 30
+
+
+async def test_the_server_process_serves_its_endpoints_and_counters(session):
+    async with sim_process(sim_config()) as url:
+        async with session.get(url + "/health") as health, session.get(url + "/v1/models") as models:
+            assert health.status == 200
+            assert [m["id"] for m in (await models.json())["data"]] == ["small", "big"]
+        client = ModelClient(session, "big", [url])
+        assert len(await client.tokenize("three little words")) == 3
+        score = await client.complete("a step", max_tokens=1, logprobs=10, stream=False)
+        assert score.text.isdigit() and len(score.top_logprobs[0]) == 10
+        stats = await sim_stats(session, url)
+    assert stats["requests"] == {"step": 0, "score": 1, "answer": 0, "tokenize": 1} and stats["served"] == 1
