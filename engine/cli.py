@@ -310,3 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_runner("spec", argv[1:], choose_runner=True)
     args = parser.parse_args(argv)
     return _guarded(args, lambda: {"serve": _serve, "make-tiny-models": _make_tiny_models}[args.command](args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

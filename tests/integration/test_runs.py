@@ -141,3 +141,28 @@ def test_runner_command_line_runs_and_prints_a_summary(vllm_servers, tmp_path):
     assert result.stdout.splitlines()[0].startswith("problem")
     (record,) = read_records(out / RECORDS_FILE).records
     assert [t.role for t in record.tracks] == ["careful_algebraist", "skeptical_verifier"]
+
+
+def test_the_demo_command_starts_its_own_servers_and_prints_a_summary(tiny_models, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "run",
+        "--tiny_models_dir",
+        str(tiny_models.big.parent),
+        "--problem_id",
+        "0",
+        "--output_dir",
+        str(tmp_path / "demo"),
+        "--no_progress",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    header, row, records_line = result.stdout.splitlines()
+    assert header.split()[:3] == ["problem", "rep", "answer"] and row.split()[0] == "0"
+    assert "1 new, 0 already done" in records_line
+    (record,) = read_records(tmp_path / "demo" / RECORDS_FILE).records
+    assert record.dataset == "demo" and record.tracks[0].mode == "spec"
+    logs = sorted(p.name for p in (tmp_path / "demo" / "server-logs").iterdir())
+    assert logs == ["big.log", "small.log"]

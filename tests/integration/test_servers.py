@@ -114,7 +114,8 @@ async def test_stream_reports_usage_last_only_when_asked(vllm_servers, http):
     *chunks, last, done = events
     assert done == "[DONE]"
     assert last["choices"] == [] and last["usage"]["completion_tokens"] == 5
-    assert all("usage" not in chunk for chunk in chunks) and len(chunks) == 5
+    # vLLM may put several tokens in one chunk when it falls behind
+    assert all("usage" not in chunk for chunk in chunks) and 1 <= len(chunks) <= 5
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
