@@ -79,9 +79,19 @@ async def generate_step(model: Model, ctx: StepContext, *, salt: int) -> Complet
         temperature=ctx.config.temperature,
         top_p=ctx.config.top_p,
         stop=stop,
-        seed=None if ctx.seed is None else ctx.seed * 7919 + ctx.index * 4 + salt,
+        seed=request_seed(ctx.seed, ctx.index, salt),
         extra=NO_SPECIAL_TOKENS,
     )
+
+
+SEED_STRIDE = 7919
+ANSWER_SALT = 3
+
+
+def request_seed(track_seed: int | None, index: int, salt: int) -> int | None:
+    """A reproducible vLLM seed, distinct per track, step and purpose (salt 0-2 within a step:
+    single model, draft, rewrite; `ANSWER_SALT` for the final answer)."""
+    return None if track_seed is None else track_seed * SEED_STRIDE + index * 4 + salt
 
 
 # The chat template already holds BOS and role tokens; letting vLLM add them again would

@@ -134,7 +134,9 @@ async def _run_work(
             store = RunStore.open(Path(config.output_dir), manifest, overwrite=overwrite)
             with bind_context(run=store.manifest["run_id"]):
                 log.info("run_models_ready", models={role: m.client.model for role, m in models.items()})
-                with tqdm(total=len(todo), desc=config.runner, unit="problem", disable=not progress) as bar:
+                with tqdm(
+                    total=len(todo), desc=config.runner, unit="problem", disable=None if progress else True
+                ) as bar:
 
                     def on_record(record: ProblemRecord) -> None:
                         store.append(record)

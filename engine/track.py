@@ -21,7 +21,7 @@ from engine.chat import THINK_CLOSE, Message
 from engine.config import ReasoningConfig
 from engine.datasets import Problem
 from engine.errors import ServerError
-from engine.policies import NO_SPECIAL_TOKENS, POLICIES, Model, StepContext, usage_of
+from engine.policies import ANSWER_SALT, NO_SPECIAL_TOKENS, POLICIES, Model, StepContext, request_seed, usage_of
 from engine.prompts import PromptSet
 from engine.results import TrackRecord, sum_usage
 
@@ -156,7 +156,7 @@ async def _answer(record, ending, models, prompts, config, messages, *, multiple
         max_tokens=config.answer_max_tokens,
         temperature=config.temperature,
         top_p=config.top_p,
-        seed=None if record.seed is None else record.seed * 7919 + 3,
+        seed=request_seed(record.seed, 0, ANSWER_SALT),
         extra=NO_SPECIAL_TOKENS,
     )
     record.usage = sum_usage([record.usage, {model.role: usage_of(completion)}])

@@ -5,12 +5,12 @@ import asyncio
 from engine.config import ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
 from engine.datasets import Problem
 from engine.methods import parse_methods, select_methods
+from engine.policies import SEED_STRIDE
 from engine.prompts import load_prompt_set
 from engine.scheduler import Scheduler, WorkItem, plan_tracks
 from tests.fake_openai import FakeOpenAIServer, Reply
 
 PROBLEMS = [Problem(id=str(i), problem=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(5)]
-SEED_STRIDE = 7919  # engine.policies derives request seeds as track_seed * 7919 + ...
 
 
 def config(**parallel):
