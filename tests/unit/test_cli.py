@@ -72,8 +72,9 @@ def test_an_invalid_prompt_set_folder_is_refused(capsys, tmp_path):
 
 
 def test_an_unreachable_server_is_refused_before_anything_is_written(capsys, tmp_path):
-    code, errors = run_cli(capsys, tmp_path, *SERVED, "--big_url", "http://127.0.0.1:9",
-                           "--small_url", "http://127.0.0.1:9")
+    code, errors = run_cli(
+        capsys, tmp_path, *SERVED, "--big_url", "http://127.0.0.1:9", "--small_url", "http://127.0.0.1:9"
+    )
     assert code == 2 and len(errors) == 1
     assert "cannot reach model server at http://127.0.0.1:9" in errors[0] and "--big_url" in errors[0]
 
@@ -97,8 +98,18 @@ def test_a_model_the_server_does_not_serve_is_refused(capsys, tmp_path):
     thread.start()
     try:
         assert ready.wait(10)
-        code, errors = run_cli(capsys, tmp_path, "--big_model", "qwq", "--small_model", "fake-model",
-                               "--big_url", holder["url"], "--small_url", holder["url"])
+        code, errors = run_cli(
+            capsys,
+            tmp_path,
+            "--big_model",
+            "qwq",
+            "--small_model",
+            "fake-model",
+            "--big_url",
+            holder["url"],
+            "--small_url",
+            holder["url"],
+        )
     finally:
         stop.set()
         thread.join()
@@ -107,8 +118,13 @@ def test_a_model_the_server_does_not_serve_is_refused(capsys, tmp_path):
 
 
 def test_help_works_for_every_command(capsys):
-    for command in (["--help"], ["run", "--help"], ["serve", "--help"], ["make-tiny-models", "--help"],
-                    ["eval", "--help"]):
+    for command in (
+        ["--help"],
+        ["run", "--help"],
+        ["serve", "--help"],
+        ["make-tiny-models", "--help"],
+        ["eval", "--help"],
+    ):
         with pytest.raises(SystemExit) as exited:
             main(command)
         assert exited.value.code == 0

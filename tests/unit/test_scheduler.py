@@ -1,6 +1,7 @@
 """Scheduler limits, early stop with real cancellation, track planning and method selection."""
 
 import asyncio
+import dataclasses
 
 from engine.config import ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
 from engine.datasets import Problem
@@ -9,6 +10,7 @@ from engine.policies import SEED_STRIDE
 from engine.prompts import load_prompt_set
 from engine.scheduler import Scheduler, WorkItem, plan_tracks
 from tests.fake_openai import FakeOpenAIServer, Reply
+from tests.unit.conftest import FAST_LIMITS
 
 PROBLEMS = [Problem(id=str(i), problem=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(5)]
 
@@ -60,6 +62,26 @@ async def test_tracks_in_flight_never_exceed_the_limit(make_models):
     assert big.peak_in_flight == 3
     assert sorted(r.problem_id for r in records) == [p.id for p in PROBLEMS]
     assert all(len(r.tracks) == 4 and r.answer == "1" and not r.early_stopped for r in records)
+
+
+async def test_thirty_problems_of_eight_tracks_never_open_more_requests_than_configured(make_models):
+    problems = [Problem(id=str(i), problem=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(30)]
+    cfg = config(tracks=8, max_tracks_in_flight=12, max_problems_in_flight=4)
+    limits = dataclasses.replace(FAST_LIMITS, max_in_flight_per_endpoint=5)
+    records = []
+    async with FakeOpenAIServer(scripted_tracks(["1"] * 8, [0.005] * 8)) as big:
+        scheduler = Scheduler(
+            cfg,
+            make_models(big=big, limits=limits),
+            load_prompt_set("roles"),
+            run_id="r",
+            dataset="d",
+            on_record=records.append,
+        )
+        await scheduler.run([WorkItem(p, 0) for p in problems])
+    assert big.peak_in_flight == 5
+    assert len(records) == 30 and all(len(r.tracks) == 8 for r in records)
+    assert len(big.requests) == 30 * 8 * 2  # one step and one answer per track
 
 
 async def test_problems_start_in_order(make_models):
