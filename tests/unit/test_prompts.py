@@ -69,8 +69,9 @@ def test_default_texts_are_the_seeds():
     assert prompt_set.render_problem("What is 1+1?") == SEED_PROBLEM + "What is 1+1?"
     assert prompt_set.render_score("p", "s") == SEED_SCORE
     assert prompt_set.render_score_prefix() == "<think>I think the quality score is: "
+    # the steps before it already end with the step delimiter, so no blank line of its own
     assert prompt_set.render_answer() == (
-        "\n\nConsidering the limited time, I have to give the solution based on the thinking directly now."
+        "Considering the limited time, I have to give the solution based on the thinking directly now."
         "\n</think>\n\n"
     )
     assert prompt_set.templates.rewrite == ""
