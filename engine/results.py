@@ -75,8 +75,10 @@ class TrackRecord:
 
     `finish_reason` is one of: "answer" (an answer was written), "budget" (the thinking
     budget ran out, then the answer was asked for), "eos" (a model ended the sequence),
-    "repeat" (a step repeated the previous one), "cancelled" (stopped early by the
-    scheduler), "failed" (an error, kept in `error`).
+    "repeat" (a step repeated the previous one or was empty), "think_end" (the model closed
+    thinking), "cancelled" (stopped early by the scheduler), "failed" (an error, kept in
+    `error`). `answer_model` wrote the answer: the answer model after thinking, or the writer
+    of the step that stated it.
     """
 
     track_id: int
@@ -87,6 +89,7 @@ class TrackRecord:
     steps: list[StepRecord] = field(default_factory=list)
     answer_text: str = ""
     answer: str | None = None
+    answer_model: str | None = None
     finish_reason: str = ""
     error: str | None = None
     usage: dict[str, ModelUsage] = field(default_factory=dict)

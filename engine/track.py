@@ -142,8 +142,10 @@ async def _answer(record, ending, models, prompts, config, messages, *, multiple
     record.finish_reason = ending
     if ending == "answer":
         record.answer = extract_answer(reasoning, choices=multiple_choice)
+        record.answer_model = record.steps[-1].writer
         return
     model = models[config.answer_model]
+    record.answer_model = model.role
     if ending in ("think_end", "eos"):
         closing = THINK_CLOSE + "\n\n" if model.chat.thinking else ""
     else:

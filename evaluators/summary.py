@@ -18,7 +18,9 @@ complete sample; failed tracks count, as wrong):
   maj@k (repeats): the same over the voted answers of a problem's first k repeats.
 - tokens: per-model usage summed over a record (`ProblemRecord.usage`), averaged per
   record; big_share_generated = big completion tokens / all completion tokens, over the
-  run; big_share_kept = tokens of kept steps written by "big" / tokens of all kept steps.
+  run; big_share_kept = tokens of kept steps written by "big" / tokens of all kept steps;
+  thinking tokens per model are the kept steps' tokens by writer, answer tokens per model
+  the tracks' answer tokens by `answer_model`.
 - steps (speculative modes, steps with a score): acceptance_rate = scored steps kept as
   drafted / scored steps; score_histogram counts floor(score) in bins 0-9.
 - latency: mean, p50, p95 of `latency_s` per record. requests: per record, all models.
@@ -54,6 +56,7 @@ class TokenSummary:
     requests_per_record: dict[str, float]
     thinking_per_record: float
     answer_per_record: float
+    answer_tokens_by_model: dict[str, float]
     kept_step_tokens_by_writer: dict[str, float]
     big_share_generated: float | None
     big_share_kept: float | None
@@ -241,10 +244,13 @@ def _token_summary(records: list[ProblemRecord]) -> TokenSummary:
     total = sum_usage([r.usage for r in records])
     models = sorted(total, key=lambda m: (MODEL_ROLES.index(m) if m in MODEL_ROLES else len(MODEL_ROLES), m))
     kept: dict[str, int] = defaultdict(int)
+    answers: dict[str, int] = defaultdict(int)
     for record in records:
         for track in record.tracks:
             for step in track.steps:
                 kept[step.writer] += step.tokens
+            if track.answer_model is not None:
+                answers[track.answer_model] += track.answer_tokens
     count = len(records)
     all_completion = sum(u.completion_tokens for u in total.values())
     return TokenSummary(
@@ -253,6 +259,7 @@ def _token_summary(records: list[ProblemRecord]) -> TokenSummary:
         requests_per_record={m: total[m].requests / count for m in models},
         thinking_per_record=_per_record(records, lambda r: sum(t.thinking_tokens for t in r.tracks)),
         answer_per_record=_per_record(records, lambda r: sum(t.answer_tokens for t in r.tracks)),
+        answer_tokens_by_model={m: n / count for m, n in sorted(answers.items())},
         kept_step_tokens_by_writer={w: n / count for w, n in sorted(kept.items())},
         big_share_generated=metrics.ratio(total["big"].completion_tokens if "big" in total else 0, all_completion),
         big_share_kept=metrics.ratio(kept.get("big", 0), sum(kept.values())),

@@ -215,6 +215,18 @@ def test_tokens_requests_and_shares(spec_run):
     assert t.answer_per_record == 3.75
 
 
+def test_answer_tokens_are_split_by_the_model_that_wrote_the_answer(tmp_path):
+    tracks = [
+        track(0, "1", answer_tokens=12, answer_model="big"),
+        track(1, "1", answer_tokens=4, answer_model="small"),
+        track(2, "2", answer_tokens=0, answer_model=None),
+    ]
+    run = write_run(
+        tmp_path / "r", [record("1", 0, "1", "1", tracks), record("2", 0, "1", "1", tracks[:1])], mode="spec"
+    )
+    assert evaluate(run).tokens.answer_tokens_by_model == {"big": 12.0, "small": 2.0}  # (12 + 12) / 2, 4 / 2
+
+
 def test_speculative_steps_latency_and_early_stop(spec_run):
     s = evaluate(spec_run)
     # Scored steps: 8.0 kept, 3.5 rewritten, 7.0 kept.

@@ -70,7 +70,7 @@ async def test_step_scoring_at_threshold_is_kept_and_one_below_is_rewritten(make
     assert (first.writer, first.score, first.draft, first.accepted) == ("small", 7.0, None, True)
     assert (second.writer, second.score, second.draft, second.accepted) == ("big", 6.0, "it is forty two", False)
     assert second.text == "6 * 7 = 42"
-    assert record.finish_reason == "think_end" and record.answer == "42"
+    assert record.finish_reason == "think_end" and record.answer == "42" and record.answer_model == "big"
     # the rewrite continues the same prefix as the rejected draft (SpecReason)
     assert big.prompts["step"][0] == small.prompts["step"][1]
     assert big.prompts["answer"][0].endswith("six times seven\n\n6 * 7 = 42\n\n</think>\n\n")
@@ -125,7 +125,7 @@ async def test_step_with_boxed_answer_ends_without_an_answer_request(make_models
     small = Script(step=[step("so \\boxed{42}")])
     big = Script(score=[score("8")])
     record = await run(make_models, small, big)
-    assert record.finish_reason == "answer" and record.answer == "42"
+    assert record.finish_reason == "answer" and record.answer == "42" and record.answer_model == "small"
     assert record.answer_tokens == 0 and "answer" not in big.prompts
 
 
