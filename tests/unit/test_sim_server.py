@@ -7,7 +7,8 @@ import time
 import pytest
 
 from benchmarks.harness import sim_process, sim_stats
-from benchmarks.sim_server import FAULT_KINDS, Latency, SimConfig, SimServer, answer_number, plan_reply
+from benchmarks.sim_behaviour import FAULT_KINDS, Latency, SimConfig, answer_number, plan_reply
+from benchmarks.sim_server import SimServer
 from engine.client import ClientLimits, ModelClient
 from engine.config import ReasoningConfig
 from engine.datasets import Problem
@@ -23,8 +24,7 @@ STEP = {"stop": ["\n\n", "</think>"], "max_tokens": 64}
 
 
 def sim_config(**overrides) -> SimConfig:
-    return SimConfig(**{"models": {"small": QUICK, "big": QUICK}, "steps_per_track": 3, "step_tokens": 4,
-                        **overrides})
+    return SimConfig(**{"models": {"small": QUICK, "big": QUICK}, "steps_per_track": 3, "step_tokens": 4, **overrides})
 
 
 async def run_spec_track(make_models, config: SimConfig):
@@ -57,13 +57,16 @@ async def test_every_track_of_a_problem_makes_the_same_requests(make_models):
 
 def test_score_replies_accept_at_the_configured_rate_with_top_logprobs():
     config = sim_config(accept_rate=0.7)
-    replies = [plan_reply("score", {"prompt": f"step {i}", "max_tokens": 1, "logprobs": 10}, config)
-               for i in range(2000)]
+    replies = [
+        plan_reply("score", {"prompt": f"step {i}", "max_tokens": 1, "logprobs": 10}, config) for i in range(2000)
+    ]
     scores = [score_from_logprobs(r.tokens[0], r.top_logprobs[0], "greedy").value for r in replies]
     accepted = sum(score >= config.accept_threshold for score in scores) / len(scores)
     assert 0.66 < accepted < 0.74
-    assert all(len(r.top_logprobs[0]) == 10 and max(r.top_logprobs[0], key=r.top_logprobs[0].get) == r.tokens[0]
-               for r in replies)
+    assert all(
+        len(r.top_logprobs[0]) == 10 and max(r.top_logprobs[0], key=r.top_logprobs[0].get) == r.tokens[0]
+        for r in replies
+    )
 
 
 def test_a_step_is_cut_at_max_tokens():
@@ -83,6 +86,17 @@ async def test_a_request_takes_request_time_plus_time_per_token(session):
     assert 0.06 <= completion.ttft_s < 0.15
 
 
+async def test_stream_interval_sends_several_tokens_an_event(session):
+    config = sim_config(models={"m": QUICK}, step_tokens=10, stream_interval=4)
+    body = {"model": "m", "prompt": "<think>\n", "stream": True, "stream_options": {"include_usage": True}, **STEP}
+    async with SimServer(config) as sim:
+        async with session.post(sim.url + "/v1/completions", json=body) as response:
+            events = [line for line in (await response.read()).split(b"\n") if line.startswith(b"data:")]
+        completion = await ModelClient(session, "m", [sim.url]).complete("<think>\n", **STEP)
+    assert len(events) == 3 + 2  # 4 + 4 + 2 tokens, the usage, [DONE]
+    assert completion.completion_tokens == 10 and completion.text == "".join(f" m0w{i}" for i in range(10))[1:]
+
+
 async def test_requests_beyond_capacity_wait_for_a_slot(session):
     config = sim_config(models={"m": Latency(request_s=0.0, token_s=0.01, capacity=2)}, step_tokens=10)
     async with SimServer(config) as sim:
@@ -98,8 +112,9 @@ async def test_requests_beyond_capacity_wait_for_a_slot(session):
 @pytest.mark.parametrize("kind", FAULT_KINDS)
 async def test_a_fault_rate_of_one_fails_every_attempt(session, kind, stream):
     config = sim_config(models={"m": QUICK}, fault_rate=1.0, fault_kinds=(kind,), stall_s=1.0, step_tokens=8)
-    limits = ClientLimits(max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.02, stall_timeout_s=0.2,
-                          request_timeout_s=0.3)
+    limits = ClientLimits(
+        max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.02, stall_timeout_s=0.2, request_timeout_s=0.3
+    )
     async with SimServer(config) as sim:
         client = ModelClient(session, "m", [sim.url], limits)
         with pytest.raises(RetryableServerError):

@@ -1,0 +1,1 @@
+"""Benchmarks of the engine against a simulated OpenAI-compatible server (see benchmarks/README.md)."""

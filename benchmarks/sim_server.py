@@ -1,0 +1,298 @@
+"""A simulated vLLM OpenAI-compatible server whose answers end spectra tracks deterministically.
+
+It serves `/v1/completions` (streamed as server-sent events with `stream_options.include_usage`,
+or whole), `/tokenize`, `/v1/models`, `/health`, and its counters at `GET /stats`. What it
+answers, and its latency model, are in `benchmarks.sim_behaviour`: a request takes `request_s`
+plus `token_s` per generated token from its arrival, and up to `capacity` requests of a model
+decode at once at full speed while more wait for a free slot (a simple model of continuous
+batching).
+
+With `fault_rate` > 0 a completion request fails that often (drawn in arrival order from a
+generator seeded with `seed`) in one of `fault_kinds`: HTTP 500 or 503, a connection reset
+mid-stream, a stall of `stall_s` mid-stream (longer than the client's stall timeout), or a body
+cut short (a stream without `[DONE]`, or half a JSON document).
+
+Run it in its own process (`python -m benchmarks.sim_server --port 0 --config JSON`) so it does
+not compete with the engine for the event loop; it prints one line `sim_server_ready <url>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import random
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from benchmarks.sim_behaviour import FAULT_KINDS, Reply, SimConfig, plan_reply, request_kind, unit_hash
+
+READY_PREFIX = "sim_server_ready "
+
+
+@dataclass
+class SimStats:
+    """What the sim served: requests by kind, faults by kind, peaks of concurrency."""
+
+    requests: dict[str, int] = field(default_factory=lambda: {"step": 0, "score": 0, "answer": 0, "tokenize": 0})
+    served: int = 0
+    faults: dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in FAULT_KINDS})
+    disconnects: int = 0
+    queued: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    decoding: dict[str, int] = field(default_factory=dict)
+    peak_decoding: dict[str, int] = field(default_factory=dict)
+    completion_tokens: int = 0
+    late_s_total: float = 0.0
+    late_s_max: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counters, and the CPU time the sim's process has used (it runs alone in it)."""
+        return {**dataclasses.asdict(self), "cpu_s": time.process_time()}
+
+
+class SimServer:
+    """The simulated server; `async with SimServer(config) as server:` serves at `server.url`."""
+
+    def __init__(self, config: SimConfig):
+        self.config = config
+        self.stats = SimStats(decoding={m: 0 for m in config.models}, peak_decoding={m: 0 for m in config.models})
+        self.url = ""
+        self._faults = random.Random(config.seed)
+        self._slots = {name: asyncio.Semaphore(latency.capacity) for name, latency in config.models.items()}
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/stats", self._stats)
+        # handler_cancellation: a client that goes away cancels its handler, as vLLM aborts the request.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=1024)
+        await site.start()
+        bound_port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://{host}:{bound_port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> SimServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats.to_dict())
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": name, "object": "model", "owned_by": "sim"} for name in self.config.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.stats.requests["tokenize"] += 1
+        tokens = [int(unit_hash(word) * 50_000) for word in str(body.get("prompt", "")).split()]
+        return web.json_response({"tokens": tokens, "count": len(tokens), "max_model_len": 32768})
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        # The latency model counts from here, so the sim's own parsing and planning come out of
+        # `request_s` instead of adding to it.
+        arrived = time.monotonic()
+        body = await request.json()
+        model = body.get("model")
+        if model not in self.config.models:
+            return _error(404, f"The model `{model}` does not exist.")
+        kind = request_kind(body, self.config.delimiter)
+        self.stats.requests[kind] += 1
+        fault = self._draw_fault()
+        stats = self.stats
+        stats.in_flight += 1
+        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        try:
+            if fault in ("http_500", "http_503"):
+                return _error(int(fault[-3:]), "simulated server failure")
+            reply = plan_reply(kind, body, self.config)
+            async with self._decoding_slot(model) as waited:
+                started = time.monotonic() if waited else arrived
+                if body.get("stream"):
+                    return await self._stream(request, body, reply, started, fault)
+                return await self._whole(request, body, reply, started, fault)
+        except (asyncio.CancelledError, ConnectionResetError):
+            stats.disconnects += 1
+            raise
+        finally:
+            stats.in_flight -= 1
+
+    def _draw_fault(self) -> str | None:
+        if self.config.fault_rate <= 0 or self._faults.random() >= self.config.fault_rate:
+            return None
+        fault = self._faults.choice(self.config.fault_kinds)
+        self.stats.faults[fault] += 1
+        return fault
+
+    @asynccontextmanager
+    async def _decoding_slot(self, model: str) -> AsyncIterator[bool]:
+        """Hold one of the model's `capacity` decoding slots; yields whether the request had to wait."""
+        slots, stats = self._slots[model], self.stats
+        waited = slots.locked()
+        stats.queued += waited
+        async with slots:
+            stats.decoding[model] += 1
+            stats.peak_decoding[model] = max(stats.peak_decoding[model], stats.decoding[model])
+            try:
+                yield waited
+            finally:
+                stats.decoding[model] -= 1
+
+    async def _whole(
+        self, request: web.Request, body: dict[str, Any], reply: Reply, started: float, fault: str | None
+    ) -> web.StreamResponse:
+        latency = self.config.models[body["model"]]
+        await _sleep_until(started + latency.seconds(len(reply.tokens)))
+        if fault == "stall":
+            await asyncio.sleep(self.config.stall_s)
+        if fault == "reset":
+            request.transport.close()
+            return web.Response()
+        payload = json.dumps(_completion(body, reply, with_usage=True))
+        if fault == "truncated":
+            return web.Response(text=payload[: len(payload) // 2], content_type="application/json")
+        self._served(reply, started + latency.seconds(len(reply.tokens)))
+        return web.Response(text=payload, content_type="application/json")
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], reply: Reply, started: float, fault: str | None
+    ) -> web.StreamResponse:
+        latency = self.config.models[body["model"]]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        cut_at = len(reply.tokens) // 2 if fault in ("reset", "stall", "truncated") else None
+        count, every = len(reply.tokens), self.config.stream_interval
+        for start in range(0, count, every):
+            end = min(start + every, count)
+            if cut_at is not None and start <= cut_at < end:
+                if fault == "reset":
+                    request.transport.close()
+                    return response
+                if fault == "truncated":
+                    await response.write_eof()
+                    return response
+                await asyncio.sleep(self.config.stall_s)
+            # Absolute deadlines: a late wake-up of the sim does not add up over a long answer.
+            await _sleep_until(started + latency.seconds(end))
+            last = end == count
+            part = Reply(reply.tokens[start:end], reply.finish_reason if last else None,
+                         reply.stop_reason if last else None,
+                         reply.top_logprobs[start:end] if reply.top_logprobs else None)
+            await _send(response, _completion(body, part, with_usage=False))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage_chunk = {**_completion(body, reply, with_usage=True), "choices": []}
+            await _send(response, usage_chunk)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        self._served(reply, started + latency.seconds(len(reply.tokens)))
+        return response
+
+    def _served(self, reply: Reply, due: float) -> None:
+        """Count a request served in full; `due` is when the latency model says it should end."""
+        stats = self.stats
+        stats.served += 1
+        stats.completion_tokens += len(reply.tokens)
+        late = max(0.0, time.monotonic() - due)
+        stats.late_s_total += late
+        stats.late_s_max = max(stats.late_s_max, late)
+
+
+async def _sleep_until(deadline: float) -> None:
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+
+async def _send(response: web.StreamResponse, chunk: dict[str, Any]) -> None:
+    await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+
+def _error(status: int, message: str) -> web.Response:
+    payload = {"object": "error", "message": message, "type": "SimError", "code": status}
+    return web.json_response(payload, status=status)
+
+
+def _completion(body: dict[str, Any], reply: Reply, *, with_usage: bool) -> dict[str, Any]:
+    choice: dict[str, Any] = {
+        "index": 0,
+        "text": "".join(reply.tokens),
+        "logprobs": None,
+        "finish_reason": reply.finish_reason,
+        "stop_reason": reply.stop_reason,
+    }
+    if reply.top_logprobs is not None:
+        choice["logprobs"] = {
+            "tokens": reply.tokens,
+            "token_logprobs": [top.get(t, -1.0) for t, top in zip(reply.tokens, reply.top_logprobs, strict=False)],
+            "top_logprobs": reply.top_logprobs,
+            "text_offset": list(range(len(reply.tokens))),
+        }
+    payload: dict[str, Any] = {
+        "id": "cmpl-sim",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body.get("model"),
+        "choices": [choice],
+    }
+    if with_usage:
+        prompt = body.get("prompt")
+        prompt_tokens = len(prompt) if isinstance(prompt, list) else max(1, len(str(prompt)) // 4)
+        payload["usage"] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(reply.tokens),
+            "total_tokens": prompt_tokens + len(reply.tokens),
+        }
+    return payload
+
+
+async def serve(config: SimConfig, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT; announce the URL on stdout for the process that started us."""
+    server = SimServer(config)
+    url = await server.start(host, port)
+    print(READY_PREFIX + url, flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m benchmarks.sim_server [--host H] [--port P] [--config JSON]`."""
+    from engine.loop import run
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--config", default=None, help="a SimConfig as JSON (SimConfig.to_json)")
+    args = parser.parse_args(argv)
+    config = SimConfig.from_json(args.config) if args.config else SimConfig()
+    run(serve(config, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
