@@ -223,7 +223,7 @@ class RunStore:
     `*.replaced-<time>`).
     """
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], done: dict[tuple[str, int], ProblemRecord]):
+    def __init__(self, folder: Path, manifest: dict[str, Any], done: set[tuple[str, int]]):
         self.folder = folder
         self.manifest = manifest
         self.done = done
@@ -278,12 +278,12 @@ class RunStore:
                 original=str(kept),
             )
         _write_atomically(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-        done = {r.key: r for r in read.records}
-        return cls(folder, manifest, done)
+        # Keys only: a long run must not hold every record it wrote in memory.
+        return cls(folder, manifest, {r.key for r in read.records})
 
     def append(self, record: ProblemRecord) -> None:
         append_record(self.records_path, record)
-        self.done[record.key] = record
+        self.done.add(record.key)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

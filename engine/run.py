@@ -30,7 +30,7 @@ from engine.datasets import Problem, load_problems, parse_field_map, parse_id_sp
 from engine.logging import bind_context
 from engine.policies import Model
 from engine.prompts import PromptSet, load_prompt_set
-from engine.results import ProblemRecord, RunStore
+from engine.results import ProblemRecord, RunStore, read_records
 from engine.scheduler import Scheduler, WorkItem
 from engine.servers import ServerSpec, check_server, serve_models
 
@@ -113,7 +113,8 @@ async def execute(config: RunConfig, *, overwrite: bool = False, progress: bool 
         store = await _run_work(config, prompts, manifest, todo, overwrite=overwrite, progress=progress)
     else:
         store = RunStore.open(folder, manifest, overwrite=overwrite)
-    records = [store.done[key] for key in ((w.problem.id, w.repeat_id) for w in work) if key in store.done]
+    by_key = {r.key: r for r in read_records(store.records_path).records}
+    records = [by_key[(w.problem.id, w.repeat_id)] for w in work if (w.problem.id, w.repeat_id) in by_key]
     new = sum(1 for w in todo if (w.problem.id, w.repeat_id) in store.done)
     return RunOutcome(store=store, records=records, new=new, resumed=len(work) - len(todo))
 

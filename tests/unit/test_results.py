@@ -98,6 +98,6 @@ def test_a_changed_config_is_refused_without_overwrite(tmp_path):
 def test_overwrite_starts_over_and_keeps_the_old_files(tmp_path):
     RunStore.open(tmp_path, manifest("abc")).append(record())
     store = RunStore.open(tmp_path, manifest("xyz"), overwrite=True)
-    assert store.done == {}
+    assert store.done == set()
     assert json.loads((tmp_path / MANIFEST_FILE).read_text())["config_digest"] == "xyz"
     assert len(list(tmp_path.glob(f"{RECORDS_FILE}.replaced-*"))) == 1
