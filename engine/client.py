@@ -368,6 +368,10 @@ async def _read_stream(
             chunk = json.loads(data.decode())
         except ValueError as exc:
             raise RetryableServerError(endpoint.url, response.status, f"malformed event: {data[:200]!r}") from exc
+        if not isinstance(chunk, dict):
+            raise RetryableServerError(endpoint.url, response.status, f"malformed event: {data[:200]!r}")
+        if "error" in chunk:
+            raise _in_band_error(endpoint, chunk["error"])
         if chunk.get("usage"):
             usage = chunk["usage"]
         for part in chunk.get("choices") or []:
@@ -380,6 +384,16 @@ async def _read_stream(
                 choice.stop_reason = part.get("stop_reason")
             _add_logprobs(choice, part.get("logprobs"))
     raise RetryableServerError(endpoint.url, response.status, "stream cut before [DONE]")
+
+
+def _in_band_error(endpoint: _Endpoint, error: Any) -> ServerError:
+    """vLLM reports a failure after a stream has started as a `data: {"error": ...}` event."""
+    error = error if isinstance(error, dict) else {"message": str(error)}
+    code = error.get("code")
+    status = code if isinstance(code, int) else None
+    message = " ".join(str(error.get("message", error)).split())[:500]
+    retryable = status is None or status == 429 or status >= 500
+    return (RetryableServerError if retryable else ServerError)(endpoint.url, status, f"error in stream: {message}")
 
 
 async def _event_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

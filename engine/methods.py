@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from engine.chat import THINK_CLOSE, Message
+from engine.errors import ServerError
 from engine.policies import NO_SPECIAL_TOKENS, Model, usage_of
 from engine.prompts import PromptSet
 from engine.results import ModelUsage
@@ -21,12 +22,14 @@ SELECTOR_MAX_TOKENS = 256
 
 @dataclass
 class MethodChoice:
-    """The methods picked for a problem; `fallback` when the selector's answer gave too few."""
+    """The methods picked for a problem; `fallback` when the selector's answer gave too few or
+    the selector failed (its error kept in `error`)."""
 
     methods: list[str]
     raw: str
     fallback: bool
     usage: dict[str, ModelUsage] = field(default_factory=dict)
+    error: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -34,6 +37,7 @@ class MethodChoice:
             "raw": self.raw,
             "fallback": self.fallback,
             "usage": {k: vars(v) for k, v in self.usage.items()},
+            "error": self.error,
         }
 
 
@@ -69,17 +73,26 @@ async def select_methods(problem: str, prompts: PromptSet, selector: Model, coun
     request = prompts.render_select_methods(problem, count)
     # Thinking models are asked to answer at once: selection is a quick judgement, not a proof.
     opening = f"{selector.chat.think_prefix}{THINK_CLOSE}\n\n" if selector.chat.thinking else ""
-    completion = await selector.client.complete(
-        selector.chat.render([Message("user", request)], opening),
-        max_tokens=SELECTOR_MAX_TOKENS,
-        temperature=0.0,
-        extra=NO_SPECIAL_TOKENS,
-    )
+    try:
+        completion = await selector.client.complete(
+            selector.chat.render([Message("user", request)], opening),
+            max_tokens=SELECTOR_MAX_TOKENS,
+            temperature=0.0,
+            extra=NO_SPECIAL_TOKENS,
+        )
+    except ServerError as exc:
+        # The problem is still worth solving with the library's first methods.
+        log.warning("method_selection_failed", error=str(exc))
+        return MethodChoice(methods=_fill(library, [], count), raw="", fallback=True, error=str(exc))
     chosen = parse_methods(completion.text, library, count)
     fallback = len(chosen) < min(count, len(library))
     if fallback:
-        chosen += [name for name in library if name not in chosen][: count - len(chosen)]
+        chosen = _fill(library, chosen, count)
         log.info("method_selection_fallback", raw=completion.text[:200], methods=chosen)
     return MethodChoice(
         methods=chosen, raw=completion.text, fallback=fallback, usage={selector.role: usage_of(completion)}
     )
+
+
+def _fill(library: list[str], chosen: list[str], count: int) -> list[str]:
+    return chosen + [name for name in library if name not in chosen][: count - len(chosen)]

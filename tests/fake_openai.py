@@ -33,6 +33,8 @@ class Reply:
     chunk_delay_s: float = 0.0
     cut_after_chunks: int | None = None
     malformed: bool = False
+    error_event: dict[str, Any] | None = None
+    raw_event: bytes | None = None
 
     def token_list(self) -> list[str]:
         if self.tokens is not None:
@@ -130,6 +132,15 @@ class FakeOpenAIServer:
                 "logprobs": _logprobs(reply, [token], i),
             }
             await _send(response, {"object": "text_completion", "choices": [choice]})
+            if i == 0 and (reply.error_event is not None or reply.raw_event is not None):
+                # vLLM reports a failure after the stream has started as an in-band event, then ends it.
+                if reply.error_event is not None:
+                    await _send(response, {"error": reply.error_event})
+                else:
+                    await response.write(b"data: " + reply.raw_event + b"\n\n")
+                await response.write(b"data: [DONE]\n\n")
+                await response.write_eof()
+                return response
             await asyncio.sleep(reply.chunk_delay_s)
         if not tokens:
             end = {"index": 0, "text": "", "finish_reason": reply.finish_reason, "stop_reason": reply.stop_reason}

@@ -166,3 +166,24 @@ async def test_tokenize_returns_token_ids(session):
     async with FakeOpenAIServer([]) as server:
         tokens = await client_for(session, server).tokenize("ab")
     assert tokens == [97, 98]
+
+
+async def test_an_error_event_inside_a_stream_is_an_error_not_a_short_answer(session):
+    async with FakeOpenAIServer(
+        [Reply(text="ab", error_event={"message": "engine died", "code": 500}), Reply(text="whole")]
+    ) as server:
+        result = await client_for(session, server).complete("p", max_tokens=8)
+    assert result.text == "whole" and result.attempts == 2
+
+
+async def test_a_client_error_event_inside_a_stream_is_not_retried(session):
+    async with FakeOpenAIServer([Reply(text="ab", error_event={"message": "bad logprobs", "code": 400})]) as server:
+        with pytest.raises(ServerError, match="bad logprobs") as caught:
+            await client_for(session, server).complete("p", max_tokens=8)
+    assert caught.value.status == 400 and len(server.requests) == 1
+
+
+async def test_an_event_that_is_not_an_object_is_retried(session):
+    async with FakeOpenAIServer([Reply(text="ab", raw_event=b"[1, 2]"), Reply(text="fine")]) as server:
+        result = await client_for(session, server).complete("p", max_tokens=8)
+    assert result.text == "fine"

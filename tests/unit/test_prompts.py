@@ -71,8 +71,7 @@ def test_default_texts_are_the_seeds():
     assert prompt_set.render_score_prefix() == "<think>I think the quality score is: "
     # the steps before it already end with the step delimiter, so no blank line of its own
     assert prompt_set.render_answer() == (
-        "Considering the limited time, I have to give the solution based on the thinking directly now."
-        "\n</think>\n\n"
+        "Considering the limited time, I have to give the solution based on the thinking directly now.\n</think>\n\n"
     )
     assert prompt_set.templates.rewrite == ""
     assert prompt_set.render_rewrite("a draft") == ""

@@ -164,3 +164,11 @@ async def test_select_methods_keeps_a_parsable_choice(make_models):
     async with FakeOpenAIServer([Reply(text="casework\nsymmetry")]) as big:
         choice = await select_methods("p", prompts, make_models(big=big)["big"], 2)
     assert choice.methods == ["casework", "symmetry"] and not choice.fallback
+
+
+async def test_a_selector_that_fails_for_good_falls_back_and_records_the_error(make_models):
+    prompts = load_prompt_set("methods")
+    async with FakeOpenAIServer([Reply(status=400, error_message="prompt too long")]) as big:
+        choice = await select_methods("p", prompts, make_models(big=big)["big"], 2)
+    assert choice.fallback and choice.methods == list(prompts.methods)[:2]
+    assert "prompt too long" in choice.error and choice.usage == {}
