@@ -250,6 +250,14 @@ def _guarded(args: argparse.Namespace, body: Callable[[], int]) -> int:
     except SpectraError as exc:
         print(f"spectra: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ExceptionGroup as group:  # a SpectraError raised inside a task group
+        errors = group.subgroup(SpectraError)
+        if errors is None:
+            raise
+        while isinstance(errors, ExceptionGroup):
+            errors = errors.exceptions[0]
+        print(f"spectra: error: {errors}", file=sys.stderr)
+        return errors.exit_code
     except KeyboardInterrupt:
         print("spectra: interrupted; finished records are kept, re-run the same command to resume", file=sys.stderr)
         return 130

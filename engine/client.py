@@ -24,7 +24,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
     wait_random_exponential,
 )
 
@@ -213,7 +213,8 @@ class ModelClient:
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableServerError),
-            stop=stop_after_attempt(limits.max_attempts) | stop_after_delay(limits.retry_deadline_s),
+            # stop_before_delay: no backoff sleep or new attempt may start past the deadline.
+            stop=stop_after_attempt(limits.max_attempts) | stop_before_delay(limits.retry_deadline_s),
             wait=wait_random_exponential(multiplier=limits.backoff_initial_s, max=limits.backoff_max_s),
             before_sleep=before_sleep,
             reraise=True,
@@ -327,9 +328,18 @@ async def _read_json(endpoint: _Endpoint, response: aiohttp.ClientResponse) -> d
     return payload
 
 
+def _is_openai_object(data: Any) -> bool:
+    """An object whose `choices` (if any) is a list of objects and `usage` (if any) an object:
+    what the parsing here reads without further checks."""
+    if not isinstance(data, dict):
+        return False
+    choices, usage = data.get("choices") or [], data.get("usage") or {}
+    return isinstance(choices, list) and all(isinstance(c, dict) for c in choices) and isinstance(usage, dict)
+
+
 def _sorted_choices(endpoint: _Endpoint, payload: dict[str, Any]) -> list[dict[str, Any]]:
     choices = payload.get("choices")
-    if not isinstance(choices, list) or not choices:
+    if not _is_openai_object(payload) or not choices:
         raise RetryableServerError(endpoint.url, None, f"no choices in response: {str(payload)[:200]}")
     return sorted(choices, key=lambda c: c.get("index", 0))
 
@@ -368,7 +378,7 @@ async def _read_stream(
             chunk = json.loads(data.decode())
         except ValueError as exc:
             raise RetryableServerError(endpoint.url, response.status, f"malformed event: {data[:200]!r}") from exc
-        if not isinstance(chunk, dict):
+        if not _is_openai_object(chunk):
             raise RetryableServerError(endpoint.url, response.status, f"malformed event: {data[:200]!r}")
         if "error" in chunk:
             raise _in_band_error(endpoint, chunk["error"])

@@ -34,3 +34,9 @@ class RetryableServerError(ServerError):
 
 class ServerStartError(SpectraError):
     """A model server we started died or never became healthy."""
+
+
+class Terminated(SpectraError):
+    """The process was asked to stop with SIGTERM (kill, timeout, SLURM, docker stop)."""
+
+    exit_code = 143

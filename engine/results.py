@@ -11,8 +11,8 @@ import dataclasses
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +255,7 @@ class RunStore:
         cls.finished_keys(folder, manifest, overwrite=overwrite)
         folder.mkdir(parents=True, exist_ok=True)
         manifest_path, records_path = folder / MANIFEST_FILE, folder / RECORDS_FILE
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")  # unique even for two in one second
         if manifest_path.exists():
             old = _read_manifest(manifest_path)
             if old.get("config_digest") != manifest["config_digest"]:
