@@ -90,8 +90,9 @@ async def measure(chat: ChatFormat, repeats: int) -> Figures:
 
 def _config(tracks: int, problems_in_flight: int):
     # Track slots for every track of every problem in flight, so only problem slots hold work back.
-    return bench_config(REASONING, tracks=tracks, problems_in_flight=problems_in_flight,
-                        tracks_in_flight=tracks * problems_in_flight)
+    return bench_config(
+        REASONING, tracks=tracks, problems_in_flight=problems_in_flight, tracks_in_flight=tracks * problems_in_flight
+    )
 
 
 def _spread(values: list[float]) -> str:
@@ -113,25 +114,50 @@ def report(f: Figures) -> bool:
     served = sim["served"]
     one, eight = f.pairs[-1]
     rows = [
-        (f"(a) engine overhead, {PROBLEMS} problems x {TRACKS} tracks (wall / critical path)", _spread(overheads),
-         f"<= {OVERHEAD_TARGET}", verdict(min(overheads) <= OVERHEAD_TARGET)),
-        ("    wall s / critical path s (last run)", f"{f.overhead[-1][0].wall_s:.2f} / {f.overhead[-1][1]:.2f}",
-         "", ""),
-        ("    tracks as scripted / peak requests in flight / queued",
-         f"{scripted} / {sim['peak_in_flight']} / {sim['queued']}", "True / - / 0",
-         verdict(scripted and sim["queued"] == 0)),
-        ("    sim lateness per request, mean / max ms",
-         f"{1000 * sim['late_s_total'] / served:.2f} / {1000 * sim['late_s_max']:.1f}", "", ""),
-        ("(b) 8 tracks / 1 track, one problem (wall)", _spread(ratios), f"<= {TRACKS_RATIO_TARGET}",
-         verdict(min(ratios) <= TRACKS_RATIO_TARGET)),
+        (
+            f"(a) engine overhead, {PROBLEMS} problems x {TRACKS} tracks (wall / critical path)",
+            _spread(overheads),
+            f"<= {OVERHEAD_TARGET}",
+            verdict(min(overheads) <= OVERHEAD_TARGET),
+        ),
+        (
+            "    wall s / critical path s (last run)",
+            f"{f.overhead[-1][0].wall_s:.2f} / {f.overhead[-1][1]:.2f}",
+            "",
+            "",
+        ),
+        (
+            "    tracks as scripted / peak requests in flight / queued",
+            f"{scripted} / {sim['peak_in_flight']} / {sim['queued']}",
+            "True / - / 0",
+            verdict(scripted and sim["queued"] == 0),
+        ),
+        (
+            "    sim lateness per request, mean / max ms",
+            f"{1000 * sim['late_s_total'] / served:.2f} / {1000 * sim['late_s_max']:.1f}",
+            "",
+            "",
+        ),
+        (
+            "(b) 8 tracks / 1 track, one problem (wall)",
+            _spread(ratios),
+            f"<= {TRACKS_RATIO_TARGET}",
+            verdict(min(ratios) <= TRACKS_RATIO_TARGET),
+        ),
         ("    wall s 1 track / 8 tracks (last run)", f"{one.wall_s:.2f} / {eight.wall_s:.2f}", "", ""),
-        ("    critical path s 1 track / 8 tracks",
-         f"{critical_path_s(one.records, SIM.models, 1):.2f} / {critical_path_s(eight.records, SIM.models, 1):.2f}",
-         "", ""),
+        (
+            "    critical path s 1 track / 8 tracks",
+            f"{critical_path_s(one.records, SIM.models, 1):.2f} / {critical_path_s(eight.records, SIM.models, 1):.2f}",
+            "",
+            "",
+        ),
         ("(c) engine CPU per step, ms", _spread(cpu_per_step_ms), "-", "-"),
-        ("    engine CPU s / sim CPU s / steps (all runs of a)",
-         f"{sum(r.cpu_s for r, _ in f.overhead):.2f} / {sim['cpu_s']:.2f} / {sum(r.steps for r, _ in f.overhead)}",
-         "", ""),
+        (
+            "    engine CPU s / sim CPU s / steps (all runs of a)",
+            f"{sum(r.cpu_s for r, _ in f.overhead):.2f} / {sim['cpu_s']:.2f} / {sum(r.steps for r, _ in f.overhead)}",
+            "",
+            "",
+        ),
         ("load average (1 min) before / after", f"{f.load_before:.2f} / {os.getloadavg()[0]:.2f}", "", ""),
     ]
     print_table(f"engine overhead against the sim server (best of {len(overheads)} runs, judged on the best)", rows)

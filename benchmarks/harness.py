@@ -134,8 +134,14 @@ class Measured:
         return sum(len(t.steps) for t in self.tracks)
 
 
-async def run_engine(config: RunConfig, models: dict[str, Model], problems: list[Problem],
-                     on_record: Callable[[ProblemRecord], None] | None = None, *, keep: bool = True) -> Measured:
+async def run_engine(
+    config: RunConfig,
+    models: dict[str, Model],
+    problems: list[Problem],
+    on_record: Callable[[ProblemRecord], None] | None = None,
+    *,
+    keep: bool = True,
+) -> Measured:
     """Run the real scheduler over `problems`; wall and CPU time cover `Scheduler.run` only.
 
     With `keep` off the records are only handed to `on_record`, so memory measures the engine alone.
@@ -148,8 +154,9 @@ async def run_engine(config: RunConfig, models: dict[str, Model], problems: list
         if on_record is not None:
             on_record(record)
 
-    scheduler = Scheduler(config, models, load_prompt_set(config.prompt_set), run_id="benchmark", dataset="sim",
-                          on_record=handle)
+    scheduler = Scheduler(
+        config, models, load_prompt_set(config.prompt_set), run_id="benchmark", dataset="sim", on_record=handle
+    )
     wall, cpu = time.perf_counter(), time.process_time()
     await scheduler.run([WorkItem(p, 0) for p in problems])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

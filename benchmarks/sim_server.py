@@ -200,9 +200,12 @@ class SimServer:
             # Absolute deadlines: a late wake-up of the sim does not add up over a long answer.
             await _sleep_until(started + latency.seconds(end))
             last = end == count
-            part = Reply(reply.tokens[start:end], reply.finish_reason if last else None,
-                         reply.stop_reason if last else None,
-                         reply.top_logprobs[start:end] if reply.top_logprobs else None)
+            part = Reply(
+                reply.tokens[start:end],
+                reply.finish_reason if last else None,
+                reply.stop_reason if last else None,
+                reply.top_logprobs[start:end] if reply.top_logprobs else None,
+            )
             await _send(response, _completion(body, part, with_usage=False))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage_chunk = {**_completion(body, reply, with_usage=True), "choices": []}

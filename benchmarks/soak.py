@@ -39,14 +39,28 @@ from engine.results import ProblemRecord, append_record
 
 TRACKS, PROBLEMS_IN_FLIGHT = 4, 16
 SIM = SimConfig(
-    models={"small": Latency(request_s=0.005, token_s=0.002, capacity=256),
-            "big": Latency(request_s=0.01, token_s=0.005, capacity=256)},
-    steps_per_track=5, step_tokens=24, accept_rate=0.7, fault_rate=0.02, stall_s=1.5, seed=7,
+    models={
+        "small": Latency(request_s=0.005, token_s=0.002, capacity=256),
+        "big": Latency(request_s=0.01, token_s=0.005, capacity=256),
+    },
+    steps_per_track=5,
+    step_tokens=24,
+    accept_rate=0.7,
+    fault_rate=0.02,
+    stall_s=1.5,
+    seed=7,
 )
 # Short timeouts for the sim: a stall is noticed after 0.5 s, and up to 8 attempts ride out bad luck.
-LIMITS = ClientLimits(max_in_flight_per_endpoint=256, connect_timeout_s=5.0, request_timeout_s=30.0,
-                      stall_timeout_s=0.5, max_attempts=8, retry_deadline_s=60.0, backoff_initial_s=0.05,
-                      backoff_max_s=1.0)
+LIMITS = ClientLimits(
+    max_in_flight_per_endpoint=256,
+    connect_timeout_s=5.0,
+    request_timeout_s=30.0,
+    stall_timeout_s=0.5,
+    max_attempts=8,
+    retry_deadline_s=60.0,
+    backoff_initial_s=0.05,
+    backoff_max_s=1.0,
+)
 REASONING = ReasoningConfig(mode="spec", seed=0, max_step_tokens=64, token_budget=4096, answer_max_tokens=16)
 # Flat: resident memory grows by at most this share between 25% and 100% of the problems done.
 MEMORY_GROWTH_TARGET = 0.02
@@ -94,14 +108,18 @@ class Tally:
 
 async def soak(chat: ChatFormat, tally: Tally) -> tuple[Measured, dict, dict]:
     """Run the soak; returns the run (without records), client and sim counters."""
-    config = bench_config(REASONING, tracks=TRACKS, problems_in_flight=PROBLEMS_IN_FLIGHT,
-                          tracks_in_flight=TRACKS * PROBLEMS_IN_FLIGHT)
+    config = bench_config(
+        REASONING, tracks=TRACKS, problems_in_flight=PROBLEMS_IN_FLIGHT, tracks_in_flight=TRACKS * PROBLEMS_IN_FLIGHT
+    )
     async with bench_session() as session, sim_process(SIM) as url:
         models = sim_models(session, url, chat, LIMITS)
         measured = await run_engine(config, models, bench_problems(tally.total), on_record=tally, keep=False)
         clients = [model.client.stats for model in models.values()]
-        client_totals = {"requests": sum(s.requests for s in clients), "retries": sum(s.retries for s in clients),
-                         "failures": sum(s.failures for s in clients)}
+        client_totals = {
+            "requests": sum(s.requests for s in clients),
+            "retries": sum(s.retries for s in clients),
+            "failures": sum(s.failures for s in clients),
+        }
         return measured, client_totals, await sim_stats(session, url)
 
 
@@ -114,19 +132,34 @@ def report(tally: Tally, measured: Measured, client: dict, sim: dict, rss_before
         ("problems completed", f"{tally.problems} / {total}", f"{total}", verdict(tally.problems == total)),
         ("problems whose tracks agree on an answer", f"{tally.agreed}", f"{total}", verdict(tally.agreed == total)),
         ("track failures", f"{tally.failed_tracks}", "0", verdict(tally.failed_tracks == 0)),
-        ("tracks ended as scripted", f"{tally.scripted_tracks} / {tally.tracks}", f"{total * TRACKS}",
-         verdict(tally.scripted_tracks == total * TRACKS)),
-        ("faults injected (500/503/reset/stall/truncated)",
-         f"{sum(faults.values())} ({'/'.join(str(faults[k]) for k in SIM.fault_kinds)})", "> 0",
-         verdict(sum(faults.values()) > 0)),
+        (
+            "tracks ended as scripted",
+            f"{tally.scripted_tracks} / {tally.tracks}",
+            f"{total * TRACKS}",
+            verdict(tally.scripted_tracks == total * TRACKS),
+        ),
+        (
+            "faults injected (500/503/reset/stall/truncated)",
+            f"{sum(faults.values())} ({'/'.join(str(faults[k]) for k in SIM.fault_kinds)})",
+            "> 0",
+            verdict(sum(faults.values()) > 0),
+        ),
         ("client retries", f"{client['retries']}", "", ""),
         ("client requests failed after retries", f"{client['failures']}", "0", verdict(client["failures"] == 0)),
         ("requests (client attempts / sim served)", f"{client['requests']} / {sim['served']}", "", ""),
         ("RSS MiB before run", f"{rss_before:.0f}", "", ""),
-        ("RSS MiB at 25/50/75/100% done", " / ".join(f"{memory.get(p, float('nan')):.0f}" for p in (25, 50, 75, 100)),
-         "", ""),
-        ("RSS growth 25% -> 100%", f"{100 * growth:.1f}%", f"<= {100 * MEMORY_GROWTH_TARGET:.0f}%",
-         verdict(growth <= MEMORY_GROWTH_TARGET)),
+        (
+            "RSS MiB at 25/50/75/100% done",
+            " / ".join(f"{memory.get(p, float('nan')):.0f}" for p in (25, 50, 75, 100)),
+            "",
+            "",
+        ),
+        (
+            "RSS growth 25% -> 100%",
+            f"{100 * growth:.1f}%",
+            f"<= {100 * MEMORY_GROWTH_TARGET:.0f}%",
+            verdict(growth <= MEMORY_GROWTH_TARGET),
+        ),
         ("peak RSS MiB", f"{peak_rss_mib():.0f}", "", ""),
         ("wall s / engine CPU s", f"{measured.wall_s:.1f} / {measured.cpu_s:.1f}", "", ""),
     ]
@@ -136,8 +169,12 @@ def report(tally: Tally, measured: Measured, client: dict, sim: dict, rss_before
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models_dir", type=Path, default=Path(tempfile.gettempdir()) / "spectra-bench-tiny-models",
-                        help="where the tiny models (for their chat template) are built once")
+    parser.add_argument(
+        "--models_dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "spectra-bench-tiny-models",
+        help="where the tiny models (for their chat template) are built once",
+    )
     parser.add_argument("--problems", type=int, default=200)
     args = parser.parse_args(argv)
     # Retries and cut streams are expected here: log only errors, on stderr.

@@ -19,9 +19,9 @@ import structlog
 
 from engine import loop
 from engine.answers import is_correct
+from engine.client import ClientLimits
 from engine.config import (
     AGGREGATIONS,
-    ClientConfig,
     DataConfig,
     ModelConfig,
     ParallelConfig,
@@ -173,7 +173,7 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         reasoning=reasoning,
         parallel=parallel,
         data=data,
-        client=ClientConfig(**_given(args, ClientConfig)),
+        client=ClientLimits(**_given(args, ClientLimits)),
         prompt_set=args.prompt_set or "default",
         thinking=args.thinking or "auto",
         server_log_dir=args.server_log_dir,

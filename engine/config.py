@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.client import ClientLimits
 from engine.errors import UsageError
 from engine.scoring import SCORE_METHODS
 
@@ -67,15 +68,6 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class ClientConfig:
-    max_in_flight_per_endpoint: int = 64
-    request_timeout_s: float = 1800.0
-    stall_timeout_s: float = 300.0
-    max_attempts: int = 8
-    retry_deadline_s: float = 600.0
-
-
-@dataclass(frozen=True)
 class DataConfig:
     dataset_name: str = "demo"
     data_file: str | None = None
@@ -95,7 +87,7 @@ class RunConfig:
     reasoning: ReasoningConfig = ReasoningConfig()
     parallel: ParallelConfig = ParallelConfig()
     data: DataConfig = DataConfig()
-    client: ClientConfig = ClientConfig()
+    client: ClientLimits = ClientLimits()
     prompt_set: str = "default"
     thinking: str = "auto"
     server_log_dir: str | None = None

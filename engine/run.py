@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from engine import __version__
 from engine.chat import load_chat_format
-from engine.client import ClientLimits, ModelClient
+from engine.client import ModelClient
 from engine.config import RunConfig
 from engine.datasets import Problem, load_problems, parse_field_map, parse_id_spec, select_problems
 from engine.logging import bind_context
@@ -182,19 +182,11 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
 async def build_models(
     config: RunConfig, session: aiohttp.ClientSession, endpoints: dict[str, tuple]
 ) -> dict[str, Model]:
-    c = config.client
-    limits = ClientLimits(
-        max_in_flight_per_endpoint=c.max_in_flight_per_endpoint,
-        request_timeout_s=c.request_timeout_s,
-        stall_timeout_s=c.stall_timeout_s,
-        max_attempts=c.max_attempts,
-        retry_deadline_s=c.retry_deadline_s,
-    )
     models = {}
     for role, (urls, served) in endpoints.items():
         model_config = getattr(config, role)
         chat = await asyncio.to_thread(
             load_chat_format, model_config.model, tokenizer=model_config.tokenizer, thinking=config.thinking
         )
-        models[role] = Model(role=role, client=ModelClient(session, served, list(urls), limits), chat=chat)
+        models[role] = Model(role=role, client=ModelClient(session, served, list(urls), config.client), chat=chat)
     return models

@@ -20,7 +20,7 @@ import pytest
 
 from engine.aggregate import decide
 from engine.client import ClientLimits, ModelClient
-from engine.config import ClientConfig, DataConfig, ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
+from engine.config import DataConfig, ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
 from engine.errors import RetryableServerError
 from engine.prompts import load_prompt_set
 from engine.results import RECORDS_FILE, read_records
@@ -180,7 +180,7 @@ async def test_a_run_through_bursts_of_every_fault_answers_every_problem(
         tmp_path,
         big_urls=[big_proxy.url],
         small_urls=[small_proxy.url],
-        client=ClientConfig(stall_timeout_s=2.0, max_attempts=6, retry_deadline_s=120.0),
+        client=ClientLimits(stall_timeout_s=2.0, max_attempts=6, retry_deadline_s=120.0),
     )
 
     outcome = await execute(config, progress=False)
@@ -214,7 +214,7 @@ async def test_a_track_failing_for_good_is_recorded_and_the_others_still_vote(
         problems="0-1",
         prompt_set="roles",
         parallel=ParallelConfig(tracks=3, use_role_prompts=True),
-        client=ClientConfig(max_attempts=2),
+        client=ClientLimits(max_attempts=2),
     )
 
     outcome = await execute(config, progress=False)
@@ -246,7 +246,7 @@ async def test_method_selection_failing_for_good_falls_back_and_the_run_goes_on(
         runner="spec_scale_methods",
         prompt_set="methods",
         parallel=ParallelConfig(tracks=2, method_num=2),
-        client=ClientConfig(max_attempts=2),
+        client=ClientLimits(max_attempts=2),
     )
 
     outcome = await execute(config, progress=False)
@@ -267,7 +267,7 @@ async def test_requests_fail_over_when_one_of_two_endpoints_dies(vllm_servers, t
             small_urls=[first.url, second.url],
             # Three attempts cannot outlast an endpoint that stays dead: only failing over to the
             # other one lets every request succeed.
-            client=ClientConfig(max_attempts=3, retry_deadline_s=60.0),
+            client=ClientLimits(max_attempts=3, retry_deadline_s=60.0),
         )
         run = asyncio.create_task(execute(config, progress=False))
         await wait_for(lambda: first.completed["/v1/completions"] >= 2 and first.in_flight, run)
@@ -290,7 +290,7 @@ async def test_an_endpoint_dead_past_the_deadline_fails_tracks_not_the_run(vllm_
         tmp_path,
         big_urls=[vllm_servers.big.url],
         small_urls=[small_proxy.url],
-        client=ClientConfig(max_attempts=1000, retry_deadline_s=1.5),
+        client=ClientLimits(max_attempts=1000, retry_deadline_s=1.5),
     )
     run = asyncio.create_task(execute(config, progress=False))
     await wait_for(lambda: small_proxy.completed["/v1/completions"] >= 1, run)
