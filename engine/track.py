@@ -94,7 +94,16 @@ def reasoning_text(record: TrackRecord, delimiter: str) -> str:
     return "".join(step.text + delimiter for step in record.steps)
 
 
-async def _think(record, setup, problem, models, prompts, config, messages) -> str:
+async def _think(
+    record: TrackRecord,
+    setup: TrackSetup,
+    problem: Problem,
+    models: dict[str, Model],
+    prompts: PromptSet,
+    config: ReasoningConfig,
+    messages: tuple[Message, ...],
+) -> str:
+    """Steps until thinking stops; returns why: "budget", "repeat", "answer", "think_end" or "eos"."""
     policy = POLICIES[setup.mode]
     while True:
         if record.thinking_tokens >= config.token_budget:
@@ -136,7 +145,16 @@ def _within_budget(config: ReasoningConfig, spent: int) -> ReasoningConfig:
     return config if allowed == config.max_step_tokens else dataclasses.replace(config, max_step_tokens=allowed)
 
 
-async def _answer(record, ending, models, prompts, config, messages, *, multiple_choice: bool) -> None:
+async def _answer(
+    record: TrackRecord,
+    ending: str,
+    models: dict[str, Model],
+    prompts: PromptSet,
+    config: ReasoningConfig,
+    messages: tuple[Message, ...],
+    *,
+    multiple_choice: bool,
+) -> None:
     """Close thinking and let the answer model write the answer, unless a step already gave it."""
     reasoning = reasoning_text(record, config.step_delimiter)
     record.finish_reason = ending
