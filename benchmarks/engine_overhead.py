@@ -14,12 +14,11 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 from benchmarks.harness import (
     Measured,
+    add_models_dir_argument,
     bench_chat_format,
     bench_config,
     bench_problems,
@@ -166,12 +165,7 @@ def report(f: Figures) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--models_dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "spectra-bench-tiny-models",
-        help="where the tiny models (for their chat template) are built once",
-    )
+    add_models_dir_argument(parser)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each figure; the best is judged")
     args = parser.parse_args(argv)
     configure_logging(level="warning")

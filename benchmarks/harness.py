@@ -14,9 +14,11 @@ the sim's `queued` counter confirms):
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import heapq
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -81,6 +83,15 @@ async def sim_stats(session: aiohttp.ClientSession, url: str) -> dict:
 def bench_session() -> aiohttp.ClientSession:
     """One session as `engine.run` makes it: concurrency is bounded by the clients, not the connector."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+
+def add_models_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models_dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "spectra-bench-tiny-models",
+        help="where the tiny models (for their chat template) are built once",
+    )
 
 
 def bench_chat_format(models_dir: Path) -> ChatFormat:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks.harness import (
     Measured,
+    add_models_dir_argument,
     bench_chat_format,
     bench_config,
     bench_problems,
@@ -169,12 +170,7 @@ def report(tally: Tally, measured: Measured, client: dict, sim: dict, rss_before
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--models_dir",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "spectra-bench-tiny-models",
-        help="where the tiny models (for their chat template) are built once",
-    )
+    add_models_dir_argument(parser)
     parser.add_argument("--problems", type=int, default=200)
     args = parser.parse_args(argv)
     # Retries and cut streams are expected here: log only errors, on stderr.
