@@ -17,6 +17,10 @@ class UsageError(SpectraError):
     exit_code = 2
 
 
+class UnreachableServerError(UsageError):
+    """A model server given by URL does not answer."""
+
+
 class ServerError(SpectraError):
     """A model server answered with an error, or could not be reached."""
 

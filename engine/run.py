@@ -25,8 +25,9 @@ from tqdm import tqdm
 from engine import __version__
 from engine.chat import load_chat_format
 from engine.client import ModelClient
-from engine.config import RunConfig
+from engine.config import ModelConfig, RunConfig
 from engine.datasets import Problem, load_problems, parse_field_map, parse_id_spec, select_problems
+from engine.errors import UnreachableServerError
 from engine.logging import bind_context
 from engine.policies import Model
 from engine.prompts import PromptSet, load_prompt_set
@@ -174,9 +175,24 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
             if role in started:
                 endpoints[role] = ((started[role].url,), started[role].model)
                 continue
-            served = [await check_server(session, url, model_config.model, role=role) for url in model_config.urls]
-            endpoints[role] = (model_config.urls, served[0])
+            endpoints[role] = (model_config.urls, await _check_replicas(session, model_config, role))
         yield endpoints
+
+
+async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelConfig, role: str) -> str:
+    """The served model id. One live replica is enough: the client fails over from dead ones and
+    uses them again once they answer. A replica serving another model is refused."""
+    served, unreachable = [], []
+    for url in model_config.urls:
+        try:
+            served.append(await check_server(session, url, model_config.model, role=role))
+        except UnreachableServerError as exc:
+            unreachable.append(exc)
+    if not served:
+        raise unreachable[0]
+    for exc in unreachable:
+        log.warning("replica_unreachable", role=role, error=str(exc))
+    return served[0]
 
 
 async def build_models(

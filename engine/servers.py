@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import structlog
 
-from engine.errors import ServerStartError, UsageError
+from engine.errors import ServerStartError, UnreachableServerError, UsageError
 
 log = structlog.get_logger(__name__)
 
@@ -277,7 +277,9 @@ async def check_server(session: aiohttp.ClientSession, url: str, model: str | No
             body = await resp.json()
     except (aiohttp.ClientError, TimeoutError) as err:
         reason = str(err) or type(err).__name__
-        raise UsageError(f"cannot reach model server at {url}: {reason}; start it or fix --{role}_url") from None
+        raise UnreachableServerError(
+            f"cannot reach model server at {url}: {reason}; start it or fix --{role}_url"
+        ) from None
     served = [entry["id"] for entry in body.get("data", [])]
     if not served:
         raise UsageError(f"model server at {url} serves no model; fix --{role}_url")

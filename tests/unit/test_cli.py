@@ -4,9 +4,12 @@ import asyncio
 import json
 import threading
 
+import aiohttp
 import pytest
 
 from engine.cli import main
+from engine.config import ModelConfig, ReasoningConfig, RunConfig
+from engine.run import model_endpoints
 from tests.fake_openai import FakeOpenAIServer
 
 
@@ -129,3 +132,17 @@ def test_help_works_for_every_command(capsys):
             main(command)
         assert exited.value.code == 0
         assert "usage:" in capsys.readouterr().out
+
+
+async def test_one_live_replica_is_enough_and_dead_ones_are_kept_for_failover(tmp_path):
+    async with FakeOpenAIServer([]) as live, aiohttp.ClientSession() as session:
+        urls = ("http://127.0.0.1:9", live.url)
+        config = RunConfig(
+            runner="base",
+            output_dir=str(tmp_path),
+            big=ModelConfig("fake-model", urls),
+            small=ModelConfig("unused"),
+            reasoning=ReasoningConfig(mode="big"),
+        )
+        async with model_endpoints(config, session) as endpoints:
+            assert endpoints == {"big": (urls, "fake-model")}
