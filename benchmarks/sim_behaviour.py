@@ -115,8 +115,10 @@ def unit_hash(*parts: object) -> float:
 
 
 def step_index(prompt: str, delimiter: str) -> int:
-    """How many steps the prompt's reasoning (after its last `<think>`) already holds."""
-    return prompt.rpartition(THINK_OPEN)[2].count(delimiter)
+    """How many steps the prompt's reasoning (after its last `<think>`) already holds; a prompt
+    without `<think>` is a first step (SpecReason sends it with the template's generation prompt)."""
+    head, found, reasoning = prompt.rpartition(THINK_OPEN)
+    return reasoning.count(delimiter) if found else 0
 
 
 def answer_number(prompt: str) -> int:

@@ -72,7 +72,7 @@ def step_ending(completion: Completion, delimiter: str) -> str:
 async def generate_step(model: Model, ctx: StepContext, *, salt: int) -> Completion:
     """`model` continues the reasoning by one step, stopping at the delimiter or end of thinking."""
     stop = [ctx.config.step_delimiter] + ([THINK_CLOSE] if model.chat.thinking else [])
-    prompt = model.chat.render(list(ctx.messages), model.chat.think_prefix + ctx.reasoning)
+    prompt = model.chat.continuation(ctx.messages, ctx.reasoning)
     return await model.client.complete(
         prompt,
         max_tokens=ctx.config.max_step_tokens,
@@ -157,7 +157,7 @@ async def spec_step(ctx: StepContext) -> StepOutcome:
 
 def score_prompt(chat: ChatFormat, ctx: StepContext, step_text: str) -> str:
     """The conversation with the new step in the assistant turn, the rating request, the score prefix."""
-    reasoning = chat.think_prefix + ctx.reasoning + step_text
+    reasoning = chat.think_open + ctx.reasoning + step_text + ctx.config.step_delimiter
     score_request = ctx.prompts.render_score(ctx.problem, step_text)
     messages = [*ctx.messages, Message("assistant", reasoning), Message("user", score_request)]
     return chat.render(messages, ctx.prompts.render_score_prefix())

@@ -44,7 +44,7 @@ SERVED = ["--big_model", "fake-model", "--small_model", "fake-model"]
         (["--score_threshold", "high"], "invalid float value: 'high'"),
         (["--score_threshold", "12"], "--score_threshold must be between 0 and 9"),
         (["--tracks", "0"], "--tracks must be at least 1"),
-        (["--runner", "spec_scale", "--use_role_prompts", "--prompt_set", "default"], "has no roles.yaml"),
+        (["--runner", "spec_scale", "--use_role_prompts", "--prompt_set", "clean"], "has no roles.yaml"),
         (["--repeat_id", "a-b"], "--repeat_id"),
     ],
 )

@@ -5,7 +5,7 @@ import dataclasses
 
 from engine.config import ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
 from engine.datasets import Problem
-from engine.methods import parse_methods, select_methods
+from engine.methods import parse_codes, select_methods, selector_max_tokens
 from engine.policies import SEED_STRIDE
 from engine.prompts import load_prompt_set
 from engine.scheduler import Scheduler, WorkItem, plan_tracks
@@ -136,39 +136,56 @@ def test_methods_take_precedence_and_cycle():
     assert setups[1].instruction == prompts.methods["symmetry"].instruction
 
 
-LIBRARY = ["algebraic_manipulation", "casework", "working_backwards", "symmetry"]
+CODES = list("ABCDEFGHIJKLM")
 
 
-def test_parse_methods_reads_a_json_list():
-    text = 'I pick ["Working Backwards", "casework", "nonsense"]'
-    assert parse_methods(text, LIBRARY, 3) == ["working_backwards", "casework"]
+def test_parse_codes_reads_letters_in_order_with_repeats_and_cuts_to_the_count():
+    assert parse_codes("B,E,F", CODES, 3) == ["B", "E", "F"]
+    assert parse_codes(" M, M", CODES, 2) == ["M", "M"]
+    assert parse_codes("B, E, F, A", CODES, 3) == ["B", "E", "F"]
+    # letters past the list's last code (here M) are not codes
+    assert parse_codes("Z, N, C", CODES, 3) == ["C"]
 
 
-def test_parse_methods_finds_names_in_order_of_mention():
-    text = "Symmetry first, then casework; algebraic-manipulation as a check. Also symmetry again."
-    assert parse_methods(text, LIBRARY, 2) == ["symmetry", "casework"]
+def test_selector_asks_for_2n_minus_1_tokens():
+    assert [selector_max_tokens(n) for n in (1, 3, 5)] == [1, 5, 9]
 
 
-async def test_select_methods_falls_back_to_library_order_and_records_it(make_models):
+async def test_select_methods_sends_the_letter_list_after_a_fixed_prefix_and_reads_codes(make_models):
+    prompts = load_prompt_set("default")
+    async with FakeOpenAIServer([Reply(text="B,E,F")]) as big:
+        choice = await select_methods("a problem", prompts, make_models(big=big)["big"], 3)
+    body = big.requests[0]
+    assert body["max_tokens"] == 5 and body["temperature"] == 0.0
+    assert body["prompt"].endswith("<|im_start|>assistant\n<think></think>I think the best 3 methods are: ")
+    for method in prompts.methods.values():
+        assert f"\n{method.code}. {method.description}" in body["prompt"]
+    assert "a problem" in body["prompt"] and "(by their codes, e.g. B,E,F)" in body["prompt"]
+    assert choice.codes == ["B", "E", "F"] and not choice.fallback
+    assert choice.methods == [list(prompts.methods)[i] for i in (1, 4, 5)]
+    assert choice.usage["big"].requests == 1
+
+
+async def test_select_methods_fills_a_short_answer_with_the_unknown_choice(make_models):
     prompts = load_prompt_set("methods")
     async with FakeOpenAIServer([Reply(text="no idea")]) as big:
         choice = await select_methods("a problem", prompts, make_models(big=big)["big"], 3)
+    # "no idea" holds no capital letter of the list: every track takes the last entry, "unknown"
     assert choice.fallback and choice.raw == "no idea"
-    assert choice.methods == list(prompts.methods)[:3]
-    assert choice.usage["big"].requests == 1
-    assert "a problem" in big.requests[0]["prompt"] and "casework" in big.requests[0]["prompt"]
+    assert choice.methods == ["unknown"] * 3 and choice.codes == ["M"] * 3
+    assert prompts.methods["unknown"].instruction == ""
 
 
-async def test_select_methods_keeps_a_parsable_choice(make_models):
+async def test_select_methods_keeps_a_repeated_code(make_models):
     prompts = load_prompt_set("methods")
-    async with FakeOpenAIServer([Reply(text="casework\nsymmetry")]) as big:
+    async with FakeOpenAIServer([Reply(text="C,C")]) as big:
         choice = await select_methods("p", prompts, make_models(big=big)["big"], 2)
-    assert choice.methods == ["casework", "symmetry"] and not choice.fallback
+    assert choice.methods == [list(prompts.methods)[2]] * 2 and not choice.fallback
 
 
 async def test_a_selector_that_fails_for_good_falls_back_and_records_the_error(make_models):
     prompts = load_prompt_set("methods")
     async with FakeOpenAIServer([Reply(status=400, error_message="prompt too long")]) as big:
         choice = await select_methods("p", prompts, make_models(big=big)["big"], 2)
-    assert choice.fallback and choice.methods == list(prompts.methods)[:2]
+    assert choice.fallback and choice.methods == ["unknown", "unknown"]
     assert "prompt too long" in choice.error and choice.usage == {}

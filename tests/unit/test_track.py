@@ -81,7 +81,7 @@ async def test_score_prompt_holds_the_step_the_rating_request_and_the_score_pref
     big = Script(score=[score("9")], answer=[ANSWER])
     await run(make_models, small, big)
     prompt = big.prompts["score"][0]
-    assert "<think>\ndraft step" in prompt
+    assert "<think>draft step\n\n<|im_end|>" in prompt
     assert PROMPTS.render_score(PROBLEM.problem, "draft step") in prompt
     assert prompt.endswith(PROMPTS.render_score_prefix())
 

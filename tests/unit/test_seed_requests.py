@@ -1,0 +1,99 @@
+"""The requests a spec track sends, compared with what the seeds send (tests/fixtures/seed_prompts.py).
+
+SpecReason sends chat completions; vLLM renders them with the model's chat template. spectra renders
+the same text itself for /v1/completions, so the expected prompt here is the seed's chat messages
+rendered by the tokenizer's `apply_chat_template` exactly as vLLM does it (`add_generation_prompt`
+for the first step, `continue_final_message` after it), and compared with what the fake server got.
+"""
+
+import math
+
+from engine.config import ReasoningConfig
+from engine.datasets import Problem
+from engine.prompts import load_prompt_set
+from engine.track import TrackSetup, new_track_record, run_track
+from tests.fake_openai import FakeOpenAIServer, Reply
+from tests.fixtures import seed_prompts as seed
+from tests.unit.conftest import chatml_tokenizer
+
+PROBLEM = Problem(id="p1", problem="What is 6 * 7?", answer="42")
+GPQA = Problem(id="g1", problem="Which gas is inert?", answer="B", choices=("Oxygen", "Argon", "Chlorine", "Fluorine"))
+
+
+def seed_chat(messages: list[tuple[str, str]], *, first_step: bool = False) -> str:
+    """What vLLM renders from the seed's chat request."""
+    conversation = [{"role": role, "content": content} for role, content in messages]
+    if first_step:
+        return chatml_tokenizer().apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return chatml_tokenizer().apply_chat_template(conversation, tokenize=False, continue_final_message=True)
+
+
+def assistant_turn(steps: list[str]) -> str:
+    return seed.THINK_OPEN + seed.STEP_JOIN.join(steps) + seed.STEP_JOIN
+
+
+def score_reply(digit: str) -> Reply:
+    return Reply(text=digit, top_logprobs=[{digit: math.log(0.9), "0": math.log(0.1)}])
+
+
+def is_score(body) -> bool:
+    return body["max_tokens"] == 1
+
+
+async def run_spec(make_models, problem, small_steps, scores, big_steps=()):
+    small_replies = [Reply(text=t, stop_reason="\n\n") for t in small_steps]
+    big_replies = {
+        "score": [score_reply(d) for d in scores],
+        "step": [Reply(text=t, stop_reason="\n\n") for t in big_steps],
+    }
+    async with (
+        FakeOpenAIServer(small_replies) as small,
+        FakeOpenAIServer(lambda body: big_replies["score" if is_score(body) else "step"].pop(0)) as big,
+    ):
+        models = make_models(big=big, small=small)
+        setup = TrackSetup(track_id=0, mode="spec")
+        record = new_track_record(setup)
+        await run_track(record, setup, problem, models, load_prompt_set("default"), ReasoningConfig())
+    return record, small.requests, big.requests
+
+
+async def test_step_prompts_are_the_seed_chat_rendered_by_the_template(make_models):
+    steps = ["First, 6 * 7 means six sevens.", "So the answer is \\boxed{42}."]
+    _, small, _ = await run_spec(make_models, PROBLEM, steps, ["9", "9"])
+    user = ("user", seed.first_user_message(PROBLEM.problem))
+    assert small[0]["prompt"] == seed_chat([user], first_step=True)
+    assert small[1]["prompt"] == seed_chat([user, ("assistant", assistant_turn(steps[:1]))])
+
+
+async def test_score_prompt_is_the_seed_scoring_conversation(make_models):
+    steps = ["First, 6 * 7 means six sevens.", "So the answer is \\boxed{42}."]
+    _, _, big = await run_spec(make_models, PROBLEM, steps, ["9", "9"])
+    user = ("user", seed.first_user_message(PROBLEM.problem))
+    for n, body in enumerate(big, start=1):
+        expected = seed_chat(
+            [
+                user,
+                ("assistant", assistant_turn(steps[:n])),
+                ("user", seed.SCORE_REQUEST),
+                ("assistant", seed.SCORE_PREFIX),
+            ]
+        )
+        assert body["prompt"] == expected
+
+
+async def test_a_rewrite_continues_the_prefix_the_rejected_draft_came_from(make_models):
+    record, small, big = await run_spec(
+        make_models, PROBLEM, ["6 * 7 = 41.", "So \\boxed{42}."], ["2", "9"], big_steps=["6 * 7 = 42."]
+    )
+    rewrite = [b for b in big if not is_score(b)]
+    assert len(rewrite) == 1 and rewrite[0]["prompt"] == small[0]["prompt"]
+    assert [s.text for s in record.steps] == ["6 * 7 = 42.", "So \\boxed{42}."]
+    user = ("user", seed.first_user_message(PROBLEM.problem))
+    # the step after a rewrite continues from the kept (big) step, not the draft
+    assert small[1]["prompt"] == seed_chat([user, ("assistant", assistant_turn(["6 * 7 = 42."]))])
+
+
+async def test_gpqa_first_message_is_the_seeds_with_indented_choices(make_models):
+    _, small, _ = await run_spec(make_models, GPQA, ["\\boxed{B}"], ["9"])
+    user = ("user", seed.gpqa_user_message(GPQA.problem, list(GPQA.choices)))
+    assert small[0]["prompt"] == seed_chat([user], first_step=True)
