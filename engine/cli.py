@@ -67,7 +67,8 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "base": lambda a: _single_model(a, 1),
     "spec": lambda a: {"mode": "spec", "tracks": _or(a.tracks, 1)},
     "scale": lambda a: _single_model(a, 3),
-    "spec_scale": lambda a: {"mode": "spec", "tracks": _or(a.tracks, 3)},
+    # SpecLRM's spec_scale_reason always runs its three role prompts, one per track.
+    "spec_scale": lambda a: {"mode": "spec", "tracks": _or(a.tracks, 3), "use_role_prompts": True},
     "spec_scale_methods": lambda a: {
         "mode": "spec",
         "method_num": _or(a.method_num, 3),
@@ -89,6 +90,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(data, "field", action="append", help="map a field to a column, e.g. problem=question (repeatable)")
     add_flag(data, "problem_id", help="ids or positions, e.g. 60-89 or 60,62,70-72 (default: all)")
     add_flag(data, "repeat_id", help="repeat ids, e.g. 0 or 0-3 (default 0)")
+    add_flag(data, "num_repeats", type=int, help="N repeats, ids 0 to N-1 (SpecLRM's --repeat_id N)")
     out = parser.add_argument_group("output")
     add_flag(out, "output_dir", help="run folder (default results/<runner>_<dataset>)")
     add_flag(out, "overwrite", action="store_true", default=None, help="replace a run folder made with another config")
@@ -160,7 +162,10 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
     if args.model_name:
         setattr(args, f"{plan['mode'] if plan['mode'] != 'spec' else 'big'}_model", args.model_name)
     dataset = args.dataset_name or "demo"
-    data = DataConfig(**_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ())))
+    data = DataConfig(
+        **_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ())),
+        **_repeats(runner, args),
+    )
     big, small = (_model_config(args, role) for role in ("big", "small"))
     if big.model == "" and small.model == "":
         big, small = _tiny_models(args)
@@ -182,6 +187,27 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         if getattr(config, role).model == "":
             raise UsageError(f"this run needs the {role} model: give --{role}_model (a Hugging Face id or path)")
     return config
+
+
+# In SpecLRM's scripts `--repeat_id N` means N repeats (ids 0 to N-1); in spectra and SpecReason
+# it names repeat ids. A single number in these runners could mean either, so it is refused.
+SPECLRM_RUNNERS = ("base", "scale", "spec_scale", "spec_scale_methods")
+
+
+def _repeats(runner: str, args: argparse.Namespace) -> dict[str, str]:
+    if args.num_repeats is not None:
+        if args.repeat_id is not None:
+            raise UsageError("give --num_repeats or --repeat_id, not both")
+        if args.num_repeats < 1:
+            raise UsageError(f"--num_repeats must be at least 1, not {args.num_repeats}")
+        return {"repeat_id": f"0-{args.num_repeats - 1}"}
+    given = (args.repeat_id or "").strip()
+    if runner in SPECLRM_RUNNERS and given.isascii() and given.isdigit():
+        raise UsageError(
+            f"--repeat_id {given} is ambiguous here (SpecLRM's scripts read it as {given} repeats): "
+            f"use --num_repeats N for N repeats, or --repeat_id {given}-{given} for the repeat with id {given}"
+        )
+    return {}
 
 
 def _model_config(args: argparse.Namespace, role: str) -> ModelConfig:

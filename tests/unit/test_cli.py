@@ -7,7 +7,7 @@ import threading
 import aiohttp
 import pytest
 
-from engine.cli import main
+from engine.cli import ArgumentParser, add_run_arguments, build_config, main
 from engine.config import ModelConfig, ReasoningConfig, RunConfig
 from engine.run import model_endpoints
 from tests.fake_openai import FakeOpenAIServer
@@ -46,12 +46,32 @@ SERVED = ["--big_model", "fake-model", "--small_model", "fake-model"]
         (["--tracks", "0"], "--tracks must be at least 1"),
         (["--runner", "spec_scale", "--use_role_prompts", "--prompt_set", "clean"], "has no roles.yaml"),
         (["--repeat_id", "a-b"], "--repeat_id"),
+        (["--runner", "spec_scale", "--repeat_id", "3"], "use --num_repeats N for N repeats, or --repeat_id 3-3"),
+        (["--runner", "base", "--repeat_id", "0"], "--repeat_id 0 is ambiguous here"),
+        (["--runner", "scale", "--num_repeats", "2", "--repeat_id", "0-1"], "not both"),
+        (["--runner", "scale", "--num_repeats", "0"], "--num_repeats must be at least 1"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(capsys, tmp_path, flags, message):
     code, errors = run_cli(capsys, tmp_path, *flags)
     assert code == 2
     assert len(errors) == 1 and message in errors[0]
+
+
+def parsed(runner, *flags):
+    parser = ArgumentParser()
+    add_run_arguments(parser)
+    return build_config(runner, parser.parse_args([*SERVED, *flags]))
+
+
+def test_speclrm_runners_take_num_repeats_and_spec_scale_uses_roles_by_default():
+    config = parsed("spec_scale", "--num_repeats", "3")
+    assert config.data.repeat_id == "0-2"
+    assert config.parallel.use_role_prompts and config.parallel.tracks == 3
+    # a range or list is not ambiguous; SpecReason's runner keeps --repeat_id N as one id
+    assert parsed("scale", "--repeat_id", "0-1").data.repeat_id == "0-1"
+    assert parsed("spec", "--repeat_id", "3").data.repeat_id == "3"
+    assert not parsed("scale").parallel.use_role_prompts
 
 
 def test_a_data_set_without_the_mapped_field_is_refused(capsys, tmp_path):
