@@ -63,16 +63,21 @@ def _single_model(args: argparse.Namespace, default_tracks: int) -> dict[str, An
     }
 
 
+def _speclrm_vote(args: argparse.Namespace) -> dict[str, Any]:
+    return {"aggregation": _or(args.aggregation, "speclrm")}
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "base": lambda a: _single_model(a, 1),
     "spec": lambda a: {"mode": "spec", "tracks": _or(a.tracks, 1)},
-    "scale": lambda a: _single_model(a, 3),
+    "scale": lambda a: {**_single_model(a, 3), **_speclrm_vote(a)},
     # SpecLRM's spec_scale_reason always runs its three role prompts, one per track.
-    "spec_scale": lambda a: {"mode": "spec", "tracks": _or(a.tracks, 3), "use_role_prompts": True},
+    "spec_scale": lambda a: {"mode": "spec", "tracks": _or(a.tracks, 3), "use_role_prompts": True, **_speclrm_vote(a)},
     "spec_scale_methods": lambda a: {
         "mode": "spec",
         "method_num": _or(a.method_num, 3),
         "tracks": _or(a.tracks, _or(a.method_num, 3)),
+        **_speclrm_vote(a),
     },
 }
 

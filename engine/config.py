@@ -18,7 +18,7 @@ from engine.errors import UsageError
 from engine.scoring import SCORE_METHODS
 
 TRACK_MODES = ("big", "small", "spec")
-AGGREGATIONS = ("majority", "weighted", "first")
+AGGREGATIONS = ("speclrm", "majority", "weighted", "first")
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,9 @@ def test_speclrm_runners_take_num_repeats_and_spec_scale_uses_roles_by_default()
     config = parsed("spec_scale", "--num_repeats", "3")
     assert config.data.repeat_id == "0-2"
     assert config.parallel.use_role_prompts and config.parallel.tracks == 3
+    for runner in ("scale", "spec_scale", "spec_scale_methods"):
+        assert parsed(runner).parallel.aggregation == "speclrm"
+    assert parsed("spec_scale", "--aggregation", "majority").parallel.aggregation == "majority"
     # a range or list is not ambiguous; SpecReason's runner keeps --repeat_id N as one id
     assert parsed("scale", "--repeat_id", "0-1").data.repeat_id == "0-1"
     assert parsed("spec", "--repeat_id", "3").data.repeat_id == "3"
