@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import fields, replace
@@ -118,7 +119,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(reasoning, "score_method", choices=SCORE_METHODS)
     for name in ("token_budget", "first_n_steps_base_model", "max_step_tokens", "answer_max_tokens", "seed"):
         add_flag(reasoning, name, type=int)
-    add_flag(reasoning, "step_delimiter")
+    add_flag(reasoning, "step_delimiter", type=shell_text, help="default \\n\\n; \\n typed in a shell is a newline")
     add_flag(reasoning, "temperature", type=float)
     add_flag(reasoning, "top_p", type=float)
     add_flag(reasoning, "answer_model", choices=("big", "small"))
@@ -139,6 +140,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ("request_timeout_s", "stall_timeout_s", "retry_deadline_s"):
         add_flag(client, name, type=float)
     add_flag(client, "server_log_dir")
+    add_flag(
+        client, "max_model_len", type=int, help="context length of servers spectra starts (default: the model's own)"
+    )
     add_flag(client, "tiny_models_dir", help=f"where the tiny demo models are built (default {TINY_MODELS_DIR})")
     add_common_arguments(parser)
 
@@ -149,13 +153,29 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "no_progress", action="store_true", help="no progress bar")
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def shell_text(value: str) -> str:
+    """A flag's text with the escapes a shell user types (`'\\n\\n'`) turned into the characters
+    they mean: a shell passes `\\n` as a backslash and an n."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], value)
+
+
+# Runners whose tracks use both models: --model (which single model reasons) means nothing there.
+BOTH_MODEL_RUNNERS = ("spec", "spec_scale", "spec_scale_methods")
+
+
 def _given(args: argparse.Namespace, cls: type, **overrides: Any) -> dict[str, Any]:
     values = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
     return {**values, **overrides}
 
 
 def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of `runner` from parsed flags; models left out mean the tiny demo models."""
+    """The RunConfig of `runner` from parsed flags; models left out mean the tiny demo models,
+    which only the demo data set may use."""
+    if args.model is not None and runner in BOTH_MODEL_RUNNERS:
+        raise UsageError(f"--model has no effect in {runner} (its tracks use both models); drop it")
     plan = RUNNERS[runner](args)
     reasoning_keys = {f.name for f in fields(ReasoningConfig)}
     reasoning = ReasoningConfig(
@@ -173,6 +193,11 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
     )
     big, small = (_model_config(args, role) for role in ("big", "small"))
     if big.model == "" and small.model == "":
+        if dataset != "demo":
+            raise UsageError(
+                f"--dataset_name {dataset} needs real models: give --big_model and --small_model "
+                "(the tiny random-weight models are only for --dataset_name demo)"
+            )
         big, small = _tiny_models(args)
         reasoning = replace(reasoning, **{k: v for k, v in DEMO_REASONING.items() if getattr(args, k) is None})
     config = RunConfig(
@@ -187,6 +212,7 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         prompt_set=args.prompt_set or "default",
         thinking=args.thinking or "auto",
         server_log_dir=args.server_log_dir,
+        max_model_len=args.max_model_len,
     )
     for role in roles_needed(config):
         if getattr(config, role).model == "":
@@ -243,7 +269,7 @@ def format_summary(records: list[ProblemRecord]) -> str:
         kept = sum(1 for s in steps if s.accepted)
         rewritten = sum(1 for s in steps if s.accepted is False)
         tokens = {m: r.usage[m].completion_tokens if m in r.usage else 0 for m in ("small", "big")}
-        ok = "yes" if is_correct(r.answer, r.reference_answer, multiple_choice=r.dataset.startswith("gpqa")) else "no"
+        ok = "yes" if is_correct(r.answer, r.reference_answer, multiple_choice=r.is_multiple_choice) else "no"
         lines.append(
             f"{r.problem_id[:13]:<14}{r.repeat_id:>4}  {str(r.answer)[:13]:<14}{str(r.reference_answer)[:9]:<10}"
             f"{ok:<4}{kept:>5}{rewritten:>5}{tokens['small']:>10}{tokens['big']:>9}{r.latency_s:>8.1f}"
@@ -295,13 +321,14 @@ def _guarded(args: argparse.Namespace, body: Callable[[], int]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from engine.servers import ServerSpec, serve_models
+    from engine.servers import ServerSpec, model_context_length, serve_models
 
     if args.big_model or args.small_model:
-        specs = [ServerSpec(name=r, model=m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
+        pairs = [(r, m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
     else:
         big, small = _tiny_models(args)
-        specs = [ServerSpec(name="big", model=big.model), ServerSpec(name="small", model=small.model)]
+        pairs = [("big", big.model), ("small", small.model)]
+    specs = [ServerSpec(name=r, model=m, max_model_len=args.max_model_len or model_context_length(m)) for r, m in pairs]
 
     async def serve() -> None:
         async with serve_models(specs, log_dir=Path(args.server_log_dir or "server-logs")) as running:
@@ -333,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     for role in ("big", "small"):
         add_flag(serve, f"{role}_model")
     add_flag(serve, "server_log_dir")
+    add_flag(serve, "max_model_len", type=int, help="context length (default: each model's own)")
     add_flag(serve, "tiny_models_dir")
     add_flag(serve, "big_url", action="append")
     add_flag(serve, "small_url", action="append")

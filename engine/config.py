@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.client import ClientLimits
 from engine.errors import UsageError
+from engine.prompts import prompt_set_digest
 from engine.scoring import SCORE_METHODS
 
 TRACK_MODES = ("big", "small", "spec")
@@ -91,6 +92,8 @@ class RunConfig:
     prompt_set: str = "default"
     thinking: str = "auto"
     server_log_dir: str | None = None
+    # Context length of the servers spectra starts; None: each model's own (its config.json).
+    max_model_len: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +113,8 @@ class RunConfig:
                 "fields": self.data.fields,
             },
             "prompt_set": self.prompt_set,
+            # The texts, not only the name: an edited set is another experiment.
+            "prompt_set_content": prompt_set_digest(self.prompt_set),
             "thinking": self.thinking,
         }
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]

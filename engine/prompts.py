@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import string
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -177,6 +178,18 @@ def load_prompt_set(name_or_path: str) -> PromptSet:
     roles = _read_roles(folder / ROLES_FILE) if ROLES_FILE in files else {}
     methods = _read_methods(folder / METHODS_FILE) if METHODS_FILE in files else {}
     return PromptSet(name=folder.name, path=folder, templates=templates, roles=roles, methods=methods)
+
+
+def prompt_set_digest(name_or_path: str) -> str:
+    """A hash of the YAML files a set is built from: its own and, for the templates it does not
+    give, the default set's."""
+    folders = [_resolve(name_or_path), _package_root() / DEFAULT_SET]
+    digest = hashlib.sha256()
+    for folder in dict.fromkeys(folders):
+        for path in sorted(folder.glob("*.y*ml")):
+            digest.update(f"{folder.name}/{path.name}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def available_prompt_sets() -> list[str]:

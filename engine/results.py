@@ -26,6 +26,9 @@ RECORDS_FILE = "records.jsonl"
 MANIFEST_FILE = "manifest.json"
 
 MODEL_ROLES = ("small", "big")
+# Data sets whose answers are option letters, recognised by name in records that predate
+# `ProblemRecord.multiple_choice`.
+MULTIPLE_CHOICE_PREFIXES = ("gpqa",)
 
 
 @dataclass
@@ -128,10 +131,19 @@ class ProblemRecord:
     started_at: float = 0.0
     finished_at: float = 0.0
     config_digest: str = ""
+    # Whether the answers are option letters; None in records written before spectra stored it.
+    multiple_choice: bool | None = None
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.problem_id, self.repeat_id)
+
+    @property
+    def is_multiple_choice(self) -> bool:
+        """`multiple_choice` as stored, or, for older records, guessed from the data set's name."""
+        if self.multiple_choice is not None:
+            return self.multiple_choice
+        return self.dataset.lower().startswith(MULTIPLE_CHOICE_PREFIXES)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import structlog
@@ -33,7 +33,7 @@ from engine.policies import Model
 from engine.prompts import PromptSet, load_prompt_set
 from engine.results import ProblemRecord, RunStore, read_records
 from engine.scheduler import Scheduler, WorkItem
-from engine.servers import ServerSpec, check_server, serve_models
+from engine.servers import ServerSpec, check_server, model_context_length, serve_models, server_version
 
 log = structlog.get_logger(__name__)
 
@@ -133,6 +133,7 @@ async def _run_work(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async with model_endpoints(config, session) as endpoints:
             models = await build_models(config, session, endpoints)
+            manifest = {**manifest, **await serving_facts(config, session, endpoints)}
             store = RunStore.open(Path(config.output_dir), manifest, overwrite=overwrite)
             with bind_context(run=store.manifest["run_id"]):
                 log.info("run_models_ready", models={role: m.client.model for role, m in models.items()})
@@ -156,14 +157,27 @@ async def _run_work(
     return store
 
 
+class Endpoint(NamedTuple):
+    """Where a role's model is served: its URLs, the served model id, and the context length
+    spectra started its server with (None for servers the user started)."""
+
+    urls: tuple[str, ...]
+    served: str
+    max_model_len: int | None = None
+
+
 @asynccontextmanager
-async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> AsyncIterator[dict[str, tuple]]:
-    """role -> (URLs, served model id) for every model the run needs; starts servers for models
-    given without URLs and stops them on the way out."""
+async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> AsyncIterator[dict[str, Endpoint]]:
+    """role -> Endpoint for every model the run needs; starts servers for models given without
+    URLs (with the model's own context length, or --max_model_len) and stops them on the way out."""
     roles = roles_needed(config)
-    to_start = [
-        ServerSpec(name=role, model=getattr(config, role).model) for role in roles if not getattr(config, role).urls
-    ]
+    to_start = []
+    for role in roles:
+        model_config = getattr(config, role)
+        if not model_config.urls:
+            length = config.max_model_len or await asyncio.to_thread(model_context_length, model_config.model)
+            to_start.append(ServerSpec(name=role, model=model_config.model, max_model_len=length))
+    lengths = {spec.name: spec.max_model_len for spec in to_start}
     async with AsyncExitStack() as stack:
         started = {}
         if to_start:
@@ -173,10 +187,34 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
         for role in roles:
             model_config = getattr(config, role)
             if role in started:
-                endpoints[role] = ((started[role].url,), started[role].model)
+                endpoints[role] = Endpoint((started[role].url,), started[role].model, lengths[role])
                 continue
-            endpoints[role] = (model_config.urls, await _check_replicas(session, model_config, role))
+            endpoints[role] = Endpoint(model_config.urls, await _check_replicas(session, model_config, role))
         yield endpoints
+
+
+async def serving_facts(
+    config: RunConfig, session: aiohttp.ClientSession, endpoints: dict[str, Endpoint]
+) -> dict[str, Any]:
+    """What the manifest records about how the run was served: each role's servers (the vLLM
+    version they report, the context length spectra gave them) and the concurrency limits, so
+    that runs measured differently are not compared silently."""
+    servers = {}
+    for role, endpoint in endpoints.items():
+        versions = [await server_version(session, url) for url in endpoint.urls]
+        servers[role] = {
+            "urls": list(endpoint.urls),
+            "served_model": endpoint.served,
+            "vllm_version": next((v for v in versions if v), None),
+            "max_model_len": endpoint.max_model_len,
+        }
+    concurrency = {
+        "max_problems_in_flight": config.parallel.max_problems_in_flight,
+        "max_tracks_in_flight": config.parallel.max_tracks_in_flight,
+        "max_in_flight_per_endpoint": config.client.max_in_flight_per_endpoint,
+        "replicas": {role: len(endpoint.urls) for role, endpoint in endpoints.items()},
+    }
+    return {"servers": servers, "concurrency": concurrency}
 
 
 async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelConfig, role: str) -> str:
@@ -196,10 +234,10 @@ async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelCon
 
 
 async def build_models(
-    config: RunConfig, session: aiohttp.ClientSession, endpoints: dict[str, tuple]
+    config: RunConfig, session: aiohttp.ClientSession, endpoints: dict[str, Endpoint]
 ) -> dict[str, Model]:
     models = {}
-    for role, (urls, served) in endpoints.items():
+    for role, (urls, served, _) in endpoints.items():
         model_config = getattr(config, role)
         chat = await asyncio.to_thread(
             load_chat_format, model_config.model, tokenizer=model_config.tokenizer, thinking=config.thinking

@@ -136,6 +136,7 @@ class Scheduler:
             started_at=started_wall,
             finished_at=time.time(),
             config_digest=config.digest(),
+            multiple_choice=multiple_choice,
         )
         log.info(
             "problem_done",

@@ -14,9 +14,6 @@ from engine.results import MANIFEST_FILE, RECORDS_FILE, ProblemRecord, read_reco
 
 log = structlog.get_logger(__name__)
 
-# Data sets whose answers are option letters, recognised by the name a record carries.
-MULTIPLE_CHOICE_PREFIXES = ("gpqa",)
-
 
 @dataclass
 class Run:
@@ -52,9 +49,10 @@ class Run:
         return dict(self.manifest.get("models") or {})
 
     def multiple_choice(self, record: ProblemRecord) -> bool:
-        """Whether the record's answers are option letters (GPQA-like sets, or the config says so)."""
+        """Whether the record's answers are option letters: as the record says (older records:
+        GPQA-like names, or the config says so)."""
         config = self.manifest.get("config") or {}
-        return bool(config.get("multiple_choice")) or record.dataset.lower().startswith(MULTIPLE_CHOICE_PREFIXES)
+        return record.is_multiple_choice or bool(config.get("multiple_choice"))
 
 
 def _common(values: Any) -> str:

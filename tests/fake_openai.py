@@ -51,6 +51,7 @@ class FakeOpenAIServer:
 
     script: list[Reply] | Responder = field(default_factory=list)
     served_model: str = "fake-model"
+    version: str = "0.0.0-fake"
     requests: list[dict[str, Any]] = field(default_factory=list)
     disconnects: int = 0
     in_flight: int = 0
@@ -63,6 +64,7 @@ class FakeOpenAIServer:
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/version", self._version)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -83,6 +85,9 @@ class FakeOpenAIServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="")
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": self.version})
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": self.served_model, "object": "model"}]})

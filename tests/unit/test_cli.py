@@ -53,7 +53,7 @@ SERVED = ["--big_model", "fake-model", "--small_model", "fake-model"]
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(capsys, tmp_path, flags, message):
-    code, errors = run_cli(capsys, tmp_path, *flags)
+    code, errors = run_cli(capsys, tmp_path, *SERVED, *flags)
     assert code == 2
     assert len(errors) == 1 and message in errors[0]
 
@@ -77,15 +77,35 @@ def test_speclrm_runners_take_num_repeats_and_spec_scale_uses_roles_by_default()
     assert not parsed("scale").parallel.use_role_prompts
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dataset_name", "aime"], "--dataset_name aime needs real models: give --big_model and --small_model"),
+        ([*SERVED, "--model", "small"], "--model has no effect in spec (its tracks use both models)"),
+        ([*SERVED, "--runner", "spec_scale_methods", "--model", "big"], "--model has no effect in spec_scale_methods"),
+    ],
+)
+def test_setups_that_would_silently_do_something_else_are_refused(capsys, tmp_path, flags, message):
+    code, errors = run_cli(capsys, tmp_path, *flags)
+    assert code == 2 and len(errors) == 1 and message in errors[0]
+
+
+def test_step_delimiter_typed_in_a_shell_means_newlines():
+    assert parsed("spec", "--step_delimiter", "\\n\\n").reasoning.step_delimiter == "\n\n"
+    assert parsed("spec", "--step-delimiter", "\\nStep:").reasoning.step_delimiter == "\nStep:"
+    assert parsed("spec", "--step_delimiter", "\n\n").reasoning.step_delimiter == "\n\n"
+    assert parsed("spec").reasoning.step_delimiter == "\n\n"
+
+
 def test_a_data_set_without_the_mapped_field_is_refused(capsys, tmp_path):
     data = problems_file(tmp_path, [{"question": "1+1?", "answer": "2"}])
-    code, errors = run_cli(capsys, tmp_path, "--dataset_name", str(data), "--field", "problem=prompt")
+    code, errors = run_cli(capsys, tmp_path, *SERVED, "--dataset_name", str(data), "--field", "problem=prompt")
     assert code == 2 and len(errors) == 1 and "prompt" in errors[0]
 
 
 def test_an_empty_problem_selection_is_refused(capsys, tmp_path):
     data = problems_file(tmp_path, [{"id": i, "problem": f"{i}+1?", "answer": str(i + 1)} for i in range(60, 63)])
-    code, errors = run_cli(capsys, tmp_path, "--dataset_name", str(data), "--problem_id", "90-99")
+    code, errors = run_cli(capsys, tmp_path, *SERVED, "--dataset_name", str(data), "--problem_id", "90-99")
     assert code == 2 and len(errors) == 1 and "90-99" in errors[0]
 
 
@@ -168,4 +188,9 @@ async def test_one_live_replica_is_enough_and_dead_ones_are_kept_for_failover(tm
             reasoning=ReasoningConfig(mode="big"),
         )
         async with model_endpoints(config, session) as endpoints:
-            assert endpoints == {"big": (urls, "fake-model")}
+            assert list(endpoints) == ["big"]
+            assert (endpoints["big"].urls, endpoints["big"].served, endpoints["big"].max_model_len) == (
+                urls,
+                "fake-model",
+                None,
+            )

@@ -271,6 +271,21 @@ def test_multiple_choice_from_the_manifest_config(tmp_path):
     assert evaluate(write_run(tmp_path / "mc", records, mode="spec", config={"multiple_choice": True})).accuracy == 1.0
 
 
+def test_multiple_choice_is_read_from_the_record_before_the_data_set_name(tmp_path):
+    stored = [record("q1", 0, "C", "c", [track(0, "c")], dataset="my-mcq", multiple_choice=True)]
+    assert evaluate(write_run(tmp_path / "stored", stored, mode="spec")).accuracy == 1.0
+    rows = [
+        record("q1", 0, "C", "C", [], dataset="my-mcq", multiple_choice=True),
+        # a record that says it is not multiple choice is not, whatever its name
+        record("q2", 0, "C", "C", [], dataset="gpqa_like", multiple_choice=False),
+        # records written before the field existed fall back to the name
+        record("q3", 0, "C", "C", [], dataset="gpqa_diamond"),
+        record("q4", 0, "3", "3", [], dataset="math500"),
+    ]
+    run = load_run(write_run(tmp_path / "mixed", rows, mode="spec"))
+    assert [run.multiple_choice(r) for r in run.records] == [True, False, True, False]
+
+
 def test_records_without_reference_are_not_scored(tmp_path):
     records = [record("p1", 0, None, "3", [track(0, "3")]), record("p2", 0, "4", "4", [track(0, "4")])]
     s = evaluate(write_run(tmp_path / "run", records, mode="spec"))
