@@ -78,7 +78,14 @@ def run(args: argparse.Namespace) -> int:
         )
     baseline_name = runs[base].name if base is not None else None
     comparisons = [
-        compare.compare(one.name, figures[i], runs[base].name, figures[base], resamples=args.bootstrap)
+        compare.compare(
+            one.name,
+            figures[i],
+            runs[base].name,
+            figures[base],
+            resamples=args.bootstrap,
+            concurrency_note=_concurrency_note(one, runs[base]),
+        )
         for i, one in enumerate(runs)
         if base is not None and i != base
     ]
@@ -95,6 +102,13 @@ def run(args: argparse.Namespace) -> int:
         path = report.write_report(args.report, summaries, comparisons, all_tables, baseline_name)
         log.info("report_written", path=str(path))
     return 0
+
+
+def _concurrency_note(one: Run, baseline: Run) -> str | None:
+    note = compare.concurrency_difference(one.manifest, baseline.manifest)
+    if note:
+        log.warning("concurrency_differs", run=one.name, baseline=baseline.name, difference=note)
+    return note
 
 
 def _check_arguments(args: argparse.Namespace) -> None:

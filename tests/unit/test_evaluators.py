@@ -401,3 +401,38 @@ def test_cli_usage_errors(spec_run, capsys):
     assert main([]) == 2
     assert "no run folder given" in capsys.readouterr().err
     assert main([str(spec_run), "--k", "0"]) == 2
+
+
+def with_concurrency(folder: Path, **concurrency) -> Path:
+    path = folder / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["concurrency"] = {
+        "max_problems_in_flight": 1,
+        "max_tracks_in_flight": 64,
+        "max_in_flight_per_endpoint": 64,
+        "replicas": {"big": 1},
+        **concurrency,
+    }
+    path.write_text(json.dumps(manifest))
+    return folder
+
+
+def test_baseline_comparison_warns_when_runs_were_measured_with_other_concurrency(spec_run, base_run, capsys):
+    with_concurrency(spec_run, max_problems_in_flight=8)
+    with_concurrency(base_run)
+    assert main([str(spec_run), "--baseline", str(base_run), "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    note = json.loads(captured.out)["comparisons"][0]["concurrency_note"]
+    assert note == "max_problems_in_flight 8 vs 1"
+    assert "concurrency_differs" in captured.err
+    assert main([str(spec_run), "--baseline", str(base_run)]) == 0
+    assert "other concurrency: max_problems_in_flight 8 vs 1" in capsys.readouterr().out
+
+
+def test_baseline_comparison_is_quiet_when_concurrency_matches(spec_run, base_run, capsys):
+    with_concurrency(spec_run)
+    with_concurrency(base_run)
+    assert main([str(spec_run), "--baseline", str(base_run), "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["comparisons"][0]["concurrency_note"] is None
+    assert "concurrency_differs" not in captured.err
