@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from engine.cli import ArgumentParser, add_run_arguments, build_config, main
-from engine.config import ModelConfig, ReasoningConfig, RunConfig
+from engine.config import ModelConfig, RunConfig
 from engine.run import model_endpoints
 from tests.fake_openai import FakeOpenAIServer
 
@@ -67,14 +67,15 @@ def parsed(runner, *flags):
 def test_speclrm_runners_take_num_repeats_and_spec_scale_uses_roles_by_default():
     config = parsed("spec_scale", "--num_repeats", "3")
     assert config.data.repeat_id == "0-2"
-    assert config.parallel.use_role_prompts and config.parallel.tracks == 3
+    assert config.strategy_settings.use_role_prompts and config.strategy_settings.tracks == 3
     for runner in ("scale", "spec_scale", "spec_scale_methods"):
-        assert parsed(runner).parallel.aggregation == "speclrm"
-    assert parsed("spec_scale", "--aggregation", "majority").parallel.aggregation == "majority"
+        assert parsed(runner).strategy_settings.aggregation == "speclrm"
+    assert parsed("spec_scale", "--aggregation", "majority").strategy_settings.aggregation == "majority"
+    assert parsed("spec").strategy_settings.aggregation == "majority"
     # a range or list is not ambiguous; SpecReason's runner keeps --repeat_id N as one id
     assert parsed("scale", "--repeat_id", "0-1").data.repeat_id == "0-1"
     assert parsed("spec", "--repeat_id", "3").data.repeat_id == "3"
-    assert not parsed("scale").parallel.use_role_prompts
+    assert not parsed("scale").strategy_settings.use_role_prompts
 
 
 @pytest.mark.parametrize(
@@ -183,9 +184,8 @@ async def test_one_live_replica_is_enough_and_dead_ones_are_kept_for_failover(tm
         config = RunConfig(
             runner="base",
             output_dir=str(tmp_path),
-            big=ModelConfig("fake-model", urls),
-            small=ModelConfig("unused"),
-            reasoning=ReasoningConfig(mode="big"),
+            models={"big": ModelConfig("fake-model", urls), "small": ModelConfig("unused")},
+            policy="big",
         )
         async with model_endpoints(config, session) as endpoints:
             assert list(endpoints) == ["big"]

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from engine.config import DataConfig, ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
+from engine.config import DataConfig, ModelConfig, RunConfig, SchedulerLimits
 from engine.prompts import _package_root
 from engine.run import execute, model_endpoints
 from engine.servers import RunningServer, model_context_length
@@ -33,10 +33,9 @@ async def test_the_manifest_records_the_servers_vllm_version_and_the_concurrency
         config = RunConfig(
             runner="base",
             output_dir=str(tmp_path / "run"),
-            big=ModelConfig("fake-model", (big.url, big.url), tokenizer=tokenizer_dir),
-            small=ModelConfig("unused"),
-            reasoning=ReasoningConfig(mode="big"),
-            parallel=ParallelConfig(max_problems_in_flight=1, max_tracks_in_flight=5),
+            models={"big": ModelConfig("fake-model", (big.url, big.url), tokenizer=tokenizer_dir)},
+            policy="big",
+            limits=SchedulerLimits(max_problems_in_flight=1, max_tracks_in_flight=5),
             data=DataConfig(dataset_name=one_problem(tmp_path)),
         )
         outcome = await execute(config, progress=False)
@@ -78,9 +77,8 @@ async def test_servers_spectra_starts_get_the_models_own_context_length(tmp_path
         config = RunConfig(
             runner="base",
             output_dir=str(tmp_path / "run"),
-            big=ModelConfig(model),
-            small=ModelConfig("unused"),
-            reasoning=ReasoningConfig(mode="big"),
+            models={"big": ModelConfig(model)},
+            policy="big",
             max_model_len=given,
         )
         async with model_endpoints(config, session=None) as endpoints:
@@ -93,9 +91,8 @@ def test_the_config_digest_covers_the_prompt_set_content(tmp_path):
     shutil.copytree(_package_root() / "roles", copy)
 
     def digest():
-        return RunConfig(
-            runner="spec", output_dir="x", big=ModelConfig("b"), small=ModelConfig("s"), prompt_set=str(copy)
-        ).digest()
+        models = {"big": ModelConfig("b"), "small": ModelConfig("s")}
+        return RunConfig(runner="spec", output_dir="x", models=models, prompt_set=str(copy)).digest()
 
     before = digest()
     assert digest() == before

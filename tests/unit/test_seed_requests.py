@@ -11,10 +11,9 @@ import math
 from engine.config import ReasoningConfig
 from engine.datasets import Problem
 from engine.prompts import load_prompt_set
-from engine.track import TrackSetup, new_track_record, run_track
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.fixtures import seed_prompts as seed
-from tests.unit.conftest import chatml_tokenizer
+from tests.unit.conftest import chatml_tokenizer, run_one_track
 
 PROBLEM = Problem(id="p1", problem="What is 6 * 7?", answer="42")
 GPQA = Problem(id="g1", problem="Which gas is inert?", answer="B", choices=("Oxygen", "Argon", "Chlorine", "Fluorine"))
@@ -51,9 +50,7 @@ async def run_spec(make_models, problem, small_steps, scores, big_steps=()):
         FakeOpenAIServer(lambda body: big_replies["score" if is_score(body) else "step"].pop(0)) as big,
     ):
         models = make_models(big=big, small=small)
-        setup = TrackSetup(track_id=0, mode="spec")
-        record = new_track_record(setup)
-        await run_track(record, setup, problem, models, load_prompt_set("default"), ReasoningConfig())
+        record = await run_one_track(models, problem, load_prompt_set("default"), ReasoningConfig())
     return record, small.requests, big.requests
 
 
