@@ -34,11 +34,6 @@ class ChatFormat:
         self.thinking = thinking
 
     @property
-    def think_prefix(self) -> str:
-        """What opens the assistant's reasoning: `<think>\\n` for thinking models, else nothing."""
-        return THINK_OPEN + "\n" if self.thinking else ""
-
-    @property
     def think_open(self) -> str:
         """What the seeds put before the steps in the assistant turn: `<think>` with no newline."""
         return THINK_OPEN if self.thinking else ""

@@ -115,8 +115,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(models, "thinking", choices=("auto", "on", "off"))
     add_settings_flags(parser.add_argument_group("reasoning"), ReasoningConfig)
     add_settings_flags(parser.add_argument_group("limits"), SchedulerLimits)
+    flagged: set[type] = set()
     for kind, table in (("policy", POLICIES), ("strategy", STRATEGIES)):
         for spec in table.values():
+            if spec.settings in flagged:  # several specs may share one settings class (big, small)
+                continue
+            flagged.add(spec.settings)
             group = parser.add_argument_group(f"{kind} {spec.name}", spec.description)
             add_settings_flags(group, spec.settings)
     add_flag(parser, "prompt_set", help="a set under prompts/ by name, or a folder path (default: default)")

@@ -51,8 +51,13 @@ class ReasoningConfig(Settings):
     max_step_tokens: int = setting(512, "tokens one step may generate")
     temperature: float = setting(0.6, "sampling temperature of the steps")
     top_p: float = setting(0.95, "nucleus sampling of the steps")
-    answer_model: str = setting("big", "the model that writes the answer after thinking", ("big", "small"))
-    answer_max_tokens: int = setting(1024, "tokens the answer may take")
+    answer_phase: bool = setting(
+        False,
+        "spectra: a step also stops at </think>, closing thinking or ending the sequence ends it, and the "
+        "answer model then writes the answer (the seeds reason on and take the answer from the steps)",
+    )
+    answer_model: str = setting("big", "with --answer_phase: the model that writes the answer", ("big", "small"))
+    answer_max_tokens: int = setting(1024, "with --answer_phase: tokens the answer may take")
     seed: int | None = setting(None, "base seed of every request (reproducible runs)")
 
     def validate(self) -> None:

@@ -65,6 +65,9 @@ class StepRecord:
     draft: str | None = None
     usage: dict[str, ModelUsage] = field(default_factory=dict)
     latency_s: float = 0.0
+    # How the kept text's generation stopped: "delimiter", "eos" (the model ended its sequence;
+    # the seeds keep reasoning after it), "think_end" (--answer_phase) or "length".
+    ending: str = ""
 
     @property
     def accepted(self) -> bool | None:
@@ -137,6 +140,12 @@ class ProblemRecord:
     @property
     def key(self) -> tuple[str, int]:
         return (self.problem_id, self.repeat_id)
+
+    @property
+    def all_tracks_failed(self) -> bool:
+        """Every track failed (servers down, a bug): the problem was not really solved, so a
+        resumed run does it again."""
+        return bool(self.tracks) and all(t.finish_reason == "failed" for t in self.tracks)
 
     @property
     def is_multiple_choice(self) -> bool:
@@ -247,6 +256,8 @@ class RunStore:
     @staticmethod
     def finished_keys(folder: Path, manifest: dict[str, Any], *, overwrite: bool = False) -> set[tuple[str, int]]:
         """The (problem, repeat) pairs a run in `folder` has finished, read without writing anything.
+        A record whose tracks all failed is not finished: the next run redoes it (and its new line
+        supersedes the old one).
 
         Raises UsageError when the folder holds a run of another config and `overwrite` is off.
         """
@@ -260,7 +271,7 @@ class RunStore:
                         f"{manifest['config_digest']}); use a new --output_dir, or --overwrite to replace it"
                     )
                 return set()
-        return {r.key for r in read_records(folder / RECORDS_FILE).records}
+        return finished_keys(read_records(folder / RECORDS_FILE).records)
 
     @classmethod
     def open(cls, folder: Path, manifest: dict[str, Any], *, overwrite: bool = False) -> RunStore:
@@ -291,11 +302,18 @@ class RunStore:
             )
         _write_atomically(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         # Keys only: a long run must not hold every record it wrote in memory.
-        return cls(folder, manifest, {r.key for r in read.records})
+        return cls(folder, manifest, finished_keys(read.records))
 
     def append(self, record: ProblemRecord) -> None:
         append_record(self.records_path, record)
-        self.done.add(record.key)
+        if not record.all_tracks_failed:
+            self.done.add(record.key)
+
+
+def finished_keys(records: list[ProblemRecord]) -> set[tuple[str, int]]:
+    """The keys whose latest record is finished (not every track failed)."""
+    latest = {r.key: r for r in records}
+    return {key for key, r in latest.items() if not r.all_tracks_failed}
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

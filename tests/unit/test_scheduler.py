@@ -40,13 +40,13 @@ def track_of(body):
 
 
 def scripted_tracks(answers, delays):
-    """Track t thinks one step (after delays[t] seconds), closes thinking, answers answers[t]."""
+    """Track t writes its whole reasoning in one request (SpecLRM's scale_reason), answering
+    answers[t] after delays[t] seconds."""
 
     def respond(body):
         t = track_of(body)
-        if "\n\n" in (body.get("stop") or []):
-            return Reply(text="thinking", stop_reason="</think>", delay_s=delays[t])
-        return Reply(text=f"\\boxed{{{answers[t]}}}")
+        assert "stop" not in body, "the single-model policy makes one request with no step stops"
+        return Reply(text=f"thinking</think>\\boxed{{{answers[t]}}}", delay_s=delays[t])
 
     return respond
 
@@ -89,7 +89,7 @@ async def test_thirty_problems_of_eight_tracks_never_open_more_requests_than_con
         await scheduler.run([WorkItem(p, 0) for p in problems])
     assert big.peak_in_flight == 5
     assert len(records) == 30 and all(len(r.tracks) == 8 for r in records)
-    assert len(big.requests) == 30 * 8 * 2  # one step and one answer per track
+    assert len(big.requests) == 30 * 8  # one request per track
 
 
 async def test_problems_start_in_order(make_models):
@@ -109,7 +109,7 @@ async def test_early_stop_cancels_the_tracks_that_cannot_change_the_answer(make_
     (record,) = records
     assert record.answer == "7" and record.early_stopped
     assert record.cancelled_tracks == [3, 4]
-    assert [t.finish_reason for t in record.tracks] == ["think_end"] * 3 + ["cancelled"] * 2
+    assert [t.finish_reason for t in record.tracks] == ["answer"] * 3 + ["cancelled"] * 2
     assert big.disconnects == 2 and big.in_flight == 0
     assert record.tokens_saved > 0
     leftover = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "one"]
@@ -197,3 +197,26 @@ async def test_a_selector_that_fails_for_good_falls_back_and_records_the_error(m
         choice = await select_methods("p", prompts, make_models(big=big)["big"], 2)
     assert choice.fallback and choice.methods == ["unknown", "unknown"]
     assert "prompt too long" in choice.error and choice.usage == {}
+
+
+async def test_a_track_that_raises_fails_alone_and_the_problem_is_still_voted(make_models, monkeypatch):
+    from engine.strategies.base import SolveContext
+
+    made = []
+    real = SolveContext.new_policy
+
+    class Broken:
+        async def step(self, ctx):
+            raise ZeroDivisionError("a bug in one track")
+
+    def new_policy(self):
+        made.append(1)
+        return Broken() if len(made) == 2 else real(self)
+
+    monkeypatch.setattr(SolveContext, "new_policy", new_policy)
+    cfg = config(tracks=3)
+    records, _ = await run_scheduler(make_models, scripted_tracks(["7", "7", "7"], [0, 0, 0]), cfg, PROBLEMS[:1])
+    (record,) = records
+    assert [t.finish_reason for t in record.tracks] == ["answer", "failed", "answer"]
+    assert record.tracks[1].error == "ZeroDivisionError: a bug in one track"
+    assert record.answer == "7" and record.votes == {"7": 2.0}

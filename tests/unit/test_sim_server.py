@@ -39,13 +39,14 @@ async def run_spec_track(make_models, config: SimConfig):
 @pytest.mark.parametrize(("accept_rate", "writer"), [(1.0, "small"), (0.0, "big")])
 async def test_a_spec_track_thinks_the_configured_steps_then_answers(make_models, accept_rate, writer):
     record, sim, head = await run_spec_track(make_models, sim_config(accept_rate=accept_rate))
-    assert record.finish_reason == "think_end" and record.error is None
+    # the last step states the answer, so thinking ends there and no answer is asked for (SpecReason)
+    assert record.finish_reason == "answer" and record.error is None
     assert [s.writer for s in record.steps] == [writer] * 3
     assert [s.tokens for s in record.steps] == [4, 4, 4]
     assert record.answer == str(answer_number(head))
     rewrites = 3 if writer == "big" else 0
-    assert sim.stats.requests == {"step": 3 + rewrites, "score": 3, "answer": 1, "tokenize": 0}
-    assert sim.stats.served == 7 + rewrites and sim.stats.queued == 0
+    assert sim.stats.requests == {"step": 3 + rewrites, "score": 3, "answer": 0, "tokenize": 0}
+    assert sim.stats.served == 6 + rewrites and sim.stats.queued == 0
 
 
 async def test_every_track_of_a_problem_makes_the_same_requests(make_models):
