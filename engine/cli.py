@@ -35,7 +35,7 @@ from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
 from engine.policies import POLICIES
 from engine.results import ProblemRecord
-from engine.run import roles_needed
+from engine.run import Shard, parse_shard, roles_needed
 from engine.strategies import STRATEGIES
 
 log = structlog.get_logger(__name__)
@@ -88,6 +88,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(data, "field", action="append", help="map a field to a column, e.g. problem=question (repeatable)")
     add_flag(data, "problem_id", help="ids or positions, e.g. 60-89 or 60,62,70-72 (default: all)")
     add_flag(data, "repeat_id", help="repeat ids, e.g. 0 or 0-3 (default 0)")
+    add_flag(
+        data,
+        "shard",
+        metavar="I/N",
+        help="do the I-th (from 1) of N disjoint slices of the (problem, repeat) list, for N runner processes "
+        "(default output folder gets a -shard-I-of-N suffix)",
+    )
     out = parser.add_argument_group("output")
     add_flag(out, "output_dir", help="run folder (default results/<runner>_<dataset>)")
     add_flag(out, "overwrite", action="store_true", default=None, help="replace a run folder made with another config")
@@ -143,7 +150,11 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
     if args.model_name:
         setattr(args, f"{policy if policy in ('big', 'small') else 'big'}_model", args.model_name)
     dataset = args.dataset_name or "demo"
-    data = DataConfig(**_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ())))
+    shard = parse_shard(args.shard)
+    normal_shard = f"{shard.index}/{shard.count}" if shard else None
+    data = DataConfig(
+        **_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ()), shard=normal_shard)
+    )
     models = {role: _model_config(args, role) for role in MODEL_ROLES}
     demo = not any(m.model for m in models.values())
     if demo:
@@ -151,7 +162,7 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         plan = {**DEMO_REASONING, **plan}
     config = RunConfig(
         runner=runner,
-        output_dir=args.output_dir or f"results/{runner}_{Path(dataset).stem}",
+        output_dir=args.output_dir or _default_output_dir(runner, dataset, shard),
         models={role: m for role, m in models.items() if m.model},
         policy=policy,
         policy_settings=settings_from_flags(POLICIES[policy].settings, args, plan),
@@ -168,6 +179,11 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
     for role in roles_needed(config):
         config.model(role)
     return config
+
+
+def _default_output_dir(runner: str, dataset: str, shard: Shard | None) -> str:
+    folder = f"results/{runner}_{Path(dataset).stem}"
+    return f"{folder}-{shard.suffix}" if shard else folder
 
 
 def _model_config(args: argparse.Namespace, role: str) -> ModelConfig:
