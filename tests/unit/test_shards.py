@@ -18,8 +18,7 @@ def work_config(shard: str | None) -> RunConfig:
     return RunConfig(
         runner="spec",
         output_dir="unused",
-        big=ModelConfig("big"),
-        small=ModelConfig("small"),
+        models={"big": ModelConfig("big"), "small": ModelConfig("small")},
         data=DataConfig(shard=shard),
     )
 
