@@ -3,6 +3,8 @@
 A run folder holds `manifest.json` (the config, model ids, package versions) and
 `records.jsonl` (one `ProblemRecord` a line). Every line is written whole and flushed to
 disk, so a crash leaves at most a partial last line; `read_records` reports and skips it.
+While a runner uses the folder it holds the lock on `runner.lock` (`hold_run_folder`): one runner
+per folder.
 """
 
 from __future__ import annotations
@@ -224,8 +226,8 @@ class RunStore:
 
     Opening it keeps the finished records, sets aside lines a crash cut short (the original
     file is kept beside it as `records.jsonl.damaged-<time>`), and refuses a folder whose
-    manifest has another config digest unless `overwrite` (then the old files are kept as
-    `*.replaced-<time>`).
+    manifest has another config digest, or another `--shard`, unless `overwrite` (then the old
+    files are kept as `*.replaced-<time>`). The caller holds the folder (`hold_run_folder`).
     """
 
     def __init__(self, folder: Path, manifest: dict[str, Any], done: set[tuple[str, int]]):

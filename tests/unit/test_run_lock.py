@@ -91,12 +91,12 @@ def test_a_killed_holder_frees_the_folder(tmp_path, holder):
 
 def test_a_refused_holder_writes_nothing(tmp_path, holder):
     folder = tmp_path / "run"
-    store = RunStore.open(folder, {"run_id": "r", "config_digest": "abc"})
+    RunStore.open(folder, {"run_id": "r", "config_digest": "abc"})
     holder(folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert set(before) == {MANIFEST_FILE, LOCK_FILE}
     refusal(folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    assert store.records_path.name == RECORDS_FILE
 
 
 def test_a_block_that_writes_nothing_leaves_no_trace_but_keeps_what_it_wrote(tmp_path):
