@@ -3,22 +3,17 @@
 A run folder holds `manifest.json` (the config, model ids, package versions) and
 `records.jsonl` (one `ProblemRecord` a line). Every line is written whole and flushed to
 disk, so a crash leaves at most a partial last line; `read_records` reports and skips it.
-While a runner uses the folder it holds the lock on `runner.lock` (`hold_run_folder`): one runner
-per folder.
+While a runner uses the folder it holds its lock (`engine.folder_lock`): one runner per folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +25,6 @@ log = structlog.get_logger(__name__)
 
 RECORDS_FILE = "records.jsonl"
 MANIFEST_FILE = "manifest.json"
-LOCK_FILE = "runner.lock"
 
 MODEL_ROLES = ("small", "big")
 
@@ -227,7 +221,7 @@ class RunStore:
     Opening it keeps the finished records, sets aside lines a crash cut short (the original
     file is kept beside it as `records.jsonl.damaged-<time>`), and refuses a folder whose
     manifest has another config digest, or another `--shard`, unless `overwrite` (then the old
-    files are kept as `*.replaced-<time>`). The caller holds the folder (`hold_run_folder`).
+    files are kept as `*.replaced-<time>`). The caller holds the folder's lock (`engine.folder_lock`).
     """
 
     def __init__(self, folder: Path, manifest: dict[str, Any], done: set[tuple[str, int]]):
@@ -303,69 +297,6 @@ class RunStore:
 def _shard_name(manifest: dict[str, Any]) -> str:
     shard = manifest.get("shard")
     return f"shard {shard['index']}/{shard['count']}" if shard else "the whole run (no --shard)"
-
-
-@contextmanager
-def hold_run_folder(folder: Path) -> Iterator[None]:
-    """Be the one runner of `folder` for the block, or raise UsageError naming the runner that is.
-
-    The lock is an exclusive `flock` on `runner.lock`, which the kernel drops when its holder
-    exits however it exits (kill -9 included), so a crashed runner never blocks the next one; a
-    pid file would need guessing whether its pid is still ours. The file's text (pid, host, start
-    time) only names the holder in the refusal. On the way out the file is removed while still
-    locked, and so is the folder when the block created it and left nothing else in it (a run
-    refused before its first write leaves no trace).
-    """
-    created = not folder.exists()
-    path = folder / LOCK_FILE
-    descriptor = _lock(folder, path)
-    try:
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": _utc_now()}
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, json.dumps(holder).encode(), 0)
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-        os.close(descriptor)
-        if created and not any(folder.iterdir()):
-            folder.rmdir()
-
-
-def _lock(folder: Path, path: Path) -> int:
-    """A descriptor of `path` holding its exclusive lock, or UsageError when another process holds it."""
-    while True:
-        folder.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 4096, 0).decode("utf-8", errors="replace")
-            os.close(descriptor)
-            raise UsageError(
-                f"{folder} is in use by another runner ({_describe_holder(holder)}); "
-                "wait for it to end, or give another --output_dir"
-            ) from None
-        opened = os.fstat(descriptor)
-        try:
-            current = os.stat(path)
-        except FileNotFoundError:
-            current = None
-        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
-            return descriptor
-        # Its last holder removed the file we opened on the way out: lock the file there now.
-        os.close(descriptor)
-
-
-def _describe_holder(text: str) -> str:
-    try:
-        holder = json.loads(text)
-        return f"pid {holder['pid']} on {holder['host']}, started {holder['started_at']}"
-    except (ValueError, TypeError, KeyError):
-        return "it is starting and has not written its pid yet"
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -32,11 +32,12 @@ from engine.client import ModelClient
 from engine.config import ModelConfig, RunConfig
 from engine.datasets import Problem, load_problems, parse_field_map, parse_id_spec, select_problems
 from engine.errors import UnreachableServerError, UsageError
+from engine.folder_lock import hold_run_folder
 from engine.logging import bind_context
 from engine.models import Model
 from engine.policies import POLICIES
 from engine.prompts import PromptSet, load_prompt_set
-from engine.results import ProblemRecord, RunStore, hold_run_folder, read_records
+from engine.results import ProblemRecord, RunStore, read_records
 from engine.scheduler import Scheduler, WorkItem
 from engine.servers import ServerSpec, check_server, serve_models
 from engine.strategies import STRATEGIES
