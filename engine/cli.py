@@ -36,7 +36,7 @@ from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
 from engine.policies import POLICIES
 from engine.results import ProblemRecord
-from engine.run import roles_needed
+from engine.run import Shard, parse_shard, roles_needed
 from engine.strategies import STRATEGIES
 
 log = structlog.get_logger(__name__)
@@ -96,6 +96,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(data, "problem_id", help="ids or positions, e.g. 60-89 or 60,62,70-72 (default: all)")
     add_flag(data, "repeat_id", help="repeat ids, e.g. 0 or 0-3 (default 0)")
     add_flag(data, "num_repeats", type=int, help="N repeats, ids 0 to N-1 (SpecLRM's --repeat_id N)")
+    add_flag(
+        data,
+        "shard",
+        metavar="I/N",
+        help="do the I-th (from 1) of N disjoint slices of the (problem, repeat) list, for N runner processes "
+        "(default output folder gets a -shard-I-of-N suffix)",
+    )
     out = parser.add_argument_group("output")
     add_flag(out, "output_dir", help="run folder (default results/<runner>_<dataset>)")
     add_flag(out, "overwrite", action="store_true", default=None, help="replace a run folder made with another config")
@@ -176,8 +183,10 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
     if args.step_delimiter is not None:
         args.step_delimiter = shell_text(args.step_delimiter)
     dataset = args.dataset_name or "demo"
+    shard = parse_shard(args.shard)
+    normal_shard = f"{shard.index}/{shard.count}" if shard else None
     data = DataConfig(
-        **_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ())),
+        **_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ()), shard=normal_shard),
         **_repeats(runner, args),
     )
     models = {role: _model_config(args, role) for role in MODEL_ROLES}
@@ -192,7 +201,7 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         plan = {**DEMO_REASONING, **plan}
     config = RunConfig(
         runner=runner,
-        output_dir=args.output_dir or f"results/{runner}_{Path(dataset).stem}",
+        output_dir=args.output_dir or _default_output_dir(runner, dataset, shard),
         models={role: m for role, m in models.items() if m.model},
         policy=policy,
         policy_settings=settings_from_flags(POLICIES[policy].settings, args, plan),
@@ -231,6 +240,11 @@ def _repeats(runner: str, args: argparse.Namespace) -> dict[str, str]:
             f"use --num_repeats N for N repeats, or --repeat_id {given}-{given} for the repeat with id {given}"
         )
     return {}
+
+
+def _default_output_dir(runner: str, dataset: str, shard: Shard | None) -> str:
+    folder = f"results/{runner}_{Path(dataset).stem}"
+    return f"{folder}-{shard.suffix}" if shard else folder
 
 
 def _model_config(args: argparse.Namespace, role: str) -> ModelConfig:

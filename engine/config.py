@@ -99,6 +99,9 @@ class DataConfig:
     problem_id: str | None = None
     repeat_id: str = "0"
     fields: tuple[str, ...] = ()
+    # "I/N": this process does the I-th of N slices of the work (engine.run.Shard); left out of
+    # the digest, like the selection, so that the shards of one run share their config digest.
+    shard: str | None = None
 
 
 @dataclass(frozen=True)

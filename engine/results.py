@@ -3,6 +3,7 @@
 A run folder holds `manifest.json` (the config, model ids, package versions) and
 `records.jsonl` (one `ProblemRecord` a line). Every line is written whole and flushed to
 disk, so a crash leaves at most a partial last line; `read_records` reports and skips it.
+While a runner uses the folder it holds its lock (`engine.folder_lock`): one runner per folder.
 """
 
 from __future__ import annotations
@@ -240,8 +241,8 @@ class RunStore:
 
     Opening it keeps the finished records, sets aside lines a crash cut short (the original
     file is kept beside it as `records.jsonl.damaged-<time>`), and refuses a folder whose
-    manifest has another config digest unless `overwrite` (then the old files are kept as
-    `*.replaced-<time>`).
+    manifest has another config digest, or another `--shard`, unless `overwrite` (then the old
+    files are kept as `*.replaced-<time>`). The caller holds the folder's lock (`engine.folder_lock`).
     """
 
     def __init__(self, folder: Path, manifest: dict[str, Any], done: set[tuple[str, int]]):
@@ -271,6 +272,13 @@ class RunStore:
                         f"{manifest['config_digest']}); use a new --output_dir, or --overwrite to replace it"
                     )
                 return set()
+            if old.get("shard") != manifest.get("shard"):
+                if not overwrite:
+                    raise UsageError(
+                        f"{folder} holds {_shard_name(old)} of this config, not {_shard_name(manifest)}; "
+                        "give each shard its own --output_dir, or --overwrite to replace it"
+                    )
+                return set()
         return finished_keys(read_records(folder / RECORDS_FILE).records)
 
     @classmethod
@@ -281,7 +289,7 @@ class RunStore:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")  # unique even for two in one second
         if manifest_path.exists():
             old = _read_manifest(manifest_path)
-            if old.get("config_digest") != manifest["config_digest"]:
+            if (old.get("config_digest"), old.get("shard")) != (manifest["config_digest"], manifest.get("shard")):
                 for path in (manifest_path, records_path):
                     if path.exists():
                         path.rename(path.with_name(f"{path.name}.replaced-{stamp}"))
@@ -314,6 +322,11 @@ def finished_keys(records: list[ProblemRecord]) -> set[tuple[str, int]]:
     """The keys whose latest record is finished (not every track failed)."""
     latest = {r.key: r for r in records}
     return {key for key, r in latest.items() if not r.all_tracks_failed}
+
+
+def _shard_name(manifest: dict[str, Any]) -> str:
+    shard = manifest.get("shard")
+    return f"shard {shard['index']}/{shard['count']}" if shard else "the whole run (no --shard)"
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

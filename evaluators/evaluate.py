@@ -1,5 +1,7 @@
 """Evaluate run folders: `python -m evaluators.evaluate RUN_DIR [RUN_DIR ...] [--baseline RUN_DIR] [--report DIR]`.
 
+The shard folders of one run split with `--shard` are read as one run (see evaluators.runs).
+
 `spectra eval` is the same command: it adds these arguments with `add_arguments` and
 calls `run`. The tables go to stdout; logs go to stderr.
 """
@@ -17,14 +19,20 @@ from engine.answers import DEFAULT_TIMEOUT_S
 from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
 from evaluators import compare, report, summary, tables
-from evaluators.runs import Run, load_run
+from evaluators.runs import Run, load_runs
 
 log = structlog.get_logger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the evaluation arguments (seed spellings `--results_dir`, `--dataset_name` included)."""
-    parser.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR", help="run folders to evaluate")
+    parser.add_argument(
+        "runs",
+        nargs="*",
+        type=Path,
+        metavar="RUN_DIR",
+        help="run folders to evaluate (the shard folders of one run, or the folder holding them, make one run)",
+    )
     parser.add_argument(
         "--results-dir", "--results_dir", dest="results_dirs", action="append", type=Path, default=[],
         metavar="RUN_DIR", help="a run folder (the seeds' spelling; may be repeated)",
@@ -129,7 +137,7 @@ def _load_runs(args: argparse.Namespace) -> list[Run]:
         baseline = Path(args.baseline).resolve()
         if baseline not in paths:
             paths.insert(0, baseline)
-    runs = [load_run(path, dataset=args.dataset) for path in paths]
+    runs = load_runs(paths, dataset=args.dataset)
     names = [one.name for one in runs]
     if len(set(names)) < len(names):
         for one in runs:
