@@ -48,9 +48,7 @@ async def test_streaming_assembles_chunks_and_reads_usage_from_last_event(sessio
     tops = [{"a": -0.1}, {"b": -0.2}, {"c": -0.3}]
     reply = Reply(text="abc", stop_reason="\n\n", top_logprobs=tops, prompt_tokens=4)
     async with FakeOpenAIServer([reply]) as server:
-        result = await client_for(session, server).complete(
-            "p", max_tokens=8, stop=["\n\n"], logprobs=1, stream=True
-        )
+        result = await client_for(session, server).complete("p", max_tokens=8, stop=["\n\n"], logprobs=1, stream=True)
     assert result.text == "abc"
     assert result.finish_reason == "stop" and result.stop_reason == "\n\n"
     assert result.choices[0].tokens == ["a", "b", "c"]
