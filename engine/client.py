@@ -1,4 +1,5 @@
-"""The only code that speaks HTTP: `/v1/completions`, `/tokenize` and `/health` on vLLM OpenAI servers.
+"""The only code that speaks HTTP: `/v1/completions`, `/tokenize` and `/health` on vLLM OpenAI servers
+(`engine.responses` reads their answers).
 
 One `ModelClient` serves one model behind one or more endpoints. It picks the endpoint with
 the fewest requests in flight, bounds requests in flight per endpoint, puts a timeout on
@@ -16,9 +17,8 @@ of 32 tokens costs the engine about four times the CPU of one JSON body (benchma
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +27,11 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from engine.errors import RetryableServerError, ServerError
+from engine.responses import Choice, encode_json, read_json, read_stream_completion, read_whole_completion, status_error
 
 log = structlog.get_logger(__name__)
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -52,21 +55,6 @@ class ClientLimits:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 20.0
     health_poll_s: float = 1.0
-
-
-@dataclass
-class Choice:
-    """One generated continuation: its text and why it stopped.
-
-    `stop_reason` is vLLM's extension: the stop string (or token id) that ended the text.
-    `top_logprobs` holds, per generated token, the top-k alternatives as token -> logprob.
-    """
-
-    text: str = ""
-    finish_reason: str | None = None
-    stop_reason: str | int | None = None
-    tokens: list[str] = field(default_factory=list)
-    top_logprobs: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -229,7 +217,7 @@ class ModelClient:
             body["stream_options"] = {"include_usage": True}
         if extra:
             body.update(extra)
-        read = _read_stream_completion if stream else _read_whole_completion
+        read = read_stream_completion if stream else read_whole_completion
 
         async def once(endpoint: _Endpoint) -> Completion:
             started = time.monotonic()
@@ -243,7 +231,7 @@ class ModelClient:
         body = {"model": self.model, "prompt": prompt, "add_special_tokens": False}
 
         async def once(endpoint: _Endpoint) -> list[int]:
-            payload = await self._post(endpoint, "/tokenize", body, _read_json, stream=False)
+            payload = await self._post(endpoint, "/tokenize", body, read_json, stream=False)
             return list(payload["tokens"])
 
         return await self._with_retries(once)
@@ -372,7 +360,7 @@ class ModelClient:
         endpoint: _Endpoint,
         path: str,
         body: dict[str, Any],
-        read: Callable[[_Endpoint, aiohttp.ClientResponse], Awaitable[Any]],
+        read: Callable[[str, aiohttp.ClientResponse], Awaitable[Any]],
         *,
         stream: bool,
     ) -> Any:
@@ -381,11 +369,13 @@ class ModelClient:
         timeout = self._stream_timeout if stream else self._whole_timeout
         self.stats.requests += 1
         try:
-            async with self.session.post(endpoint.url + path, json=body, timeout=timeout) as response:
+            async with self.session.post(
+                endpoint.url + path, data=encode_json(body), headers=_JSON_HEADERS, timeout=timeout
+            ) as response:
                 if response.status >= 400:
-                    raise await _status_error(endpoint, response)
+                    raise await status_error(endpoint.url, response)
                 try:
-                    return await read(endpoint, response)
+                    return await read(endpoint.url, response)
                 except asyncio.CancelledError:
                     # Closing the connection is what tells vLLM to abort the request. (Cancelled
                     # before the response started, aiohttp closes it itself.)
@@ -418,130 +408,3 @@ class ModelClient:
         self.stats.prompt_tokens += completion.prompt_tokens
         self.stats.completion_tokens += completion.completion_tokens
         return completion
-
-
-async def _status_error(endpoint: _Endpoint, response: aiohttp.ClientResponse) -> ServerError:
-    text = await response.text(errors="replace")
-    try:
-        payload = json.loads(text)
-        error = payload.get("error", payload)
-        message = error.get("message", text) if isinstance(error, dict) else str(error)
-    except (ValueError, AttributeError):
-        message = text
-    message = " ".join(str(message).split())[:500]
-    status = response.status
-    if status == 429 or status >= 500:
-        return RetryableServerError(endpoint.url, status, message, unavailable=status in _UNAVAILABLE_STATUSES)
-    return ServerError(endpoint.url, status, message)
-
-
-# What a proxy answers while the server behind it restarts, and vLLM while it is not ready.
-_UNAVAILABLE_STATUSES = (502, 503, 504)
-
-
-async def _read_whole_completion(
-    endpoint: _Endpoint, response: aiohttp.ClientResponse
-) -> tuple[list[Choice], dict[str, Any], None]:
-    payload = await _read_json(endpoint, response)
-    choices = [_choice_from_payload(c) for c in _sorted_choices(endpoint, payload)]
-    return choices, payload.get("usage") or {}, None
-
-
-async def _read_json(endpoint: _Endpoint, response: aiohttp.ClientResponse) -> dict[str, Any]:
-    raw = await response.read()
-    try:
-        payload = json.loads(raw)
-    except ValueError as exc:
-        raise RetryableServerError(endpoint.url, response.status, f"malformed JSON body: {raw[:200]!r}") from exc
-    if not isinstance(payload, dict):
-        raise RetryableServerError(endpoint.url, response.status, f"unexpected body: {raw[:200]!r}")
-    return payload
-
-
-def _is_openai_object(data: Any) -> bool:
-    """An object whose `choices` (if any) is a list of objects and `usage` (if any) an object:
-    what the parsing here reads without further checks."""
-    if not isinstance(data, dict):
-        return False
-    choices, usage = data.get("choices") or [], data.get("usage") or {}
-    return isinstance(choices, list) and all(isinstance(c, dict) for c in choices) and isinstance(usage, dict)
-
-
-def _sorted_choices(endpoint: _Endpoint, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    choices = payload.get("choices")
-    if not _is_openai_object(payload) or not choices:
-        raise RetryableServerError(endpoint.url, None, f"no choices in response: {str(payload)[:200]}")
-    return sorted(choices, key=lambda c: c.get("index", 0))
-
-
-def _choice_from_payload(data: dict[str, Any]) -> Choice:
-    choice = Choice(
-        text=data.get("text") or "",
-        finish_reason=data.get("finish_reason"),
-        stop_reason=data.get("stop_reason"),
-    )
-    _add_logprobs(choice, data.get("logprobs"))
-    return choice
-
-
-def _add_logprobs(choice: Choice, logprobs: dict[str, Any] | None) -> None:
-    if not logprobs:
-        return
-    choice.tokens.extend(logprobs.get("tokens") or [])
-    for top in logprobs.get("top_logprobs") or []:
-        choice.top_logprobs.append(dict(top or {}))
-
-
-async def _read_stream_completion(
-    endpoint: _Endpoint, response: aiohttp.ClientResponse
-) -> tuple[list[Choice], dict[str, Any], float | None]:
-    """Read server-sent events until `data: [DONE]`; a stream that ends before it was cut."""
-    choices: dict[int, Choice] = {}
-    usage: dict[str, Any] = {}
-    first_token_at: float | None = None
-    async for data in _event_data(response):
-        if data == b"[DONE]":
-            if not choices:
-                raise RetryableServerError(endpoint.url, response.status, "stream ended with no choices")
-            return [choices[i] for i in sorted(choices)], usage, first_token_at
-        try:
-            chunk = json.loads(data.decode())
-        except ValueError as exc:
-            raise RetryableServerError(endpoint.url, response.status, f"malformed event: {data[:200]!r}") from exc
-        if not _is_openai_object(chunk):
-            raise RetryableServerError(endpoint.url, response.status, f"malformed event: {data[:200]!r}")
-        if "error" in chunk:
-            raise _in_band_error(endpoint, chunk["error"])
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        for part in chunk.get("choices") or []:
-            choice = choices.setdefault(part.get("index", 0), Choice())
-            if part.get("text"):
-                first_token_at = first_token_at or time.monotonic()
-                choice.text += part["text"]
-            if part.get("finish_reason") is not None:
-                choice.finish_reason = part["finish_reason"]
-                choice.stop_reason = part.get("stop_reason")
-            _add_logprobs(choice, part.get("logprobs"))
-    raise RetryableServerError(endpoint.url, response.status, "stream cut before [DONE]")
-
-
-def _in_band_error(endpoint: _Endpoint, error: Any) -> ServerError:
-    """vLLM reports a failure after a stream has started as a `data: {"error": ...}` event."""
-    error = error if isinstance(error, dict) else {"message": str(error)}
-    code = error.get("code")
-    status = code if isinstance(code, int) else None
-    message = " ".join(str(error.get("message", error)).split())[:500]
-    retryable = status is None or status == 429 or status >= 500
-    return (RetryableServerError if retryable else ServerError)(endpoint.url, status, f"error in stream: {message}")
-
-
-async def _event_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The payloads of a stream's `data:` lines. Reads blocks and splits them here: aiohttp's
-    line reader costs about half of the engine's CPU per streamed token (benchmarks/README.md)."""
-    pending = b""
-    async for block in response.content.iter_any():
-        *lines, pending = (pending + block).split(b"\n")
-        for line in lines:
-            if line.startswith(b"data:"):
-                yield line[5:].strip()
