@@ -22,7 +22,7 @@ from engine.config import ReasoningConfig
 from engine.datasets import Problem
 from engine.errors import ServerError
 from engine.models import NO_SPECIAL_TOKENS, Model, request_seed, usage_of
-from engine.policies.base import StepContext, TrackPolicy
+from engine.policies.base import StepContext, TrackPolicy, thinking_end
 from engine.prompts import PromptSet
 from engine.results import TrackRecord, sum_usage
 
@@ -30,8 +30,6 @@ log = structlog.get_logger(__name__)
 
 # The answer request's salt for `request_seed`: apart from a step's draft, rewrite and single model.
 ANSWER_SALT = 3
-# SpecReason ends thinking at a step that already states the answer.
-ANSWER_MARKERS = ("boxed", "Answer:", "ANSWER:")
 
 
 @dataclass(frozen=True)
@@ -115,12 +113,7 @@ class Track:
             tokens=step.tokens,
             ending=outcome.ending,
         )
-        if not step.text.strip() or step.text == previous:
-            self.ending = "repeat"
-        elif any(marker in step.text for marker in ANSWER_MARKERS):
-            self.ending = "answer"
-        elif outcome.ending in ("think_end", "eos"):
-            self.ending = outcome.ending
+        self.ending = thinking_end(step.text, previous, outcome.ending)
         return self.ending
 
     async def finish(self) -> None:
@@ -142,10 +135,13 @@ class Track:
         log.warning("track_failed", track=self.setup.track_id, error=str(error))
 
     def close(self) -> None:
-        """Stamp the time taken and total the usage: the steps' and the answer's."""
+        """Cancel the policy's work ahead, stamp the time taken, and total the usage (the steps' and
+        the answer's) and the work thrown away (the steps' and what the policy had ahead)."""
+        ahead = self.policy.close()
         self.record.latency_s = time.monotonic() - self.started
         self.record.finished_at = time.time()
         self.record.usage = sum_usage([s.usage for s in self.record.steps] + [self.record.usage])
+        self.record.wasted = sum_usage([s.wasted for s in self.record.steps] + [ahead])
 
     async def run(self) -> TrackRecord:
         """Reason until an answer. Server errors end the track as "failed" (kept in the record);

@@ -8,6 +8,7 @@ can keep state from step to step. The helpers below are what most policies share
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from engine.config import ReasoningConfig, Settings
 from engine.models import NO_SPECIAL_TOKENS, Model, request_seed
 from engine.prompts import PromptSet
 from engine.results import ModelUsage, StepRecord
+
+# SpecReason ends thinking at a step that already states the answer.
+ANSWER_MARKERS = ("boxed", "Answer:", "ANSWER:")
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,13 @@ class StepOutcome:
 
 
 class TrackPolicy(Protocol):
-    """One track's policy: writes the track's steps one at a time."""
+    """One track's policy: writes the track's steps one at a time. `close` is called once when the
+    track ends (finished, failed or cancelled): it cancels any work the policy started ahead of the
+    steps asked for, and returns what that work cost (tokens the engine knows of, per model)."""
 
     async def step(self, ctx: StepContext) -> StepOutcome: ...
+
+    def close(self) -> dict[str, ModelUsage]: ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,34 @@ class PolicySpec:
     settings: type[Settings]
     templates: tuple[str, ...]
     start: Callable[[Any, dict[str, Model], PromptSet, ReasoningConfig], TrackPolicy]
+
+
+def thinking_end(text: str, previous: str | None, ending: str) -> str | None:
+    """Why thinking ends after a step of `text` that ended as `ending` (see `step_ending`), after a
+    step of `previous` text: "repeat", "answer", "think_end" or "eos"; None while it goes on."""
+    if not text.strip() or text == previous:
+        return "repeat"
+    if any(marker in text for marker in ANSWER_MARKERS):
+        return "answer"
+    if ending in ("think_end", "eos"):
+        return ending
+    return None
+
+
+def next_context(ctx: StepContext, text: str) -> StepContext:
+    """The context of the step after the one of `ctx`, had that step kept `text`: the reasoning
+    grows by the step and the delimiter (as `engine.track.reasoning_text` joins them)."""
+    return dataclasses.replace(
+        ctx,
+        reasoning=ctx.reasoning + text + ctx.config.step_delimiter,
+        steps=(*ctx.steps, text),
+        index=ctx.index + 1,
+    )
+
+
+def kept_text(completion: Completion) -> str:
+    """The text a step keeps of its completion (a thinking model may leave the closing tag in it)."""
+    return completion.text.replace(THINK_CLOSE, "")
 
 
 def step_ending(completion: Completion, delimiter: str) -> str:
@@ -95,7 +131,7 @@ def kept_step(
     """The step record of `completion` as kept in the track, written by `writer`."""
     return StepRecord(
         index=index,
-        text=completion.text.replace(THINK_CLOSE, ""),
+        text=kept_text(completion),
         writer=writer,
         tokens=completion.completion_tokens,
         usage=usage,

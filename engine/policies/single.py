@@ -9,6 +9,7 @@ from engine.config import ReasoningConfig, Settings
 from engine.models import Model, usage_of
 from engine.policies.base import PolicySpec, StepContext, StepOutcome, generate_step, kept_step, step_ending
 from engine.prompts import PromptSet
+from engine.results import ModelUsage
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class SingleModelPolicy:
         completion = await generate_step(ctx.models[self.writer], ctx, salt=0)
         step = kept_step(completion, self.writer, ctx.index, {self.writer: usage_of(completion)}, started)
         return StepOutcome(step, step_ending(completion, ctx.config.step_delimiter))
+
+    def close(self) -> dict[str, ModelUsage]:
+        return {}  # nothing runs ahead of the step asked for
 
 
 def _single(writer: str, description: str) -> PolicySpec:
