@@ -127,13 +127,14 @@ def outputs(records: list[ProblemRecord]) -> list:
     ]
 
 
-def ideal_cut(rate: float, depth: int) -> float:
-    """The cut the latency model allows at most: drafting ahead takes the score off an accepted
-    step's critical path (a draft, a score, and a rewrite when rejected), and with scores of
-    drafts made ahead overlapping, `depth` drafts ahead hide up to `depth` drafts' time of it."""
+def ideal_cut(rate: float) -> float:
+    """The most that drafting ahead can cut under this latency model: it takes the score off an
+    accepted step's critical path (a draft, a score, and a rewrite when rejected). With a score
+    shorter than a draft, as here, one draft ahead is enough to hide it; a rejected step is as long
+    as before, since its rewrite cannot start before its score."""
     small, big = LATENCY["small"], LATENCY["big"]
     draft, score, rewrite = small.seconds(STEP_TOKENS), big.seconds(1), big.seconds(STEP_TOKENS)
-    return rate * min(score, depth * draft) / (draft + score + (1 - rate) * rewrite)
+    return rate * score / (draft + score + (1 - rate) * rewrite)
 
 
 def report(points: list[Point]) -> bool:
@@ -148,7 +149,7 @@ def report(points: list[Point]) -> bool:
         same = all(outputs(run_.records) == outputs(base.runs[0].records) for run_ in p.runs)
         judged = p.depth == 1 and p.rate >= TARGET_RATE
         spread = f"{latency:.2f} s (median {statistics.median(p.latencies_s):.2f})"
-        value = f"{spread}, {cut:+.0%} vs depth 0 (ideal {ideal_cut(p.rate, p.depth):.0%})" if p.depth else spread
+        value = f"{spread}, {cut:+.0%} vs depth 0 (ideal {ideal_cut(p.rate):.0%})" if p.depth else spread
         rows.append(
             (
                 f"accept {p.rate:.1f}, depth {p.depth}: latency per problem",

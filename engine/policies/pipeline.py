@@ -16,11 +16,15 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 
+import structlog
+
 from engine.client import Completion
 from engine.models import Model, usage_of
 from engine.policies.base import StepContext, generate_step, kept_text, next_context, step_ending, thinking_end
 from engine.results import ModelUsage, sum_usage
 from engine.scoring import JudgeScorer, ScoredSteps, ScoreQuery
+
+log = structlog.get_logger(__name__)
 
 # `request_seed`'s salt of a step's draft.
 DRAFT_SALT = 1
@@ -50,6 +54,7 @@ class DraftPipeline:
         else started now. Also returns the work ahead thrown away (when the context differs)."""
         wasted: dict[str, ModelUsage] = {}
         if self._queue and self._queue[0].ctx != ctx:
+            log.debug("speculation_missed", index=ctx.index, discarded=len(self._queue))
             wasted = self.discard()
         if not self._queue:
             self._start(ctx)
@@ -63,7 +68,9 @@ class DraftPipeline:
 
     def reject(self) -> dict[str, ModelUsage]:
         """The head's draft was rejected: cancel everything drafted on top of it; returns its cost."""
-        self._queue.popleft()
+        rejected = self._queue.popleft()
+        if self._queue:
+            log.debug("speculation_discarded", index=rejected.ctx.index, discarded=len(self._queue))
         return self.discard()
 
     def discard(self) -> dict[str, ModelUsage]:
