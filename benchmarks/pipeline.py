@@ -149,7 +149,7 @@ def report(points: list[Point]) -> bool:
         same = all(outputs(run_.records) == outputs(base.runs[0].records) for run_ in p.runs)
         judged = p.depth == 1 and p.rate >= TARGET_RATE
         spread = f"{latency:.2f} s (median {statistics.median(p.latencies_s):.2f})"
-        value = f"{spread}, {cut:+.0%} vs depth 0 (ideal {ideal_cut(p.rate):.0%})" if p.depth else spread
+        value = f"{spread}, cut {cut:.0%} vs depth 0 (ideal {ideal_cut(p.rate):.0%})" if p.depth else spread
         rows.append(
             (
                 f"accept {p.rate:.1f}, depth {p.depth}: latency per problem",
