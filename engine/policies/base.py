@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,14 +21,12 @@ from engine.models import NO_SPECIAL_TOKENS, Model, request_seed
 from engine.prompts import PromptSet
 from engine.results import ModelUsage, StepRecord
 
-# SpecReason ends thinking at a step that already states the answer.
-ANSWER_MARKERS = ("boxed", "Answer:", "ANSWER:")
-
 
 @dataclass(frozen=True)
 class StepContext:
     """What a policy needs to write step `index` after `reasoning` (the kept steps so far, each
-    followed by the delimiter). `config.max_step_tokens` is already clipped to the budget left."""
+    followed by the delimiter) and `thinking_tokens` (their tokens). As in the seeds,
+    `config.max_step_tokens` is not clipped to the budget left: the budget is checked after the step."""
 
     models: dict[str, Model]
     messages: tuple[Message, ...]
@@ -39,14 +37,17 @@ class StepContext:
     prompts: PromptSet
     problem: str
     seed: int | None
+    thinking_tokens: int = 0
 
 
 @dataclass(frozen=True)
 class StepOutcome:
-    """A kept step, and how its generation ended: "delimiter", "think_end", "eos" or "length"."""
+    """A kept step, and how its generation ended: "delimiter", "think_end", "eos" or "length".
+    `final`: the policy wrote the whole reasoning in this one step, so thinking ends with it."""
 
     step: StepRecord
     ending: str
+    final: bool = False
 
 
 class TrackPolicy(Protocol):
@@ -71,32 +72,40 @@ class PolicySpec:
     start: Callable[[Any, dict[str, Model], PromptSet, ReasoningConfig], TrackPolicy]
 
 
-def thinking_end(text: str, previous: str | None, ending: str) -> str | None:
-    """Why thinking ends after a step of `text` that ended as `ending` (see `step_ending`), after a
-    step of `previous` text: "repeat", "answer", "think_end" or "eos"; None while it goes on."""
-    if not text.strip() or text == previous:
-        return "repeat"
+def thinking_ending(
+    steps: Sequence[str], thinking_tokens: int, ending: str, config: ReasoningConfig, *, final: bool = False
+) -> str | None:
+    """Why thinking ends after the last of the kept `steps` (texts), which ended as `ending`, with
+    `thinking_tokens` kept in all; None while it goes on. SpecLRM's order: a stated answer, a
+    repeated step (SpecReason compares only when there are more than two steps), the budget (kept
+    tokens, checked after the step). A policy that wrote the whole reasoning in one request
+    (`final`) ends it whatever the step says. The track's loop applies it after each step; a
+    policy that works ahead applies it to foresee whether the loop will ask for another step."""
+    text = steps[-1]
     if any(marker in text for marker in ANSWER_MARKERS):
         return "answer"
-    if ending in ("think_end", "eos"):
+    if len(steps) > 2 and text == steps[-2]:
+        return "repeat"
+    if thinking_tokens >= config.token_budget or (final and ending == "length"):
+        return "budget"
+    if final:
+        return "eos"  # the one request ended by itself without stating an answer
+    if config.answer_phase and ending in ("think_end", "eos"):
         return ending
     return None
 
 
-def next_context(ctx: StepContext, text: str) -> StepContext:
-    """The context of the step after the one of `ctx`, had that step kept `text`: the reasoning
-    grows by the step and the delimiter (as `engine.track.reasoning_text` joins them)."""
+def next_context(ctx: StepContext, text: str, tokens: int) -> StepContext:
+    """The context of the step after the one of `ctx`, had that step kept `text` of `tokens`
+    tokens: the reasoning grows by the step and the delimiter, as `engine.track.reasoning_text`
+    joins the kept steps."""
     return dataclasses.replace(
         ctx,
         reasoning=ctx.reasoning + text + ctx.config.step_delimiter,
         steps=(*ctx.steps, text),
         index=ctx.index + 1,
+        thinking_tokens=ctx.thinking_tokens + tokens,
     )
-
-
-def kept_text(completion: Completion) -> str:
-    """The text a step keeps of its completion (a thinking model may leave the closing tag in it)."""
-    return completion.text.replace(THINK_CLOSE, "")
 
 
 def step_ending(completion: Completion, delimiter: str) -> str:
@@ -111,9 +120,11 @@ def step_ending(completion: Completion, delimiter: str) -> str:
 
 
 async def generate_step(model: Model, ctx: StepContext, *, salt: int) -> Completion:
-    """`model` continues the reasoning by one step, stopping at the delimiter or end of thinking."""
-    stop = [ctx.config.step_delimiter] + ([THINK_CLOSE] if model.chat.thinking else [])
-    prompt = model.chat.render(list(ctx.messages), model.chat.think_prefix + ctx.reasoning)
+    """`model` continues the reasoning by one step, stopping at the delimiter only (the seeds'
+    `stop=["\n\n"]`); with --answer_phase also at the end of thinking."""
+    closing = [THINK_CLOSE] if ctx.config.answer_phase and model.chat.thinking else []
+    stop = [ctx.config.step_delimiter, *closing]
+    prompt = model.chat.continuation(ctx.messages, ctx.reasoning)
     return await model.client.complete(
         prompt,
         max_tokens=ctx.config.max_step_tokens,
@@ -126,15 +137,35 @@ async def generate_step(model: Model, ctx: StepContext, *, salt: int) -> Complet
 
 
 def kept_step(
-    completion: Completion, writer: str, index: int, usage: dict[str, ModelUsage], started: float, **scored: Any
+    completion: Completion,
+    writer: str,
+    index: int,
+    usage: dict[str, ModelUsage],
+    started: float,
+    *,
+    delimiter: str,
+    **scored: Any,
 ) -> StepRecord:
     """The step record of `completion` as kept in the track, written by `writer`."""
     return StepRecord(
         index=index,
-        text=kept_text(completion),
+        text=without_stray_think_close(completion.text),
         writer=writer,
         tokens=completion.completion_tokens,
         usage=usage,
         latency_s=time.monotonic() - started,
+        ending=step_ending(completion, delimiter),
         **scored,
     )
+
+
+# SpecReason ends thinking at a step that states the answer.
+ANSWER_MARKERS = ("boxed", "Answer:", "ANSWER:")
+
+
+def without_stray_think_close(text: str) -> str:
+    """SpecReason's edge case: a `</think>` in a step that states no answer is removed, and
+    reasoning goes on; in a step with an answer it is kept."""
+    if THINK_CLOSE in text and not any(marker in text for marker in ANSWER_MARKERS):
+        return text.replace(THINK_CLOSE, "")
+    return text

@@ -20,7 +20,14 @@ import structlog
 
 from engine.client import Completion
 from engine.models import Model, usage_of
-from engine.policies.base import StepContext, generate_step, kept_text, next_context, step_ending, thinking_end
+from engine.policies.base import (
+    StepContext,
+    generate_step,
+    next_context,
+    step_ending,
+    thinking_ending,
+    without_stray_think_close,
+)
 from engine.results import ModelUsage, sum_usage
 from engine.scoring import JudgeScorer, ScoredSteps, ScoreQuery
 
@@ -103,11 +110,12 @@ class DraftPipeline:
             last = self._queue[-1]
             if last.drafted is None:
                 return
-            text = kept_text(last.drafted)
-            previous = last.ctx.steps[-1] if last.ctx.steps else None
-            if thinking_end(text, previous, step_ending(last.drafted, last.ctx.config.step_delimiter)):
+            ctx, drafted = last.ctx, last.drafted
+            text, tokens = without_stray_think_close(drafted.text), drafted.completion_tokens
+            ending = step_ending(drafted, ctx.config.step_delimiter)
+            if thinking_ending((*ctx.steps, text), ctx.thinking_tokens + tokens, ending, ctx.config):
                 return
-            self._start(next_context(last.ctx, text))
+            self._start(next_context(ctx, text, tokens))
 
     def _cost(self, spec: Speculation) -> dict[str, ModelUsage]:
         """What a speculation had cost: its draft and score when written, one request with no known

@@ -12,7 +12,7 @@ from engine.client import Completion
 from engine.config import ReasoningConfig, Settings, setting
 from engine.errors import UsageError
 from engine.models import Model, usage_of
-from engine.policies.base import PolicySpec, StepContext, StepOutcome, generate_step, kept_step, step_ending
+from engine.policies.base import PolicySpec, StepContext, StepOutcome, generate_step, kept_step
 from engine.policies.pipeline import DraftPipeline
 from engine.prompts import PromptSet
 from engine.results import ModelUsage, sum_usage
@@ -52,24 +52,24 @@ class SpecPolicy:
 
     async def step(self, ctx: StepContext) -> StepOutcome:
         big = ctx.models["big"]
-        started = time.monotonic()
+        started, delimiter = time.monotonic(), ctx.config.step_delimiter
         if ctx.index < self.settings.first_n_steps_base_model:
             completion = await generate_step(big, ctx, salt=0)
-            step = kept_step(completion, "big", ctx.index, {"big": usage_of(completion)}, started)
-            return StepOutcome(step, step_ending(completion, ctx.config.step_delimiter))
+            step = kept_step(completion, "big", ctx.index, {"big": usage_of(completion)}, started, delimiter=delimiter)
+            return StepOutcome(step, step.ending)
         speculation, wasted = self.pipeline.head(ctx)
         draft, verdict = await speculation.task
         usage = sum_usage([{self.pipeline.small.role: usage_of(draft)}, verdict.usage])
-        scored = {"score": verdict.raw, "score_distribution": verdict.distribution}
+        scored = {"score": verdict.raw, "score_distribution": verdict.distribution, "wasted": wasted}
         if verdict.raw >= self.settings.score_threshold:
             self.pipeline.keep()
-            step = kept_step(draft, "small", ctx.index, usage, started, wasted=wasted, **scored)
-            return StepOutcome(step, step_ending(draft, ctx.config.step_delimiter))
-        wasted = sum_usage([wasted, self.pipeline.reject()])
+            step = kept_step(draft, "small", ctx.index, usage, started, delimiter=delimiter, **scored)
+            return StepOutcome(step, step.ending)
+        scored["wasted"] = sum_usage([wasted, self.pipeline.reject()])
         rewrite = await rewrite_step(big, ctx, draft.text)
         usage["big"].add(usage_of(rewrite))
-        step = kept_step(rewrite, "big", ctx.index, usage, started, draft=draft.text, wasted=wasted, **scored)
-        return StepOutcome(step, step_ending(rewrite, ctx.config.step_delimiter))
+        step = kept_step(rewrite, "big", ctx.index, usage, started, delimiter=delimiter, draft=draft.text, **scored)
+        return StepOutcome(step, step.ending)
 
     def close(self) -> dict[str, ModelUsage]:
         return self.pipeline.discard()
@@ -80,7 +80,7 @@ async def rewrite_step(big: Model, ctx: StepContext, draft_text: str) -> Complet
     prompt set has a rewrite template, after being shown the rejected draft."""
     if not ctx.prompts.templates.rewrite:
         return await generate_step(big, ctx, salt=2)
-    reasoning = big.chat.think_prefix + ctx.reasoning + draft_text
+    reasoning = big.chat.think_open + ctx.reasoning + draft_text
     request = ctx.prompts.render_rewrite(draft_text)
     messages = (*ctx.messages, Message("assistant", reasoning), Message("user", request))
     shown = dataclasses.replace(ctx, messages=messages, reasoning="")

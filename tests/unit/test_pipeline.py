@@ -33,11 +33,13 @@ SEED = 11
 class Sim:
     """Replies from the request alone. A step's index is the number of delimiters after `<think>`;
     drafts and rewrites carry the index and the request's seed in their text, so a request sent
-    with another seed or prefix writes another record. The judge's digit is `scores[index]`.
-    Drafts of `slow_drafts` indices take 5 s when written on top of a draft (not of a rewrite)."""
+    with another seed or prefix writes another record; the step of index `last` states the answer,
+    which ends thinking. The judge's digit is `scores[index]`.
+    Drafts of `slow_drafts` indices take 5 s when written on top of a draft (not of a rewrite);
+    scores of `failing_scores` indices fail with HTTP 400."""
 
-    def __init__(self, scores, *, last=5, draft_s=0.01, score_s=0.0, slow_drafts=()):
-        self.scores, self.last = scores, last
+    def __init__(self, scores, *, last=5, draft_s=0.01, score_s=0.0, slow_drafts=(), failing_scores=()):
+        self.scores, self.last, self.failing_scores = scores, last, set(failing_scores)
         self.draft_s, self.score_s, self.slow_drafts = draft_s, score_s, set(slow_drafts)
         self.arrivals: list[tuple[str, int, float]] = []
 
@@ -52,6 +54,8 @@ class Sim:
         if kind(body) == "score":
             index = max(int(i) for i in re.findall(r"draft(\d+)", body["prompt"]))
             self.arrivals.append(("score", index, time.monotonic()))
+            if index in self.failing_scores:
+                return Reply(status=400, error_message="scripted bad request")
             return dataclasses.replace(score(str(self.scores[index])), delay_s=self.score_s)
         if kind(body) == "step":
             index = self._index(body)
@@ -59,13 +63,14 @@ class Sim:
         return ANSWER
 
     def _index(self, body):
-        return body["prompt"].rpartition("<think>")[2].count("\n\n")
+        head, found, reasoning = body["prompt"].rpartition("<think>")
+        return reasoning.count("\n\n") if found else 0  # a first step has no `<think>` (SpecReason)
 
     def _step(self, text, index, delay):
+        text += " \\boxed{42}" if index >= self.last else ""
         words = text.split(" ")
         tokens = [w + " " for w in words[:-1]] + words[-1:]
-        stop = "</think>" if index >= self.last else "\n\n"
-        return Reply(text=text, tokens=tokens, stop_reason=stop, chunk_delay_s=delay / len(tokens))
+        return Reply(text=text, tokens=tokens, stop_reason="\n\n", delay_s=delay)
 
 
 async def run(make_models, sim, depth, config=ReasoningConfig()):
@@ -112,6 +117,8 @@ async def test_a_pipelined_track_writes_the_record_of_the_sequential_one(make_mo
     assert pipelined.steps[1].wasted["small"].requests >= 1 and pipelined.steps[4].wasted["small"].requests >= 1
     assert pipelined.wasted["small"].requests == sum(s.wasted["small"].requests for s in pipelined.steps if s.wasted)
     assert len(small.requests) - len(seq_small.requests) == pipelined.wasted["small"].requests
+    # nothing was drafted past the step that states the answer
+    assert max(Sim(SCORES)._index(body) for body in small.requests) == 5
 
 
 async def test_the_next_draft_is_written_while_the_big_model_scores(make_models):
@@ -135,19 +142,27 @@ async def test_a_rejection_cancels_the_drafts_in_flight_on_top_of_it(make_models
     assert small.disconnects == 1
     assert record.steps[0].writer == "big"
     assert record.steps[0].wasted == {"small": ModelUsage(0, 0, 1)}
-    assert len(record.steps) == 6 and record.finish_reason == "think_end" and record.answer == "42"
+    assert len(record.steps) == 6 and record.finish_reason == "answer" and record.answer == "42"
 
 
-async def test_the_end_of_a_track_cancels_the_work_ahead_and_counts_it(make_models):
-    # Thinking stops on the budget after step 1 while the draft of step 2 is in flight.
-    sim = Sim(dict.fromkeys(range(6), 9), slow_drafts=[2])
-    config = ReasoningConfig(token_budget=6, max_step_tokens=3)
-    started = time.monotonic()
-    record, small, _ = await run(make_models, sim, 1, config)
-    assert time.monotonic() - started < 3.0
+async def test_nothing_is_drafted_past_the_budget(make_models):
+    # Thinking stops on the budget after step 1 (3 + 3 tokens): the pipeline foresees it.
+    config = ReasoningConfig(token_budget=6, max_step_tokens=8)
+    record, small, _ = await run(make_models, Sim(dict.fromkeys(range(6), 9)), 2, config)
     assert record.finish_reason == "budget" and len(record.steps) == 2
-    assert small.disconnects == 1
-    assert record.wasted == {"small": ModelUsage(0, 0, 1)}
+    assert len(small.requests) == 2 and record.wasted == {}
+
+
+async def test_a_track_that_fails_cancels_the_work_ahead_and_counts_it(make_models):
+    # The score of draft 1 fails while draft 2, made on top of draft 1, is in flight.
+    sim = Sim(dict.fromkeys(range(6), 9), slow_drafts=[2], failing_scores=[1])
+    started = time.monotonic()
+    record, small, _ = await run(make_models, sim, 1)
+    assert time.monotonic() - started < 3.0
+    assert record.finish_reason == "failed" and "scripted bad request" in record.error
+    assert len(record.steps) == 1 and small.disconnects == 1
+    # the failed step's draft (5 prompt and 3 completion tokens) and score, and draft 2 cut short
+    assert record.wasted == {"small": ModelUsage(5, 3, 2), "big": ModelUsage(0, 0, 1)}
     assert speculations_left() == []
 
 
@@ -181,7 +196,7 @@ async def test_a_step_whose_context_differs_from_the_one_drafted_for_is_drafted_
         first = await policy.step(ctx)
         assert first.step.text.startswith("draft0")
         await asyncio.sleep(0.1)  # steps 1 and 2 (one ahead of step 1) are drafted and scored
-        # the loop gives step 1 a smaller token limit than step 0 (a budget running out)
+        # step 1 comes with a context the draft made ahead did not assume (another token limit)
         clipped = dataclasses.replace(config, max_step_tokens=3)
         later = dataclasses.replace(ctx, reasoning=first.step.text + "\n\n", steps=(first.step.text,), index=1)
         second = await policy.step(dataclasses.replace(later, config=clipped))
