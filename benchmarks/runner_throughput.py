@@ -154,6 +154,12 @@ def report(levels: list[Level], pairs: float, pair_tokens_per_s: float, step_tok
             "",
             "",
         ),
+        (
+            "every track as scripted, each step a draft and a score",
+            str(all(_as_scripted(level) for level in levels)),
+            "",
+            "",
+        ),
         ("load average (1 min)", f"{os.getloadavg()[0]:.2f}", "", ""),
     ]
     print_table("steps one runner process sustains against an instant sim (spec: a draft and a score a step)", rows)
@@ -164,6 +170,12 @@ def report(levels: list[Level], pairs: float, pair_tokens_per_s: float, step_tok
         f"/ {step_tokens:.0f} tokens a step = S = {fleet_steps:.0f} steps/s -> "
         f"ceil({fleet_steps:.0f} / {sustained:.0f}) = {needed} runner processes"
     )
+
+
+def _as_scripted(level: Level) -> bool:
+    """Every track thought the sim's `steps_per_track` steps, and made two requests a step."""
+    tracks = level.measured.tracks
+    return all(len(t.steps) == SIM.steps_per_track for t in tracks) and level.requests == 2 * level.measured.steps
 
 
 def _positive(text: str) -> float:
