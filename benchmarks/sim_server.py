@@ -246,6 +246,8 @@ def _completion(body: dict[str, Any], reply: Reply, *, with_usage: bool) -> dict
         "finish_reason": reply.finish_reason,
         "stop_reason": reply.stop_reason,
     }
+    if reply.prompt_logprobs is not None:
+        choice["prompt_logprobs"] = reply.prompt_logprobs
     if reply.top_logprobs is not None:
         choice["logprobs"] = {
             "tokens": reply.tokens,
