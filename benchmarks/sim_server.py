@@ -41,7 +41,9 @@ READY_PREFIX = "sim_server_ready "
 class SimStats:
     """What the sim served: requests by kind, faults by kind, peaks of concurrency."""
 
-    requests: dict[str, int] = field(default_factory=lambda: {"step": 0, "score": 0, "answer": 0, "tokenize": 0})
+    requests: dict[str, int] = field(
+        default_factory=lambda: {"step": 0, "score": 0, "answer": 0, "rast": 0, "tokenize": 0}
+    )
     served: int = 0
     faults: dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in FAULT_KINDS})
     disconnects: int = 0
