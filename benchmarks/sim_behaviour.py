@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,32 +205,39 @@ def _rast_logprobs(role: str, previous: int, vocab: int, spread: float, delta: f
 
 
 def plan_rast_reply(body: dict[str, Any], config: SimConfig) -> Reply:
-    """A vLLM-shaped answer to a RAST request: tokens named `token_id:N`, top-k logprobs (plus the
-    sampled token), prompt_logprobs when asked; tokens sampled as vLLM's sampler would (temperature,
-    top_k, a per-request seed; greedy at temperature 0)."""
-    role, ids = body.get("model"), [int(t) for t in body["prompt"]]
-    if role not in RAST_ROLES:
-        raise UsageError(f"RAST requests go to models named {RAST_ROLES}, not {role!r}")
+    """The sim's answer to a RAST request, from its three fixed distributions (`rast_logprobs`)."""
+    if body.get("model") not in RAST_ROLES:
+        raise UsageError(f"RAST requests go to models named {RAST_ROLES}, not {body.get('model')!r}")
+    return markov_reply(body, lambda role, previous: rast_logprobs(role, previous, config))
+
+
+def markov_reply(body: dict[str, Any], logprobs_after: Callable[[str, int], Sequence[float]]) -> Reply:
+    """A vLLM-shaped answer to a request of token ids, for models whose next-token logprobs over the
+    whole vocabulary depend on the last token only (`logprobs_after(model, token)`): tokens named
+    `token_id:N`, top-k logprobs (plus the sampled token), prompt_logprobs when asked; tokens sampled
+    as vLLM's sampler would (temperature, top_k, a per-request seed; greedy at temperature 0)."""
+    model, ids = str(body.get("model")), [int(t) for t in body["prompt"]]
     k, temperature = int(body.get("logprobs") or 0), float(body.get("temperature", 1.0))
     rng = random.Random(f"{body.get('seed')}:{len(ids)}")
     tokens, tops = [], []
     for _ in range(int(body.get("max_tokens") or 16)):
-        logprobs = rast_logprobs(role, ids[-1], config)
+        logprobs = logprobs_after(model, ids[-1])
         token = _vllm_sample(logprobs, temperature, int(body.get("top_k") or 0), rng)
         tokens.append(f"token_id:{token}")
         tops.append({f"token_id:{t}": logprobs[t] for t in [token, *_ranked(logprobs)[:k]]})
         ids.append(token)
     reply = Reply(tokens, "length", None, tops if k else None)
     if body.get("prompt_logprobs") is not None:
-        reply.prompt_logprobs = _prompt_logprobs(role, ids[: len(body["prompt"])], int(body["prompt_logprobs"]), config)
+        prompt = ids[: len(body["prompt"])]
+        reply.prompt_logprobs = _prompt_logprobs(model, prompt, int(body["prompt_logprobs"]), logprobs_after)
     return reply
 
 
-def _ranked(logprobs: tuple[float, ...]) -> list[int]:
+def _ranked(logprobs: Sequence[float]) -> list[int]:
     return sorted(range(len(logprobs)), key=lambda t: (-logprobs[t], t))
 
 
-def _vllm_sample(logprobs: tuple[float, ...], temperature: float, top_k: int, rng: random.Random) -> int:
+def _vllm_sample(logprobs: Sequence[float], temperature: float, top_k: int, rng: random.Random) -> int:
     ranked = _ranked(logprobs)
     if temperature == 0:
         return ranked[0]
@@ -238,11 +246,13 @@ def _vllm_sample(logprobs: tuple[float, ...], temperature: float, top_k: int, rn
     return rng.choices(allowed, weights)[0]
 
 
-def _prompt_logprobs(role: str, ids: list[int], k: int, config: SimConfig) -> list[dict[str, dict[str, Any]] | None]:
+def _prompt_logprobs(
+    model: str, ids: list[int], k: int, logprobs_after: Callable[[str, int], Sequence[float]]
+) -> list[dict[str, dict[str, Any]] | None]:
     """vLLM's prompt_logprobs: None for the first token, then the top-k and the prompt token itself."""
     positions: list[dict[str, dict[str, Any]] | None] = [None]
     for i in range(1, len(ids)):
-        logprobs = rast_logprobs(role, ids[i - 1], config)
+        logprobs = logprobs_after(model, ids[i - 1])
         ranked = _ranked(logprobs)
         entry = {str(t): {"logprob": logprobs[t], "rank": r + 1} for r, t in enumerate(ranked[:k])}
         entry.setdefault(str(ids[i]), {"logprob": logprobs[ids[i]], "rank": ranked.index(ids[i]) + 1})

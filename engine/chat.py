@@ -34,6 +34,11 @@ class ChatFormat:
         self.thinking = thinking
 
     @property
+    def tokenizer(self):
+        """The model's tokenizer (RAST sends token ids and decodes them itself)."""
+        return self._tokenizer
+
+    @property
     def think_prefix(self) -> str:
         """What opens the assistant's reasoning: `<think>\\n` for thinking models, else nothing."""
         return THINK_OPEN + "\n" if self.thinking else ""

@@ -128,6 +128,8 @@ class ProblemRecord:
     started_at: float = 0.0
     finished_at: float = 0.0
     config_digest: str = ""
+    # A strategy's own figures (RAST: acceptance per chunk, requests per token, top-k fills).
+    details: dict[str, Any] | None = None
 
     @property
     def key(self) -> tuple[str, int]:

@@ -53,11 +53,12 @@ class RunOutcome:
 
 
 def roles_needed(config: RunConfig) -> list[str]:
-    """The models this run talks to: the policy's, the strategy's, the answer model."""
-    needed = set(POLICIES[config.policy].roles) | set(
-        STRATEGIES[config.strategy].needed_roles(config.strategy_settings)
-    )
-    needed.add(config.reasoning.answer_model)
+    """The models this run talks to: the policy's, the strategy's, the answer model (the last
+    two only for a strategy that runs tracks)."""
+    strategy = STRATEGIES[config.strategy]
+    needed = set(strategy.needed_roles(config.strategy_settings))
+    if strategy.uses_tracks:
+        needed |= {*POLICIES[config.policy].roles, config.reasoning.answer_model}
     return sorted(needed)
 
 
@@ -164,7 +165,12 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
     """role -> (URLs, served model id) for every model the run needs; starts servers for models
     given without URLs and stops them on the way out."""
     roles = roles_needed(config)
-    to_start = [ServerSpec(name=role, model=config.model(role).model) for role in roles if not config.model(role).urls]
+    extra_args = STRATEGIES[config.strategy].server_args(config.strategy_settings)
+    to_start = [
+        ServerSpec(name=role, model=config.model(role).model, extra_args=extra_args)
+        for role in roles
+        if not config.model(role).urls
+    ]
     async with AsyncExitStack() as stack:
         started = {}
         if to_start:

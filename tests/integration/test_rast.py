@@ -11,6 +11,9 @@ the two paths of the acceptance rule. Argmax margins are >= 0.07 on these models
 float32 noise.
 """
 
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from engine.client import ModelClient
 from engine.rast import RastModels, RastSampling, rast_decode
 from engine.rast_vocab import rast_server_args, shared_token_space
+from engine.results import RECORDS_FILE, read_records
 from engine.servers import ServerSpec, serve_models
 from engine.tiny_models import make_tiny_models
 
@@ -103,3 +107,57 @@ def reference_base_greedy(path: Path, prompt_ids: list[int]) -> list[int]:
         for _ in range(NEW_TOKENS):
             ids.append(int(torch.argmax(model(torch.tensor([ids])).logits[0, -1])))
     return ids[len(prompt_ids) :]
+
+
+def run_rast(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "runners.rast", "--dataset_name", "demo", "--problem_id", "0-1", "--max_tokens", "12",
+         "--gamma", "4", "--output_dir", str(tmp_path / "rast"), "--no_progress", *flags],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_runner_writes_one_record_per_run_and_resumes_without_duplicates(
+    rast_servers: RastServers, tmp_path: Path
+) -> None:
+    models = [f for role in ("base", "positive", "negative") for f in (
+        f"--{role}_model", str(rast_servers.paths[role]), f"--{role}_url", rast_servers.urls[role])]  # fmt: skip
+    first = run_rast(tmp_path, *models, "--num_runs", "2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    records = read_records(tmp_path / "rast" / RECORDS_FILE).records
+    assert sorted(r.key for r in records) == [("0", 0), ("0", 1), ("1", 0), ("1", 1)]
+    for record in records:
+        (track,) = record.tracks
+        assert record.details["tokens"] == track.thinking_tokens <= 12
+        assert record.details["requests_per_token"] > 0 and record.details["chunks"]
+        assert sum(u.requests for u in record.usage.values()) == sum(
+            1 + 2 for _ in record.details["chunks"]
+        )  # speculative: one draft and two scoring requests a chunk
+    manifest = json.loads((tmp_path / "rast" / "manifest.json").read_text())
+    assert manifest["strategy"] == "rast" and set(manifest["models"]) == {"base", "positive", "negative"}
+    again = run_rast(tmp_path, *models, "--num_runs", "2")
+    assert again.returncode == 0 and "0 new, 4 already done" in again.stdout
+    assert len(read_records(tmp_path / "rast" / RECORDS_FILE).records) == 4
+    changed = run_rast(tmp_path, *models, "--num_runs", "2", "--cd_decoding_alpha", "0.5")
+    assert changed.returncode == 2 and "overwrite" in changed.stderr
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "evaluators.evaluate", str(tmp_path / "rast")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+
+
+def test_runner_starts_servers_that_serve_the_logprobs_it_asks_for(
+    rast_servers: RastServers, tmp_path: Path
+) -> None:
+    # 30 logprobs is over vLLM's default --max-logprobs (20): the run works only if spectra started
+    # the servers with RAST's flags.
+    models = [
+        f for role in ("base", "positive", "negative") for f in (f"--{role}_model", str(rast_servers.paths[role]))
+    ]
+    done = run_rast(tmp_path, *models, "--rast_logprobs", "30", "--problem_id", "0", "--rast_mode", "token")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (record,) = read_records(tmp_path / "rast" / RECORDS_FILE).records
+    assert record.details["requests_per_token"] == 3 and record.details["chunks"] == []
