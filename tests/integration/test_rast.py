@@ -149,9 +149,7 @@ def test_runner_writes_one_record_per_run_and_resumes_without_duplicates(
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
 
 
-def test_runner_starts_servers_that_serve_the_logprobs_it_asks_for(
-    rast_servers: RastServers, tmp_path: Path
-) -> None:
+def test_runner_starts_servers_that_serve_the_logprobs_it_asks_for(rast_servers: RastServers, tmp_path: Path) -> None:
     # 30 logprobs is over vLLM's default --max-logprobs (20): the run works only if spectra started
     # the servers with RAST's flags.
     models = [
