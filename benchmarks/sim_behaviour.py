@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -221,7 +222,7 @@ def markov_reply(body: dict[str, Any], logprobs_after: Callable[[str, int], Sequ
     rng = random.Random(f"{body.get('seed')}:{len(ids)}")
     tokens, tops = [], []
     for _ in range(int(body.get("max_tokens") or 16)):
-        logprobs = logprobs_after(model, ids[-1])
+        logprobs = tuple(logprobs_after(model, ids[-1]))
         token = _vllm_sample(logprobs, temperature, int(body.get("top_k") or 0), rng)
         tokens.append(f"token_id:{token}")
         tops.append({f"token_id:{t}": logprobs[t] for t in [token, *_ranked(logprobs)[:k]]})
@@ -233,6 +234,7 @@ def markov_reply(body: dict[str, Any], logprobs_after: Callable[[str, int], Sequ
     return reply
 
 
+@functools.lru_cache(maxsize=65536)
 def _ranked(logprobs: Sequence[float]) -> list[int]:
     return sorted(range(len(logprobs)), key=lambda t: (-logprobs[t], t))
 
@@ -251,10 +253,15 @@ def _prompt_logprobs(
 ) -> list[dict[str, dict[str, Any]] | None]:
     """vLLM's prompt_logprobs: None for the first token, then the top-k and the prompt token itself."""
     positions: list[dict[str, dict[str, Any]] | None] = [None]
-    for i in range(1, len(ids)):
-        logprobs = logprobs_after(model, ids[i - 1])
-        ranked = _ranked(logprobs)
-        entry = {str(t): {"logprob": logprobs[t], "rank": r + 1} for r, t in enumerate(ranked[:k])}
-        entry.setdefault(str(ids[i]), {"logprob": logprobs[ids[i]], "rank": ranked.index(ids[i]) + 1})
+    for previous, token in itertools.pairwise(ids):
+        logprobs = tuple(logprobs_after(model, previous))
+        entry = dict(_top_entries(logprobs, k))
+        if str(token) not in entry:
+            entry[str(token)] = {"logprob": logprobs[token], "rank": _ranked(logprobs).index(token) + 1}
         positions.append(entry)
     return positions
+
+
+@functools.lru_cache(maxsize=65536)
+def _top_entries(logprobs: tuple[float, ...], k: int) -> dict[str, dict[str, Any]]:
+    return {str(t): {"logprob": logprobs[t], "rank": r + 1} for r, t in enumerate(_ranked(logprobs)[:k])}

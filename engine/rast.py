@@ -93,6 +93,11 @@ class ChunkStat:
     drafted: int
     accepted: int
 
+    @property
+    def judged(self) -> int:
+        """Drafted tokens the acceptance rule decided on: all kept ones, and the first rejected."""
+        return self.accepted + (self.accepted < self.drafted)
+
 
 @dataclass
 class RastOutput:
@@ -121,9 +126,10 @@ class RastOutput:
 
     @property
     def acceptance(self) -> float | None:
-        """Accepted over drafted tokens, over all chunks (None in token mode)."""
-        drafted = sum(c.drafted for c in self.chunks)
-        return sum(c.accepted for c in self.chunks) / drafted if drafted else None
+        """Drafted tokens kept over drafted tokens judged, over all chunks (None in token mode):
+        the tokens after a chunk's first rejection are never judged."""
+        judged = sum(c.judged for c in self.chunks)
+        return sum(c.accepted for c in self.chunks) / judged if judged else None
 
 
 async def rast_decode(
