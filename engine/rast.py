@@ -143,12 +143,12 @@ async def rast_decode(
 ) -> RastOutput:
     """Decode from `prompt_ids` (base-tokenizer ids) with RAST until a stop token, a stop string
     or `max_tokens`. The same `seed` against the same servers gives the same tokens."""
-    out = RastOutput()
-    rng = random.Random(seed)
-    step = _token_step if sampling.mode == "token" else _chunk_step
+    decoding = _Decoding(models, sampling, space, seed)
+    out = decoding.out
+    step = decoding.token_step if sampling.mode == "token" else decoding.chunk_step
     while True:
         remaining = sampling.max_tokens - len(out.token_ids)
-        new = await step(models, [*prompt_ids, *out.token_ids], remaining, sampling, space, out, rng, seed)
+        new = await step([*prompt_ids, *out.token_ids], remaining)
         if _extend(out, new[:remaining], space, stop) or len(out.token_ids) >= sampling.max_tokens:
             break
     if out.finish_reason == "length" or isinstance(out.stop_reason, int):
@@ -177,64 +177,61 @@ def _extend(out: RastOutput, new: list[int], space: TokenSpace, stop: Sequence[s
     return True
 
 
-async def _token_step(
-    models: RastModels,
-    ids: list[int],
-    remaining: int,
-    sampling: RastSampling,
-    space: TokenSpace,
-    out: RastOutput,
-    rng: random.Random,
-    seed: int,
-) -> list[int]:
-    """One token: the three models' top-k at `ids`, combined, tempered, top-p'd, sampled."""
-    async with asyncio.TaskGroup() as group:
-        tasks = [
-            group.create_task(_next_top_k(client, ids, sampling.logprobs, role, out))
-            for role, client in _by_role(models)
-        ]
-    base, positive, negative = (task.result() for task in tasks)
-    return [sample(_target(base, positive, negative, sampling, space, out), rng)]
+@dataclass
+class _Decoding:
+    """One continuation being decoded: its models and settings, what it did so far, and its RNG
+    (acceptance draws, token-mode samples; the drafts use vLLM's seeded sampling)."""
 
+    models: RastModels
+    sampling: RastSampling
+    space: TokenSpace
+    seed: int
+    out: RastOutput = field(default_factory=RastOutput)
+    rng: random.Random = field(init=False)
 
-async def _chunk_step(
-    models: RastModels,
-    ids: list[int],
-    remaining: int,
-    sampling: RastSampling,
-    space: TokenSpace,
-    out: RastOutput,
-    rng: random.Random,
-    seed: int,
-) -> list[int]:
-    """One speculative chunk: the base drafts, positive and negative score, the rule decides."""
-    drafted, base_tops = await _draft(models.base, ids, min(sampling.gamma, remaining), sampling, seed, out)
-    chunk = _until_stop(drafted[: min(sampling.gamma, remaining)], space)
-    async with asyncio.TaskGroup() as group:
-        scored = [
-            group.create_task(_score_chunk(client, ids, chunk, sampling.logprobs, role, out))
-            for role, client in _by_role(models)
-            if role != "base"
-        ]
-    (positive, positive_bonus), (negative, negative_bonus) = (task.result() for task in scored)
-    targets = [_target(base_tops[j], positive[j], negative[j], sampling, space, out) for j in range(len(chunk))]
-    drafts = [draft_distribution(base_tops[j], sampling.temperature) for j in range(len(chunk))]
-    # The bonus position needs the base's distribution after the whole chunk: the draft asks for
-    # one token more than the chunk, whose logprobs give it (the token itself is not used).
-    has_bonus = len(base_tops) > len(chunk) and not (chunk and chunk[-1] in space.stop_token_ids)
-    bonus = _target(base_tops[len(chunk)], positive_bonus, negative_bonus, sampling, space, out) if has_bonus else None
-    verdict = verify_chunk(chunk, drafts, targets, bonus, rng)
-    out.chunks.append(ChunkStat(len(chunk), verdict.accepted))
-    return verdict.tokens
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
 
+    async def token_step(self, ids: list[int], remaining: int) -> list[int]:
+        """One token: the three models' top-k at `ids`, combined, tempered, top-p'd, sampled."""
+        k, out = self.sampling.logprobs, self.out
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(_next_top_k(client, ids, k, role, out)) for role, client in _by_role(self.models)
+            ]
+        base, positive, negative = (task.result() for task in tasks)
+        return [sample(self.target(base, positive, negative), self.rng)]
 
-def _target(
-    base: TopK, positive: TopK, negative: TopK, sampling: RastSampling, space: TokenSpace, out: RastOutput
-) -> Distribution:
-    combined = combine(base, positive, negative, sampling.alpha, space.vocab_limit)
-    out.top_k_fills += combined.fills
-    out.positions += 1
-    return sampling_distribution(combined.scores, sampling.temperature, sampling.top_p)
+    async def chunk_step(self, ids: list[int], remaining: int) -> list[int]:
+        """One speculative chunk: the base drafts, positive and negative score, the rule decides."""
+        sampling, space, out = self.sampling, self.space, self.out
+        length = min(sampling.gamma, remaining)
+        drafted, base_tops = await _draft(self.models.base, ids, length, sampling, self.seed, out)
+        chunk = _until_stop(drafted[:length], space)
+        async with asyncio.TaskGroup() as group:
+            scored = [
+                group.create_task(_score_chunk(client, ids, chunk, sampling.logprobs, role, out))
+                for role, client in _by_role(self.models)
+                if role != "base"
+            ]
+        (positive, positive_bonus), (negative, negative_bonus) = (task.result() for task in scored)
+        targets = [self.target(base_tops[j], positive[j], negative[j]) for j in range(len(chunk))]
+        drafts = [draft_distribution(base_tops[j], sampling.temperature) for j in range(len(chunk))]
+        # The bonus position needs the base's distribution after the whole chunk: the draft asks for
+        # one token more than the chunk, whose logprobs give it (the token itself is not used).
+        has_bonus = len(base_tops) > len(chunk) and not (chunk and chunk[-1] in space.stop_token_ids)
+        bonus = self.target(base_tops[len(chunk)], positive_bonus, negative_bonus) if has_bonus else None
+        verdict = verify_chunk(chunk, drafts, targets, bonus, self.rng)
+        out.chunks.append(ChunkStat(len(chunk), verdict.accepted))
+        return verdict.tokens
+
+    def target(self, base: TopK, positive: TopK, negative: TopK) -> Distribution:
+        """RAST's sampling distribution at one position, counting its top-k fills."""
+        sampling = self.sampling
+        combined = combine(base, positive, negative, sampling.alpha, self.space.vocab_limit)
+        self.out.top_k_fills += combined.fills
+        self.out.positions += 1
+        return sampling_distribution(combined.scores, sampling.temperature, sampling.top_p)
 
 
 def _until_stop(tokens: list[int], space: TokenSpace) -> list[int]:
