@@ -82,16 +82,17 @@ def sampling_distribution(scores: dict[int, float], temperature: float, top_p: f
     return normalised(kept)
 
 
-def draft_distribution(base: TopK, temperature: float) -> Distribution:
-    """The distribution the base model's draft token was really sampled from.
+def draft_distribution(base: TopK, temperature: float, drafted: int) -> Distribution:
+    """The distribution the base model's draft token `drafted` was really sampled from.
 
     The draft request asks vLLM for temperature T, top_p 1 and top_k k, so the sampler draws from
     softmax(logits / T) restricted to the k likeliest tokens: computable exactly from the k raw
     logprobs returned (log-softmax differs from the logits by a constant, which cancels), and zero
-    outside them. Temperature 0 is greedy: all mass on the top token.
+    outside them. Temperature 0 is greedy: all mass on the token drafted (vLLM's own argmax, so a
+    tie in the returned logprobs cannot make it look impossible).
     """
     if temperature == 0:
-        return sampling_distribution(base, 0, 1.0)
+        return {drafted: 1.0}
     return softmax({t: lp / temperature for t, lp in base.items()})
 
 

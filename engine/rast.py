@@ -216,7 +216,7 @@ class _Decoding:
             ]
         (positive, positive_bonus), (negative, negative_bonus) = (task.result() for task in scored)
         targets = [self.target(base_tops[j], positive[j], negative[j]) for j in range(len(chunk))]
-        drafts = [draft_distribution(base_tops[j], sampling.temperature) for j in range(len(chunk))]
+        drafts = [draft_distribution(base_tops[j], sampling.temperature, chunk[j]) for j in range(len(chunk))]
         # The bonus position needs the base's distribution after the whole chunk: the draft asks for
         # one token more than the chunk, whose logprobs give it (the token itself is not used).
         has_bonus = len(base_tops) > len(chunk) and not (chunk and chunk[-1] in space.stop_token_ids)

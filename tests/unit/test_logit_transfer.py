@@ -75,9 +75,9 @@ def test_greedy_ties_go_to_the_lowest_id():
 
 def test_draft_distribution_is_the_tempered_top_k():
     base = {0: math.log(0.6), 1: math.log(0.3)}  # top-2 of a larger vocabulary
-    assert draft_distribution(base, 1.0) == pytest.approx({0: 2 / 3, 1: 1 / 3})
-    assert draft_distribution(base, 0.5) == pytest.approx({0: 0.36 / 0.45, 1: 0.09 / 0.45})
-    assert draft_distribution(base, 0.0) == {0: 1.0}
+    assert draft_distribution(base, 1.0, 1) == pytest.approx({0: 2 / 3, 1: 1 / 3})
+    assert draft_distribution(base, 0.5, 0) == pytest.approx({0: 0.36 / 0.45, 1: 0.09 / 0.45})
+    assert draft_distribution({0: -1.0, 1: -1.0}, 0.0, 1) == {1: 1.0}  # greedy: what vLLM picked
 
 
 def test_residual_is_the_normalised_positive_part():
