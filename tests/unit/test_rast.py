@@ -148,7 +148,7 @@ async def draws(session, server, sampling, n):
 
 # Draws over HTTP cost ~5 ms a request on a loaded 2-core machine (3 a speculative draw, 6 a token
 # one); the rule itself is checked on 30000 draws without HTTP in test_logit_transfer.py.
-SPECULATIVE_DRAWS, TOKEN_DRAWS = 1000, 300
+SPECULATIVE_DRAWS, TOKEN_DRAWS = 800, 250
 
 
 async def test_speculative_mode_samples_token_modes_distribution(session):
