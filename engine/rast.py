@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from engine.client import Completion, ModelClient
-from engine.errors import ServerError
+from engine.errors import ServerError, UsageError
 from engine.logit_transfer import (
     Distribution,
     TopK,
@@ -235,7 +235,8 @@ class _Decoding:
 
 
 def _until_stop(tokens: list[int], space: TokenSpace) -> list[int]:
-    """The chunk up to and including its first stop token (vLLM ends the draft there anyway)."""
+    """The chunk up to and including its first stop token (the draft ignores EOS; what follows a
+    stop token is never emitted)."""
     for j, token in enumerate(tokens):
         if token in space.stop_token_ids:
             return tokens[: j + 1]
@@ -290,7 +291,11 @@ async def _draft(
     drafted = [_token_id(token) for token in choice.tokens]
     if not drafted or len(choice.top_logprobs) != len(drafted):
         raise ServerError(base.urls[0], None, "the base model's draft came without one top-k per token")
-    return drafted, [top_k(_by_id(top), k) for top in choice.top_logprobs]
+    tops = [top_k(_by_id(top), k) for top in choice.top_logprobs]
+    if sampling.temperature > 0 and any(token not in top for token, top in zip(drafted, tops, strict=True)):
+        # Then the draft distribution is unknown and the acceptance rule would be wrong.
+        raise ServerError(base.urls[0], None, f"the base model drafted a token outside its top {k}: it ignores top_k")
+    return drafted, tops
 
 
 async def _score_chunk(
@@ -321,7 +326,10 @@ _ID_TOKENS = {"return_tokens_as_token_ids": True}
 
 def _token_id(name: str) -> int:
     if not name.startswith(TOKEN_ID_PREFIX):
-        raise ValueError(f"expected a token named {TOKEN_ID_PREFIX}N (return_tokens_as_token_ids), got {name!r}")
+        raise UsageError(
+            f"a server named a token {name!r}, not {TOKEN_ID_PREFIX}N: it ignores return_tokens_as_token_ids; "
+            "RAST needs vLLM OpenAI servers that support it"
+        )
     return int(name[len(TOKEN_ID_PREFIX) :])
 
 
