@@ -95,12 +95,15 @@ def parse_shard(text: str | None) -> Shard | None:
 
 
 def roles_needed(config: RunConfig) -> list[str]:
-    """The models this run talks to: the policy's, the strategy's, the answer model (the last
-    two only for a strategy that runs tracks)."""
+    """The models this run talks to: the policy's, the strategy's, the answer model (only with
+    --answer_phase: otherwise the answer is taken from the steps). A strategy that runs no tracks
+    (RAST) needs its own roles only."""
     strategy = STRATEGIES[config.strategy]
     needed = set(strategy.needed_roles(config.strategy_settings))
     if strategy.uses_tracks:
-        needed |= {*POLICIES[config.policy].roles, config.reasoning.answer_model}
+        needed |= set(POLICIES[config.policy].roles)
+        if config.reasoning.answer_phase:
+            needed.add(config.reasoning.answer_model)
     return sorted(needed)
 
 
