@@ -41,6 +41,7 @@ class Templates:
     rewrite: str
     answer: str
     select_methods: str
+    offload_hint: str
 
 
 # key -> (allowed placeholders, required placeholders). A template that drops a required
@@ -53,6 +54,7 @@ PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "rewrite": (frozenset({"draft"}), frozenset({"draft"})),
     "answer": (frozenset(), frozenset()),
     "select_methods": (frozenset({"problem", "methods", "method_num"}), frozenset({"problem", "methods"})),
+    "offload_hint": (frozenset(), frozenset()),
 }
 # An empty `rewrite` selects SpecReason's behaviour (the big model continues the same prefix).
 MAY_BE_EMPTY = frozenset({"rewrite"})
@@ -107,6 +109,10 @@ class PromptSet:
         methods = self.require_methods()
         listing = "\n".join(f"- {m.name}: {m.description}" for m in methods.values())
         return self.templates.select_methods.format(problem=problem, methods=listing, method_num=method_num)
+
+    def render_offload_hint(self) -> str:
+        """The sentence that asks a SplitReason small model to tag the spans it offloads."""
+        return self.templates.offload_hint.format()
 
     def require_templates(self, keys: tuple[str, ...]) -> None:
         """A UsageError when a template a policy or strategy renders is unknown or empty."""

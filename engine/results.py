@@ -50,7 +50,8 @@ class StepRecord:
     is the big model's 0-9 judgement of the small model's draft and `score_distribution`
     the renormalised probabilities of the digits found in the top logprobs; when the draft
     was rejected, `draft` keeps its text. `usage` counts every request made for the step
-    (draft, score, rewrite), per model.
+    (draft, score, rewrite), per model. `detail` holds what a policy records beyond that
+    (SplitReason: why an offloaded span ended, the candidates' scores of each round).
     """
 
     index: int
@@ -62,6 +63,7 @@ class StepRecord:
     draft: str | None = None
     usage: dict[str, ModelUsage] = field(default_factory=dict)
     latency_s: float = 0.0
+    detail: dict[str, Any] | None = None
 
     @property
     def accepted(self) -> bool | None:

@@ -76,9 +76,15 @@ class Track:
         prompts: PromptSet,
         config: ReasoningConfig,
         policy: TrackPolicy,
+        *,
+        continuous: bool = False,
     ):
+        if continuous:
+            # A continuous policy's chunks join as written and each may spend the whole budget left.
+            config = dataclasses.replace(config, step_delimiter="", max_step_tokens=config.token_budget)
         self.record, self.setup, self.problem = record, setup, problem
         self.models, self.prompts, self.config, self.policy = models, prompts, config, policy
+        self.continuous = continuous
         self.messages = track_messages(problem, prompts, setup.instruction)
         self.ending: str | None = None
         self.started = time.monotonic()
@@ -115,13 +121,23 @@ class Track:
             tokens=step.tokens,
             ending=outcome.ending,
         )
-        if not step.text.strip() or step.text == previous:
+        if self.continuous:
+            self.ending = self._continuous_ending(outcome.ending)
+        elif not step.text.strip() or step.text == previous:
             self.ending = "repeat"
         elif any(marker in step.text for marker in ANSWER_MARKERS):
             self.ending = "answer"
         elif outcome.ending in ("think_end", "eos"):
             self.ending = outcome.ending
         return self.ending
+
+    def _continuous_ending(self, ending: str) -> str | None:
+        """SplitReason's flows end only at EOS (the answer is then read from the text, as its harness
+        does), at the budget, or when the policy ends thinking ("think_end")."""
+        if ending == "eos":
+            reasoning = reasoning_text(self.record, self.config.step_delimiter)
+            return "answer" if extract_answer(reasoning, choices=bool(self.problem.choices)) else "eos"
+        return "think_end" if ending == "think_end" else None
 
     async def finish(self) -> None:
         """Write the track's answer once thinking has ended."""

@@ -39,7 +39,10 @@ class StepContext:
 
 @dataclass(frozen=True)
 class StepOutcome:
-    """A kept step, and how its generation ended: "delimiter", "think_end", "eos" or "length"."""
+    """A kept step, and how its generation ended: "delimiter", "think_end", "eos" or "length".
+
+    A continuous policy (see `PolicySpec`) returns "think_end" when it has ended thinking itself.
+    """
 
     step: StepRecord
     ending: str
@@ -53,7 +56,12 @@ class TrackPolicy(Protocol):
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """A registered policy. `start(settings, models, prompts, reasoning)` returns one track's policy."""
+    """A registered policy. `start(settings, models, prompts, reasoning)` returns one track's policy.
+
+    A `continuous` policy writes one unbroken text in chunks (SplitReason): its steps are joined
+    as they are, not by the step delimiter, each may spend all the budget left, and the track ends
+    only at EOS, at the budget, or when the policy ends thinking, not by SpecReason's stop rules.
+    """
 
     name: str
     description: str
@@ -61,6 +69,7 @@ class PolicySpec:
     settings: type[Settings]
     templates: tuple[str, ...]
     start: Callable[[Any, dict[str, Model], PromptSet, ReasoningConfig], TrackPolicy]
+    continuous: bool = False
 
 
 def step_ending(completion: Completion, delimiter: str) -> str:
@@ -101,4 +110,57 @@ def kept_step(
         usage=usage,
         latency_s=time.monotonic() - started,
         **scored,
+    )
+
+
+async def continue_text(
+    model: Model,
+    messages: tuple[Message, ...],
+    text: str,
+    ctx: StepContext,
+    *,
+    max_tokens: int,
+    seed: int | None,
+    stop: list[str] | None = None,
+    greedy: bool = False,
+    logprobs: int | None = None,
+) -> Completion:
+    """`model` continues the raw reasoning `text` (tags and all) by up to `max_tokens` tokens:
+    SplitReason's requests, which stop only at EOS, the token limit, or `stop`."""
+    prompt = model.chat.render(list(messages), model.chat.think_prefix + text)
+    return await model.client.complete(
+        prompt,
+        max_tokens=max_tokens,
+        temperature=0.0 if greedy else ctx.config.temperature,
+        top_p=1.0 if greedy else ctx.config.top_p,
+        stop=stop,
+        seed=seed,
+        logprobs=logprobs,
+        extra=NO_SPECIAL_TOKENS,
+    )
+
+
+def chunk_ending(completion: Completion) -> str:
+    """How a chunk without stop strings ended: "length" (more to write) or "eos"."""
+    return "length" if completion.finish_reason == "length" else "eos"
+
+
+def chunk_step(
+    text: str,
+    writer: str,
+    tokens: int,
+    ctx: StepContext,
+    usage: dict[str, ModelUsage],
+    started: float,
+    detail: dict[str, Any] | None = None,
+) -> StepRecord:
+    """The record of a chunk of continuous text, kept as written (`</think>` included)."""
+    return StepRecord(
+        index=ctx.index,
+        text=text,
+        writer=writer,
+        tokens=tokens,
+        usage=usage,
+        latency_s=time.monotonic() - started,
+        detail=detail,
     )
