@@ -8,14 +8,16 @@ can keep state from step to step. The helpers below are what most policies share
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from engine.chat import THINK_CLOSE, Message
 from engine.client import Completion
 from engine.config import ReasoningConfig, Settings
+from engine.errors import ServerError
 from engine.models import NO_SPECIAL_TOKENS, Model, request_seed
 from engine.prompts import PromptSet
 from engine.results import ModelUsage, StepRecord
@@ -164,3 +166,20 @@ def chunk_step(
         latency_s=time.monotonic() - started,
         detail=detail,
     )
+
+
+async def all_of(requests: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Await `requests` concurrently, in one task group; the first failure cancels the others. A
+    server error comes out as itself, not wrapped in an ExceptionGroup, so that the track's
+    handling of server errors (the track fails, the problem goes on) still applies."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(request) for request in requests]
+    except ExceptionGroup as failures:
+        server_errors = failures.subgroup(ServerError)
+        if server_errors is None:
+            raise
+        while isinstance(server_errors, ExceptionGroup):
+            server_errors = server_errors.exceptions[0]
+        raise server_errors from failures
+    return [task.result() for task in tasks]

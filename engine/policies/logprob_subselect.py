@@ -10,7 +10,6 @@ each, in order, so every step has one writer; then comes the final small-model c
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import deque
@@ -22,7 +21,15 @@ from engine.client import Completion
 from engine.config import ReasoningConfig, Settings, setting
 from engine.errors import ServerError, UsageError
 from engine.models import Model, request_seed, usage_of
-from engine.policies.base import PolicySpec, StepContext, StepOutcome, chunk_ending, chunk_step, continue_text
+from engine.policies.base import (
+    PolicySpec,
+    StepContext,
+    StepOutcome,
+    all_of,
+    chunk_ending,
+    chunk_step,
+    continue_text,
+)
 from engine.prompts import PromptSet
 from engine.results import ModelUsage, sum_usage
 
@@ -212,10 +219,7 @@ class SubselectPolicy:
             eos = chunk_ending(completion) == "eos"
             candidate.pieces.append(Piece(role, completion.text, completion.completion_tokens, eos))
 
-        async with asyncio.TaskGroup() as group:
-            for j, candidate in enumerate(selection.candidates):
-                if not candidate.finished:
-                    group.create_task(grow(j, candidate))
+        await all_of(grow(j, c) for j, c in enumerate(selection.candidates) if not c.finished)
 
 
 def start(settings: SubselectSettings, models: dict[str, Model], prompts: PromptSet, reasoning: ReasoningConfig):

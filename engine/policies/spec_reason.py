@@ -10,7 +10,6 @@ model's. The tags are plain text, as SplitReason trains them.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -18,7 +17,15 @@ from engine.chat import Message
 from engine.client import Completion
 from engine.config import ReasoningConfig, Settings
 from engine.models import Model, request_seed, usage_of
-from engine.policies.base import PolicySpec, StepContext, StepOutcome, chunk_ending, chunk_step, continue_text
+from engine.policies.base import (
+    PolicySpec,
+    StepContext,
+    StepOutcome,
+    all_of,
+    chunk_ending,
+    chunk_step,
+    continue_text,
+)
 from engine.prompts import PromptSet
 from engine.results import ModelUsage
 
@@ -145,23 +152,20 @@ class SpecReasonPolicy:
         """The longest prefix (in tokens) after which the small model writes `</bigmodel>`, from one
         batch of concurrent 8-token probes; None when no probe closes the span."""
         messages = self._small_messages(ctx.messages)
-        async with asyncio.TaskGroup() as group:
-            probes = {
-                n: group.create_task(
-                    continue_text(
-                        ctx.models["small"],
-                        messages,
-                        ctx.reasoning + span.text + prefix,
-                        ctx,
-                        max_tokens=PROBE_TOKENS,
-                        seed=request_seed(ctx.seed, ctx.index, PROBE_SALT),
-                    )
-                )
-                for n, prefix in prefixes.items()
-            }
-        for task in probes.values():
-            span.usage["small"].add(usage_of(task.result()))
-        closing = [n for n, task in probes.items() if task.result().text.lstrip().startswith(CLOSE_PROBE)]
+        probes = await all_of(
+            continue_text(
+                ctx.models["small"],
+                messages,
+                ctx.reasoning + span.text + prefix,
+                ctx,
+                max_tokens=PROBE_TOKENS,
+                seed=request_seed(ctx.seed, ctx.index, PROBE_SALT),
+            )
+            for prefix in prefixes.values()
+        )
+        for probe in probes:
+            span.usage["small"].add(usage_of(probe))
+        closing = [n for n, probe in zip(prefixes, probes, strict=True) if probe.text.lstrip().startswith(CLOSE_PROBE)]
         # The longest closing prefix, as the perf version does (the other version scans the probes
         # in reverse but indexes the prefixes forward, and cuts at the wrong point).
         return max(closing) if closing else None
