@@ -89,6 +89,18 @@ def _split_mode(args: argparse.Namespace) -> dict[str, Any]:
     return {"policy": policy, "tracks": 1, **SPLIT_REASONING, **single}
 
 
+def _refuse_split_flags_elsewhere(runner: str, args: argparse.Namespace) -> None:
+    """SplitReason's mode flags mean something only to runners.split: elsewhere they are refused,
+    not ignored (the policy they name runs anywhere with --policy)."""
+    if RUNNERS[runner] is _split_mode:
+        return
+    for flag, policy in SPLIT_MODES.items():
+        if getattr(args, flag):
+            raise UsageError(f"--{flag} is a flag of runners.split; with runner {runner} use --policy {policy}")
+    if args.max_tokens is not None:
+        raise UsageError(f"--max_tokens is a flag of runners.split; with runner {runner} use --token_budget")
+
+
 # runner -> its policy and strategy, and the defaults it gives to flags the user left unset.
 RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "base": lambda a: _single_model(a, 1),
@@ -170,6 +182,7 @@ def _given(args: argparse.Namespace, cls: type, **overrides: Any) -> dict[str, A
 
 def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
     """The RunConfig of `runner` from parsed flags; models left out mean the tiny demo models."""
+    _refuse_split_flags_elsewhere(runner, args)
     plan = RUNNERS[runner](args)
     policy = _or(args.policy, plan.pop("policy"))
     strategy = _or(args.strategy, plan.pop("strategy", "vote"))

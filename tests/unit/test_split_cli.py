@@ -4,6 +4,7 @@ and defaults; bad input is one line, exit 2, nothing written."""
 import pytest
 
 from engine.cli import ArgumentParser, add_run_arguments, build_config
+from engine.cli import main as engine_main
 from runners.split import main
 
 SERVED = ["--big_model", "big-model", "--small_model", "small-model"]
@@ -64,6 +65,24 @@ def test_mode_settings_come_from_splitreason_s_flags():
 def test_bad_split_flags_give_one_line_and_exit_2(capsys, tmp_path, flags, message):
     out = tmp_path / "out"
     code = main([*SERVED, "--output_dir", str(out), "--no_progress", *flags])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1 and message in errors[0], errors
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--random_switch"],
+            "--random_switch is a flag of runners.split; with runner spec use --policy random_switch",
+        ),
+        (["--max_tokens", "100"], "with runner spec use --token_budget"),
+    ],
+)
+def test_split_flags_are_refused_by_other_runners(capsys, tmp_path, flags, message):
+    out = tmp_path / "out"
+    code = engine_main(["run", *SERVED, "--output_dir", str(out), "--no_progress", *flags])
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert code == 2 and len(errors) == 1 and message in errors[0], errors
     assert not out.exists()
