@@ -101,3 +101,17 @@ def test_overwrite_starts_over_and_keeps_the_old_files(tmp_path):
     assert store.done == set()
     assert json.loads((tmp_path / MANIFEST_FILE).read_text())["config_digest"] == "xyz"
     assert len(list(tmp_path.glob(f"{RECORDS_FILE}.replaced-*"))) == 1
+
+
+def test_a_step_s_detail_round_trips_and_records_written_before_it_still_read(tmp_path):
+    path = tmp_path / RECORDS_FILE
+    with_detail = record()
+    with_detail.tracks[0].steps[0].detail = {"ended": "probe", "chunks": 2}
+    append_record(path, with_detail)
+    old = record().to_dict()
+    del old["tracks"][0]["steps"][0]["detail"]
+    with path.open("a") as handle:
+        handle.write(json.dumps(old) + "\n")
+    read = read_records(path)
+    assert not read.bad_lines
+    assert [r.tracks[0].steps[0].detail for r in read.records] == [{"ended": "probe", "chunks": 2}, None]
