@@ -11,5 +11,13 @@ from engine.policies.spec import SPEC
 from engine.policies.spec_reason import SPEC_REASON
 
 POLICIES: dict[str, PolicySpec] = {
-    spec.name: spec for spec in (BIG, SMALL, SPEC, RANDOM_SWITCH, LOGPROB_SUBSELECT, SPEC_REASON)
+    spec.name: spec
+    for spec in (
+        BIG,
+        SMALL,
+        SPEC,
+        RANDOM_SWITCH,
+        LOGPROB_SUBSELECT,
+        SPEC_REASON,
+    )
 }
