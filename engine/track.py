@@ -4,7 +4,8 @@ The track fills the `TrackRecord` it is given as it goes, so a scheduler that ca
 still holds everything it did. Thinking stops (SpecReason's rules) when a step gives an
 answer ("boxed", "Answer:"), when the model closes thinking or ends the sequence, when a
 step repeats the previous one or is empty, or when the thinking budget is spent; then the
-answer model writes the answer after the closed thinking.
+answer model writes the answer after the closed thinking. A continuous policy's track
+(SplitReason's) ends only at EOS, at the budget, or when the policy ends thinking.
 """
 
 from __future__ import annotations

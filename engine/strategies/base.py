@@ -50,11 +50,11 @@ class SolveContext:
 
     def new_track(self, record: TrackRecord, setup: TrackSetup) -> Track:
         """A track of this problem that fills `record`, with a fresh instance of the run's policy."""
-        continuous = POLICIES[self.config.policy].continuous
-        reasoning = self.config.reasoning
-        models, prompts = self.models, self.prompts
-        policy = self.new_policy()
-        return Track(record, setup, self.problem, models, prompts, reasoning, policy, continuous=continuous)
+        config, policy = self.config, self.new_policy()
+        continuous = POLICIES[config.policy].continuous
+        return Track(
+            record, setup, self.problem, self.models, self.prompts, config.reasoning, policy, continuous=continuous
+        )
 
     def record(self, **fields: Any) -> ProblemRecord:
         """The problem's record: what every strategy shares, plus the strategy's own `fields`."""
