@@ -41,12 +41,12 @@ ROUND_STRIDE = 1024
 
 @dataclass(frozen=True)
 class SubselectSettings(Settings):
-    sgen: int = setting(8, "logprob_subselect: candidates the small model starts")
-    stok: int = setting(16, "logprob_subselect: tokens the small model adds to each candidate a round")
-    sdecay: int = setting(2, "logprob_subselect: each round keeps max(1, count // sdecay) candidates")
-    ltok: int = setting(16, "logprob_subselect: greedy big-model tokens whose mean logprob ranks a candidate")
-    lbound: int = setting(4, "logprob_subselect: at this many candidates or fewer, stop once most closed thinking")
-    max_iterations: int | None = setting(None, "logprob_subselect: rounds at most (default 32768 // (stok * ltok))")
+    sgen: int = setting(8, "candidates the small model starts")
+    stok: int = setting(16, "tokens the small model adds to each candidate a round")
+    sdecay: int = setting(2, "each round keeps max(1, count // sdecay) candidates")
+    ltok: int = setting(16, "greedy big-model tokens whose mean logprob ranks a candidate")
+    lbound: int = setting(4, "at this many candidates or fewer, stop once most closed thinking")
+    max_iterations: int | None = setting(None, "rounds at most (default 32768 // (stok * ltok))")
 
     def validate(self) -> None:
         for name in ("sgen", "stok", "sdecay"):

@@ -17,8 +17,8 @@ from engine.prompts import PromptSet
 
 @dataclass(frozen=True)
 class RandomSwitchSettings(Settings):
-    switch_ratio: int = setting(1, "random_switch: big and small chunks come 1:switch_ratio on average")
-    switch_chunk: int = setting(16, "random_switch: tokens per chunk; each chunk's writer is drawn anew")
+    switch_ratio: int = setting(1, "big and small chunks come 1:switch_ratio on average")
+    switch_chunk: int = setting(16, "tokens per chunk; each chunk's writer is drawn anew")
 
     def validate(self) -> None:
         if self.switch_ratio < 0:
