@@ -172,14 +172,24 @@ class SpecReasonPolicy:
 
 
 def _token_prefixes(chunk: Completion) -> dict[int, str]:
-    """Token count -> the chunk's text up to there. A token string that does not continue the text
-    (vLLM writes a split UTF-8 character as `bytes:...`) ends the list: no cut inside a character."""
-    prefixes, text = {}, ""
+    """Token count -> the chunk's text up to there, from the token strings of its logprobs.
+
+    vLLM holds back a token that ends inside a character (its string is "") and writes bytes that
+    never form a character as U+FFFD in the text: such a token gives no cut point, and the U+FFFD
+    are stepped over. A token string found nowhere else (e.g. the EOS token's) ends the list, so
+    a cut is never put at a wrong place."""
+    text, prefixes, at = chunk.text, {}, 0
     for n, token in enumerate(chunk.choices[0].tokens, start=1):
-        text += token
-        if not chunk.text.startswith(text):
-            break
-        prefixes[n] = text
+        if not text.startswith(token, at):
+            after = at
+            while after < len(text) and text[after] == "\ufffd":
+                after += 1
+            if after == at or not text.startswith(token, after):
+                break
+            at = after
+        at += len(token)
+        if token:
+            prefixes[n] = text[:at]
     return prefixes
 
 

@@ -321,7 +321,18 @@ async def test_spec_reason_span_stops_at_the_budget(make_models):
     assert record.finish_reason == "budget" and record.thinking_tokens == 10
 
 
-def test_probe_prefixes_stop_at_a_token_that_does_not_continue_the_text():
-    choice = Choice(text="ab€c", tokens=["a", "b", "bytes:\\xe2\\x82", "bytes:\\xac", "c"])
-    completion = Completion([choice], "m", "u", 1, 5, 0.0, None)
-    assert _token_prefixes(completion) == {1: "a", 2: "ab"}
+@pytest.mark.parametrize(
+    ("text", "tokens", "prefixes"),
+    [
+        # bytes held back by vLLM ("") that never formed a character reach the text as U+FFFD
+        ("ab\ufffdcd", ["a", "b", "", "c", "d"], {1: "a", 2: "ab", 4: "ab\ufffdc", 5: "ab\ufffdcd"}),
+        # a held-back token that completes a character: the next token carries it
+        ("a€b", ["a", "", "€", "b"], {1: "a", 3: "a€", 4: "a€b"}),
+        # a token string not in the text (the EOS token's, or a mismatch) ends the cut points
+        ("ab", ["a", "b", "<|im_end|>"], {1: "a", 2: "ab"}),
+        ("abc", ["a", "x", "c"], {1: "a"}),
+    ],
+)
+def test_probe_cut_points_follow_the_text_through_vllm_s_token_strings(text, tokens, prefixes):
+    completion = Completion([Choice(text=text, tokens=tokens)], "m", "u", 1, len(tokens), 0.0, None)
+    assert _token_prefixes(completion) == prefixes
