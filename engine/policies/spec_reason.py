@@ -38,8 +38,8 @@ PROBE_TOKENS = 8
 # A probe closes the span when its continuation starts with this, after whitespace (the perf
 # version's test; a continuation that closes later would put small-model text in the span).
 CLOSE_PROBE = "</big"
-# request_seed salts: the small model's stretches, the big model's chunks, the probes.
-SMALL_SALT, BIG_SALT, PROBE_SALT = 1, 2, 3
+# request_seed salts: the small model's stretches, the big model's chunks.
+SMALL_SALT, BIG_SALT = 1, 2
 
 
 def span_is_open(text: str) -> bool:
@@ -159,7 +159,11 @@ class SpecReasonPolicy:
                 ctx.reasoning + span.text + prefix,
                 ctx,
                 max_tokens=PROBE_TOKENS,
-                seed=request_seed(ctx.seed, ctx.index, PROBE_SALT),
+                # Greedy and unseeded: a probe asks what the small model would write next, the same
+                # answer every time; and vLLM-CPU's engine dies ("CPU Generator does not use
+                # offset") on a batch of many concurrent seeded requests.
+                seed=None,
+                greedy=True,
             )
             for prefix in prefixes.values()
         )

@@ -287,6 +287,7 @@ async def test_spec_reason_closes_the_span_after_the_longest_prefix_the_small_mo
     assert HINT not in chunk_body["prompt"] and chunk_body["max_tokens"] == 64 and chunk_body["logprobs"] == 1
     assert all(HINT in b["prompt"] for b in script.small.steps())
     assert {b["prompt"].split("<bigmodel>")[-1] for b in script.probes()} == {" A", " A B", " A B C", " A B C D"}
+    assert all(b["temperature"] == 0.0 and "seed" not in b for b in script.probes())
     assert script.small.steps()[0]["stop"] == ["<bigmodel>"]
     assert script.small.steps()[-1]["prompt"].endswith("<bigmodel> A B C</bigmodel>")
 
