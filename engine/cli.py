@@ -62,6 +62,49 @@ def _single_model(args: argparse.Namespace, default_tracks: int) -> dict[str, An
     return {"policy": model, "answer_model": model, "selector_model": model, "tracks": default_tracks}
 
 
+# SplitReason's mode flags (its test_spec.py takes exactly one) -> the policy that runs the mode.
+SPLIT_MODES = {
+    "random_switch": "random_switch",
+    "logprob_subselect": "logprob_subselect",
+    "spec_reason": "spec_reason",
+    "big_model_only": "big",
+    "small_model_only": "small",
+}
+# SplitReason's defaults: --max_tokens 16384 in all; it sends no top_p (vLLM's default is 1).
+SPLIT_REASONING = {"token_budget": 16384, "top_p": 1.0}
+
+
+def _split_mode(args: argparse.Namespace) -> dict[str, Any]:
+    chosen = [flag for flag in SPLIT_MODES if getattr(args, flag)]
+    if len(chosen) != 1:
+        flags = ", ".join(f"--{flag}" for flag in SPLIT_MODES)
+        raise UsageError(f"runners.split takes exactly one mode flag of {flags}; got {len(chosen)}")
+    if args.policy:
+        raise UsageError(f"runners.split runs the policy of its mode flag (--{chosen[0]}): drop --policy")
+    if args.max_tokens is not None:
+        if args.token_budget not in (None, args.max_tokens):
+            raise UsageError("--max_tokens is SplitReason's name for --token_budget: give one of them")
+        args.token_budget = args.max_tokens
+    policy = SPLIT_MODES[chosen[0]]
+    single = {"answer_model": policy} if policy in ("big", "small") else {}
+    return {"policy": policy, "tracks": 1, **SPLIT_REASONING, **single}
+
+
+def _refuse_split_flags_elsewhere(runner: str, args: argparse.Namespace) -> None:
+    """SplitReason's mode flags mean something only to runners.split: elsewhere they are refused,
+    not ignored (the policy they name runs anywhere with --policy)."""
+    if RUNNERS[runner] is _split_mode:
+        return
+    for flag, policy in SPLIT_MODES.items():
+        if getattr(args, flag):
+            raise UsageError(f"--{flag} is a flag of runners.split; with runner {runner} use --policy {policy}")
+    # --max_tokens is declared by RAST's settings; runners.split reads it as SplitReason's budget.
+    if args.max_tokens is not None and runner != "rast":
+        raise UsageError(
+            f"--max_tokens is a flag of runners.split and runners.rast; with runner {runner} use --token_budget"
+        )
+
+
 # runner -> its policy and strategy, and the defaults it gives to flags the user left unset.
 RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "base": lambda a: _single_model(a, 1),
@@ -77,6 +120,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     },
     # RAST runs no tracks: the policy is unused; its prompt set is RAST's plain prompt.
     "rast": lambda a: {"policy": "big", "strategy": "rast", "prompt_set": "rast"},
+    "split": _split_mode,
 }
 # Every settings class whose fields are flags; an import-time check keeps one meaning per flag.
 SETTINGS_CLASSES = [ReasoningConfig, SchedulerLimits] + [s.settings for s in (*POLICIES.values(), *STRATEGIES.values())]
@@ -122,6 +166,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         )
         add_flag(models, f"{role}_tokenizer", help=f"where to load the {role} model's chat template from")
     add_flag(models, "thinking", choices=("auto", "on", "off"))
+    split = parser.add_argument_group("split runner", "SplitReason's modes: give exactly one")
+    for flag, policy in SPLIT_MODES.items():
+        add_flag(split, flag, action="store_true", default=None, help=f"run policy {policy}")
     add_settings_flags(parser.add_argument_group("reasoning"), ReasoningConfig)
     add_settings_flags(parser.add_argument_group("limits"), SchedulerLimits)
     flagged: set[type] = set()
@@ -177,6 +224,7 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
     which only the demo data set may use."""
     if args.model is not None and runner in BOTH_MODEL_RUNNERS:
         raise UsageError(f"--model has no effect in {runner} (its tracks use both models); drop it")
+    _refuse_split_flags_elsewhere(runner, args)
     plan = RUNNERS[runner](args)
     policy = _or(args.policy, plan.pop("policy"))
     strategy = _or(args.strategy, plan.pop("strategy", "vote"))
@@ -200,7 +248,8 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
                 "(the tiny random-weight models are only for --dataset_name demo)"
             )
         models.update(_tiny_models(args))
-        plan = {**DEMO_REASONING, **plan}
+        # The tiny models' limits beat a runner's defaults (SplitReason's 16384 tokens); flags beat both.
+        plan = {**plan, **DEMO_REASONING}
     config = RunConfig(
         runner=runner,
         output_dir=args.output_dir or _default_output_dir(runner, dataset, shard),

@@ -43,6 +43,7 @@ class Templates:
     answer: str
     select_methods: str
     select_methods_prefix: str
+    offload_hint: str
 
 
 # key -> (allowed placeholders, required placeholders). A template that drops a required
@@ -59,6 +60,7 @@ PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         frozenset({"problem", "methods"}),
     ),
     "select_methods_prefix": (frozenset({"method_num"}), frozenset()),
+    "offload_hint": (frozenset(), frozenset()),
 }
 # An empty `rewrite` selects SpecReason's behaviour (the big model continues the same prefix).
 MAY_BE_EMPTY = frozenset({"rewrite"})
@@ -134,6 +136,10 @@ class PromptSet:
     def render_select_methods_prefix(self, method_num: int) -> str:
         """The assistant text the selector continues; its next tokens are the codes."""
         return self.templates.select_methods_prefix.format(method_num=method_num)
+
+    def render_offload_hint(self) -> str:
+        """The sentence that asks a SplitReason small model to tag the spans it offloads."""
+        return self.templates.offload_hint.format()
 
     def require_templates(self, keys: tuple[str, ...]) -> None:
         """A UsageError when a template a policy or strategy renders is unknown or empty."""

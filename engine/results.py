@@ -56,6 +56,8 @@ class StepRecord:
     was rejected, `draft` keeps its text. `usage` counts every request made for the step
     (draft, score, rewrite), per model; `wasted` counts work done ahead for this step and thrown
     away (pipelined speculation: drafts and scores made on top of a rejected draft).
+    `detail` holds what a policy records beyond that (SplitReason: why an offloaded span ended,
+    the candidates' scores of each round).
     """
 
     index: int
@@ -71,6 +73,7 @@ class StepRecord:
     # the seeds keep reasoning after it), "think_end" (--answer_phase) or "length".
     ending: str = ""
     wasted: dict[str, ModelUsage] = field(default_factory=dict)
+    detail: dict[str, Any] | None = None
 
     @property
     def accepted(self) -> bool | None:

@@ -11,11 +11,15 @@ reasoning goes on. The answer is then taken from the steps.
 `--answer_phase` is spectra's alternative: a step also stops at `</think>`, closing thinking or
 ending the sequence ends it, and unless a step stated the answer the answer model writes one
 after the closed thinking.
+
+A continuous policy's track (SplitReason's) ends only at EOS, at the budget, or when the
+policy ends thinking.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -79,9 +83,15 @@ class Track:
         prompts: PromptSet,
         config: ReasoningConfig,
         policy: TrackPolicy,
+        *,
+        continuous: bool = False,
     ):
+        if continuous:
+            # A continuous policy's chunks join as written and each may spend the whole budget left.
+            config = dataclasses.replace(config, step_delimiter="", max_step_tokens=config.token_budget)
         self.record, self.setup, self.problem = record, setup, problem
         self.models, self.prompts, self.config, self.policy = models, prompts, config, policy
+        self.continuous = continuous
         self.messages = track_messages(problem, prompts, setup.instruction)
         self.ending: str | None = None
         self.started = time.monotonic()
@@ -96,7 +106,8 @@ class Track:
             reasoning=reasoning_text(record, config.step_delimiter),
             steps=tuple(step.text for step in record.steps),
             index=len(record.steps),
-            config=config,
+            # A continuous policy's chunk may spend what is left of the budget, no more.
+            config=_left_in_budget(config, record.thinking_tokens) if self.continuous else config,
             prompts=self.prompts,
             problem=self.problem.problem,
             seed=self.setup.seed,
@@ -115,18 +126,36 @@ class Track:
             tokens=step.tokens,
             ending=outcome.ending,
         )
-        texts = [s.text for s in record.steps]
-        self.ending = thinking_ending(texts, record.thinking_tokens, outcome.ending, config, final=outcome.final)
+        if self.continuous:
+            self.ending = self._continuous_ending(outcome.ending)
+        else:
+            texts = [s.text for s in record.steps]
+            self.ending = thinking_ending(texts, record.thinking_tokens, outcome.ending, config, final=outcome.final)
         return self.ending
 
+    def _continuous_ending(self, ending: str) -> str | None:
+        """SplitReason's flows end only at EOS (the answer is then read from the text, as its harness
+        does), at the budget, or when the policy ends thinking ("think_end")."""
+        if self.record.thinking_tokens >= self.config.token_budget:
+            return "budget"
+        if ending == "eos":
+            reasoning = reasoning_text(self.record, self.config.step_delimiter)
+            return "answer" if extract_answer(reasoning, choices=bool(self.problem.choices)) else "eos"
+        return "think_end" if ending == "think_end" else None
+
     async def finish(self) -> None:
-        """Write the track's answer once thinking has ended."""
+        """Write the track's answer once thinking has ended. A continuous policy that ended thinking
+        itself ("think_end": SplitReason's logprob_subselect) is then answered by the answer model,
+        as SplitReason's flow asks the big model for the boxed answer."""
+        config = self.config
+        if self.continuous and self.ending == "think_end":
+            config = dataclasses.replace(config, answer_phase=True)
         await _answer(
             self.record,
             self.ending,
             self.models,
             self.prompts,
-            self.config,
+            config,
             self.messages,
             multiple_choice=bool(self.problem.choices),
         )
@@ -168,6 +197,10 @@ class Track:
         finally:
             self.close()
         return self.record
+
+
+def _left_in_budget(config: ReasoningConfig, spent: int) -> ReasoningConfig:
+    return dataclasses.replace(config, max_step_tokens=max(1, config.token_budget - spent))
 
 
 def reasoning_text(record: TrackRecord, delimiter: str) -> str:

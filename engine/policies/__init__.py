@@ -4,7 +4,20 @@ Adding a policy is one file in this package (a `PolicySpec`, see `base.py`) and 
 """
 
 from engine.policies.base import PolicySpec
+from engine.policies.logprob_subselect import LOGPROB_SUBSELECT
+from engine.policies.random_switch import RANDOM_SWITCH
 from engine.policies.single import BIG, SMALL
 from engine.policies.spec import SPEC
+from engine.policies.spec_reason import SPEC_REASON
 
-POLICIES: dict[str, PolicySpec] = {spec.name: spec for spec in (BIG, SMALL, SPEC)}
+POLICIES: dict[str, PolicySpec] = {
+    spec.name: spec
+    for spec in (
+        BIG,
+        SMALL,
+        SPEC,
+        RANDOM_SWITCH,
+        LOGPROB_SUBSELECT,
+        SPEC_REASON,
+    )
+}

@@ -8,15 +8,17 @@ can keep state from step to step. The helpers below are what most policies share
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from engine.chat import THINK_CLOSE, Message
 from engine.client import Completion
 from engine.config import ReasoningConfig, Settings
+from engine.errors import ServerError
 from engine.models import NO_SPECIAL_TOKENS, Model, request_seed
 from engine.prompts import PromptSet
 from engine.results import ModelUsage, StepRecord
@@ -43,7 +45,9 @@ class StepContext:
 @dataclass(frozen=True)
 class StepOutcome:
     """A kept step, and how its generation ended: "delimiter", "think_end", "eos" or "length".
-    `final`: the policy wrote the whole reasoning in this one step, so thinking ends with it."""
+    `final`: the policy wrote the whole reasoning in this one step, so thinking ends with it.
+    A continuous policy (see `PolicySpec`) returns "think_end" when it has ended thinking itself.
+    """
 
     step: StepRecord
     ending: str
@@ -60,9 +64,21 @@ class TrackPolicy(Protocol):
     def close(self) -> dict[str, ModelUsage]: ...
 
 
+class NothingAhead:
+    """Base of the policies that start no work ahead of the step asked for: nothing to cancel."""
+
+    def close(self) -> dict[str, ModelUsage]:
+        return {}
+
+
 @dataclass(frozen=True)
 class PolicySpec:
-    """A registered policy. `start(settings, models, prompts, reasoning)` returns one track's policy."""
+    """A registered policy. `start(settings, models, prompts, reasoning)` returns one track's policy.
+
+    A `continuous` policy writes one unbroken text in chunks (SplitReason): its steps are joined
+    as they are, not by the step delimiter, each may spend all the budget left, and the track ends
+    only at EOS, at the budget, or when the policy ends thinking, not by SpecReason's stop rules.
+    """
 
     name: str
     description: str
@@ -70,6 +86,7 @@ class PolicySpec:
     settings: type[Settings]
     templates: tuple[str, ...]
     start: Callable[[Any, dict[str, Model], PromptSet, ReasoningConfig], TrackPolicy]
+    continuous: bool = False
 
 
 def thinking_ending(
@@ -169,3 +186,74 @@ def without_stray_think_close(text: str) -> str:
     if THINK_CLOSE in text and not any(marker in text for marker in ANSWER_MARKERS):
         return text.replace(THINK_CLOSE, "")
     return text
+
+
+async def continue_text(
+    model: Model,
+    messages: tuple[Message, ...],
+    text: str,
+    ctx: StepContext,
+    *,
+    max_tokens: int,
+    seed: int | None,
+    stop: list[str] | None = None,
+    greedy: bool = False,
+    logprobs: int | None = None,
+) -> Completion:
+    """`model` continues the raw reasoning `text` (tags and all) by up to `max_tokens` tokens:
+    SplitReason's requests, which stop only at EOS, the token limit, or `stop`."""
+    # SplitReason's prompt opens thinking with "<think>\n" before the text it continues.
+    prompt = model.chat.render(list(messages), (model.chat.think_open + "\n" if model.chat.thinking else "") + text)
+    return await model.client.complete(
+        prompt,
+        max_tokens=max_tokens,
+        temperature=0.0 if greedy else ctx.config.temperature,
+        top_p=1.0 if greedy else ctx.config.top_p,
+        stop=stop,
+        seed=seed,
+        logprobs=logprobs,
+        extra=NO_SPECIAL_TOKENS,
+    )
+
+
+def chunk_ending(completion: Completion) -> str:
+    """How a chunk without stop strings ended: "length" (more to write) or "eos"."""
+    return "length" if completion.finish_reason == "length" else "eos"
+
+
+def chunk_step(
+    text: str,
+    writer: str,
+    tokens: int,
+    ctx: StepContext,
+    usage: dict[str, ModelUsage],
+    started: float,
+    detail: dict[str, Any] | None = None,
+) -> StepRecord:
+    """The record of a chunk of continuous text, kept as written (`</think>` included)."""
+    return StepRecord(
+        index=ctx.index,
+        text=text,
+        writer=writer,
+        tokens=tokens,
+        usage=usage,
+        latency_s=time.monotonic() - started,
+        detail=detail,
+    )
+
+
+async def all_of(requests: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Await `requests` concurrently, in one task group; the first failure cancels the others. A
+    server error comes out as itself, not wrapped in an ExceptionGroup, so that the track's
+    handling of server errors (the track fails, the problem goes on) still applies."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(request) for request in requests]
+    except ExceptionGroup as failures:
+        server_errors = failures.subgroup(ServerError)
+        if server_errors is None:
+            raise
+        while isinstance(server_errors, ExceptionGroup):
+            server_errors = server_errors.exceptions[0]
+        raise server_errors from failures
+    return [task.result() for task in tasks]

@@ -19,7 +19,8 @@ from engine.models import Model
 from engine.policies import POLICIES
 from engine.policies.base import TrackPolicy
 from engine.prompts import PromptSet
-from engine.results import ProblemRecord
+from engine.results import ProblemRecord, TrackRecord
+from engine.track import Track, TrackSetup
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,14 @@ class SolveContext:
         """A fresh per-track instance of the run's step policy."""
         config = self.config
         return POLICIES[config.policy].start(config.policy_settings, self.models, self.prompts, config.reasoning)
+
+    def new_track(self, record: TrackRecord, setup: TrackSetup) -> Track:
+        """A track of this problem that fills `record`, with a fresh instance of the run's policy."""
+        config, policy = self.config, self.new_policy()
+        continuous = POLICIES[config.policy].continuous
+        return Track(
+            record, setup, self.problem, self.models, self.prompts, config.reasoning, policy, continuous=continuous
+        )
 
     def record(self, **fields: Any) -> ProblemRecord:
         """The problem's record: what every strategy shares, plus the strategy's own `fields`."""

@@ -16,7 +16,7 @@ from engine.methods import MethodChoice, select_methods
 from engine.prompts import PromptSet
 from engine.results import ProblemRecord, TrackRecord, sum_usage
 from engine.strategies.base import SolveContext, StrategySpec
-from engine.track import Track, TrackSetup, new_track_record
+from engine.track import TrackSetup, new_track_record
 
 log = structlog.get_logger(__name__)
 
@@ -126,10 +126,7 @@ async def _run_tracks(ctx: SolveContext, setups: list[TrackSetup], tracks: list[
         try:
             async with ctx.track_slots:
                 with bind_context(track=setup.track_id):
-                    track = Track(
-                        record, setup, problem, ctx.models, ctx.prompts, ctx.config.reasoning, ctx.new_policy()
-                    )
-                    await track.run()
+                    await ctx.new_track(record, setup).run()
         except asyncio.CancelledError:
             record.finish_reason = "cancelled"
             raise

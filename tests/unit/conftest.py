@@ -65,4 +65,7 @@ async def run_one_track(
     spec = POLICIES[policy]
     setup = TrackSetup(track_id=0, mode=policy, seed=seed)
     track_policy = spec.start(settings or spec.settings(), models, prompts, config)
-    return await Track(new_track_record(setup), setup, problem, models, prompts, config, track_policy).run()
+    track = Track(
+        new_track_record(setup), setup, problem, models, prompts, config, track_policy, continuous=spec.continuous
+    )
+    return await track.run()

@@ -123,3 +123,17 @@ def test_a_record_whose_tracks_all_failed_is_not_done_and_is_redone(tmp_path):
     RunStore.open(tmp_path, manifest()).append(record("2"))
     assert RunStore.finished_keys(tmp_path, manifest()) == {("1", 0), ("2", 0), ("3", 0)}
     assert RunStore.open(tmp_path, manifest()).done == {("1", 0), ("2", 0), ("3", 0)}
+
+
+def test_a_step_s_detail_round_trips_and_records_written_before_it_still_read(tmp_path):
+    path = tmp_path / RECORDS_FILE
+    with_detail = record()
+    with_detail.tracks[0].steps[0].detail = {"ended": "probe", "chunks": 2}
+    append_record(path, with_detail)
+    old = record().to_dict()
+    del old["tracks"][0]["steps"][0]["detail"]
+    with path.open("a") as handle:
+        handle.write(json.dumps(old) + "\n")
+    read = read_records(path)
+    assert not read.bad_lines
+    assert [r.tracks[0].steps[0].detail for r in read.records] == [{"ended": "probe", "chunks": 2}, None]
