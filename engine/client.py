@@ -1,4 +1,4 @@
-"""The only code that speaks HTTP: `/v1/completions` and `/tokenize` on vLLM OpenAI servers.
+"""The only code that speaks HTTP: `/v1/completions`, `/pooling` and `/tokenize` on vLLM OpenAI servers.
 
 One `ModelClient` serves one model behind one or more endpoints. It picks the endpoint with
 the fewest requests in flight, bounds requests in flight per endpoint, puts a timeout on
@@ -57,7 +57,8 @@ class Choice:
     """One generated continuation: its text and why it stopped.
 
     `stop_reason` is vLLM's extension: the stop string (or token id) that ended the text.
-    `top_logprobs` holds, per generated token, the top-k alternatives as token -> logprob.
+    `top_logprobs` holds, per generated token, the top-k alternatives as token -> logprob;
+    `text_offsets` where each token starts in the text (prompt included with `echo`).
     """
 
     text: str = ""
@@ -65,6 +66,19 @@ class Choice:
     stop_reason: str | int | None = None
     tokens: list[str] = field(default_factory=list)
     top_logprobs: list[dict[str, float]] = field(default_factory=list)
+    text_offsets: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Pooled:
+    """The answer of vLLM's `/pooling` for one input: `data` is the pooler's output (for a process
+    reward model, one row of label probabilities per step tag)."""
+
+    data: list
+    model: str
+    endpoint: str
+    prompt_tokens: int
+    latency_s: float
 
 
 @dataclass
@@ -187,6 +201,24 @@ class ModelClient:
             body["stream_options"] = {"include_usage": True}
         body.update(extra or {})
         return await self._with_retries(lambda endpoint: self._post_completion(endpoint, body))
+
+    async def pool(self, prompt: str, *, extra: dict[str, Any] | None = None) -> Pooled:
+        """Run a pooling model (a reward model) on `prompt` through vLLM's `/pooling`."""
+        body: dict[str, Any] = {"model": self.model, "input": prompt, **(extra or {})}
+
+        async def once(endpoint: _Endpoint) -> Pooled:
+            started = time.monotonic()
+            async with self._request(endpoint, "/pooling", body, stream=False) as response:
+                payload = await _read_json(endpoint, response)
+            data = payload.get("data")
+            if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
+                raise RetryableServerError(endpoint.url, None, f"no pooling data in response: {str(payload)[:200]}")
+            usage = payload.get("usage") or {}
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.stats.prompt_tokens += prompt_tokens
+            return Pooled(data[0].get("data"), self.model, endpoint.url, prompt_tokens, time.monotonic() - started)
+
+        return await self._with_retries(once)
 
     async def tokenize(self, prompt: str) -> list[int]:
         """Token ids of `prompt` under the served model's tokenizer (vLLM's `/tokenize`)."""
@@ -358,6 +390,7 @@ def _add_logprobs(choice: Choice, logprobs: dict[str, Any] | None) -> None:
     if not logprobs:
         return
     choice.tokens.extend(logprobs.get("tokens") or [])
+    choice.text_offsets.extend(logprobs.get("text_offset") or [])
     for top in logprobs.get("top_logprobs") or []:
         choice.top_logprobs.append(dict(top or {}))
 

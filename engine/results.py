@@ -97,6 +97,7 @@ class TrackRecord:
     answer_tokens: int = 0
     latency_s: float = 0.0
     finished_at: float | None = None
+    score: float | None = None
 
     @property
     def mean_score(self) -> float | None:

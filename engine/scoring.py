@@ -10,7 +10,12 @@ logprobs and takes the expected digit (0 when no digit is among them).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from engine.chat import Message
+from engine.results import ModelUsage
 
 SCORE_METHODS = ("greedy", "average")
 SCORE_TOP_LOGPROBS = 10
@@ -50,3 +55,52 @@ def score_from_logprobs(generated: str, top_logprobs: dict[str, float], method: 
     else:
         raise ValueError(f"unknown score method {method!r}; use one of {SCORE_METHODS}")
     return StepScore(value=value, distribution=distribution)
+
+
+# --- Step scorers (issue 10's seam; shape fixed in the brief, reconciled with main on merge) ---
+
+
+@dataclass(frozen=True)
+class ScoreQuery:
+    """A partial solution to judge: the problem, the policy's messages, the steps so far (the last
+    is the one to judge)."""
+
+    problem: str
+    messages: tuple[Message, ...]
+    steps: tuple[str, ...]
+
+
+@dataclass
+class ScoredSteps:
+    """A scorer's answer: `values` in [0, 1], one per step it rates (a PRM rates every step, a judge
+    only the last); `raw` the judge's 0-9 value; `usage` what the scoring requests cost, per role."""
+
+    values: list[float]
+    raw: float | None = None
+    distribution: dict[str, float] | None = None
+    usage: dict[str, ModelUsage] = field(default_factory=dict)
+
+
+class StepScorer(Protocol):
+    """Anything that scores reasoning steps: SpecReason's judge, a process reward model."""
+
+    name: str
+
+    async def score(self, query: ScoreQuery) -> ScoredSteps: ...
+
+
+STEP_SCORE_AGGREGATIONS = ("last", "min", "prod")
+
+
+def aggregate_step_scores(values: Sequence[float], how: str) -> float:
+    """One score for a solution from its step scores (search-and-learn's `aggregate_scores`):
+    the last, the smallest, or the product."""
+    if not values:
+        raise ValueError("no step scores to aggregate")
+    if how == "last":
+        return values[-1]
+    if how == "min":
+        return min(values)
+    if how == "prod":
+        return math.prod(values)
+    raise ValueError(f"unknown step score aggregation {how!r}; use one of {STEP_SCORE_AGGREGATIONS}")
