@@ -41,6 +41,7 @@ class Templates:
     rewrite: str
     answer: str
     select_methods: str
+    system: str = ""
 
 
 # key -> (allowed placeholders, required placeholders). A template that drops a required
@@ -53,9 +54,11 @@ PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "rewrite": (frozenset({"draft"}), frozenset({"draft"})),
     "answer": (frozenset(), frozenset()),
     "select_methods": (frozenset({"problem", "methods", "method_num"}), frozenset({"problem", "methods"})),
+    "system": (frozenset(), frozenset()),
 }
-# An empty `rewrite` selects SpecReason's behaviour (the big model continues the same prefix).
-MAY_BE_EMPTY = frozenset({"rewrite"})
+# An empty `rewrite` selects SpecReason's behaviour (the big model continues the same prefix); an
+# empty `system` sends no system turn.
+MAY_BE_EMPTY = frozenset({"rewrite", "system"})
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,10 @@ class PromptSet:
             raise UsageError(f"a multiple-choice problem needs 2 to 26 choices, got {len(choices)}")
         lines = "\n".join(f"({CHOICE_LETTERS[i]}) {text}" for i, text in enumerate(choices))
         return self.templates.problem_multiple_choice.format(problem=problem, choices=lines)
+
+    def render_system(self) -> str:
+        """The system turn that opens every conversation; "" for none."""
+        return self.templates.system.format()
 
     def render_score(self, problem: str, step: str) -> str:
         """The user turn asking the big model to rate the last step 0-9."""
