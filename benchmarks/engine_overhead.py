@@ -49,7 +49,7 @@ SIM = SimConfig(
     step_tokens=32,
     accept_rate=0.7,
 )
-REASONING = ReasoningConfig(mode="spec", seed=0, max_step_tokens=64, token_budget=4096, answer_max_tokens=16)
+REASONING = ReasoningConfig(seed=0, max_step_tokens=64, token_budget=4096, answer_max_tokens=16)
 LIMITS = ClientLimits(max_in_flight_per_endpoint=256, request_timeout_s=60.0, stall_timeout_s=10.0, max_attempts=1)
 PROBLEMS, TRACKS, PROBLEMS_IN_FLIGHT = 16, 8, 8
 OVERHEAD_TARGET, TRACKS_RATIO_TARGET = 1.05, 1.2

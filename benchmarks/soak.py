@@ -62,7 +62,7 @@ LIMITS = ClientLimits(
     backoff_initial_s=0.05,
     backoff_max_s=1.0,
 )
-REASONING = ReasoningConfig(mode="spec", seed=0, max_step_tokens=64, token_budget=4096, answer_max_tokens=16)
+REASONING = ReasoningConfig(seed=0, max_step_tokens=64, token_budget=4096, answer_max_tokens=16)
 # Flat: resident memory grows by at most this share between 25% and 100% of the problems done.
 MEMORY_GROWTH_TARGET = 0.02
 

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,19 +21,22 @@ from engine import loop
 from engine.answers import is_correct
 from engine.client import ClientLimits
 from engine.config import (
-    AGGREGATIONS,
     DataConfig,
     ModelConfig,
-    ParallelConfig,
     ReasoningConfig,
     RunConfig,
+    SchedulerLimits,
     add_flag,
+    add_settings_flags,
+    check_unique_flags,
+    settings_from_flags,
 )
 from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
+from engine.policies import POLICIES
 from engine.results import ProblemRecord
 from engine.run import roles_needed
-from engine.scoring import SCORE_METHODS
+from engine.strategies import STRATEGIES
 
 log = structlog.get_logger(__name__)
 
@@ -54,26 +57,22 @@ def _or(value: Any, default: Any) -> Any:
 
 
 def _single_model(args: argparse.Namespace, default_tracks: int) -> dict[str, Any]:
-    mode = _or(args.model, "big")
-    return {
-        "mode": mode,
-        "answer_model": _or(args.answer_model, mode),
-        "selector_model": _or(args.selector_model, mode),
-        "tracks": _or(args.tracks, default_tracks),
-    }
+    model = _or(args.model, "big")
+    return {"policy": model, "answer_model": model, "selector_model": model, "tracks": default_tracks}
 
 
+# runner -> its policy and strategy, and the defaults it gives to flags the user left unset.
 RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "base": lambda a: _single_model(a, 1),
-    "spec": lambda a: {"mode": "spec", "tracks": _or(a.tracks, 1)},
+    "spec": lambda a: {"policy": "spec", "tracks": 1},
     "scale": lambda a: _single_model(a, 3),
-    "spec_scale": lambda a: {"mode": "spec", "tracks": _or(a.tracks, 3)},
-    "spec_scale_methods": lambda a: {
-        "mode": "spec",
-        "method_num": _or(a.method_num, 3),
-        "tracks": _or(a.tracks, _or(a.method_num, 3)),
-    },
+    "spec_scale": lambda a: {"policy": "spec", "tracks": 3},
+    "spec_scale_methods": lambda a: {"policy": "spec", "method_num": 3, "tracks": _or(a.method_num, 3)},
 }
+# Every settings class whose fields are flags; an import-time check keeps one meaning per flag.
+SETTINGS_CLASSES = [ReasoningConfig, SchedulerLimits] + [s.settings for s in (*POLICIES.values(), *STRATEGIES.values())]
+check_unique_flags(SETTINGS_CLASSES)
+MODEL_ROLES = tuple(dict.fromkeys(role for spec in (*POLICIES.values(), *STRATEGIES.values()) for role in spec.roles))
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +94,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     models = parser.add_argument_group("models")
     add_flag(models, "model", choices=("big", "small"), help="base/scale runners: which model reasons")
     add_flag(models, "model_name", help="base/scale runners: id of the model that reasons (seeds' spelling)")
-    for role in ("big", "small"):
+    for role in MODEL_ROLES:
         add_flag(models, f"{role}_model", help=f"{role} model: Hugging Face id or local path")
         add_flag(
             models,
@@ -106,26 +105,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         )
         add_flag(models, f"{role}_tokenizer", help=f"where to load the {role} model's chat template from")
     add_flag(models, "thinking", choices=("auto", "on", "off"))
-    reasoning = parser.add_argument_group("reasoning")
-    add_flag(reasoning, "score_threshold", type=float, help="keep a drafted step scoring at least this (default 7.0)")
-    add_flag(reasoning, "score_method", choices=SCORE_METHODS)
-    for name in ("token_budget", "first_n_steps_base_model", "max_step_tokens", "answer_max_tokens", "seed"):
-        add_flag(reasoning, name, type=int)
-    add_flag(reasoning, "step_delimiter")
-    add_flag(reasoning, "temperature", type=float)
-    add_flag(reasoning, "top_p", type=float)
-    add_flag(reasoning, "answer_model", choices=("big", "small"))
-    parallel = parser.add_argument_group("parallel tracks")
-    add_flag(parallel, "tracks", type=int)
-    add_flag(parallel, "use_role_prompts", action="store_true", default=None)
-    add_flag(parallel, "method_num", type=int)
-    add_flag(parallel, "selector_model", choices=("big", "small"))
-    add_flag(parallel, "aggregation", choices=AGGREGATIONS)
-    add_flag(parallel, "early_stop", action="store_true", default=None)
-    add_flag(parallel, "early_stop_share", type=float)
-    add_flag(parallel, "max_tracks_in_flight", type=int)
-    add_flag(parallel, "max_problems_in_flight", type=int)
-    add_flag(parallel, "prompt_set", help="a set under prompts/ by name, or a folder path (default: default)")
+    add_settings_flags(parser.add_argument_group("reasoning"), ReasoningConfig)
+    add_settings_flags(parser.add_argument_group("limits"), SchedulerLimits)
+    for kind, table in (("policy", POLICIES), ("strategy", STRATEGIES)):
+        for spec in table.values():
+            group = parser.add_argument_group(f"{kind} {spec.name}", spec.description)
+            add_settings_flags(group, spec.settings)
+    add_flag(parser, "prompt_set", help="a set under prompts/ by name, or a folder path (default: default)")
+    add_flag(parser, "policy", choices=tuple(POLICIES), help="how a step is produced (default: the runner's)")
+    add_flag(parser, "strategy", choices=tuple(STRATEGIES), help="how a problem is solved (default: the runner's)")
     client = parser.add_argument_group("client")
     for name in ("max_in_flight_per_endpoint", "max_attempts"):
         add_flag(client, name, type=int)
@@ -150,28 +138,27 @@ def _given(args: argparse.Namespace, cls: type, **overrides: Any) -> dict[str, A
 def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
     """The RunConfig of `runner` from parsed flags; models left out mean the tiny demo models."""
     plan = RUNNERS[runner](args)
-    reasoning_keys = {f.name for f in fields(ReasoningConfig)}
-    reasoning = ReasoningConfig(
-        **_given(args, ReasoningConfig, **{k: v for k, v in plan.items() if k in reasoning_keys})
-    )
-    parallel = ParallelConfig(
-        **_given(args, ParallelConfig, **{k: v for k, v in plan.items() if k not in reasoning_keys})
-    )
+    policy = _or(args.policy, plan.pop("policy"))
+    strategy = _or(args.strategy, plan.pop("strategy", "vote"))
     if args.model_name:
-        setattr(args, f"{plan['mode'] if plan['mode'] != 'spec' else 'big'}_model", args.model_name)
+        setattr(args, f"{policy if policy in ('big', 'small') else 'big'}_model", args.model_name)
     dataset = args.dataset_name or "demo"
     data = DataConfig(**_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ())))
-    big, small = (_model_config(args, role) for role in ("big", "small"))
-    if big.model == "" and small.model == "":
-        big, small = _tiny_models(args)
-        reasoning = replace(reasoning, **{k: v for k, v in DEMO_REASONING.items() if getattr(args, k) is None})
+    models = {role: _model_config(args, role) for role in MODEL_ROLES}
+    demo = not any(m.model for m in models.values())
+    if demo:
+        models.update(_tiny_models(args))
+        plan = {**DEMO_REASONING, **plan}
     config = RunConfig(
         runner=runner,
         output_dir=args.output_dir or f"results/{runner}_{Path(dataset).stem}",
-        big=big,
-        small=small,
-        reasoning=reasoning,
-        parallel=parallel,
+        models={role: m for role, m in models.items() if m.model},
+        policy=policy,
+        policy_settings=settings_from_flags(POLICIES[policy].settings, args, plan),
+        strategy=strategy,
+        strategy_settings=settings_from_flags(STRATEGIES[strategy].settings, args, plan),
+        reasoning=settings_from_flags(ReasoningConfig, args, plan),
+        limits=settings_from_flags(SchedulerLimits, args),
         data=data,
         client=ClientLimits(**_given(args, ClientLimits)),
         prompt_set=args.prompt_set or "default",
@@ -179,8 +166,7 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         server_log_dir=args.server_log_dir,
     )
     for role in roles_needed(config):
-        if getattr(config, role).model == "":
-            raise UsageError(f"this run needs the {role} model: give --{role}_model (a Hugging Face id or path)")
+        config.model(role)
     return config
 
 
@@ -191,13 +177,13 @@ def _model_config(args: argparse.Namespace, role: str) -> ModelConfig:
     )
 
 
-def _tiny_models(args: argparse.Namespace) -> tuple[ModelConfig, ModelConfig]:
+def _tiny_models(args: argparse.Namespace) -> dict[str, ModelConfig]:
     from engine.tiny_models import make_tiny_models
 
-    if args.big_url or args.small_url:
+    if any(getattr(args, f"{role}_url") for role in MODEL_ROLES):
         raise UsageError("--big_url/--small_url need --big_model/--small_model (the ids those servers serve)")
     tiny = make_tiny_models(Path(args.tiny_models_dir or TINY_MODELS_DIR))
-    return ModelConfig(model=str(tiny.big)), ModelConfig(model=str(tiny.small))
+    return {"big": ModelConfig(model=str(tiny.big)), "small": ModelConfig(model=str(tiny.small))}
 
 
 def format_summary(records: list[ProblemRecord]) -> str:
@@ -269,8 +255,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.big_model or args.small_model:
         specs = [ServerSpec(name=r, model=m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
     else:
-        big, small = _tiny_models(args)
-        specs = [ServerSpec(name="big", model=big.model), ServerSpec(name="small", model=small.model)]
+        specs = [ServerSpec(name=role, model=m.model) for role, m in _tiny_models(args).items()]
 
     async def serve() -> None:
         async with serve_models(specs, log_dir=Path(args.server_log_dir or "server-logs")) as running:

@@ -11,7 +11,7 @@ import structlog
 
 from engine.chat import THINK_CLOSE, Message
 from engine.errors import ServerError
-from engine.policies import NO_SPECIAL_TOKENS, Model, usage_of
+from engine.models import NO_SPECIAL_TOKENS, Model, usage_of
 from engine.prompts import PromptSet
 from engine.results import ModelUsage
 

@@ -115,6 +115,16 @@ class PromptSet:
         listing = "\n".join(f"- {m.name}: {m.description}" for m in methods.values())
         return self.templates.select_methods.format(problem=problem, methods=listing, method_num=method_num)
 
+    def require_templates(self, keys: tuple[str, ...]) -> None:
+        """A UsageError when a template a policy or strategy renders is unknown or empty."""
+        for key in keys:
+            if key not in PLACEHOLDERS:
+                raise UsageError(f"prompt set {self.name}: no template {key!r}; known keys: {', '.join(PLACEHOLDERS)}")
+            if not getattr(self.templates, key) and key not in MAY_BE_EMPTY:
+                raise UsageError(
+                    f"prompt set {self.name}: template {key!r} is empty; give its text in {TEMPLATES_FILE}"
+                )
+
     def require_roles(self) -> dict[str, str]:
         """The roles, or a UsageError when this set has none."""
         if not self.roles:

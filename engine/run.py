@@ -29,11 +29,13 @@ from engine.config import ModelConfig, RunConfig
 from engine.datasets import Problem, load_problems, parse_field_map, parse_id_spec, select_problems
 from engine.errors import UnreachableServerError
 from engine.logging import bind_context
-from engine.policies import Model
+from engine.models import Model
+from engine.policies import POLICIES
 from engine.prompts import PromptSet, load_prompt_set
 from engine.results import ProblemRecord, RunStore, read_records
 from engine.scheduler import Scheduler, WorkItem
 from engine.servers import ServerSpec, check_server, serve_models
+from engine.strategies import STRATEGIES
 
 log = structlog.get_logger(__name__)
 
@@ -51,11 +53,11 @@ class RunOutcome:
 
 
 def roles_needed(config: RunConfig) -> list[str]:
-    """The models this run talks to: the track mode's, the answer model, the method selector."""
-    needed = {"big", "small"} if config.reasoning.mode == "spec" else {config.reasoning.mode}
+    """The models this run talks to: the policy's, the strategy's, the answer model."""
+    needed = set(POLICIES[config.policy].roles) | set(
+        STRATEGIES[config.strategy].needed_roles(config.strategy_settings)
+    )
     needed.add(config.reasoning.answer_model)
-    if config.parallel.method_num > 0:
-        needed.add(config.parallel.selector_model)
     return sorted(needed)
 
 
@@ -63,10 +65,9 @@ def load_work(config: RunConfig) -> tuple[list[Problem], list[int], PromptSet]:
     """Problems, repeat ids and the prompt set, checked before any server starts."""
     config.validate()
     prompts = load_prompt_set(config.prompt_set)
-    if config.parallel.use_role_prompts:
-        prompts.require_roles()
-    if config.parallel.method_num > 0:
-        prompts.require_methods()
+    policy, strategy = POLICIES[config.policy], STRATEGIES[config.strategy]
+    prompts.require_templates(policy.templates + strategy.templates)
+    strategy.check_prompts(config.strategy_settings, prompts)
     data = config.data
     problems = load_problems(data.dataset_name, data_file=data.data_file, field_map=parse_field_map(data.fields))
     problems = select_problems(problems, data.problem_id, dataset=data.dataset_name)
@@ -84,9 +85,11 @@ def manifest_for(config: RunConfig) -> dict[str, Any]:
     return {
         "run_id": uuid.uuid4().hex[:12],
         "runner": config.runner,
-        "mode": config.reasoning.mode,
+        "mode": config.policy,
+        "policy": config.policy,
+        "strategy": config.strategy,
         "dataset": config.data.dataset_name,
-        "models": {"big": config.big.model, "small": config.small.model},
+        "models": {role: config.model(role).model for role in roles_needed(config)},
         "config_digest": config.digest(),
         "config": config.to_dict(),
         "versions": versions,
@@ -161,9 +164,7 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
     """role -> (URLs, served model id) for every model the run needs; starts servers for models
     given without URLs and stops them on the way out."""
     roles = roles_needed(config)
-    to_start = [
-        ServerSpec(name=role, model=getattr(config, role).model) for role in roles if not getattr(config, role).urls
-    ]
+    to_start = [ServerSpec(name=role, model=config.model(role).model) for role in roles if not config.model(role).urls]
     async with AsyncExitStack() as stack:
         started = {}
         if to_start:
@@ -171,7 +172,7 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
             started = await stack.enter_async_context(serve_models(to_start, log_dir=log_dir))
         endpoints = {}
         for role in roles:
-            model_config = getattr(config, role)
+            model_config = config.model(role)
             if role in started:
                 endpoints[role] = ((started[role].url,), started[role].model)
                 continue
@@ -200,7 +201,7 @@ async def build_models(
 ) -> dict[str, Model]:
     models = {}
     for role, (urls, served) in endpoints.items():
-        model_config = getattr(config, role)
+        model_config = config.model(role)
         chat = await asyncio.to_thread(
             load_chat_format, model_config.model, tokenizer=model_config.tokenizer, thinking=config.thinking
         )

@@ -5,16 +5,20 @@ rating and an assistant prefix ("I think the quality score is: "); it generates 
 at temperature 0 with the top 10 logprobs. `greedy` takes the generated token when it is a
 digit, else 0; `average` renormalises the probabilities of the digit tokens among the top
 logprobs and takes the expected digit (0 when no digit is among them).
+
+`StepScorer` is the one interface of everything that scores steps (this judge, process reward
+models); policies and search strategies share it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.chat import Message
+from engine.models import NO_SPECIAL_TOKENS, Model, usage_of
+from engine.prompts import PromptSet
 from engine.results import ModelUsage
 
 SCORE_METHODS = ("greedy", "average")
@@ -57,13 +61,10 @@ def score_from_logprobs(generated: str, top_logprobs: dict[str, float], method: 
     return StepScore(value=value, distribution=distribution)
 
 
-# --- Step scorers (issue 10's seam; shape fixed in the brief, reconciled with main on merge) ---
-
-
 @dataclass(frozen=True)
 class ScoreQuery:
-    """A partial solution to judge: the problem, the policy's messages, the steps so far (the last
-    is the one to judge)."""
+    """What a step scorer reads: the problem, the track's conversation, and the steps so far
+    (the last one is the step being judged)."""
 
     problem: str
     messages: tuple[Message, ...]
@@ -72,8 +73,8 @@ class ScoreQuery:
 
 @dataclass
 class ScoredSteps:
-    """A scorer's answer: `values` in [0, 1], one per step it rates (a PRM rates every step, a judge
-    only the last); `raw` the judge's 0-9 value; `usage` what the scoring requests cost, per role."""
+    """A scorer's verdict. `values` are in [0, 1], one per step the scorer rates: a judge rates the
+    last step only, a process reward model every step. `raw` is the judge's own 0-9 value."""
 
     values: list[float]
     raw: float | None = None
@@ -92,9 +93,8 @@ class StepScorer(Protocol):
 STEP_SCORE_AGGREGATIONS = ("last", "min", "prod")
 
 
-def aggregate_step_scores(values: Sequence[float], how: str) -> float:
-    """One score for a solution from its step scores (search-and-learn's `aggregate_scores`):
-    the last, the smallest, or the product."""
+def aggregate_step_scores(values: list[float], how: str) -> float:
+    """One score for a sequence of step scores (search-and-learn's `aggregate_scores`)."""
     if not values:
         raise ValueError("no step scores to aggregate")
     if how == "last":
@@ -104,3 +104,44 @@ def aggregate_step_scores(values: Sequence[float], how: str) -> float:
     if how == "prod":
         return math.prod(values)
     raise ValueError(f"unknown step score aggregation {how!r}; use one of {STEP_SCORE_AGGREGATIONS}")
+
+
+MAX_JUDGE_SCORE = 9.0
+
+
+class JudgeScorer:
+    """SpecReason's judge: the model reads the conversation with the new step, is asked for a
+    0-9 rating, and the score comes from the logprobs of the one token it writes."""
+
+    name = "judge"
+
+    def __init__(self, model: Model, prompts: PromptSet, *, method: str, delimiter: str):
+        self.model = model
+        self.prompts = prompts
+        self.method = method
+        self.delimiter = delimiter
+
+    def prompt(self, query: ScoreQuery) -> str:
+        """The conversation with the steps in the assistant turn, the rating request, the score prefix."""
+        chat, step = self.model.chat, query.steps[-1]
+        reasoning = chat.think_prefix + "".join(s + self.delimiter for s in query.steps[:-1]) + step
+        request = self.prompts.render_score(query.problem, step)
+        messages = [*query.messages, Message("assistant", reasoning), Message("user", request)]
+        return chat.render(messages, self.prompts.render_score_prefix())
+
+    async def score(self, query: ScoreQuery) -> ScoredSteps:
+        judged = await self.model.client.complete(
+            self.prompt(query),
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=SCORE_TOP_LOGPROBS,
+            extra=NO_SPECIAL_TOKENS,
+        )
+        top = judged.top_logprobs[0] if judged.top_logprobs else {}
+        score = score_from_logprobs(judged.text, top, self.method)
+        return ScoredSteps(
+            values=[score.value / MAX_JUDGE_SCORE],
+            raw=score.value,
+            distribution=score.distribution,
+            usage={self.model.role: usage_of(judged)},
+        )

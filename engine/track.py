@@ -21,12 +21,15 @@ from engine.chat import THINK_CLOSE, Message
 from engine.config import ReasoningConfig
 from engine.datasets import Problem
 from engine.errors import ServerError
-from engine.policies import ANSWER_SALT, NO_SPECIAL_TOKENS, POLICIES, Model, StepContext, request_seed, usage_of
+from engine.models import NO_SPECIAL_TOKENS, Model, request_seed, usage_of
+from engine.policies.base import StepContext, TrackPolicy
 from engine.prompts import PromptSet
 from engine.results import TrackRecord, sum_usage
 
 log = structlog.get_logger(__name__)
 
+# The answer request's salt for `request_seed`: apart from a step's draft, rewrite and single model.
+ANSWER_SALT = 3
 # SpecReason ends thinking at a step that already states the answer.
 ANSWER_MARKERS = ("boxed", "Answer:", "ANSWER:")
 
@@ -61,73 +64,53 @@ def new_track_record(setup: TrackSetup) -> TrackRecord:
     return TrackRecord(track_id=setup.track_id, mode=setup.mode, role=setup.role, method=setup.method, seed=setup.seed)
 
 
-async def run_track(
-    record: TrackRecord,
-    setup: TrackSetup,
-    problem: Problem,
-    models: dict[str, Model],
-    prompts: PromptSet,
-    config: ReasoningConfig,
-) -> TrackRecord:
-    """Reason on `problem` until an answer, filling `record`. Server errors end the track as
-    "failed" (kept in the record); cancellation marks it "cancelled" and propagates."""
-    started = time.monotonic()
-    messages = track_messages(problem, prompts, setup.instruction)
-    try:
-        ending = await _think(record, setup, problem, models, prompts, config, messages)
-        await _answer(record, ending, models, prompts, config, messages, multiple_choice=bool(problem.choices))
-    except asyncio.CancelledError:
-        record.finish_reason = "cancelled"
-        raise
-    except ServerError as exc:
-        record.finish_reason = "failed"
-        record.error = str(exc)
-        log.warning("track_failed", track=setup.track_id, error=str(exc))
-    finally:
-        record.latency_s = time.monotonic() - started
-        record.finished_at = time.time()
-        # Until now record.usage holds only the answer request's usage; add the steps'.
-        record.usage = sum_usage([s.usage for s in record.steps] + [record.usage])
-    return record
+class Track:
+    """One track on one problem, steppable: `advance` writes one step and `finish` the answer, so a
+    strategy can drive many partial tracks; `run` does both until the end. The `TrackRecord` is
+    filled as the track goes, so whoever cancels it still holds everything it did."""
 
+    def __init__(
+        self,
+        record: TrackRecord,
+        setup: TrackSetup,
+        problem: Problem,
+        models: dict[str, Model],
+        prompts: PromptSet,
+        config: ReasoningConfig,
+        policy: TrackPolicy,
+    ):
+        self.record, self.setup, self.problem = record, setup, problem
+        self.models, self.prompts, self.config, self.policy = models, prompts, config, policy
+        self.messages = track_messages(problem, prompts, setup.instruction)
+        self.ending: str | None = None
+        self.started = time.monotonic()
 
-def reasoning_text(record: TrackRecord, delimiter: str) -> str:
-    """The steps so far joined by the delimiter, ending with one so the next step starts fresh."""
-    return "".join(step.text + delimiter for step in record.steps)
-
-
-async def _think(
-    record: TrackRecord,
-    setup: TrackSetup,
-    problem: Problem,
-    models: dict[str, Model],
-    prompts: PromptSet,
-    config: ReasoningConfig,
-    messages: tuple[Message, ...],
-) -> str:
-    """Steps until thinking stops; returns why: "budget", "repeat", "answer", "think_end" or "eos"."""
-    policy = POLICIES[setup.mode]
-    while True:
+    async def advance(self) -> str | None:
+        """Write one step; returns why thinking ended ("budget", "repeat", "answer", "think_end",
+        "eos"), or None while it goes on."""
+        record, config = self.record, self.config
         if record.thinking_tokens >= config.token_budget:
-            return "budget"
+            self.ending = "budget"
+            return self.ending
         ctx = StepContext(
-            models=models,
-            messages=messages,
+            models=self.models,
+            messages=self.messages,
             reasoning=reasoning_text(record, config.step_delimiter),
+            steps=tuple(step.text for step in record.steps),
             index=len(record.steps),
             config=_within_budget(config, record.thinking_tokens),
-            prompts=prompts,
-            problem=problem.problem,
-            seed=setup.seed,
+            prompts=self.prompts,
+            problem=self.problem.problem,
+            seed=self.setup.seed,
         )
-        outcome = await policy(ctx)
+        outcome = await self.policy.step(ctx)
         step = outcome.step
         previous = record.steps[-1].text if record.steps else None
         record.steps.append(step)
         record.thinking_tokens += step.tokens
         log.debug(
             "step_done",
-            track=setup.track_id,
+            track=self.setup.track_id,
             index=step.index,
             writer=step.writer,
             score=step.score,
@@ -135,11 +118,57 @@ async def _think(
             ending=outcome.ending,
         )
         if not step.text.strip() or step.text == previous:
-            return "repeat"
-        if any(marker in step.text for marker in ANSWER_MARKERS):
-            return "answer"
-        if outcome.ending in ("think_end", "eos"):
-            return outcome.ending
+            self.ending = "repeat"
+        elif any(marker in step.text for marker in ANSWER_MARKERS):
+            self.ending = "answer"
+        elif outcome.ending in ("think_end", "eos"):
+            self.ending = outcome.ending
+        return self.ending
+
+    async def finish(self) -> None:
+        """Write the track's answer once thinking has ended."""
+        await _answer(
+            self.record,
+            self.ending,
+            self.models,
+            self.prompts,
+            self.config,
+            self.messages,
+            multiple_choice=bool(self.problem.choices),
+        )
+
+    def fail(self, error: BaseException) -> None:
+        """Mark the track failed by `error`; its problem is still decided from the other tracks."""
+        self.record.finish_reason = "failed"
+        self.record.error = str(error)
+        log.warning("track_failed", track=self.setup.track_id, error=str(error))
+
+    def close(self) -> None:
+        """Stamp the time taken and total the usage: the steps' and the answer's."""
+        self.record.latency_s = time.monotonic() - self.started
+        self.record.finished_at = time.time()
+        self.record.usage = sum_usage([s.usage for s in self.record.steps] + [self.record.usage])
+
+    async def run(self) -> TrackRecord:
+        """Reason until an answer. Server errors end the track as "failed" (kept in the record);
+        cancellation marks it "cancelled" and propagates."""
+        try:
+            while await self.advance() is None:
+                pass
+            await self.finish()
+        except asyncio.CancelledError:
+            self.record.finish_reason = "cancelled"
+            raise
+        except ServerError as exc:
+            self.fail(exc)
+        finally:
+            self.close()
+        return self.record
+
+
+def reasoning_text(record: TrackRecord, delimiter: str) -> str:
+    """The steps so far joined by the delimiter, ending with one so the next step starts fresh."""
+    return "".join(step.text + delimiter for step in record.steps)
 
 
 def _within_budget(config: ReasoningConfig, spent: int) -> ReasoningConfig:

@@ -20,12 +20,13 @@ import pytest
 
 from engine.aggregate import decide
 from engine.client import ClientLimits, ModelClient
-from engine.config import DataConfig, ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
+from engine.config import DataConfig, ModelConfig, ReasoningConfig, RunConfig
 from engine.errors import RetryableServerError
 from engine.prompts import load_prompt_set
 from engine.results import RECORDS_FILE, read_records
 from engine.run import execute
 from engine.servers import ServerSpec, free_port, serve_models
+from engine.strategies.vote import VoteSettings
 from tests.integration.fault_proxy import Fault, FaultProxy, Rule
 from tests.integration.test_runs import SHORT, check_track_bookkeeping
 from tests.integration.test_servers import metric
@@ -61,10 +62,12 @@ def run_config(servers, tmp_path, *, big_urls, small_urls, problems="0-2", **ove
     fields = dict(
         runner="spec_scale",
         output_dir=str(tmp_path / "run"),
-        big=ModelConfig(servers.big.model, tuple(big_urls)),
-        small=ModelConfig(servers.small.model, tuple(small_urls)),
+        models={
+            "big": ModelConfig(servers.big.model, tuple(big_urls)),
+            "small": ModelConfig(servers.small.model, tuple(small_urls)),
+        },
         reasoning=ReasoningConfig(**SHORT),
-        parallel=ParallelConfig(tracks=2),
+        strategy_settings=VoteSettings(tracks=2),
         data=DataConfig(dataset_name="demo", problem_id=problems),
     )
     return RunConfig(**{**fields, **overrides})
@@ -213,7 +216,7 @@ async def test_a_track_failing_for_good_is_recorded_and_the_others_still_vote(
         small_urls=[small_proxy.url],
         problems="0-1",
         prompt_set="roles",
-        parallel=ParallelConfig(tracks=3, use_role_prompts=True),
+        strategy_settings=VoteSettings(tracks=3, use_role_prompts=True),
         client=ClientLimits(max_attempts=2),
     )
 
@@ -228,7 +231,7 @@ async def test_a_track_failing_for_good_is_recorded_and_the_others_still_vote(
         assert failed.answer is None
         for track in others:
             check_track_bookkeeping(track, config)
-        survivors = decide(others, config.parallel.aggregation, multiple_choice=False)
+        survivors = decide(others, config.strategy_settings.aggregation, multiple_choice=False)
         assert (record.answer, record.votes) == (survivors.answer, survivors.votes)
         assert sum(record.votes.values()) == sum(1 for t in others if t.answer is not None)
 
@@ -245,7 +248,7 @@ async def test_method_selection_failing_for_good_falls_back_and_the_run_goes_on(
         problems="0",
         runner="spec_scale_methods",
         prompt_set="methods",
-        parallel=ParallelConfig(tracks=2, method_num=2),
+        strategy_settings=VoteSettings(tracks=2, method_num=2),
         client=ClientLimits(max_attempts=2),
     )
 

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from engine.cli import main
-from engine.config import ModelConfig, ReasoningConfig, RunConfig
+from engine.config import ModelConfig, RunConfig
 from engine.run import model_endpoints
 from tests.fake_openai import FakeOpenAIServer
 
@@ -140,9 +140,8 @@ async def test_one_live_replica_is_enough_and_dead_ones_are_kept_for_failover(tm
         config = RunConfig(
             runner="base",
             output_dir=str(tmp_path),
-            big=ModelConfig("fake-model", urls),
-            small=ModelConfig("unused"),
-            reasoning=ReasoningConfig(mode="big"),
+            models={"big": ModelConfig("fake-model", urls), "small": ModelConfig("unused")},
+            policy="big",
         )
         async with model_endpoints(config, session) as endpoints:
             assert endpoints == {"big": (urls, "fake-model")}

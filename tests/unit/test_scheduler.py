@@ -3,27 +3,35 @@
 import asyncio
 import dataclasses
 
-from engine.config import ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
+from engine.config import ModelConfig, ReasoningConfig, RunConfig, SchedulerLimits
 from engine.datasets import Problem
 from engine.methods import parse_methods, select_methods
-from engine.policies import SEED_STRIDE
+from engine.models import SEED_STRIDE
 from engine.prompts import load_prompt_set
-from engine.scheduler import Scheduler, WorkItem, plan_tracks
+from engine.scheduler import Scheduler, WorkItem
+from engine.strategies.vote import VoteSettings, plan_tracks
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import FAST_LIMITS
 
 PROBLEMS = [Problem(id=str(i), problem=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(5)]
 
 
-def config(**parallel):
+def config(max_tracks_in_flight=64, max_problems_in_flight=8, **vote):
     return RunConfig(
         runner="scale",
         output_dir="unused",
-        big=ModelConfig("big"),
-        small=ModelConfig("small"),
-        reasoning=ReasoningConfig(mode="big", seed=0),
-        parallel=ParallelConfig(**parallel),
+        models={"big": ModelConfig("big"), "small": ModelConfig("small")},
+        policy="big",
+        strategy_settings=VoteSettings(**vote),
+        reasoning=ReasoningConfig(seed=0),
+        limits=SchedulerLimits(max_tracks_in_flight, max_problems_in_flight),
         prompt_set="roles",
+    )
+
+
+def plan(cfg, prompts, methods=None, repeat_id=0):
+    return plan_tracks(
+        cfg.strategy_settings, prompts, policy=cfg.policy, base_seed=0, repeat_id=repeat_id, methods=methods
     )
 
 
@@ -117,7 +125,7 @@ async def test_without_early_stop_every_track_finishes(make_models):
 
 def test_roles_are_assigned_round_robin_and_seeds_differ():
     prompts = load_prompt_set("roles")
-    setups = plan_tracks(config(tracks=7, use_role_prompts=True), prompts, repeat_id=2, methods=None)
+    setups = plan(config(tracks=7, use_role_prompts=True), prompts, repeat_id=2)
     roles = list(prompts.roles)
     assert [s.role for s in setups] == [roles[i % len(roles)] for i in range(7)]
     assert [s.instruction for s in setups] == [prompts.roles[s.role] for s in setups]
@@ -125,13 +133,13 @@ def test_roles_are_assigned_round_robin_and_seeds_differ():
 
 
 def test_plain_tracks_have_no_instruction():
-    setups = plan_tracks(config(tracks=3), load_prompt_set("roles"), repeat_id=0, methods=None)
+    setups = plan(config(tracks=3), load_prompt_set("roles"))
     assert [(s.role, s.instruction) for s in setups] == [(None, None)] * 3
 
 
 def test_methods_take_precedence_and_cycle():
     prompts = load_prompt_set("methods")
-    setups = plan_tracks(config(tracks=3), prompts, repeat_id=0, methods=["casework", "symmetry"])
+    setups = plan(config(tracks=3), prompts, methods=["casework", "symmetry"])
     assert [s.method for s in setups] == ["casework", "symmetry", "casework"]
     assert setups[1].instruction == prompts.methods["symmetry"].instruction
 

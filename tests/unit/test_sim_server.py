@@ -15,7 +15,8 @@ from engine.datasets import Problem
 from engine.errors import RetryableServerError
 from engine.prompts import load_prompt_set
 from engine.scoring import score_from_logprobs
-from engine.track import TrackSetup, new_track_record, run_track, track_messages
+from engine.track import track_messages
+from tests.unit.conftest import run_one_track
 
 PROBLEM = Problem(id="p1", problem="What is 6 * 7?", answer="42")
 PROMPTS = load_prompt_set("default")
@@ -30,9 +31,7 @@ def sim_config(**overrides) -> SimConfig:
 async def run_spec_track(make_models, config: SimConfig):
     async with SimServer(config) as sim:
         models = make_models(big=sim, small=sim)
-        setup = TrackSetup(track_id=0, mode="spec", seed=1)
-        record = new_track_record(setup)
-        await run_track(record, setup, PROBLEM, models, PROMPTS, ReasoningConfig(seed=1))
+        record = await run_one_track(models, PROBLEM, PROMPTS, ReasoningConfig(seed=1), seed=1)
     head = models["big"].chat.render(list(track_messages(PROBLEM, PROMPTS, None)), "")
     return record, sim, head
 

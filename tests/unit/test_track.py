@@ -8,9 +8,10 @@ import pytest
 
 from engine.config import ReasoningConfig
 from engine.datasets import Problem
+from engine.policies.spec import SpecSettings
 from engine.prompts import load_prompt_set
-from engine.track import TrackSetup, new_track_record, run_track
 from tests.fake_openai import FakeOpenAIServer, Reply
+from tests.unit.conftest import run_one_track
 
 PROBLEM = Problem(id="p1", problem="What is 6 * 7?", answer="42", choices=None)
 PROMPTS = load_prompt_set("default")
@@ -53,13 +54,10 @@ def score(digit, prob=0.9):
 ANSWER = Reply(text="So the answer is \\boxed{42}.", tokens=["So", " the", " answer", " is", " \\boxed{42}."])
 
 
-async def run(make_models, small, big, config=ReasoningConfig(), mode="spec", thinking=True):
+async def run(make_models, small, big, config=ReasoningConfig(), mode="spec", thinking=True, settings=None):
     async with FakeOpenAIServer(small) as s, FakeOpenAIServer(big) as b:
         models = make_models(big=b, small=s, thinking=thinking)
-        setup = TrackSetup(track_id=0, mode=mode)
-        record = new_track_record(setup)
-        await run_track(record, setup, PROBLEM, models, PROMPTS, config)
-    return record
+        return await run_one_track(models, PROBLEM, PROMPTS, config, policy=mode, settings=settings)
 
 
 async def test_step_scoring_at_threshold_is_kept_and_one_below_is_rewritten(make_models):
@@ -90,7 +88,7 @@ async def test_average_score_method_uses_the_digit_distribution(make_models):
     small = Script(step=[step("a b", stop_reason="</think>")])
     top = [{"8": math.log(0.5), "6": math.log(0.5)}]
     big = Script(score=[Reply(text="8", top_logprobs=top)], answer=[ANSWER])
-    record = await run(make_models, small, big, ReasoningConfig(score_method="average"))
+    record = await run(make_models, small, big, settings=SpecSettings(score_method="average"))
     assert record.steps[0].score == pytest.approx(7.0)
     assert record.steps[0].score_distribution == pytest.approx({"6": 0.5, "8": 0.5})
     assert record.steps[0].writer == "small"
@@ -103,7 +101,7 @@ async def test_no_digit_among_top_logprobs_scores_zero_and_rewrites(make_models)
         step=[step("good", stop_reason="</think>")],
         answer=[ANSWER],
     )
-    record = await run(make_models, small, big, ReasoningConfig(score_method="average"))
+    record = await run(make_models, small, big, settings=SpecSettings(score_method="average"))
     assert record.steps[0].score == 0.0 and record.steps[0].score_distribution == {}
     assert record.steps[0].writer == "big" and record.steps[0].text == "good"
 
@@ -139,7 +137,7 @@ async def test_repeated_step_ends_thinking(make_models):
 async def test_first_n_steps_come_from_the_big_model(make_models):
     small = Script(step=[step("small one", stop_reason="</think>")])
     big = Script(step=[step("big one")], score=[score("9")], answer=[ANSWER])
-    record = await run(make_models, small, big, ReasoningConfig(first_n_steps_base_model=1))
+    record = await run(make_models, small, big, settings=SpecSettings(first_n_steps_base_model=1))
     assert [s.writer for s in record.steps] == ["big", "small"]
     assert record.steps[0].score is None
 
