@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -34,6 +35,7 @@ from engine.config import (
 from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
 from engine.policies import POLICIES
+from engine.recipes import CONFIG_FLAG, parse_with_recipe
 from engine.results import ProblemRecord
 from engine.run import roles_needed
 from engine.strategies import STRATEGIES
@@ -43,6 +45,7 @@ log = structlog.get_logger(__name__)
 TINY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "tiny-models"
 # The tiny demo models serve 4096 positions and write noise: keep their reasoning short.
 DEMO_REASONING = {"token_budget": 160, "max_step_tokens": 32, "answer_max_tokens": 32}
+DEMO_SEARCH = {"max_tokens": 32, "num_iterations": 4}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -61,6 +64,11 @@ def _single_model(args: argparse.Namespace, default_tracks: int) -> dict[str, An
     return {"policy": model, "answer_model": model, "selector_model": model, "tracks": default_tracks}
 
 
+SEARCH_APPROACHES = ("best_of_n", "beam_search", "dvts")
+# search-and-learn: the small model writes (`model_path`), sampling at 0.8 / 1.0, its system prompt.
+SEARCH_PLAN = {"policy": "small", "answer_model": "small", "temperature": 0.8, "top_p": 1.0, "prompt_set": "search"}
+
+
 # runner -> its policy and strategy, and the defaults it gives to flags the user left unset.
 RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "base": lambda a: _single_model(a, 1),
@@ -68,6 +76,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "scale": lambda a: _single_model(a, 3),
     "spec_scale": lambda a: {"policy": "spec", "tracks": 3},
     "spec_scale_methods": lambda a: {"policy": "spec", "method_num": 3, "tracks": _or(a.method_num, 3)},
+    "search": lambda a: {**SEARCH_PLAN, "strategy": _or(a.approach, "best_of_n")},
 }
 # Every settings class whose fields are flags; an import-time check keeps one meaning per flag.
 SETTINGS_CLASSES = [ReasoningConfig, SchedulerLimits] + [s.settings for s in (*POLICIES.values(), *STRATEGIES.values())]
@@ -94,6 +103,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     models = parser.add_argument_group("models")
     add_flag(models, "model", choices=("big", "small"), help="base/scale runners: which model reasons")
     add_flag(models, "model_name", help="base/scale runners: id of the model that reasons (seeds' spelling)")
+    add_flag(models, "approach", choices=SEARCH_APPROACHES, help="search runner: the strategy (default best_of_n)")
     for role in MODEL_ROLES:
         add_flag(models, f"{role}_model", help=f"{role} model: Hugging Face id or local path")
         add_flag(
@@ -104,14 +114,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             "(repeat for replicas); without it spectra starts a vLLM server",
         )
         add_flag(models, f"{role}_tokenizer", help=f"where to load the {role} model's chat template from")
+        add_flag(models, f"{role}_server_args", help=f"vLLM flags for the {role} server spectra starts, one string")
     add_flag(models, "thinking", choices=("auto", "on", "off"))
     add_settings_flags(parser.add_argument_group("reasoning"), ReasoningConfig)
     add_settings_flags(parser.add_argument_group("limits"), SchedulerLimits)
     for kind, table in (("policy", POLICIES), ("strategy", STRATEGIES)):
+        # Specs may share one settings class (the three search strategies): one group of flags for them.
+        sharing: dict[type, list[Any]] = {}
         for spec in table.values():
-            group = parser.add_argument_group(f"{kind} {spec.name}", spec.description)
-            add_settings_flags(group, spec.settings)
-    add_flag(parser, "prompt_set", help="a set under prompts/ by name, or a folder path (default: default)")
+            sharing.setdefault(spec.settings, []).append(spec)
+        for cls, specs in sharing.items():
+            title = f"{kind} {', '.join(s.name for s in specs)}"
+            add_settings_flags(parser.add_argument_group(title, "; ".join(s.description for s in specs)), cls)
+    add_flag(parser, "prompt_set", help="a set under prompts/ by name, or a folder path (default: the runner's)")
+    add_flag(parser, CONFIG_FLAG, help="a YAML recipe of flag: value; flags on the command line override it")
     add_flag(parser, "policy", choices=tuple(POLICIES), help="how a step is produced (default: the runner's)")
     add_flag(parser, "strategy", choices=tuple(STRATEGIES), help="how a problem is solved (default: the runner's)")
     client = parser.add_argument_group("client")
@@ -147,8 +163,10 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
     models = {role: _model_config(args, role) for role in MODEL_ROLES}
     demo = not any(m.model for m in models.values())
     if demo:
-        models.update(_tiny_models(args))
-        plan = {**DEMO_REASONING, **plan}
+        strategy_settings = settings_from_flags(STRATEGIES[strategy].settings, args, plan)
+        roles = [*POLICIES[policy].roles, *STRATEGIES[strategy].needed_roles(strategy_settings)]
+        models.update(_tiny_models(args, roles))
+        plan = {**DEMO_REASONING, **DEMO_SEARCH, **plan}
     config = RunConfig(
         runner=runner,
         output_dir=args.output_dir or f"results/{runner}_{Path(dataset).stem}",
@@ -161,7 +179,7 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         limits=settings_from_flags(SchedulerLimits, args),
         data=data,
         client=ClientLimits(**_given(args, ClientLimits)),
-        prompt_set=args.prompt_set or "default",
+        prompt_set=args.prompt_set or plan.get("prompt_set", "default"),
         thinking=args.thinking or "auto",
         server_log_dir=args.server_log_dir,
     )
@@ -173,17 +191,26 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
 def _model_config(args: argparse.Namespace, role: str) -> ModelConfig:
     urls = tuple(u.rstrip("/") for value in (getattr(args, f"{role}_url") or ()) for u in value.split(",") if u)
     return ModelConfig(
-        model=getattr(args, f"{role}_model") or "", urls=urls, tokenizer=getattr(args, f"{role}_tokenizer")
+        model=getattr(args, f"{role}_model") or "",
+        urls=urls,
+        tokenizer=getattr(args, f"{role}_tokenizer"),
+        server_args=tuple(shlex.split(getattr(args, f"{role}_server_args") or "")),
     )
 
 
-def _tiny_models(args: argparse.Namespace) -> dict[str, ModelConfig]:
+def _tiny_models(args: argparse.Namespace, roles: list[str]) -> dict[str, ModelConfig]:
     from engine.tiny_models import make_tiny_models
+    from engine.tiny_prm import make_tiny_prm, prm_server_args
 
     if any(getattr(args, f"{role}_url") for role in MODEL_ROLES):
         raise UsageError("--big_url/--small_url need --big_model/--small_model (the ids those servers serve)")
-    tiny = make_tiny_models(Path(args.tiny_models_dir or TINY_MODELS_DIR))
-    return {"big": ModelConfig(model=str(tiny.big)), "small": ModelConfig(model=str(tiny.small))}
+    folder = Path(args.tiny_models_dir or TINY_MODELS_DIR)
+    tiny = make_tiny_models(folder)
+    models = {"big": ModelConfig(model=str(tiny.big)), "small": ModelConfig(model=str(tiny.small))}
+    if "prm" in roles:
+        prm = make_tiny_prm(folder)
+        models["prm"] = ModelConfig(model=str(prm), server_args=prm_server_args(prm))
+    return models
 
 
 def format_summary(records: list[ProblemRecord]) -> str:
@@ -215,7 +242,11 @@ def run_runner(runner: str, argv: list[str] | None = None, *, choose_runner: boo
     if choose_runner:
         add_flag(parser, "runner", choices=tuple(RUNNERS), default=runner, help=f"default {runner}")
     add_run_arguments(parser)
-    args = parser.parse_args(argv)
+    try:
+        args = parse_with_recipe(parser, argv)
+    except UsageError as exc:
+        print(f"spectra: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     return _guarded(args, lambda: _run(getattr(args, "runner", runner), args))
 
 
@@ -255,7 +286,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.big_model or args.small_model:
         specs = [ServerSpec(name=r, model=m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
     else:
-        specs = [ServerSpec(name=role, model=m.model) for role, m in _tiny_models(args).items()]
+        specs = [ServerSpec(name=role, model=m.model) for role, m in _tiny_models(args, ["big", "small"]).items()]
 
     async def serve() -> None:
         async with serve_models(specs, log_dir=Path(args.server_log_dir or "server-logs")) as running:

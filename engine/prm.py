@@ -16,11 +16,12 @@ seed-algorithms-2.md section 2.8), both scoring every step of a solution in one 
 
 from __future__ import annotations
 
+import functools
 import math
 
-from engine.chat import ChatFormat, Message
-from engine.client import ModelClient
-from engine.errors import ServerError
+from engine.chat import Message
+from engine.errors import ServerError, UsageError
+from engine.models import Model
 from engine.results import ModelUsage
 from engine.scoring import ScoredSteps, ScoreQuery
 
@@ -46,8 +47,8 @@ class PRMScorer:
 
     name = "prm"
 
-    def __init__(self, client: ModelClient, chat: ChatFormat, *, role: str = "prm", step_tag: str = QWEN_STEP_TAG):
-        self.client, self.chat, self.role, self.step_tag = client, chat, role, step_tag
+    def __init__(self, model: Model, *, step_tag: str = QWEN_STEP_TAG):
+        self.client, self.chat, self.role, self.step_tag = model.client, model.chat, model.role, step_tag
 
     def pooling_input(self, query: ScoreQuery) -> str:
         """System prompt, the problem as the user turn, the steps each followed by the step tag."""
@@ -86,8 +87,8 @@ class TokenPRMScorer:
 
     name = "prm"
 
-    def __init__(self, client: ModelClient, chat: ChatFormat, *, role: str = "prm"):
-        self.client, self.chat, self.role = client, chat, role
+    def __init__(self, model: Model):
+        self.client, self.chat, self.role = model.client, model.chat, model.role
 
     def conversation(self, query: ScoreQuery) -> tuple[str, list[int]]:
         """The rendered chat and the character offset of each step's "+" in it."""
@@ -139,3 +140,23 @@ def good_token_probability(top: dict[str, float]) -> float:
     good = top[GOOD_TOKEN]
     bad = top.get(BAD_TOKEN, min(top.values()))
     return 1.0 / (1.0 + math.exp(bad - good))
+
+
+# Architectures vLLM serves as pooling models that score tokens (its qwen2_rm.py, math-shepherd via
+# step pooling); any other PRM is read as a causal LM answering "+" or "-".
+POOLING_ARCHITECTURES = ("ForProcessRewardModel", "ForRewardModel", "ForTokenClassification")
+
+
+@functools.cache
+def prm_kind_of(model: str) -> str:
+    """ "pooling" or "token", from the `architectures` of the model's config (a local folder or a
+    Hugging Face id this machine can reach)."""
+    from transformers import AutoConfig  # heavy import, needed only when a run starts
+
+    try:
+        architectures = AutoConfig.from_pretrained(model).architectures or []
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"cannot read the config of the PRM {model!r} ({type(exc).__name__}); give --prm_kind pooling or token"
+        ) from exc
+    return "pooling" if any(a.endswith(POOLING_ARCHITECTURES) for a in architectures) else "token"

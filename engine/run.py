@@ -164,7 +164,11 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
     """role -> (URLs, served model id) for every model the run needs; starts servers for models
     given without URLs and stops them on the way out."""
     roles = roles_needed(config)
-    to_start = [ServerSpec(name=role, model=config.model(role).model) for role in roles if not config.model(role).urls]
+    to_start = [
+        ServerSpec(name=role, model=config.model(role).model, extra_args=config.model(role).server_args)
+        for role in roles
+        if not config.model(role).urls
+    ]
     async with AsyncExitStack() as stack:
         started = {}
         if to_start:

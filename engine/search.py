@@ -25,6 +25,7 @@ from typing import TypeVar
 from engine.answers import extract_answer
 from engine.chat import ChatFormat, Message
 from engine.client import Completion, ModelClient
+from engine.config import Settings, setting
 from engine.errors import UsageError
 from engine.results import ModelUsage, StepRecord, TrackRecord, sum_usage
 from engine.scoring import STEP_SCORE_AGGREGATIONS, ScoreQuery, StepScorer, aggregate_step_scores
@@ -37,38 +38,49 @@ STEP_OPTIONS = {"include_stop_str_in_output": True, "add_special_tokens": False}
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class SearchSettings:
-    """search-and-learn's settings (src/sal/config.py) and defaults."""
+SCORERS = ("prm", "judge")
+PRM_KINDS = ("auto", "pooling", "token")
 
-    n: int = 4
-    beam_width: int = 4
-    num_iterations: int = 40
-    lookahead: int = 0
+
+@dataclass(frozen=True)
+class SearchSettings(Settings):
+    """search-and-learn's settings (src/sal/config.py) and defaults, shared by its three strategies.
+    Sampling (`--temperature`, `--top_p`, `--seed`) is the run's reasoning config; the search
+    runner defaults them to search-and-learn's 0.8 and 1.0."""
+
+    n: int = setting(4, "completions per problem (N)")
+    beam_width: int = setting(4, "beam search: N / beam_width beams go on; DVTS: steps sampled per subtree")
+    num_iterations: int = setting(40, "beam search and DVTS: steps at most; the last one runs to the end")
+    lookahead: int = setting(0, "greedy steps written after a candidate step to score it (not kept)")
+    max_tokens: int = setting(2048, "tokens one generation request may write")
+    agg_strategy: str = setting("last", "how a solution's step scores make its score", STEP_SCORE_AGGREGATIONS)
+    filter_duplicates: bool = setting(False, "beam search: drop active beams whose text repeats another's")
+    sort_completed: bool = setting(False, "beam search: keep the top N completed beams, not the first N")
+    scorer: str = setting("prm", "prm: the process reward model (--prm_model); judge: the big model's 0-9", SCORERS)
+    prm_kind: str = setting(
+        "auto", "pooling (Qwen2.5-Math-PRM style), token (RLHFlow '+'/'-'), auto: from the model's config", PRM_KINDS
+    )
+
+    def validate(self) -> None:
+        for name, least in (("n", 1), ("beam_width", 1), ("num_iterations", 1), ("lookahead", 0), ("max_tokens", 1)):
+            value = getattr(self, name)
+            if value < least:
+                raise UsageError(f"--{name} must be at least {least}, not {value}")
+
+    def check_width(self) -> None:
+        """Beam search and DVTS split N by the beam width (search-and-learn refuses the rest)."""
+        if self.n % self.beam_width:
+            raise UsageError(f"--n ({self.n}) must be a multiple of --beam_width ({self.beam_width})")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the policy samples (the run's reasoning config) and the repeat that seeds it."""
+
     temperature: float = 0.8
     top_p: float = 1.0
-    max_tokens: int = 2048
-    agg_strategy: str = "last"
-    filter_duplicates: bool = False
-    sort_completed: bool = False
-
-    def check(self, *, needs_width: bool) -> None:
-        """Raise UsageError naming the first bad setting. Beam search and DVTS split n by beam_width."""
-        aggregations = ", ".join(STEP_SCORE_AGGREGATIONS)
-        problems = [
-            (self.n < 1, "--n must be at least 1"),
-            (self.beam_width < 1, "--beam_width must be at least 1"),
-            (needs_width and self.n % self.beam_width != 0, "--n must be a multiple of --beam_width"),
-            (self.num_iterations < 1, "--num_iterations must be at least 1"),
-            (self.lookahead < 0, "--lookahead must be 0 or more"),
-            (self.temperature < 0, "--temperature must be 0 or more"),
-            (not 0 < self.top_p <= 1, "--top_p must be in (0, 1]"),
-            (self.max_tokens < 1, "--max_tokens must be at least 1"),
-            (self.agg_strategy not in STEP_SCORE_AGGREGATIONS, f"--agg_strategy must be one of {aggregations}"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise UsageError(message)
+    seed: int | None = None
+    repeat_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -144,27 +156,28 @@ class Searcher:
         messages: tuple[Message, ...],
         problem: str,
         settings: SearchSettings,
+        sampling: Sampling = Sampling(),
         role: str = "small",
-        seed: int | None = None,
     ):
         self.client, self.chat, self.scorer = client, chat, scorer
         self.messages, self.problem, self.settings = messages, problem, settings
-        self.role, self.seed = role, seed
+        self.sampling, self.role = sampling, role
         self.usage: dict[str, ModelUsage] = {}
 
     def _count(self, usage: dict[str, ModelUsage]) -> None:
         self.usage = sum_usage([self.usage, usage])
 
     def request_seed(self, key: tuple) -> int | None:
-        """A vLLM seed per (run seed, request key), so that cycled copies of a beam sample apart."""
-        return None if self.seed is None else zlib.crc32(repr((self.seed, key)).encode()) & 0x7FFFFFFF
+        """A vLLM seed per (run seed, repeat, request key), so that cycled copies of a beam sample apart."""
+        seed = self.sampling.seed
+        return None if seed is None else zlib.crc32(repr((seed, self.sampling.repeat_id, key)).encode()) & 0x7FFFFFFF
 
     async def _continue(self, text: str, *, temperature: float, final: bool, key: tuple) -> Completion:
         completion = await self.client.complete(
             self.chat.render(list(self.messages), text),
             max_tokens=self.settings.max_tokens,
             temperature=temperature,
-            top_p=self.settings.top_p,
+            top_p=self.sampling.top_p,
             stop=None if final else [STEP_DELIMITER],
             seed=self.request_seed(key),
             extra=STEP_OPTIONS,
@@ -175,7 +188,7 @@ class Searcher:
     async def next_step(self, text: str, *, final: bool, key: tuple) -> Step:
         """The next step after `text` (to the end of the sequence when `final`), then the greedy
         lookahead steps, which are only for scoring (search/utils.py `generate_k_steps`)."""
-        temperature = self.settings.temperature
+        temperature = self.sampling.temperature
         first = await self._continue(text, temperature=temperature, final=final, key=(*key, 0))
         step = Step(first.text, step_ending(first), first.completion_tokens)
         ahead, ending = "", step.ending
@@ -226,7 +239,9 @@ def best_index(beams: Sequence[Beam], how: str) -> int:
     return max(range(len(beams)), key=lambda i: (beams[i].score(how), -i))
 
 
-def completion_tracks(beams: Sequence[Beam], *, mode: str, how: str, writer: str = "small") -> list[TrackRecord]:
+def completion_tracks(
+    beams: Sequence[Beam], *, mode: str, how: str, writer: str = "small", choices: bool = False
+) -> list[TrackRecord]:
     """The completions as track records, in order: steps with their scores and tokens, the answer,
     and the aggregate score in `TrackRecord.score`."""
     tracks = []
@@ -244,7 +259,7 @@ def completion_tracks(beams: Sequence[Beam], *, mode: str, how: str, writer: str
                 mode=mode,
                 steps=steps,
                 answer_text=beam.text,
-                answer=extract_answer(beam.text),
+                answer=extract_answer(beam.text, choices=choices),
                 answer_model=writer,
                 finish_reason=beam.ending or "",
                 thinking_tokens=tokens,

@@ -14,6 +14,7 @@ never kept. All n candidates of an iteration are generated and scored concurrent
 from __future__ import annotations
 
 from engine.search import Beam, Searcher, cycled
+from engine.strategies.search import search_strategy
 
 
 async def beam_search(searcher: Searcher) -> list[Beam]:
@@ -27,8 +28,9 @@ async def beam_search(searcher: Searcher) -> list[Beam]:
             searcher.next_step(b.text, final=final, key=("beam", iteration, i)) for i, b in enumerate(active)
         )
         grown = await searcher.gather(searcher.scored_candidate(b, s) for b, s in zip(active, steps, strict=True))
-        completed += [b for b in grown if b.ended]
-        active = [b for b in grown if not b.ended]
+        # The last iteration wrote to the end of the sequence: all its beams are complete.
+        completed += [b for b in grown if b.ended or final]
+        active = [b for b in grown if not (b.ended or final)]
         if settings.filter_duplicates:
             active = list({b.text: b for b in active[::-1]}.values())[::-1]  # the first of equal texts
         if not active:
@@ -38,3 +40,11 @@ async def beam_search(searcher: Searcher) -> list[Beam]:
     if settings.sort_completed:
         completed = sorted(completed, key=lambda b: b.score(how), reverse=True)
     return cycled(completed[: settings.n], settings.n)
+
+
+BEAM_SEARCH = search_strategy(
+    "beam_search",
+    "search-and-learn beam search: N beams, the top N / beam_width go on each step",
+    beam_search,
+    split_by_width=True,
+)

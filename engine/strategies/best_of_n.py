@@ -9,6 +9,7 @@ samples its own n solutions.
 from __future__ import annotations
 
 from engine.search import Beam, Searcher, split_steps
+from engine.strategies.search import search_strategy
 
 
 async def best_of_n(searcher: Searcher) -> list[Beam]:
@@ -23,3 +24,11 @@ async def best_of_n(searcher: Searcher) -> list[Beam]:
         return beam
 
     return await searcher.gather(one(i) for i in range(searcher.settings.n))
+
+
+BEST_OF_N = search_strategy(
+    "best_of_n",
+    "search-and-learn best-of-N: N whole solutions scored step by step; the top-scored one answers",
+    best_of_n,
+    split_by_width=False,
+)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.search import Beam, Searcher, best_index
+from engine.strategies.search import search_strategy
 
 ANSWER_MARK = "boxed{"
 
@@ -58,7 +59,7 @@ async def _expand(searcher: Searcher, tree: Subtree, *, key: tuple, final: bool)
     tree.siblings = await searcher.gather(searcher.scored_candidate(tree.beam, s) for s in steps)
     tree.ahead = [bool(s.lookahead) for s in steps]
     tree.beam = tree.siblings[best_index(tree.siblings, searcher.settings.agg_strategy)]
-    tree.done = is_whole(tree.beam)
+    tree.done = final or is_whole(tree.beam)
 
 
 async def _finish(searcher: Searcher, sibling: Beam, scored_with_lookahead: bool, *, key: tuple) -> Beam:
@@ -67,3 +68,11 @@ async def _finish(searcher: Searcher, sibling: Beam, scored_with_lookahead: bool
     if scored_with_lookahead:
         sibling.scores = await searcher.score(sibling.steps, sibling.scores)
     return sibling
+
+
+DVTS = search_strategy(
+    "dvts",
+    "search-and-learn DVTS: N / beam_width subtrees, each keeping its best of beam_width steps",
+    dvts,
+    split_by_width=True,
+)

@@ -10,6 +10,7 @@ import pytest
 from engine.chat import ChatFormat, Message
 from engine.client import ModelClient
 from engine.errors import ServerError
+from engine.models import Model
 from engine.prm import QWEN_PRM_SYSTEM, PRMScorer, TokenPRMScorer, good_token_probability
 from engine.scoring import ScoreQuery, aggregate_step_scores
 from tests.fake_openai import FakeOpenAIServer, Reply
@@ -21,7 +22,7 @@ QUERY = ScoreQuery(problem="What is 2 + 3?", messages=(Message("user", "What is 
 async def score_with(scorer_class, server_kwargs, query=QUERY):
     async with FakeOpenAIServer(**server_kwargs) as server, aiohttp.ClientSession() as session:
         chat = ChatFormat(chatml_tokenizer(), thinking=False)
-        scorer = scorer_class(ModelClient(session, "prm", [server.url], FAST_LIMITS), chat)
+        scorer = scorer_class(Model("prm", ModelClient(session, "prm", [server.url], FAST_LIMITS), chat))
         return await scorer.score(query), server
 
 

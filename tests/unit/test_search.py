@@ -11,8 +11,10 @@ import pytest
 
 from engine.chat import ChatFormat, Message
 from engine.client import ModelClient
+from engine.errors import UsageError
+from engine.models import Model
 from engine.prm import PRMScorer
-from engine.search import STEP_DELIMITER, Searcher, SearchSettings, completion_tracks, split_steps
+from engine.search import STEP_DELIMITER, Sampling, Searcher, SearchSettings, completion_tracks, split_steps
 from engine.strategies.beam_search import beam_search
 from engine.strategies.best_of_n import best_of_n
 from engine.strategies.dvts import dvts
@@ -62,7 +64,7 @@ async def search(world: World, settings: SearchSettings, strategy, keys):
         aiohttp.ClientSession() as session,
     ):
         chat = ChatFormat(chatml_tokenizer(), thinking=False)
-        scorer = PRMScorer(ModelClient(session, "prm", [prm.url], FAST_LIMITS), chat)
+        scorer = PRMScorer(Model("prm", ModelClient(session, "prm", [prm.url], FAST_LIMITS), chat))
         searcher = Searcher(
             client=ModelClient(session, "policy", [policy.url], FAST_LIMITS),
             chat=chat,
@@ -70,7 +72,7 @@ async def search(world: World, settings: SearchSettings, strategy, keys):
             messages=MESSAGES,
             problem="What is 1 + 1?",
             settings=settings,
-            seed=0,
+            sampling=Sampling(seed=0),
         )
         world.seeds = {searcher.request_seed((*key, 0)): key for key in keys}
         beams = await strategy(searcher)
@@ -194,16 +196,19 @@ def test_split_steps_keeps_the_delimiter(text, expected):
 
 
 @pytest.mark.parametrize(
-    ("settings", "needs_width", "message"),
+    ("settings", "message"),
     [
-        (SearchSettings(n=6, beam_width=4), True, "--n must be a multiple of --beam_width"),
-        (SearchSettings(agg_strategy="mean"), False, "--agg_strategy must be one of last, min, prod"),
-        (SearchSettings(top_p=0), False, "--top_p must be in (0, 1]"),
+        (SearchSettings(n=0), "--n must be at least 1, not 0"),
+        (SearchSettings(lookahead=-1), "--lookahead must be at least 0, not -1"),
+        (SearchSettings(num_iterations=0), "--num_iterations must be at least 1, not 0"),
     ],
 )
-def test_bad_settings_are_refused_with_the_flag_named(settings, needs_width, message):
-    from engine.errors import UsageError
+def test_bad_settings_are_refused_with_the_flag_named(settings, message):
+    with pytest.raises(UsageError, match=message):
+        settings.validate()
 
-    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("]", r"\]")):
-        settings.check(needs_width=needs_width)
-    SearchSettings(n=6, beam_width=4).check(needs_width=False)
+
+def test_beam_search_and_dvts_need_n_to_be_a_multiple_of_the_width():
+    with pytest.raises(UsageError, match=r"--n \(6\) must be a multiple of --beam_width \(4\)"):
+        SearchSettings(n=6, beam_width=4).check_width()
+    SearchSettings(n=8, beam_width=4).check_width()
