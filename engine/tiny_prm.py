@@ -12,18 +12,14 @@ a random head, under the names vLLM's loader expects. The tokenizer is the tiny 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import structlog
 
-from engine.tiny_models import MAX_POSITIONS, SMALL, _build_tokenizer
+from engine.tiny_models import SMALL, build_tokenizer, building, is_complete, qwen2_config
 
 log = structlog.get_logger(__name__)
 
-FORMAT_VERSION = 1
-MARKER = "spectra-tiny-prm.json"
 STEP_TAG = "<extra_0>"
 ARCHITECTURE = "Qwen2ForProcessRewardModel"
 
@@ -31,23 +27,13 @@ ARCHITECTURE = "Qwen2ForProcessRewardModel"
 def make_tiny_prm(out_dir: Path, *, seed: int = 0) -> Path:
     """Build (or reuse) the tiny PRM in `out_dir/prm`; deterministic for a given `seed`."""
     model_dir = Path(out_dir) / "prm"
-    marker = model_dir / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == {"format": FORMAT_VERSION, "seed": seed}:
+    if is_complete(model_dir, seed):
         return model_dir
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", STEP_TAG]})
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".prm-", dir=model_dir.parent))
-    try:
+    with building(model_dir, seed) as tmp:
         _write_weights(tmp, tokenizer, seed)
         tokenizer.save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({"format": FORMAT_VERSION, "seed": seed}))
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        tmp.rename(model_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log.info("tiny_prm_built", model_dir=str(model_dir), seed=seed)
     return model_dir
 
@@ -68,26 +54,10 @@ def prm_server_args(model_dir: Path) -> tuple[str, ...]:
 def _write_weights(model_dir: Path, tokenizer, seed: int) -> None:
     import torch
     from safetensors.torch import save_file
-    from transformers import Qwen2Config, Qwen2Model
+    from transformers import Qwen2Model
 
     size = SMALL
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=size.hidden,
-        intermediate_size=size.intermediate,
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.heads,
-        num_key_value_heads=size.kv_heads,
-        head_dim=size.hidden // size.heads,
-        max_position_embeddings=MAX_POSITIONS,
-        max_window_layers=size.layers,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        num_labels=2,
-        dtype="float32",
-    )
+    config = qwen2_config(tokenizer, size, tie_word_embeddings=False, num_labels=2)
     config.architectures = [ARCHITECTURE]
     torch.manual_seed(seed)
     body = Qwen2Model(config).eval()
