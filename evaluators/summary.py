@@ -21,7 +21,7 @@ complete sample; failed tracks count, as wrong):
   run; big_share_kept = tokens of kept steps written by "big" / tokens of all kept steps;
   thinking tokens per model are the kept steps' tokens by writer, answer tokens per model
   the tracks' answer tokens by `answer_model`.
-- steps (speculative modes, steps with a score): acceptance_rate = scored steps kept as
+- steps (speculative modes, steps with a score; not search records): acceptance_rate = scored steps kept as
   drafted / scored steps; score_histogram counts floor(score) in bins 0-9.
 - latency: mean, p50, p95 of `latency_s` per record. requests: per record, all models.
 - search runs (best-of-N, beam search, DVTS): naive@k, weighted@k, maj@k and pass@k over the
@@ -38,7 +38,7 @@ from engine.answers import DEFAULT_TIMEOUT_S, group_equivalent, is_correct
 from engine.results import MODEL_ROLES, ProblemRecord, TrackRecord, sum_usage
 from evaluators import metrics
 from evaluators.runs import Run
-from evaluators.search import Completions, SearchSummary, summarize_search
+from evaluators.search import Completions, SearchSummary, is_search_record, summarize_search
 
 
 @dataclass
@@ -284,7 +284,8 @@ def _token_summary(records: list[ProblemRecord]) -> TokenSummary:
 
 
 def _step_summary(records: list[ProblemRecord]) -> StepSummary:
-    scored = [s for r in records for t in r.tracks for s in t.steps if s.score is not None]
+    # Search records score steps in [0, 1] and keep every step: not drafts judged 0-9.
+    scored = [s for r in records if not is_search_record(r) for t in r.tracks for s in t.steps if s.score is not None]
     accepted = sum(bool(s.accepted) for s in scored)
     return StepSummary(
         scored_steps=len(scored),

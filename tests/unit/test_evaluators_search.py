@@ -65,7 +65,8 @@ def test_selections_over_the_first_k_completions():
 
 def test_search_summary_accuracy_and_cost(search_run):
     run = load_run(search_run)
-    result = summary.summarize_run(run, summary.grade_run(run)).search
+    figures = summary.summarize_run(run, summary.grade_run(run))
+    result = figures.search
     assert result is not None and result.records == 2 and result.completions_per_record == 4
     assert result.accuracy_at_k == {
         "naive": {1: 0.5, 2: 0.0, 4: 0.0},
@@ -73,6 +74,8 @@ def test_search_summary_accuracy_and_cost(search_run):
         "maj": {1: 0.5, 2: 0.5, 4: 0.5},
         "pass": {1: 0.5, 2: 1.0, 4: 1.0},
     }
+    # Search steps are scored in [0, 1], not judged drafts: no acceptance rate, no 0-9 histogram.
+    assert figures.steps.scored_steps == 0 and figures.steps.acceptance_rate is None
     # The policy is the writer of the steps; every other role is a scorer.
     assert (result.policy_tokens_per_record, result.scorer_tokens_per_record) == (100, 0)
     assert (result.scorer_requests_per_record, result.scorer_prompt_tokens_per_record) == (8, 400)
