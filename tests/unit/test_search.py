@@ -11,9 +11,13 @@ import pytest
 
 from engine.chat import ChatFormat, Message
 from engine.client import ModelClient
+from engine.config import ModelConfig, RunConfig
+from engine.datasets import Problem
 from engine.errors import UsageError
 from engine.models import Model
 from engine.prm import PRMScorer
+from engine.prompts import load_prompt_set
+from engine.scheduler import Scheduler, WorkItem
 from engine.search import STEP_DELIMITER, Sampling, Searcher, SearchSettings, completion_tracks, split_steps
 from engine.strategies.beam_search import beam_search
 from engine.strategies.best_of_n import best_of_n
@@ -212,3 +216,34 @@ def test_beam_search_and_dvts_need_n_to_be_a_multiple_of_the_width():
     with pytest.raises(UsageError, match=r"--n \(6\) must be a multiple of --beam_width \(4\)"):
         SearchSettings(n=6, beam_width=4).check_width()
     SearchSettings(n=8, beam_width=4).check_width()
+
+
+async def test_beam_search_runs_the_candidates_of_all_problems_in_flight_together(make_models, tmp_path):
+    def policy(body):
+        final = body.get("stop") is None
+        text = "x \\boxed{1}" if final else "step\n\n"
+        return Reply(text=text, stop_reason=None if final else STEP_DELIMITER, delay_s=0.05)
+
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2", "architectures": ["Qwen2ForProcessRewardModel"]}')
+    records = []
+    async with (
+        FakeOpenAIServer(policy) as small,
+        FakeOpenAIServer(pooler=lambda b: [[0.5, 0.5]] * b["input"].count("<extra_0>")) as prm,
+    ):
+        models = make_models(small=small, prm=prm)
+        config = RunConfig(
+            runner="search",
+            output_dir="unused",
+            models={"small": ModelConfig("small"), "prm": ModelConfig(str(tmp_path))},
+            policy="small",
+            strategy="beam_search",
+            strategy_settings=SearchSettings(n=4, beam_width=2, num_iterations=3),
+        )
+        problems = [Problem(id=str(i), problem=f"problem {i}", answer="1") for i in range(2)]
+        scheduler = Scheduler(
+            config, models, load_prompt_set("search"), run_id="r", dataset="d", on_record=records.append
+        )
+        await scheduler.run([WorkItem(p, 0) for p in problems])
+        peak = small.peak_in_flight
+    assert peak == 8, "4 candidates of each of the 2 problems at the server together"
+    assert sorted(r.problem_id for r in records) == ["0", "1"] and all(r.answer == "1" for r in records)
