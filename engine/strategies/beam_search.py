@@ -35,11 +35,18 @@ async def beam_search(searcher: Searcher) -> list[Beam]:
             active = list({b.text: b for b in active[::-1]}.values())[::-1]  # the first of equal texts
         if not active:
             break
-        # A stable sort: equal scores keep their order (the reference's argsort does not say).
-        active = sorted(active, key=lambda b: b.score(how), reverse=True)[:keep]
+        active = top_in_order(active, keep, how)
     if settings.sort_completed:
         completed = sorted(completed, key=lambda b: b.score(how), reverse=True)
     return cycled(completed[: settings.n], settings.n)
+
+
+def top_in_order(beams: list[Beam], keep: int, how: str) -> list[Beam]:
+    """The `keep` top-scored beams, in their own order: the reference marks the others pruned and
+    goes on with the rest as they were, which decides how they are cycled. Of equal scores the
+    earlier beam is kept (the reference's argsort leaves ties unspecified)."""
+    ranked = sorted(range(len(beams)), key=lambda i: (-beams[i].score(how), i))[:keep]
+    return [beams[i] for i in sorted(ranked)]
 
 
 BEAM_SEARCH = search_strategy(

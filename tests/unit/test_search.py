@@ -97,16 +97,16 @@ async def test_beam_search_prunes_to_n_over_width_and_keeps_first_n_completed():
     steps |= {("beam", 1, 0): step("b0"), ("beam", 1, 1): step("b1"), ("beam", 1, 2): last("b2")}
     steps |= {("beam", 1, 3): step("b3")}
     steps |= {("beam", 2, i): last(f"c{i}") for i in range(4)}
-    scores = {"a0": 0.1, "a1": 0.9, "a2": 0.5, "a3": 0.7, "b0": 0.2, "b1": 0.8, "b2": 0.6, "b3": 0.4}
+    scores = {"a0": 0.1, "a1": 0.7, "a2": 0.5, "a3": 0.9, "b0": 0.2, "b1": 0.8, "b2": 0.6, "b3": 0.4}
     scores |= {"c0": 0.3, "c1": 0.95, "c2": 0.5, "c3": 0.1}
     world = World(steps, scores)
     settings = SearchSettings(n=4, beam_width=2, num_iterations=3)
     beams, searcher, peak = await search(world, settings, beam_search, steps)
-    # Iteration 0 keeps a1 (.9), a3 (.7); iteration 1 runs [a1, a3, a1, a3]: a1+b2 ends; of
-    # a1+b0 (.2), a3+b1 (.8), a3+b3 (.4) the top two go on; iteration 2 runs [a3b1, a3b3, a3b1, a3b3].
+    # Iteration 0 keeps a3 (.9) and a1 (.7), in their own order: iteration 1 runs [a1, a3, a1, a3];
+    # a1+b2 ends; of a1+b0 (.2), a3+b1 (.8), a3+b3 (.4) the top two go on: [a3b1, a3b3, a3b1, a3b3].
     texts = [[s.split(" ")[0].strip() for s in b.steps] for b in beams]
     assert texts == [["a1", "b2"], ["a3", "b1", "c0"], ["a3", "b3", "c1"], ["a3", "b1", "c2"]]
-    assert [b.scores for b in beams][2] == [0.7, 0.4, 0.95]
+    assert [b.scores for b in beams][2] == [0.9, 0.4, 0.95]
     tracks = completion_tracks(beams, mode="beam_search", how="last")
     assert [t.score for t in tracks] == [0.6, 0.3, 0.95, 0.5]
     # Only the last iteration runs to the end of the sequence; the others stop at the delimiter.
