@@ -114,7 +114,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             "(repeat for replicas); without it spectra starts a vLLM server",
         )
         add_flag(models, f"{role}_tokenizer", help=f"where to load the {role} model's chat template from")
-        add_flag(models, f"{role}_server_args", help=f"vLLM flags for the {role} server spectra starts, one string")
+        add_flag(
+            models,
+            f"{role}_server_args",
+            help=f'vLLM flags for the {role} server spectra starts: --{role}_server_args="..."',
+        )
     add_flag(models, "thinking", choices=("auto", "on", "off"))
     add_settings_flags(parser.add_argument_group("reasoning"), ReasoningConfig)
     add_settings_flags(parser.add_argument_group("limits"), SchedulerLimits)

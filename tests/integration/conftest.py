@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.run import ROLE_SERVER_ARGS
 from engine.servers import RunningServer, ServerSpec, serve_models
 from engine.tiny_models import TinyModels, make_tiny_models
 from engine.tiny_prm import make_tiny_prm, prm_server_args
@@ -64,7 +65,8 @@ async def vllm_servers(tiny_models: TinyModels, tmp_path_factory: pytest.TempPat
 async def prm_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningServer]:
     """The tiny process reward model (`engine.tiny_prm`) served by vLLM as a pooling model."""
     model_dir = make_tiny_prm(tmp_path_factory.mktemp("tiny-prm"))
-    spec = ServerSpec(name="prm", model=str(model_dir), dtype="float32", extra_args=prm_server_args(model_dir))
+    args = (*ROLE_SERVER_ARGS["prm"], *prm_server_args(model_dir))
+    spec = ServerSpec(name="prm", model=str(model_dir), dtype="float32", extra_args=args)
     log_dir = tmp_path_factory.mktemp("prm-logs")
     async with serve_models([spec], log_dir=log_dir, startup_timeout_s=STARTUP_TIMEOUT_S) as running:
         yield running["prm"]

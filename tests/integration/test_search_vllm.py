@@ -3,8 +3,10 @@ as a pooling model, DVTS against the big model's judgement (from a recipe), then
 
 Random weights write random text, so these check protocol and bookkeeping, never content."""
 
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,7 @@ from engine.recipes import parse_with_recipe
 from engine.results import RECORDS_FILE, read_records
 from engine.run import execute
 from engine.scoring import aggregate_step_scores
+from engine.tiny_prm import prm_server_args
 from evaluators import summary
 from evaluators.runs import load_run
 
@@ -90,14 +93,23 @@ async def run_search(argv):
     return await execute(build_config("search", parse_with_recipe(parser, argv)), progress=False)
 
 
-def test_the_search_runner_starts_its_own_policy_and_prm_servers(tiny_models, tmp_path):
-    # No models given: the tiny demo models, and spectra builds and serves the tiny PRM itself.
-    out = tmp_path / "demo-search"
-    command = [sys.executable, "-m", "runners.search", "--tiny_models_dir", str(tiny_models.big.parent)]
-    command += ["--approach", "beam_search", "--n", "2", "--beam_width", "2", "--problem_id", "0"]
-    command += ["--output_dir", str(out), "--no_progress"]
+def test_the_search_runner_starts_the_prm_server_it_is_not_given(vllm_servers, prm_server, tmp_path):
+    # The policy is served already; the PRM is given without a URL, so spectra serves it itself
+    # (with --prm_server_args for the tiny PRM's step tag), and stops it at the end.
+    out = tmp_path / "own-prm"
+    small = vllm_servers.small
+    command = [sys.executable, "-m", "runners.search", "--small_model", small.model, "--small_url", small.url]
+    command += [
+        "--prm_model",
+        prm_server.model,
+        "--prm_server_args",
+        shlex.join(prm_server_args(Path(prm_server.model))),
+    ]
+    command += ["--approach", "beam_search", "--n", "2", "--beam_width", "2", "--num_iterations", "3"]
+    command += ["--max_tokens", "24", "--problem_id", "0", "--output_dir", str(out), "--no_progress"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     (record,) = check_records_of(out, ["0"], 2)
-    assert set(record.usage) == {"small", "prm"}
-    assert sorted(p.name for p in (out / "server-logs").iterdir()) == ["prm.log", "small.log"]
+    assert set(record.usage) == {"small", "prm"} and record.usage["prm"].requests >= 2
+    assert [p.name for p in (out / "server-logs").iterdir()] == ["prm.log"]
+    assert "does not officially support prefix caching" not in (out / "server-logs" / "prm.log").read_text()
