@@ -79,6 +79,6 @@ def test_bad_recipes_and_settings_give_one_line_and_exit_2(capsys, tmp_path, rec
 def test_a_prm_server_spectra_starts_caches_no_prefixes_and_takes_the_users_flags_after():
     from engine.run import _server_args
 
-    config = config_of([*MODELS, "--prm_server_args=--max-model-len 8192 --dtype float32"])
-    assert _server_args(config, "prm") == ("--no-enable-prefix-caching", "--max-model-len", "8192", "--dtype", "float32")
+    config = config_of([*MODELS, "--prm_server_args=--max-model-len 8192 --seed 3"])
+    assert _server_args(config, "prm") == ("--no-enable-prefix-caching", "--max-model-len", "8192", "--seed", "3")
     assert _server_args(config, "small") == ()
