@@ -163,15 +163,18 @@ def plot_search_scaling(path: Path, summaries: list[RunSummary]) -> Path:
     figure = _new_figure(7.2, 4.8)
     axes = figure.add_subplot()
     styles = dict(zip(SELECTIONS, ("o-", "s-", "^--", ":"), strict=True))
+    all_ks: set[int] = set()
     for s in summaries:
         if s.search is None:
             continue
         for selection, by_k in s.search.accuracy_at_k.items():
             if by_k:
                 ks = sorted(by_k)
-                label = f"{s.name} ({s.mode}): {selection}"
+                all_ks.update(ks)
+                label = f"{s.name} ({s.search.strategy}): {selection}"
                 axes.plot(ks, [100 * by_k[k] for k in ks], styles[selection], label=label)
     axes.set_xscale("log", base=2)
+    axes.set_xticks(sorted(all_ks), [str(k) for k in sorted(all_ks)])
     axes.set_xlabel("number of completions N")
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 105)

@@ -32,8 +32,10 @@ SELECTIONS = ("naive", "weighted", "maj", "pass")
 
 @dataclass
 class SearchSummary:
-    """`accuracy_at_k[selection][k]`, selections as in `SELECTIONS`; the cost of a record."""
+    """`accuracy_at_k[selection][k]`, selections as in `SELECTIONS`; the cost of a record.
+    `strategy` names the search (the mode of its completions)."""
 
+    strategy: str
     records: int
     completions_per_record: float
     accuracy_at_k: dict[str, dict[int, float]]
@@ -104,6 +106,7 @@ def summarize_search(
                 scorer_prompt += usage.prompt_tokens
     count = len(records)
     return SearchSummary(
+        strategy=", ".join(sorted({t.mode for r in records for t in r.tracks})),
         records=count,
         completions_per_record=sum(len(r.tracks) for r in records) / count,
         accuracy_at_k=accuracy,

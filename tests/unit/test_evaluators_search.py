@@ -68,6 +68,7 @@ def test_search_summary_accuracy_and_cost(search_run):
     figures = summary.summarize_run(run, summary.grade_run(run))
     result = figures.search
     assert result is not None and result.records == 2 and result.completions_per_record == 4
+    assert result.strategy == "beam_search"
     assert result.accuracy_at_k == {
         "naive": {1: 0.5, 2: 0.0, 4: 0.0},
         "weighted": {1: 0.5, 2: 0.5, 4: 0.5},
