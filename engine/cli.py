@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from engine.logging import configure_logging
 from engine.policies import POLICIES
 from engine.recipes import CONFIG_FLAG, parse_with_recipe
 from engine.results import ProblemRecord
-from engine.run import roles_needed
+from engine.run import Shard, parse_shard, roles_needed
 from engine.strategies import STRATEGIES
 
 log = structlog.get_logger(__name__)
@@ -73,9 +74,15 @@ SEARCH_PLAN = {"policy": "small", "answer_model": "small", "temperature": 0.8, "
 RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "base": lambda a: _single_model(a, 1),
     "spec": lambda a: {"policy": "spec", "tracks": 1},
-    "scale": lambda a: _single_model(a, 3),
-    "spec_scale": lambda a: {"policy": "spec", "tracks": 3},
-    "spec_scale_methods": lambda a: {"policy": "spec", "method_num": 3, "tracks": _or(a.method_num, 3)},
+    # SpecLRM's runners vote as SpecLRM does; spec_scale_reason always runs its three role prompts.
+    "scale": lambda a: {**_single_model(a, 3), "aggregation": "speclrm"},
+    "spec_scale": lambda a: {"policy": "spec", "tracks": 3, "use_role_prompts": True, "aggregation": "speclrm"},
+    "spec_scale_methods": lambda a: {
+        "policy": "spec",
+        "method_num": 3,
+        "tracks": _or(a.method_num, 3),
+        "aggregation": "speclrm",
+    },
     "search": lambda a: {**SEARCH_PLAN, "strategy": _or(a.approach, "best_of_n")},
 }
 # Every settings class whose fields are flags; an import-time check keeps one meaning per flag.
@@ -97,6 +104,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(data, "field", action="append", help="map a field to a column, e.g. problem=question (repeatable)")
     add_flag(data, "problem_id", help="ids or positions, e.g. 60-89 or 60,62,70-72 (default: all)")
     add_flag(data, "repeat_id", help="repeat ids, e.g. 0 or 0-3 (default 0)")
+    add_flag(data, "num_repeats", type=int, help="N repeats, ids 0 to N-1 (SpecLRM's --repeat_id N)")
+    add_flag(
+        data,
+        "shard",
+        metavar="I/N",
+        help="do the I-th (from 1) of N disjoint slices of the (problem, repeat) list, for N runner processes "
+        "(default output folder gets a -shard-I-of-N suffix)",
+    )
     out = parser.add_argument_group("output")
     add_flag(out, "output_dir", help="run folder (default results/<runner>_<dataset>)")
     add_flag(out, "overwrite", action="store_true", default=None, help="replace a run folder made with another config")
@@ -123,7 +138,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_flags(parser.add_argument_group("reasoning"), ReasoningConfig)
     add_settings_flags(parser.add_argument_group("limits"), SchedulerLimits)
     for kind, table in (("policy", POLICIES), ("strategy", STRATEGIES)):
-        # Specs may share one settings class (the three search strategies): one group of flags for them.
+        # Specs may share one settings class (big and small; the three searches): one group of flags.
         sharing: dict[type, list[Any]] = {}
         for spec in table.values():
             sharing.setdefault(spec.settings, []).append(spec)
@@ -140,6 +155,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ("request_timeout_s", "stall_timeout_s", "retry_deadline_s"):
         add_flag(client, name, type=float)
     add_flag(client, "server_log_dir")
+    add_flag(
+        client, "max_model_len", type=int, help="context length of servers spectra starts (default: the model's own)"
+    )
     add_flag(client, "tiny_models_dir", help=f"where the tiny demo models are built (default {TINY_MODELS_DIR})")
     add_common_arguments(parser)
 
@@ -150,30 +168,58 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "no_progress", action="store_true", help="no progress bar")
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def shell_text(value: str) -> str:
+    """A flag's text with the escapes a shell user types (`'\\n\\n'`) turned into the characters
+    they mean: a shell passes `\\n` as a backslash and an n."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], value)
+
+
+# Runners whose tracks use both models: --model (which single model reasons) means nothing there.
+BOTH_MODEL_RUNNERS = ("spec", "spec_scale", "spec_scale_methods")
+
+
 def _given(args: argparse.Namespace, cls: type, **overrides: Any) -> dict[str, Any]:
     values = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
     return {**values, **overrides}
 
 
 def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of `runner` from parsed flags; models left out mean the tiny demo models."""
+    """The RunConfig of `runner` from parsed flags; models left out mean the tiny demo models,
+    which only the demo data set may use."""
+    if args.model is not None and runner in BOTH_MODEL_RUNNERS:
+        raise UsageError(f"--model has no effect in {runner} (its tracks use both models); drop it")
     plan = RUNNERS[runner](args)
     policy = _or(args.policy, plan.pop("policy"))
     strategy = _or(args.strategy, plan.pop("strategy", "vote"))
     if args.model_name:
         setattr(args, f"{policy if policy in ('big', 'small') else 'big'}_model", args.model_name)
+    if args.step_delimiter is not None:
+        args.step_delimiter = shell_text(args.step_delimiter)
     dataset = args.dataset_name or "demo"
-    data = DataConfig(**_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ())))
+    shard = parse_shard(args.shard)
+    normal_shard = f"{shard.index}/{shard.count}" if shard else None
+    data = DataConfig(
+        **_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ()), shard=normal_shard),
+        **_repeats(runner, args),
+    )
     models = {role: _model_config(args, role) for role in MODEL_ROLES}
     demo = not any(m.model for m in models.values())
     if demo:
+        if dataset != "demo":
+            raise UsageError(
+                f"--dataset_name {dataset} needs real models: give --big_model and --small_model "
+                "(the tiny random-weight models are only for --dataset_name demo)"
+            )
         strategy_settings = settings_from_flags(STRATEGIES[strategy].settings, args, plan)
         roles = [*POLICIES[policy].roles, *STRATEGIES[strategy].needed_roles(strategy_settings)]
         models.update(_tiny_models(args, roles))
         plan = {**DEMO_REASONING, **DEMO_SEARCH, **plan}
     config = RunConfig(
         runner=runner,
-        output_dir=args.output_dir or f"results/{runner}_{Path(dataset).stem}",
+        output_dir=args.output_dir or _default_output_dir(runner, dataset, shard),
         models={role: m for role, m in models.items() if m.model},
         policy=policy,
         policy_settings=settings_from_flags(POLICIES[policy].settings, args, plan),
@@ -186,10 +232,37 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         prompt_set=args.prompt_set or plan.get("prompt_set", "default"),
         thinking=args.thinking or "auto",
         server_log_dir=args.server_log_dir,
+        max_model_len=args.max_model_len,
     )
     for role in roles_needed(config):
         config.model(role)
     return config
+
+
+# In SpecLRM's scripts `--repeat_id N` means N repeats (ids 0 to N-1); in spectra and SpecReason
+# it names repeat ids. A single number in these runners could mean either, so it is refused.
+SPECLRM_RUNNERS = ("base", "scale", "spec_scale", "spec_scale_methods")
+
+
+def _repeats(runner: str, args: argparse.Namespace) -> dict[str, str]:
+    if args.num_repeats is not None:
+        if args.repeat_id is not None:
+            raise UsageError("give --num_repeats or --repeat_id, not both")
+        if args.num_repeats < 1:
+            raise UsageError(f"--num_repeats must be at least 1, not {args.num_repeats}")
+        return {"repeat_id": f"0-{args.num_repeats - 1}"}
+    given = (args.repeat_id or "").strip()
+    if runner in SPECLRM_RUNNERS and given.isascii() and given.isdigit():
+        raise UsageError(
+            f"--repeat_id {given} is ambiguous here (SpecLRM's scripts read it as {given} repeats): "
+            f"use --num_repeats N for N repeats, or --repeat_id {given}-{given} for the repeat with id {given}"
+        )
+    return {}
+
+
+def _default_output_dir(runner: str, dataset: str, shard: Shard | None) -> str:
+    folder = f"results/{runner}_{Path(dataset).stem}"
+    return f"{folder}-{shard.suffix}" if shard else folder
 
 
 def _model_config(args: argparse.Namespace, role: str) -> ModelConfig:
@@ -229,7 +302,7 @@ def format_summary(records: list[ProblemRecord]) -> str:
         kept = sum(1 for s in steps if s.accepted)
         rewritten = sum(1 for s in steps if s.accepted is False)
         tokens = {m: r.usage[m].completion_tokens if m in r.usage else 0 for m in ("small", "big")}
-        ok = "yes" if is_correct(r.answer, r.reference_answer, multiple_choice=r.dataset.startswith("gpqa")) else "no"
+        ok = "yes" if is_correct(r.answer, r.reference_answer, multiple_choice=r.is_multiple_choice) else "no"
         lines.append(
             f"{r.problem_id[:13]:<14}{r.repeat_id:>4}  {str(r.answer)[:13]:<14}{str(r.reference_answer)[:9]:<10}"
             f"{ok:<4}{kept:>5}{rewritten:>5}{tokens['small']:>10}{tokens['big']:>9}{r.latency_s:>8.1f}"
@@ -285,12 +358,13 @@ def _guarded(args: argparse.Namespace, body: Callable[[], int]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from engine.servers import ServerSpec, serve_models
+    from engine.servers import ServerSpec, model_context_length, serve_models
 
     if args.big_model or args.small_model:
-        specs = [ServerSpec(name=r, model=m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
+        pairs = [(r, m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
     else:
-        specs = [ServerSpec(name=role, model=m.model) for role, m in _tiny_models(args, ["big", "small"]).items()]
+        pairs = [(role, m.model) for role, m in _tiny_models(args, ["big", "small"]).items()]
+    specs = [ServerSpec(name=r, model=m, max_model_len=args.max_model_len or model_context_length(m)) for r, m in pairs]
 
     async def serve() -> None:
         async with serve_models(specs, log_dir=Path(args.server_log_dir or "server-logs")) as running:
@@ -322,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     for role in ("big", "small"):
         add_flag(serve, f"{role}_model")
     add_flag(serve, "server_log_dir")
+    add_flag(serve, "max_model_len", type=int, help="context length (default: each model's own)")
     add_flag(serve, "tiny_models_dir")
     add_flag(serve, "big_url", action="append")
     add_flag(serve, "small_url", action="append")

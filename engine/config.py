@@ -16,6 +16,7 @@ from typing import Any
 
 from engine.client import ClientLimits
 from engine.errors import UsageError
+from engine.prompts import prompt_set_digest
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,13 @@ class ReasoningConfig(Settings):
     max_step_tokens: int = setting(512, "tokens one step may generate")
     temperature: float = setting(0.6, "sampling temperature of the steps")
     top_p: float = setting(0.95, "nucleus sampling of the steps")
-    answer_model: str = setting("big", "the model that writes the answer after thinking", ("big", "small"))
-    answer_max_tokens: int = setting(1024, "tokens the answer may take")
+    answer_phase: bool = setting(
+        False,
+        "spectra: a step also stops at </think>, closing thinking or ending the sequence ends it, and the "
+        "answer model then writes the answer (the seeds reason on and take the answer from the steps)",
+    )
+    answer_model: str = setting("big", "with --answer_phase: the model that writes the answer", ("big", "small"))
+    answer_max_tokens: int = setting(1024, "with --answer_phase: tokens the answer may take")
     seed: int | None = setting(None, "base seed of every request (reproducible runs)")
 
     def validate(self) -> None:
@@ -94,6 +100,9 @@ class DataConfig:
     problem_id: str | None = None
     repeat_id: str = "0"
     fields: tuple[str, ...] = ()
+    # "I/N": this process does the I-th of N slices of the work (engine.run.Shard); left out of
+    # the digest, like the selection, so that the shards of one run share their config digest.
+    shard: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,8 @@ class RunConfig:
     prompt_set: str = "default"
     thinking: str = "auto"
     server_log_dir: str | None = None
+    # Context length of the servers spectra starts; None: each model's own (its config.json).
+    max_model_len: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -160,6 +171,8 @@ class RunConfig:
                 "fields": self.data.fields,
             },
             "prompt_set": self.prompt_set,
+            # The texts, not only the name: an edited set is another experiment.
+            "prompt_set_content": prompt_set_digest(self.prompt_set),
             "thinking": self.thinking,
         }
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]

@@ -3,6 +3,7 @@
 A run folder holds `manifest.json` (the config, model ids, package versions) and
 `records.jsonl` (one `ProblemRecord` a line). Every line is written whole and flushed to
 disk, so a crash leaves at most a partial last line; `read_records` reports and skips it.
+While a runner uses the folder it holds its lock (`engine.folder_lock`): one runner per folder.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ RECORDS_FILE = "records.jsonl"
 MANIFEST_FILE = "manifest.json"
 
 MODEL_ROLES = ("small", "big")
+# Data sets whose answers are option letters, recognised by name in records that predate
+# `ProblemRecord.multiple_choice`.
+MULTIPLE_CHOICE_PREFIXES = ("gpqa",)
 
 
 @dataclass
@@ -62,6 +66,9 @@ class StepRecord:
     draft: str | None = None
     usage: dict[str, ModelUsage] = field(default_factory=dict)
     latency_s: float = 0.0
+    # How the kept text's generation stopped: "delimiter", "eos" (the model ended its sequence;
+    # the seeds keep reasoning after it), "think_end" (--answer_phase) or "length".
+    ending: str = ""
 
     @property
     def accepted(self) -> bool | None:
@@ -129,10 +136,25 @@ class ProblemRecord:
     started_at: float = 0.0
     finished_at: float = 0.0
     config_digest: str = ""
+    # Whether the answers are option letters; None in records written before spectra stored it.
+    multiple_choice: bool | None = None
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.problem_id, self.repeat_id)
+
+    @property
+    def all_tracks_failed(self) -> bool:
+        """Every track failed (servers down, a bug): the problem was not really solved, so a
+        resumed run does it again."""
+        return bool(self.tracks) and all(t.finish_reason == "failed" for t in self.tracks)
+
+    @property
+    def is_multiple_choice(self) -> bool:
+        """`multiple_choice` as stored, or, for older records, guessed from the data set's name."""
+        if self.multiple_choice is not None:
+            return self.multiple_choice
+        return self.dataset.lower().startswith(MULTIPLE_CHOICE_PREFIXES)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -220,8 +242,8 @@ class RunStore:
 
     Opening it keeps the finished records, sets aside lines a crash cut short (the original
     file is kept beside it as `records.jsonl.damaged-<time>`), and refuses a folder whose
-    manifest has another config digest unless `overwrite` (then the old files are kept as
-    `*.replaced-<time>`).
+    manifest has another config digest, or another `--shard`, unless `overwrite` (then the old
+    files are kept as `*.replaced-<time>`). The caller holds the folder's lock (`engine.folder_lock`).
     """
 
     def __init__(self, folder: Path, manifest: dict[str, Any], done: set[tuple[str, int]]):
@@ -236,6 +258,8 @@ class RunStore:
     @staticmethod
     def finished_keys(folder: Path, manifest: dict[str, Any], *, overwrite: bool = False) -> set[tuple[str, int]]:
         """The (problem, repeat) pairs a run in `folder` has finished, read without writing anything.
+        A record whose tracks all failed is not finished: the next run redoes it (and its new line
+        supersedes the old one).
 
         Raises UsageError when the folder holds a run of another config and `overwrite` is off.
         """
@@ -249,7 +273,14 @@ class RunStore:
                         f"{manifest['config_digest']}); use a new --output_dir, or --overwrite to replace it"
                     )
                 return set()
-        return {r.key for r in read_records(folder / RECORDS_FILE).records}
+            if old.get("shard") != manifest.get("shard"):
+                if not overwrite:
+                    raise UsageError(
+                        f"{folder} holds {_shard_name(old)} of this config, not {_shard_name(manifest)}; "
+                        "give each shard its own --output_dir, or --overwrite to replace it"
+                    )
+                return set()
+        return finished_keys(read_records(folder / RECORDS_FILE).records)
 
     @classmethod
     def open(cls, folder: Path, manifest: dict[str, Any], *, overwrite: bool = False) -> RunStore:
@@ -259,7 +290,7 @@ class RunStore:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")  # unique even for two in one second
         if manifest_path.exists():
             old = _read_manifest(manifest_path)
-            if old.get("config_digest") != manifest["config_digest"]:
+            if (old.get("config_digest"), old.get("shard")) != (manifest["config_digest"], manifest.get("shard")):
                 for path in (manifest_path, records_path):
                     if path.exists():
                         path.rename(path.with_name(f"{path.name}.replaced-{stamp}"))
@@ -280,11 +311,23 @@ class RunStore:
             )
         _write_atomically(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         # Keys only: a long run must not hold every record it wrote in memory.
-        return cls(folder, manifest, {r.key for r in read.records})
+        return cls(folder, manifest, finished_keys(read.records))
 
     def append(self, record: ProblemRecord) -> None:
         append_record(self.records_path, record)
-        self.done.add(record.key)
+        if not record.all_tracks_failed:
+            self.done.add(record.key)
+
+
+def finished_keys(records: list[ProblemRecord]) -> set[tuple[str, int]]:
+    """The keys whose latest record is finished (not every track failed)."""
+    latest = {r.key: r for r in records}
+    return {key for key, r in latest.items() if not r.all_tracks_failed}
+
+
+def _shard_name(manifest: dict[str, Any]) -> str:
+    shard = manifest.get("shard")
+    return f"shard {shard['index']}/{shard['count']}" if shard else "the whole run (no --shard)"
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

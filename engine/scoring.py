@@ -23,6 +23,8 @@ from engine.results import ModelUsage
 
 SCORE_METHODS = ("greedy", "average")
 SCORE_TOP_LOGPROBS = 10
+# The score digits. Not str.isdigit: it also accepts "²" or "٣", which int() and float() refuse.
+DIGITS = frozenset("0123456789")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ def digit_distribution(top_logprobs: dict[str, float]) -> dict[str, float]:
     mass: dict[str, float] = {}
     for token, logprob in top_logprobs.items():
         digit = token.strip()
-        if len(digit) == 1 and digit.isdigit() and logprob is not None and math.isfinite(logprob):
+        if digit in DIGITS and logprob is not None and math.isfinite(logprob):
             mass[digit] = mass.get(digit, 0.0) + math.exp(logprob)
     total = sum(mass.values())
     if total <= 0:
@@ -53,7 +55,7 @@ def score_from_logprobs(generated: str, top_logprobs: dict[str, float], method: 
     distribution = digit_distribution(top_logprobs)
     if method == "greedy":
         token = generated.strip()
-        value = float(token) if len(token) == 1 and token.isdigit() else 0.0
+        value = float(token) if token in DIGITS else 0.0
     elif method == "average":
         value = sum(int(d) * p for d, p in distribution.items())
     else:
@@ -124,7 +126,9 @@ class JudgeScorer:
     def prompt(self, query: ScoreQuery) -> str:
         """The conversation with the steps in the assistant turn, the rating request, the score prefix."""
         chat, step = self.model.chat, query.steps[-1]
-        reasoning = chat.think_prefix + "".join(s + self.delimiter for s in query.steps[:-1]) + step
+        # SpecReason's scoring turn: "<think>" + every step, the judged one too, each followed by
+        # the delimiter (its `"\n\n".join(steps) + "\n\n"`).
+        reasoning = chat.think_open + "".join(s + self.delimiter for s in query.steps)
         request = self.prompts.render_score(query.problem, step)
         messages = [*query.messages, Message("assistant", reasoning), Message("user", request)]
         return chat.render(messages, self.prompts.render_score_prefix())

@@ -1,16 +1,21 @@
 """One reasoning track on one problem: the step loop, the final answer, and the record.
 
 The track fills the `TrackRecord` it is given as it goes, so a scheduler that cancels it
-still holds everything it did. Thinking stops (SpecReason's rules) when a step gives an
-answer ("boxed", "Answer:"), when the model closes thinking or ends the sequence, when a
-step repeats the previous one or is empty, or when the thinking budget is spent; then the
-answer model writes the answer after the closed thinking.
+still holds everything it did. Thinking stops as the seeds stop it (SpecReason's and SpecLRM's
+loops), checked after each kept step in this order: the step states an answer ("boxed",
+"Answer:", "ANSWER:"), the step repeats the previous one (compared only once there are more than
+two steps), or the kept steps' tokens reach the budget (the last step is not clipped). A model
+that closes thinking or ends its sequence inside a step does not end it: the step is kept and
+reasoning goes on. The answer is then taken from the steps.
+
+`--answer_phase` is spectra's alternative: a step also stops at `</think>`, closing thinking or
+ending the sequence ends it, and unless a step stated the answer the answer model writes one
+after the closed thinking.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -20,9 +25,9 @@ from engine.answers import extract_answer
 from engine.chat import THINK_CLOSE, Message
 from engine.config import ReasoningConfig
 from engine.datasets import Problem
-from engine.errors import ServerError
+from engine.errors import ServerError, SpectraError
 from engine.models import NO_SPECIAL_TOKENS, Model, request_seed, usage_of
-from engine.policies.base import StepContext, TrackPolicy
+from engine.policies.base import ANSWER_MARKERS, StepContext, StepOutcome, TrackPolicy
 from engine.prompts import PromptSet
 from engine.results import TrackRecord, sum_usage
 
@@ -30,8 +35,6 @@ log = structlog.get_logger(__name__)
 
 # The answer request's salt for `request_seed`: apart from a step's draft, rewrite and single model.
 ANSWER_SALT = 3
-# SpecReason ends thinking at a step that already states the answer.
-ANSWER_MARKERS = ("boxed", "Answer:", "ANSWER:")
 
 
 @dataclass(frozen=True)
@@ -86,26 +89,22 @@ class Track:
         self.started = time.monotonic()
 
     async def advance(self) -> str | None:
-        """Write one step; returns why thinking ended ("budget", "repeat", "answer", "think_end",
-        "eos"), or None while it goes on."""
+        """Write one step; returns why thinking ended ("answer", "repeat", "budget", with
+        --answer_phase also "think_end" or "eos"), or None while it goes on."""
         record, config = self.record, self.config
-        if record.thinking_tokens >= config.token_budget:
-            self.ending = "budget"
-            return self.ending
         ctx = StepContext(
             models=self.models,
             messages=self.messages,
             reasoning=reasoning_text(record, config.step_delimiter),
             steps=tuple(step.text for step in record.steps),
             index=len(record.steps),
-            config=_within_budget(config, record.thinking_tokens),
+            config=config,
             prompts=self.prompts,
             problem=self.problem.problem,
             seed=self.setup.seed,
         )
         outcome = await self.policy.step(ctx)
         step = outcome.step
-        previous = record.steps[-1].text if record.steps else None
         record.steps.append(step)
         record.thinking_tokens += step.tokens
         log.debug(
@@ -117,12 +116,7 @@ class Track:
             tokens=step.tokens,
             ending=outcome.ending,
         )
-        if not step.text.strip() or step.text == previous:
-            self.ending = "repeat"
-        elif any(marker in step.text for marker in ANSWER_MARKERS):
-            self.ending = "answer"
-        elif outcome.ending in ("think_end", "eos"):
-            self.ending = outcome.ending
+        self.ending = thinking_ending(record, outcome, config)
         return self.ending
 
     async def finish(self) -> None:
@@ -140,7 +134,7 @@ class Track:
     def fail(self, error: BaseException) -> None:
         """Mark the track failed by `error`; its problem is still decided from the other tracks."""
         self.record.finish_reason = "failed"
-        self.record.error = str(error)
+        self.record.error = str(error) if isinstance(error, SpectraError) else f"{type(error).__name__}: {error}"
         log.warning("track_failed", track=self.setup.track_id, error=str(error))
 
     def close(self) -> None:
@@ -150,8 +144,10 @@ class Track:
         self.record.usage = sum_usage([s.usage for s in self.record.steps] + [self.record.usage])
 
     async def run(self) -> TrackRecord:
-        """Reason until an answer. Server errors end the track as "failed" (kept in the record);
-        cancellation marks it "cancelled" and propagates."""
+        """Reason until an answer. Any error inside the track ends it as "failed" (kept in the
+        record) and its problem is still decided from the other tracks; only errors meant for
+        the user (bad input, a server spectra started died, SIGTERM) stop the run. Cancellation
+        marks it "cancelled" and propagates."""
         try:
             while await self.advance() is None:
                 pass
@@ -161,6 +157,11 @@ class Track:
             raise
         except ServerError as exc:
             self.fail(exc)
+        except SpectraError:
+            raise
+        except Exception as exc:  # a bug or an unexpected answer must not end the whole run
+            self.fail(exc)
+            log.exception("track_error", track=self.setup.track_id)
         finally:
             self.close()
         return self.record
@@ -171,9 +172,24 @@ def reasoning_text(record: TrackRecord, delimiter: str) -> str:
     return "".join(step.text + delimiter for step in record.steps)
 
 
-def _within_budget(config: ReasoningConfig, spent: int) -> ReasoningConfig:
-    allowed = min(config.max_step_tokens, config.token_budget - spent)
-    return config if allowed == config.max_step_tokens else dataclasses.replace(config, max_step_tokens=allowed)
+def thinking_ending(record: TrackRecord, outcome: StepOutcome, config: ReasoningConfig) -> str | None:
+    """Why thinking ends after the step just kept, or None. SpecLRM's order: a stated answer, a
+    repeated step (SpecReason compares only when there are more than two steps), the budget
+    (kept tokens, checked after the step). A policy that wrote the whole reasoning in one request
+    (`outcome.final`) ends it whatever the step says."""
+    steps = record.steps
+    text = steps[-1].text
+    if any(marker in text for marker in ANSWER_MARKERS):
+        return "answer"
+    if len(steps) > 2 and text == steps[-2].text:
+        return "repeat"
+    if record.thinking_tokens >= config.token_budget or (outcome.final and outcome.ending == "length"):
+        return "budget"
+    if outcome.final:
+        return "eos"  # the one request ended by itself without stating an answer
+    if config.answer_phase and outcome.ending in ("think_end", "eos"):
+        return outcome.ending
+    return None
 
 
 async def _answer(
@@ -186,12 +202,13 @@ async def _answer(
     *,
     multiple_choice: bool,
 ) -> None:
-    """Close thinking and let the answer model write the answer, unless a step already gave it."""
+    """The answer from the steps (the seeds); with --answer_phase, unless a step stated it, the
+    answer model closes thinking and writes it."""
     reasoning = reasoning_text(record, config.step_delimiter)
     record.finish_reason = ending
-    if ending == "answer":
+    if ending == "answer" or not config.answer_phase:
         record.answer = extract_answer(reasoning, choices=multiple_choice)
-        record.answer_model = record.steps[-1].writer
+        record.answer_model = record.steps[-1].writer if record.answer is not None else None
         return
     model = models[config.answer_model]
     record.answer_model = model.role
@@ -201,7 +218,7 @@ async def _answer(
         # The budget is spent or thinking went in circles: ask for the answer now.
         closing = prompts.render_answer()
         closing = closing if model.chat.thinking else closing.replace(THINK_CLOSE, "")
-    prompt = model.chat.render(list(messages), model.chat.think_prefix + reasoning + closing)
+    prompt = model.chat.render(list(messages), model.chat.think_open + reasoning + closing)
     completion = await model.client.complete(
         prompt,
         max_tokens=config.answer_max_tokens,

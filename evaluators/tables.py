@@ -148,6 +148,10 @@ def comparison_table(comparisons: list[Comparison]) -> Table:
         rows.append([c.run, str(c.common_problems), speedup, ratio, _signed(c.accuracy_diff), ci])
     baseline = comparisons[0].baseline if comparisons else DASH
     headers = ["run", "common problems", "speedup", "token ratio", "accuracy diff", "95% CI"]
+    if any(c.concurrency_note for c in comparisons):
+        headers.append("note")
+        for row, c in zip(rows, comparisons, strict=True):
+            row.append(f"other concurrency: {c.concurrency_note}" if c.concurrency_note else DASH)
     return Table(f"Against baseline {baseline}", headers, rows)
 
 

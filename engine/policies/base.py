@@ -24,7 +24,8 @@ from engine.results import ModelUsage, StepRecord
 @dataclass(frozen=True)
 class StepContext:
     """What a policy needs to write step `index` after `reasoning` (the kept steps so far, each
-    followed by the delimiter). `config.max_step_tokens` is already clipped to the budget left."""
+    followed by the delimiter). As in the seeds, `config.max_step_tokens` is not clipped to the
+    budget left: the budget is checked after the step."""
 
     models: dict[str, Model]
     messages: tuple[Message, ...]
@@ -39,10 +40,12 @@ class StepContext:
 
 @dataclass(frozen=True)
 class StepOutcome:
-    """A kept step, and how its generation ended: "delimiter", "think_end", "eos" or "length"."""
+    """A kept step, and how its generation ended: "delimiter", "think_end", "eos" or "length".
+    `final`: the policy wrote the whole reasoning in this one step, so thinking ends with it."""
 
     step: StepRecord
     ending: str
+    final: bool = False
 
 
 class TrackPolicy(Protocol):
@@ -75,9 +78,11 @@ def step_ending(completion: Completion, delimiter: str) -> str:
 
 
 async def generate_step(model: Model, ctx: StepContext, *, salt: int) -> Completion:
-    """`model` continues the reasoning by one step, stopping at the delimiter or end of thinking."""
-    stop = [ctx.config.step_delimiter] + ([THINK_CLOSE] if model.chat.thinking else [])
-    prompt = model.chat.render(list(ctx.messages), model.chat.think_prefix + ctx.reasoning)
+    """`model` continues the reasoning by one step, stopping at the delimiter only (the seeds'
+    `stop=["\n\n"]`); with --answer_phase also at the end of thinking."""
+    closing = [THINK_CLOSE] if ctx.config.answer_phase and model.chat.thinking else []
+    stop = [ctx.config.step_delimiter, *closing]
+    prompt = model.chat.continuation(ctx.messages, ctx.reasoning)
     return await model.client.complete(
         prompt,
         max_tokens=ctx.config.max_step_tokens,
@@ -90,15 +95,35 @@ async def generate_step(model: Model, ctx: StepContext, *, salt: int) -> Complet
 
 
 def kept_step(
-    completion: Completion, writer: str, index: int, usage: dict[str, ModelUsage], started: float, **scored: Any
+    completion: Completion,
+    writer: str,
+    index: int,
+    usage: dict[str, ModelUsage],
+    started: float,
+    *,
+    delimiter: str,
+    **scored: Any,
 ) -> StepRecord:
     """The step record of `completion` as kept in the track, written by `writer`."""
     return StepRecord(
         index=index,
-        text=completion.text.replace(THINK_CLOSE, ""),
+        text=without_stray_think_close(completion.text),
         writer=writer,
         tokens=completion.completion_tokens,
         usage=usage,
         latency_s=time.monotonic() - started,
+        ending=step_ending(completion, delimiter),
         **scored,
     )
+
+
+# SpecReason ends thinking at a step that states the answer.
+ANSWER_MARKERS = ("boxed", "Answer:", "ANSWER:")
+
+
+def without_stray_think_close(text: str) -> str:
+    """SpecReason's edge case: a `</think>` in a step that states no answer is removed, and
+    reasoning goes on; in a step with an answer it is kept."""
+    if THINK_CLOSE in text and not any(marker in text for marker in ANSWER_MARKERS):
+        return text.replace(THINK_CLOSE, "")
+    return text

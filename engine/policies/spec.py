@@ -12,7 +12,7 @@ from engine.client import Completion
 from engine.config import ReasoningConfig, Settings, setting
 from engine.errors import UsageError
 from engine.models import Model, usage_of
-from engine.policies.base import PolicySpec, StepContext, StepOutcome, generate_step, kept_step, step_ending
+from engine.policies.base import PolicySpec, StepContext, StepOutcome, generate_step, kept_step
 from engine.prompts import PromptSet
 from engine.scoring import SCORE_METHODS, JudgeScorer, ScoreQuery
 
@@ -37,22 +37,22 @@ class SpecPolicy:
 
     async def step(self, ctx: StepContext) -> StepOutcome:
         big, small = ctx.models["big"], ctx.models["small"]
-        started = time.monotonic()
+        started, delimiter = time.monotonic(), ctx.config.step_delimiter
         if ctx.index < self.settings.first_n_steps_base_model:
             completion = await generate_step(big, ctx, salt=0)
-            step = kept_step(completion, "big", ctx.index, {"big": usage_of(completion)}, started)
-            return StepOutcome(step, step_ending(completion, ctx.config.step_delimiter))
+            step = kept_step(completion, "big", ctx.index, {"big": usage_of(completion)}, started, delimiter=delimiter)
+            return StepOutcome(step, step.ending)
         draft = await generate_step(small, ctx, salt=1)
         verdict = await self.judge.score(ScoreQuery(ctx.problem, ctx.messages, (*ctx.steps, draft.text)))
         usage = {"small": usage_of(draft), **verdict.usage}
         scored = {"score": verdict.raw, "score_distribution": verdict.distribution}
         if verdict.raw >= self.settings.score_threshold:
-            step = kept_step(draft, "small", ctx.index, usage, started, **scored)
-            return StepOutcome(step, step_ending(draft, ctx.config.step_delimiter))
+            step = kept_step(draft, "small", ctx.index, usage, started, delimiter=delimiter, **scored)
+            return StepOutcome(step, step.ending)
         rewrite = await rewrite_step(big, ctx, draft.text)
         usage["big"].add(usage_of(rewrite))
-        step = kept_step(rewrite, "big", ctx.index, usage, started, draft=draft.text, **scored)
-        return StepOutcome(step, step_ending(rewrite, ctx.config.step_delimiter))
+        step = kept_step(rewrite, "big", ctx.index, usage, started, delimiter=delimiter, draft=draft.text, **scored)
+        return StepOutcome(step, step.ending)
 
 
 async def rewrite_step(big: Model, ctx: StepContext, draft_text: str) -> Completion:
@@ -60,7 +60,7 @@ async def rewrite_step(big: Model, ctx: StepContext, draft_text: str) -> Complet
     prompt set has a rewrite template, after being shown the rejected draft."""
     if not ctx.prompts.templates.rewrite:
         return await generate_step(big, ctx, salt=2)
-    reasoning = big.chat.think_prefix + ctx.reasoning + draft_text
+    reasoning = big.chat.think_open + ctx.reasoning + draft_text
     request = ctx.prompts.render_rewrite(draft_text)
     messages = (*ctx.messages, Message("assistant", reasoning), Message("user", request))
     shown = dataclasses.replace(ctx, messages=messages, reasoning="")

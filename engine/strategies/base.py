@@ -62,6 +62,7 @@ class SolveContext:
             started_at=self.started_at,
             finished_at=time.time(),
             config_digest=self.config.digest(),
+            multiple_choice=bool(problem.choices),
             **fields,
         )
 

@@ -271,6 +271,21 @@ def test_multiple_choice_from_the_manifest_config(tmp_path):
     assert evaluate(write_run(tmp_path / "mc", records, mode="spec", config={"multiple_choice": True})).accuracy == 1.0
 
 
+def test_multiple_choice_is_read_from_the_record_before_the_data_set_name(tmp_path):
+    stored = [record("q1", 0, "C", "c", [track(0, "c")], dataset="my-mcq", multiple_choice=True)]
+    assert evaluate(write_run(tmp_path / "stored", stored, mode="spec")).accuracy == 1.0
+    rows = [
+        record("q1", 0, "C", "C", [], dataset="my-mcq", multiple_choice=True),
+        # a record that says it is not multiple choice is not, whatever its name
+        record("q2", 0, "C", "C", [], dataset="gpqa_like", multiple_choice=False),
+        # records written before the field existed fall back to the name
+        record("q3", 0, "C", "C", [], dataset="gpqa_diamond"),
+        record("q4", 0, "3", "3", [], dataset="math500"),
+    ]
+    run = load_run(write_run(tmp_path / "mixed", rows, mode="spec"))
+    assert [run.multiple_choice(r) for r in run.records] == [True, False, True, False]
+
+
 def test_records_without_reference_are_not_scored(tmp_path):
     records = [record("p1", 0, None, "3", [track(0, "3")]), record("p2", 0, "4", "4", [track(0, "4")])]
     s = evaluate(write_run(tmp_path / "run", records, mode="spec"))
@@ -386,3 +401,38 @@ def test_cli_usage_errors(spec_run, capsys):
     assert main([]) == 2
     assert "no run folder given" in capsys.readouterr().err
     assert main([str(spec_run), "--k", "0"]) == 2
+
+
+def with_concurrency(folder: Path, **concurrency) -> Path:
+    path = folder / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["concurrency"] = {
+        "max_problems_in_flight": 1,
+        "max_tracks_in_flight": 64,
+        "max_in_flight_per_endpoint": 64,
+        "replicas": {"big": 1},
+        **concurrency,
+    }
+    path.write_text(json.dumps(manifest))
+    return folder
+
+
+def test_baseline_comparison_warns_when_runs_were_measured_with_other_concurrency(spec_run, base_run, capsys):
+    with_concurrency(spec_run, max_problems_in_flight=8)
+    with_concurrency(base_run)
+    assert main([str(spec_run), "--baseline", str(base_run), "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    note = json.loads(captured.out)["comparisons"][0]["concurrency_note"]
+    assert note == "max_problems_in_flight 8 vs 1"
+    assert "concurrency_differs" in captured.err
+    assert main([str(spec_run), "--baseline", str(base_run)]) == 0
+    assert "other concurrency: max_problems_in_flight 8 vs 1" in capsys.readouterr().out
+
+
+def test_baseline_comparison_is_quiet_when_concurrency_matches(spec_run, base_run, capsys):
+    with_concurrency(spec_run)
+    with_concurrency(base_run)
+    assert main([str(spec_run), "--baseline", str(base_run), "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["comparisons"][0]["concurrency_note"] is None
+    assert "concurrency_differs" not in captured.err

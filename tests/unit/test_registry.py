@@ -14,6 +14,7 @@ from engine.policies.base import StepContext
 from engine.prompts import load_prompt_set
 from engine.scheduler import Scheduler, WorkItem
 from engine.strategies import STRATEGIES
+from engine.track import track_messages
 from tests.fake_openai import FakeOpenAIServer, Reply
 
 PROBLEM = Problem(id="p", problem="What is 2 + 2?", answer="4")
@@ -34,7 +35,8 @@ async def test_every_policy_writes_one_step_with_default_settings(make_models, n
     async with FakeOpenAIServer(any_request) as server:
         models = make_models(**{role: server for role in ("big", "small")})
         policy = spec.start(spec.settings(), models, PROMPTS, ReasoningConfig())
-        ctx = StepContext(models, (), "", (), 0, ReasoningConfig(), PROMPTS, PROBLEM.problem, seed=1)
+        messages = track_messages(PROBLEM, PROMPTS, None)
+        ctx = StepContext(models, messages, "", (), 0, ReasoningConfig(), PROMPTS, PROBLEM.problem, seed=1)
         outcome = await policy.step(ctx)
     assert outcome.step.text and outcome.step.writer in spec.roles
     assert outcome.ending in ("delimiter", "think_end", "eos", "length")
