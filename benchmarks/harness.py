@@ -35,6 +35,7 @@ from engine.config import ModelConfig, ReasoningConfig, RunConfig, SchedulerLimi
 from engine.datasets import Problem
 from engine.errors import ServerStartError
 from engine.models import Model
+from engine.policies.spec import SpecSettings
 from engine.prompts import load_prompt_set
 from engine.results import ProblemRecord, TrackRecord
 from engine.scheduler import Scheduler, WorkItem
@@ -107,13 +108,19 @@ def sim_models(session: aiohttp.ClientSession, url: str, chat: ChatFormat, limit
 
 
 def bench_config(
-    reasoning: ReasoningConfig, *, tracks: int, problems_in_flight: int, tracks_in_flight: int
+    reasoning: ReasoningConfig,
+    *,
+    tracks: int,
+    problems_in_flight: int,
+    tracks_in_flight: int,
+    policy_settings: SpecSettings | None = None,
 ) -> RunConfig:
     return RunConfig(
         runner="benchmark",
         output_dir="unused",
         models={"big": ModelConfig("big"), "small": ModelConfig("small")},
         policy="spec",
+        policy_settings=policy_settings,
         strategy_settings=VoteSettings(tracks=tracks),
         reasoning=reasoning,
         limits=SchedulerLimits(max_tracks_in_flight=tracks_in_flight, max_problems_in_flight=problems_in_flight),

@@ -50,8 +50,9 @@ class ClientLimits:
     two chunks of a streamed answer (a stalled server). Retries stop once `retry_deadline_s`
     has passed since the first attempt, or after `max_attempts` failures that a server restart
     does not explain (HTTP 500, 429, timeouts, malformed answers); refused or broken connections
-    and 502/503/504 do not count against it. While an endpoint is down, its `/health` is polled
-    every `health_poll_s` instead of sending it completions.
+    and 502/503/504 do not count against it. While a retry waits out its backoff after such an
+    error, the endpoint's `/health` is polled every `health_poll_s` (not its completions), and
+    the wait ends as soon as the endpoint answers again.
     """
 
     max_in_flight_per_endpoint: int = 64

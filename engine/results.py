@@ -54,7 +54,8 @@ class StepRecord:
     is the big model's 0-9 judgement of the small model's draft and `score_distribution`
     the renormalised probabilities of the digits found in the top logprobs; when the draft
     was rejected, `draft` keeps its text. `usage` counts every request made for the step
-    (draft, score, rewrite), per model.
+    (draft, score, rewrite), per model; `wasted` counts work done ahead for this step and thrown
+    away (pipelined speculation: drafts and scores made on top of a rejected draft).
     """
 
     index: int
@@ -69,6 +70,7 @@ class StepRecord:
     # How the kept text's generation stopped: "delimiter", "eos" (the model ended its sequence;
     # the seeds keep reasoning after it), "think_end" (--answer_phase) or "length".
     ending: str = ""
+    wasted: dict[str, ModelUsage] = field(default_factory=dict)
 
     @property
     def accepted(self) -> bool | None:
@@ -85,7 +87,10 @@ class TrackRecord:
     "repeat" (a step repeated the previous one or was empty), "think_end" (the model closed
     thinking), "cancelled" (stopped early by the scheduler), "failed" (an error, kept in
     `error`). `answer_model` wrote the answer: the answer model after thinking, or the writer
-    of the step that stated it.
+    of the step that stated it. `usage` counts the requests whose results the track used;
+    `wasted` the work it threw away (its steps' `wasted`, and the work ahead cancelled when it
+    ended), apart from `usage`. A request cancelled mid-generation counts as one request with
+    no tokens: the engine does not know how many the server had generated.
     """
 
     track_id: int
@@ -104,6 +109,7 @@ class TrackRecord:
     answer_tokens: int = 0
     latency_s: float = 0.0
     finished_at: float | None = None
+    wasted: dict[str, ModelUsage] = field(default_factory=dict)
     score: float | None = None
 
     @property
@@ -189,12 +195,14 @@ def _track_from_dict(data: dict[str, Any]) -> TrackRecord:
     data = dict(data)
     data["steps"] = [_step_from_dict(s) for s in data.get("steps", [])]
     data["usage"] = _usage_from_dict(data.get("usage", {}))
+    data["wasted"] = _usage_from_dict(data.get("wasted", {}))
     return TrackRecord(**_known_fields(TrackRecord, data))
 
 
 def _step_from_dict(data: dict[str, Any]) -> StepRecord:
     data = dict(data)
     data["usage"] = _usage_from_dict(data.get("usage", {}))
+    data["wasted"] = _usage_from_dict(data.get("wasted", {}))
     return StepRecord(**_known_fields(StepRecord, data))
 
 

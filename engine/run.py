@@ -95,11 +95,13 @@ def parse_shard(text: str | None) -> Shard | None:
 
 
 def roles_needed(config: RunConfig) -> list[str]:
-    """The models this run talks to: the policy's, the strategy's, the answer model."""
+    """The models this run talks to: the policy's, the strategy's, the answer model (only with
+    --answer_phase: otherwise the answer is taken from the steps)."""
     needed = set(POLICIES[config.policy].roles) | set(
         STRATEGIES[config.strategy].needed_roles(config.strategy_settings)
     )
-    needed.add(config.reasoning.answer_model)
+    if config.reasoning.answer_phase:
+        needed.add(config.reasoning.answer_model)
     return sorted(needed)
 
 

@@ -27,7 +27,7 @@ from engine.config import ReasoningConfig
 from engine.datasets import Problem
 from engine.errors import ServerError, SpectraError
 from engine.models import NO_SPECIAL_TOKENS, Model, request_seed, usage_of
-from engine.policies.base import ANSWER_MARKERS, StepContext, StepOutcome, TrackPolicy
+from engine.policies.base import StepContext, TrackPolicy, thinking_ending
 from engine.prompts import PromptSet
 from engine.results import TrackRecord, sum_usage
 
@@ -102,6 +102,7 @@ class Track:
             prompts=self.prompts,
             problem=self.problem.problem,
             seed=self.setup.seed,
+            thinking_tokens=record.thinking_tokens,
         )
         outcome = await self.policy.step(ctx)
         step = outcome.step
@@ -116,7 +117,8 @@ class Track:
             tokens=step.tokens,
             ending=outcome.ending,
         )
-        self.ending = thinking_ending(record, outcome, config)
+        texts = [s.text for s in record.steps]
+        self.ending = thinking_ending(texts, record.thinking_tokens, outcome.ending, config, final=outcome.final)
         return self.ending
 
     async def finish(self) -> None:
@@ -138,10 +140,13 @@ class Track:
         log.warning("track_failed", track=self.setup.track_id, error=str(error))
 
     def close(self) -> None:
-        """Stamp the time taken and total the usage: the steps' and the answer's."""
+        """Cancel the policy's work ahead, stamp the time taken, and total the usage (the steps' and
+        the answer's) and the work thrown away (the steps' and what the policy had ahead)."""
+        ahead = self.policy.close()
         self.record.latency_s = time.monotonic() - self.started
         self.record.finished_at = time.time()
         self.record.usage = sum_usage([s.usage for s in self.record.steps] + [self.record.usage])
+        self.record.wasted = sum_usage([s.wasted for s in self.record.steps] + [ahead])
 
     async def run(self) -> TrackRecord:
         """Reason until an answer. Any error inside the track ends it as "failed" (kept in the
@@ -170,26 +175,6 @@ class Track:
 def reasoning_text(record: TrackRecord, delimiter: str) -> str:
     """The steps so far joined by the delimiter, ending with one so the next step starts fresh."""
     return "".join(step.text + delimiter for step in record.steps)
-
-
-def thinking_ending(record: TrackRecord, outcome: StepOutcome, config: ReasoningConfig) -> str | None:
-    """Why thinking ends after the step just kept, or None. SpecLRM's order: a stated answer, a
-    repeated step (SpecReason compares only when there are more than two steps), the budget
-    (kept tokens, checked after the step). A policy that wrote the whole reasoning in one request
-    (`outcome.final`) ends it whatever the step says."""
-    steps = record.steps
-    text = steps[-1].text
-    if any(marker in text for marker in ANSWER_MARKERS):
-        return "answer"
-    if len(steps) > 2 and text == steps[-2].text:
-        return "repeat"
-    if record.thinking_tokens >= config.token_budget or (outcome.final and outcome.ending == "length"):
-        return "budget"
-    if outcome.final:
-        return "eos"  # the one request ended by itself without stating an answer
-    if config.answer_phase and outcome.ending in ("think_end", "eos"):
-        return outcome.ending
-    return None
 
 
 async def _answer(

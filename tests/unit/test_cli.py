@@ -9,7 +9,7 @@ import pytest
 
 from engine.cli import ArgumentParser, add_run_arguments, build_config, main
 from engine.config import ModelConfig, RunConfig
-from engine.run import model_endpoints
+from engine.run import model_endpoints, roles_needed
 from tests.fake_openai import FakeOpenAIServer
 
 
@@ -194,3 +194,12 @@ async def test_one_live_replica_is_enough_and_dead_ones_are_kept_for_failover(tm
                 "fake-model",
                 None,
             )
+
+
+def test_the_answer_model_is_needed_only_with_the_answer_phase():
+    small_only = parsed("base", "--model", "small", "--answer_model", "big")
+    assert roles_needed(small_only) == ["small"]
+    assert roles_needed(parsed("base", "--model", "small", "--answer_model", "big", "--answer_phase")) == [
+        "big",
+        "small",
+    ]

@@ -93,8 +93,15 @@ def spec_records() -> list[ProblemRecord]:
     steps1 = [StepRecord(index=0, text="s", writer="small", tokens=30, score=7.0)]
     steps2 = [StepRecord(index=0, text="b", writer="big", tokens=40)]  # big-only first step: unscored
     p1r0_tracks = [
-        track(0, "0.5", steps=steps0, thinking_tokens=30, answer_tokens=5),
-        track(1, "1/3", steps=steps1, thinking_tokens=30, answer_tokens=5),
+        track(
+            0,
+            "0.5",
+            steps=steps0,
+            thinking_tokens=30,
+            answer_tokens=5,
+            wasted={"small": ModelUsage(completion_tokens=12, requests=2)},
+        ),
+        track(1, "1/3", steps=steps1, thinking_tokens=30, answer_tokens=5, wasted={"big": ModelUsage(requests=1)}),
         track(2, "1/2", steps=steps2, thinking_tokens=40, answer_tokens=5),
     ]
     return [
@@ -213,6 +220,8 @@ def test_tokens_requests_and_shares(spec_run):
     assert t.big_share_kept == pytest.approx(0.6)
     assert t.thinking_per_record == 25.0  # (30 + 30 + 40) / 4
     assert t.answer_per_record == 3.75
+    # thrown away: 12 small tokens in 2 requests, 1 big request cancelled before any token was known
+    assert (t.wasted_completion_per_record, t.wasted_requests_per_record) == (3.0, 0.75)
 
 
 def test_answer_tokens_are_split_by_the_model_that_wrote_the_answer(tmp_path):
@@ -333,6 +342,7 @@ def test_cli_prints_tables_and_writes_json_and_report(spec_run, base_run, tmp_pa
     text = capsys.readouterr().out
     assert "Against baseline base-run" in text
     assert "2.80x" in text and "+25.0 pts" in text
+    assert "wasted/record" in text and "3 (0.8 req)" in text
     data = json.loads((tmp_path / "s.json").read_text())
     assert [r["name"] for r in data["runs"]] == ["base-run", "spec-run"]  # a baseline not given as RUN_DIR is added
     assert data["baseline"] == "base-run"

@@ -209,6 +209,9 @@ async def test_a_track_that_raises_fails_alone_and_the_problem_is_still_voted(ma
         async def step(self, ctx):
             raise ZeroDivisionError("a bug in one track")
 
+        def close(self):
+            return {}
+
     def new_policy(self):
         made.append(1)
         return Broken() if len(made) == 2 else real(self)

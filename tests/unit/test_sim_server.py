@@ -168,3 +168,18 @@ async def test_the_server_process_serves_its_endpoints_and_counters(session):
         assert score.text.isdigit() and len(score.top_logprobs[0]) == 10
         stats = await sim_stats(session, url)
     assert stats["requests"] == {"step": 0, "score": 1, "answer": 0, "tokenize": 1} and stats["served"] == 1
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_request_its_client_leaves_counts_the_tokens_generated_until_then(session, stream):
+    config = sim_config(models={"m": Latency(request_s=0.05, token_s=0.01, capacity=4)}, step_tokens=100)
+    async with SimServer(config) as sim:
+        client = ModelClient(session, "m", [sim.url])
+        request = asyncio.create_task(client.complete("<think>\n", max_tokens=100, stop=["\n\n"], stream=stream))
+        await asyncio.sleep(0.35)  # 0.05 s, then 30 of the 100 tokens
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await asyncio.sleep(0.05)
+    assert sim.stats.disconnects == 1 and sim.stats.served == 0 and sim.stats.completion_tokens == 0
+    assert 25 <= sim.stats.aborted_tokens <= 40

@@ -276,6 +276,9 @@ class RaisingPolicy:
     async def step(self, ctx):
         raise self.error
 
+    def close(self):
+        return {}
+
 
 async def test_any_error_inside_a_track_fails_only_that_track(make_models):
     from engine.track import Track, TrackSetup, new_track_record
