@@ -46,7 +46,7 @@ log = structlog.get_logger(__name__)
 TINY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "tiny-models"
 # The tiny demo models serve 4096 positions and write noise: keep their reasoning short.
 DEMO_REASONING = {"token_budget": 160, "max_step_tokens": 32, "answer_max_tokens": 32}
-DEMO_SEARCH = {"max_tokens": 32, "num_iterations": 4}
+DEMO_SEARCH = {"num_iterations": 4}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -67,7 +67,21 @@ def _single_model(args: argparse.Namespace, default_tracks: int) -> dict[str, An
 
 SEARCH_APPROACHES = ("best_of_n", "beam_search", "dvts")
 # search-and-learn: the small model writes (`model_path`), sampling at 0.8 / 1.0, its system prompt.
-SEARCH_PLAN = {"policy": "small", "answer_model": "small", "temperature": 0.8, "top_p": 1.0, "prompt_set": "search"}
+SEARCH_PLAN = {
+    "policy": "small",
+    "answer_model": "small",
+    "temperature": 0.8,
+    "top_p": 1.0,
+    "max_step_tokens": 2048,
+    "prompt_set": "search",
+}
+
+
+def _search(args: argparse.Namespace) -> dict[str, Any]:
+    # search-and-learn's `--max_tokens` (per request) is spectra's `--max_step_tokens`; the flag
+    # `--max_tokens` itself belongs to RAST's settings (one flag, one settings class).
+    given = {"max_step_tokens": args.max_tokens} if args.max_tokens is not None else {}
+    return {**SEARCH_PLAN, "strategy": _or(args.approach, "best_of_n"), **given}
 
 
 # runner -> its policy and strategy, and the defaults it gives to flags the user left unset.
@@ -83,7 +97,9 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         "tracks": _or(a.method_num, 3),
         "aggregation": "speclrm",
     },
-    "search": lambda a: {**SEARCH_PLAN, "strategy": _or(a.approach, "best_of_n")},
+    "search": _search,
+    # RAST runs no tracks: the policy is unused; its prompt set is RAST's plain prompt.
+    "rast": lambda a: {"policy": "big", "strategy": "rast", "prompt_set": "rast"},
 }
 # Every settings class whose fields are flags; an import-time check keeps one meaning per flag.
 SETTINGS_CLASSES = [ReasoningConfig, SchedulerLimits] + [s.settings for s in (*POLICIES.values(), *STRATEGIES.values())]
@@ -229,7 +245,7 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         limits=settings_from_flags(SchedulerLimits, args),
         data=data,
         client=ClientLimits(**_given(args, ClientLimits)),
-        prompt_set=args.prompt_set or plan.get("prompt_set", "default"),
+        prompt_set=args.prompt_set or plan.pop("prompt_set", "default"),
         thinking=args.thinking or "auto",
         server_log_dir=args.server_log_dir,
         max_model_len=args.max_model_len,

@@ -45,14 +45,14 @@ PRM_KINDS = ("auto", "pooling", "token")
 @dataclass(frozen=True)
 class SearchSettings(Settings):
     """search-and-learn's settings (src/sal/config.py) and defaults, shared by its three strategies.
-    Sampling (`--temperature`, `--top_p`, `--seed`) is the run's reasoning config; the search
-    runner defaults them to search-and-learn's 0.8 and 1.0."""
+    Sampling (`--temperature`, `--top_p`, `--seed`) and the tokens one request may write
+    (`--max_step_tokens`) are the run's reasoning config; the search runner defaults them to
+    search-and-learn's 0.8, 1.0 and 2048, and reads its `--max_tokens` as `--max_step_tokens`."""
 
     n: int = setting(4, "completions per problem (N)")
     beam_width: int = setting(4, "beam search: N / beam_width beams go on; DVTS: steps sampled per subtree")
     num_iterations: int = setting(40, "beam search and DVTS: steps at most; the last one runs to the end")
     lookahead: int = setting(0, "greedy steps written after a candidate step to score it (not kept)")
-    max_tokens: int = setting(2048, "tokens one generation request may write")
     agg_strategy: str = setting("last", "how a solution's step scores make its score", STEP_SCORE_AGGREGATIONS)
     filter_duplicates: bool = setting(False, "beam search: drop active beams whose text repeats another's")
     sort_completed: bool = setting(False, "beam search: keep the top N completed beams, not the first N")
@@ -62,7 +62,7 @@ class SearchSettings(Settings):
     )
 
     def validate(self) -> None:
-        for name, least in (("n", 1), ("beam_width", 1), ("num_iterations", 1), ("lookahead", 0), ("max_tokens", 1)):
+        for name, least in (("n", 1), ("beam_width", 1), ("num_iterations", 1), ("lookahead", 0)):
             value = getattr(self, name)
             if value < least:
                 raise UsageError(f"--{name} must be at least {least}, not {value}")
@@ -79,6 +79,7 @@ class Sampling:
 
     temperature: float = 0.8
     top_p: float = 1.0
+    max_tokens: int = 2048
     seed: int | None = None
     repeat_id: int = 0
 
@@ -175,7 +176,7 @@ class Searcher:
     async def _continue(self, text: str, *, temperature: float, final: bool, key: tuple) -> Completion:
         completion = await self.client.complete(
             self.chat.render(list(self.messages), text),
-            max_tokens=self.settings.max_tokens,
+            max_tokens=self.sampling.max_tokens,
             temperature=temperature,
             top_p=self.sampling.top_p,
             stop=None if final else [STEP_DELIMITER],

@@ -56,7 +56,9 @@ async def solve(ctx: SolveContext, name: str, search: SearchFunction) -> Problem
         messages=track_messages(ctx.problem, ctx.prompts, None),
         problem=ctx.problem.problem,
         settings=settings,
-        sampling=Sampling(reasoning.temperature, reasoning.top_p, reasoning.seed, ctx.repeat_id),
+        sampling=Sampling(
+            reasoning.temperature, reasoning.top_p, reasoning.max_step_tokens, reasoning.seed, ctx.repeat_id
+        ),
         role=WRITER,
     )
     # One problem's search counts as one track of the run's limit; its requests are bounded by the clients.

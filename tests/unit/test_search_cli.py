@@ -21,6 +21,7 @@ def test_search_runner_defaults_are_search_and_learns():
     config = config_of(MODELS)
     assert config.strategy == "best_of_n" and config.strategy_settings == SearchSettings()
     assert (config.reasoning.temperature, config.reasoning.top_p) == (0.8, 1.0)
+    assert config.reasoning.max_step_tokens == 2048, "search-and-learn's max_tokens per request"
     assert config.prompt_set == "search"
     assert roles_needed(config) == ["prm", "small"], "the PRM scores, the small model writes; no big model"
 
@@ -36,14 +37,14 @@ def test_a_recipe_sets_flags_and_the_command_line_overrides_it(tmp_path):
     recipe.write_text(
         "approach: beam_search\nn: 8\nbeam_width: 2\nnum_iterations: 10\nlookahead: 1\nseed: 0\n"
         "model_path: policy-model\nprm_path: prm-model\nsearch_batch_size: 1\nsort_completed: true\n"
-        "temperature: 0.7\n"
+        "temperature: 0.7\nmax_tokens: 300\n"
     )
     config = config_of(["--config", str(recipe), "--n", "16"])
     settings = config.strategy_settings
     assert config.strategy == "beam_search"
     assert (settings.n, settings.beam_width, settings.num_iterations, settings.lookahead) == (16, 2, 10, 1)
     assert settings.sort_completed is True
-    assert (config.reasoning.seed, config.reasoning.temperature) == (0, 0.7)
+    assert (config.reasoning.seed, config.reasoning.temperature, config.reasoning.max_step_tokens) == (0, 0.7, 300)
     assert (config.model("small").model, config.model("prm").model) == ("policy-model", "prm-model")
 
 
