@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -35,6 +36,7 @@ from engine.config import (
 from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
 from engine.policies import POLICIES
+from engine.recipes import CONFIG_FLAG, parse_with_recipe
 from engine.results import ProblemRecord
 from engine.run import Shard, parse_shard, roles_needed
 from engine.strategies import STRATEGIES
@@ -44,6 +46,7 @@ log = structlog.get_logger(__name__)
 TINY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "tiny-models"
 # The tiny demo models serve 4096 positions and write noise: keep their reasoning short.
 DEMO_REASONING = {"token_budget": 160, "max_step_tokens": 32, "answer_max_tokens": 32}
+DEMO_SEARCH = {"num_iterations": 4}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -98,11 +101,31 @@ def _refuse_split_flags_elsewhere(runner: str, args: argparse.Namespace) -> None
     for flag, policy in SPLIT_MODES.items():
         if getattr(args, flag):
             raise UsageError(f"--{flag} is a flag of runners.split; with runner {runner} use --policy {policy}")
-    # --max_tokens is declared by RAST's settings; runners.split reads it as SplitReason's budget.
-    if args.max_tokens is not None and runner != "rast":
+    # --max_tokens is declared by RAST's settings; runners.split reads it as SplitReason's budget
+    # and runners.search as search-and-learn's tokens per request.
+    if args.max_tokens is not None and runner not in ("rast", "search"):
         raise UsageError(
-            f"--max_tokens is a flag of runners.split and runners.rast; with runner {runner} use --token_budget"
+            f"--max_tokens is a flag of runners.split, search and rast; with runner {runner} use --token_budget"
         )
+
+
+SEARCH_APPROACHES = ("best_of_n", "beam_search", "dvts")
+# search-and-learn: the small model writes (`model_path`), sampling at 0.8 / 1.0, its system prompt.
+SEARCH_PLAN = {
+    "policy": "small",
+    "answer_model": "small",
+    "temperature": 0.8,
+    "top_p": 1.0,
+    "max_step_tokens": 2048,
+    "prompt_set": "search",
+}
+
+
+def _search(args: argparse.Namespace) -> dict[str, Any]:
+    # search-and-learn's `--max_tokens` (per request) is spectra's `--max_step_tokens`; the flag
+    # `--max_tokens` itself belongs to RAST's settings (one flag, one settings class).
+    given = {"max_step_tokens": args.max_tokens} if args.max_tokens is not None else {}
+    return {**SEARCH_PLAN, "strategy": _or(args.approach, "best_of_n"), **given}
 
 
 # runner -> its policy and strategy, and the defaults it gives to flags the user left unset.
@@ -118,6 +141,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         "tracks": _or(a.method_num, 3),
         "aggregation": "speclrm",
     },
+    "search": _search,
     # RAST runs no tracks: the policy is unused; its prompt set is RAST's plain prompt.
     "rast": lambda a: {"policy": "big", "strategy": "rast", "prompt_set": "rast"},
     "split": _split_mode,
@@ -155,6 +179,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     models = parser.add_argument_group("models")
     add_flag(models, "model", choices=("big", "small"), help="base/scale runners: which model reasons")
     add_flag(models, "model_name", help="base/scale runners: id of the model that reasons (seeds' spelling)")
+    add_flag(models, "approach", choices=SEARCH_APPROACHES, help="search runner: the strategy (default best_of_n)")
     for role in MODEL_ROLES:
         add_flag(models, f"{role}_model", help=f"{role} model: Hugging Face id or local path")
         add_flag(
@@ -165,21 +190,27 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             "(repeat for replicas); without it spectra starts a vLLM server",
         )
         add_flag(models, f"{role}_tokenizer", help=f"where to load the {role} model's chat template from")
+        add_flag(
+            models,
+            f"{role}_server_args",
+            help=f'vLLM flags for the {role} server spectra starts: --{role}_server_args="..."',
+        )
     add_flag(models, "thinking", choices=("auto", "on", "off"))
     split = parser.add_argument_group("split runner", "SplitReason's modes: give exactly one")
     for flag, policy in SPLIT_MODES.items():
         add_flag(split, flag, action="store_true", default=None, help=f"run policy {policy}")
     add_settings_flags(parser.add_argument_group("reasoning"), ReasoningConfig)
     add_settings_flags(parser.add_argument_group("limits"), SchedulerLimits)
-    flagged: set[type] = set()
     for kind, table in (("policy", POLICIES), ("strategy", STRATEGIES)):
+        # Specs may share one settings class (big and small; the three searches): one group of flags.
+        sharing: dict[type, list[Any]] = {}
         for spec in table.values():
-            if spec.settings in flagged:  # several specs may share one settings class (big, small)
-                continue
-            flagged.add(spec.settings)
-            group = parser.add_argument_group(f"{kind} {spec.name}", spec.description)
-            add_settings_flags(group, spec.settings)
-    add_flag(parser, "prompt_set", help="a set under prompts/ by name, or a folder path (default: default)")
+            sharing.setdefault(spec.settings, []).append(spec)
+        for cls, specs in sharing.items():
+            title = f"{kind} {', '.join(s.name for s in specs)}"
+            add_settings_flags(parser.add_argument_group(title, "; ".join(s.description for s in specs)), cls)
+    add_flag(parser, "prompt_set", help="a set under prompts/ by name, or a folder path (default: the runner's)")
+    add_flag(parser, CONFIG_FLAG, help="a YAML recipe of flag: value; flags on the command line override it")
     add_flag(parser, "policy", choices=tuple(POLICIES), help="how a step is produced (default: the runner's)")
     add_flag(parser, "strategy", choices=tuple(STRATEGIES), help="how a problem is solved (default: the runner's)")
     client = parser.add_argument_group("client")
@@ -247,9 +278,11 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
                 f"--dataset_name {dataset} needs real models: give --big_model and --small_model "
                 "(the tiny random-weight models are only for --dataset_name demo)"
             )
-        models.update(_tiny_models(args))
+        strategy_settings = settings_from_flags(STRATEGIES[strategy].settings, args, plan)
+        roles = [*POLICIES[policy].roles, *STRATEGIES[strategy].needed_roles(strategy_settings)]
+        models.update(_tiny_models(args, roles))
         # The tiny models' limits beat a runner's defaults (SplitReason's 16384 tokens); flags beat both.
-        plan = {**plan, **DEMO_REASONING}
+        plan = {**plan, **DEMO_REASONING, **DEMO_SEARCH}
     config = RunConfig(
         runner=runner,
         output_dir=args.output_dir or _default_output_dir(runner, dataset, shard),
@@ -301,17 +334,26 @@ def _default_output_dir(runner: str, dataset: str, shard: Shard | None) -> str:
 def _model_config(args: argparse.Namespace, role: str) -> ModelConfig:
     urls = tuple(u.rstrip("/") for value in (getattr(args, f"{role}_url") or ()) for u in value.split(",") if u)
     return ModelConfig(
-        model=getattr(args, f"{role}_model") or "", urls=urls, tokenizer=getattr(args, f"{role}_tokenizer")
+        model=getattr(args, f"{role}_model") or "",
+        urls=urls,
+        tokenizer=getattr(args, f"{role}_tokenizer"),
+        server_args=tuple(shlex.split(getattr(args, f"{role}_server_args") or "")),
     )
 
 
-def _tiny_models(args: argparse.Namespace) -> dict[str, ModelConfig]:
+def _tiny_models(args: argparse.Namespace, roles: list[str]) -> dict[str, ModelConfig]:
     from engine.tiny_models import make_tiny_models
+    from engine.tiny_prm import make_tiny_prm, prm_server_args
 
     if any(getattr(args, f"{role}_url") for role in MODEL_ROLES):
         raise UsageError("--big_url/--small_url need --big_model/--small_model (the ids those servers serve)")
-    tiny = make_tiny_models(Path(args.tiny_models_dir or TINY_MODELS_DIR))
-    return {"big": ModelConfig(model=str(tiny.big)), "small": ModelConfig(model=str(tiny.small))}
+    folder = Path(args.tiny_models_dir or TINY_MODELS_DIR)
+    tiny = make_tiny_models(folder)
+    models = {"big": ModelConfig(model=str(tiny.big)), "small": ModelConfig(model=str(tiny.small))}
+    if "prm" in roles:
+        prm = make_tiny_prm(folder)
+        models["prm"] = ModelConfig(model=str(prm), server_args=prm_server_args(prm))
+    return models
 
 
 def format_summary(records: list[ProblemRecord]) -> str:
@@ -343,7 +385,11 @@ def run_runner(runner: str, argv: list[str] | None = None, *, choose_runner: boo
     if choose_runner:
         add_flag(parser, "runner", choices=tuple(RUNNERS), default=runner, help=f"default {runner}")
     add_run_arguments(parser)
-    args = parser.parse_args(argv)
+    try:
+        args = parse_with_recipe(parser, argv)
+    except UsageError as exc:
+        print(f"spectra: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     return _guarded(args, lambda: _run(getattr(args, "runner", runner), args))
 
 
@@ -383,7 +429,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.big_model or args.small_model:
         pairs = [(r, m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
     else:
-        pairs = [(role, m.model) for role, m in _tiny_models(args).items()]
+        pairs = [(role, m.model) for role, m in _tiny_models(args, ["big", "small"]).items()]
     specs = [ServerSpec(name=r, model=m, max_model_len=args.max_model_len or model_context_length(m)) for r, m in pairs]
 
     async def serve() -> None:

@@ -1,5 +1,5 @@
-"""The only code that speaks HTTP: `/v1/completions`, `/tokenize` and `/health` on vLLM OpenAI servers
-(`engine.responses` reads their answers).
+"""The only code that speaks HTTP: `/v1/completions`, `/pooling`, `/tokenize` and `/health` on vLLM
+OpenAI servers (`engine.responses` reads their answers).
 
 One `ModelClient` serves one model behind one or more endpoints. It picks the endpoint with
 the fewest requests in flight, bounds requests in flight per endpoint, puts a timeout on
@@ -27,7 +27,15 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from engine.errors import RetryableServerError, ServerError
-from engine.responses import Choice, encode_json, read_json, read_stream_completion, read_whole_completion, status_error
+from engine.responses import (
+    Choice,
+    encode_json,
+    read_json,
+    read_pooling,
+    read_stream_completion,
+    read_whole_completion,
+    status_error,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -86,6 +94,18 @@ class Completion:
     @property
     def top_logprobs(self) -> list[dict[str, float]]:
         return self.choices[0].top_logprobs
+
+
+@dataclass
+class Pooled:
+    """The answer of vLLM's `/pooling` for one input: `data` is the pooler's output (for a process
+    reward model, one row of label probabilities per step tag)."""
+
+    data: list
+    model: str
+    endpoint: str
+    prompt_tokens: int
+    latency_s: float
 
 
 @dataclass
@@ -224,6 +244,19 @@ class ModelClient:
             started = time.monotonic()
             choices, usage, first_token_at = await self._post(endpoint, "/v1/completions", body, read, stream=stream)
             return self._account(endpoint, choices, usage, started, first_token_at)
+
+        return await self._with_retries(once)
+
+    async def pool(self, prompt: str, *, extra: dict[str, Any] | None = None) -> Pooled:
+        """Run a pooling model (a reward model) on `prompt` through vLLM's `/pooling`."""
+        body: dict[str, Any] = {"model": self.model, "input": prompt, **(extra or {})}
+
+        async def once(endpoint: _Endpoint) -> Pooled:
+            started = time.monotonic()
+            data, usage = await self._post(endpoint, "/pooling", body, read_pooling, stream=False)
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.stats.prompt_tokens += prompt_tokens
+            return Pooled(data, self.model, endpoint.url, prompt_tokens, time.monotonic() - started)
 
         return await self._with_retries(once)
 

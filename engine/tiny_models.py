@@ -8,9 +8,11 @@ single tokens (scores are read from the logprobs of one digit token).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,24 +95,24 @@ def make_tiny_models(out_dir: Path, *, seed: int = 0) -> TinyModels:
     """
     out_dir = Path(out_dir)
     models = TinyModels(small=out_dir / "small", big=out_dir / "big")
-    if _is_complete(models.small, seed) and _is_complete(models.big, seed):
+    if is_complete(models.small, seed) and is_complete(models.big, seed):
         return models
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     for name, size, model_seed in (("small", SMALL, seed), ("big", BIG, seed + 1)):
         _build_model(getattr(models, name), tokenizer, size, model_seed, marker_seed=seed)
     log.info("tiny_models_built", out_dir=str(out_dir), seed=seed, vocab=len(tokenizer))
     return models
 
 
-def _is_complete(model_dir: Path, seed: int) -> bool:
+def is_complete(model_dir: Path, seed: int) -> bool:
     marker = model_dir / MARKER
     if not marker.is_file():
         return False
     return json.loads(marker.read_text()) == {"format": FORMAT_VERSION, "seed": seed}
 
 
-def _build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -144,13 +146,11 @@ def _build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def _build_model(
-    model_dir: Path, tokenizer: PreTrainedTokenizerFast, size: TinySize, seed: int, *, marker_seed: int
-) -> None:
-    import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+def qwen2_config(tokenizer: PreTrainedTokenizerFast, size: TinySize, **extra: object):
+    """The Qwen2 config of a tiny model of `size` over `tokenizer` (float32 weights)."""
+    from transformers import Qwen2Config
 
-    config = Qwen2Config(
+    return Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=size.hidden,
         intermediate_size=size.intermediate,
@@ -160,12 +160,21 @@ def _build_model(
         head_dim=size.hidden // size.heads,
         max_position_embeddings=MAX_POSITIONS,
         max_window_layers=size.layers,
-        tie_word_embeddings=True,
         bos_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         dtype="float32",
+        **extra,
     )
+
+
+def _build_model(
+    model_dir: Path, tokenizer: PreTrainedTokenizerFast, size: TinySize, seed: int, *, marker_seed: int
+) -> None:
+    import torch
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
+    config = qwen2_config(tokenizer, size, tie_word_embeddings=True)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).eval()
     # Only the token ids: vLLM takes default sampling settings from generation_config.json.
@@ -174,13 +183,20 @@ def _build_model(
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
     )
-    # Write into a temporary sibling and rename, so an interrupted build never looks complete.
+    with building(model_dir, marker_seed) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+@contextlib.contextmanager
+def building(model_dir: Path, seed: int) -> Iterator[Path]:
+    """A temporary sibling of `model_dir` to write a model into. When the block ends without error
+    the marker is added and it is renamed to `model_dir`, so an interrupted build never looks complete."""
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({"format": FORMAT_VERSION, "seed": marker_seed}))
+        yield tmp
+        (tmp / MARKER).write_text(json.dumps({"format": FORMAT_VERSION, "seed": seed}))
         if model_dir.exists():
             shutil.rmtree(model_dir)
         tmp.rename(model_dir)

@@ -54,7 +54,8 @@ class TrackSetup:
 
 
 def track_messages(problem: Problem, prompts: PromptSet, instruction: str | None) -> tuple[Message, ...]:
-    """The user turn: the role or method instruction (if any) before the problem prompt.
+    """The prompt set's system turn (if any), then the user turn: the role or method instruction
+    (if any) before the problem prompt.
 
     The instruction goes into the user turn rather than a system turn because several reasoning
     models' templates reject or ignore system messages.
@@ -62,7 +63,8 @@ def track_messages(problem: Problem, prompts: PromptSet, instruction: str | None
     text = prompts.render_problem(problem.problem, list(problem.choices) if problem.choices else None)
     if instruction:
         text = f"{instruction.strip()}\n\n{text}"
-    return (Message("user", text),)
+    system = prompts.render_system()
+    return ((Message("system", system),) if system else ()) + (Message("user", text),)
 
 
 def new_track_record(setup: TrackSetup) -> TrackRecord:

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from evaluators import compare, summary
 from evaluators.compare import Comparison
 from evaluators.metrics import SCORE_BINS
+from evaluators.search import SELECTIONS
 from evaluators.summary import RunSummary
 from evaluators.tables import Table, render_markdown
 
@@ -53,6 +54,8 @@ def write_report(
     ]
     if any(s.steps.scored_steps for s in summaries):
         plots.append(("Step scores", plot_score_histogram(out_dir / "score_histogram.png", summaries)))
+    if any(s.search is not None for s in summaries):
+        plots.append(("Search: accuracy against N", plot_search_scaling(out_dir / "search_scaling.png", summaries)))
     (out_dir / SUMMARY_FILE).write_text(json_text(summary_json(summaries, comparisons, baseline)), encoding="utf-8")
     report_path = out_dir / REPORT_FILE
     report_path.write_text(_markdown(summaries, tables, plots), encoding="utf-8")
@@ -150,5 +153,33 @@ def plot_score_histogram(path: Path, summaries: list[RunSummary]) -> Path:
     axes.set_ylabel("share of scored steps (%)")
     axes.set_title("Scores of drafted steps")
     axes.legend()
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def plot_search_scaling(path: Path, summaries: list[RunSummary]) -> Path:
+    """Accuracy against the number of completions N (log 2 axis), one line per run and selection:
+    the figure of search-and-learn's blog post."""
+    figure = _new_figure(7.2, 4.8)
+    axes = figure.add_subplot()
+    styles = dict(zip(SELECTIONS, ("o-", "s-", "^--", ":"), strict=True))
+    all_ks: set[int] = set()
+    for s in summaries:
+        if s.search is None:
+            continue
+        for selection, by_k in s.search.accuracy_at_k.items():
+            if by_k:
+                ks = sorted(by_k)
+                all_ks.update(ks)
+                label = f"{s.name} ({s.search.strategy}): {selection}"
+                axes.plot(ks, [100 * by_k[k] for k in ks], styles[selection], label=label)
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(sorted(all_ks), [str(k) for k in sorted(all_ks)])
+    axes.set_xlabel("number of completions N")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_ylim(0, 105)
+    axes.set_title("Accuracy against N per strategy")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
     figure.savefig(path, dpi=120)
     return path

@@ -30,9 +30,11 @@ complete sample; failed tracks count, as wrong):
   cancelled at a track's end; the tracks' `wasted`), per record, apart from the tokens above. A
   request cancelled mid-generation counts as a request with no tokens, so wasted tokens are a
   lower bound.
-- steps (speculative modes, steps with a score): acceptance_rate = scored steps kept as
+- steps (speculative modes, steps with a score; not search records): acceptance_rate = scored steps kept as
   drafted / scored steps; score_histogram counts floor(score) in bins 0-9.
 - latency: mean, p50, p95 of `latency_s` per record. requests: per record, all models.
+- search runs (best-of-N, beam search, DVTS): naive@k, weighted@k, maj@k and pass@k over the
+  first k completions, and their cost; defined in `evaluators.search`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from engine.answers import DEFAULT_TIMEOUT_S, group_equivalent, is_correct
 from engine.results import MODEL_ROLES, ProblemRecord, TrackRecord, sum_usage
 from evaluators import metrics
 from evaluators.runs import Run
+from evaluators.search import Completions, SearchSummary, is_search_record, summarize_search
 
 
 @dataclass
@@ -119,6 +122,7 @@ class RunSummary:
     tokens_saved_total: int
     tokens_saved_per_record: float
     notes: list[str] = field(default_factory=list)
+    search: SearchSummary | None = None
 
 
 def grade_run(run: Run, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[GradedRecord]:
@@ -188,7 +192,18 @@ def summarize_run(
         tokens_saved_total=sum(r.tokens_saved for r in records),
         tokens_saved_per_record=metrics.mean([r.tokens_saved for r in records]) or 0.0,
         notes=notes,
+        search=_search_summary(graded, ks, timeout_s),
     )
+
+
+def _search_summary(graded: list[GradedRecord], ks: Sequence[int] | None, timeout_s: float) -> SearchSummary | None:
+    pairs = []
+    for g in graded:
+        answers = [t.answer for t in g.finished_tracks]
+        scores = [t.score or 0.0 for t in g.finished_tracks]
+        completions = Completions(answers, scores, g.track_correct, g.multiple_choice)
+        pairs.append((g.record, completions if g.correct is not None else None))
+    return summarize_search(pairs, ks=ks, timeout_s=timeout_s)
 
 
 def _repeats_by_problem(scored: list[GradedRecord]) -> dict[str, list[GradedRecord]]:
@@ -305,7 +320,8 @@ def _token_summary(records: list[ProblemRecord]) -> TokenSummary:
 
 
 def _step_summary(records: list[ProblemRecord]) -> StepSummary:
-    scored = [s for r in records for t in r.tracks for s in t.steps if s.score is not None]
+    # Search records score steps in [0, 1] and keep every step: not drafts judged 0-9.
+    scored = [s for r in records if not is_search_record(r) for t in r.tracks for s in t.steps if s.score is not None]
     accepted = sum(bool(s.accepted) for s in scored)
     return StepSummary(
         scored_steps=len(scored),

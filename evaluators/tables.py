@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from evaluators.compare import Comparison
+from evaluators.search import SELECTIONS
 from evaluators.summary import RunSummary
 
 DASH = "-"
@@ -101,6 +102,41 @@ def cost_table(summaries: list[RunSummary]) -> Table:
     return Table("Cost per record (problem x repeat)", headers, rows)
 
 
+def search_table(summaries: list[RunSummary]) -> Table:
+    """Accuracy of each answer selection over the first N completions (search runs)."""
+    searched = [s for s in summaries if s.search is not None]
+    ks = sorted({k for s in searched for by_k in s.search.accuracy_at_k.values() for k in by_k})
+    rows = [
+        [s.name, selection] + [pct(s.search.accuracy_at_k[selection].get(k)) for k in ks]
+        for s in searched
+        for selection in SELECTIONS
+    ]
+    return Table(
+        "Search: accuracy against N (first N completions)", ["run", "selection"] + [f"N={k}" for k in ks], rows
+    )
+
+
+def search_cost_table(summaries: list[RunSummary]) -> Table:
+    """What a search record cost: every generated token (lookahead included), every scorer request."""
+    rows = [
+        [
+            s.name,
+            num(s.search.completions_per_record, 1),
+            num(s.search.policy_tokens_per_record, 0),
+            num(s.search.scorer_tokens_per_record, 0),
+            num(s.tokens.total_completion_per_record, 0),
+            num(s.search.scorer_requests_per_record, 1),
+            num(s.search.scorer_prompt_tokens_per_record, 0),
+            num(s.tokens.total_requests_per_record, 1),
+        ]
+        for s in summaries
+        if s.search is not None
+    ]
+    headers = ["run", "completions", "policy tokens", "scorer tokens", "all tokens", "scorer requests"]
+    headers += ["scorer prompt tokens", "all requests"]
+    return Table("Search cost per record", headers, rows)
+
+
 def comparison_table(comparisons: list[Comparison]) -> Table:
     rows = []
     for c in comparisons:
@@ -128,6 +164,7 @@ def _signed(value: float | None) -> str:
 def all_tables(summaries: list[RunSummary], comparisons: list[Comparison]) -> list[Table]:
     """The tables of an evaluation, in reading order; empty ones left out."""
     tables = [accuracy_table(summaries), k_table(summaries), track_table(summaries), cost_table(summaries)]
+    tables += [search_table(summaries), search_cost_table(summaries)]
     if comparisons:
         tables.append(comparison_table(comparisons))
     return [t for t in tables if t.rows]

@@ -5,6 +5,8 @@ responder function of the request body. Replies can fail with a status, stall, s
 cut the stream, or send a malformed body, so every branch of the client can be driven.
 The server records every request body, every request whose client went away and every
 `/health` check; started on a given `port`, a new server can stand in for one that stopped.
+`/pooling` answers as vLLM does for a process reward model, with the rows a `pooler` function
+gives for the request body.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class Reply:
 
 
 Responder = Callable[[dict[str, Any]], Reply]
+# The pooling output of one input: for a PRM, one [P(bad), P(good)] row per step tag.
+Pooler = Callable[[dict[str, Any]], list]
 
 
 @dataclass
@@ -55,8 +59,10 @@ class FakeOpenAIServer:
 
     script: list[Reply] | Responder = field(default_factory=list)
     served_model: str = "fake-model"
+    pooler: Pooler | None = None
     version: str = "0.0.0-fake"
     requests: list[dict[str, Any]] = field(default_factory=list)
+    pooling_requests: list[dict[str, Any]] = field(default_factory=list)
     disconnects: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -68,6 +74,7 @@ class FakeOpenAIServer:
         app = web.Application()
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/pooling", self._pooling)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/version", self._version)
@@ -103,6 +110,25 @@ class FakeOpenAIServer:
         body = await request.json()
         tokens = [ord(ch) for ch in body["prompt"]]
         return web.json_response({"tokens": tokens, "count": len(tokens), "max_model_len": 4096})
+
+    async def _pooling(self, request: web.Request) -> web.Response:
+        """vLLM's response shape (vllm/entrypoints/pooling/pooling/protocol.py `PoolingResponse`)."""
+        body = await request.json()
+        self.pooling_requests.append(body)
+        if self.pooler is None:
+            return web.json_response({"detail": "Not Found"}, status=404)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0)
+            rows = self.pooler(body)
+        finally:
+            self.in_flight -= 1
+        tokens = len(str(body.get("input", "")))
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}
+        data = [{"index": 0, "object": "pooling", "data": rows}]
+        model = body.get("model")
+        return web.json_response({"id": "pool-fake", "object": "list", "model": model, "data": data, "usage": usage})
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -181,11 +207,13 @@ def _logprobs(reply: Reply, tokens: list[str], offset: int) -> dict[str, Any] | 
     if reply.top_logprobs is None:
         return None
     tops = reply.top_logprobs[offset : offset + len(tokens)]
+    # Where each token starts in the text, as vLLM counts it (characters).
+    starts = [sum(len(t) for t in reply.token_list()[:i]) for i in range(offset, offset + len(tokens))]
     return {
         "tokens": tokens,
-        "token_logprobs": [top.get(tok, -1.0) for tok, top in zip(tokens, tops, strict=False)],
+        "token_logprobs": [(top or {}).get(tok, -1.0) for tok, top in zip(tokens, tops, strict=False)],
         "top_logprobs": tops,
-        "text_offset": list(range(len(tokens))),
+        "text_offset": starts,
     }
 
 

@@ -4,7 +4,10 @@ Adding a strategy is one file in this package (a `StrategySpec`, see `base.py`) 
 """
 
 from engine.strategies.base import StrategySpec
+from engine.strategies.beam_search import BEAM_SEARCH
+from engine.strategies.best_of_n import BEST_OF_N
+from engine.strategies.dvts import DVTS
 from engine.strategies.rast import RAST
 from engine.strategies.vote import VOTE
 
-STRATEGIES: dict[str, StrategySpec] = {spec.name: spec for spec in (VOTE, RAST)}
+STRATEGIES: dict[str, StrategySpec] = {spec.name: spec for spec in (VOTE, BEST_OF_N, BEAM_SEARCH, DVTS, RAST)}

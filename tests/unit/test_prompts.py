@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from engine.datasets import Problem
 from engine.errors import UsageError
 from engine.prompts import (
     Templates,
     available_prompt_sets,
     load_prompt_set,
 )
+from engine.track import track_messages
 from tests.fixtures import seed_prompts as seed
 
 CLEAN_PROBLEM = (
@@ -215,3 +217,13 @@ def test_prompt_set_is_frozen():
     prompt_set = load_prompt_set("default")
     with pytest.raises(dataclasses.FrozenInstanceError):
         prompt_set.name = "other"  # type: ignore[misc]
+
+
+def test_search_set_opens_with_search_and_learns_system_turn_and_the_bare_problem():
+    problem = Problem(id="1", problem="What is 1 + 1?", answer="2", choices=None)
+    system, user = track_messages(problem, load_prompt_set("search"), None)
+    assert system.role == "system" and system.content.startswith("Solve the following math problem efficiently")
+    assert "$\\boxed{answer}$. I hope it is correct." in system.content
+    assert (user.role, user.content) == ("user", "What is 1 + 1?")
+    # The default set has an empty system template: no system turn at all.
+    assert [m.role for m in track_messages(problem, load_prompt_set("default"), None)] == ["user"]

