@@ -145,11 +145,11 @@ def report(points: list[Point], latency: dict[str, Latency]) -> bool:
     by_key = {(p.rate, p.depth): p for p in points}
     for p in points:
         base = by_key[(p.rate, 0)]
-        latency, cut = min(p.latencies_s), 1 - min(p.latencies_s) / min(base.latencies_s)
+        best_s, cut = min(p.latencies_s), 1 - min(p.latencies_s) / min(base.latencies_s)
         recorded, requests, generated = p.wasted_per_problem()
         same = all(outputs(run_.records) == outputs(base.runs[0].records) for run_ in p.runs)
         judged = p.depth == 1 and p.rate >= TARGET_RATE
-        spread = f"{latency:.2f} s (median {statistics.median(p.latencies_s):.2f})"
+        spread = f"{best_s:.2f} s (median {statistics.median(p.latencies_s):.2f})"
         ideal = ideal_cut(latency, p.rate)
         bound = "" if ideal is None else f" (ideal {ideal:.0%})"
         value = f"{spread}, cut {cut:.0%} vs depth 0{bound}" if p.depth else spread
