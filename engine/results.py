@@ -82,12 +82,13 @@ class StepRecord:
 class TrackRecord:
     """One reasoning track on one problem: its steps, its answer and what it cost.
 
-    `finish_reason` is one of: "answer" (an answer was written), "budget" (the thinking
-    budget ran out, then the answer was asked for), "eos" (a model ended the sequence),
-    "repeat" (a step repeated the previous one or was empty), "think_end" (the model closed
-    thinking), "cancelled" (stopped early by the scheduler), "failed" (an error, kept in
-    `error`). `answer_model` wrote the answer: the answer model after thinking, or the writer
-    of the step that stated it. `usage` counts the requests whose results the track used;
+    `finish_reason` is one of: "answer" (a step stated the answer), "budget" (the kept steps
+    reached the thinking budget), "repeat" (a step repeated the previous one), "eos" (a
+    one-request baseline ended without stating an answer; with --answer_phase, a model ended
+    the sequence), "think_end" (--answer_phase: the model closed thinking), "cancelled"
+    (stopped early by the scheduler), "failed" (an error, kept in `error`). `answer_model`
+    wrote the answer: the writer of the last step when the answer was taken from the steps, or
+    the answer model of --answer_phase. `usage` counts the requests whose results the track used;
     `wasted` the work it threw away (its steps' `wasted`, and the work ahead cancelled when it
     ended), apart from `usage`. A request cancelled mid-generation counts as one request with
     no tokens: the engine does not know how many the server had generated.
@@ -143,6 +144,8 @@ class ProblemRecord:
     config_digest: str = ""
     # Whether the answers are option letters; None in records written before spectra stored it.
     multiple_choice: bool | None = None
+    # A strategy's own figures (RAST: acceptance per chunk, requests per token, top-k fills).
+    details: dict[str, Any] | None = None
 
     @property
     def key(self) -> tuple[str, int]:
