@@ -36,7 +36,7 @@ BASE = Latency(request_s=0.04, token_s=0.025, capacity=256)
 SMALL = Latency(request_s=0.02, token_s=0.01, capacity=256)
 # The serial work of one vLLM API server a request, for the throughput scenario: measured with
 # `python -m benchmarks.vllm_request_rate` on this project's 2-core machine (benchmarks/README.md).
-REQUEST_CPU_MS = 5.0
+REQUEST_CPU_MS = 8.6
 
 
 @dataclass
@@ -52,6 +52,8 @@ class ModeFigures:
     chunks: int
     whole_chunks: int
     sim_late_s: float
+    sim_cpu_s: float
+    engine_cpu_s: float
 
     @property
     def tokens_per_s(self) -> float:
@@ -67,13 +69,13 @@ async def decode_all(url: str, sampling: RastSampling, sequences: int, vocab: in
     space = TokenSpace(vocab, frozenset(), lambda ids: " ".join(map(str, ids)))
     async with bench_session() as session:
         models = RastModels(*(ModelClient(session, role, [url]) for role in ROLES))
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(rast_decode(models, [i % vocab], sampling, space, seed=i)) for i in range(sequences)
             ]
-        wall = time.perf_counter() - started
-        late = (await sim_stats(session, url))["late_s_total"]
+        wall, engine_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        stats = await sim_stats(session, url)
     outs: list[RastOutput] = [task.result() for task in tasks]
     chunks = [c for out in outs for c in out.chunks]
     return ModeFigures(
@@ -85,7 +87,9 @@ async def decode_all(url: str, sampling: RastSampling, sequences: int, vocab: in
         accepted=sum(c.accepted for c in chunks),
         chunks=len(chunks),
         whole_chunks=sum(c.accepted == c.drafted for c in chunks),
-        sim_late_s=late,
+        sim_late_s=stats["late_s_total"],
+        sim_cpu_s=stats["cpu_s"],
+        engine_cpu_s=engine_cpu,
     )
 
 
@@ -146,6 +150,19 @@ async def run_scenario(scenario: Scenario, args: argparse.Namespace) -> bool:
         (
             "sim lateness, token / speculative (s)",
             f"{token.sim_late_s:.2f} / {spec.sim_late_s - token.sim_late_s:.2f}",
+            "",
+            "",
+        ),
+        (
+            "CPU ms a token, engine / sim: token mode",
+            f"{1000 * token.engine_cpu_s / token.tokens:.2f} / {1000 * token.sim_cpu_s / token.tokens:.2f}",
+            "",
+            "",
+        ),
+        (
+            "CPU ms a token, engine / sim: speculative",
+            f"{1000 * spec.engine_cpu_s / spec.tokens:.2f} / "
+            f"{1000 * (spec.sim_cpu_s - token.sim_cpu_s) / spec.tokens:.2f}",
             "",
             "",
         ),

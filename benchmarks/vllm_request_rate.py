@@ -4,7 +4,9 @@
 serves the tiny small model (float32, `engine.servers.serve_models`), keeps `--clients` requests
 in flight for `--seconds`, each RAST's token-mode request (a prompt of token ids, max_tokens 1,
 top-k logprobs, `return_tokens_as_token_ids`), and prints requests/s, wall ms a request (1 /
-rate) and the server's CPU ms a request (its process group's CPU time / requests). The tiny
+rate) and the server's CPU ms a request (its process group's CPU time / requests);
+`--max_tokens 9` makes them speculative mode's drafts, `--prompt_tokens 128 --prompt_logprobs 20`
+its scoring requests. The tiny
 model's own compute is negligible (one layer of width 64), so these figures are the API server's
 per-request work (HTTP, JSON, tokenisation, scheduling, detokenisation), done serially in its one
 Python process. Measured on whatever machine runs it; a GPU host's CPU is usually faster.
@@ -47,9 +49,14 @@ def group_cpu_s(pgid: int) -> float:
     return total / CLOCK_TICKS
 
 
-async def client_loop(client: ModelClient, prompt: list[int], k: int, until: float, counts: list[int]) -> None:
+async def client_loop(
+    client: ModelClient, prompt: list[int], args: argparse.Namespace, until: float, counts: list[int]
+) -> None:
+    extra = {**ID_TOKENS, "prompt_logprobs": args.prompt_logprobs} if args.prompt_logprobs else ID_TOKENS
     while time.monotonic() < until:
-        await client.complete(prompt, max_tokens=1, temperature=0.0, top_p=1.0, logprobs=k, extra=ID_TOKENS)
+        await client.complete(
+            prompt, max_tokens=args.max_tokens, temperature=0.0, top_p=1.0, logprobs=args.logprobs, extra=extra
+        )
         counts[0] += 1
 
 
@@ -60,7 +67,7 @@ async def load(client: ModelClient, args: argparse.Namespace, seconds: float) ->
     prompts = [[(7 * i + j) % 200 + 10 for j in range(args.prompt_tokens)] for i in range(args.clients)]
     async with asyncio.TaskGroup() as group:
         for prompt in prompts:
-            group.create_task(client_loop(client, prompt, args.logprobs, until, counts))
+            group.create_task(client_loop(client, prompt, args, until, counts))
     return counts[0]
 
 
@@ -84,7 +91,10 @@ async def bench(args: argparse.Namespace) -> int:
         ("server CPU use (cores)", f"{cpu / wall:.2f}", f"of {len(os.sched_getaffinity(0))}", ""),
         ("load average (1 min)", f"{os.getloadavg()[0]:.1f}", "", ""),
     ]
-    title = f"vLLM request rate: {args.clients} clients, {args.seconds:.0f} s, {args.prompt_tokens}-id prompts"
+    title = (
+        f"vLLM request rate: {args.clients} clients, {args.seconds:.0f} s, {args.prompt_tokens}-id prompts, "
+        f"max_tokens {args.max_tokens}, logprobs {args.logprobs}, prompt_logprobs {args.prompt_logprobs}"
+    )
     print_table(title, rows)
     return 0
 
@@ -95,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to measure")
     parser.add_argument("--prompt_tokens", type=int, default=32, help="token ids in each prompt")
     parser.add_argument("--logprobs", type=int, default=20, help="top-k logprobs asked (RAST's k)")
+    parser.add_argument("--max_tokens", type=int, default=1, help="tokens generated a request (a draft: gamma + 1)")
+    parser.add_argument(
+        "--prompt_logprobs", type=int, default=0, help="top-k prompt_logprobs asked (a speculative score request)"
+    )
     add_models_dir_argument(parser)
     args = parser.parse_args(argv)
     configure_logging()
