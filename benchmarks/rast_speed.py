@@ -34,8 +34,9 @@ ACCEPTANCE_FLOOR = 0.8
 # 20 ms + 10 ms; capacity for every sequence at once.
 BASE = Latency(request_s=0.04, token_s=0.025, capacity=256)
 SMALL = Latency(request_s=0.02, token_s=0.01, capacity=256)
-# The serial work of one vLLM API server a request, for the throughput scenario: measured with
-# `python -m benchmarks.vllm_request_rate` on this project's 2-core machine (benchmarks/README.md).
+# The serial work of one vLLM API server a one-token request, for the throughput scenario: measured
+# with `python -m benchmarks.vllm_request_rate` on this project's 2-core machine. Drafts and scoring
+# requests cost vLLM more (benchmarks/README.md), so this scenario's speculative figures are upper bounds.
 REQUEST_CPU_MS = 8.6
 
 
