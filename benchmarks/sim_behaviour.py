@@ -1,7 +1,9 @@
 """What the sim server does, apart from serving HTTP: its config, and its deterministic replies.
 
 Latency: each model the sim serves has a `request_s` (queueing, prefill), a `token_s` per
-generated token, and a `capacity` of requests decoding at once at full speed.
+generated token, a `capacity` of requests decoding at once at full speed, and a `request_cpu_s`
+that its requests take one at a time (the serial work of vLLM's one API-server process: HTTP,
+JSON, tokenisation, scheduling), before their latency starts.
 
 Replies, from the request alone (so any number of tracks can run against the sim):
 - a step request (its `stop` holds the step delimiter) writes `step_tokens` tokens; the step
@@ -44,11 +46,13 @@ CHOSEN_PROBABILITY = 0.9
 
 @dataclass(frozen=True)
 class Latency:
-    """One model's latency: `request_s` + `token_s` per generated token, `capacity` at once."""
+    """One model's latency: `request_s` + `token_s` per generated token, `capacity` at once, after
+    `request_cpu_s` of serial work that the model's requests take one at a time (0: none)."""
 
     request_s: float = 0.02
     token_s: float = 0.01
     capacity: int = 64
+    request_cpu_s: float = 0.0
 
     def seconds(self, tokens: int) -> float:
         """Time one request generating `tokens` tokens takes once it has a decoding slot."""
@@ -90,6 +94,8 @@ class SimConfig:
             raise UsageError("fault_rate and accept_rate must be in [0, 1], accept_threshold in [1, 9]")
         if self.stream_interval < 1 or self.steps_per_track < 1 or self.step_tokens < 1:
             raise UsageError("stream_interval, steps_per_track and step_tokens must be at least 1")
+        if any(latency.request_cpu_s < 0 for latency in self.models.values()):
+            raise UsageError("request_cpu_s must be at least 0")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

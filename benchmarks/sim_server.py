@@ -2,10 +2,11 @@
 
 It serves `/v1/completions` (streamed as server-sent events with `stream_options.include_usage`,
 or whole), `/tokenize`, `/v1/models`, `/health`, and its counters at `GET /stats`. What it
-answers, and its latency model, are in `benchmarks.sim_behaviour`: a request takes `request_s`
-plus `token_s` per generated token from its arrival, and up to `capacity` requests of a model
-decode at once at full speed while more wait for a free slot (a simple model of continuous
-batching).
+answers, and its latency model, are in `benchmarks.sim_behaviour`: a request first takes its
+model's `request_cpu_s` of serial work, one request at a time in arrival order (as vLLM's one
+API-server process handles HTTP, JSON and tokenisation), then `request_s` plus `token_s` per
+generated token, and up to `capacity` requests of a model decode at once at full speed while more
+wait for a free slot (a simple model of continuous batching).
 
 With `fault_rate` > 0 a completion request fails that often (drawn in arrival order from a
 generator seeded with `seed`) in one of `fault_kinds`: HTTP 500 or 503, a connection reset
@@ -56,6 +57,7 @@ class SimStats:
     aborted_tokens: int = 0
     late_s_total: float = 0.0
     late_s_max: float = 0.0
+    serial_wait_s_total: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The counters, and the CPU time the sim's process has used (it runs alone in it)."""
@@ -71,6 +73,8 @@ class SimServer:
         self.url = ""
         self._faults = random.Random(config.seed)
         self._slots = {name: asyncio.Semaphore(latency.capacity) for name, latency in config.models.items()}
+        # When each model's serial worker is next free (time.monotonic()).
+        self._serial_free = dict.fromkeys(config.models, 0.0)
         self._runner: web.AppRunner | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -131,6 +135,7 @@ class SimServer:
         stats.in_flight += 1
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
         try:
+            arrived = await self._serial_work(model, arrived)
             if fault in ("http_500", "http_503"):
                 return _error(int(fault[-3:]), "simulated server failure")
             reply = plan_reply(kind, body, self.config)
@@ -155,6 +160,19 @@ class SimServer:
         fault = self._faults.choice(self.config.fault_kinds)
         self.stats.faults[fault] += 1
         return fault
+
+    async def _serial_work(self, model: str, arrived: float) -> float:
+        """Wait for the request's turn at the model's serial worker and its `request_cpu_s` there;
+        when it is done. A virtual clock rather than a lock, so the sim's own late wake-ups do not
+        add up over many requests."""
+        cost = self.config.models[model].request_cpu_s
+        if cost <= 0:
+            return arrived
+        start = max(arrived, self._serial_free[model])
+        done = self._serial_free[model] = start + cost
+        self.stats.serial_wait_s_total += start - arrived
+        await _sleep_until(done)
+        return done
 
     @asynccontextmanager
     async def _decoding_slot(self, model: str) -> AsyncIterator[bool]:

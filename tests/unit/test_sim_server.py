@@ -12,7 +12,7 @@ from benchmarks.sim_server import SimServer
 from engine.client import ClientLimits, ModelClient
 from engine.config import ReasoningConfig
 from engine.datasets import Problem
-from engine.errors import RetryableServerError
+from engine.errors import RetryableServerError, UsageError
 from engine.prompts import load_prompt_set
 from engine.scoring import score_from_logprobs
 from engine.track import track_messages
@@ -183,3 +183,41 @@ async def test_a_request_its_client_leaves_counts_the_tokens_generated_until_the
         await asyncio.sleep(0.05)
     assert sim.stats.disconnects == 1 and sim.stats.served == 0 and sim.stats.completion_tokens == 0
     assert 25 <= sim.stats.aborted_tokens <= 40
+
+
+async def timed_requests(session, config: SimConfig, models: list[str]) -> tuple[float, SimServer]:
+    async with SimServer(config) as sim:
+        clients = {m: ModelClient(session, m, [sim.url]) for m in set(models)}
+        started = time.monotonic()
+        await asyncio.gather(*(clients[m].complete("<think>\n", **STEP) for m in models))
+        return time.monotonic() - started, sim
+
+
+async def test_a_models_serial_cost_is_paid_one_request_at_a_time_before_its_latency(session):
+    serial = Latency(request_s=0.02, token_s=0.001, capacity=64, request_cpu_s=0.05)
+    elapsed, sim = await timed_requests(session, sim_config(models={"m": serial}, step_tokens=10), ["m"] * 8)
+    # eight turns of 50 ms one after the other, then the last one's 20 + 10 ms of latency
+    assert 0.43 <= elapsed < 1.5
+    # the k-th request waits k turns: 0 + 1 + ... + 7 = 28 turns of 50 ms
+    assert 1.3 <= sim.stats.serial_wait_s_total < 1.6
+    assert sim.stats.served == 8 and sim.stats.peak_decoding == {"m": 1}
+
+
+async def test_each_model_has_its_own_serial_worker(session):
+    serial = Latency(request_s=0.0, token_s=0.001, capacity=64, request_cpu_s=0.1)
+    config = sim_config(models={"a": serial, "b": serial}, step_tokens=1)
+    elapsed, sim = await timed_requests(session, config, ["a", "b"] * 4)
+    # four turns per model, the two models at once: 0.4 s, not the 0.8 s of one shared worker
+    assert 0.4 <= elapsed < 0.75
+    assert 2 * (0.1 + 0.2 + 0.3) - 0.05 <= sim.stats.serial_wait_s_total < 2 * 0.6 + 0.2
+
+
+async def test_no_serial_cost_by_default(session):
+    elapsed, sim = await timed_requests(session, sim_config(models={"m": QUICK}, step_tokens=10), ["m"] * 16)
+    assert Latency().request_cpu_s == 0.0 and sim.stats.serial_wait_s_total == 0.0
+    assert elapsed < 0.5 and sim.stats.peak_decoding == {"m": 16}
+
+
+def test_a_negative_serial_cost_is_refused():
+    with pytest.raises(UsageError, match="request_cpu_s"):
+        SimConfig(models={"m": Latency(request_cpu_s=-0.01)})
