@@ -38,8 +38,11 @@ from engine.scoring import SCORE_METHODS
 log = structlog.get_logger(__name__)
 
 TINY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "tiny-models"
-# The tiny demo models serve 4096 positions and write noise: keep their reasoning short.
-DEMO_REASONING = {"token_budget": 160, "max_step_tokens": 32, "answer_max_tokens": 32}
+TOY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "toy-models"
+# The demo: the trained toy pair on a handful of toy problems, whose solutions are ~10 steps of
+# ~10 tokens, so short budgets keep a runaway sample short.
+DEMO_REASONING = {"token_budget": 400, "max_step_tokens": 48, "answer_max_tokens": 24}
+DEMO_DATA = {"dataset_name": "toy", "problem_id": "0-5"}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -83,7 +86,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         data,
         "dataset_name",
         help="preset (aime24, aime25, math500, gpqa_diamond; seeds' aime, math, gpqa), "
-        "a local .jsonl/.json/.parquet file, a Hugging Face id, or demo (default)",
+        "a local .jsonl/.json/.parquet file, a Hugging Face id, demo, or toy (default with the demo models)",
     )
     add_flag(data, "data_file", help="local copy of a preset's data")
     add_flag(data, "field", action="append", help="map a field to a column, e.g. problem=question (repeatable)")
@@ -132,7 +135,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     for name in ("request_timeout_s", "stall_timeout_s", "retry_deadline_s"):
         add_flag(client, name, type=float)
     add_flag(client, "server_log_dir")
-    add_flag(client, "tiny_models_dir", help=f"where the tiny demo models are built (default {TINY_MODELS_DIR})")
+    add_flag(client, "toy_models_dir", help=f"where the demo's toy models are written (default {TOY_MODELS_DIR})")
     add_common_arguments(parser)
 
 
@@ -148,7 +151,7 @@ def _given(args: argparse.Namespace, cls: type, **overrides: Any) -> dict[str, A
 
 
 def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of `runner` from parsed flags; models left out mean the tiny demo models."""
+    """The RunConfig of `runner` from parsed flags; models left out mean the demo: the toy models on toy problems."""
     plan = RUNNERS[runner](args)
     reasoning_keys = {f.name for f in fields(ReasoningConfig)}
     reasoning = ReasoningConfig(
@@ -159,12 +162,15 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
     )
     if args.model_name:
         setattr(args, f"{plan['mode'] if plan['mode'] != 'spec' else 'big'}_model", args.model_name)
+    big, small = (_model_config(args, role) for role in ("big", "small"))
+    demo = big.model == "" and small.model == ""
+    if demo:
+        big, small = _toy_models(args)
+        reasoning = replace(reasoning, **{k: v for k, v in DEMO_REASONING.items() if getattr(args, k) is None})
+        if args.dataset_name is None:
+            args.dataset_name, args.problem_id = DEMO_DATA["dataset_name"], args.problem_id or DEMO_DATA["problem_id"]
     dataset = args.dataset_name or "demo"
     data = DataConfig(**_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ())))
-    big, small = (_model_config(args, role) for role in ("big", "small"))
-    if big.model == "" and small.model == "":
-        big, small = _tiny_models(args)
-        reasoning = replace(reasoning, **{k: v for k, v in DEMO_REASONING.items() if getattr(args, k) is None})
     config = RunConfig(
         runner=runner,
         output_dir=args.output_dir or f"results/{runner}_{Path(dataset).stem}",
@@ -191,31 +197,42 @@ def _model_config(args: argparse.Namespace, role: str) -> ModelConfig:
     )
 
 
-def _tiny_models(args: argparse.Namespace) -> tuple[ModelConfig, ModelConfig]:
-    from engine.tiny_models import make_tiny_models
+def _toy_models(args: argparse.Namespace) -> tuple[ModelConfig, ModelConfig]:
+    from engine.toy_models import make_toy_models
 
     if args.big_url or args.small_url:
         raise UsageError("--big_url/--small_url need --big_model/--small_model (the ids those servers serve)")
-    tiny = make_tiny_models(Path(args.tiny_models_dir or TINY_MODELS_DIR))
-    return ModelConfig(model=str(tiny.big)), ModelConfig(model=str(tiny.small))
+    toy = make_toy_models(Path(args.toy_models_dir or TOY_MODELS_DIR))
+    return ModelConfig(model=str(toy.big)), ModelConfig(model=str(toy.small))
 
 
 def format_summary(records: list[ProblemRecord]) -> str:
-    """Per problem: answer, steps kept and rewritten, tokens per model, seconds."""
+    """Per problem: answer, reference, right or wrong, steps kept and rewritten, tokens per model,
+    seconds; then the accuracy and the big model's share of the generated tokens."""
     header = (
         f"{'problem':<14}{'rep':>4}  {'answer':<14}{'ref':<10}{'ok':<4}{'kept':>5}{'rewr':>5}"
         f"{'small tok':>10}{'big tok':>9}{'sec':>8}"
     )
     lines = [header]
+    right, generated = 0, {"small": 0, "big": 0}
     for r in records:
         steps = [s for t in r.tracks for s in t.steps]
         kept = sum(1 for s in steps if s.accepted)
         rewritten = sum(1 for s in steps if s.accepted is False)
         tokens = {m: r.usage[m].completion_tokens if m in r.usage else 0 for m in ("small", "big")}
-        ok = "yes" if is_correct(r.answer, r.reference_answer, multiple_choice=r.dataset.startswith("gpqa")) else "no"
+        correct = is_correct(r.answer, r.reference_answer, multiple_choice=r.dataset.startswith("gpqa"))
+        right += bool(correct)
+        generated = {m: generated[m] + tokens[m] for m in generated}
+        ok = "yes" if correct else "no"
         lines.append(
             f"{r.problem_id[:13]:<14}{r.repeat_id:>4}  {str(r.answer)[:13]:<14}{str(r.reference_answer)[:9]:<10}"
             f"{ok:<4}{kept:>5}{rewritten:>5}{tokens['small']:>10}{tokens['big']:>9}{r.latency_s:>8.1f}"
+        )
+    if records:
+        total = sum(generated.values())
+        share = f"{generated['big'] / total:.0%}" if total else "-"
+        lines.append(
+            f"accuracy {right}/{len(records)} ({right / len(records):.0%}); big model's share of tokens {share}"
         )
     return "\n".join(lines)
 
@@ -269,7 +286,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.big_model or args.small_model:
         specs = [ServerSpec(name=r, model=m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
     else:
-        big, small = _tiny_models(args)
+        big, small = _toy_models(args)
         specs = [ServerSpec(name="big", model=big.model), ServerSpec(name="small", model=small.model)]
 
     async def serve() -> None:
@@ -290,6 +307,14 @@ def _make_tiny_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_toy_models(args: argparse.Namespace) -> int:
+    from engine.toy_models import make_toy_models
+
+    toy = make_toy_models(Path(args.directory))
+    print(f"big\t{toy.big}\nsmall\t{toy.small}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = ArgumentParser(prog="spectra", description="Parallel, speculative LLM reasoning on vLLM.")
@@ -302,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     for role in ("big", "small"):
         add_flag(serve, f"{role}_model")
     add_flag(serve, "server_log_dir")
-    add_flag(serve, "tiny_models_dir")
+    add_flag(serve, "toy_models_dir")
     add_flag(serve, "big_url", action="append")
     add_flag(serve, "small_url", action="append")
     add_common_arguments(serve)
@@ -310,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
     add_common_arguments(tiny)
+    toy = commands.add_parser("make-toy-models", help="write the trained toy models (the demo's) as model folders")
+    toy.add_argument("directory")
+    add_common_arguments(toy)
     if argv[:1] == ["eval"]:
         from evaluators.evaluate import main as evaluate
 
@@ -317,7 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["run"]:
         return run_runner("spec", argv[1:], choose_runner=True)
     args = parser.parse_args(argv)
-    return _guarded(args, lambda: {"serve": _serve, "make-tiny-models": _make_tiny_models}[args.command](args))
+    return _guarded(
+        args,
+        lambda: {"serve": _serve, "make-tiny-models": _make_tiny_models, "make-toy-models": _make_toy_models}[
+            args.command
+        ](args),
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ WEIGHTS_DIR = Path(__file__).parent / "toy_weights"
 TOKENIZER_DIR = WEIGHTS_DIR / "tokenizer"
 MARKER = "spectra-toy-model.json"
 FORMAT_VERSION = 1
-MAX_POSITIONS = 2048
+MAX_POSITIONS = 4096
 VOCAB_SIZE = 2048
 
 
