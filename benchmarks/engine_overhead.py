@@ -49,7 +49,7 @@ SIM = SimConfig(
     step_tokens=32,
     accept_rate=0.7,
 )
-REASONING = ReasoningConfig(mode="spec", seed=0, max_step_tokens=64, token_budget=4096, answer_max_tokens=16)
+REASONING = ReasoningConfig(seed=0, max_step_tokens=64, token_budget=4096, answer_max_tokens=16)
 LIMITS = ClientLimits(max_in_flight_per_endpoint=256, request_timeout_s=60.0, stall_timeout_s=10.0, max_attempts=1)
 PROBLEMS, TRACKS, PROBLEMS_IN_FLIGHT = 16, 8, 8
 OVERHEAD_TARGET, TRACKS_RATIO_TARGET = 1.05, 1.2
@@ -95,14 +95,14 @@ def _config(tracks: int, problems_in_flight: int):
 
 
 def _spread(values: list[float]) -> str:
-    return f"{min(values):.3f} (median {statistics.median(values):.3f}, max {max(values):.3f})"
+    return f"median {statistics.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f})"
 
 
 def report(f: Figures) -> bool:
     """Print the table; True when every target is met.
 
-    Figures are judged on the best of the repeats, as `timeit` does: the engine's work is the same
-    in every run, and other processes on the machine can only add time.
+    (a) is judged on the median of the repeats, so one lucky run does not pass it; (b) on the best,
+    as `timeit` does: its two runs are short, and other processes on the machine can only add time.
     """
     overheads = [run_.wall_s / path for run_, path in f.overhead]
     ratios = [eight.wall_s / one.wall_s for one, eight in f.pairs]
@@ -117,7 +117,7 @@ def report(f: Figures) -> bool:
             f"(a) engine overhead, {PROBLEMS} problems x {TRACKS} tracks (wall / critical path)",
             _spread(overheads),
             f"<= {OVERHEAD_TARGET}",
-            verdict(min(overheads) <= OVERHEAD_TARGET),
+            verdict(statistics.median(overheads) <= OVERHEAD_TARGET),
         ),
         (
             "    wall s / critical path s (last run)",
@@ -159,14 +159,14 @@ def report(f: Figures) -> bool:
         ),
         ("load average (1 min) before / after", f"{f.load_before:.2f} / {os.getloadavg()[0]:.2f}", "", ""),
     ]
-    print_table(f"engine overhead against the sim server (best of {len(overheads)} runs, judged on the best)", rows)
+    print_table(f"engine overhead against the sim server ({len(overheads)} runs: (a) judged on the median)", rows)
     return all(row[3] != "MISS" for row in rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_models_dir_argument(parser)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each figure; the best is judged")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each figure (a: the median is judged)")
     args = parser.parse_args(argv)
     configure_logging(level="warning")
     chat = bench_chat_format(args.models_dir)

@@ -31,13 +31,15 @@ from benchmarks.sim_behaviour import Latency, SimConfig
 from benchmarks.sim_server import READY_PREFIX
 from engine.chat import ChatFormat, load_chat_format
 from engine.client import ClientLimits, ModelClient
-from engine.config import ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
+from engine.config import ModelConfig, ReasoningConfig, RunConfig, SchedulerLimits
 from engine.datasets import Problem
 from engine.errors import ServerStartError
-from engine.policies import Model
+from engine.models import Model
+from engine.policies.spec import SpecSettings
 from engine.prompts import load_prompt_set
 from engine.results import ProblemRecord, TrackRecord
 from engine.scheduler import Scheduler, WorkItem
+from engine.strategies.vote import VoteSettings
 from engine.tiny_models import make_tiny_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -106,18 +108,22 @@ def sim_models(session: aiohttp.ClientSession, url: str, chat: ChatFormat, limit
 
 
 def bench_config(
-    reasoning: ReasoningConfig, *, tracks: int, problems_in_flight: int, tracks_in_flight: int
+    reasoning: ReasoningConfig,
+    *,
+    tracks: int,
+    problems_in_flight: int,
+    tracks_in_flight: int,
+    policy_settings: SpecSettings | None = None,
 ) -> RunConfig:
-    parallel = ParallelConfig(
-        tracks=tracks, max_problems_in_flight=problems_in_flight, max_tracks_in_flight=tracks_in_flight
-    )
     return RunConfig(
         runner="benchmark",
         output_dir="unused",
-        big=ModelConfig("big"),
-        small=ModelConfig("small"),
+        models={"big": ModelConfig("big"), "small": ModelConfig("small")},
+        policy="spec",
+        policy_settings=policy_settings,
+        strategy_settings=VoteSettings(tracks=tracks),
         reasoning=reasoning,
-        parallel=parallel,
+        limits=SchedulerLimits(max_tracks_in_flight=tracks_in_flight, max_problems_in_flight=problems_in_flight),
     )
 
 

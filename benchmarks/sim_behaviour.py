@@ -5,14 +5,15 @@ generated token, and a `capacity` of requests decoding at once at full speed.
 
 Replies, from the request alone (so any number of tracks can run against the sim):
 - a step request (its `stop` holds the step delimiter) writes `step_tokens` tokens; the step
-  index is the number of delimiters after the last `<think>` of the prompt, and the step of
-  index `steps_per_track - 1` ends with stop reason `</think>`, so a track thinks exactly
-  `steps_per_track` steps (the sim expects a thinking chat format);
+  index is the number of delimiters after the last `<think>` of the prompt (0 without one), and
+  the step of index `steps_per_track - 1` ends with `\\boxed{N}` (N as for an answer), so a
+  track thinks exactly `steps_per_track` steps and states its answer in the last;
 - a score request (`max_tokens` 1 with `logprobs`) answers a digit with its top logprobs: a
   digit of at least `accept_threshold` for a share `accept_rate` of step prompts, chosen by a
   hash of the prompt (and of the request's seed, when it has one);
-- any other request is an answer request and answers `\\boxed{N}`, N a hash of the
-  conversation before the reasoning, so every track of one problem gives the same answer.
+- any other request is an answer request (spectra's --answer_phase) and answers `\\boxed{N}`, N
+  a hash of the conversation before the reasoning, so every track of one problem gives the same
+  answer.
 Step texts depend on the model and the step index only, so the tracks of one problem make the
 same requests and take the same time: differences in wall time are the engine's, not the sim's.
 """
@@ -26,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.chat import THINK_CLOSE, THINK_OPEN
+from engine.chat import THINK_OPEN
 from engine.errors import UsageError
 
 FAULT_KINDS = ("http_500", "http_503", "reset", "stall", "truncated")
@@ -115,8 +116,10 @@ def unit_hash(*parts: object) -> float:
 
 
 def step_index(prompt: str, delimiter: str) -> int:
-    """How many steps the prompt's reasoning (after its last `<think>`) already holds."""
-    return prompt.rpartition(THINK_OPEN)[2].count(delimiter)
+    """How many steps the prompt's reasoning (after its last `<think>`) already holds; a prompt
+    without `<think>` is a first step (SpecReason sends it with the template's generation prompt)."""
+    head, found, reasoning = prompt.rpartition(THINK_OPEN)
+    return reasoning.count(delimiter) if found else 0
 
 
 def answer_number(prompt: str) -> int:
@@ -137,8 +140,9 @@ def plan_reply(kind: str, body: dict[str, Any], config: SimConfig) -> Reply:
     elif kind == "step":
         index = step_index(prompt, config.delimiter)
         tokens = [("" if i == 0 else " ") + f"{body.get('model')}{index}w{i}" for i in range(config.step_tokens)]
-        last = index + 1 >= config.steps_per_track
-        reply = Reply(tokens, "stop", THINK_CLOSE if last else config.delimiter)
+        if index + 1 >= config.steps_per_track:
+            tokens[-1] = f" \\boxed{{{answer_number(prompt)}}}"
+        reply = Reply(tokens, "stop", config.delimiter)
     else:
         tokens = ["So", " the", " answer", " is", " \\boxed{", str(answer_number(prompt)), "}."]
         reply = Reply(tokens, "stop", None)

@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from benchmarks.sim_behaviour import FAULT_KINDS, Reply, SimConfig, plan_reply, request_kind, unit_hash
+from benchmarks.sim_behaviour import FAULT_KINDS, Latency, Reply, SimConfig, plan_reply, request_kind, unit_hash
 
 READY_PREFIX = "sim_server_ready "
 
@@ -51,6 +51,7 @@ class SimStats:
     decoding: dict[str, int] = field(default_factory=dict)
     peak_decoding: dict[str, int] = field(default_factory=dict)
     completion_tokens: int = 0
+    aborted_tokens: int = 0
     late_s_total: float = 0.0
     late_s_max: float = 0.0
 
@@ -133,9 +134,13 @@ class SimServer:
             reply = plan_reply(kind, body, self.config)
             async with self._decoding_slot(model) as waited:
                 started = time.monotonic() if waited else arrived
-                if body.get("stream"):
-                    return await self._stream(request, body, reply, started, fault)
-                return await self._whole(request, body, reply, started, fault)
+                try:
+                    if body.get("stream"):
+                        return await self._stream(request, body, reply, started, fault)
+                    return await self._whole(request, body, reply, started, fault)
+                except (asyncio.CancelledError, ConnectionResetError):
+                    self._aborted(reply, started, self.config.models[model])
+                    raise
         except (asyncio.CancelledError, ConnectionResetError):
             stats.disconnects += 1
             raise
@@ -214,6 +219,12 @@ class SimServer:
         await response.write_eof()
         self._served(reply, started + latency.seconds(len(reply.tokens)))
         return response
+
+    def _aborted(self, reply: Reply, started: float, latency: Latency) -> None:
+        """Count the tokens the latency model had generated for a request its client went away from."""
+        decoding_s = time.monotonic() - started - latency.request_s
+        generated = int(decoding_s / latency.token_s) if latency.token_s > 0 else len(reply.tokens)
+        self.stats.aborted_tokens += min(len(reply.tokens), max(0, generated))
 
     def _served(self, reply: Reply, due: float) -> None:
         """Count a request served in full; `due` is when the latency model says it should end."""

@@ -51,18 +51,19 @@ SIM = SimConfig(
     stall_s=1.5,
     seed=7,
 )
-# Short timeouts for the sim: a stall is noticed after 0.5 s, and up to 8 attempts ride out bad luck.
+# Short timeouts for the sim: the engine's requests are whole, so a stall (1.5 s) is noticed by the
+# request timeout, 1 s (the slowest answer takes 0.33 s); up to 8 attempts ride out bad luck.
 LIMITS = ClientLimits(
     max_in_flight_per_endpoint=256,
     connect_timeout_s=5.0,
-    request_timeout_s=30.0,
+    request_timeout_s=1.0,
     stall_timeout_s=0.5,
     max_attempts=8,
     retry_deadline_s=60.0,
     backoff_initial_s=0.05,
     backoff_max_s=1.0,
 )
-REASONING = ReasoningConfig(mode="spec", seed=0, max_step_tokens=64, token_budget=4096, answer_max_tokens=16)
+REASONING = ReasoningConfig(seed=0, max_step_tokens=64, token_budget=4096, answer_max_tokens=16)
 # Flat: resident memory grows by at most this share between 25% and 100% of the problems done.
 MEMORY_GROWTH_TARGET = 0.02
 

@@ -25,8 +25,9 @@ import aiohttp
 from engine import loop
 from engine.answers import is_correct
 from engine.chat import Message, load_chat_format
+from engine.cli import ArgumentParser, add_run_arguments, build_config
 from engine.client import ModelClient
-from engine.config import DataConfig, ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
+from engine.config import ModelConfig, RunConfig
 from engine.logging import configure_logging
 from engine.prompts import load_prompt_set
 from engine.results import ProblemRecord
@@ -43,25 +44,19 @@ JUDGE_CONCURRENCY = 16
 
 @dataclass(frozen=True)
 class Mode:
+    """One measured mode: the runner and its flags, as a user would type them."""
+
     name: str
     runner: str
-    flags: str
-    reasoning: dict
-    parallel: dict
+    flags: tuple[str, ...]
 
 
 MODES = (
-    Mode("big", "base", "--model big", {"mode": "big", "answer_model": "big"}, {}),
-    Mode("small", "base", "--model small", {"mode": "small", "answer_model": "small"}, {}),
-    Mode("spec", "spec", "--score_threshold 7", {"mode": "spec"}, {}),
-    Mode("vote8", "scale", "--model small --tracks 8", {"mode": "small", "answer_model": "small"}, {"tracks": 8}),
-    Mode(
-        "vote8_early_stop",
-        "scale",
-        "--model small --tracks 8 --early_stop",
-        {"mode": "small", "answer_model": "small"},
-        {"tracks": 8, "early_stop": True},
-    ),
+    Mode("big", "base", ("--model", "big")),
+    Mode("small", "base", ("--model", "small")),
+    Mode("spec", "spec", ("--score_threshold", "7")),
+    Mode("vote8", "scale", ("--model", "small", "--tracks", "8")),
+    Mode("vote8_early_stop", "scale", ("--model", "small", "--tracks", "8", "--early_stop")),
 )
 
 
@@ -86,23 +81,29 @@ def summarize(records: list[ProblemRecord]) -> Figures:
     )
 
 
+def mode_argv(mode: Mode, models: dict[str, ModelConfig], problems: int, out: Path) -> list[str]:
+    served = [
+        f"--{role}_{what}={value}"
+        for role, m in models.items()
+        for what, value in (("model", m.model), ("url", m.urls[0]))
+    ]
+    data = ["--dataset_name=toy", f"--problem_id=0-{problems - 1}", f"--output_dir={out / mode.name}"]
+    return [*mode.flags, *data, *served]
+
+
 def run_config(mode: Mode, models: dict[str, ModelConfig], problems: int, out: Path) -> RunConfig:
-    return RunConfig(
-        runner=mode.runner,
-        output_dir=str(out / mode.name),
-        big=models["big"],
-        small=models["small"],
-        reasoning=ReasoningConfig(**mode.reasoning),
-        parallel=ParallelConfig(**mode.parallel),
-        data=DataConfig(dataset_name="toy", problem_id=f"0-{problems - 1}"),
-    )
+    """The config `python -m runners.<runner> <flags>` would run: the runner's own flag handling."""
+    parser = ArgumentParser(prog=f"runners/{mode.runner}.py")
+    add_run_arguments(parser)
+    return build_config(mode.runner, parser.parse_args(mode_argv(mode, models, problems, out)))
 
 
 def command(mode: Mode, problems: int, out: Path) -> str:
-    return (
-        f"python -m runners.{mode.runner} {mode.flags} --dataset_name toy --problem_id 0-{problems - 1} "
-        f"--big_model BIG --big_url URL --small_model SMALL --small_url URL --output_dir {out / mode.name}"
-    )
+    shown = {
+        "big": ModelConfig(model="BIG", urls=("BIG_URL",)),
+        "small": ModelConfig(model="SMALL", urls=("SMALL_URL",)),
+    }
+    return f"python -m runners.{mode.runner} " + " ".join(mode_argv(mode, shown, problems, out))
 
 
 async def judge_auc(records: list[ProblemRecord], big: ModelConfig, url: str) -> tuple[float | None, int, int]:
@@ -116,7 +117,8 @@ async def judge_auc(records: list[ProblemRecord], big: ModelConfig, url: str) ->
         problem = problems[int(record.problem_id)]
         user = Message("user", prompts.render_problem(record.problem))
         for track in record.tracks:
-            texts = [s.text for s in track.steps]
+            # A single-request track (the seeds' base runners) holds its whole reasoning in one step.
+            texts = [chunk for s in track.steps for chunk in s.text.split("\n\n")]
             for i, text in enumerate(texts):
                 if not text.strip():  # the step that only closed thinking (older loop): nothing to judge
                     continue

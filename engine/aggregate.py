@@ -1,9 +1,13 @@
 """Combine the tracks of one problem: group equivalent answers, vote, and decide early.
 
-Answers are grouped with math-verify (`engine.answers.group_equivalent`). Three ways to vote,
-registered in `AGGREGATIONS`:
-- `majority`: the group with most tracks. Ties go to the group holding the track that spent
-  most tokens (SpecLRM's rule: longer reasoning is the better tie-breaker).
+Answers are grouped with math-verify (`engine.answers.group_equivalent`), except by `speclrm`.
+Four ways to vote, registered in `AGGREGATIONS`:
+- `speclrm`: SpecLRM's `select_best_result`. Only tracks that finished with their own answer
+  (a step stated it: finish reason "answer") vote, and answers are compared as exact strings
+  ("1/2" and "0.5" are two answers). The most common answer wins; ties, and answers that all
+  differ, go to the track that spent most tokens.
+- `majority`: the group with most tracks, any track with an answer voting. Ties go to the group
+  holding the track that spent most tokens (SpecLRM's tie-breaker).
 - `weighted`: each track counts with its mean step score (1 for tracks that were not scored).
 - `first`: the answer of the first track to finish with one.
 """
@@ -42,10 +46,19 @@ def track_weight(track: TrackRecord, aggregation: str) -> float:
 
 
 def answer_groups(tracks: list[TrackRecord], aggregation: str, *, multiple_choice: bool) -> list[AnswerGroup]:
-    """Finished tracks with an answer, grouped by equivalence, in order of first appearance."""
+    """The voting tracks, grouped by equivalent answers (`speclrm`: equal strings), in order of
+    first appearance."""
     answered = [t for t in tracks if t.answer is not None]
+    if aggregation == "speclrm":
+        answered = [t for t in answered if t.finish_reason == "answer"]
+        by_text: dict[str, list[int]] = {}
+        for i, t in enumerate(answered):
+            by_text.setdefault(t.answer, []).append(i)
+        partition = list(by_text.values())
+    else:
+        partition = group_equivalent([t.answer for t in answered], multiple_choice=multiple_choice)
     groups = []
-    for members in group_equivalent([t.answer for t in answered], multiple_choice=multiple_choice):
+    for members in partition:
         group = [answered[i] for i in members]
         groups.append(
             AnswerGroup(
@@ -68,6 +81,9 @@ def _by_first(groups: list[AnswerGroup]) -> AnswerGroup | None:
 
 
 AGGREGATIONS: dict[str, Callable[[list[AnswerGroup]], AnswerGroup | None]] = {
+    # Most votes, then the group holding the longest track: with all answers different this is
+    # the longest track, as SpecLRM picks.
+    "speclrm": _by_weight,
     "majority": _by_weight,
     "weighted": _by_weight,
     "first": _by_first,

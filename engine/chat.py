@@ -34,9 +34,23 @@ class ChatFormat:
         self.thinking = thinking
 
     @property
-    def think_prefix(self) -> str:
-        """What opens the assistant's reasoning: `<think>\\n` for thinking models, else nothing."""
-        return THINK_OPEN + "\n" if self.thinking else ""
+    def think_open(self) -> str:
+        """What the seeds put before the steps in the assistant turn: `<think>` with no newline."""
+        return THINK_OPEN if self.thinking else ""
+
+    def continuation(self, messages: tuple[Message, ...], reasoning: str) -> str:
+        """The prompt a model writes the next step from, as SpecReason sends it: with no steps yet,
+        the conversation with the template's own generation prompt (`add_generation_prompt`);
+        after steps, an open assistant turn `<think>` + the steps, each followed by the delimiter
+        (`continue_final_message`)."""
+        if not reasoning:
+            return self.generation_prompt(tuple(messages))
+        return self.render(list(messages), self.think_open + reasoning)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one ChatFormat per model lives for the whole run
+    def generation_prompt(self, messages: tuple[Message, ...]) -> str:
+        conversation = [{"role": m.role, "content": m.content} for m in messages]
+        return self._tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
     def render(self, messages: list[Message], assistant_text: str) -> str:
         """The conversation, then an open assistant turn that starts with `assistant_text`."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,23 +22,25 @@ from engine import loop
 from engine.answers import is_correct
 from engine.client import ClientLimits
 from engine.config import (
-    AGGREGATIONS,
     DataConfig,
     ModelConfig,
-    ParallelConfig,
     ReasoningConfig,
     RunConfig,
+    SchedulerLimits,
     add_flag,
+    add_settings_flags,
+    check_unique_flags,
+    settings_from_flags,
 )
 from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
+from engine.policies import POLICIES
 from engine.results import ProblemRecord
-from engine.run import roles_needed
-from engine.scoring import SCORE_METHODS
+from engine.run import Shard, parse_shard, roles_needed
+from engine.strategies import STRATEGIES
 
 log = structlog.get_logger(__name__)
 
-TINY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "tiny-models"
 TOY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "toy-models"
 # The demo: the trained toy pair on a handful of toy problems, whose solutions are ~10 steps of
 # ~10 tokens, so short budgets keep a runaway sample short.
@@ -57,26 +60,28 @@ def _or(value: Any, default: Any) -> Any:
 
 
 def _single_model(args: argparse.Namespace, default_tracks: int) -> dict[str, Any]:
-    mode = _or(args.model, "big")
-    return {
-        "mode": mode,
-        "answer_model": _or(args.answer_model, mode),
-        "selector_model": _or(args.selector_model, mode),
-        "tracks": _or(args.tracks, default_tracks),
-    }
+    model = _or(args.model, "big")
+    return {"policy": model, "answer_model": model, "selector_model": model, "tracks": default_tracks}
 
 
+# runner -> its policy and strategy, and the defaults it gives to flags the user left unset.
 RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "base": lambda a: _single_model(a, 1),
-    "spec": lambda a: {"mode": "spec", "tracks": _or(a.tracks, 1)},
-    "scale": lambda a: _single_model(a, 3),
-    "spec_scale": lambda a: {"mode": "spec", "tracks": _or(a.tracks, 3)},
+    "spec": lambda a: {"policy": "spec", "tracks": 1},
+    # SpecLRM's runners vote as SpecLRM does; spec_scale_reason always runs its three role prompts.
+    "scale": lambda a: {**_single_model(a, 3), "aggregation": "speclrm"},
+    "spec_scale": lambda a: {"policy": "spec", "tracks": 3, "use_role_prompts": True, "aggregation": "speclrm"},
     "spec_scale_methods": lambda a: {
-        "mode": "spec",
-        "method_num": _or(a.method_num, 3),
-        "tracks": _or(a.tracks, _or(a.method_num, 3)),
+        "policy": "spec",
+        "method_num": 3,
+        "tracks": _or(a.method_num, 3),
+        "aggregation": "speclrm",
     },
 }
+# Every settings class whose fields are flags; an import-time check keeps one meaning per flag.
+SETTINGS_CLASSES = [ReasoningConfig, SchedulerLimits] + [s.settings for s in (*POLICIES.values(), *STRATEGIES.values())]
+check_unique_flags(SETTINGS_CLASSES)
+MODEL_ROLES = tuple(dict.fromkeys(role for spec in (*POLICIES.values(), *STRATEGIES.values()) for role in spec.roles))
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,13 +97,21 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(data, "field", action="append", help="map a field to a column, e.g. problem=question (repeatable)")
     add_flag(data, "problem_id", help="ids or positions, e.g. 60-89 or 60,62,70-72 (default: all)")
     add_flag(data, "repeat_id", help="repeat ids, e.g. 0 or 0-3 (default 0)")
+    add_flag(data, "num_repeats", type=int, help="N repeats, ids 0 to N-1 (SpecLRM's --repeat_id N)")
+    add_flag(
+        data,
+        "shard",
+        metavar="I/N",
+        help="do the I-th (from 1) of N disjoint slices of the (problem, repeat) list, for N runner processes "
+        "(default output folder gets a -shard-I-of-N suffix)",
+    )
     out = parser.add_argument_group("output")
     add_flag(out, "output_dir", help="run folder (default results/<runner>_<dataset>)")
     add_flag(out, "overwrite", action="store_true", default=None, help="replace a run folder made with another config")
     models = parser.add_argument_group("models")
     add_flag(models, "model", choices=("big", "small"), help="base/scale runners: which model reasons")
     add_flag(models, "model_name", help="base/scale runners: id of the model that reasons (seeds' spelling)")
-    for role in ("big", "small"):
+    for role in MODEL_ROLES:
         add_flag(models, f"{role}_model", help=f"{role} model: Hugging Face id or local path")
         add_flag(
             models,
@@ -109,32 +122,28 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         )
         add_flag(models, f"{role}_tokenizer", help=f"where to load the {role} model's chat template from")
     add_flag(models, "thinking", choices=("auto", "on", "off"))
-    reasoning = parser.add_argument_group("reasoning")
-    add_flag(reasoning, "score_threshold", type=float, help="keep a drafted step scoring at least this (default 7.0)")
-    add_flag(reasoning, "score_method", choices=SCORE_METHODS)
-    for name in ("token_budget", "first_n_steps_base_model", "max_step_tokens", "answer_max_tokens", "seed"):
-        add_flag(reasoning, name, type=int)
-    add_flag(reasoning, "step_delimiter")
-    add_flag(reasoning, "temperature", type=float)
-    add_flag(reasoning, "top_p", type=float)
-    add_flag(reasoning, "answer_model", choices=("big", "small"))
-    parallel = parser.add_argument_group("parallel tracks")
-    add_flag(parallel, "tracks", type=int)
-    add_flag(parallel, "use_role_prompts", action="store_true", default=None)
-    add_flag(parallel, "method_num", type=int)
-    add_flag(parallel, "selector_model", choices=("big", "small"))
-    add_flag(parallel, "aggregation", choices=AGGREGATIONS)
-    add_flag(parallel, "early_stop", action="store_true", default=None)
-    add_flag(parallel, "early_stop_share", type=float)
-    add_flag(parallel, "max_tracks_in_flight", type=int)
-    add_flag(parallel, "max_problems_in_flight", type=int)
-    add_flag(parallel, "prompt_set", help="a set under prompts/ by name, or a folder path (default: default)")
+    add_settings_flags(parser.add_argument_group("reasoning"), ReasoningConfig)
+    add_settings_flags(parser.add_argument_group("limits"), SchedulerLimits)
+    flagged: set[type] = set()
+    for kind, table in (("policy", POLICIES), ("strategy", STRATEGIES)):
+        for spec in table.values():
+            if spec.settings in flagged:  # several specs may share one settings class (big, small)
+                continue
+            flagged.add(spec.settings)
+            group = parser.add_argument_group(f"{kind} {spec.name}", spec.description)
+            add_settings_flags(group, spec.settings)
+    add_flag(parser, "prompt_set", help="a set under prompts/ by name, or a folder path (default: default)")
+    add_flag(parser, "policy", choices=tuple(POLICIES), help="how a step is produced (default: the runner's)")
+    add_flag(parser, "strategy", choices=tuple(STRATEGIES), help="how a problem is solved (default: the runner's)")
     client = parser.add_argument_group("client")
     for name in ("max_in_flight_per_endpoint", "max_attempts"):
         add_flag(client, name, type=int)
     for name in ("request_timeout_s", "stall_timeout_s", "retry_deadline_s"):
         add_flag(client, name, type=float)
     add_flag(client, "server_log_dir")
+    add_flag(
+        client, "max_model_len", type=int, help="context length of servers spectra starts (default: the model's own)"
+    )
     add_flag(client, "toy_models_dir", help=f"where the demo's toy models are written (default {TOY_MODELS_DIR})")
     add_common_arguments(parser)
 
@@ -145,49 +154,101 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "no_progress", action="store_true", help="no progress bar")
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def shell_text(value: str) -> str:
+    """A flag's text with the escapes a shell user types (`'\\n\\n'`) turned into the characters
+    they mean: a shell passes `\\n` as a backslash and an n."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], value)
+
+
+# Runners whose tracks use both models: --model (which single model reasons) means nothing there.
+BOTH_MODEL_RUNNERS = ("spec", "spec_scale", "spec_scale_methods")
+
+
 def _given(args: argparse.Namespace, cls: type, **overrides: Any) -> dict[str, Any]:
     values = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
     return {**values, **overrides}
 
 
 def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of `runner` from parsed flags; models left out mean the demo: the toy models on toy problems."""
+    """The RunConfig of `runner` from parsed flags; models left out mean the demo: the trained toy
+    models, which only the toy and demo data sets may use (toy problems 0-5 unless told otherwise)."""
+    if args.model is not None and runner in BOTH_MODEL_RUNNERS:
+        raise UsageError(f"--model has no effect in {runner} (its tracks use both models); drop it")
     plan = RUNNERS[runner](args)
-    reasoning_keys = {f.name for f in fields(ReasoningConfig)}
-    reasoning = ReasoningConfig(
-        **_given(args, ReasoningConfig, **{k: v for k, v in plan.items() if k in reasoning_keys})
-    )
-    parallel = ParallelConfig(
-        **_given(args, ParallelConfig, **{k: v for k, v in plan.items() if k not in reasoning_keys})
-    )
+    policy = _or(args.policy, plan.pop("policy"))
+    strategy = _or(args.strategy, plan.pop("strategy", "vote"))
     if args.model_name:
-        setattr(args, f"{plan['mode'] if plan['mode'] != 'spec' else 'big'}_model", args.model_name)
-    big, small = (_model_config(args, role) for role in ("big", "small"))
-    demo = big.model == "" and small.model == ""
-    if demo:
-        big, small = _toy_models(args)
-        reasoning = replace(reasoning, **{k: v for k, v in DEMO_REASONING.items() if getattr(args, k) is None})
-        if args.dataset_name is None:
-            args.dataset_name, args.problem_id = DEMO_DATA["dataset_name"], args.problem_id or DEMO_DATA["problem_id"]
+        setattr(args, f"{policy if policy in ('big', 'small') else 'big'}_model", args.model_name)
+    if args.step_delimiter is not None:
+        args.step_delimiter = shell_text(args.step_delimiter)
+    models = {role: _model_config(args, role) for role in MODEL_ROLES}
+    demo = not any(m.model for m in models.values())
+    if demo and args.dataset_name is None:
+        args.dataset_name, args.problem_id = DEMO_DATA["dataset_name"], args.problem_id or DEMO_DATA["problem_id"]
     dataset = args.dataset_name or "demo"
-    data = DataConfig(**_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ())))
+    shard = parse_shard(args.shard)
+    normal_shard = f"{shard.index}/{shard.count}" if shard else None
+    data = DataConfig(
+        **_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ()), shard=normal_shard),
+        **_repeats(runner, args),
+    )
+    if demo:
+        if dataset not in ("toy", "demo"):
+            raise UsageError(
+                f"--dataset_name {dataset} needs real models: give --big_model and --small_model "
+                "(the toy demo models are only for --dataset_name toy or demo)"
+            )
+        models.update(_toy_models(args))
+        plan = {**DEMO_REASONING, **plan}
     config = RunConfig(
         runner=runner,
-        output_dir=args.output_dir or f"results/{runner}_{Path(dataset).stem}",
-        big=big,
-        small=small,
-        reasoning=reasoning,
-        parallel=parallel,
+        output_dir=args.output_dir or _default_output_dir(runner, dataset, shard),
+        models={role: m for role, m in models.items() if m.model},
+        policy=policy,
+        policy_settings=settings_from_flags(POLICIES[policy].settings, args, plan),
+        strategy=strategy,
+        strategy_settings=settings_from_flags(STRATEGIES[strategy].settings, args, plan),
+        reasoning=settings_from_flags(ReasoningConfig, args, plan),
+        limits=settings_from_flags(SchedulerLimits, args),
         data=data,
         client=ClientLimits(**_given(args, ClientLimits)),
         prompt_set=args.prompt_set or "default",
         thinking=args.thinking or "auto",
         server_log_dir=args.server_log_dir,
+        max_model_len=args.max_model_len,
     )
     for role in roles_needed(config):
-        if getattr(config, role).model == "":
-            raise UsageError(f"this run needs the {role} model: give --{role}_model (a Hugging Face id or path)")
+        config.model(role)
     return config
+
+
+# In SpecLRM's scripts `--repeat_id N` means N repeats (ids 0 to N-1); in spectra and SpecReason
+# it names repeat ids. A single number in these runners could mean either, so it is refused.
+SPECLRM_RUNNERS = ("base", "scale", "spec_scale", "spec_scale_methods")
+
+
+def _repeats(runner: str, args: argparse.Namespace) -> dict[str, str]:
+    if args.num_repeats is not None:
+        if args.repeat_id is not None:
+            raise UsageError("give --num_repeats or --repeat_id, not both")
+        if args.num_repeats < 1:
+            raise UsageError(f"--num_repeats must be at least 1, not {args.num_repeats}")
+        return {"repeat_id": f"0-{args.num_repeats - 1}"}
+    given = (args.repeat_id or "").strip()
+    if runner in SPECLRM_RUNNERS and given.isascii() and given.isdigit():
+        raise UsageError(
+            f"--repeat_id {given} is ambiguous here (SpecLRM's scripts read it as {given} repeats): "
+            f"use --num_repeats N for N repeats, or --repeat_id {given}-{given} for the repeat with id {given}"
+        )
+    return {}
+
+
+def _default_output_dir(runner: str, dataset: str, shard: Shard | None) -> str:
+    folder = f"results/{runner}_{Path(dataset).stem}"
+    return f"{folder}-{shard.suffix}" if shard else folder
 
 
 def _model_config(args: argparse.Namespace, role: str) -> ModelConfig:
@@ -197,13 +258,13 @@ def _model_config(args: argparse.Namespace, role: str) -> ModelConfig:
     )
 
 
-def _toy_models(args: argparse.Namespace) -> tuple[ModelConfig, ModelConfig]:
+def _toy_models(args: argparse.Namespace) -> dict[str, ModelConfig]:
     from engine.toy_models import make_toy_models
 
-    if args.big_url or args.small_url:
+    if any(getattr(args, f"{role}_url") for role in MODEL_ROLES):
         raise UsageError("--big_url/--small_url need --big_model/--small_model (the ids those servers serve)")
     toy = make_toy_models(Path(args.toy_models_dir or TOY_MODELS_DIR))
-    return ModelConfig(model=str(toy.big)), ModelConfig(model=str(toy.small))
+    return {"big": ModelConfig(model=str(toy.big)), "small": ModelConfig(model=str(toy.small))}
 
 
 def format_summary(records: list[ProblemRecord]) -> str:
@@ -220,7 +281,7 @@ def format_summary(records: list[ProblemRecord]) -> str:
         kept = sum(1 for s in steps if s.accepted)
         rewritten = sum(1 for s in steps if s.accepted is False)
         tokens = {m: r.usage[m].completion_tokens if m in r.usage else 0 for m in ("small", "big")}
-        correct = is_correct(r.answer, r.reference_answer, multiple_choice=r.dataset.startswith("gpqa"))
+        correct = is_correct(r.answer, r.reference_answer, multiple_choice=r.is_multiple_choice)
         right += bool(correct)
         generated = {m: generated[m] + tokens[m] for m in generated}
         ok = "yes" if correct else "no"
@@ -281,13 +342,13 @@ def _guarded(args: argparse.Namespace, body: Callable[[], int]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from engine.servers import ServerSpec, serve_models
+    from engine.servers import ServerSpec, model_context_length, serve_models
 
     if args.big_model or args.small_model:
-        specs = [ServerSpec(name=r, model=m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
+        pairs = [(r, m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
     else:
-        big, small = _toy_models(args)
-        specs = [ServerSpec(name="big", model=big.model), ServerSpec(name="small", model=small.model)]
+        pairs = [(role, m.model) for role, m in _toy_models(args).items()]
+    specs = [ServerSpec(name=r, model=m, max_model_len=args.max_model_len or model_context_length(m)) for r, m in pairs]
 
     async def serve() -> None:
         async with serve_models(specs, log_dir=Path(args.server_log_dir or "server-logs")) as running:
@@ -327,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     for role in ("big", "small"):
         add_flag(serve, f"{role}_model")
     add_flag(serve, "server_log_dir")
+    add_flag(serve, "max_model_len", type=int, help="context length (default: each model's own)")
     add_flag(serve, "toy_models_dir")
     add_flag(serve, "big_url", action="append")
     add_flag(serve, "small_url", action="append")

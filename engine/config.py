@@ -10,48 +10,73 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.client import ClientLimits
 from engine.errors import UsageError
-from engine.scoring import SCORE_METHODS
-
-TRACK_MODES = ("big", "small", "spec")
-AGGREGATIONS = ("majority", "weighted", "first")
+from engine.prompts import prompt_set_digest
 
 
 @dataclass(frozen=True)
-class ReasoningConfig:
-    """How one track reasons (defaults are SpecReason's)."""
+class Settings:
+    """Base of a policy's or a strategy's settings. Each field is one flat command-line flag
+    (`--score_threshold`); `metadata` may give its `help` and `choices`. Subclasses check
+    their values in `validate`."""
 
-    mode: str = "spec"
-    score_threshold: float = 7.0
-    score_method: str = "greedy"
-    token_budget: int = 8192
-    first_n_steps_base_model: int = 0
-    step_delimiter: str = "\n\n"
-    max_step_tokens: int = 512
-    temperature: float = 0.6
-    top_p: float = 0.95
-    answer_model: str = "big"
-    answer_max_tokens: int = 1024
-    seed: int | None = None
+    def validate(self) -> None:
+        """Raise UsageError for a value that cannot work; the base accepts everything."""
+
+
+def setting(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
+    """A settings field with its flag's help text (and allowed values, checked on validate)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def check_choices(settings: Settings) -> None:
+    """UsageError for a field whose value is not among the choices it declares."""
+    for f in dataclasses.fields(settings):
+        choices, value = f.metadata.get("choices"), getattr(settings, f.name)
+        if choices and value not in choices:
+            raise UsageError(f"--{f.name} must be one of {', '.join(map(str, choices))}, not {value!r}")
 
 
 @dataclass(frozen=True)
-class ParallelConfig:
-    """How many tracks a problem gets, how they are prompted and how their answers are combined."""
+class ReasoningConfig(Settings):
+    """How a track reasons, whatever its policy (defaults are SpecReason's)."""
 
-    tracks: int = 1
-    use_role_prompts: bool = False
-    method_num: int = 0
-    selector_model: str = "big"
-    aggregation: str = "majority"
-    early_stop: bool = False
-    early_stop_share: float | None = None
-    max_tracks_in_flight: int = 64
-    max_problems_in_flight: int = 8
+    token_budget: int = setting(8192, "thinking tokens a track may keep")
+    step_delimiter: str = setting("\n\n", "text that ends a reasoning step")
+    max_step_tokens: int = setting(512, "tokens one step may generate")
+    temperature: float = setting(0.6, "sampling temperature of the steps")
+    top_p: float = setting(0.95, "nucleus sampling of the steps")
+    answer_phase: bool = setting(
+        False,
+        "spectra: a step also stops at </think>, closing thinking or ending the sequence ends it, and the "
+        "answer model then writes the answer (the seeds reason on and take the answer from the steps)",
+    )
+    answer_model: str = setting("big", "with --answer_phase: the model that writes the answer", ("big", "small"))
+    answer_max_tokens: int = setting(1024, "with --answer_phase: tokens the answer may take")
+    seed: int | None = setting(None, "base seed of every request (reproducible runs)")
+
+    def validate(self) -> None:
+        for name, value in (
+            ("--token_budget", self.token_budget),
+            ("--max_step_tokens", self.max_step_tokens),
+            ("--answer_max_tokens", self.answer_max_tokens),
+        ):
+            if value < 1:
+                raise UsageError(f"{name} must be at least 1, not {value}")
+        check_choices(self)
+
+
+@dataclass(frozen=True)
+class SchedulerLimits(Settings):
+    """How much runs at once; never changes what a record holds, so it is not in the digest."""
+
+    max_tracks_in_flight: int = setting(64, "tracks running at once over all problems")
+    max_problems_in_flight: int = setting(8, "problems solved at once")
 
 
 @dataclass(frozen=True)
@@ -74,24 +99,57 @@ class DataConfig:
     problem_id: str | None = None
     repeat_id: str = "0"
     fields: tuple[str, ...] = ()
+    # "I/N": this process does the I-th of N slices of the work (engine.run.Shard); left out of
+    # the digest, like the selection, so that the shards of one run share their config digest.
+    shard: str | None = None
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs. `digest()` covers what decides its results, for safe resumes."""
+    """Everything a run needs. `digest()` covers what decides its results, for safe resumes.
+
+    `policy` names how one step is produced (`engine.policies.POLICIES`) and `strategy` how one
+    problem is solved (`engine.strategies.STRATEGIES`); their settings are the frozen settings
+    dataclasses those specs declare (None: the spec's defaults).
+    """
 
     runner: str
     output_dir: str
-    big: ModelConfig
-    small: ModelConfig
+    models: dict[str, ModelConfig]
+    policy: str = "spec"
+    policy_settings: Any = None
+    strategy: str = "vote"
+    strategy_settings: Any = None
     reasoning: ReasoningConfig = ReasoningConfig()
-    parallel: ParallelConfig = ParallelConfig()
+    limits: SchedulerLimits = SchedulerLimits()
     data: DataConfig = DataConfig()
     client: ClientLimits = ClientLimits()
     prompt_set: str = "default"
     thinking: str = "auto"
     server_log_dir: str | None = None
+    # Context length of the servers spectra starts; None: each model's own (its config.json).
+    max_model_len: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Imported here: the tables import this module for ReasoningConfig.
+        from engine.policies import POLICIES
+        from engine.strategies import STRATEGIES
+
+        for kind, table, name in (("policy", POLICIES, self.policy), ("strategy", STRATEGIES, self.strategy)):
+            if name not in table:
+                raise UsageError(f"unknown {kind} {name!r}; use one of {', '.join(table)}")
+            settings = getattr(self, f"{kind}_settings")
+            if settings is None:
+                object.__setattr__(self, f"{kind}_settings", table[name].settings())
+            elif not isinstance(settings, table[name].settings):
+                raise TypeError(f"{kind} {name!r} takes {table[name].settings.__name__}, not {type(settings).__name__}")
+
+    def model(self, role: str) -> ModelConfig:
+        """The model playing `role`; a UsageError naming the flag when the run has none."""
+        if role not in self.models or not self.models[role].model:
+            raise UsageError(f"this run needs the {role} model: give --{role}_model (a Hugging Face id or path)")
+        return self.models[role]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,45 +158,30 @@ class RunConfig:
         """A hash of the settings that change what a record holds (not URLs, limits or paths)."""
         decisive = {
             "runner": self.runner,
-            "big": self.big.model,
-            "small": self.small.model,
+            "models": {role: m.model for role, m in sorted(self.models.items())},
+            "policy": self.policy,
+            "policy_settings": dataclasses.asdict(self.policy_settings),
+            "strategy": self.strategy,
+            "strategy_settings": dataclasses.asdict(self.strategy_settings),
             "reasoning": dataclasses.asdict(self.reasoning),
-            "parallel": {k: v for k, v in dataclasses.asdict(self.parallel).items() if not k.startswith("max_")},
             "data": {
                 "dataset_name": self.data.dataset_name,
                 "data_file": self.data.data_file,
                 "fields": self.data.fields,
             },
             "prompt_set": self.prompt_set,
+            # The texts, not only the name: an edited set is another experiment.
+            "prompt_set_content": prompt_set_digest(self.prompt_set),
             "thinking": self.thinking,
         }
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
     def validate(self) -> None:
         """Raise UsageError for settings that cannot work together."""
-        r, p = self.reasoning, self.parallel
-        if r.mode not in TRACK_MODES:
-            raise UsageError(f"unknown track mode {r.mode!r}; use one of {', '.join(TRACK_MODES)}")
-        if r.score_method not in SCORE_METHODS:
-            raise UsageError(f"--score_method must be one of {', '.join(SCORE_METHODS)}, not {r.score_method!r}")
-        if not 0 <= r.score_threshold <= 9:
-            raise UsageError(f"--score_threshold must be between 0 and 9, not {r.score_threshold}")
-        for name, value in (
-            ("--token_budget", r.token_budget),
-            ("--max_step_tokens", r.max_step_tokens),
-            ("--answer_max_tokens", r.answer_max_tokens),
-            ("--tracks", p.tracks),
-        ):
-            if value < 1:
-                raise UsageError(f"{name} must be at least 1, not {value}")
-        if r.answer_model not in ("big", "small") or p.selector_model not in ("big", "small"):
-            raise UsageError("--answer_model and --selector_model take 'big' or 'small'")
-        if p.aggregation not in AGGREGATIONS:
-            raise UsageError(f"--aggregation must be one of {', '.join(AGGREGATIONS)}, not {p.aggregation!r}")
-        if p.early_stop_share is not None and not 0.5 < p.early_stop_share <= 1:
-            raise UsageError(f"--early_stop_share must be in (0.5, 1], not {p.early_stop_share}")
-        if p.method_num < 0:
-            raise UsageError(f"--method_num must be 0 or more, not {p.method_num}")
+        self.reasoning.validate()
+        for settings in (self.policy_settings, self.strategy_settings):
+            check_choices(settings)
+            settings.validate()
         if self.thinking not in ("auto", "on", "off"):
             raise UsageError(f"--thinking must be auto, on or off, not {self.thinking!r}")
 
@@ -149,3 +192,41 @@ def add_flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) ->
     if "_" in name:
         spellings.append(f"--{name.replace('_', '-')}")
     parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+def _flag_type(annotation: Any) -> type:
+    """The Python type a flag parses to, from a settings field's annotation (`int | None` -> int)."""
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return options[0]
+
+
+def add_settings_flags(parser: argparse.ArgumentParser | Any, cls: type) -> None:
+    """One flag per field of the settings dataclass `cls`; unset flags stay None (the default)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, default = _flag_type(hints[f.name]), f.default
+        text = f"{f.metadata.get('help', '')} (default {default!r})".strip()
+        if kind is bool:
+            add_flag(parser, f.name, action="store_true", default=None, help=text)
+        else:
+            add_flag(parser, f.name, type=kind, choices=f.metadata.get("choices"), help=text)
+
+
+def settings_from_flags(cls: type, args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> Any:
+    """An instance of `cls` from the flags given in `args`, else `defaults`, else the field default."""
+    values = dict(defaults or {})
+    for f in dataclasses.fields(cls):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+    return cls(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}})
+
+
+def check_unique_flags(classes: list[type]) -> None:
+    """Refuse two settings classes declaring the same flag: one flag must mean one thing."""
+    owner: dict[str, str] = {}
+    for cls in dict.fromkeys(classes):
+        for f in dataclasses.fields(cls):
+            if f.name in owner:
+                raise TypeError(f"flag --{f.name} is declared by both {owner[f.name]} and {cls.__name__}")
+            owner[f.name] = cls.__name__

@@ -33,7 +33,16 @@ class ServerError(SpectraError):
 
 
 class RetryableServerError(ServerError):
-    """A server error worth retrying: connection trouble, 429, 5xx, a stalled or cut stream."""
+    """A server error worth retrying: connection trouble, 429, 5xx, a stalled or cut stream.
+
+    `unavailable` marks what a server restart explains: the connection refused, reset or broken
+    mid-answer, or HTTP 502, 503 or 504 (a proxy or vLLM itself not ready). Those are retried
+    until the retry deadline whatever the attempt count; the others count against `max_attempts`.
+    """
+
+    def __init__(self, server: str, status: int | None, message: str, *, unavailable: bool = False):
+        super().__init__(server, status, message)
+        self.unavailable = unavailable
 
 
 class ServerStartError(SpectraError):

@@ -1,31 +1,35 @@
-"""Method selection (SpecLRM's `spec_scale_reason_2`): a selector model names the solution
-methods a problem's tracks will follow, chosen from the prompt set's method library."""
+"""Method selection (SpecLRM's `spec_scale_reason_2`): a selector model picks, by letter code, the
+solution methods a problem's tracks will follow, from the prompt set's letter-coded method list.
+
+As in SpecLRM, the selector continues a fixed assistant prefix ("I think the best N methods
+are: ") at temperature 0 with room for N codes and the commas between them (2N-1 tokens); every
+code in the range of the list counts, in order; a short answer is filled with the last code (the
+"unknown" choice) and a long one is cut to N. The same method may be chosen twice.
+"""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 
 import structlog
 
-from engine.chat import THINK_CLOSE, Message
+from engine.chat import Message
 from engine.errors import ServerError
-from engine.policies import NO_SPECIAL_TOKENS, Model, usage_of
+from engine.models import NO_SPECIAL_TOKENS, Model, usage_of
 from engine.prompts import PromptSet
 from engine.results import ModelUsage
 
 log = structlog.get_logger(__name__)
 
-SELECTOR_MAX_TOKENS = 256
-
 
 @dataclass
 class MethodChoice:
-    """The methods picked for a problem; `fallback` when the selector's answer gave too few or
-    the selector failed (its error kept in `error`)."""
+    """The methods picked for a problem (names, one per track) and their codes; `fallback` when the
+    selector's answer gave too few codes or the selector failed (its error kept in `error`)."""
 
     methods: list[str]
+    codes: list[str]
     raw: str
     fallback: bool
     usage: dict[str, ModelUsage] = field(default_factory=dict)
@@ -34,6 +38,7 @@ class MethodChoice:
     def to_dict(self) -> dict:
         return {
             "methods": self.methods,
+            "codes": self.codes,
             "raw": self.raw,
             "fallback": self.fallback,
             "usage": {k: vars(v) for k, v in self.usage.items()},
@@ -41,58 +46,43 @@ class MethodChoice:
         }
 
 
-def _canonical(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", " ", name.lower()).strip()
+def selector_max_tokens(count: int) -> int:
+    """SpecLRM's room for `count` codes: one token per code and one per comma between them."""
+    return 2 * count - 1
 
 
-def parse_methods(text: str, library: list[str], count: int) -> list[str]:
-    """Method names of `library` found in `text`, in the order the text names them, at most `count`.
-
-    A JSON list is read first; otherwise names are found anywhere in the text, matched case-
-    and separator-insensitively ("working backwards", "Working_Backwards").
-    """
-    wanted = {_canonical(name): name for name in library}
-    found: list[str] = []
-    match = re.search(r"\[[^\[\]]*\]", text)
-    if match:
-        try:
-            items = json.loads(match.group(0))
-        except ValueError:
-            items = []
-        found = [wanted[_canonical(str(i))] for i in items if _canonical(str(i)) in wanted]
-    if not found:
-        canonical_text = f" {_canonical(text)} "
-        positions = [(canonical_text.find(f" {key} "), name) for key, name in wanted.items()]
-        found = [name for pos, name in sorted(positions) if pos >= 0]
-    return list(dict.fromkeys(found))[:count]
+def parse_codes(text: str, codes: list[str], count: int) -> list[str]:
+    """The codes of `codes` found in `text`, in order (repeats kept), cut to `count`."""
+    if not codes:
+        return []
+    found = re.findall(f"[{re.escape(codes[0])}-{re.escape(codes[-1])}]", text.strip())
+    return found[:count]
 
 
 async def select_methods(problem: str, prompts: PromptSet, selector: Model, count: int) -> MethodChoice:
-    """Ask `selector` for `count` methods; fill from the library's order when it names too few."""
-    library = list(prompts.require_methods())
-    request = prompts.render_select_methods(problem, count)
-    # Thinking models are asked to answer at once: selection is a quick judgement, not a proof.
-    opening = f"{selector.chat.think_prefix}{THINK_CLOSE}\n\n" if selector.chat.thinking else ""
+    """Ask `selector` for `count` method codes; fill a short answer with the last code ("unknown")."""
+    library = list(prompts.require_methods().values())
+    codes = [m.code for m in library]
+    prompt = selector.chat.render(
+        [Message("user", prompts.render_select_methods(problem, count))], prompts.render_select_methods_prefix(count)
+    )
     try:
         completion = await selector.client.complete(
-            selector.chat.render([Message("user", request)], opening),
-            max_tokens=SELECTOR_MAX_TOKENS,
-            temperature=0.0,
-            extra=NO_SPECIAL_TOKENS,
+            prompt, max_tokens=selector_max_tokens(count), temperature=0.0, extra=NO_SPECIAL_TOKENS
         )
     except ServerError as exc:
-        # The problem is still worth solving with the library's first methods.
+        # The problem is still worth solving: every track takes the "unknown" choice.
         log.warning("method_selection_failed", error=str(exc))
-        return MethodChoice(methods=_fill(library, [], count), raw="", fallback=True, error=str(exc))
-    chosen = parse_methods(completion.text, library, count)
-    fallback = len(chosen) < min(count, len(library))
-    if fallback:
-        chosen = _fill(library, chosen, count)
-        log.info("method_selection_fallback", raw=completion.text[:200], methods=chosen)
+        return _choice(library, [], raw="", error=str(exc), count=count)
+    chosen = parse_codes(completion.text, codes, count)
+    if len(chosen) < count:
+        log.info("method_selection_fallback", raw=completion.text[:200], codes=chosen)
+    return _choice(library, chosen, raw=completion.text, count=count, usage={selector.role: usage_of(completion)})
+
+
+def _choice(library: list, chosen: list[str], *, raw: str, count: int, **extra) -> MethodChoice:
+    filled = chosen + [library[-1].code] * (count - len(chosen))
+    by_code = {m.code: m.name for m in library}
     return MethodChoice(
-        methods=chosen, raw=completion.text, fallback=fallback, usage={selector.role: usage_of(completion)}
+        methods=[by_code[c] for c in filled], codes=filled, raw=raw, fallback=len(chosen) < count, **extra
     )
-
-
-def _fill(library: list[str], chosen: list[str], count: int) -> list[str]:
-    return chosen + [name for name in library if name not in chosen][: count - len(chosen)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import string
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -41,6 +42,7 @@ class Templates:
     rewrite: str
     answer: str
     select_methods: str
+    select_methods_prefix: str
 
 
 # key -> (allowed placeholders, required placeholders). A template that drops a required
@@ -52,7 +54,11 @@ PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "score_prefix": (frozenset(), frozenset()),
     "rewrite": (frozenset({"draft"}), frozenset({"draft"})),
     "answer": (frozenset(), frozenset()),
-    "select_methods": (frozenset({"problem", "methods", "method_num"}), frozenset({"problem", "methods"})),
+    "select_methods": (
+        frozenset({"problem", "methods", "method_num", "example_codes", "first_code", "last_code"}),
+        frozenset({"problem", "methods"}),
+    ),
+    "select_methods_prefix": (frozenset({"method_num"}), frozenset()),
 }
 # An empty `rewrite` selects SpecReason's behaviour (the big model continues the same prefix).
 MAY_BE_EMPTY = frozenset({"rewrite"})
@@ -60,9 +66,11 @@ MAY_BE_EMPTY = frozenset({"rewrite"})
 
 @dataclass(frozen=True)
 class Method:
-    """A solution method: a one-line `description` for the selector, an `instruction` for the track."""
+    """A solution method: its letter `code`, a one-line `description` for the selector, an
+    `instruction` for the track ("" for the "unknown" choice: the track gets the plain problem)."""
 
     name: str
+    code: str
     description: str
     instruction: str
 
@@ -78,13 +86,20 @@ class PromptSet:
     methods: dict[str, Method] = field(default_factory=dict)
 
     def render_problem(self, problem: str, choices: list[str] | tuple[str, ...] | None = None) -> str:
-        """The first user message: `problem`, or `problem_multiple_choice` when choices are given."""
+        """The first user message: `problem`, or `problem_multiple_choice` when choices are given.
+
+        Choices are one `(A) text` a line, each line indented like the `{choices}` line of the
+        template (SpecReason's message is an indented string, so its choices are indented too).
+        """
         if choices is None:
             return self.templates.problem.format(problem=problem)
         if not 2 <= len(choices) <= len(CHOICE_LETTERS):
             raise UsageError(f"a multiple-choice problem needs 2 to 26 choices, got {len(choices)}")
-        lines = "\n".join(f"({CHOICE_LETTERS[i]}) {text}" for i, text in enumerate(choices))
-        return self.templates.problem_multiple_choice.format(problem=problem, choices=lines)
+        template = self.templates.problem_multiple_choice
+        line_start = template.split("{choices}", 1)[0].rpartition("\n")[2]
+        indent = line_start if not line_start.strip() else ""
+        lines = f"\n{indent}".join(f"({CHOICE_LETTERS[i]}) {text}" for i, text in enumerate(choices))
+        return template.format(problem=problem, choices=lines)
 
     def render_score(self, problem: str, step: str) -> str:
         """The user turn asking the big model to rate the last step 0-9."""
@@ -103,22 +118,56 @@ class PromptSet:
         return self.templates.answer.format()
 
     def render_select_methods(self, problem: str, method_num: int) -> str:
-        """The method selector's user message, listing this set's methods as `- name: description`."""
-        methods = self.require_methods()
-        listing = "\n".join(f"- {m.name}: {m.description}" for m in methods.values())
-        return self.templates.select_methods.format(problem=problem, methods=listing, method_num=method_num)
+        """The method selector's user message, listing this set's methods as `A. description` lines
+        (SpecLRM's letter-coded list) and asking for `method_num` codes."""
+        methods = list(self.require_methods().values())
+        listing = "\n".join(f"{m.code}. {m.description}" for m in methods)
+        return self.templates.select_methods.format(
+            problem=problem,
+            methods=listing,
+            method_num=method_num,
+            example_codes=example_codes([m.code for m in methods], method_num),
+            first_code=methods[0].code,
+            last_code=methods[-1].code,
+        )
+
+    def render_select_methods_prefix(self, method_num: int) -> str:
+        """The assistant text the selector continues; its next tokens are the codes."""
+        return self.templates.select_methods_prefix.format(method_num=method_num)
+
+    def require_templates(self, keys: tuple[str, ...]) -> None:
+        """A UsageError when a template a policy or strategy renders is unknown or empty."""
+        for key in keys:
+            if key not in PLACEHOLDERS:
+                raise UsageError(f"prompt set {self.name}: no template {key!r}; known keys: {', '.join(PLACEHOLDERS)}")
+            if not getattr(self.templates, key) and key not in MAY_BE_EMPTY:
+                raise UsageError(
+                    f"prompt set {self.name}: template {key!r} is empty; give its text in {TEMPLATES_FILE}"
+                )
 
     def require_roles(self) -> dict[str, str]:
         """The roles, or a UsageError when this set has none."""
         if not self.roles:
-            raise UsageError(f"prompt set {self.name} has no {ROLES_FILE}; use --prompt-set roles or add one")
+            raise UsageError(f"prompt set {self.name} has no {ROLES_FILE}; use --prompt_set default or add one")
         return self.roles
 
     def require_methods(self) -> dict[str, Method]:
         """The methods, or a UsageError when this set has none."""
         if not self.methods:
-            raise UsageError(f"prompt set {self.name} has no {METHODS_FILE}; use --prompt-set methods or add one")
+            raise UsageError(f"prompt set {self.name} has no {METHODS_FILE}; use --prompt_set default or add one")
         return self.methods
+
+
+# SpecLRM's examples of an answer: "B,E" for 2 codes, "B,E,F" for 3, "B,E,F,A" for 4; further
+# codes continue through the list.
+_EXAMPLE_ORDER = (1, 4, 5, 0)
+
+
+def example_codes(codes: list[str], count: int) -> str:
+    """An example answer of `count` codes for the selector, in SpecLRM's order where it has one."""
+    order = [i for i in _EXAMPLE_ORDER if i < len(codes)]
+    order += [i for i in range(len(codes)) if i not in order]
+    return ",".join(codes[i] for i in order[: max(1, min(count, len(codes)))])
 
 
 def load_prompt_set(name_or_path: str) -> PromptSet:
@@ -139,6 +188,18 @@ def load_prompt_set(name_or_path: str) -> PromptSet:
     roles = _read_roles(folder / ROLES_FILE) if ROLES_FILE in files else {}
     methods = _read_methods(folder / METHODS_FILE) if METHODS_FILE in files else {}
     return PromptSet(name=folder.name, path=folder, templates=templates, roles=roles, methods=methods)
+
+
+def prompt_set_digest(name_or_path: str) -> str:
+    """A hash of the YAML files a set is built from: its own and, for the templates it does not
+    give, the default set's."""
+    folders = [_resolve(name_or_path), _package_root() / DEFAULT_SET]
+    digest = hashlib.sha256()
+    for folder in dict.fromkeys(folders):
+        for path in sorted(folder.glob("*.y*ml")):
+            digest.update(f"{folder.name}/{path.name}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def available_prompt_sets() -> list[str]:
@@ -254,16 +315,20 @@ def _read_roles(path: Path) -> dict[str, str]:
 
 def _read_methods(path: Path) -> dict[str, Method]:
     data = _load_yaml_mapping(path)
+    if len(data) > len(CHOICE_LETTERS):
+        raise UsageError(f"{path}: at most {len(CHOICE_LETTERS)} methods (one letter code each), got {len(data)}")
     methods = {}
-    for name, entry in data.items():
+    for position, (name, entry) in enumerate(data.items()):
         if not isinstance(entry, dict):
             raise UsageError(f"{path}: method {name!r} must be a mapping with description and instruction")
         unknown = set(entry) - {"description", "instruction"}
         if unknown:
             raise UsageError(f"{path}: method {name!r}: unknown key {sorted(map(str, unknown))[0]!r}")
-        for key in ("description", "instruction"):
-            value = entry.get(key)
-            if not isinstance(value, str) or not value.strip():
-                raise UsageError(f"{path}: method {name!r}: key {key!r} must be non-empty text")
-        methods[name] = Method(name, " ".join(entry["description"].split()), entry["instruction"].strip())
+        description, instruction = entry.get("description"), entry.get("instruction")
+        if not isinstance(description, str) or not description.strip():
+            raise UsageError(f"{path}: method {name!r}: key 'description' must be non-empty text")
+        if not isinstance(instruction, str):
+            raise UsageError(f"{path}: method {name!r}: key 'instruction' must be text (\"\" for the unknown choice)")
+        code = CHOICE_LETTERS[position]
+        methods[name] = Method(name, code, " ".join(description.split()), instruction.strip())
     return methods

@@ -3,6 +3,7 @@
 A run folder holds `manifest.json` (the config, model ids, package versions) and
 `records.jsonl` (one `ProblemRecord` a line). Every line is written whole and flushed to
 disk, so a crash leaves at most a partial last line; `read_records` reports and skips it.
+While a runner uses the folder it holds its lock (`engine.folder_lock`): one runner per folder.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ RECORDS_FILE = "records.jsonl"
 MANIFEST_FILE = "manifest.json"
 
 MODEL_ROLES = ("small", "big")
+# Data sets whose answers are option letters, recognised by name in records that predate
+# `ProblemRecord.multiple_choice`.
+MULTIPLE_CHOICE_PREFIXES = ("gpqa",)
 
 
 @dataclass
@@ -50,7 +54,8 @@ class StepRecord:
     is the big model's 0-9 judgement of the small model's draft and `score_distribution`
     the renormalised probabilities of the digits found in the top logprobs; when the draft
     was rejected, `draft` keeps its text. `usage` counts every request made for the step
-    (draft, score, rewrite), per model.
+    (draft, score, rewrite), per model; `wasted` counts work done ahead for this step and thrown
+    away (pipelined speculation: drafts and scores made on top of a rejected draft).
     """
 
     index: int
@@ -62,6 +67,10 @@ class StepRecord:
     draft: str | None = None
     usage: dict[str, ModelUsage] = field(default_factory=dict)
     latency_s: float = 0.0
+    # How the kept text's generation stopped: "delimiter", "eos" (the model ended its sequence;
+    # the seeds keep reasoning after it), "think_end" (--answer_phase) or "length".
+    ending: str = ""
+    wasted: dict[str, ModelUsage] = field(default_factory=dict)
 
     @property
     def accepted(self) -> bool | None:
@@ -73,12 +82,16 @@ class StepRecord:
 class TrackRecord:
     """One reasoning track on one problem: its steps, its answer and what it cost.
 
-    `finish_reason` is one of: "answer" (an answer was written), "budget" (the thinking
-    budget ran out, then the answer was asked for), "eos" (a model ended the sequence),
-    "repeat" (a step repeated the previous one or was empty), "think_end" (the model closed
-    thinking), "cancelled" (stopped early by the scheduler), "failed" (an error, kept in
-    `error`). `answer_model` wrote the answer: the answer model after thinking, or the writer
-    of the step that stated it.
+    `finish_reason` is one of: "answer" (a step stated the answer), "budget" (the kept steps
+    reached the thinking budget), "repeat" (a step repeated the previous one), "eos" (a
+    one-request baseline ended without stating an answer; with --answer_phase, a model ended
+    the sequence), "think_end" (--answer_phase: the model closed thinking), "cancelled"
+    (stopped early by the scheduler), "failed" (an error, kept in `error`). `answer_model`
+    wrote the answer: the writer of the last step when the answer was taken from the steps, or
+    the answer model of --answer_phase. `usage` counts the requests whose results the track used;
+    `wasted` the work it threw away (its steps' `wasted`, and the work ahead cancelled when it
+    ended), apart from `usage`. A request cancelled mid-generation counts as one request with
+    no tokens: the engine does not know how many the server had generated.
     """
 
     track_id: int
@@ -97,6 +110,7 @@ class TrackRecord:
     answer_tokens: int = 0
     latency_s: float = 0.0
     finished_at: float | None = None
+    wasted: dict[str, ModelUsage] = field(default_factory=dict)
 
     @property
     def mean_score(self) -> float | None:
@@ -128,10 +142,25 @@ class ProblemRecord:
     started_at: float = 0.0
     finished_at: float = 0.0
     config_digest: str = ""
+    # Whether the answers are option letters; None in records written before spectra stored it.
+    multiple_choice: bool | None = None
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.problem_id, self.repeat_id)
+
+    @property
+    def all_tracks_failed(self) -> bool:
+        """Every track failed (servers down, a bug): the problem was not really solved, so a
+        resumed run does it again."""
+        return bool(self.tracks) and all(t.finish_reason == "failed" for t in self.tracks)
+
+    @property
+    def is_multiple_choice(self) -> bool:
+        """`multiple_choice` as stored, or, for older records, guessed from the data set's name."""
+        if self.multiple_choice is not None:
+            return self.multiple_choice
+        return self.dataset.lower().startswith(MULTIPLE_CHOICE_PREFIXES)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -166,12 +195,14 @@ def _track_from_dict(data: dict[str, Any]) -> TrackRecord:
     data = dict(data)
     data["steps"] = [_step_from_dict(s) for s in data.get("steps", [])]
     data["usage"] = _usage_from_dict(data.get("usage", {}))
+    data["wasted"] = _usage_from_dict(data.get("wasted", {}))
     return TrackRecord(**_known_fields(TrackRecord, data))
 
 
 def _step_from_dict(data: dict[str, Any]) -> StepRecord:
     data = dict(data)
     data["usage"] = _usage_from_dict(data.get("usage", {}))
+    data["wasted"] = _usage_from_dict(data.get("wasted", {}))
     return StepRecord(**_known_fields(StepRecord, data))
 
 
@@ -219,8 +250,8 @@ class RunStore:
 
     Opening it keeps the finished records, sets aside lines a crash cut short (the original
     file is kept beside it as `records.jsonl.damaged-<time>`), and refuses a folder whose
-    manifest has another config digest unless `overwrite` (then the old files are kept as
-    `*.replaced-<time>`).
+    manifest has another config digest, or another `--shard`, unless `overwrite` (then the old
+    files are kept as `*.replaced-<time>`). The caller holds the folder's lock (`engine.folder_lock`).
     """
 
     def __init__(self, folder: Path, manifest: dict[str, Any], done: set[tuple[str, int]]):
@@ -235,6 +266,8 @@ class RunStore:
     @staticmethod
     def finished_keys(folder: Path, manifest: dict[str, Any], *, overwrite: bool = False) -> set[tuple[str, int]]:
         """The (problem, repeat) pairs a run in `folder` has finished, read without writing anything.
+        A record whose tracks all failed is not finished: the next run redoes it (and its new line
+        supersedes the old one).
 
         Raises UsageError when the folder holds a run of another config and `overwrite` is off.
         """
@@ -248,7 +281,14 @@ class RunStore:
                         f"{manifest['config_digest']}); use a new --output_dir, or --overwrite to replace it"
                     )
                 return set()
-        return {r.key for r in read_records(folder / RECORDS_FILE).records}
+            if old.get("shard") != manifest.get("shard"):
+                if not overwrite:
+                    raise UsageError(
+                        f"{folder} holds {_shard_name(old)} of this config, not {_shard_name(manifest)}; "
+                        "give each shard its own --output_dir, or --overwrite to replace it"
+                    )
+                return set()
+        return finished_keys(read_records(folder / RECORDS_FILE).records)
 
     @classmethod
     def open(cls, folder: Path, manifest: dict[str, Any], *, overwrite: bool = False) -> RunStore:
@@ -258,7 +298,7 @@ class RunStore:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")  # unique even for two in one second
         if manifest_path.exists():
             old = _read_manifest(manifest_path)
-            if old.get("config_digest") != manifest["config_digest"]:
+            if (old.get("config_digest"), old.get("shard")) != (manifest["config_digest"], manifest.get("shard")):
                 for path in (manifest_path, records_path):
                     if path.exists():
                         path.rename(path.with_name(f"{path.name}.replaced-{stamp}"))
@@ -279,11 +319,23 @@ class RunStore:
             )
         _write_atomically(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         # Keys only: a long run must not hold every record it wrote in memory.
-        return cls(folder, manifest, {r.key for r in read.records})
+        return cls(folder, manifest, finished_keys(read.records))
 
     def append(self, record: ProblemRecord) -> None:
         append_record(self.records_path, record)
-        self.done.add(record.key)
+        if not record.all_tracks_failed:
+            self.done.add(record.key)
+
+
+def finished_keys(records: list[ProblemRecord]) -> set[tuple[str, int]]:
+    """The keys whose latest record is finished (not every track failed)."""
+    latest = {r.key: r for r in records}
+    return {key for key, r in latest.items() if not r.all_tracks_failed}
+
+
+def _shard_name(manifest: dict[str, Any]) -> str:
+    shard = manifest.get("shard")
+    return f"shard {shard['index']}/{shard['count']}" if shard else "the whole run (no --shard)"
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -1,22 +1,26 @@
 """One run, end to end: data and prompts in, servers up, problems scheduled, records out.
 
-`execute` is what every runner calls. It refuses bad input before it starts anything, resumes
-a run folder without redoing finished (problem, repeat) pairs, starts vLLM servers for models
-given without URLs (and stops them at the end), and writes each record as its problem ends.
+`execute` is what every runner calls. It refuses bad input before it starts anything, holds the
+run folder's lock (one runner per folder) for the whole run, resumes without redoing finished
+(problem, repeat) pairs, starts vLLM servers for models given without URLs (and stops them at the
+end), and writes each record as its problem ends. With `--shard I/N` it does the I-th of N
+disjoint slices of the (problem, repeat) list, so N runner processes can share one run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.metadata
 import platform
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import structlog
@@ -27,13 +31,16 @@ from engine.chat import load_chat_format
 from engine.client import ModelClient
 from engine.config import ModelConfig, RunConfig
 from engine.datasets import Problem, load_problems, parse_field_map, parse_id_spec, select_problems
-from engine.errors import UnreachableServerError
+from engine.errors import UnreachableServerError, UsageError
+from engine.folder_lock import hold_run_folder
 from engine.logging import bind_context
-from engine.policies import Model
+from engine.models import Model
+from engine.policies import POLICIES
 from engine.prompts import PromptSet, load_prompt_set
 from engine.results import ProblemRecord, RunStore, read_records
 from engine.scheduler import Scheduler, WorkItem
-from engine.servers import ServerSpec, check_server, serve_models
+from engine.servers import ServerSpec, check_server, model_context_length, serve_models, server_version
+from engine.strategies import STRATEGIES
 
 log = structlog.get_logger(__name__)
 
@@ -50,12 +57,51 @@ class RunOutcome:
     resumed: int
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The `index`-th (1-based) of `count` slices of a run's work list."""
+
+    index: int
+    count: int
+
+    @property
+    def suffix(self) -> str:
+        """What the default output folder of the shard ends with."""
+        return f"shard-{self.index}-of-{self.count}"
+
+    def select(self, work: list[WorkItem]) -> list[WorkItem]:
+        """Round-robin over the ordered work list (problems in selection order, then repeats):
+        position k goes to shard k mod count + 1. The slices are disjoint, cover the list, differ
+        in size by at most one, and depend only on the work list and `count`, not on the machine
+        or the process that computes them; every shard must be given the same problem and repeat
+        selection (a job array runs one command)."""
+        return work[self.index - 1 :: self.count]
+
+
+_SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+
+
+def parse_shard(text: str | None) -> Shard | None:
+    """`--shard I/N` (1 <= I <= N) as a Shard; None for no sharding. UsageError for anything else."""
+    if text is None:
+        return None
+    match = _SHARD.fullmatch(text)
+    if match is None:
+        raise UsageError(f"--shard takes I/N, e.g. 2/4 (the 2nd of 4 slices), not {text!r}")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or not 1 <= index <= count:
+        raise UsageError(f"--shard {text}: I must be between 1 and N (shards are numbered from 1)")
+    return Shard(index, count)
+
+
 def roles_needed(config: RunConfig) -> list[str]:
-    """The models this run talks to: the track mode's, the answer model, the method selector."""
-    needed = {"big", "small"} if config.reasoning.mode == "spec" else {config.reasoning.mode}
-    needed.add(config.reasoning.answer_model)
-    if config.parallel.method_num > 0:
-        needed.add(config.parallel.selector_model)
+    """The models this run talks to: the policy's, the strategy's, the answer model (only with
+    --answer_phase: otherwise the answer is taken from the steps)."""
+    needed = set(POLICIES[config.policy].roles) | set(
+        STRATEGIES[config.strategy].needed_roles(config.strategy_settings)
+    )
+    if config.reasoning.answer_phase:
+        needed.add(config.reasoning.answer_model)
     return sorted(needed)
 
 
@@ -63,15 +109,21 @@ def load_work(config: RunConfig) -> tuple[list[Problem], list[int], PromptSet]:
     """Problems, repeat ids and the prompt set, checked before any server starts."""
     config.validate()
     prompts = load_prompt_set(config.prompt_set)
-    if config.parallel.use_role_prompts:
-        prompts.require_roles()
-    if config.parallel.method_num > 0:
-        prompts.require_methods()
+    policy, strategy = POLICIES[config.policy], STRATEGIES[config.strategy]
+    prompts.require_templates(policy.templates + strategy.templates)
+    strategy.check_prompts(config.strategy_settings, prompts)
     data = config.data
     problems = load_problems(data.dataset_name, data_file=data.data_file, field_map=parse_field_map(data.fields))
     problems = select_problems(problems, data.problem_id, dataset=data.dataset_name)
     repeats = parse_id_spec(data.repeat_id, flag="--repeat_id")
     return problems, repeats, prompts
+
+
+def select_work(config: RunConfig, problems: list[Problem], repeats: list[int]) -> list[WorkItem]:
+    """The (problem, repeat) pairs of this run, in order: all of them, or this shard's slice."""
+    work = [WorkItem(p, r) for p in problems for r in repeats]
+    shard = parse_shard(config.data.shard)
+    return shard.select(work) if shard else work
 
 
 def manifest_for(config: RunConfig) -> dict[str, Any]:
@@ -84,10 +136,13 @@ def manifest_for(config: RunConfig) -> dict[str, Any]:
     return {
         "run_id": uuid.uuid4().hex[:12],
         "runner": config.runner,
-        "mode": config.reasoning.mode,
+        "mode": config.policy,
+        "policy": config.policy,
+        "strategy": config.strategy,
         "dataset": config.data.dataset_name,
-        "models": {"big": config.big.model, "small": config.small.model},
+        "models": {role: config.model(role).model for role in roles_needed(config)},
         "config_digest": config.digest(),
+        "shard": dataclasses.asdict(shard) if (shard := parse_shard(config.data.shard)) else None,
         "config": config.to_dict(),
         "versions": versions,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -98,22 +153,25 @@ async def execute(config: RunConfig, *, overwrite: bool = False, progress: bool 
     """Run `config` to completion in its output folder, resuming what is already there."""
     problems, repeats, prompts = load_work(config)
     folder, manifest = Path(config.output_dir), manifest_for(config)
-    # Everything that can be refused is checked before anything is written or started.
-    done = RunStore.finished_keys(folder, manifest, overwrite=overwrite)
-    work = [WorkItem(p, r) for p in problems for r in repeats]
-    todo = [w for w in work if (w.problem.id, w.repeat_id) not in done]
-    log.info(
-        "run_start",
-        output_dir=config.output_dir,
-        problems=len(problems),
-        repeats=len(repeats),
-        todo=len(todo),
-        already_done=len(work) - len(todo),
-    )
-    if todo:
-        store = await _run_work(config, prompts, manifest, todo, overwrite=overwrite, progress=progress)
-    else:
-        store = RunStore.open(folder, manifest, overwrite=overwrite)
+    work = select_work(config, problems, repeats)
+    # Everything that can be refused is checked before anything is written or started; a second
+    # runner on this folder is refused here, before it starts servers.
+    with hold_run_folder(folder):
+        done = RunStore.finished_keys(folder, manifest, overwrite=overwrite)
+        todo = [w for w in work if (w.problem.id, w.repeat_id) not in done]
+        log.info(
+            "run_start",
+            output_dir=config.output_dir,
+            shard=config.data.shard,
+            problems=len(problems),
+            repeats=len(repeats),
+            todo=len(todo),
+            already_done=len(work) - len(todo),
+        )
+        if todo:
+            store = await _run_work(config, prompts, manifest, todo, overwrite=overwrite, progress=progress)
+        else:
+            store = RunStore.open(folder, manifest, overwrite=overwrite)
     by_key = {r.key: r for r in read_records(store.records_path).records}
     records = [by_key[(w.problem.id, w.repeat_id)] for w in work if (w.problem.id, w.repeat_id) in by_key]
     new = sum(1 for w in todo if (w.problem.id, w.repeat_id) in store.done)
@@ -133,6 +191,7 @@ async def _run_work(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async with model_endpoints(config, session) as endpoints:
             models = await build_models(config, session, endpoints)
+            manifest = {**manifest, **await serving_facts(config, session, endpoints)}
             store = RunStore.open(Path(config.output_dir), manifest, overwrite=overwrite)
             with bind_context(run=store.manifest["run_id"]):
                 log.info("run_models_ready", models={role: m.client.model for role, m in models.items()})
@@ -156,14 +215,27 @@ async def _run_work(
     return store
 
 
+class Endpoint(NamedTuple):
+    """Where a role's model is served: its URLs, the served model id, and the context length
+    spectra started its server with (None for servers the user started)."""
+
+    urls: tuple[str, ...]
+    served: str
+    max_model_len: int | None = None
+
+
 @asynccontextmanager
-async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> AsyncIterator[dict[str, tuple]]:
-    """role -> (URLs, served model id) for every model the run needs; starts servers for models
-    given without URLs and stops them on the way out."""
+async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> AsyncIterator[dict[str, Endpoint]]:
+    """role -> Endpoint for every model the run needs; starts servers for models given without
+    URLs (with the model's own context length, or --max_model_len) and stops them on the way out."""
     roles = roles_needed(config)
-    to_start = [
-        ServerSpec(name=role, model=getattr(config, role).model) for role in roles if not getattr(config, role).urls
-    ]
+    to_start = []
+    for role in roles:
+        model_config = config.model(role)
+        if not model_config.urls:
+            length = config.max_model_len or await asyncio.to_thread(model_context_length, model_config.model)
+            to_start.append(ServerSpec(name=role, model=model_config.model, max_model_len=length))
+    lengths = {spec.name: spec.max_model_len for spec in to_start}
     async with AsyncExitStack() as stack:
         started = {}
         if to_start:
@@ -171,12 +243,36 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
             started = await stack.enter_async_context(serve_models(to_start, log_dir=log_dir))
         endpoints = {}
         for role in roles:
-            model_config = getattr(config, role)
+            model_config = config.model(role)
             if role in started:
-                endpoints[role] = ((started[role].url,), started[role].model)
+                endpoints[role] = Endpoint((started[role].url,), started[role].model, lengths[role])
                 continue
-            endpoints[role] = (model_config.urls, await _check_replicas(session, model_config, role))
+            endpoints[role] = Endpoint(model_config.urls, await _check_replicas(session, model_config, role))
         yield endpoints
+
+
+async def serving_facts(
+    config: RunConfig, session: aiohttp.ClientSession, endpoints: dict[str, Endpoint]
+) -> dict[str, Any]:
+    """What the manifest records about how the run was served: each role's servers (the vLLM
+    version they report, the context length spectra gave them) and the concurrency limits, so
+    that runs measured differently are not compared silently."""
+    servers = {}
+    for role, endpoint in endpoints.items():
+        versions = [await server_version(session, url) for url in endpoint.urls]
+        servers[role] = {
+            "urls": list(endpoint.urls),
+            "served_model": endpoint.served,
+            "vllm_version": next((v for v in versions if v), None),
+            "max_model_len": endpoint.max_model_len,
+        }
+    concurrency = {
+        "max_problems_in_flight": config.limits.max_problems_in_flight,
+        "max_tracks_in_flight": config.limits.max_tracks_in_flight,
+        "max_in_flight_per_endpoint": config.client.max_in_flight_per_endpoint,
+        "replicas": {role: len(endpoint.urls) for role, endpoint in endpoints.items()},
+    }
+    return {"servers": servers, "concurrency": concurrency}
 
 
 async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelConfig, role: str) -> str:
@@ -196,11 +292,11 @@ async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelCon
 
 
 async def build_models(
-    config: RunConfig, session: aiohttp.ClientSession, endpoints: dict[str, tuple]
+    config: RunConfig, session: aiohttp.ClientSession, endpoints: dict[str, Endpoint]
 ) -> dict[str, Model]:
     models = {}
-    for role, (urls, served) in endpoints.items():
-        model_config = getattr(config, role)
+    for role, (urls, served, _) in endpoints.items():
+        model_config = config.model(role)
         chat = await asyncio.to_thread(
             load_chat_format, model_config.model, tokenizer=model_config.tokenizer, thinking=config.thinking
         )

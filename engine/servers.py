@@ -53,7 +53,8 @@ class ServerSpec:
     served_model_name: str | None = None
     port: int | None = None
     host: str = "127.0.0.1"
-    max_model_len: int | None = 4096
+    # None: vLLM takes the model's own context length from its config.
+    max_model_len: int | None = None
     dtype: str = "auto"
     cpu: bool | None = None
     extra_args: tuple[str, ...] = ()
@@ -131,6 +132,42 @@ def server_command(spec: ServerSpec, port: int) -> list[str]:
     if _on_cpu(spec):
         cmd += cpu_args()
     return cmd + list(spec.extra_args)
+
+
+# Where Hugging Face configs keep the context length; multimodal models nest it in text_config.
+CONTEXT_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def model_context_length(model: str) -> int | None:
+    """The context length in the model's config.json (None when it cannot be read or holds none)."""
+    from transformers import AutoConfig  # heavy import, needed only when spectra starts servers
+
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        log.warning("model_config_unreadable", model=model, error=str(exc).splitlines()[0][:200])
+        return None
+    for source in (config, getattr(config, "text_config", None)):
+        for key in CONTEXT_LENGTH_KEYS:
+            value = getattr(source, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+async def server_version(session: aiohttp.ClientSession, url: str) -> str | None:
+    """The vLLM version a server reports at GET /version (None when it does not say)."""
+    try:
+        async with session.get(
+            f"{url.rstrip('/')}/version", timeout=aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S)
+        ) as r:
+            if r.status != 200:
+                return None
+            body = await r.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    version = body.get("version") if isinstance(body, dict) else None
+    return str(version) if version is not None else None
 
 
 def _on_cpu(spec: ServerSpec) -> bool:

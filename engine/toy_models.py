@@ -25,6 +25,22 @@ MARKER = "spectra-toy-model.json"
 FORMAT_VERSION = 1
 MAX_POSITIONS = 4096
 VOCAB_SIZE = 2048
+# The models were trained with `<think>\n` before the steps. A first step starts from the template's
+# generation prompt, which for reasoning models (DeepSeek-R1's template) already ends with
+# `<think>\n`; earlier assistant turns (SpecReason's scoring conversation holds one) get the newline
+# after `<think>` when it lacks one. The seeds' continuation after steps writes `<think>` + steps
+# itself, with no newline: the models meet that form untrained (see engine/toy_weights/TRAINING.md).
+SERVED_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- set content = message['content'] %}"
+    "{%- if message['role'] == 'assistant' and content.startswith('<think>')"
+    " and not content.startswith('<think>\\n') %}"
+    "{%- set content = '<think>\\n' + content[7:] %}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}"
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,7 @@ def make_toy_models(out_dir: Path) -> ToyModels:
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(TOKENIZER_DIR)
+    tokenizer.chat_template = SERVED_CHAT_TEMPLATE
     for name, size in SIZES.items():
         _write_model(getattr(models, name), name, size, tokenizer, stamp)
     return models
@@ -90,7 +107,12 @@ def make_toy_models(out_dir: Path) -> ToyModels:
 def _stamp() -> dict:
     """What a built folder must match to be reused: the format and the shipped weights' sizes."""
     weights = {name: (WEIGHTS_DIR / f"{name}.safetensors").stat().st_size for name in SIZES}
-    return {"format": FORMAT_VERSION, "weights": weights, "sizes": {n: asdict(s) for n, s in SIZES.items()}}
+    return {
+        "format": FORMAT_VERSION,
+        "weights": weights,
+        "sizes": {n: asdict(s) for n, s in SIZES.items()},
+        "chat_template": SERVED_CHAT_TEMPLATE,
+    }
 
 
 def _marker(model_dir: Path) -> dict | None:

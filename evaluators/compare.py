@@ -8,6 +8,9 @@ the mean completion tokens (all models) of its repeats.
 - token_ratio = run mean tokens / baseline mean tokens, over the common problems (< 1: cheaper).
 - accuracy_diff = run accuracy - baseline accuracy over the problems both scored, with a
   paired percentile bootstrap 95% interval (problems resampled with replacement).
+- concurrency_note says how the two runs' concurrency (problems and tracks in flight, requests
+  per server, replicas; from their manifests) differs: latencies measured under different load
+  are not comparable (the papers ran one problem at a time).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.errors import UsageError
 from evaluators import metrics
@@ -42,6 +46,7 @@ class Comparison:
     token_ratio: float | None
     accuracy_diff: float | None
     accuracy_diff_ci: tuple[float, float] | None
+    concurrency_note: str | None = None
 
 
 def problem_figures(graded: list[GradedRecord]) -> dict[str, ProblemFigures]:
@@ -71,6 +76,7 @@ def compare(
     baseline: dict[str, ProblemFigures],
     *,
     resamples: int = 2000,
+    concurrency_note: str | None = None,
 ) -> Comparison:
     """Compare one run's per-problem figures with the baseline's."""
     common = sorted(run.keys() & baseline.keys())
@@ -89,7 +95,23 @@ def compare(
         token_ratio=metrics.ratio(run_tokens, base_tokens) if common else None,
         accuracy_diff=metrics.mean(diffs),
         accuracy_diff_ci=metrics.bootstrap_mean_ci(diffs, resamples=resamples),
+        concurrency_note=concurrency_note,
     )
+
+
+CONCURRENCY_KEYS = ("max_problems_in_flight", "max_tracks_in_flight", "max_in_flight_per_endpoint", "replicas")
+
+
+def concurrency_difference(run_manifest: dict[str, Any], baseline_manifest: dict[str, Any]) -> str | None:
+    """How two runs' recorded concurrency differs ("max_problems_in_flight 8 vs 1; ..."), or None
+    when it is the same or either run predates the record."""
+    run, base = run_manifest.get("concurrency"), baseline_manifest.get("concurrency")
+    if not isinstance(run, dict) or not isinstance(base, dict):
+        return None
+    differing = [
+        f"{key} {run.get(key)} vs {base.get(key)}" for key in CONCURRENCY_KEYS if run.get(key) != base.get(key)
+    ]
+    return "; ".join(differing) or None
 
 
 def pick_baseline(choice: str, runs: list[tuple[str, Path]]) -> int:

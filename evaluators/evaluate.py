@@ -1,5 +1,7 @@
 """Evaluate run folders: `python -m evaluators.evaluate RUN_DIR [RUN_DIR ...] [--baseline RUN_DIR] [--report DIR]`.
 
+The shard folders of one run split with `--shard` are read as one run (see evaluators.runs).
+
 `spectra eval` is the same command: it adds these arguments with `add_arguments` and
 calls `run`. The tables go to stdout; logs go to stderr.
 """
@@ -17,14 +19,20 @@ from engine.answers import DEFAULT_TIMEOUT_S
 from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
 from evaluators import compare, report, summary, tables
-from evaluators.runs import Run, load_run
+from evaluators.runs import Run, load_runs
 
 log = structlog.get_logger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the evaluation arguments (seed spellings `--results_dir`, `--dataset_name` included)."""
-    parser.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR", help="run folders to evaluate")
+    parser.add_argument(
+        "runs",
+        nargs="*",
+        type=Path,
+        metavar="RUN_DIR",
+        help="run folders to evaluate (the shard folders of one run, or the folder holding them, make one run)",
+    )
     parser.add_argument(
         "--results-dir", "--results_dir", dest="results_dirs", action="append", type=Path, default=[],
         metavar="RUN_DIR", help="a run folder (the seeds' spelling; may be repeated)",
@@ -78,7 +86,14 @@ def run(args: argparse.Namespace) -> int:
         )
     baseline_name = runs[base].name if base is not None else None
     comparisons = [
-        compare.compare(one.name, figures[i], runs[base].name, figures[base], resamples=args.bootstrap)
+        compare.compare(
+            one.name,
+            figures[i],
+            runs[base].name,
+            figures[base],
+            resamples=args.bootstrap,
+            concurrency_note=_concurrency_note(one, runs[base]),
+        )
         for i, one in enumerate(runs)
         if base is not None and i != base
     ]
@@ -95,6 +110,13 @@ def run(args: argparse.Namespace) -> int:
         path = report.write_report(args.report, summaries, comparisons, all_tables, baseline_name)
         log.info("report_written", path=str(path))
     return 0
+
+
+def _concurrency_note(one: Run, baseline: Run) -> str | None:
+    note = compare.concurrency_difference(one.manifest, baseline.manifest)
+    if note:
+        log.warning("concurrency_differs", run=one.name, baseline=baseline.name, difference=note)
+    return note
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -115,7 +137,7 @@ def _load_runs(args: argparse.Namespace) -> list[Run]:
         baseline = Path(args.baseline).resolve()
         if baseline not in paths:
             paths.insert(0, baseline)
-    runs = [load_run(path, dataset=args.dataset) for path in paths]
+    runs = load_runs(paths, dataset=args.dataset)
     names = [one.name for one in runs]
     if len(set(names)) < len(names):
         for one in runs:

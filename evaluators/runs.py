@@ -1,8 +1,15 @@
-"""Run folders as evaluators see them: the manifest, the readable records, what was skipped."""
+"""Run folders as evaluators see them: the manifest, the readable records, what was skipped.
+
+The folders of a run split with `--shard I/N` are read as one run: a folder holding shard
+folders, or shard folders named together (`results/spec_aime-shard-*`), grouped by their name
+without the `-shard-I-of-N` suffix (folders named otherwise: by config digest, per parent folder).
+The shards of one run must share a config digest and a shard count, each index once.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +21,8 @@ from engine.results import MANIFEST_FILE, RECORDS_FILE, ProblemRecord, read_reco
 
 log = structlog.get_logger(__name__)
 
-# Data sets whose answers are option letters, recognised by the name a record carries.
-MULTIPLE_CHOICE_PREFIXES = ("gpqa",)
+# The default folder name of a shard (engine.run.Shard.suffix).
+SHARD_FOLDER = re.compile(r"(?P<stem>.+)-shard-\d+-of-\d+")
 
 
 @dataclass
@@ -52,9 +59,10 @@ class Run:
         return dict(self.manifest.get("models") or {})
 
     def multiple_choice(self, record: ProblemRecord) -> bool:
-        """Whether the record's answers are option letters (GPQA-like sets, or the config says so)."""
+        """Whether the record's answers are option letters: as the record says (older records:
+        GPQA-like names, or the config says so)."""
         config = self.manifest.get("config") or {}
-        return bool(config.get("multiple_choice")) or record.dataset.lower().startswith(MULTIPLE_CHOICE_PREFIXES)
+        return record.is_multiple_choice or bool(config.get("multiple_choice"))
 
 
 def _common(values: Any) -> str:
@@ -91,6 +99,101 @@ def load_run(path: Path, *, dataset: str | None = None) -> Run:
     if dataset is not None:
         records = _select_dataset(records, dataset, path)
     return Run(path, path.name, manifest, records, result.bad_lines, result.partial_tail, duplicates)
+
+
+def load_runs(paths: list[Path], *, dataset: str | None = None) -> list[Run]:
+    """The runs that `paths` name, in the order first named; the shards of one run become one Run."""
+    groups: dict[tuple[str, ...], tuple[Path, list[Path]]] = {}
+    for path in paths:
+        shards = _shard_folders(path)
+        if shards:
+            groups[("parent", str(path))] = (path, shards)
+            continue
+        shard_of = _shard_group(path)
+        if shard_of is None:
+            groups[("run", str(path))] = (path, [])
+        else:
+            groups.setdefault(shard_of[0], (shard_of[1], []))[1].append(path)
+    return [
+        load_run(path, dataset=dataset) if not shards else _merge_shards(path, shards, dataset)
+        for path, shards in groups.values()
+    ]
+
+
+def _shard_folders(path: Path) -> list[Path]:
+    """The shard folders a folder holds in place of records of its own (none for a run folder)."""
+    if not path.is_dir() or (path / RECORDS_FILE).exists() or (path / MANIFEST_FILE).exists():
+        return []
+    return sorted(child for child in path.iterdir() if child.is_dir() and _shard_manifest(child))
+
+
+def _shard_group(path: Path) -> tuple[tuple[str, ...], Path] | None:
+    """(group key, the merged run's path) of a shard folder; None for a folder that is no shard."""
+    manifest = _shard_manifest(path)
+    if manifest is None:
+        return None
+    named = SHARD_FOLDER.fullmatch(path.name)
+    if named:
+        stem = path.parent / named["stem"]
+        return ("stem", str(stem)), stem
+    return ("digest", str(path.parent), str(manifest.get("config_digest"))), path.parent
+
+
+def _shard_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of a shard folder; None for any other folder (without a word: it may be no run)."""
+    if not (folder / MANIFEST_FILE).is_file():
+        return None
+    manifest = _read_manifest(folder)
+    return manifest if manifest.get("shard") else None
+
+
+def _merge_shards(path: Path, folders: list[Path], dataset: str | None) -> Run:
+    shards = [_read_shard(folder) for folder in folders]
+    _check_one_split(shards)
+    count = shards[0].manifest["shard"]["count"]
+    missing = sorted(set(range(1, count + 1)) - {s.manifest["shard"]["index"] for s in shards})
+    if missing:
+        log.warning("shards_missing", run=str(path), missing=missing, count=count, hint="their records are left out")
+    records, duplicates = _latest_per_key([r for s in shards for r in s.records])
+    if not records:
+        raise UsageError(f"{path}: no readable record in its shard folders; nothing to evaluate")
+    if dataset is not None:
+        records = _select_dataset(records, dataset, path)
+    listed = [{**s.manifest["shard"], "path": str(s.path), "run_id": s.manifest.get("run_id")} for s in shards]
+    manifest = {**shards[0].manifest, "shard": None, "shards": listed}
+    bad_lines = [line for s in shards for line in s.bad_lines]
+    partial = any(s.partial_tail for s in shards)
+    return Run(path, path.name, manifest, records, bad_lines, partial, duplicates + sum(s.duplicates for s in shards))
+
+
+def _read_shard(folder: Path) -> Run:
+    """A shard folder; one that has no record yet (its runner is starting, or its slice is empty) is empty."""
+    records_path = folder / RECORDS_FILE
+    if records_path.is_file() and records_path.stat().st_size > 0:
+        return load_run(folder)
+    log.warning("shard_without_records", run=str(folder))
+    return Run(folder, folder.name, _read_manifest(folder), [], [], False, 0)
+
+
+def _check_one_split(shards: list[Run]) -> None:
+    """UsageError (one line) unless the shards are of one config and one split, each index once."""
+    first, seen = shards[0], {}
+    for one in shards:
+        digests = (first.manifest.get("config_digest"), one.manifest.get("config_digest"))
+        if digests[0] != digests[1]:
+            raise UsageError(
+                f"{first.path} and {one.path} hold runs of different configs (digest {digests[0]}, {digests[1]}); "
+                "give the shard folders of one run, or name each run's folders differently"
+            )
+        shard = one.manifest["shard"]
+        if shard["count"] != first.manifest["shard"]["count"]:
+            raise UsageError(
+                f"{first.path} is one of {first.manifest['shard']['count']} shards and {one.path} one of "
+                f"{shard['count']}; give the shard folders of one split"
+            )
+        if shard["index"] in seen:
+            raise UsageError(f"{seen[shard['index']]} and {one.path} are both shard {shard['index']}/{shard['count']}")
+        seen[shard["index"]] = one.path
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

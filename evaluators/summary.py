@@ -20,7 +20,11 @@ complete sample; failed tracks count, as wrong):
   record; big_share_generated = big completion tokens / all completion tokens, over the
   run; big_share_kept = tokens of kept steps written by "big" / tokens of all kept steps;
   thinking tokens per model are the kept steps' tokens by writer, answer tokens per model
-  the tracks' answer tokens by `answer_model`.
+  the tracks' answer tokens by `answer_model`. wasted: completion tokens and requests of work
+  thrown away (pipelined speculation: drafts made ahead of a rejected one, their scores, work
+  cancelled at a track's end; the tracks' `wasted`), per record, apart from the tokens above. A
+  request cancelled mid-generation counts as a request with no tokens, so wasted tokens are a
+  lower bound.
 - steps (speculative modes, steps with a score): acceptance_rate = scored steps kept as
   drafted / scored steps; score_histogram counts floor(score) in bins 0-9.
 - latency: mean, p50, p95 of `latency_s` per record. requests: per record, all models.
@@ -62,6 +66,8 @@ class TokenSummary:
     big_share_kept: float | None
     total_completion_per_record: float
     total_requests_per_record: float
+    wasted_completion_per_record: float = 0.0
+    wasted_requests_per_record: float = 0.0
 
 
 @dataclass
@@ -253,6 +259,7 @@ def _token_summary(records: list[ProblemRecord]) -> TokenSummary:
                 answers[track.answer_model] += track.answer_tokens
     count = len(records)
     all_completion = sum(u.completion_tokens for u in total.values())
+    wasted = sum_usage([t.wasted for r in records for t in r.tracks]).values()
     return TokenSummary(
         completion_per_record={m: total[m].completion_tokens / count for m in models},
         prompt_per_record={m: total[m].prompt_tokens / count for m in models},
@@ -265,6 +272,8 @@ def _token_summary(records: list[ProblemRecord]) -> TokenSummary:
         big_share_kept=metrics.ratio(kept.get("big", 0), sum(kept.values())),
         total_completion_per_record=all_completion / count,
         total_requests_per_record=sum(u.requests for u in total.values()) / count,
+        wasted_completion_per_record=sum(u.completion_tokens for u in wasted) / count,
+        wasted_requests_per_record=sum(u.requests for u in wasted) / count,
     )
 
 

@@ -92,10 +92,11 @@ def cost_table(summaries: list[RunSummary]) -> Table:
                 pct(s.steps.acceptance_rate),
                 num(t.total_requests_per_record, 1),
                 num(s.tokens_saved_per_record, 0),
+                f"{num(t.wasted_completion_per_record, 0)} ({num(t.wasted_requests_per_record, 1)} req)",
             ]
         )
     headers = ["run", "latency mean s", "p50 s", "p95 s", "tokens/record", "small", "big"]
-    headers += ["big share", "big share kept", "step acceptance", "requests/record", "saved/record"]
+    headers += ["big share", "big share kept", "step acceptance", "requests/record", "saved/record", "wasted/record"]
     return Table("Cost per record (problem x repeat)", headers, rows)
 
 
@@ -112,6 +113,10 @@ def comparison_table(comparisons: list[Comparison]) -> Table:
         rows.append([c.run, str(c.common_problems), speedup, ratio, _signed(c.accuracy_diff), ci])
     baseline = comparisons[0].baseline if comparisons else DASH
     headers = ["run", "common problems", "speedup", "token ratio", "accuracy diff", "95% CI"]
+    if any(c.concurrency_note for c in comparisons):
+        headers.append("note")
+        for row, c in zip(rows, comparisons, strict=True):
+            row.append(f"other concurrency: {c.concurrency_note}" if c.concurrency_note else DASH)
     return Table(f"Against baseline {baseline}", headers, rows)
 
 

@@ -3,7 +3,8 @@
 Each request to `/v1/completions` is answered by the next `Reply` of the script, or by a
 responder function of the request body. Replies can fail with a status, stall, stream slowly,
 cut the stream, or send a malformed body, so every branch of the client can be driven.
-The server records every request body and every request whose client went away.
+The server records every request body, every request whose client went away and every
+`/health` check; started on a given `port`, a new server can stand in for one that stopped.
 """
 
 from __future__ import annotations
@@ -51,10 +52,13 @@ class FakeOpenAIServer:
 
     script: list[Reply] | Responder = field(default_factory=list)
     served_model: str = "fake-model"
+    version: str = "0.0.0-fake"
     requests: list[dict[str, Any]] = field(default_factory=list)
     disconnects: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
+    health_checks: int = 0
+    port: int = 0
     url: str = ""
 
     async def __aenter__(self) -> FakeOpenAIServer:
@@ -63,12 +67,13 @@ class FakeOpenAIServer:
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/version", self._version)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -82,7 +87,11 @@ class FakeOpenAIServer:
         return self.script.pop(0)
 
     async def _health(self, request: web.Request) -> web.Response:
+        self.health_checks += 1
         return web.Response(text="")
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": self.version})
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": self.served_model, "object": "model"}]})

@@ -26,8 +26,10 @@ from aiohttp import web
 # What a fault does to a request:
 #   status           answer `status` with vLLM's error body, without asking the server
 #   reset            drop the connection with a TCP reset, before any response
-#   cut              relay `after_events` events of the stream, then drop the connection
-#   stall            relay `after_events` events, then send nothing for `stall_s` seconds
+#   cut              relay `after_events` events of the stream, then drop the connection; of a
+#                    plain body, the headers and half the body, then drop the connection
+#   stall            relay `after_events` events (of a plain body, nothing), then send nothing
+#                    for `stall_s` seconds and drop the connection
 #   truncated        a body cut in half: a streamed event cut mid-JSON at the end of the
 #                    stream, or a plain JSON body cut in half (sent as a complete 200 response)
 #   error_event      relay `after_events` events, then vLLM's in-band error event and [DONE]
@@ -36,7 +38,8 @@ from aiohttp import web
 #   bad_fields_event relay `after_events` events, then an object event whose `choices` holds a
 #                    string and whose `usage` is a list
 # The stream faults act only on a stream with more than `after_events` events, and only
-# "truncated" acts on a plain (not streamed) body; `FaultProxy.injected` counts what was done.
+# "cut", "stall" and "truncated" act on a plain (not streamed) body; `FaultProxy.injected`
+# counts what was done.
 FAULT_KINDS = (
     "status",
     "reset",
@@ -47,6 +50,7 @@ FAULT_KINDS = (
     "non_object_event",
     "bad_fields_event",
 )
+PLAIN_BODY_FAULTS = ("cut", "stall", "truncated")
 
 
 @dataclass(frozen=True)
@@ -192,11 +196,10 @@ class FaultProxy:
             if upstream.status == 200 and upstream.content_type == "text/event-stream":
                 return await self._relay_stream(request, upstream, fault)
             raw = await upstream.read()
-            if fault is not None and fault.kind == "truncated" and upstream.status == 200:
-                self.injected["truncated"] += 1
-                raw = raw[: len(raw) // 2]
-            else:
-                self.completed[path] += 1
+            if fault is not None and fault.kind in PLAIN_BODY_FAULTS and upstream.status == 200:
+                self.injected[fault.kind] += 1
+                return await _break_body(request, fault, raw, upstream.content_type)
+            self.completed[path] += 1
             return web.Response(body=raw, status=upstream.status, content_type=upstream.content_type)
 
     async def _relay_stream(
@@ -240,6 +243,21 @@ async def _break_stream(
         await response.write(b'data: {"choices": ["not an object"], "usage": []}\n\ndata: [DONE]\n\n')
     await response.write_eof()
     return response
+
+
+async def _break_body(request: web.Request, fault: Fault, raw: bytes, content_type: str) -> web.StreamResponse:
+    half = raw[: len(raw) // 2]
+    if fault.kind == "truncated":
+        return web.Response(body=half, content_type=content_type)
+    if fault.kind == "stall":
+        await asyncio.sleep(fault.stall_s)
+        return _reset(request)
+    # cut: the server promised the whole body, then its connection went away.
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response.content_length = len(raw)
+    await response.prepare(request)
+    await response.write(half)
+    return _reset(request, response)
 
 
 def _reset(request: web.Request, response: web.StreamResponse | None = None) -> web.StreamResponse:

@@ -2,6 +2,7 @@
 logprobs, many concurrent requests, and cancellation that aborts the server's work."""
 
 import asyncio
+import re
 import time
 
 import aiohttp
@@ -73,10 +74,19 @@ async def test_thirty_two_concurrent_requests_stay_within_the_endpoint_limit(sma
     assert 1 < peak <= 8
 
 
-async def test_cancelling_a_request_aborts_it_on_the_server(small, session):
+def abort_lines(server) -> int:
+    """The "Request <id> aborted." lines in the server's log (it runs with --enable-log-requests)."""
+    return len(re.findall(r"Request \S+ aborted", server.log_path.read_text(errors="replace")))
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "plain"])
+async def test_cancelling_a_request_aborts_it_on_the_server(vllm_servers, small, session, stream):
+    """vLLM aborts a request whose client went away, streamed or not: the engine's requests are
+    plain (the client's default), and cancelling them must still stop the server's work."""
     url = small.urls[0]
     generated_before = await metric(session, url, "vllm:generation_tokens_total")
-    task = asyncio.create_task(small.complete("Go on:", max_tokens=3000, extra=FORCE_LENGTH))
+    aborted_before = abort_lines(vllm_servers.small)
+    task = asyncio.create_task(small.complete("Go on:", max_tokens=3000, stream=stream, extra=FORCE_LENGTH))
     deadline = time.monotonic() + 30
     while await metric(session, url, "vllm:num_requests_running") < 1:
         assert time.monotonic() < deadline, "request never started"
@@ -89,6 +99,10 @@ async def test_cancelling_a_request_aborts_it_on_the_server(small, session):
         assert time.monotonic() < deadline, "request still running after its caller was cancelled"
         await asyncio.sleep(0.1)
     assert await metric(session, url, "vllm:generation_tokens_total") - generated_before < 1000
+    deadline = time.monotonic() + 10
+    while abort_lines(vllm_servers.small) == aborted_before:
+        assert time.monotonic() < deadline, "no abort line in the server's log"
+        await asyncio.sleep(0.1)
 
 
 async def test_tokenize_counts_like_the_completion_usage(small):

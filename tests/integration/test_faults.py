@@ -20,13 +20,14 @@ import pytest
 
 from engine.aggregate import decide
 from engine.client import ClientLimits, ModelClient
-from engine.config import DataConfig, ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
+from engine.config import DataConfig, ModelConfig, ReasoningConfig, RunConfig
 from engine.errors import RetryableServerError
 from engine.prompts import load_prompt_set
 from engine.results import RECORDS_FILE, read_records
 from engine.run import execute
 from engine.servers import ServerSpec, free_port, serve_models
-from tests.integration.fault_proxy import Fault, FaultProxy, Rule
+from engine.strategies.vote import VoteSettings
+from tests.integration.fault_proxy import PLAIN_BODY_FAULTS, Fault, FaultProxy, Rule
 from tests.integration.test_runs import SHORT, check_track_bookkeeping
 from tests.integration.test_servers import metric
 
@@ -61,10 +62,12 @@ def run_config(servers, tmp_path, *, big_urls, small_urls, problems="0-2", **ove
     fields = dict(
         runner="spec_scale",
         output_dir=str(tmp_path / "run"),
-        big=ModelConfig(servers.big.model, tuple(big_urls)),
-        small=ModelConfig(servers.small.model, tuple(small_urls)),
+        models={
+            "big": ModelConfig(servers.big.model, tuple(big_urls)),
+            "small": ModelConfig(servers.small.model, tuple(small_urls)),
+        },
         reasoning=ReasoningConfig(**SHORT),
-        parallel=ParallelConfig(tracks=2),
+        strategy_settings=VoteSettings(tracks=2),
         data=DataConfig(dataset_name="demo", problem_id=problems),
     )
     return RunConfig(**{**fields, **overrides})
@@ -102,11 +105,22 @@ def fault_id(fault: Fault) -> str:
     return f"{fault.kind}-{fault.status}" if fault.kind == "status" else fault.kind
 
 
-@pytest.mark.parametrize("fault", STREAM_FAULTS, ids=fault_id)
-async def test_two_faults_in_a_row_are_retried_and_the_answer_is_the_servers(fault, vllm_servers, session, small_proxy):
+# A plain (not streamed) request meets what happens before the answer, or to the whole body.
+PLAIN_FAULTS = [f for f in STREAM_FAULTS if f.kind in ("status", "reset", *PLAIN_BODY_FAULTS)]
+FAULT_CASES = [(f, True) for f in STREAM_FAULTS] + [(f, False) for f in PLAIN_FAULTS]
+
+
+@pytest.mark.parametrize(
+    ("fault", "stream"), FAULT_CASES, ids=[f"{fault_id(f)}-{'stream' if s else 'plain'}" for f, s in FAULT_CASES]
+)
+async def test_two_faults_in_a_row_are_retried_and_the_answer_is_the_servers(
+    fault, stream, vllm_servers, session, small_proxy
+):
     direct = small_client(session, vllm_servers, vllm_servers.small.url)
-    through = small_client(session, vllm_servers, small_proxy.url, stall_timeout_s=2.0, max_attempts=3)
-    kwargs = dict(max_tokens=8, temperature=0.0, extra=FORCE_LENGTH)
+    through = small_client(
+        session, vllm_servers, small_proxy.url, stall_timeout_s=2.0, request_timeout_s=4.0, max_attempts=3
+    )
+    kwargs = dict(max_tokens=8, temperature=0.0, stream=stream, extra=FORCE_LENGTH)
     expected = await direct.complete("Let's think step by step.", **kwargs)
     small_proxy.add(Rule(fault, times=2))
 
@@ -133,20 +147,32 @@ async def test_a_truncated_json_body_is_retried_for_plain_requests(vllm_servers,
     assert plain.attempts == 2 and plain.completion_tokens == 4
 
 
-async def test_retries_stop_after_max_attempts(vllm_servers, session, small_proxy):
+async def test_retries_of_errors_a_restart_does_not_explain_stop_after_max_attempts(vllm_servers, session, small_proxy):
     client = small_client(session, vllm_servers, small_proxy.url, max_attempts=3)
+    small_proxy.add(Rule(Fault("status", status=500), times=None))
+
+    with pytest.raises(RetryableServerError) as caught:
+        await client.complete("Hello", max_tokens=4)
+
+    assert caught.value.status == 500 and caught.value.server == small_proxy.url
+    assert small_proxy.requests["/v1/completions"] == 3 and client.stats.failures == 1
+
+
+async def test_503s_are_retried_past_max_attempts_until_the_deadline(vllm_servers, session, small_proxy):
+    client = small_client(session, vllm_servers, small_proxy.url, max_attempts=3, retry_deadline_s=1.5)
     small_proxy.add(Rule(Fault("status", status=503), times=None))
 
     with pytest.raises(RetryableServerError) as caught:
         await client.complete("Hello", max_tokens=4)
 
-    assert caught.value.status == 503 and caught.value.server == small_proxy.url
-    assert small_proxy.requests["/v1/completions"] == 3 and client.stats.failures == 1
+    assert caught.value.status == 503 and caught.value.unavailable
+    assert small_proxy.requests["/v1/completions"] > 3 and client.stats.failures == 1
 
 
 async def test_retries_stop_at_the_deadline_when_the_endpoint_stays_down(vllm_servers, session, small_proxy):
+    # The attempt cap does not apply to refused connections: only the deadline ends the retries.
     client = small_client(
-        session, vllm_servers, small_proxy.url, max_attempts=10_000, retry_deadline_s=2.0, backoff_max_s=0.2
+        session, vllm_servers, small_proxy.url, max_attempts=2, retry_deadline_s=2.0, backoff_max_s=0.2
     )
     await small_proxy.down()
     started = time.monotonic()
@@ -180,7 +206,8 @@ async def test_a_run_through_bursts_of_every_fault_answers_every_problem(
         tmp_path,
         big_urls=[big_proxy.url],
         small_urls=[small_proxy.url],
-        client=ClientLimits(stall_timeout_s=2.0, max_attempts=6, retry_deadline_s=120.0),
+        # The engine's requests are plain: a stall is bounded by the whole-request timeout.
+        client=ClientLimits(request_timeout_s=6.0, max_attempts=6, retry_deadline_s=120.0),
     )
 
     outcome = await execute(config, progress=False)
@@ -196,9 +223,9 @@ async def test_a_run_through_bursts_of_every_fault_answers_every_problem(
         assert proxy.requests["/v1/completions"] == answered + sum(proxy.injected.values())
 
 
-@pytest.mark.parametrize(
-    "fault", [Fault("status", status=500), Fault("error_event"), Fault("non_object_event")], ids=fault_id
-)
+# The engine's requests are plain, so what fails them for good is an error status or a body that
+# cannot be read (the stream faults' error events are covered by the test above).
+@pytest.mark.parametrize("fault", [Fault("status", status=500), Fault("truncated")], ids=fault_id)
 async def test_a_track_failing_for_good_is_recorded_and_the_others_still_vote(
     fault, vllm_servers, tmp_path, small_proxy
 ):
@@ -213,7 +240,7 @@ async def test_a_track_failing_for_good_is_recorded_and_the_others_still_vote(
         small_urls=[small_proxy.url],
         problems="0-1",
         prompt_set="roles",
-        parallel=ParallelConfig(tracks=3, use_role_prompts=True),
+        strategy_settings=VoteSettings(tracks=3, use_role_prompts=True),
         client=ClientLimits(max_attempts=2),
     )
 
@@ -228,7 +255,7 @@ async def test_a_track_failing_for_good_is_recorded_and_the_others_still_vote(
         assert failed.answer is None
         for track in others:
             check_track_bookkeeping(track, config)
-        survivors = decide(others, config.parallel.aggregation, multiple_choice=False)
+        survivors = decide(others, config.strategy_settings.aggregation, multiple_choice=False)
         assert (record.answer, record.votes) == (survivors.answer, survivors.votes)
         assert sum(record.votes.values()) == sum(1 for t in others if t.answer is not None)
 
@@ -245,7 +272,7 @@ async def test_method_selection_failing_for_good_falls_back_and_the_run_goes_on(
         problems="0",
         runner="spec_scale_methods",
         prompt_set="methods",
-        parallel=ParallelConfig(tracks=2, method_num=2),
+        strategy_settings=VoteSettings(tracks=2, method_num=2),
         client=ClientLimits(max_attempts=2),
     )
 
@@ -254,7 +281,8 @@ async def test_method_selection_failing_for_good_falls_back_and_the_run_goes_on(
     (record,) = outcome.records
     assert record.method_selection["error"].startswith(f"{big_proxy.url}: HTTP 500")
     assert record.method_selection["fallback"] is True
-    assert record.method_selection["methods"] == list(prompts.methods)[:2]
+    # SpecLRM fills a selection it did not get with the "unknown" choice, the list's last entry
+    assert record.method_selection["methods"] == [list(prompts.methods)[-1]] * 2
     assert_every_track_finished(outcome.records, config)
 
 
@@ -265,9 +293,9 @@ async def test_requests_fail_over_when_one_of_two_endpoints_dies(vllm_servers, t
             tmp_path,
             big_urls=[vllm_servers.big.url],
             small_urls=[first.url, second.url],
-            # Three attempts cannot outlast an endpoint that stays dead: only failing over to the
-            # other one lets every request succeed.
-            client=ClientLimits(max_attempts=3, retry_deadline_s=60.0),
+            # The dead endpoint is retried until the deadline, and it stays dead: only failing
+            # over to the other one lets every request succeed.
+            client=ClientLimits(max_attempts=3, retry_deadline_s=20.0),
         )
         run = asyncio.create_task(execute(config, progress=False))
         await wait_for(lambda: first.completed["/v1/completions"] >= 2 and first.in_flight, run)
@@ -311,11 +339,20 @@ async def test_an_endpoint_dead_past_the_deadline_fails_tracks_not_the_run(vllm_
             check_track_bookkeeping(track, config)
 
 
-async def test_a_killed_server_restarted_on_its_port_lets_the_run_finish(vllm_servers, tmp_path, session):
-    """SIGKILL the small model's own vLLM server mid-run; start it again on the same port.
+# The longest that 8 attempts could last with the default backoff (0.5 s doubling to 20 s, full
+# jitter): 0.5 + 1 + 2 + 4 + 8 + 16 + 20 s. A server down longer outlasts any attempt cap of 8.
+EIGHT_ATTEMPTS_AT_MOST_S = 51.5
+# Down for this long before the restart begins; vLLM-CPU then takes 20-60 s more to be ready, but
+# it listens early in its start, so connections are refused only for this long and a little more.
+DOWNTIME_BEFORE_RESTART_S = 55.0
 
-    The runner (with `--max_attempts` and `--retry_deadline_s` generous enough to outlast the
-    restart) retries until the server is back, and every problem gets a record."""
+
+async def test_a_killed_server_restarted_on_its_port_lets_the_run_finish(vllm_servers, tmp_path, session):
+    """SIGKILL the small model's own vLLM server mid-run; start it again on the same port after
+    a downtime longer than 8 attempts of backoff can last.
+
+    The runner, on its default retry settings, retries until the server is back, and every
+    problem gets a record with no failed track."""
     port = free_port()
     spec = ServerSpec(name="small", model=str(vllm_servers.models.small), port=port, dtype="float32")
     url = f"http://127.0.0.1:{port}"
@@ -325,7 +362,6 @@ async def test_a_killed_server_restarted_on_its_port_lets_the_run_finish(vllm_se
         "--big_model", vllm_servers.big.model, "--big_url", vllm_servers.big.url,
         "--small_model", vllm_servers.small.model, "--small_url", url,
         "--problem_id", "0-3", "--tracks", "2", *(f"--{name}={value}" for name, value in SHORT.items()),
-        "--max_attempts", "60", "--retry_deadline_s", "240",
         "--output_dir", str(out), "--no_progress", "--log_json",
     ]  # fmt: skip
     async with serve_models([spec], log_dir=tmp_path / "first") as first:
@@ -341,10 +377,13 @@ async def test_a_killed_server_restarted_on_its_port_lets_the_run_finish(vllm_se
             os.killpg(first["small"].pid, signal.SIGKILL)
             killed_at = time.time()
             records_at_kill = len(read_records(out / RECORDS_FILE).records)
+            await asyncio.sleep(DOWNTIME_BEFORE_RESTART_S)
+            assert not communicate.done(), "the runner gave up while the server was down"
         except BaseException:
             runner.kill()
             raise
     async with serve_models([spec], log_dir=tmp_path / "second"):
+        downtime = time.time() - killed_at
         try:
             _, stderr = await asyncio.wait_for(communicate, timeout=300)
         finally:
@@ -356,11 +395,14 @@ async def test_a_killed_server_restarted_on_its_port_lets_the_run_finish(vllm_se
     events = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
     retries = [e for e in events if e["event"] == "request_retry" and e["model"] == vllm_servers.small.model]
     assert any("Cannot connect" in e["error"] for e in retries), "no retry while the server was down"
+    assert downtime > EIGHT_ATTEMPTS_AT_MOST_S
+    assert max(e["attempt"] for e in retries) >= 8, "the downtime did not outlast 8 attempts"
     records = read_records(out / RECORDS_FILE).records
     assert sorted(r.key for r in records) == [(str(i), 0) for i in range(4)]
     assert records_at_kill < 4
     # The command's reasoning settings are SHORT, as in run_config.
     assert_every_track_finished(records, run_config(vllm_servers, tmp_path, big_urls=[], small_urls=[]))
+    assert not [t for r in records for t in r.tracks if t.finish_reason == "failed"]
     # The problems in flight at the kill finished once the server was back.
     assert any(r.started_at < killed_at < r.finished_at for r in records)
     assert served_after_restart >= 1

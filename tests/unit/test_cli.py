@@ -7,9 +7,9 @@ import threading
 import aiohttp
 import pytest
 
-from engine.cli import main
-from engine.config import ModelConfig, ReasoningConfig, RunConfig
-from engine.run import model_endpoints
+from engine.cli import ArgumentParser, add_run_arguments, build_config, main
+from engine.config import ModelConfig, RunConfig
+from engine.run import model_endpoints, roles_needed
 from tests.fake_openai import FakeOpenAIServer
 
 
@@ -44,25 +44,69 @@ SERVED = ["--big_model", "fake-model", "--small_model", "fake-model"]
         (["--score_threshold", "high"], "invalid float value: 'high'"),
         (["--score_threshold", "12"], "--score_threshold must be between 0 and 9"),
         (["--tracks", "0"], "--tracks must be at least 1"),
-        (["--runner", "spec_scale", "--use_role_prompts", "--prompt_set", "default"], "has no roles.yaml"),
+        (["--runner", "spec_scale", "--use_role_prompts", "--prompt_set", "clean"], "has no roles.yaml"),
         (["--repeat_id", "a-b"], "--repeat_id"),
+        (["--runner", "spec_scale", "--repeat_id", "3"], "use --num_repeats N for N repeats, or --repeat_id 3-3"),
+        (["--runner", "base", "--repeat_id", "0"], "--repeat_id 0 is ambiguous here"),
+        (["--runner", "scale", "--num_repeats", "2", "--repeat_id", "0-1"], "not both"),
+        (["--runner", "scale", "--num_repeats", "0"], "--num_repeats must be at least 1"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(capsys, tmp_path, flags, message):
-    code, errors = run_cli(capsys, tmp_path, *flags)
+    code, errors = run_cli(capsys, tmp_path, *SERVED, *flags)
     assert code == 2
     assert len(errors) == 1 and message in errors[0]
 
 
+def parsed(runner, *flags):
+    parser = ArgumentParser()
+    add_run_arguments(parser)
+    return build_config(runner, parser.parse_args([*SERVED, *flags]))
+
+
+def test_speclrm_runners_take_num_repeats_and_spec_scale_uses_roles_by_default():
+    config = parsed("spec_scale", "--num_repeats", "3")
+    assert config.data.repeat_id == "0-2"
+    assert config.strategy_settings.use_role_prompts and config.strategy_settings.tracks == 3
+    for runner in ("scale", "spec_scale", "spec_scale_methods"):
+        assert parsed(runner).strategy_settings.aggregation == "speclrm"
+    assert parsed("spec_scale", "--aggregation", "majority").strategy_settings.aggregation == "majority"
+    assert parsed("spec").strategy_settings.aggregation == "majority"
+    # a range or list is not ambiguous; SpecReason's runner keeps --repeat_id N as one id
+    assert parsed("scale", "--repeat_id", "0-1").data.repeat_id == "0-1"
+    assert parsed("spec", "--repeat_id", "3").data.repeat_id == "3"
+    assert not parsed("scale").strategy_settings.use_role_prompts
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dataset_name", "aime"], "--dataset_name aime needs real models: give --big_model and --small_model"),
+        ([*SERVED, "--model", "small"], "--model has no effect in spec (its tracks use both models)"),
+        ([*SERVED, "--runner", "spec_scale_methods", "--model", "big"], "--model has no effect in spec_scale_methods"),
+    ],
+)
+def test_setups_that_would_silently_do_something_else_are_refused(capsys, tmp_path, flags, message):
+    code, errors = run_cli(capsys, tmp_path, *flags)
+    assert code == 2 and len(errors) == 1 and message in errors[0]
+
+
+def test_step_delimiter_typed_in_a_shell_means_newlines():
+    assert parsed("spec", "--step_delimiter", "\\n\\n").reasoning.step_delimiter == "\n\n"
+    assert parsed("spec", "--step-delimiter", "\\nStep:").reasoning.step_delimiter == "\nStep:"
+    assert parsed("spec", "--step_delimiter", "\n\n").reasoning.step_delimiter == "\n\n"
+    assert parsed("spec").reasoning.step_delimiter == "\n\n"
+
+
 def test_a_data_set_without_the_mapped_field_is_refused(capsys, tmp_path):
     data = problems_file(tmp_path, [{"question": "1+1?", "answer": "2"}])
-    code, errors = run_cli(capsys, tmp_path, "--dataset_name", str(data), "--field", "problem=prompt")
+    code, errors = run_cli(capsys, tmp_path, *SERVED, "--dataset_name", str(data), "--field", "problem=prompt")
     assert code == 2 and len(errors) == 1 and "prompt" in errors[0]
 
 
 def test_an_empty_problem_selection_is_refused(capsys, tmp_path):
     data = problems_file(tmp_path, [{"id": i, "problem": f"{i}+1?", "answer": str(i + 1)} for i in range(60, 63)])
-    code, errors = run_cli(capsys, tmp_path, "--dataset_name", str(data), "--problem_id", "90-99")
+    code, errors = run_cli(capsys, tmp_path, *SERVED, "--dataset_name", str(data), "--problem_id", "90-99")
     assert code == 2 and len(errors) == 1 and "90-99" in errors[0]
 
 
@@ -140,9 +184,22 @@ async def test_one_live_replica_is_enough_and_dead_ones_are_kept_for_failover(tm
         config = RunConfig(
             runner="base",
             output_dir=str(tmp_path),
-            big=ModelConfig("fake-model", urls),
-            small=ModelConfig("unused"),
-            reasoning=ReasoningConfig(mode="big"),
+            models={"big": ModelConfig("fake-model", urls), "small": ModelConfig("unused")},
+            policy="big",
         )
         async with model_endpoints(config, session) as endpoints:
-            assert endpoints == {"big": (urls, "fake-model")}
+            assert list(endpoints) == ["big"]
+            assert (endpoints["big"].urls, endpoints["big"].served, endpoints["big"].max_model_len) == (
+                urls,
+                "fake-model",
+                None,
+            )
+
+
+def test_the_answer_model_is_needed_only_with_the_answer_phase():
+    small_only = parsed("base", "--model", "small", "--answer_model", "big")
+    assert roles_needed(small_only) == ["small"]
+    assert roles_needed(parsed("base", "--model", "small", "--answer_model", "big", "--answer_phase")) == [
+        "big",
+        "small",
+    ]

@@ -2,15 +2,19 @@
 
 import asyncio
 import math
+import time
+from dataclasses import replace
 
 import aiohttp
 import pytest
 
 from engine.client import ClientLimits, ModelClient
 from engine.errors import RetryableServerError, ServerError
+from engine.servers import free_port
 from tests.fake_openai import FakeOpenAIServer, Reply
 
 FAST = ClientLimits(backoff_initial_s=0.01, backoff_max_s=0.02, max_attempts=3, stall_timeout_s=2.0)
+CLOSED_PORT = "http://127.0.0.1:9"
 
 
 @pytest.fixture
@@ -44,7 +48,7 @@ async def test_streaming_assembles_chunks_and_reads_usage_from_last_event(sessio
     tops = [{"a": -0.1}, {"b": -0.2}, {"c": -0.3}]
     reply = Reply(text="abc", stop_reason="\n\n", top_logprobs=tops, prompt_tokens=4)
     async with FakeOpenAIServer([reply]) as server:
-        result = await client_for(session, server).complete("p", max_tokens=8, stop=["\n\n"], logprobs=1)
+        result = await client_for(session, server).complete("p", max_tokens=8, stop=["\n\n"], logprobs=1, stream=True)
     assert result.text == "abc"
     assert result.finish_reason == "stop" and result.stop_reason == "\n\n"
     assert result.choices[0].tokens == ["a", "b", "c"]
@@ -61,7 +65,14 @@ async def test_n_choices_come_back_in_index_order(session):
     assert [c.text for c in result.choices] == ["x", "x", "x"]
 
 
-@pytest.mark.parametrize("status", [500, 503, 429])
+async def test_requests_are_whole_by_default_with_no_stream_options(session):
+    async with FakeOpenAIServer([Reply(text="whole")]) as server:
+        result = await client_for(session, server).complete("p", max_tokens=8)
+    assert result.text == "whole" and result.ttft_s is None
+    assert server.requests[0]["stream"] is False and "stream_options" not in server.requests[0]
+
+
+@pytest.mark.parametrize("status", [500, 503, 429, 502, 504])
 async def test_retryable_status_is_retried_then_succeeds(session, status):
     async with FakeOpenAIServer([Reply(status=status), Reply(text="fine")]) as server:
         client = client_for(session, server)
@@ -70,6 +81,35 @@ async def test_retryable_status_is_retried_then_succeeds(session, status):
     assert result.attempts == 2
     assert client.stats.retries == 1 and client.stats.failures == 0
     assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+async def test_what_a_restart_explains_is_retried_past_max_attempts(session, status):
+    script = [Reply(status=status)] * 6 + [Reply(text="back")]
+    async with FakeOpenAIServer(script) as server:
+        client = client_for(session, server, limits=replace(FAST, max_attempts=2))
+        result = await client.complete("p", max_tokens=4)
+    assert result.text == "back" and result.attempts == 7
+    assert client.stats.retries == 6 and client.stats.failures == 0
+
+
+@pytest.mark.parametrize("status", [500, 429])
+async def test_what_a_restart_does_not_explain_stops_at_max_attempts(session, status):
+    async with FakeOpenAIServer([Reply(status=status)] * 3 + [Reply(text="never")]) as server:
+        client = client_for(session, server, limits=replace(FAST, max_attempts=3))
+        with pytest.raises(RetryableServerError) as caught:
+            await client.complete("p", max_tokens=4)
+    assert caught.value.status == status and not caught.value.unavailable
+    assert len(server.requests) == 3 and client.stats.failures == 1
+
+
+async def test_only_failures_a_restart_does_not_explain_count_against_max_attempts(session):
+    script = [Reply(status=500), Reply(status=503), Reply(status=503), Reply(malformed=True), Reply(text="never")]
+    async with FakeOpenAIServer(script) as server:
+        client = client_for(session, server, limits=replace(FAST, max_attempts=2))
+        with pytest.raises(RetryableServerError, match="malformed JSON"):
+            await client.complete("p", max_tokens=4)
+    assert len(server.requests) == 4, "two unexplained failures, with two 503s between them"
 
 
 async def test_client_error_is_not_retried_and_names_server_status_and_message(session):
@@ -85,20 +125,39 @@ async def test_client_error_is_not_retried_and_names_server_status_and_message(s
     assert client.stats.failures == 1
 
 
-async def test_stalled_response_times_out_and_gives_up_after_max_attempts(session):
+@pytest.mark.parametrize("stream", [False, True])
+async def test_stalled_response_times_out_and_gives_up_after_max_attempts(session, stream):
     limits = ClientLimits(
         stall_timeout_s=0.2, request_timeout_s=0.3, max_attempts=2, backoff_initial_s=0.01, backoff_max_s=0.01
     )
     async with FakeOpenAIServer(lambda body: Reply(delay_s=5.0)) as server:
+        with pytest.raises(RetryableServerError, match="timed out") as caught:
+            await client_for(session, server, limits=limits).complete("p", max_tokens=4, stream=stream)
+    assert len(server.requests) == 2 and not caught.value.unavailable
+
+
+async def test_a_whole_answer_is_bounded_by_the_request_timeout_not_the_stall_timeout(session):
+    limits = replace(FAST, stall_timeout_s=0.1, request_timeout_s=5.0)
+    async with FakeOpenAIServer([Reply(text="slow but whole", delay_s=0.5)]) as server:
+        result = await client_for(session, server, limits=limits).complete("p", max_tokens=4)
+    assert result.text == "slow but whole" and result.attempts == 1
+
+
+async def test_a_stream_is_bounded_by_the_stall_timeout_between_chunks(session):
+    limits = replace(FAST, stall_timeout_s=0.2, request_timeout_s=5.0, max_attempts=1)
+    script = [Reply(text="abcdefgh", chunk_delay_s=0.05), Reply(text="ab", delay_s=0.5)]
+    async with FakeOpenAIServer(script) as server:
+        client = client_for(session, server, limits=limits)
+        steady = await client.complete("p", max_tokens=8, stream=True)
         with pytest.raises(RetryableServerError, match="timed out"):
-            await client_for(session, server, limits=limits).complete("p", max_tokens=4)
-    assert len(server.requests) == 2
+            await client.complete("p", max_tokens=8, stream=True)
+    assert steady.text == "abcdefgh" and steady.latency_s > 0.3
 
 
 async def test_stream_cut_midway_is_retried(session):
     script = [Reply(text="abcdef", cut_after_chunks=2), Reply(text="whole")]
     async with FakeOpenAIServer(script) as server:
-        result = await client_for(session, server).complete("p", max_tokens=8)
+        result = await client_for(session, server).complete("p", max_tokens=8, stream=True)
     assert result.text == "whole"
     assert result.attempts == 2
 
@@ -110,11 +169,46 @@ async def test_malformed_body_is_retried(session):
     assert len(server.requests) == 2
 
 
-async def test_unreachable_endpoint_is_a_retryable_connection_error(session):
-    limits = ClientLimits(max_attempts=2, backoff_initial_s=0.01, backoff_max_s=0.01, connect_timeout_s=1)
-    client = ModelClient(session, "m", ["http://127.0.0.1:9"], limits)
-    with pytest.raises(RetryableServerError, match="127.0.0.1:9"):
+async def test_a_closed_port_is_retried_past_max_attempts_until_the_deadline(session):
+    limits = ClientLimits(
+        max_attempts=2, retry_deadline_s=1.0, backoff_initial_s=0.01, backoff_max_s=0.05, connect_timeout_s=1
+    )
+    client = ModelClient(session, "m", [CLOSED_PORT], limits)
+    started = time.monotonic()
+    with pytest.raises(RetryableServerError, match="127.0.0.1:9") as caught:
         await client.complete("p", max_tokens=1)
+    assert caught.value.unavailable
+    assert 1.0 - 0.1 <= time.monotonic() - started <= 1.0 + 0.3
+    assert client.stats.retries > 5 and client.stats.failures == 1
+
+
+async def test_a_server_back_on_its_port_is_found_by_health_polls_before_the_backoff_ends(session, monkeypatch):
+    # Always the top of the jitter range, so the backoff is known: 0.5, 1, 2, 4 s after attempts 1-4.
+    monkeypatch.setattr("tenacity.wait.random.uniform", lambda low, high: high)
+    limits = ClientLimits(max_attempts=1, backoff_initial_s=0.5, backoff_max_s=30.0, health_poll_s=0.1)
+    port = free_port()
+    client = ModelClient(session, "fake-model", [f"http://127.0.0.1:{port}"], limits)
+    started = time.monotonic()
+    requests = [asyncio.create_task(client.complete("p", max_tokens=2)) for _ in range(10)]
+    await asyncio.sleep(2.5)  # refused at 0, 0.5 and 1.5 s; the next attempt is due at 3.5 s
+    assert not any(r.done() for r in requests)
+    async with FakeOpenAIServer(lambda body: Reply(text="back"), port=port) as server:
+        results = await asyncio.gather(*requests)
+        back_after = time.monotonic() - started
+    assert [r.text for r in results] == ["back"] * 10
+    assert all(r.attempts == 4 for r in results), "the attempt cap of 1 does not apply to refused connections"
+    assert back_after < 3.2, "the retry waited for the backoff instead of the health poll"
+    assert len(server.requests) == 10 and server.health_checks >= 1
+    # One probe per poll interval for all ten waiting requests, not one each.
+    assert client.stats.health_probes <= 2.5 / 0.1 + 5
+
+
+async def test_a_closed_port_is_passed_over_for_its_live_twin(session):
+    async with FakeOpenAIServer(lambda body: Reply(text="from twin")) as twin:
+        client = ModelClient(session, "fake-model", [CLOSED_PORT, twin.url], FAST)
+        results = [await client.complete("p", max_tokens=1) for _ in range(4)]
+    assert [r.text for r in results] == ["from twin"] * 4
+    assert client.stats.retries <= 1 and len(twin.requests) == 4
 
 
 async def test_requests_spread_over_endpoints_within_per_endpoint_limit(session):
@@ -144,10 +238,11 @@ async def test_failing_endpoint_is_passed_over_for_its_healthy_twin(session):
     assert len(bad.requests) <= 1
 
 
-async def test_cancelling_the_caller_closes_the_stream_on_the_server(session):
-    reply = Reply(text="slow" * 50, chunk_delay_s=0.05)
+@pytest.mark.parametrize("stream", [True, False])
+async def test_cancelling_the_caller_closes_the_connection_on_the_server(session, stream):
+    reply = Reply(text="slow" * 50, chunk_delay_s=0.05) if stream else Reply(text="slow", delay_s=5.0)
     async with FakeOpenAIServer([reply]) as server:
-        task = asyncio.create_task(client_for(session, server).complete("p", max_tokens=200))
+        task = asyncio.create_task(client_for(session, server).complete("p", max_tokens=200, stream=stream))
         while not server.requests:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.1)
@@ -172,18 +267,18 @@ async def test_an_error_event_inside_a_stream_is_an_error_not_a_short_answer(ses
     async with FakeOpenAIServer(
         [Reply(text="ab", error_event={"message": "engine died", "code": 500}), Reply(text="whole")]
     ) as server:
-        result = await client_for(session, server).complete("p", max_tokens=8)
+        result = await client_for(session, server).complete("p", max_tokens=8, stream=True)
     assert result.text == "whole" and result.attempts == 2
 
 
 async def test_a_client_error_event_inside_a_stream_is_not_retried(session):
     async with FakeOpenAIServer([Reply(text="ab", error_event={"message": "bad logprobs", "code": 400})]) as server:
         with pytest.raises(ServerError, match="bad logprobs") as caught:
-            await client_for(session, server).complete("p", max_tokens=8)
+            await client_for(session, server).complete("p", max_tokens=8, stream=True)
     assert caught.value.status == 400 and len(server.requests) == 1
 
 
 async def test_an_event_that_is_not_an_object_is_retried(session):
     async with FakeOpenAIServer([Reply(text="ab", raw_event=b"[1, 2]"), Reply(text="fine")]) as server:
-        result = await client_for(session, server).complete("p", max_tokens=8)
+        result = await client_for(session, server).complete("p", max_tokens=8, stream=True)
     assert result.text == "fine"

@@ -93,8 +93,15 @@ def spec_records() -> list[ProblemRecord]:
     steps1 = [StepRecord(index=0, text="s", writer="small", tokens=30, score=7.0)]
     steps2 = [StepRecord(index=0, text="b", writer="big", tokens=40)]  # big-only first step: unscored
     p1r0_tracks = [
-        track(0, "0.5", steps=steps0, thinking_tokens=30, answer_tokens=5),
-        track(1, "1/3", steps=steps1, thinking_tokens=30, answer_tokens=5),
+        track(
+            0,
+            "0.5",
+            steps=steps0,
+            thinking_tokens=30,
+            answer_tokens=5,
+            wasted={"small": ModelUsage(completion_tokens=12, requests=2)},
+        ),
+        track(1, "1/3", steps=steps1, thinking_tokens=30, answer_tokens=5, wasted={"big": ModelUsage(requests=1)}),
         track(2, "1/2", steps=steps2, thinking_tokens=40, answer_tokens=5),
     ]
     return [
@@ -213,6 +220,8 @@ def test_tokens_requests_and_shares(spec_run):
     assert t.big_share_kept == pytest.approx(0.6)
     assert t.thinking_per_record == 25.0  # (30 + 30 + 40) / 4
     assert t.answer_per_record == 3.75
+    # thrown away: 12 small tokens in 2 requests, 1 big request cancelled before any token was known
+    assert (t.wasted_completion_per_record, t.wasted_requests_per_record) == (3.0, 0.75)
 
 
 def test_answer_tokens_are_split_by_the_model_that_wrote_the_answer(tmp_path):
@@ -271,6 +280,21 @@ def test_multiple_choice_from_the_manifest_config(tmp_path):
     assert evaluate(write_run(tmp_path / "mc", records, mode="spec", config={"multiple_choice": True})).accuracy == 1.0
 
 
+def test_multiple_choice_is_read_from_the_record_before_the_data_set_name(tmp_path):
+    stored = [record("q1", 0, "C", "c", [track(0, "c")], dataset="my-mcq", multiple_choice=True)]
+    assert evaluate(write_run(tmp_path / "stored", stored, mode="spec")).accuracy == 1.0
+    rows = [
+        record("q1", 0, "C", "C", [], dataset="my-mcq", multiple_choice=True),
+        # a record that says it is not multiple choice is not, whatever its name
+        record("q2", 0, "C", "C", [], dataset="gpqa_like", multiple_choice=False),
+        # records written before the field existed fall back to the name
+        record("q3", 0, "C", "C", [], dataset="gpqa_diamond"),
+        record("q4", 0, "3", "3", [], dataset="math500"),
+    ]
+    run = load_run(write_run(tmp_path / "mixed", rows, mode="spec"))
+    assert [run.multiple_choice(r) for r in run.records] == [True, False, True, False]
+
+
 def test_records_without_reference_are_not_scored(tmp_path):
     records = [record("p1", 0, None, "3", [track(0, "3")]), record("p2", 0, "4", "4", [track(0, "4")])]
     s = evaluate(write_run(tmp_path / "run", records, mode="spec"))
@@ -318,6 +342,7 @@ def test_cli_prints_tables_and_writes_json_and_report(spec_run, base_run, tmp_pa
     text = capsys.readouterr().out
     assert "Against baseline base-run" in text
     assert "2.80x" in text and "+25.0 pts" in text
+    assert "wasted/record" in text and "3 (0.8 req)" in text
     data = json.loads((tmp_path / "s.json").read_text())
     assert [r["name"] for r in data["runs"]] == ["base-run", "spec-run"]  # a baseline not given as RUN_DIR is added
     assert data["baseline"] == "base-run"
@@ -386,3 +411,38 @@ def test_cli_usage_errors(spec_run, capsys):
     assert main([]) == 2
     assert "no run folder given" in capsys.readouterr().err
     assert main([str(spec_run), "--k", "0"]) == 2
+
+
+def with_concurrency(folder: Path, **concurrency) -> Path:
+    path = folder / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["concurrency"] = {
+        "max_problems_in_flight": 1,
+        "max_tracks_in_flight": 64,
+        "max_in_flight_per_endpoint": 64,
+        "replicas": {"big": 1},
+        **concurrency,
+    }
+    path.write_text(json.dumps(manifest))
+    return folder
+
+
+def test_baseline_comparison_warns_when_runs_were_measured_with_other_concurrency(spec_run, base_run, capsys):
+    with_concurrency(spec_run, max_problems_in_flight=8)
+    with_concurrency(base_run)
+    assert main([str(spec_run), "--baseline", str(base_run), "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    note = json.loads(captured.out)["comparisons"][0]["concurrency_note"]
+    assert note == "max_problems_in_flight 8 vs 1"
+    assert "concurrency_differs" in captured.err
+    assert main([str(spec_run), "--baseline", str(base_run)]) == 0
+    assert "other concurrency: max_problems_in_flight 8 vs 1" in capsys.readouterr().out
+
+
+def test_baseline_comparison_is_quiet_when_concurrency_matches(spec_run, base_run, capsys):
+    with_concurrency(spec_run)
+    with_concurrency(base_run)
+    assert main([str(spec_run), "--baseline", str(base_run), "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["comparisons"][0]["concurrency_note"] is None
+    assert "concurrency_differs" not in captured.err

@@ -13,16 +13,12 @@ from engine.prompts import (
     available_prompt_sets,
     load_prompt_set,
 )
+from tests.fixtures import seed_prompts as seed
 
-SEED_PROBLEM = (
+CLEAN_PROBLEM = (
     "Solve the following math problem efficiently and clearly. Please reason step by step, "
     "separate logical reasoning steps with two newline characters (\\n\\n), and put your final "
     "answer within \\boxed{}.\nProblem: "
-)
-SEED_SCORE = (
-    "Evaluate the last reasoning step solely based on factual correctness and logical validity. "
-    "Ignore style, phrasing, or overall usefulness—only judge whether the step is objectively "
-    "correct and logically follows from prior steps. Assign a score from 0 to 9."
 )
 
 
@@ -44,7 +40,7 @@ def load_error(folder: Path) -> str:
 
 def test_shipped_sets_all_load():
     names = available_prompt_sets()
-    assert {"default", "roles", "methods"} <= set(names)
+    assert {"default", "clean", "roles", "methods"} <= set(names)
     for name in names:
         prompt_set = load_prompt_set(name)
         assert prompt_set.name == name
@@ -56,19 +52,32 @@ def test_shipped_roles_and_methods_have_the_promised_sizes():
     roles = load_prompt_set("roles").require_roles()
     assert 4 <= len(roles) <= 6
     assert all(len(text.split()) >= 20 for text in roles.values()), "each role is a few sentences"
-    methods = load_prompt_set("methods").require_methods()
-    assert 8 <= len(methods) <= 12
-    for name, method in methods.items():
-        assert method.name == name
-        assert "\n" not in method.description
-        assert len(method.instruction) > len(method.description)
+    for set_name in ("methods", "default"):
+        methods = load_prompt_set(set_name).require_methods()
+        assert len(methods) == 13, "SpecLRM's list: A-L and M for unknown"
+        assert [m.code for m in methods.values()] == list("ABCDEFGHIJKLM")
+        *named, unknown = methods.values()
+        assert unknown.instruction == "" and "nknown" in unknown.name
+        for name, method in methods.items():
+            assert method.name == name
+            assert "\n" not in method.description
+        assert all(len(m.instruction) > 40 for m in named)
+    # SpecLRM's three roles: natural method, clever shortcut, systematic analysis
+    assert list(load_prompt_set("default").require_roles()) == [
+        "natural_method",
+        "clever_shortcut",
+        "systematic_analysis",
+    ]
 
 
 def test_default_texts_are_the_seeds():
     prompt_set = load_prompt_set("default")
-    assert prompt_set.render_problem("What is 1+1?") == SEED_PROBLEM + "What is 1+1?"
-    assert prompt_set.render_score("p", "s") == SEED_SCORE
-    assert prompt_set.render_score_prefix() == "<think>I think the quality score is: "
+    assert prompt_set.render_problem("What is 1+1?") == seed.first_user_message("What is 1+1?")
+    choices = ["one", "two", "three", "four"]
+    assert prompt_set.render_problem("Which?", choices) == seed.gpqa_user_message("Which?", choices)
+    assert prompt_set.render_score("p", "s") == seed.SCORE_REQUEST
+    assert prompt_set.render_score_prefix() == seed.SCORE_PREFIX
+    assert prompt_set.render_select_methods_prefix(3) == seed.SELECT_PREFIX.format(method_num=3)
     # the steps before it already end with the step delimiter, so no blank line of its own
     assert prompt_set.render_answer() == (
         "Considering the limited time, I have to give the solution based on the thinking directly now.\n</think>\n\n"
@@ -81,13 +90,14 @@ def test_render_keeps_literal_braces_and_problem_braces():
     prompt_set = load_prompt_set("default")
     text = prompt_set.render_problem("Find {x} such that $x^{2}=4$.")
     assert "\\boxed{}" in text and "{{" not in text
-    assert text.endswith("Find {x} such that $x^{2}=4$.")
+    assert "Problem: Find {x} such that $x^{2}=4$.\n" in text
 
 
 def test_render_multiple_choice():
-    text = load_prompt_set("default").render_problem("Which?", ["one", "two", "three", "four"])
+    text = load_prompt_set("clean").render_problem("Which?", ["one", "two", "three", "four"])
     assert "\\boxed{X}" in text and "\\boxed{A}" in text
     assert text.endswith("Which?\nChoices:\n(A) one\n(B) two\n(C) three\n(D) four")
+    assert load_prompt_set("clean").render_problem("What is 1+1?") == CLEAN_PROBLEM + "What is 1+1?"
     with pytest.raises(UsageError, match="2 to 26 choices"):
         load_prompt_set("default").render_problem("Which?", ["only"])
 
@@ -96,17 +106,20 @@ def test_render_select_methods_lists_every_method():
     prompt_set = load_prompt_set("methods")
     text = prompt_set.render_select_methods("Count the primes below 30.", 3)
     for method in prompt_set.methods.values():
-        assert f"- {method.name}: {method.description}\n" in text + "\n"
+        assert f"\n{method.code}. {method.description}\n" in text
     assert "Count the primes below 30." in text
-    assert " 3 " in text
+    assert "(A–M)" in text and "select option M multiple times" in text
+    assert "**3** strategies (by their codes, e.g. B,E,F)" in text
     assert "{" not in text
+    assert "e.g. B,E)" in prompt_set.render_select_methods("p", 2)
+    assert "e.g. B,E,F,A,C)" in prompt_set.render_select_methods("p", 5)
 
 
 def test_sets_without_roles_or_methods_say_which_set_to_use():
-    prompt_set = load_prompt_set("default")
-    with pytest.raises(UsageError, match="prompt set default has no roles.yaml; use --prompt-set roles or add one"):
+    prompt_set = load_prompt_set("clean")
+    with pytest.raises(UsageError, match="prompt set clean has no roles.yaml; use --prompt_set default or add one"):
         prompt_set.require_roles()
-    with pytest.raises(UsageError, match="prompt set default has no methods.yaml; use --prompt-set methods"):
+    with pytest.raises(UsageError, match="prompt set clean has no methods.yaml; use --prompt_set default"):
         prompt_set.require_methods()
     with pytest.raises(UsageError, match="no methods.yaml"):
         prompt_set.render_select_methods("p", 2)
@@ -172,7 +185,7 @@ def test_unknown_set_lists_the_available_ones():
         ({"roles": "a: [x]\n"}, "role 'a' needs a non-empty instruction"),
         ({"roles": "1: Think.\n"}, "key 1 must be non-empty text"),
         ({"methods": "m: just text\n"}, "method 'm' must be a mapping with description and instruction"),
-        ({"methods": "m:\n  description: d\n"}, "method 'm': key 'instruction' must be non-empty text"),
+        ({"methods": "m:\n  description: d\n"}, "method 'm': key 'instruction' must be text"),
         ({"methods": "m:\n  description: d\n  instruction: i\n  level: 3\n"}, "method 'm': unknown key 'level'"),
         ({"role": "a: b\n"}, "role.yaml: unknown file in a prompt set"),
     ],

@@ -101,3 +101,25 @@ def test_overwrite_starts_over_and_keeps_the_old_files(tmp_path):
     assert store.done == set()
     assert json.loads((tmp_path / MANIFEST_FILE).read_text())["config_digest"] == "xyz"
     assert len(list(tmp_path.glob(f"{RECORDS_FILE}.replaced-*"))) == 1
+
+
+def failed_record(problem_id, tracks=2):
+    failed = record(problem_id)
+    failed.tracks = [TrackRecord(track_id=i, mode="spec", finish_reason="failed", error="boom") for i in range(tracks)]
+    failed.answer = None
+    return failed
+
+
+def test_a_record_whose_tracks_all_failed_is_not_done_and_is_redone(tmp_path):
+    store = RunStore.open(tmp_path, manifest())
+    store.append(record("1"))
+    store.append(failed_record("2"))
+    partly = failed_record("3")
+    partly.tracks[1] = record("3").tracks[0]  # one track answered: the problem was solved
+    store.append(partly)
+    assert store.done == {("1", 0), ("3", 0)}
+    assert RunStore.finished_keys(tmp_path, manifest()) == {("1", 0), ("3", 0)}
+    # the redo's record supersedes the failed one
+    RunStore.open(tmp_path, manifest()).append(record("2"))
+    assert RunStore.finished_keys(tmp_path, manifest()) == {("1", 0), ("2", 0), ("3", 0)}
+    assert RunStore.open(tmp_path, manifest()).done == {("1", 0), ("2", 0), ("3", 0)}

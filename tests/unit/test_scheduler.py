@@ -3,27 +3,35 @@
 import asyncio
 import dataclasses
 
-from engine.config import ModelConfig, ParallelConfig, ReasoningConfig, RunConfig
+from engine.config import ModelConfig, ReasoningConfig, RunConfig, SchedulerLimits
 from engine.datasets import Problem
-from engine.methods import parse_methods, select_methods
-from engine.policies import SEED_STRIDE
+from engine.methods import parse_codes, select_methods, selector_max_tokens
+from engine.models import SEED_STRIDE
 from engine.prompts import load_prompt_set
-from engine.scheduler import Scheduler, WorkItem, plan_tracks
+from engine.scheduler import Scheduler, WorkItem
+from engine.strategies.vote import VoteSettings, plan_tracks
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import FAST_LIMITS
 
 PROBLEMS = [Problem(id=str(i), problem=f"What is {i} + {i}?", answer=str(2 * i)) for i in range(5)]
 
 
-def config(**parallel):
+def config(max_tracks_in_flight=64, max_problems_in_flight=8, **vote):
     return RunConfig(
         runner="scale",
         output_dir="unused",
-        big=ModelConfig("big"),
-        small=ModelConfig("small"),
-        reasoning=ReasoningConfig(mode="big", seed=0),
-        parallel=ParallelConfig(**parallel),
+        models={"big": ModelConfig("big"), "small": ModelConfig("small")},
+        policy="big",
+        strategy_settings=VoteSettings(**vote),
+        reasoning=ReasoningConfig(seed=0),
+        limits=SchedulerLimits(max_tracks_in_flight, max_problems_in_flight),
         prompt_set="roles",
+    )
+
+
+def plan(cfg, prompts, methods=None, repeat_id=0):
+    return plan_tracks(
+        cfg.strategy_settings, prompts, policy=cfg.policy, base_seed=0, repeat_id=repeat_id, methods=methods
     )
 
 
@@ -32,13 +40,13 @@ def track_of(body):
 
 
 def scripted_tracks(answers, delays):
-    """Track t thinks one step (after delays[t] seconds), closes thinking, answers answers[t]."""
+    """Track t writes its whole reasoning in one request (SpecLRM's scale_reason), answering
+    answers[t] after delays[t] seconds."""
 
     def respond(body):
         t = track_of(body)
-        if "\n\n" in (body.get("stop") or []):
-            return Reply(text="thinking", stop_reason="</think>", delay_s=delays[t])
-        return Reply(text=f"\\boxed{{{answers[t]}}}")
+        assert "stop" not in body, "the single-model policy makes one request with no step stops"
+        return Reply(text=f"thinking</think>\\boxed{{{answers[t]}}}", delay_s=delays[t])
 
     return respond
 
@@ -81,7 +89,7 @@ async def test_thirty_problems_of_eight_tracks_never_open_more_requests_than_con
         await scheduler.run([WorkItem(p, 0) for p in problems])
     assert big.peak_in_flight == 5
     assert len(records) == 30 and all(len(r.tracks) == 8 for r in records)
-    assert len(big.requests) == 30 * 8 * 2  # one step and one answer per track
+    assert len(big.requests) == 30 * 8  # one request per track
 
 
 async def test_problems_start_in_order(make_models):
@@ -101,7 +109,7 @@ async def test_early_stop_cancels_the_tracks_that_cannot_change_the_answer(make_
     (record,) = records
     assert record.answer == "7" and record.early_stopped
     assert record.cancelled_tracks == [3, 4]
-    assert [t.finish_reason for t in record.tracks] == ["think_end"] * 3 + ["cancelled"] * 2
+    assert [t.finish_reason for t in record.tracks] == ["answer"] * 3 + ["cancelled"] * 2
     assert big.disconnects == 2 and big.in_flight == 0
     assert record.tokens_saved > 0
     leftover = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "one"]
@@ -117,7 +125,7 @@ async def test_without_early_stop_every_track_finishes(make_models):
 
 def test_roles_are_assigned_round_robin_and_seeds_differ():
     prompts = load_prompt_set("roles")
-    setups = plan_tracks(config(tracks=7, use_role_prompts=True), prompts, repeat_id=2, methods=None)
+    setups = plan(config(tracks=7, use_role_prompts=True), prompts, repeat_id=2)
     roles = list(prompts.roles)
     assert [s.role for s in setups] == [roles[i % len(roles)] for i in range(7)]
     assert [s.instruction for s in setups] == [prompts.roles[s.role] for s in setups]
@@ -125,50 +133,93 @@ def test_roles_are_assigned_round_robin_and_seeds_differ():
 
 
 def test_plain_tracks_have_no_instruction():
-    setups = plan_tracks(config(tracks=3), load_prompt_set("roles"), repeat_id=0, methods=None)
+    setups = plan(config(tracks=3), load_prompt_set("roles"))
     assert [(s.role, s.instruction) for s in setups] == [(None, None)] * 3
 
 
 def test_methods_take_precedence_and_cycle():
     prompts = load_prompt_set("methods")
-    setups = plan_tracks(config(tracks=3), prompts, repeat_id=0, methods=["casework", "symmetry"])
+    setups = plan(config(tracks=3), prompts, methods=["casework", "symmetry"])
     assert [s.method for s in setups] == ["casework", "symmetry", "casework"]
     assert setups[1].instruction == prompts.methods["symmetry"].instruction
 
 
-LIBRARY = ["algebraic_manipulation", "casework", "working_backwards", "symmetry"]
+CODES = list("ABCDEFGHIJKLM")
 
 
-def test_parse_methods_reads_a_json_list():
-    text = 'I pick ["Working Backwards", "casework", "nonsense"]'
-    assert parse_methods(text, LIBRARY, 3) == ["working_backwards", "casework"]
+def test_parse_codes_reads_letters_in_order_with_repeats_and_cuts_to_the_count():
+    assert parse_codes("B,E,F", CODES, 3) == ["B", "E", "F"]
+    assert parse_codes(" M, M", CODES, 2) == ["M", "M"]
+    assert parse_codes("B, E, F, A", CODES, 3) == ["B", "E", "F"]
+    # letters past the list's last code (here M) are not codes
+    assert parse_codes("Z, N, C", CODES, 3) == ["C"]
 
 
-def test_parse_methods_finds_names_in_order_of_mention():
-    text = "Symmetry first, then casework; algebraic-manipulation as a check. Also symmetry again."
-    assert parse_methods(text, LIBRARY, 2) == ["symmetry", "casework"]
+def test_selector_asks_for_2n_minus_1_tokens():
+    assert [selector_max_tokens(n) for n in (1, 3, 5)] == [1, 5, 9]
 
 
-async def test_select_methods_falls_back_to_library_order_and_records_it(make_models):
+async def test_select_methods_sends_the_letter_list_after_a_fixed_prefix_and_reads_codes(make_models):
+    prompts = load_prompt_set("default")
+    async with FakeOpenAIServer([Reply(text="B,E,F")]) as big:
+        choice = await select_methods("a problem", prompts, make_models(big=big)["big"], 3)
+    body = big.requests[0]
+    assert body["max_tokens"] == 5 and body["temperature"] == 0.0
+    assert body["prompt"].endswith("<|im_start|>assistant\n<think></think>I think the best 3 methods are: ")
+    for method in prompts.methods.values():
+        assert f"\n{method.code}. {method.description}" in body["prompt"]
+    assert "a problem" in body["prompt"] and "(by their codes, e.g. B,E,F)" in body["prompt"]
+    assert choice.codes == ["B", "E", "F"] and not choice.fallback
+    assert choice.methods == [list(prompts.methods)[i] for i in (1, 4, 5)]
+    assert choice.usage["big"].requests == 1
+
+
+async def test_select_methods_fills_a_short_answer_with_the_unknown_choice(make_models):
     prompts = load_prompt_set("methods")
     async with FakeOpenAIServer([Reply(text="no idea")]) as big:
         choice = await select_methods("a problem", prompts, make_models(big=big)["big"], 3)
+    # "no idea" holds no capital letter of the list: every track takes the last entry, "unknown"
     assert choice.fallback and choice.raw == "no idea"
-    assert choice.methods == list(prompts.methods)[:3]
-    assert choice.usage["big"].requests == 1
-    assert "a problem" in big.requests[0]["prompt"] and "casework" in big.requests[0]["prompt"]
+    assert choice.methods == ["unknown"] * 3 and choice.codes == ["M"] * 3
+    assert prompts.methods["unknown"].instruction == ""
 
 
-async def test_select_methods_keeps_a_parsable_choice(make_models):
+async def test_select_methods_keeps_a_repeated_code(make_models):
     prompts = load_prompt_set("methods")
-    async with FakeOpenAIServer([Reply(text="casework\nsymmetry")]) as big:
+    async with FakeOpenAIServer([Reply(text="C,C")]) as big:
         choice = await select_methods("p", prompts, make_models(big=big)["big"], 2)
-    assert choice.methods == ["casework", "symmetry"] and not choice.fallback
+    assert choice.methods == [list(prompts.methods)[2]] * 2 and not choice.fallback
 
 
 async def test_a_selector_that_fails_for_good_falls_back_and_records_the_error(make_models):
     prompts = load_prompt_set("methods")
     async with FakeOpenAIServer([Reply(status=400, error_message="prompt too long")]) as big:
         choice = await select_methods("p", prompts, make_models(big=big)["big"], 2)
-    assert choice.fallback and choice.methods == list(prompts.methods)[:2]
+    assert choice.fallback and choice.methods == ["unknown", "unknown"]
     assert "prompt too long" in choice.error and choice.usage == {}
+
+
+async def test_a_track_that_raises_fails_alone_and_the_problem_is_still_voted(make_models, monkeypatch):
+    from engine.strategies.base import SolveContext
+
+    made = []
+    real = SolveContext.new_policy
+
+    class Broken:
+        async def step(self, ctx):
+            raise ZeroDivisionError("a bug in one track")
+
+        def close(self):
+            return {}
+
+    def new_policy(self):
+        made.append(1)
+        return Broken() if len(made) == 2 else real(self)
+
+    monkeypatch.setattr(SolveContext, "new_policy", new_policy)
+    cfg = config(tracks=3)
+    records, _ = await run_scheduler(make_models, scripted_tracks(["7", "7", "7"], [0, 0, 0]), cfg, PROBLEMS[:1])
+    (record,) = records
+    assert [t.finish_reason for t in record.tracks] == ["answer", "failed", "answer"]
+    assert record.tracks[1].error == "ZeroDivisionError: a bug in one track"
+    assert record.answer == "7" and record.votes == {"7": 2.0}

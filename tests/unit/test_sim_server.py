@@ -15,7 +15,8 @@ from engine.datasets import Problem
 from engine.errors import RetryableServerError
 from engine.prompts import load_prompt_set
 from engine.scoring import score_from_logprobs
-from engine.track import TrackSetup, new_track_record, run_track, track_messages
+from engine.track import track_messages
+from tests.unit.conftest import run_one_track
 
 PROBLEM = Problem(id="p1", problem="What is 6 * 7?", answer="42")
 PROMPTS = load_prompt_set("default")
@@ -30,9 +31,7 @@ def sim_config(**overrides) -> SimConfig:
 async def run_spec_track(make_models, config: SimConfig):
     async with SimServer(config) as sim:
         models = make_models(big=sim, small=sim)
-        setup = TrackSetup(track_id=0, mode="spec", seed=1)
-        record = new_track_record(setup)
-        await run_track(record, setup, PROBLEM, models, PROMPTS, ReasoningConfig(seed=1))
+        record = await run_one_track(models, PROBLEM, PROMPTS, ReasoningConfig(seed=1), seed=1)
     head = models["big"].chat.render(list(track_messages(PROBLEM, PROMPTS, None)), "")
     return record, sim, head
 
@@ -40,13 +39,14 @@ async def run_spec_track(make_models, config: SimConfig):
 @pytest.mark.parametrize(("accept_rate", "writer"), [(1.0, "small"), (0.0, "big")])
 async def test_a_spec_track_thinks_the_configured_steps_then_answers(make_models, accept_rate, writer):
     record, sim, head = await run_spec_track(make_models, sim_config(accept_rate=accept_rate))
-    assert record.finish_reason == "think_end" and record.error is None
+    # the last step states the answer, so thinking ends there and no answer is asked for (SpecReason)
+    assert record.finish_reason == "answer" and record.error is None
     assert [s.writer for s in record.steps] == [writer] * 3
     assert [s.tokens for s in record.steps] == [4, 4, 4]
     assert record.answer == str(answer_number(head))
     rewrites = 3 if writer == "big" else 0
-    assert sim.stats.requests == {"step": 3 + rewrites, "score": 3, "answer": 1, "tokenize": 0}
-    assert sim.stats.served == 7 + rewrites and sim.stats.queued == 0
+    assert sim.stats.requests == {"step": 3 + rewrites, "score": 3, "answer": 0, "tokenize": 0}
+    assert sim.stats.served == 6 + rewrites and sim.stats.queued == 0
 
 
 async def test_every_track_of_a_problem_makes_the_same_requests(make_models):
@@ -79,7 +79,7 @@ async def test_a_request_takes_request_time_plus_time_per_token(session):
     async with SimServer(config) as sim:
         client = ModelClient(session, "m", [sim.url])
         started = time.monotonic()
-        completion = await client.complete("<think>\n", **STEP)
+        completion = await client.complete("<think>\n", stream=True, **STEP)
         elapsed = time.monotonic() - started
     assert completion.completion_tokens == 10 and completion.stop_reason == "\n\n"
     assert 0.15 <= elapsed < 0.25
@@ -92,7 +92,7 @@ async def test_stream_interval_sends_several_tokens_an_event(session):
     async with SimServer(config) as sim:
         async with session.post(sim.url + "/v1/completions", json=body) as response:
             events = [line for line in (await response.read()).split(b"\n") if line.startswith(b"data:")]
-        completion = await ModelClient(session, "m", [sim.url]).complete("<think>\n", **STEP)
+        completion = await ModelClient(session, "m", [sim.url]).complete("<think>\n", stream=True, **STEP)
     assert len(events) == 3 + 2  # 4 + 4 + 2 tokens, the usage, [DONE]
     assert completion.completion_tokens == 10 and completion.text == "".join(f" m0w{i}" for i in range(10))[1:]
 
@@ -108,26 +108,39 @@ async def test_requests_beyond_capacity_wait_for_a_slot(session):
     assert sim.stats.peak_decoding == {"m": 2} and sim.stats.peak_in_flight == 6 and sim.stats.queued == 4
 
 
+# What a server restart explains is retried until the deadline; the other faults until max_attempts.
+RESTART_LIKE_FAULTS = ("http_503", "reset")
+
+
 @pytest.mark.parametrize("stream", [True, False])
 @pytest.mark.parametrize("kind", FAULT_KINDS)
 async def test_a_fault_rate_of_one_fails_every_attempt(session, kind, stream):
     config = sim_config(models={"m": QUICK}, fault_rate=1.0, fault_kinds=(kind,), stall_s=1.0, step_tokens=8)
     limits = ClientLimits(
-        max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.02, stall_timeout_s=0.2, request_timeout_s=0.3
+        max_attempts=3,
+        retry_deadline_s=1.5,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.02,
+        stall_timeout_s=0.2,
+        request_timeout_s=0.3,
     )
     async with SimServer(config) as sim:
         client = ModelClient(session, "m", [sim.url], limits)
-        with pytest.raises(RetryableServerError):
+        with pytest.raises(RetryableServerError) as caught:
             await client.complete("<think>\n", stream=stream, **STEP)
-    assert sim.stats.faults[kind] == 3 and sum(sim.stats.faults.values()) == 3 and sim.stats.served == 0
-    assert (client.stats.retries, client.stats.failures) == (2, 1)
+    faults = sim.stats.faults[kind]
+    assert sum(sim.stats.faults.values()) == faults and sim.stats.served == 0
+    assert caught.value.unavailable == (kind in RESTART_LIKE_FAULTS)
+    assert faults > 3 if kind in RESTART_LIKE_FAULTS else faults == 3
+    assert (client.stats.retries, client.stats.failures) == (faults - 1, 1)
 
 
 async def fault_pattern(session, seed: int) -> list[bool]:
     config = sim_config(models={"m": QUICK}, fault_rate=0.3, fault_kinds=("http_503",), seed=seed)
     failed = []
     async with SimServer(config) as sim:
-        client = ModelClient(session, "m", [sim.url], ClientLimits(max_attempts=1))
+        # A deadline of 0 leaves no time for a retry, even of the 503s that a restart explains.
+        client = ModelClient(session, "m", [sim.url], ClientLimits(max_attempts=1, retry_deadline_s=0.0))
         for _ in range(30):
             try:
                 await client.complete("<think>\n", **STEP)
@@ -155,3 +168,18 @@ async def test_the_server_process_serves_its_endpoints_and_counters(session):
         assert score.text.isdigit() and len(score.top_logprobs[0]) == 10
         stats = await sim_stats(session, url)
     assert stats["requests"] == {"step": 0, "score": 1, "answer": 0, "tokenize": 1} and stats["served"] == 1
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_request_its_client_leaves_counts_the_tokens_generated_until_then(session, stream):
+    config = sim_config(models={"m": Latency(request_s=0.05, token_s=0.01, capacity=4)}, step_tokens=100)
+    async with SimServer(config) as sim:
+        client = ModelClient(session, "m", [sim.url])
+        request = asyncio.create_task(client.complete("<think>\n", max_tokens=100, stop=["\n\n"], stream=stream))
+        await asyncio.sleep(0.35)  # 0.05 s, then 30 of the 100 tokens
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await asyncio.sleep(0.05)
+    assert sim.stats.disconnects == 1 and sim.stats.served == 0 and sim.stats.completion_tokens == 0
+    assert 25 <= sim.stats.aborted_tokens <= 40

@@ -1,0 +1,191 @@
+"""SpecLRM: several tracks per problem (plain, role-prompted, or following methods a selector
+picked), run concurrently, voted on, and cut short once the vote is settled (early stop)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import structlog
+
+from engine.aggregate import AGGREGATIONS, decide, outcome_settled
+from engine.config import Settings, setting
+from engine.errors import UsageError
+from engine.logging import bind_context
+from engine.methods import MethodChoice, select_methods
+from engine.prompts import PromptSet
+from engine.results import ProblemRecord, TrackRecord, sum_usage
+from engine.strategies.base import SolveContext, StrategySpec
+from engine.track import Track, TrackSetup, new_track_record
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class VoteSettings(Settings):
+    tracks: int = setting(1, "reasoning tracks per problem")
+    use_role_prompts: bool = setting(False, "give each track a role of the prompt set, round-robin")
+    method_num: int = setting(0, "let the selector model pick this many methods of the prompt set for the tracks")
+    selector_model: str = setting("big", "the model that picks methods", ("big", "small"))
+    aggregation: str = setting("majority", "how the tracks' answers are combined", tuple(AGGREGATIONS))
+    early_stop: bool = setting(False, "cancel the remaining tracks once they cannot change the vote")
+    early_stop_share: float | None = setting(None, "with --early_stop: stop once the leader holds this share")
+
+    def validate(self) -> None:
+        if self.tracks < 1:
+            raise UsageError(f"--tracks must be at least 1, not {self.tracks}")
+        if self.method_num < 0:
+            raise UsageError(f"--method_num must be 0 or more, not {self.method_num}")
+        if self.early_stop_share is not None and not 0.5 < self.early_stop_share <= 1:
+            raise UsageError(f"--early_stop_share must be in (0.5, 1], not {self.early_stop_share}")
+
+
+def plan_tracks(
+    settings: VoteSettings,
+    prompts: PromptSet,
+    *,
+    policy: str,
+    base_seed: int | None,
+    repeat_id: int,
+    methods: list[str] | None,
+) -> list[TrackSetup]:
+    """The tracks of one problem: methods round-robin when chosen, else roles round-robin with
+    `--use_role_prompts`, else plain tracks. Seeds differ per track and repeat."""
+    roles = list(prompts.require_roles()) if settings.use_role_prompts and not methods else []
+    setups = []
+    for track_id in range(settings.tracks):
+        seed = None if base_seed is None else base_seed + 1000 * repeat_id + track_id
+        role = roles[track_id % len(roles)] if roles else None
+        method = methods[track_id % len(methods)] if methods else None
+        instruction = prompts.methods[method].instruction if method else (prompts.roles[role] if role else None)
+        setups.append(
+            TrackSetup(
+                track_id=track_id,
+                mode=policy,
+                role=role,
+                method=method,
+                instruction=instruction,
+                seed=seed,
+            )
+        )
+    return setups
+
+
+def total_tokens(track: TrackRecord) -> int:
+    return sum(u.completion_tokens for u in track.usage.values())
+
+
+async def solve(ctx: SolveContext) -> ProblemRecord:
+    """Select methods if asked, run the problem's tracks, vote, and build its record."""
+    settings, problem = ctx.settings, ctx.problem
+    choice: MethodChoice | None = None
+    if settings.method_num > 0:
+        selector = ctx.models[settings.selector_model]
+        choice = await select_methods(problem.problem, ctx.prompts, selector, settings.method_num)
+    setups = plan_tracks(
+        settings,
+        ctx.prompts,
+        policy=ctx.config.policy,
+        base_seed=ctx.config.reasoning.seed,
+        repeat_id=ctx.repeat_id,
+        methods=choice.methods if choice else None,
+    )
+    tracks = [new_track_record(s) for s in setups]
+    cancelled = await _run_tracks(ctx, setups, tracks)
+    multiple_choice = bool(problem.choices)
+    decision = await asyncio.to_thread(decide, tracks, settings.aggregation, multiple_choice=multiple_choice)
+    record = ctx.record(
+        tracks=tracks,
+        answer=decision.answer,
+        aggregation=settings.aggregation,
+        votes=decision.votes,
+        early_stopped=bool(cancelled),
+        cancelled_tracks=cancelled,
+        tokens_saved=_tokens_saved(tracks, cancelled),
+        method_selection=choice.to_dict() if choice else None,
+        usage=sum_usage([t.usage for t in tracks] + ([choice.usage] if choice else [])),
+    )
+    log.info(
+        "problem_done",
+        answer=record.answer,
+        votes=record.votes,
+        seconds=round(record.latency_s, 2),
+        cancelled=cancelled,
+    )
+    return record
+
+
+async def _run_tracks(ctx: SolveContext, setups: list[TrackSetup], tracks: list[TrackRecord]) -> list[int]:
+    """Run the tracks concurrently; returns the ids of those cancelled by early stop."""
+    settings, problem = ctx.settings, ctx.problem
+    finished: list[TrackRecord] = []
+    tasks: dict[int, asyncio.Task] = {}
+    cancelled: list[int] = []
+
+    async def one(setup: TrackSetup, record: TrackRecord) -> None:
+        try:
+            async with ctx.track_slots:
+                with bind_context(track=setup.track_id):
+                    track = Track(
+                        record, setup, problem, ctx.models, ctx.prompts, ctx.config.reasoning, ctx.new_policy()
+                    )
+                    await track.run()
+        except asyncio.CancelledError:
+            record.finish_reason = "cancelled"
+            raise
+        finished.append(record)
+        if not settings.early_stop or cancelled:
+            return
+        running = len(tracks) - len(finished)
+        if running and await asyncio.to_thread(
+            outcome_settled,
+            list(finished),
+            running,
+            settings.aggregation,
+            multiple_choice=bool(problem.choices),
+            share=settings.early_stop_share,
+        ):
+            done_ids = {t.track_id for t in finished}
+            for track_id, task in tasks.items():
+                if track_id not in done_ids and track_id not in cancelled:
+                    cancelled.append(track_id)
+                    task.cancel()
+            log.info("early_stop", cancelled=cancelled)
+
+    async with asyncio.TaskGroup() as group:
+        for setup, record in zip(setups, tracks, strict=True):
+            tasks[setup.track_id] = group.create_task(one(setup, record))
+    return sorted(cancelled)
+
+
+def _tokens_saved(tracks: list[TrackRecord], cancelled: list[int]) -> int:
+    """Estimate: each cancelled track would have spent as many tokens as the finished ones did on
+    average; what it saved is that mean less what it had already spent."""
+    done = [total_tokens(t) for t in tracks if t.track_id not in cancelled]
+    if not cancelled or not done:
+        return 0
+    mean = sum(done) / len(done)
+    return int(sum(max(0.0, mean - total_tokens(t)) for t in tracks if t.track_id in cancelled))
+
+
+def _roles(settings: VoteSettings) -> tuple[str, ...]:
+    return (settings.selector_model,) if settings.method_num > 0 else ()
+
+
+def _check_prompts(settings: VoteSettings, prompts: PromptSet) -> None:
+    if settings.use_role_prompts:
+        prompts.require_roles()
+    if settings.method_num > 0:
+        prompts.require_methods()
+
+
+VOTE = StrategySpec(
+    name="vote",
+    description="SpecLRM: tracks run concurrently, their answers are voted on, with early stop",
+    settings=VoteSettings,
+    templates=("select_methods", "select_methods_prefix"),
+    roles=("big", "small"),
+    needed_roles=_roles,
+    solve=solve,
+    check_prompts=_check_prompts,
+)

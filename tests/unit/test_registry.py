@@ -1,0 +1,82 @@
+"""Every registered policy and strategy honours its contract: built with its default settings, it
+runs one step (policies) or one problem (strategies) on the scripted fake server, and no two
+settings classes declare the same flag."""
+
+import dataclasses
+
+import pytest
+
+from engine.cli import SETTINGS_CLASSES
+from engine.config import ModelConfig, ReasoningConfig, RunConfig, Settings, check_unique_flags
+from engine.datasets import Problem
+from engine.policies import POLICIES
+from engine.policies.base import StepContext
+from engine.prompts import load_prompt_set
+from engine.scheduler import Scheduler, WorkItem
+from engine.strategies import STRATEGIES
+from engine.track import track_messages
+from tests.fake_openai import FakeOpenAIServer, Reply
+
+PROBLEM = Problem(id="p", problem="What is 2 + 2?", answer="4")
+PROMPTS = load_prompt_set("default")
+
+
+def any_request(body):
+    """A step that ends thinking with an answer; a high score for judge requests."""
+    if body["max_tokens"] == 1:
+        return Reply(text="9", top_logprobs=[{"9": -0.01, "1": -5.0}])
+    return Reply(text="so \\boxed{4}", stop_reason="\n\n")
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+async def test_every_policy_writes_one_step_with_default_settings(make_models, name):
+    spec = POLICIES[name]
+    assert issubclass(spec.settings, Settings) and dataclasses.is_dataclass(spec.settings)
+    async with FakeOpenAIServer(any_request) as server:
+        models = make_models(**{role: server for role in ("big", "small")})
+        policy = spec.start(spec.settings(), models, PROMPTS, ReasoningConfig())
+        messages = track_messages(PROBLEM, PROMPTS, None)
+        ctx = StepContext(models, messages, "", (), 0, ReasoningConfig(), PROMPTS, PROBLEM.problem, seed=1)
+        outcome = await policy.step(ctx)
+    assert outcome.step.text and outcome.step.writer in spec.roles
+    assert outcome.ending in ("delimiter", "think_end", "eos", "length")
+    assert set(outcome.step.usage) <= set(spec.roles)
+    PROMPTS.require_templates(spec.templates)
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+async def test_every_strategy_solves_one_problem_with_default_settings(make_models, name):
+    spec = STRATEGIES[name]
+    records = []
+    async with FakeOpenAIServer(any_request) as server:
+        models = make_models(**{role: server for role in ("big", "small")})
+        config = RunConfig(
+            runner="test",
+            output_dir="unused",
+            models={role: ModelConfig(role) for role in models},
+            strategy=name,
+        )
+        scheduler = Scheduler(config, models, PROMPTS, run_id="r", dataset="d", on_record=records.append)
+        await scheduler.run([WorkItem(PROBLEM, 0)])
+    (record,) = records
+    assert record.problem_id == "p" and record.answer == "4"
+    assert record.config_digest == config.digest()
+    assert set(spec.needed_roles(config.strategy_settings)) <= set(spec.roles)
+
+
+def test_no_two_settings_classes_declare_one_flag():
+    check_unique_flags(SETTINGS_CLASSES)
+
+    @dataclasses.dataclass(frozen=True)
+    class Clashing(Settings):
+        score_threshold: float = 1.0
+
+    with pytest.raises(TypeError, match="--score_threshold"):
+        check_unique_flags([*SETTINGS_CLASSES, Clashing])
+
+
+def test_settings_are_in_the_digest_and_the_manifest():
+    base = RunConfig(runner="spec", output_dir="x", models={"big": ModelConfig("b"), "small": ModelConfig("s")})
+    changed = dataclasses.replace(base, policy_settings=POLICIES["spec"].settings(score_threshold=5.0))
+    assert base.digest() != changed.digest()
+    assert changed.to_dict()["policy_settings"]["score_threshold"] == 5.0
