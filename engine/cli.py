@@ -203,6 +203,8 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
             )
         models.update(_toy_models(args))
         plan = {**DEMO_REASONING, **plan}
+        # The toy models learned the seeds' wording on clean lines, not its indented form (toy_weights/TRAINING.md).
+        args.prompt_set = args.prompt_set or "clean"
     config = RunConfig(
         runner=runner,
         output_dir=args.output_dir or _default_output_dir(runner, dataset, shard),
