@@ -13,7 +13,10 @@ Replies, from the request alone (so any number of tracks can run against the sim
   hash of the prompt (and of the request's seed, when it has one);
 - any other request is an answer request (spectra's --answer_phase) and answers `\\boxed{N}`, N
   a hash of the conversation before the reasoning, so every track of one problem gives the same
-  answer.
+  answer;
+- a RAST request (`return_tokens_as_token_ids`, a prompt of token ids) is answered from a fixed
+  next-token distribution per model ("base", "positive", "negative") that depends on the last
+  token only (`rast_logprobs`): top-k logprobs, prompt_logprobs, and drafts sampled as vLLM does.
 Step texts depend on the model and the step index only, so the tracks of one problem make the
 same requests and take the same time: differences in wall time are the engine's, not the sim's.
 """
@@ -21,9 +24,13 @@ same requests and take the same time: differences in wall time are the engine's,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import itertools
 import json
 import math
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +76,11 @@ class SimConfig:
     delimiter: str = "\n\n"
     # Tokens per streamed event, as vLLM's `--stream-interval` (1, its default: every token).
     stream_interval: int = 1
+    # RAST's three models: a vocabulary of `rast_vocab` ids, base logits of spread `rast_spread`,
+    # positive - negative of spread `rast_delta` (small: RAST changes few tokens).
+    rast_vocab: int = 32
+    rast_spread: float = 3.0
+    rast_delta: float = 0.3
 
     def __post_init__(self) -> None:
         unknown = set(self.fault_kinds) - set(FAULT_KINDS)
@@ -98,10 +110,13 @@ class Reply:
     finish_reason: str
     stop_reason: str | None
     top_logprobs: list[dict[str, float]] | None = None
+    prompt_logprobs: list[dict[str, dict[str, Any]] | None] | None = None
 
 
 def request_kind(body: dict[str, Any], delimiter: str = "\n\n") -> str:
-    """ "score", "step" or "answer", as spectra's policies and tracks shape their requests."""
+    """ "rast", "score", "step" or "answer", as spectra's policies and tracks shape their requests."""
+    if body.get("return_tokens_as_token_ids"):
+        return "rast"
     if body.get("max_tokens") == 1 and body.get("logprobs"):
         return "score"
     if delimiter in (body.get("stop") or []):
@@ -129,6 +144,8 @@ def answer_number(prompt: str) -> int:
 
 def plan_reply(kind: str, body: dict[str, Any], config: SimConfig) -> Reply:
     """The sim's deterministic answer to a request of `kind`, cut to its `max_tokens`."""
+    if kind == "rast":
+        return plan_rast_reply(body, config)
     prompt = body["prompt"] if isinstance(body.get("prompt"), str) else ""
     top_k = min(int(body.get("logprobs") or 0), 10)
     if kind == "score":
@@ -161,3 +178,94 @@ def _top(chosen: str, alternatives: list[str], k: int) -> dict[str, float]:
     others = alternatives[: k - 1]
     rest = math.log((1 - CHOSEN_PROBABILITY) / max(1, len(others)))
     return {chosen: math.log(CHOSEN_PROBABILITY), **{token: rest for token in others}}
+
+
+RAST_ROLES = ("base", "positive", "negative")
+
+
+def rast_logprobs(role: str, previous: int, config: SimConfig) -> tuple[float, ...]:
+    """The fixed next-token logprobs of RAST model `role` after token `previous`.
+
+    Base logits have spread `rast_spread`; positive and negative share logits of the same spread
+    plus their own noise of spread `rast_delta`, so positive - negative is small, as between an
+    RL-tuned model and its own base.
+    """
+    vocab = config.rast_vocab
+    return _rast_logprobs(role, previous % vocab, vocab, config.rast_spread, config.rast_delta, config.seed)
+
+
+@functools.lru_cache(maxsize=65536)
+def _rast_logprobs(role: str, previous: int, vocab: int, spread: float, delta: float, seed: int) -> tuple[float, ...]:
+    def normal(name: str) -> list[float]:
+        rng = random.Random(f"{seed}:{name}:{previous}")
+        return [rng.gauss(0.0, 1.0) for _ in range(vocab)]
+
+    if role == "base":
+        logits = [spread * x for x in normal("base")]
+    else:
+        logits = [spread * a + delta * b for a, b in zip(normal("small"), normal(role), strict=True)]
+    top = max(logits)
+    log_total = top + math.log(sum(math.exp(x - top) for x in logits))
+    return tuple(x - log_total for x in logits)
+
+
+def plan_rast_reply(body: dict[str, Any], config: SimConfig) -> Reply:
+    """The sim's answer to a RAST request, from its three fixed distributions (`rast_logprobs`)."""
+    if body.get("model") not in RAST_ROLES:
+        raise UsageError(f"RAST requests go to models named {RAST_ROLES}, not {body.get('model')!r}")
+    return markov_reply(body, lambda role, previous: rast_logprobs(role, previous, config))
+
+
+def markov_reply(body: dict[str, Any], logprobs_after: Callable[[str, int], Sequence[float]]) -> Reply:
+    """A vLLM-shaped answer to a request of token ids, for models whose next-token logprobs over the
+    whole vocabulary depend on the last token only (`logprobs_after(model, token)`): tokens named
+    `token_id:N`, top-k logprobs (plus the sampled token), prompt_logprobs when asked; tokens sampled
+    as vLLM's sampler would (temperature, top_k, a per-request seed; greedy at temperature 0)."""
+    model, ids = str(body.get("model")), [int(t) for t in body["prompt"]]
+    k, temperature = int(body.get("logprobs") or 0), float(body.get("temperature", 1.0))
+    rng = random.Random(f"{body.get('seed')}:{len(ids)}")
+    tokens, tops = [], []
+    for _ in range(int(body.get("max_tokens") or 16)):
+        logprobs = tuple(logprobs_after(model, ids[-1]))
+        token = _vllm_sample(logprobs, temperature, int(body.get("top_k") or 0), rng)
+        tokens.append(f"token_id:{token}")
+        tops.append({f"token_id:{t}": logprobs[t] for t in [token, *_ranked(logprobs)[:k]]})
+        ids.append(token)
+    reply = Reply(tokens, "length", None, tops if k else None)
+    if body.get("prompt_logprobs") is not None:
+        prompt = ids[: len(body["prompt"])]
+        reply.prompt_logprobs = _prompt_logprobs(model, prompt, int(body["prompt_logprobs"]), logprobs_after)
+    return reply
+
+
+@functools.lru_cache(maxsize=65536)
+def _ranked(logprobs: Sequence[float]) -> list[int]:
+    return sorted(range(len(logprobs)), key=lambda t: (-logprobs[t], t))
+
+
+def _vllm_sample(logprobs: Sequence[float], temperature: float, top_k: int, rng: random.Random) -> int:
+    ranked = _ranked(logprobs)
+    if temperature == 0:
+        return ranked[0]
+    allowed = ranked[:top_k] if top_k > 0 else ranked
+    weights = [math.exp((logprobs[t] - logprobs[ranked[0]]) / temperature) for t in allowed]
+    return rng.choices(allowed, weights)[0]
+
+
+def _prompt_logprobs(
+    model: str, ids: list[int], k: int, logprobs_after: Callable[[str, int], Sequence[float]]
+) -> list[dict[str, dict[str, Any]] | None]:
+    """vLLM's prompt_logprobs: None for the first token, then the top-k and the prompt token itself."""
+    positions: list[dict[str, dict[str, Any]] | None] = [None]
+    for previous, token in itertools.pairwise(ids):
+        logprobs = tuple(logprobs_after(model, previous))
+        entry = dict(_top_entries(logprobs, k))
+        if str(token) not in entry:
+            entry[str(token)] = {"logprob": logprobs[token], "rank": _ranked(logprobs).index(token) + 1}
+        positions.append(entry)
+    return positions
+
+
+@functools.lru_cache(maxsize=65536)
+def _top_entries(logprobs: tuple[float, ...], k: int) -> dict[str, dict[str, Any]]:
+    return {str(t): {"logprob": logprobs[t], "rank": r + 1} for r, t in enumerate(_ranked(logprobs)[:k])}

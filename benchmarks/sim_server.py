@@ -41,7 +41,9 @@ READY_PREFIX = "sim_server_ready "
 class SimStats:
     """What the sim served: requests by kind, faults by kind, peaks of concurrency."""
 
-    requests: dict[str, int] = field(default_factory=lambda: {"step": 0, "score": 0, "answer": 0, "tokenize": 0})
+    requests: dict[str, int] = field(
+        default_factory=lambda: {"step": 0, "score": 0, "answer": 0, "rast": 0, "tokenize": 0}
+    )
     served: int = 0
     faults: dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in FAULT_KINDS})
     disconnects: int = 0
@@ -257,6 +259,8 @@ def _completion(body: dict[str, Any], reply: Reply, *, with_usage: bool) -> dict
         "finish_reason": reply.finish_reason,
         "stop_reason": reply.stop_reason,
     }
+    if reply.prompt_logprobs is not None:
+        choice["prompt_logprobs"] = reply.prompt_logprobs
     if reply.top_logprobs is not None:
         choice["logprobs"] = {
             "tokens": reply.tokens,

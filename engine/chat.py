@@ -34,6 +34,11 @@ class ChatFormat:
         self.thinking = thinking
 
     @property
+    def tokenizer(self):
+        """The model's tokenizer (RAST sends token ids and decodes them itself)."""
+        return self._tokenizer
+
+    @property
     def think_open(self) -> str:
         """What the seeds put before the steps in the assistant turn: `<think>` with no newline."""
         return THINK_OPEN if self.thinking else ""

@@ -77,6 +77,8 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
         "tracks": _or(a.method_num, 3),
         "aggregation": "speclrm",
     },
+    # RAST runs no tracks: the policy is unused; its prompt set is RAST's plain prompt.
+    "rast": lambda a: {"policy": "big", "strategy": "rast", "prompt_set": "rast"},
 }
 # Every settings class whose fields are flags; an import-time check keeps one meaning per flag.
 SETTINGS_CLASSES = [ReasoningConfig, SchedulerLimits] + [s.settings for s in (*POLICIES.values(), *STRATEGIES.values())]
@@ -217,7 +219,7 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         limits=settings_from_flags(SchedulerLimits, args),
         data=data,
         client=ClientLimits(**_given(args, ClientLimits)),
-        prompt_set=args.prompt_set or "default",
+        prompt_set=args.prompt_set or plan.pop("prompt_set", "default"),
         thinking=args.thinking or "auto",
         server_log_dir=args.server_log_dir,
         max_model_len=args.max_model_len,

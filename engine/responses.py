@@ -26,6 +26,8 @@ class Choice:
 
     `stop_reason` is vLLM's extension: the stop string (or token id) that ended the text.
     `top_logprobs` holds, per generated token, the top-k alternatives as token -> logprob.
+    `prompt_logprobs` (vLLM's extension, whole responses only) holds, per prompt token, token id
+    -> logprob of the top-k and of the prompt token itself; None for the first prompt token.
     """
 
     text: str = ""
@@ -33,6 +35,7 @@ class Choice:
     stop_reason: str | int | None = None
     tokens: list[str] = field(default_factory=list)
     top_logprobs: list[dict[str, float]] = field(default_factory=list)
+    prompt_logprobs: list[dict[int, float] | None] = field(default_factory=list)
 
 
 async def status_error(server: str, response: aiohttp.ClientResponse) -> ServerError:
@@ -96,6 +99,11 @@ def _choice_from_payload(data: dict[str, Any]) -> Choice:
         stop_reason=data.get("stop_reason"),
     )
     _add_logprobs(choice, data.get("logprobs"))
+    for position in data.get("prompt_logprobs") or []:
+        # vLLM sends {token id: {"logprob", "rank", "decoded_token"}}; JSON makes the ids strings.
+        choice.prompt_logprobs.append(
+            None if position is None else {int(t): float(v["logprob"]) for t, v in position.items()}
+        )
     return choice
 
 

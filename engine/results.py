@@ -144,6 +144,8 @@ class ProblemRecord:
     config_digest: str = ""
     # Whether the answers are option letters; None in records written before spectra stored it.
     multiple_choice: bool | None = None
+    # A strategy's own figures (RAST: acceptance per chunk, requests per token, top-k fills).
+    details: dict[str, Any] | None = None
 
     @property
     def key(self) -> tuple[str, int]:

@@ -96,12 +96,14 @@ def parse_shard(text: str | None) -> Shard | None:
 
 def roles_needed(config: RunConfig) -> list[str]:
     """The models this run talks to: the policy's, the strategy's, the answer model (only with
-    --answer_phase: otherwise the answer is taken from the steps)."""
-    needed = set(POLICIES[config.policy].roles) | set(
-        STRATEGIES[config.strategy].needed_roles(config.strategy_settings)
-    )
-    if config.reasoning.answer_phase:
-        needed.add(config.reasoning.answer_model)
+    --answer_phase: otherwise the answer is taken from the steps). A strategy that runs no tracks
+    (RAST) needs its own roles only."""
+    strategy = STRATEGIES[config.strategy]
+    needed = set(strategy.needed_roles(config.strategy_settings))
+    if strategy.uses_tracks:
+        needed |= set(POLICIES[config.policy].roles)
+        if config.reasoning.answer_phase:
+            needed.add(config.reasoning.answer_model)
     return sorted(needed)
 
 
@@ -229,12 +231,14 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
     """role -> Endpoint for every model the run needs; starts servers for models given without
     URLs (with the model's own context length, or --max_model_len) and stops them on the way out."""
     roles = roles_needed(config)
+    extra_args = STRATEGIES[config.strategy].server_args(config.strategy_settings)
     to_start = []
     for role in roles:
         model_config = config.model(role)
         if not model_config.urls:
             length = config.max_model_len or await asyncio.to_thread(model_context_length, model_config.model)
-            to_start.append(ServerSpec(name=role, model=model_config.model, max_model_len=length))
+            spec = ServerSpec(name=role, model=model_config.model, max_model_len=length, extra_args=extra_args)
+            to_start.append(spec)
     lengths = {spec.name: spec.max_model_len for spec in to_start}
     async with AsyncExitStack() as stack:
         started = {}

@@ -27,6 +27,23 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+# RAST's evaluation (simplelr_math_eval/math_eval_pred.py) averages pass and majority at k over
+# 10 random picks of k runs, or one pick when k is all of them.
+SUBSAMPLE_DRAWS = 10
+
+
+def subsample_picks(pool: Sequence[int], k: int, *, draws: int = SUBSAMPLE_DRAWS, seed: int = 0) -> list[list[int]]:
+    """RAST's subsampling for pass and majority at k: `draws` picks of k distinct members of
+    `pool` (a fixed seed, so a report is reproducible); one pick, the whole pool, when k is its size.
+    RAST draws from run indices 0-31 whatever the runs; here the pool is the runs there are."""
+    if not 1 <= k <= len(pool):
+        raise ValueError(f"cannot pick {k} of {len(pool)}")
+    if k == len(pool):
+        return [sorted(pool)]
+    rng = random.Random(seed)
+    return [sorted(rng.sample(sorted(pool), k)) for _ in range(draws)]
+
+
 def default_ks(max_n: int) -> list[int]:
     """The k values reported by default for up to `max_n` samples: 1, 2, 4, ... and max_n itself."""
     ks = []

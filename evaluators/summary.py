@@ -16,6 +16,11 @@ complete sample; failed tracks count, as wrong):
   grouped by equivalence; the largest group wins, a tie goes to the answer given first;
   correct when the winner is. Averaged over records with at least k finished tracks.
   maj@k (repeats): the same over the voted answers of a problem's first k repeats.
+- pass@k and maj@k (sampled), as RAST reports them: over the repeat ids every scored problem
+  has, 10 random picks of k of them (one pick when k is all); per pick, a problem passes when one
+  of its picked repeats is correct, and its maj@k is the maj@k above over the picked repeats;
+  each figure is the mean over picks of the mean over problems. RAST's `average` is
+  accuracy_mean (over all repeats, where RAST scores only its first run).
 - tokens: per-model usage summed over a record (`ProblemRecord.usage`), averaged per
   record; big_share_generated = big completion tokens / all completion tokens, over the
   run; big_share_kept = tokens of kept steps written by "big" / tokens of all kept steps;
@@ -105,6 +110,8 @@ class RunSummary:
     pass_at_k_repeats: dict[int, float]
     maj_at_k_tracks: dict[int, float]
     maj_at_k_repeats: dict[int, float]
+    pass_at_k_sampled: dict[int, float]
+    maj_at_k_sampled: dict[int, float]
     tokens: TokenSummary
     steps: StepSummary
     latency: dict[str, float | None]
@@ -173,6 +180,7 @@ def summarize_run(
         maj_at_k_repeats=_majority_by_k(
             ks_repeats, [([g.record.answer for g in rs], rs[0]) for rs in by_problem.values()], timeout_s
         ),
+        **_sampled_by_k(ks_repeats, by_problem, timeout_s),
         tokens=_token_summary(records),
         steps=_step_summary(records),
         latency=_latency(records),
@@ -229,6 +237,25 @@ def _majority_by_k(
         if outcomes:
             result[k] = sum(outcomes) / len(outcomes)
     return result
+
+
+def _sampled_by_k(
+    ks: Sequence[int], by_problem: dict[str, list[GradedRecord]], timeout_s: float
+) -> dict[str, dict[int, float]]:
+    """RAST's subsampled pass@k and maj@k over the repeat ids all problems share."""
+    shared = (
+        set.intersection(*({g.record.repeat_id for g in rs} for rs in by_problem.values())) if by_problem else set()
+    )
+    passes, majorities = {}, {}
+    for k in (k for k in ks if k <= len(shared)):
+        pass_means, majority_means = [], []
+        for pick in metrics.subsample_picks(sorted(shared), k):
+            chosen = [[g for g in rs if g.record.repeat_id in pick] for rs in by_problem.values()]
+            pass_means.append(sum(any(g.correct for g in gs) for gs in chosen) / len(chosen))
+            outcomes = [_majority_correct([g.record.answer for g in gs], gs[0], timeout_s) for gs in chosen]
+            majority_means.append(sum(outcomes) / len(outcomes))
+        passes[k], majorities[k] = sum(pass_means) / len(pass_means), sum(majority_means) / len(majority_means)
+    return {"pass_at_k_sampled": passes, "maj_at_k_sampled": majorities}
 
 
 def _majority_correct(answers: list[str | None], graded: GradedRecord, timeout_s: float) -> float:

@@ -50,14 +50,15 @@ def accuracy_table(summaries: list[RunSummary]) -> Table:
 
 def k_table(summaries: list[RunSummary]) -> Table:
     ks = sorted(
-        {k for s in summaries for d in (s.pass_at_k_tracks, s.pass_at_k_repeats) for k in d}
-        | {k for s in summaries for d in (s.maj_at_k_tracks, s.maj_at_k_repeats) for k in d}
+        {k for s in summaries for d in (s.pass_at_k_tracks, s.pass_at_k_repeats, s.pass_at_k_sampled) for k in d}
+        | {k for s in summaries for d in (s.maj_at_k_tracks, s.maj_at_k_repeats, s.maj_at_k_sampled) for k in d}
     )
     rows = []
     for s in summaries:
         for over, passes, majs in (
             ("tracks", s.pass_at_k_tracks, s.maj_at_k_tracks),
             ("repeats", s.pass_at_k_repeats, s.maj_at_k_repeats),
+            ("repeats, sampled (RAST)", s.pass_at_k_sampled, s.maj_at_k_sampled),
         ):
             if passes or majs:
                 rows.append([s.name, over] + [pct(passes.get(k)) for k in ks] + [pct(majs.get(k)) for k in ks])

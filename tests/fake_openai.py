@@ -27,6 +27,9 @@ class Reply:
     finish_reason: str = "stop"
     stop_reason: str | int | None = None
     top_logprobs: list[dict[str, float]] | None = None
+    # vLLM's prompt_logprobs as sent (whole responses only): per prompt token None or
+    # {"<token id>": {"logprob": float, "rank": int, "decoded_token": str}}.
+    prompt_logprobs: list[dict[str, dict[str, Any]] | None] | None = None
     prompt_tokens: int = 5
     status: int = 200
     error_message: str = "scripted failure"
@@ -196,6 +199,7 @@ def _full_response(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
                 "finish_reason": reply.finish_reason,
                 "stop_reason": reply.stop_reason,
                 "logprobs": _logprobs(reply, reply.token_list(), 0),
+                "prompt_logprobs": reply.prompt_logprobs,
             }
         )
     return {"object": "text_completion", "model": body.get("model"), "choices": choices, "usage": _usage(reply)}

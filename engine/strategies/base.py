@@ -71,7 +71,10 @@ class SolveContext:
 class StrategySpec:
     """A registered strategy. `roles` are the models it may call (each gets its flags),
     `needed_roles(settings)` those these settings call, beyond the policy's;
-    `check_prompts(settings, prompts)` refuses a prompt set that lacks what the settings need."""
+    `check_prompts(settings, prompts)` refuses a prompt set that lacks what the settings need.
+    `uses_tracks` False: it runs no tracks of the run's step policy, so neither the policy's roles
+    nor the answer model are needed. `server_args(settings)`: vLLM flags for the servers spectra
+    starts for it (RAST needs raw logprobs and a --max-logprobs)."""
 
     name: str
     description: str
@@ -81,3 +84,5 @@ class StrategySpec:
     needed_roles: Callable[[Any], tuple[str, ...]]
     solve: Callable[[SolveContext], Awaitable[ProblemRecord]]
     check_prompts: Callable[[Any, PromptSet], None] = lambda settings, prompts: None
+    uses_tracks: bool = True
+    server_args: Callable[[Any], tuple[str, ...]] = lambda settings: ()

@@ -18,13 +18,15 @@ CHATML = (
     "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
     "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+# The words a scripted RAST model writes, token by token (test_registry.py).
+WORDS = ("[UNK]", "<think>", "The", "answer", "is", "4", "<|im_end|>")
 FAST_LIMITS = ClientLimits(backoff_initial_s=0.01, backoff_max_s=0.02, max_attempts=2, stall_timeout_s=5.0)
 
 
 def chatml_tokenizer() -> PreTrainedTokenizerFast:
-    word_level = Tokenizer(models.WordLevel({"[UNK]": 0, "<think>": 1}, unk_token="[UNK]"))
+    word_level = Tokenizer(models.WordLevel(dict(zip(WORDS, range(len(WORDS)), strict=True)), unk_token="[UNK]"))
     word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", eos_token="<|im_end|>")
     tokenizer.chat_template = CHATML
     return tokenizer
 

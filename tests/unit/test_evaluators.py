@@ -19,7 +19,7 @@ from engine.results import (
     TrackRecord,
     append_record,
 )
-from evaluators import compare, summary
+from evaluators import compare, metrics, summary
 from evaluators.evaluate import main
 from evaluators.runs import load_run
 
@@ -411,6 +411,35 @@ def test_cli_usage_errors(spec_run, capsys):
     assert main([]) == 2
     assert "no run folder given" in capsys.readouterr().err
     assert main([str(spec_run), "--k", "0"]) == 2
+
+
+def test_rast_sampled_pass_and_majority_at_k_match_a_hand_computed_average(tmp_path):
+    # Two problems x 3 repeats. p1: right, wrong, wrong ("4" "5" "5"); p2: wrong, right, right ("9" "8" "8").
+    answers = {"p1": ("4", ["4", "5", "5"]), "p2": ("8", ["9", "8", "8"])}
+    records = [
+        record(p, r, ref, given[r], [track(0, given[r])], mode="rast")
+        for p, (ref, given) in answers.items()
+        for r in range(3)
+    ]
+    s = evaluate(write_run(tmp_path / "rast", records, mode="rast"))
+    picks = metrics.subsample_picks([0, 1, 2], 2)
+    correct = {p: [given[r] == ref for r in range(3)] for p, (ref, given) in answers.items()}
+    expected_pass = sum(sum(any(correct[p][r] for r in pick) for p in correct) / 2 for pick in picks) / len(picks)
+    assert s.pass_at_k_sampled[2] == pytest.approx(expected_pass)
+    # maj@3 is one pick of all three: p1 votes "5" (wrong), p2 votes "8" (right).
+    assert s.maj_at_k_sampled[3] == 0.5 and s.pass_at_k_sampled[3] == 1.0
+    # maj@1 and pass@1 agree: one repeat per pick.
+    assert s.maj_at_k_sampled[1] == s.pass_at_k_sampled[1]
+    assert s.accuracy_mean == pytest.approx(0.5)  # RAST's `average`, over all runs
+
+
+def test_subsample_picks_are_distinct_reproducible_and_whole_at_k_equal_n():
+    picks = metrics.subsample_picks(range(32), 4)
+    assert len(picks) == metrics.SUBSAMPLE_DRAWS and all(len(set(p)) == 4 for p in picks)
+    assert picks == metrics.subsample_picks(range(32), 4)
+    assert metrics.subsample_picks([3, 1, 2], 3) == [[1, 2, 3]]
+    with pytest.raises(ValueError):
+        metrics.subsample_picks([1, 2], 3)
 
 
 def with_concurrency(folder: Path, **concurrency) -> Path:

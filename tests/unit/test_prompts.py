@@ -159,7 +159,7 @@ def test_unknown_set_lists_the_available_ones():
         load_prompt_set("nosuchset")
     message = str(caught.value)
     assert "unknown prompt set 'nosuchset'" in message
-    assert "default, methods, roles" in message
+    assert "default, methods, rast, roles" in message
 
 
 @pytest.mark.parametrize(

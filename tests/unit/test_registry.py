@@ -3,9 +3,11 @@ runs one step (policies) or one problem (strategies) on the scripted fake server
 settings classes declare the same flag."""
 
 import dataclasses
+import itertools
 
 import pytest
 
+from benchmarks.sim_behaviour import markov_reply
 from engine.cli import SETTINGS_CLASSES
 from engine.config import ModelConfig, ReasoningConfig, RunConfig, Settings, check_unique_flags
 from engine.datasets import Problem
@@ -16,13 +18,25 @@ from engine.scheduler import Scheduler, WorkItem
 from engine.strategies import STRATEGIES
 from engine.track import track_messages
 from tests.fake_openai import FakeOpenAIServer, Reply
+from tests.unit.conftest import WORDS
 
 PROBLEM = Problem(id="p", problem="What is 2 + 2?", answer="4")
 PROMPTS = load_prompt_set("default")
 
 
+def answer_chain(model: str, previous: int) -> list[float]:
+    """A RAST model (requests of token ids) that writes "The answer is 4" and ends."""
+    following = {WORDS.index(a): WORDS.index(b) for a, b in itertools.pairwise(WORDS[2:])}
+    likely = following.get(previous, WORDS.index("The"))
+    return [-0.01 if token == likely else -8.0 for token in range(len(WORDS))]
+
+
 def any_request(body):
-    """A step that ends thinking with an answer; a high score for judge requests."""
+    """A step that ends thinking with an answer; a high score for judge requests; RAST's requests
+    answered by `answer_chain`."""
+    if body.get("return_tokens_as_token_ids"):
+        planned = markov_reply(body, answer_chain)
+        return Reply(tokens=planned.tokens, top_logprobs=planned.top_logprobs, prompt_logprobs=planned.prompt_logprobs)
     if body["max_tokens"] == 1:
         return Reply(text="9", top_logprobs=[{"9": -0.01, "1": -5.0}])
     return Reply(text="so \\boxed{4}", stop_reason="\n\n")
@@ -49,7 +63,7 @@ async def test_every_strategy_solves_one_problem_with_default_settings(make_mode
     spec = STRATEGIES[name]
     records = []
     async with FakeOpenAIServer(any_request) as server:
-        models = make_models(**{role: server for role in ("big", "small")})
+        models = make_models(**{role: server for role in spec.roles})
         config = RunConfig(
             runner="test",
             output_dir="unused",
