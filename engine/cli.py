@@ -43,9 +43,11 @@ from engine.strategies import STRATEGIES
 
 log = structlog.get_logger(__name__)
 
-TINY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "tiny-models"
-# The tiny demo models serve 4096 positions and write noise: keep their reasoning short.
-DEMO_REASONING = {"token_budget": 160, "max_step_tokens": 32, "answer_max_tokens": 32}
+TOY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "toy-models"
+# The demo: the trained toy pair on a handful of toy problems, whose solutions are ~10 steps of
+# ~10 tokens, so short budgets keep a runaway sample short.
+DEMO_REASONING = {"token_budget": 400, "max_step_tokens": 48, "answer_max_tokens": 24}
+DEMO_DATA = {"dataset_name": "toy", "problem_id": "0-5"}
 DEMO_SEARCH = {"num_iterations": 4}
 
 
@@ -159,7 +161,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         data,
         "dataset_name",
         help="preset (aime24, aime25, math500, gpqa_diamond; seeds' aime, math, gpqa), "
-        "a local .jsonl/.json/.parquet file, a Hugging Face id, or demo (default)",
+        "a local .jsonl/.json/.parquet file, a Hugging Face id, demo, or toy (default with the demo models)",
     )
     add_flag(data, "data_file", help="local copy of a preset's data")
     add_flag(data, "field", action="append", help="map a field to a column, e.g. problem=question (repeatable)")
@@ -222,7 +224,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(
         client, "max_model_len", type=int, help="context length of servers spectra starts (default: the model's own)"
     )
-    add_flag(client, "tiny_models_dir", help=f"where the tiny demo models are built (default {TINY_MODELS_DIR})")
+    add_flag(client, "toy_models_dir", help=f"where the demo's toy models are written (default {TOY_MODELS_DIR})")
     add_common_arguments(parser)
 
 
@@ -251,8 +253,8 @@ def _given(args: argparse.Namespace, cls: type, **overrides: Any) -> dict[str, A
 
 
 def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of `runner` from parsed flags; models left out mean the tiny demo models,
-    which only the demo data set may use."""
+    """The RunConfig of `runner` from parsed flags; models left out mean the demo: the trained toy
+    models, which only the toy and demo data sets may use (toy problems 0-5 unless told otherwise)."""
     if args.model is not None and runner in BOTH_MODEL_RUNNERS:
         raise UsageError(f"--model has no effect in {runner} (its tracks use both models); drop it")
     _refuse_split_flags_elsewhere(runner, args)
@@ -263,6 +265,10 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         setattr(args, f"{policy if policy in ('big', 'small') else 'big'}_model", args.model_name)
     if args.step_delimiter is not None:
         args.step_delimiter = shell_text(args.step_delimiter)
+    models = {role: _model_config(args, role) for role in MODEL_ROLES}
+    demo = not any(m.model for m in models.values())
+    if demo and args.dataset_name is None:
+        args.dataset_name, args.problem_id = DEMO_DATA["dataset_name"], args.problem_id or DEMO_DATA["problem_id"]
     dataset = args.dataset_name or "demo"
     shard = parse_shard(args.shard)
     normal_shard = f"{shard.index}/{shard.count}" if shard else None
@@ -270,19 +276,21 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         **_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ()), shard=normal_shard),
         **_repeats(runner, args),
     )
-    models = {role: _model_config(args, role) for role in MODEL_ROLES}
-    demo = not any(m.model for m in models.values())
     if demo:
-        if dataset != "demo":
+        if dataset not in ("toy", "demo"):
             raise UsageError(
                 f"--dataset_name {dataset} needs real models: give --big_model and --small_model "
-                "(the tiny random-weight models are only for --dataset_name demo)"
+                "(the toy demo models are only for --dataset_name toy or demo)"
             )
         strategy_settings = settings_from_flags(STRATEGIES[strategy].settings, args, plan)
         roles = [*POLICIES[policy].roles, *STRATEGIES[strategy].needed_roles(strategy_settings)]
-        models.update(_tiny_models(args, roles))
-        # The tiny models' limits beat a runner's defaults (SplitReason's 16384 tokens); flags beat both.
+        models.update(_demo_models(args, roles))
+        # The demo's limits beat a runner's defaults (SplitReason's 16384 tokens); flags beat both.
         plan = {**plan, **DEMO_REASONING, **DEMO_SEARCH}
+        if args.prompt_set is None and "prompt_set" not in plan:
+            # The toy models learned the seeds' wording on clean lines, not its indented form
+            # (engine/toy_weights/TRAINING.md).
+            args.prompt_set = "clean"
     config = RunConfig(
         runner=runner,
         output_dir=args.output_dir or _default_output_dir(runner, dataset, shard),
@@ -341,15 +349,16 @@ def _model_config(args: argparse.Namespace, role: str) -> ModelConfig:
     )
 
 
-def _tiny_models(args: argparse.Namespace, roles: list[str]) -> dict[str, ModelConfig]:
-    from engine.tiny_models import make_tiny_models
+def _demo_models(args: argparse.Namespace, roles: list[str]) -> dict[str, ModelConfig]:
+    """The demo's models: the trained toy pair, and a tiny random PRM when the run scores with one."""
     from engine.tiny_prm import make_tiny_prm, prm_server_args
+    from engine.toy_models import make_toy_models
 
     if any(getattr(args, f"{role}_url") for role in MODEL_ROLES):
         raise UsageError("--big_url/--small_url need --big_model/--small_model (the ids those servers serve)")
-    folder = Path(args.tiny_models_dir or TINY_MODELS_DIR)
-    tiny = make_tiny_models(folder)
-    models = {"big": ModelConfig(model=str(tiny.big)), "small": ModelConfig(model=str(tiny.small))}
+    folder = Path(args.toy_models_dir or TOY_MODELS_DIR)
+    toy = make_toy_models(folder)
+    models = {"big": ModelConfig(model=str(toy.big)), "small": ModelConfig(model=str(toy.small))}
     if "prm" in roles:
         prm = make_tiny_prm(folder)
         models["prm"] = ModelConfig(model=str(prm), server_args=prm_server_args(prm))
@@ -357,21 +366,32 @@ def _tiny_models(args: argparse.Namespace, roles: list[str]) -> dict[str, ModelC
 
 
 def format_summary(records: list[ProblemRecord]) -> str:
-    """Per problem: answer, steps kept and rewritten, tokens per model, seconds."""
+    """Per problem: answer, reference, right or wrong, steps kept and rewritten, tokens per model,
+    seconds; then the accuracy and the big model's share of the generated tokens."""
     header = (
         f"{'problem':<14}{'rep':>4}  {'answer':<14}{'ref':<10}{'ok':<4}{'kept':>5}{'rewr':>5}"
         f"{'small tok':>10}{'big tok':>9}{'sec':>8}"
     )
     lines = [header]
+    right, generated = 0, {"small": 0, "big": 0}
     for r in records:
         steps = [s for t in r.tracks for s in t.steps]
         kept = sum(1 for s in steps if s.accepted)
         rewritten = sum(1 for s in steps if s.accepted is False)
         tokens = {m: r.usage[m].completion_tokens if m in r.usage else 0 for m in ("small", "big")}
-        ok = "yes" if is_correct(r.answer, r.reference_answer, multiple_choice=r.is_multiple_choice) else "no"
+        correct = is_correct(r.answer, r.reference_answer, multiple_choice=r.is_multiple_choice)
+        right += bool(correct)
+        generated = {m: generated[m] + tokens[m] for m in generated}
+        ok = "yes" if correct else "no"
         lines.append(
             f"{r.problem_id[:13]:<14}{r.repeat_id:>4}  {str(r.answer)[:13]:<14}{str(r.reference_answer)[:9]:<10}"
             f"{ok:<4}{kept:>5}{rewritten:>5}{tokens['small']:>10}{tokens['big']:>9}{r.latency_s:>8.1f}"
+        )
+    if records:
+        total = sum(generated.values())
+        share = f"{generated['big'] / total:.0%}" if total else "-"
+        lines.append(
+            f"accuracy {right}/{len(records)} ({right / len(records):.0%}); big model's share of tokens {share}"
         )
     return "\n".join(lines)
 
@@ -429,7 +449,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.big_model or args.small_model:
         pairs = [(r, m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
     else:
-        pairs = [(role, m.model) for role, m in _tiny_models(args, ["big", "small"]).items()]
+        pairs = [(role, m.model) for role, m in _demo_models(args, ["big", "small"]).items()]
     specs = [ServerSpec(name=r, model=m, max_model_len=args.max_model_len or model_context_length(m)) for r, m in pairs]
 
     async def serve() -> None:
@@ -450,6 +470,14 @@ def _make_tiny_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_toy_models(args: argparse.Namespace) -> int:
+    from engine.toy_models import make_toy_models
+
+    toy = make_toy_models(Path(args.directory))
+    print(f"big\t{toy.big}\nsmall\t{toy.small}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = ArgumentParser(prog="spectra", description="Parallel, speculative LLM reasoning on vLLM.")
@@ -463,14 +491,17 @@ def main(argv: list[str] | None = None) -> int:
         add_flag(serve, f"{role}_model")
     add_flag(serve, "server_log_dir")
     add_flag(serve, "max_model_len", type=int, help="context length (default: each model's own)")
-    add_flag(serve, "tiny_models_dir")
+    add_flag(serve, "toy_models_dir")
     add_flag(serve, "big_url", action="append")
     add_flag(serve, "small_url", action="append")
     add_common_arguments(serve)
-    tiny = commands.add_parser("make-tiny-models", help="build the tiny random-weight models used by tests and demo")
+    tiny = commands.add_parser("make-tiny-models", help="build the tiny random-weight models the tests use")
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
     add_common_arguments(tiny)
+    toy = commands.add_parser("make-toy-models", help="write the trained toy models (the demo's) as model folders")
+    toy.add_argument("directory")
+    add_common_arguments(toy)
     if argv[:1] == ["eval"]:
         from evaluators.evaluate import main as evaluate
 
@@ -478,7 +509,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["run"]:
         return run_runner("spec", argv[1:], choose_runner=True)
     args = parser.parse_args(argv)
-    return _guarded(args, lambda: {"serve": _serve, "make-tiny-models": _make_tiny_models}[args.command](args))
+    return _guarded(
+        args,
+        lambda: {"serve": _serve, "make-tiny-models": _make_tiny_models, "make-toy-models": _make_toy_models}[
+            args.command
+        ](args),
+    )
 
 
 if __name__ == "__main__":

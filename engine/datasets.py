@@ -2,7 +2,8 @@
 
 `load_problems` takes a preset name (`aime24`, `aime25`, `amc23`, `math500`, `gpqa_diamond`,
 and the seeds' aliases `aime`, `math`, `gpqa`), a local `.jsonl` / `.json` / `.parquet`
-file, a hub id (`owner/name`, or `owner/name:config`), or `demo`. A preset reads the hub
+file, a hub id (`owner/name`, or `owner/name:config`), `demo`, or `toy` (the toy arithmetic task
+the trained toy models solve). A preset reads the hub
 unless given `data_file=`, a local copy it maps with its own field names. `select_problems`
 picks problems by the seeds' `--problem_id` syntax ("60-89", "60,62,70-72").
 """
@@ -33,6 +34,7 @@ DEFAULT_FIELDS: dict[str, tuple[str, ...]] = {
 CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 GPQA_OPTIONS = ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
 DEMO = "demo"
+TOY = "toy"
 
 Rows = list[dict[str, Any]]
 
@@ -79,6 +81,10 @@ def load_problems(
         if data_file is not None or split is not None or field_map:
             raise UsageError("the demo data set is built in; it takes no data file, --split or --field")
         problems = demo_problems()
+    elif dataset == TOY:
+        if data_file is not None or field_map:
+            raise UsageError("the toy data set is generated; it takes no data file or --field (--split test|train)")
+        problems = toy_problems(split or "test")
     elif (preset := PRESETS.get(ALIASES.get(dataset, dataset))) is not None:
         problems = _load_preset(preset, data_file, split, field_map)
     elif data_file is not None:
@@ -96,7 +102,7 @@ def load_problems(
         problems = _rows_to_problems(rows, DEFAULT_FIELDS, field_map, dataset)
     else:
         raise UsageError(
-            f"unknown data set {dataset!r}; presets: {', '.join([*PRESETS, *ALIASES, DEMO])}; "
+            f"unknown data set {dataset!r}; presets: {', '.join([*PRESETS, *ALIASES, DEMO, TOY])}; "
             "a local .jsonl/.json/.parquet file or a Hugging Face id (owner/name[:config]) also works"
         )
     log.info("problems_loaded", dataset=dataset, data_file=str(data_file) if data_file else None, count=len(problems))
@@ -181,6 +187,17 @@ def demo_problems() -> list[Problem]:
         ("What is the remainder when 2^20 is divided by 7?", pow(2, 20, 7)),
     ]
     return [Problem(id=str(i), problem=text, answer=str(answer)) for i, (text, answer) in enumerate(cases)]
+
+
+def toy_problems(split: str = "test") -> list[Problem]:
+    """The toy arithmetic task (engine/toy_task.py): `test`, the 500 held-out problems; `train`, 500
+    problems of the training seed (never one of the test problems)."""
+    from engine.toy_task import TEST_SIZE, held_out_problems, train_problems
+
+    if split not in ("test", "train"):
+        raise UsageError(f"the toy data set has splits test and train, not {split!r}")
+    generated = held_out_problems() if split == "test" else train_problems(TEST_SIZE)
+    return [Problem(id=str(i), problem=p.text, answer=str(p.answer)) for i, p in enumerate(generated)]
 
 
 def _load_preset(

@@ -15,6 +15,7 @@ from engine.run import ROLE_SERVER_ARGS
 from engine.servers import RunningServer, ServerSpec, serve_models
 from engine.tiny_models import TinyModels, make_tiny_models
 from engine.tiny_prm import make_tiny_prm, prm_server_args
+from engine.toy_models import ToyModels, make_toy_models
 
 HERE = Path(__file__).parent
 # Two CPU servers start in ~20-30 s on 2 cores; leave room for a loaded CI machine.
@@ -45,6 +46,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """The tiny big and small models, built once per session in a pytest temp dir."""
     return make_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def toy_models(tmp_path_factory: pytest.TempPathFactory) -> ToyModels:
+    """The trained toy pair (the demo's models), written once per session in a pytest temp dir."""
+    return make_toy_models(tmp_path_factory.mktemp("toy-models"))
 
 
 @pytest.fixture(scope="session")

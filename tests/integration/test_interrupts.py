@@ -182,10 +182,12 @@ async def test_ctrl_c_cancels_requests_keeps_finished_records_and_exits_130(vllm
     ],
     ids=["ctrl_c-while_the_servers_start", "ctrl_c-while_requests_run", "sigterm-while_the_servers_start"],
 )
-async def test_an_interrupt_stops_the_servers_spectra_started(sig, moment, vllm_servers, tmp_path, http, launch):
+async def test_an_interrupt_stops_the_servers_spectra_started(
+    sig, moment, vllm_servers, toy_models, tmp_path, http, launch
+):
     command = [
         *SPECTRA, "run",
-        "--tiny_models_dir", str(vllm_servers.models.small.parent),
+        "--toy_models_dir", str(toy_models.small.parent),
         "--server_log_dir", str(tmp_path / "server-logs"),
         "--output_dir", str(tmp_path / "run"), "--repeat_id", "0-9", "--no_progress", "--log_json",
     ]  # fmt: skip

@@ -158,14 +158,14 @@ def test_runner_command_line_runs_and_prints_a_summary(vllm_servers, tmp_path):
     assert [t.role for t in record.tracks] == ["careful_algebraist", "skeptical_verifier"]
 
 
-def test_the_demo_command_starts_its_own_servers_and_prints_a_summary(tiny_models, tmp_path):
+def test_the_demo_command_starts_its_own_servers_and_prints_a_summary(toy_models, tmp_path):
     command = [
         sys.executable,
         "-m",
         "engine.cli",
         "run",
-        "--tiny_models_dir",
-        str(tiny_models.big.parent),
+        "--toy_models_dir",
+        str(toy_models.big.parent),
         "--problem_id",
         "0",
         "--output_dir",
@@ -174,10 +174,12 @@ def test_the_demo_command_starts_its_own_servers_and_prints_a_summary(tiny_model
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    header, row, records_line = result.stdout.splitlines()
-    assert header.split()[:3] == ["problem", "rep", "answer"] and row.split()[0] == "0"
-    assert "1 new, 0 already done" in records_line
+    header, row, totals, records_line = result.stdout.splitlines()
+    assert header.split()[:5] == ["problem", "rep", "answer", "ref", "ok"] and row.split()[0] == "0"
     (record,) = read_records(tmp_path / "demo" / RECORDS_FILE).records
-    assert record.dataset == "demo" and record.tracks[0].mode == "spec"
+    assert record.dataset == "toy" and record.tracks[0].mode == "spec"
+    assert row.split()[2:4] == [str(record.answer), record.reference_answer]
+    assert totals.startswith("accuracy ") and "big model's share of tokens" in totals
+    assert "1 new, 0 already done" in records_line
     logs = sorted(p.name for p in (tmp_path / "demo" / "server-logs").iterdir())
     assert logs == ["big.log", "small.log"]

@@ -52,9 +52,9 @@ def test_runners_split_runs_each_mode(vllm_servers, tmp_path, mode):
         assert rounds and len(rounds[0]["scores"]) == 8 and all(score <= 0 for score in rounds[0]["scores"])
 
 
-def test_spectra_run_policy_random_switch_runs_on_the_demo(tiny_models, tmp_path):
+def test_spectra_run_policy_random_switch_runs_on_the_demo(toy_models, tmp_path):
     command = [sys.executable, "-m", "engine.cli", "run", "--policy", "random_switch", "--seed", "1"]
-    command += ["--tiny_models_dir", str(tiny_models.big.parent), "--problem_id", "0"]
+    command += ["--toy_models_dir", str(toy_models.big.parent), "--problem_id", "0"]
     command += ["--output_dir", str(tmp_path / "demo"), "--no_progress"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

