@@ -1,7 +1,7 @@
 """The `spectra` command and the runner scripts: flags -> RunConfig -> `engine.run.execute`.
 
-Each runner is one function in `RUNNERS` that turns its own flags into the track mode and
-the parallel settings; everything else is shared. Errors the user can fix end as one line on
+Each runner is a plan in `engine.runner_plans.RUNNERS` (its policy, strategy and default
+settings); everything else is shared. Errors the user can fix end as one line on
 stderr and exit code 2; Ctrl-C keeps finished records, stops the servers and exits 130.
 """
 
@@ -39,6 +39,15 @@ from engine.policies import POLICIES
 from engine.recipes import CONFIG_FLAG, parse_with_recipe
 from engine.results import ProblemRecord
 from engine.run import Shard, parse_shard, roles_needed
+from engine.runner_plans import (
+    BOTH_MODEL_RUNNERS,
+    RUNNERS,
+    SEARCH_APPROACHES,
+    SPLIT_MODES,
+    or_default,
+    refuse_split_flags_elsewhere,
+    repeat_ids,
+)
 from engine.strategies import STRATEGIES
 
 log = structlog.get_logger(__name__)
@@ -58,96 +67,6 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _or(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
-def _single_model(args: argparse.Namespace, default_tracks: int) -> dict[str, Any]:
-    model = _or(args.model, "big")
-    return {"policy": model, "answer_model": model, "selector_model": model, "tracks": default_tracks}
-
-
-# SplitReason's mode flags (its test_spec.py takes exactly one) -> the policy that runs the mode.
-SPLIT_MODES = {
-    "random_switch": "random_switch",
-    "logprob_subselect": "logprob_subselect",
-    "spec_reason": "spec_reason",
-    "big_model_only": "big",
-    "small_model_only": "small",
-}
-# SplitReason's defaults: --max_tokens 16384 in all; it sends no top_p (vLLM's default is 1).
-SPLIT_REASONING = {"token_budget": 16384, "top_p": 1.0}
-
-
-def _split_mode(args: argparse.Namespace) -> dict[str, Any]:
-    chosen = [flag for flag in SPLIT_MODES if getattr(args, flag)]
-    if len(chosen) != 1:
-        flags = ", ".join(f"--{flag}" for flag in SPLIT_MODES)
-        raise UsageError(f"runners.split takes exactly one mode flag of {flags}; got {len(chosen)}")
-    if args.policy:
-        raise UsageError(f"runners.split runs the policy of its mode flag (--{chosen[0]}): drop --policy")
-    if args.max_tokens is not None:
-        if args.token_budget not in (None, args.max_tokens):
-            raise UsageError("--max_tokens is SplitReason's name for --token_budget: give one of them")
-        args.token_budget = args.max_tokens
-    policy = SPLIT_MODES[chosen[0]]
-    single = {"answer_model": policy} if policy in ("big", "small") else {}
-    return {"policy": policy, "tracks": 1, **SPLIT_REASONING, **single}
-
-
-def _refuse_split_flags_elsewhere(runner: str, args: argparse.Namespace) -> None:
-    """SplitReason's mode flags mean something only to runners.split: elsewhere they are refused,
-    not ignored (the policy they name runs anywhere with --policy)."""
-    if RUNNERS[runner] is _split_mode:
-        return
-    for flag, policy in SPLIT_MODES.items():
-        if getattr(args, flag):
-            raise UsageError(f"--{flag} is a flag of runners.split; with runner {runner} use --policy {policy}")
-    # --max_tokens is declared by RAST's settings; runners.split reads it as SplitReason's budget
-    # and runners.search as search-and-learn's tokens per request.
-    if args.max_tokens is not None and runner not in ("rast", "search"):
-        raise UsageError(
-            f"--max_tokens is a flag of runners.split, search and rast; with runner {runner} use --token_budget"
-        )
-
-
-SEARCH_APPROACHES = ("best_of_n", "beam_search", "dvts")
-# search-and-learn: the small model writes (`model_path`), sampling at 0.8 / 1.0, its system prompt.
-SEARCH_PLAN = {
-    "policy": "small",
-    "answer_model": "small",
-    "temperature": 0.8,
-    "top_p": 1.0,
-    "max_step_tokens": 2048,
-    "prompt_set": "search",
-}
-
-
-def _search(args: argparse.Namespace) -> dict[str, Any]:
-    # search-and-learn's `--max_tokens` (per request) is spectra's `--max_step_tokens`; the flag
-    # `--max_tokens` itself belongs to RAST's settings (one flag, one settings class).
-    given = {"max_step_tokens": args.max_tokens} if args.max_tokens is not None else {}
-    return {**SEARCH_PLAN, "strategy": _or(args.approach, "best_of_n"), **given}
-
-
-# runner -> its policy and strategy, and the defaults it gives to flags the user left unset.
-RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "base": lambda a: _single_model(a, 1),
-    "spec": lambda a: {"policy": "spec", "tracks": 1},
-    # SpecLRM's runners vote as SpecLRM does; spec_scale_reason always runs its three role prompts.
-    "scale": lambda a: {**_single_model(a, 3), "aggregation": "speclrm"},
-    "spec_scale": lambda a: {"policy": "spec", "tracks": 3, "use_role_prompts": True, "aggregation": "speclrm"},
-    "spec_scale_methods": lambda a: {
-        "policy": "spec",
-        "method_num": 3,
-        "tracks": _or(a.method_num, 3),
-        "aggregation": "speclrm",
-    },
-    "search": _search,
-    # RAST runs no tracks: the policy is unused; its prompt set is RAST's plain prompt.
-    "rast": lambda a: {"policy": "big", "strategy": "rast", "prompt_set": "rast"},
-    "split": _split_mode,
-}
 # Every settings class whose fields are flags; an import-time check keeps one meaning per flag.
 SETTINGS_CLASSES = [ReasoningConfig, SchedulerLimits] + [s.settings for s in (*POLICIES.values(), *STRATEGIES.values())]
 check_unique_flags(SETTINGS_CLASSES)
@@ -244,7 +163,6 @@ def shell_text(value: str) -> str:
 
 
 # Runners whose tracks use both models: --model (which single model reasons) means nothing there.
-BOTH_MODEL_RUNNERS = ("spec", "spec_scale", "spec_scale_methods")
 
 
 def _given(args: argparse.Namespace, cls: type, **overrides: Any) -> dict[str, Any]:
@@ -257,10 +175,10 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
     models, which only the toy and demo data sets may use (toy problems 0-5 unless told otherwise)."""
     if args.model is not None and runner in BOTH_MODEL_RUNNERS:
         raise UsageError(f"--model has no effect in {runner} (its tracks use both models); drop it")
-    _refuse_split_flags_elsewhere(runner, args)
+    refuse_split_flags_elsewhere(runner, args)
     plan = RUNNERS[runner](args)
-    policy = _or(args.policy, plan.pop("policy"))
-    strategy = _or(args.strategy, plan.pop("strategy", "vote"))
+    policy = or_default(args.policy, plan.pop("policy"))
+    strategy = or_default(args.strategy, plan.pop("strategy", "vote"))
     if args.model_name:
         setattr(args, f"{policy if policy in ('big', 'small') else 'big'}_model", args.model_name)
     if args.step_delimiter is not None:
@@ -274,7 +192,7 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
     normal_shard = f"{shard.index}/{shard.count}" if shard else None
     data = DataConfig(
         **_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ()), shard=normal_shard),
-        **_repeats(runner, args),
+        **repeat_ids(runner, args),
     )
     if demo:
         if dataset not in ("toy", "demo"):
@@ -311,27 +229,6 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
     for role in roles_needed(config):
         config.model(role)
     return config
-
-
-# In SpecLRM's scripts `--repeat_id N` means N repeats (ids 0 to N-1); in spectra and SpecReason
-# it names repeat ids. A single number in these runners could mean either, so it is refused.
-SPECLRM_RUNNERS = ("base", "scale", "spec_scale", "spec_scale_methods")
-
-
-def _repeats(runner: str, args: argparse.Namespace) -> dict[str, str]:
-    if args.num_repeats is not None:
-        if args.repeat_id is not None:
-            raise UsageError("give --num_repeats or --repeat_id, not both")
-        if args.num_repeats < 1:
-            raise UsageError(f"--num_repeats must be at least 1, not {args.num_repeats}")
-        return {"repeat_id": f"0-{args.num_repeats - 1}"}
-    given = (args.repeat_id or "").strip()
-    if runner in SPECLRM_RUNNERS and given.isascii() and given.isdigit():
-        raise UsageError(
-            f"--repeat_id {given} is ambiguous here (SpecLRM's scripts read it as {given} repeats): "
-            f"use --num_repeats N for N repeats, or --repeat_id {given}-{given} for the repeat with id {given}"
-        )
-    return {}
 
 
 def _default_output_dir(runner: str, dataset: str, shard: Shard | None) -> str:
