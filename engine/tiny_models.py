@@ -75,7 +75,7 @@ class TinyModels:
 
 @dataclass(frozen=True)
 class TinySize:
-    """Shape of one tiny Qwen2 model; head_dim is 64 because vLLM's CPU attention rejects 16."""
+    """Shape of one small Qwen2 model (tiny or toy); head_dim is 64 because vLLM's CPU attention rejects 16."""
 
     hidden: int
     heads: int
@@ -146,8 +146,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def qwen2_config(tokenizer: PreTrainedTokenizerFast, size: TinySize, **extra: object):
-    """The Qwen2 config of a tiny model of `size` over `tokenizer` (float32 weights)."""
+def qwen2_config(
+    tokenizer: PreTrainedTokenizerFast, size: TinySize, *, positions: int = MAX_POSITIONS, **extra: object
+):
+    """The Qwen2 config of a model of `size` over `tokenizer` (float32 weights, `positions` RoPE positions)."""
     from transformers import Qwen2Config
 
     return Qwen2Config(
@@ -158,7 +160,7 @@ def qwen2_config(tokenizer: PreTrainedTokenizerFast, size: TinySize, **extra: ob
         num_attention_heads=size.heads,
         num_key_value_heads=size.kv_heads,
         head_dim=size.hidden // size.heads,
-        max_position_embeddings=MAX_POSITIONS,
+        max_position_embeddings=positions,
         max_window_layers=size.layers,
         bos_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,

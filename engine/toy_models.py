@@ -9,12 +9,15 @@ digit, `<think>`/`</think>` are non-special added tokens and the chat template i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from engine.tiny_models import TinySize
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -44,21 +47,10 @@ SERVED_CHAT_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class ToySize:
-    """Shape of one toy model; head_dim is 64 because vLLM's CPU attention rejects 16."""
-
-    hidden: int
-    heads: int
-    kv_heads: int
-    layers: int
-    intermediate: int
-
-
 # The small model is weaker by design: fewer, narrower layers (and less training).
 SIZES = {
-    "big": ToySize(hidden=256, heads=4, kv_heads=2, layers=6, intermediate=768),
-    "small": ToySize(hidden=192, heads=3, kv_heads=1, layers=3, intermediate=512),
+    "big": TinySize(hidden=256, heads=4, kv_heads=2, layers=6, intermediate=768),
+    "small": TinySize(hidden=192, heads=3, kv_heads=1, layers=3, intermediate=512),
 }
 
 
@@ -68,25 +60,11 @@ class ToyModels:
     big: Path
 
 
-def qwen2_config(size: ToySize, tokenizer: PreTrainedTokenizerFast):
-    from transformers import Qwen2Config
+def toy_config(name: str, tokenizer: PreTrainedTokenizerFast):
+    """The Qwen2 config of the toy model `name` (the training script builds the same)."""
+    from engine.tiny_models import qwen2_config
 
-    return Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=size.hidden,
-        intermediate_size=size.intermediate,
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.heads,
-        num_key_value_heads=size.kv_heads,
-        head_dim=size.hidden // size.heads,
-        max_position_embeddings=MAX_POSITIONS,
-        max_window_layers=size.layers,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        dtype="float32",
-    )
+    return qwen2_config(tokenizer, SIZES[name], positions=MAX_POSITIONS, tie_word_embeddings=True)
 
 
 def make_toy_models(out_dir: Path) -> ToyModels:
@@ -100,14 +78,15 @@ def make_toy_models(out_dir: Path) -> ToyModels:
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(TOKENIZER_DIR)
     tokenizer.chat_template = SERVED_CHAT_TEMPLATE
-    for name, size in SIZES.items():
-        _write_model(getattr(models, name), name, size, tokenizer, stamp)
+    for name in SIZES:
+        _write_model(getattr(models, name), name, tokenizer, stamp)
     return models
 
 
 def _stamp() -> dict:
-    """What a built folder must match to be reused: the format and the shipped weights' sizes."""
-    weights = {name: (WEIGHTS_DIR / f"{name}.safetensors").stat().st_size for name in SIZES}
+    """What a built folder must match to be reused: the format and the shipped weights' digests
+    (retrained weights have the same sizes)."""
+    weights = {name: hashlib.sha256((WEIGHTS_DIR / f"{name}.safetensors").read_bytes()).hexdigest() for name in SIZES}
     return {
         "format": FORMAT_VERSION,
         "weights": weights,
@@ -122,12 +101,12 @@ def _marker(model_dir: Path) -> dict | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
-def _write_model(model_dir: Path, name: str, size: ToySize, tokenizer: PreTrainedTokenizerFast, stamp: dict) -> None:
+def _write_model(model_dir: Path, name: str, tokenizer: PreTrainedTokenizerFast, stamp: dict) -> None:
     import torch
     from safetensors.torch import load_file
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
-    config = qwen2_config(size, tokenizer)
+    config = toy_config(name, tokenizer)
     model = Qwen2ForCausalLM(config)
     state = {k: v.to(torch.float32) for k, v in load_file(WEIGHTS_DIR / f"{name}.safetensors").items()}
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -28,7 +28,7 @@ FINAL_CHUNK = "</think>\n\\boxed{{{answer}}}"
 
 # (verb in the problem, symbol in the step)
 OPERATIONS = {"add": ("Add", "+"), "sub": ("Subtract", "-"), "mul": ("Multiply by", "*"), "div": ("Divide by", "/")}
-STEP_PATTERN = re.compile(r"^(\d+) ([-+*/]) (\d+) = (-?\d+)$")
+STEP_PATTERN = re.compile(r"^(-?\d+) ([-+*/]) (\d+) = (-?\d+)$")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ ONE_LINE_PROBLEM = (
 )
 SCORE_PARAPHRASE = "Is the last reasoning step correct? Rate it from 0 (wrong) to 9 (correct)."
 RIGHT, WRONG = "9", "0"
+# The served template's generation prompt ends with `<think>\n` (and it writes an earlier assistant
+# turn's `<think>` that way); the seeds' continuation after steps is `<think>` + the steps.
+GENERATION_THINK, SEED_THINK = "<think>\n", "<think>"
 JUDGE_WEIGHT = 8.0
 CHUNK = 4096
 
@@ -62,11 +65,12 @@ def load_texts(prompts_dir: Path) -> dict:
     import yaml
 
     default = yaml.safe_load((prompts_dir / "default" / "templates.yaml").read_text())
+    clean = yaml.safe_load((prompts_dir / "clean" / "templates.yaml").read_text())
     roles = yaml.safe_load((prompts_dir / "roles" / "roles.yaml").read_text())
     methods = yaml.safe_load((prompts_dir / "methods" / "methods.yaml").read_text())
-    today = default["problem"].replace("{{", "{").replace("}}", "}")
     problem_templates = [
-        today,
+        default["problem"].replace("{{", "{").replace("}}", "}"),
+        clean["problem"].replace("{{", "{").replace("}}", "}"),
         SPECREASON_PROBLEM,
         ONE_LINE_PROBLEM + "\nProblem: {problem}",
         ONE_LINE_PROBLEM + "\n\n{problem}",
@@ -86,24 +90,62 @@ def load_texts(prompts_dir: Path) -> dict:
 
 
 def problem_message(problem: ToyProblem, texts: dict, rng: random.Random) -> str:
-    templates = texts["problem_templates"]
-    template = templates[0] if rng.random() < 0.35 else rng.choice(templates)
+    templates, draw = texts["problem_templates"], rng.random()
+    # The two prompt sets users run (`default`, the seeds' indented text, and `clean`) most often.
+    template = templates[0] if draw < 0.35 else templates[1] if draw < 0.6 else rng.choice(templates)
     text = template.replace("{problem}", problem.text)
     if rng.random() < 0.3:
         text = f"{rng.choice(texts['instructions']).strip()}\n\n{text}"
     return text
 
 
-def solution_example(problem: ToyProblem, chat: ChatFormat, texts: dict, rng: random.Random) -> list:
-    """Segments (text, weight) of one solved problem, prompt first (weight 0)."""
+def solution_example(
+    problem: ToyProblem, chat: ChatFormat, texts: dict, rng: random.Random, slip_rate: float = 0.0
+) -> list:
+    """Segments (text, weight) of one solved problem, prompt first (weight 0). With `slip_rate`, each
+    step's result has a slipped digit with that probability (the small model's training data)."""
     messages = [Message("user", problem_message(problem, texts, rng))]
-    if rng.random() < 0.75:
-        return [(chat.render(messages, chat.think_prefix), 0.0), (problem.solution() + "<|im_end|>", 1.0)]
-    # The older loop's answer request: thinking closed (or the answer prompt), then \boxed{N}.
-    reasoning = "".join(step + "\n\n" for step in problem.steps())
+    steps, answer = slipped_solution(problem, rng, slip_rate)
+    chunks = [*steps, f"</think>\n\\boxed{{{answer}}}"]
+    if rng.random() < 0.9:
+        # As SpecReason's loop asks: the first step after the template's generation prompt
+        # (`<think>\n`), a later one after `<think>` and the steps so far, each followed by "\n\n".
+        done = 0 if rng.random() < 0.4 else rng.randrange(1, len(chunks))
+        opening = GENERATION_THINK if done == 0 else SEED_THINK + "".join(c + "\n\n" for c in chunks[:done])
+        return [(chat.render(messages, opening), 0.0), ("\n\n".join(chunks[done:]) + "<|im_end|>", 1.0)]
+    # The answer request of `--answer_phase`: thinking closed (or the answer prompt), then \boxed{N}.
+    reasoning = "".join(step + "\n\n" for step in steps)
     closing = rng.choice(["</think>\n\n", texts["answer"], "\n\n" + texts["answer"]])
-    prompt = chat.render(messages, chat.think_prefix + reasoning + closing)
-    return [(prompt, 0.0), (f"\\boxed{{{problem.answer}}}<|im_end|>", 1.0)]
+    prompt = chat.render(messages, SEED_THINK + reasoning + closing)
+    return [(prompt, 0.0), (f"\\boxed{{{answer}}}<|im_end|>", 1.0)]
+
+
+def slipped_solution(problem: ToyProblem, rng: random.Random, slip_rate: float) -> tuple[list[str], int]:
+    """The steps and the answer, where each step's result slips one digit with probability
+    `slip_rate` and the steps after it go on from the value written.
+
+    Slips are the small model's mistakes by design: they are random, so its samples disagree and
+    voting helps (a model that errs by lack of capacity errs the same way every time), and they
+    change the last digit, or sometimes the tens, by one, so they survive sampling at temperature
+    0.6 with top-p 0.95 (the mass of the wrong digit sits on two tokens, not ten)."""
+    value, steps = problem.start, []
+    for kind, operand in problem.operations:
+        result = apply(kind, value, operand)
+        if rng.random() < slip_rate:
+            result = slip_digit(result, rng)
+        steps.append(format_step(value, kind, operand, result))
+        value = result
+    return steps, value
+
+
+def slip_digit(value: int, rng: random.Random) -> int:
+    """`value` with its last digit (in 70% of cases, else its tens digit when it has one) moved by
+    one, without carrying: 139 -> 138 or 130; 139 -> 129 or 149."""
+    digits = list(str(abs(value)))
+    at = len(digits) - 2 if len(digits) > 1 and rng.random() >= 0.7 else len(digits) - 1
+    digits[at] = str((int(digits[at]) + rng.choice((-1, 1))) % 10)
+    slipped = int("".join(digits))
+    return -slipped if value < 0 else slipped
 
 
 def judge_example(problem: ToyProblem, chat: ChatFormat, texts: dict, rng: random.Random) -> list:
@@ -116,7 +158,7 @@ def judge_example(problem: ToyProblem, chat: ChatFormat, texts: dict, rng: rando
     index = rng.randrange(len(steps))
     step = steps[index] if rng.random() < 0.5 else corrupt_step(problem, steps[:index], rng)
     right = judge_label(problem, steps[:index], step)
-    reasoning = chat.think_prefix + "\n\n".join([*steps[:index], step]) + ("\n\n" if rng.random() < 0.5 else "")
+    reasoning = GENERATION_THINK + "\n\n".join([*steps[:index], step]) + ("\n\n" if rng.random() < 0.5 else "")
     messages = [
         Message("user", problem_message(problem, texts, rng)),
         Message("assistant", reasoning),
@@ -156,6 +198,8 @@ def corrupt_step(problem: ToyProblem, previous: list[str], rng: random.Random) -
     how = rng.random()
     if how < 0.08:
         return f"</think>\n\\boxed{{{left}}}"
+    if how < 0.4:  # the small model's own kind of mistake
+        return format_step(left, kind, operand, slip_digit(apply(kind, left, operand), rng))
     if how < 0.65:
         return format_step(left, kind, operand, _wrong_number(apply(kind, left, operand), rng))
     if how < 0.78 and kind != "div":
@@ -209,7 +253,7 @@ def _build_chunk(job: tuple) -> list:
     """Examples `chunk*CHUNK ...` of a seeded stream, as (token ids, weights) lists."""
     import numpy as np
 
-    role, seed, chunk, judge_share, excluded = job
+    role, seed, chunk, judge_share, slip_rate, excluded = job
     rng = random.Random(f"{role}-{seed}-{chunk}")
     stream = problem_stream(TRAIN_SEED * 1000 + seed * 100_000 + chunk + SETTINGS[role].get("problem_offset", 0))
     chat, texts, tokenizer = _WORKER["chat"], _WORKER["texts"], _WORKER["tokenizer"]
@@ -218,8 +262,10 @@ def _build_chunk(job: tuple) -> list:
         problem = next(stream)
         if problem.text in excluded:
             continue
-        make = judge_example if rng.random() < judge_share else solution_example
-        examples.append(make(problem, chat, texts, rng))
+        if rng.random() < judge_share:
+            examples.append(judge_example(problem, chat, texts, rng))
+        else:
+            examples.append(solution_example(problem, chat, texts, rng, slip_rate))
     flat = [text for segments in examples for text, _ in segments]
     encoded = iter(tokenizer(flat, add_special_tokens=False)["input_ids"])
     out = []
@@ -234,9 +280,10 @@ def _build_chunk(job: tuple) -> list:
     return out
 
 
-def build_data(role: str, seed: int, count: int, judge_share: float, tokenizer_dir: Path, prompts_dir: Path) -> list:
+def build_data(settings: dict, role: str, seed: int, tokenizer_dir: Path, prompts_dir: Path) -> list:
     excluded = frozenset(p.text for p in held_out_problems()) | frozenset(p.text for p in dev_problems())
-    jobs = [(role, seed, c, judge_share, excluded) for c in range(math.ceil(count / CHUNK))]
+    count, shares = settings["examples"], (settings["judge_share"], settings.get("slip_rate", 0.0))
+    jobs = [(role, seed, c, *shares, excluded) for c in range(math.ceil(count / CHUNK))]
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(max(1, (os.cpu_count() or 2) // 2), _init_worker, (str(tokenizer_dir), str(prompts_dir))) as pool:
         chunks = pool.map(_build_chunk, jobs)
@@ -256,8 +303,8 @@ def dev_problems(count: int = 256) -> list[ToyProblem]:
 # ---- training ----
 
 SETTINGS = {
-    # steps, batch, distinct examples (repeated in epochs), peak lr, evaluate every (small: stop at the
-    # first checkpoint past `stop_accuracy`)
+    # steps, batch, distinct examples (repeated in epochs), peak lr, share of judging examples,
+    # evaluate on the dev problems every so many steps
     "big": {"model": "big", "steps": 6000, "batch": 192, "examples": 576_000, "lr": 1.5e-3, "judge_share": 0.45},
     # Second stage of the big model, from the first's weights: mostly the scoring conversation.
     "big_judge": {
@@ -269,16 +316,28 @@ SETTINGS = {
         "judge_share": 0.65,
         "problem_offset": 50_000,
     },
+    # Third stage, from the second's weights: the `default` prompt set's indented wording, and more
+    # judging of the small model's kind of mistake (a slipped digit).
+    "big_retune": {
+        "model": "big",
+        "steps": 2000,
+        "batch": 192,
+        "examples": 240_000,
+        "lr": 4e-4,
+        "judge_share": 0.5,
+        "problem_offset": 90_000,
+    },
+    # Trained to its capacity on solutions whose results slip a digit at `slip_rate` a step: its
+    # mistakes are random, not systematic (see `slipped_solution`).
     "small": {
         "model": "small",
-        "steps": 5000,
+        "steps": 4000,
         "batch": 128,
-        "examples": 640_000,
+        "examples": 512_000,
         "lr": 1.5e-3,
         "judge_share": 0.0,
-        "eval_every": 100,
-        "stop_accuracy": 0.45,
-        "ship_accuracy": 0.35,
+        "slip_rate": 0.4,
+        "eval_every": 500,
     },
 }
 
@@ -301,10 +360,10 @@ def new_model(role: str, tokenizer, seed: int):
     import torch
     from transformers import Qwen2ForCausalLM
 
-    from engine.toy_models import SIZES, qwen2_config
+    from engine.toy_models import toy_config
 
     torch.manual_seed(seed)
-    config = qwen2_config(SIZES[role], tokenizer)
+    config = toy_config(role, tokenizer)
     config._attn_implementation = "eager"
     return Qwen2ForCausalLM(config)
 
@@ -339,7 +398,7 @@ def train(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
     started = time.monotonic()
-    data = build_data(args.role, args.seed, settings["examples"], settings["judge_share"], args.tokenizer, args.prompts)
+    data = build_data(settings, args.role, args.seed, args.tokenizer, args.prompts)
     log(args.role, "data", examples=len(data), seconds=round(time.monotonic() - started, 1))
     if args.init:
         model = load_model(settings["model"], tokenizer, Path(args.init), args.device).train()
@@ -361,7 +420,7 @@ def train(args: argparse.Namespace) -> None:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     dev = dev_problems()
-    history, kept = [], {}
+    history = []
     step = 0
     for step, (ids, weights, mask) in enumerate(
         batches(data, settings["batch"], steps, args.seed, tokenizer.pad_token_id, args.device)
@@ -386,16 +445,13 @@ def train(args: argparse.Namespace) -> None:
             accuracy = solve_accuracy(model, tokenizer, dev, temperature=0.6, seed=args.seed)
             history.append({"step": step + 1, "dev_accuracy_t06": accuracy})
             log(args.role, "eval", step=step + 1, accuracy=accuracy)
-            kept[step + 1] = (step + 1, accuracy, bf16_state(model))
-            if accuracy >= settings["stop_accuracy"]:
-                break
         if args.stop_at and step + 1 >= args.stop_at:
             break
         if time.monotonic() - started > args.max_seconds:
             log(args.role, "time_guard", stopped_after_step=step + 1)
             break
     meta = {"settings": settings, "init": args.init, "steps_done": step + 1, "history": history}
-    save_outputs(settings["model"], model, kept, out, meta)
+    save_outputs(settings["model"], model, out, meta)
 
 
 def bf16_state(model) -> dict:
@@ -406,22 +462,11 @@ def bf16_state(model) -> dict:
     }
 
 
-def save_outputs(role: str, model, kept: dict, out: Path, meta: dict) -> None:
-    """The shipped weights: big's last state; small's checkpoint nearest `ship_accuracy` on the dev
-    problems (and the one before and after it, to compare)."""
+def save_outputs(role: str, model, out: Path, meta: dict) -> None:
+    """The last state, in bf16 (what ships), and the run's settings and history."""
     from safetensors.torch import save_file
 
-    final = bf16_state(model)
-    if role == "small" and kept:
-        target = meta["settings"]["ship_accuracy"]
-        steps = sorted(kept)
-        chosen = min(steps, key=lambda s: (abs(kept[s][1] - target), s))
-        meta["shipped"] = {"step": chosen, "dev_accuracy_t06": kept[chosen][1]}
-        at = steps.index(chosen)
-        for neighbour in steps[max(0, at - 1) : at] + steps[at + 1 : at + 2]:
-            save_file(kept[neighbour][2], str(out / f"small_step{neighbour}.safetensors"))
-        final = kept[chosen][2]
-    save_file(final, str(out / f"{role}.safetensors"))
+    save_file(bf16_state(model), str(out / f"{role}.safetensors"))
     (out / f"{role}_meta.json").write_text(json.dumps(meta, indent=1))
 
 
@@ -432,10 +477,11 @@ def log(role: str, event: str, **fields) -> None:
 # ---- in-process evaluation (GPU) ----
 
 
-def solve_prompts(problems: list[ToyProblem], tokenizer) -> list[str]:
+def solve_prompts(problems: list[ToyProblem], tokenizer, template: int = 0) -> list[str]:
+    """First requests of SpecReason's loop; `template` 0 is the `default` prompt set, 1 `clean`."""
     chat = ChatFormat(tokenizer, thinking=True)
-    template = load_texts(PROMPTS_DEFAULT)["problem_templates"][0]
-    return [chat.render([Message("user", template.replace("{problem}", p.text))], chat.think_prefix) for p in problems]
+    text = load_texts(PROMPTS_DEFAULT)["problem_templates"][template]
+    return [chat.render([Message("user", text.replace("{problem}", p.text))], GENERATION_THINK) for p in problems]
 
 
 PROMPTS_DEFAULT = REPO / "prompts"
@@ -470,9 +516,28 @@ def boxed(text: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def solve_accuracy(model, tokenizer, problems: list[ToyProblem], *, temperature: float, seed: int) -> float:
-    texts = generate(model, tokenizer, solve_prompts(problems, tokenizer), temperature=temperature, seed=seed)
+def solve_accuracy(
+    model, tokenizer, problems: list[ToyProblem], *, temperature: float, seed: int, template: int = 0
+) -> float:
+    prompts = solve_prompts(problems, tokenizer, template)
+    texts = generate(model, tokenizer, prompts, temperature=temperature, seed=seed)
     return sum(boxed(t) == p.answer for p, t in zip(problems, texts, strict=True)) / len(problems)
+
+
+def vote_accuracy(model, tokenizer, problems: list[ToyProblem], *, tracks: int, seed: int) -> dict:
+    """Accuracy of one sample and of the majority of `tracks` samples at temperature 0.6."""
+    from collections import Counter
+
+    prompts = [p for p in solve_prompts(problems, tokenizer) for _ in range(tracks)]
+    answers = [boxed(t) for t in generate(model, tokenizer, prompts, temperature=0.6, seed=seed)]
+    per_problem = [answers[i * tracks : (i + 1) * tracks] for i in range(len(problems))]
+    single = sum(a == p.answer for p, got in zip(problems, per_problem, strict=True) for a in got)
+    voted = sum(
+        Counter(a for a in got if a is not None).most_common(1)[0][0] == p.answer
+        for p, got in zip(problems, per_problem, strict=True)
+        if any(a is not None for a in got)
+    )
+    return {"single": single / len(answers), f"majority_of_{tracks}": voted / len(problems)}
 
 
 def judge_scores(big, tokenizer, conversations: list) -> list[float]:
@@ -485,7 +550,7 @@ def judge_scores(big, tokenizer, conversations: list) -> list[float]:
     prompts = []
     for problem, previous, step in conversations:
         user = texts["problem_templates"][0].replace("{problem}", problem.text)
-        reasoning = chat.think_prefix + "\n\n".join([*previous, step]) + "\n\n"
+        reasoning = GENERATION_THINK + "\n\n".join([*previous, step]) + "\n\n"
         messages = [Message("user", user), Message("assistant", reasoning), Message("user", texts["score"][0])]
         prompts.append(chat.render(messages, texts["score_prefix"][0]))
     tokenizer.padding_side = "left"
@@ -518,28 +583,33 @@ def load_model(role: str, tokenizer, weights: Path, device: str):
 
 
 def evaluate(args: argparse.Namespace) -> None:
+    """Accuracy on the held-out problems with the `default` and `clean` wordings, voting, and the
+    judge's separation of each small model's steps; every `small*.safetensors` beside `big`."""
     from transformers import PreTrainedTokenizerFast
 
     set_deterministic(0)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(args.tokenizer)
     weights = Path(args.weights)
     problems = held_out_problems()[: args.count]
-    metrics = {}
+
+    def accuracies(model) -> dict:
+        return {
+            "greedy": solve_accuracy(model, tokenizer, problems, temperature=0.0, seed=1),
+            "t06": solve_accuracy(model, tokenizer, problems, temperature=0.6, seed=1),
+            "t06_clean": solve_accuracy(model, tokenizer, problems, temperature=0.6, seed=1, template=1),
+        }
+
     big = load_model("big", tokenizer, weights / "big.safetensors", args.device)
+    metrics = {"big": accuracies(big)}
+    log("big", "evaluated", **metrics["big"])
     for name in sorted(p.name for p in weights.glob("small*.safetensors")):
         small = load_model("small", tokenizer, weights / name, args.device)
         metrics[name] = {
-            "greedy": solve_accuracy(small, tokenizer, problems, temperature=0.0, seed=1),
-            "t06": solve_accuracy(small, tokenizer, problems, temperature=0.6, seed=1),
+            **accuracies(small),
+            **vote_accuracy(small, tokenizer, problems, tracks=8, seed=3),
+            "judge": judge_metrics(big, small, tokenizer, problems),
         }
-        if name == "small.safetensors":
-            metrics["judge"] = judge_metrics(big, small, tokenizer, problems)
         log("small", "evaluated", weights=name, **metrics[name])
-    metrics["big"] = {
-        "greedy": solve_accuracy(big, tokenizer, problems, temperature=0.0, seed=1),
-        "t06": solve_accuracy(big, tokenizer, problems, temperature=0.6, seed=1),
-    }
-    log("all", "metrics", **metrics)
     (weights / "metrics.json").write_text(json.dumps(metrics, indent=1))
 
 
@@ -608,6 +678,7 @@ def main() -> None:
     tr.add_argument("--steps", type=int)
     tr.add_argument("--batch", type=int)
     tr.add_argument("--examples", type=int)
+    tr.add_argument("--slip_rate", type=float, help="the small model's chance of a slipped digit a step")
     tr.add_argument("--stop_at", type=int, help="stop after this step (reproduces a run the time guard cut)")
     tr.add_argument("--max_seconds", type=float, default=1e9)
     tr.add_argument("--device", default="cuda")
