@@ -261,17 +261,20 @@ def _vllm_sample(logprobs: Sequence[float], temperature: float, top_k: int, rng:
 def _prompt_logprobs(
     model: str, ids: list[int], k: int, logprobs_after: Callable[[str, int], Sequence[float]]
 ) -> list[dict[str, dict[str, Any]] | None]:
-    """vLLM's prompt_logprobs: None for the first token, then the top-k and the prompt token itself."""
-    positions: list[dict[str, dict[str, Any]] | None] = [None]
-    for previous, token in itertools.pairwise(ids):
-        logprobs = tuple(logprobs_after(model, previous))
-        entry = dict(_top_entries(logprobs, k))
-        if str(token) not in entry:
-            entry[str(token)] = {"logprob": logprobs[token], "rank": _ranked(logprobs).index(token) + 1}
-        positions.append(entry)
-    return positions
+    """vLLM's prompt_logprobs: None for the first token, then the top-k and the prompt token itself.
+    A position's entry is a shared, cached dict (read it, never change it): a scoring request sends
+    the whole prefix again every chunk, and rebuilding it was most of the sim's CPU."""
+    positions = (
+        _prompt_position(tuple(logprobs_after(model, previous)), token, k)
+        for previous, token in itertools.pairwise(ids)
+    )
+    return [None, *positions]
 
 
 @functools.lru_cache(maxsize=65536)
-def _top_entries(logprobs: tuple[float, ...], k: int) -> dict[str, dict[str, Any]]:
-    return {str(t): {"logprob": logprobs[t], "rank": r + 1} for r, t in enumerate(_ranked(logprobs)[:k])}
+def _prompt_position(logprobs: tuple[float, ...], token: int, k: int) -> dict[str, dict[str, Any]]:
+    ranked = _ranked(logprobs)
+    entry = {str(t): {"logprob": logprobs[t], "rank": r + 1} for r, t in enumerate(ranked[:k])}
+    if str(token) not in entry:
+        entry[str(token)] = {"logprob": logprobs[token], "rank": ranked.index(token) + 1}
+    return entry
