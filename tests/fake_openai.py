@@ -41,6 +41,8 @@ class Reply:
     malformed: bool = False
     error_event: dict[str, Any] | None = None
     raw_event: bytes | None = None
+    # A whole answer's body as given, instead of the completion built from the fields above.
+    raw_body: bytes | None = None
 
     def token_list(self) -> list[str]:
         if self.tokens is not None:
@@ -144,6 +146,8 @@ class FakeOpenAIServer:
                 )
             if reply.malformed:
                 return web.Response(text='{"choices": [ {"text": "trunc', content_type="application/json")
+            if reply.raw_body is not None:
+                return web.Response(body=reply.raw_body, content_type="application/json")
             if body.get("stream"):
                 return await self._stream(request, body, reply)
             return web.json_response(_full_response(body, reply))
