@@ -36,6 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from engine.chat import THINK_OPEN
 from engine.errors import UsageError
 
@@ -116,7 +118,8 @@ class Reply:
     finish_reason: str
     stop_reason: str | None
     top_logprobs: list[dict[str, float]] | None = None
-    prompt_logprobs: list[dict[str, dict[str, Any]] | None] | None = None
+    # vLLM's prompt_logprobs, each position pre-encoded as JSON (`msgspec.json.decode` reads one).
+    prompt_logprobs: list[msgspec.Raw | None] | None = None
 
 
 def request_kind(body: dict[str, Any], delimiter: str = "\n\n") -> str:
@@ -260,10 +263,10 @@ def _vllm_sample(logprobs: Sequence[float], temperature: float, top_k: int, rng:
 
 def _prompt_logprobs(
     model: str, ids: list[int], k: int, logprobs_after: Callable[[str, int], Sequence[float]]
-) -> list[dict[str, dict[str, Any]] | None]:
+) -> list[msgspec.Raw | None]:
     """vLLM's prompt_logprobs: None for the first token, then the top-k and the prompt token itself.
-    A position's entry is a shared, cached dict (read it, never change it): a scoring request sends
-    the whole prefix again every chunk, and rebuilding it was most of the sim's CPU."""
+    Each position is JSON encoded once and cached: a scoring request sends the whole prefix again
+    every chunk, and building and encoding it was most of the sim's CPU."""
     positions = (
         _prompt_position(tuple(logprobs_after(model, previous)), token, k)
         for previous, token in itertools.pairwise(ids)
@@ -272,9 +275,9 @@ def _prompt_logprobs(
 
 
 @functools.lru_cache(maxsize=65536)
-def _prompt_position(logprobs: tuple[float, ...], token: int, k: int) -> dict[str, dict[str, Any]]:
+def _prompt_position(logprobs: tuple[float, ...], token: int, k: int) -> msgspec.Raw:
     ranked = _ranked(logprobs)
     entry = {str(t): {"logprob": logprobs[t], "rank": r + 1} for r, t in enumerate(ranked[:k])}
     if str(token) not in entry:
         entry[str(token)] = {"logprob": logprobs[token], "rank": ranked.index(token) + 1}
-    return entry
+    return msgspec.Raw(msgspec.json.encode(entry))
