@@ -36,6 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from engine.chat import THINK_OPEN
 from engine.errors import UsageError
 
@@ -116,7 +118,8 @@ class Reply:
     finish_reason: str
     stop_reason: str | None
     top_logprobs: list[dict[str, float]] | None = None
-    prompt_logprobs: list[dict[str, dict[str, Any]] | None] | None = None
+    # vLLM's prompt_logprobs, each position pre-encoded as JSON (`msgspec.json.decode` reads one).
+    prompt_logprobs: list[msgspec.Raw | None] | None = None
 
 
 def request_kind(body: dict[str, Any], delimiter: str = "\n\n") -> str:
@@ -260,18 +263,21 @@ def _vllm_sample(logprobs: Sequence[float], temperature: float, top_k: int, rng:
 
 def _prompt_logprobs(
     model: str, ids: list[int], k: int, logprobs_after: Callable[[str, int], Sequence[float]]
-) -> list[dict[str, dict[str, Any]] | None]:
-    """vLLM's prompt_logprobs: None for the first token, then the top-k and the prompt token itself."""
-    positions: list[dict[str, dict[str, Any]] | None] = [None]
-    for previous, token in itertools.pairwise(ids):
-        logprobs = tuple(logprobs_after(model, previous))
-        entry = dict(_top_entries(logprobs, k))
-        if str(token) not in entry:
-            entry[str(token)] = {"logprob": logprobs[token], "rank": _ranked(logprobs).index(token) + 1}
-        positions.append(entry)
-    return positions
+) -> list[msgspec.Raw | None]:
+    """vLLM's prompt_logprobs: None for the first token, then the top-k and the prompt token itself.
+    Each position is JSON encoded once and cached: a scoring request sends the whole prefix again
+    every chunk, and building and encoding it was most of the sim's CPU."""
+    positions = (
+        _prompt_position(tuple(logprobs_after(model, previous)), token, k)
+        for previous, token in itertools.pairwise(ids)
+    )
+    return [None, *positions]
 
 
 @functools.lru_cache(maxsize=65536)
-def _top_entries(logprobs: tuple[float, ...], k: int) -> dict[str, dict[str, Any]]:
-    return {str(t): {"logprob": logprobs[t], "rank": r + 1} for r, t in enumerate(_ranked(logprobs)[:k])}
+def _prompt_position(logprobs: tuple[float, ...], token: int, k: int) -> msgspec.Raw:
+    ranked = _ranked(logprobs)
+    entry = {str(t): {"logprob": logprobs[t], "rank": r + 1} for r, t in enumerate(ranked[:k])}
+    if str(token) not in entry:
+        entry[str(token)] = {"logprob": logprobs[token], "rank": ranked.index(token) + 1}
+    return msgspec.Raw(msgspec.json.encode(entry))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import random
 import signal
 import time
@@ -31,11 +30,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from benchmarks.sim_behaviour import FAULT_KINDS, Latency, Reply, SimConfig, plan_reply, request_kind, unit_hash
 
 READY_PREFIX = "sim_server_ready "
+# msgspec, not the standard library: json.dumps of a RAST scoring answer (prompt_logprobs for every
+# prefix token) took milliseconds of the sim's CPU, which the engine's process competes for.
+_encode_json = msgspec.json.Encoder().encode
+_decode_json = msgspec.json.decode
 
 
 @dataclass
@@ -108,23 +112,23 @@ class SimServer:
         return web.Response(text="")
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats.to_dict())
+        return _json_response(self.stats.to_dict())
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [{"id": name, "object": "model", "owned_by": "sim"} for name in self.config.models]
-        return web.json_response({"object": "list", "data": data})
+        return _json_response({"object": "list", "data": data})
 
     async def _tokenize(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = _decode_json(await request.read())
         self.stats.requests["tokenize"] += 1
         tokens = [int(unit_hash(word) * 50_000) for word in str(body.get("prompt", "")).split()]
-        return web.json_response({"tokens": tokens, "count": len(tokens), "max_model_len": 32768})
+        return _json_response({"tokens": tokens, "count": len(tokens), "max_model_len": 32768})
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         # The latency model counts from here, so the sim's own parsing and planning come out of
         # `request_s` instead of adding to it.
         arrived = time.monotonic()
-        body = await request.json()
+        body = _decode_json(await request.read())
         model = body.get("model")
         if model not in self.config.models:
             return _error(404, f"The model `{model}` does not exist.")
@@ -198,11 +202,11 @@ class SimServer:
         if fault == "reset":
             request.transport.close()
             return web.Response()
-        payload = json.dumps(_completion(body, reply, with_usage=True))
+        payload = _encode_json(_completion(body, reply, with_usage=True))
         if fault == "truncated":
-            return web.Response(text=payload[: len(payload) // 2], content_type="application/json")
+            return web.Response(body=payload[: len(payload) // 2], content_type="application/json")
         self._served(reply, started + latency.seconds(len(reply.tokens)))
-        return web.Response(text=payload, content_type="application/json")
+        return web.Response(body=payload, content_type="application/json")
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], reply: Reply, started: float, fault: str | None
@@ -261,12 +265,16 @@ async def _sleep_until(deadline: float) -> None:
 
 
 async def _send(response: web.StreamResponse, chunk: dict[str, Any]) -> None:
-    await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    await response.write(b"data: " + _encode_json(chunk) + b"\n\n")
 
 
 def _error(status: int, message: str) -> web.Response:
     payload = {"object": "error", "message": message, "type": "SimError", "code": status}
-    return web.json_response(payload, status=status)
+    return _json_response(payload, status=status)
+
+
+def _json_response(payload: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(body=_encode_json(payload), status=status, content_type="application/json")
 
 
 def _completion(body: dict[str, Any], reply: Reply, *, with_usage: bool) -> dict[str, Any]:

@@ -26,8 +26,8 @@ def top_k(entries: TopK, k: int) -> TopK:
     prompt_logprobs) to the top-k it returns, so a response can hold k + 1 entries."""
     if len(entries) <= k:
         return dict(entries)
-    ranked = sorted(entries.items(), key=lambda item: (-item[1], item[0]))
-    return dict(ranked[:k])
+    ranked = sorted((-logprob, token) for token, logprob in entries.items())  # tuples: no key function to call
+    return {token: entries[token] for _, token in ranked[:k]}
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,12 @@ def combine(base: TopK, positive: TopK, negative: TopK, alpha: float, vocab_limi
     parts = [{t: lp for t, lp in model.items() if t < vocab_limit} for model in (base, positive, negative)]
     if not all(parts):
         raise ValueError("every model needs at least one known logprob inside the shared vocabulary")
-    union = sorted(set().union(*parts))
-    floors = [min(part.values()) for part in parts]
-    fills = sum(1 for part in parts for t in union if t not in part)
-    b, p, n = ([part.get(t, floor) for t in union] for part, floor in zip(parts, floors, strict=True))
-    scores = {t: b[i] + alpha * (p[i] - n[i]) for i, t in enumerate(union)}
+    b, p, n = parts
+    floor_b, floor_p, floor_n = (min(part.values()) for part in parts)
+    union = sorted(b.keys() | p.keys() | n.keys())
+    scores = {t: b.get(t, floor_b) + alpha * (p.get(t, floor_p) - n.get(t, floor_n)) for t in union}
+    # Every part lies inside the union, so the pairs missing are the union's size over the three, less theirs.
+    fills = 3 * len(union) - len(b) - len(p) - len(n)
     return Combined(scores, fills)
 
 
@@ -73,13 +74,14 @@ def sampling_distribution(scores: dict[int, float], temperature: float, top_p: f
     dist = softmax({t: s / temperature for t, s in scores.items()})
     if top_p >= 1:
         return dist
-    ascending = sorted(dist.items(), key=lambda item: (item[1], -item[0]))
-    cumulative, kept = 0.0, {}
-    for i, (token, prob) in enumerate(ascending):
+    ascending = sorted((prob, -token) for token, prob in dist.items())  # ties: the higher id first
+    cumulative, cut = 0.0, len(ascending) - 1  # the likeliest always stays
+    for i, (prob, _) in enumerate(ascending):
         cumulative += prob
-        if cumulative > 1 - top_p or i == len(ascending) - 1:
-            kept[token] = prob
-    return normalised(kept)
+        if cumulative > 1 - top_p:
+            cut = i  # this token and every likelier one stay
+            break
+    return normalised({-negated: prob for prob, negated in ascending[cut:]})
 
 
 def draft_distribution(base: TopK, temperature: float, drafted: int) -> Distribution:

@@ -6,7 +6,7 @@ read without further checks is a `RetryableServerError` (a malformed answer), ne
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,8 @@ class Choice:
     `top_logprobs` holds, per generated token, the top-k alternatives as token -> logprob;
     `text_offsets` where each token starts in the text (prompt included with `echo`).
     `prompt_logprobs` (vLLM's extension, whole responses only) holds, per prompt token, token id
-    -> logprob of the top-k and of the prompt token itself; None for the first prompt token.
+    -> logprob of the top-k and of the prompt token itself; None for the first prompt token
+    (a `PromptLogprobs`, which decodes a position when it is read).
     """
 
     text: str = ""
@@ -37,7 +38,57 @@ class Choice:
     tokens: list[str] = field(default_factory=list)
     top_logprobs: list[dict[str, float]] = field(default_factory=list)
     text_offsets: list[int] = field(default_factory=list)
-    prompt_logprobs: list[dict[int, float] | None] = field(default_factory=list)
+    prompt_logprobs: Sequence[dict[int, float] | None] = field(default_factory=list)
+
+
+class _Logprob(msgspec.Struct):
+    logprob: float
+
+
+# One position of prompt_logprobs: vLLM sends {token id: {"logprob", "rank", "decoded_token"}} (JSON
+# makes the ids strings; msgspec reads them back as ints), null for the first prompt token.
+_decode_position = msgspec.json.Decoder(dict[int, _Logprob] | None).decode
+
+
+class PromptLogprobs(Sequence[dict[int, float] | None]):
+    """One choice's prompt_logprobs, each position decoded when it is read. vLLM answers k entries
+    for every prompt token and RAST reads the last gamma + 1: building them all cost the engine about
+    1 ms a scoring request at a 128-token prefix (benchmarks/README.md, `rast_speed.py`)."""
+
+    def __init__(self, server: str, positions: list[msgspec.Raw]):
+        self._server, self._positions = server, positions
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        try:
+            position = _decode_position(self._positions[index])
+        except msgspec.DecodeError as exc:
+            raise ServerError(self._server, None, f"malformed prompt_logprobs at position {index}: {exc}") from exc
+        return None if position is None else {t: entry.logprob for t, entry in position.items()}
+
+
+class _WholeChoice(msgspec.Struct):
+    index: int = 0
+    text: str | None = None
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    logprobs: dict[str, Any] | None = None
+    prompt_logprobs: list[msgspec.Raw] | None = None
+
+
+class _WholeCompletion(msgspec.Struct):
+    """The fields of a whole completion read here (others are ignored): decoding into these types
+    checks the shape, and leaves prompt_logprobs undecoded until read."""
+
+    choices: list[_WholeChoice] | None = None
+    usage: dict[str, Any] | None = None
+
+
+_decode_whole_completion = msgspec.json.Decoder(_WholeCompletion).decode
 
 
 async def status_error(server: str, response: aiohttp.ClientResponse) -> ServerError:
@@ -62,9 +113,17 @@ _UNAVAILABLE_STATUSES = (502, 503, 504)
 async def read_whole_completion(
     server: str, response: aiohttp.ClientResponse
 ) -> tuple[list[Choice], dict[str, Any], None]:
-    payload = await read_json(server, response)
-    choices = [_choice_from_payload(c) for c in _sorted_choices(server, payload)]
-    return choices, payload.get("usage") or {}, None
+    raw = await response.read()
+    try:
+        payload = _decode_whole_completion(raw)
+    except msgspec.ValidationError as exc:  # JSON, but not a completion
+        raise RetryableServerError(server, response.status, f"unexpected body ({exc}): {raw[:200]!r}") from exc
+    except msgspec.DecodeError as exc:
+        raise RetryableServerError(server, response.status, f"malformed JSON body: {raw[:200]!r}") from exc
+    if not payload.choices:
+        raise RetryableServerError(server, None, f"no choices in response: {raw[:200]!r}")
+    choices = [_whole_choice(server, c) for c in sorted(payload.choices, key=lambda c: c.index)]
+    return choices, payload.usage or {}, None
 
 
 async def read_pooling(server: str, response: aiohttp.ClientResponse) -> tuple[list, dict[str, Any]]:
@@ -97,25 +156,11 @@ def _is_openai_object(data: Any) -> bool:
     return isinstance(choices, list) and all(isinstance(c, dict) for c in choices) and isinstance(usage, dict)
 
 
-def _sorted_choices(server: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
-    choices = payload.get("choices")
-    if not _is_openai_object(payload) or not choices:
-        raise RetryableServerError(server, None, f"no choices in response: {str(payload)[:200]}")
-    return sorted(choices, key=lambda c: c.get("index", 0))
-
-
-def _choice_from_payload(data: dict[str, Any]) -> Choice:
-    choice = Choice(
-        text=data.get("text") or "",
-        finish_reason=data.get("finish_reason"),
-        stop_reason=data.get("stop_reason"),
-    )
-    _add_logprobs(choice, data.get("logprobs"))
-    for position in data.get("prompt_logprobs") or []:
-        # vLLM sends {token id: {"logprob", "rank", "decoded_token"}}; JSON makes the ids strings.
-        choice.prompt_logprobs.append(
-            None if position is None else {int(t): float(v["logprob"]) for t, v in position.items()}
-        )
+def _whole_choice(server: str, data: _WholeChoice) -> Choice:
+    choice = Choice(text=data.text or "", finish_reason=data.finish_reason, stop_reason=data.stop_reason)
+    _add_logprobs(choice, data.logprobs)
+    if data.prompt_logprobs is not None:
+        choice.prompt_logprobs = PromptLogprobs(server, data.prompt_logprobs)
     return choice
 
 

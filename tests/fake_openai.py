@@ -12,11 +12,11 @@ gives for the request body.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 
@@ -30,8 +30,8 @@ class Reply:
     stop_reason: str | int | None = None
     top_logprobs: list[dict[str, float]] | None = None
     # vLLM's prompt_logprobs as sent (whole responses only): per prompt token None or
-    # {"<token id>": {"logprob": float, "rank": int, "decoded_token": str}}.
-    prompt_logprobs: list[dict[str, dict[str, Any]] | None] | None = None
+    # {"<token id>": {"logprob": float, "rank": int, "decoded_token": str}}, or that JSON pre-encoded.
+    prompt_logprobs: list[dict[str, dict[str, Any]] | msgspec.Raw | None] | None = None
     prompt_tokens: int = 5
     status: int = 200
     error_message: str = "scripted failure"
@@ -41,6 +41,8 @@ class Reply:
     malformed: bool = False
     error_event: dict[str, Any] | None = None
     raw_event: bytes | None = None
+    # A whole answer's body as given, instead of the completion built from the fields above.
+    raw_body: bytes | None = None
 
     def token_list(self) -> list[str]:
         if self.tokens is not None:
@@ -144,9 +146,11 @@ class FakeOpenAIServer:
                 )
             if reply.malformed:
                 return web.Response(text='{"choices": [ {"text": "trunc', content_type="application/json")
+            if reply.raw_body is not None:
+                return web.Response(body=reply.raw_body, content_type="application/json")
             if body.get("stream"):
                 return await self._stream(request, body, reply)
-            return web.json_response(_full_response(body, reply))
+            return web.json_response(_full_response(body, reply), dumps=_dumps)
         except (asyncio.CancelledError, ConnectionResetError):
             self.disconnects += 1
             raise
@@ -191,7 +195,7 @@ class FakeOpenAIServer:
 
 
 async def _send(response: web.StreamResponse, chunk: dict[str, Any]) -> None:
-    await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    await response.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
 
 
 def _usage(reply: Reply) -> dict[str, int]:
@@ -201,6 +205,11 @@ def _usage(reply: Reply) -> dict[str, int]:
         "completion_tokens": completion,
         "total_tokens": reply.prompt_tokens + completion,
     }
+
+
+def _dumps(payload: Any) -> str:
+    # msgspec: answers may hold pre-encoded JSON (msgspec.Raw), as the sim's prompt_logprobs do.
+    return msgspec.json.encode(payload).decode()
 
 
 def _logprobs(reply: Reply, tokens: list[str], offset: int) -> dict[str, Any] | None:

@@ -282,3 +282,36 @@ async def test_an_event_that_is_not_an_object_is_retried(session):
     async with FakeOpenAIServer([Reply(text="ab", raw_event=b"[1, 2]"), Reply(text="fine")]) as server:
         result = await client_for(session, server).complete("p", max_tokens=8, stream=True)
     assert result.text == "fine"
+
+
+async def test_prompt_logprobs_are_read_by_token_id_position_by_position(session):
+    positions = [
+        None,
+        {"17": {"logprob": -0.25, "rank": 1, "decoded_token": "a"}},
+        {"3": {"logprob": -1.5, "rank": 1, "decoded_token": "b"}, "9": {"logprob": -2.0, "rank": 2}},
+        {"5": {"rank": 1}},  # no logprob: malformed, found when read
+    ]
+    async with FakeOpenAIServer([Reply(text="x", prompt_logprobs=positions)]) as server:
+        result = await client_for(session, server).complete([1, 17, 3, 5], max_tokens=1)
+    prompt = result.choices[0].prompt_logprobs
+    assert len(prompt) == 4 and prompt[0] is None
+    assert prompt[1] == {17: -0.25} and prompt[-2] == {3: -1.5, 9: -2.0}
+    assert prompt[1:3] == [{17: -0.25}, {3: -1.5, 9: -2.0}]
+    with pytest.raises(ServerError, match="malformed prompt_logprobs at position 3"):
+        prompt[3]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b'[{"text": "a"}]', "unexpected body"),
+        (b'{"choices": [{"index": 0, "text": 7}]}', "unexpected body"),
+        (b'{"choices": [], "usage": {}}', "no choices in response"),
+    ],
+)
+async def test_a_whole_answer_not_shaped_as_a_completion_is_retried(session, body, error):
+    async with FakeOpenAIServer([Reply(raw_body=body), Reply(raw_body=body)]) as server:
+        client = client_for(session, server, limits=replace(FAST, max_attempts=2))
+        with pytest.raises(RetryableServerError, match=error):
+            await client.complete("p", max_tokens=1)
+    assert len(server.requests) == 2
