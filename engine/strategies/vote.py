@@ -154,10 +154,10 @@ async def _run_tracks(ctx: SolveContext, setups: list[TrackSetup], tracks: list[
             if record.track_id in done:
                 continue
             stopped.append(record.track_id)
+            # Set here too: a task cancelled before its first step never runs its own handler.
+            record.finish_reason = "cancelled" if record.track_id in tasks else "skipped"
             if record.track_id in tasks:
                 tasks[record.track_id].cancel()
-            else:
-                record.finish_reason = "skipped"
         skipped = [t.track_id for t in tracks if t.finish_reason == "skipped"]
         log.info("early_stop", cancelled=[i for i in stopped if i not in skipped], skipped=skipped)
 
@@ -165,13 +165,9 @@ async def _run_tracks(ctx: SolveContext, setups: list[TrackSetup], tracks: list[
         # The window is released only after the early-stop check, so no track starts that the
         # finishing one settles away.
         try:
-            try:
-                async with ctx.track_slots:
-                    with bind_context(track=setup.track_id):
-                        await ctx.new_track(record, setup).run()
-            except asyncio.CancelledError:
-                record.finish_reason = "cancelled"
-                raise
+            async with ctx.track_slots:
+                with bind_context(track=setup.track_id):
+                    await ctx.new_track(record, setup).run()
             finished.append(record)
             if settings.early_stop and not stopped and await _settled(ctx, finished, len(tracks) - len(finished)):
                 stop()
