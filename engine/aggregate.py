@@ -14,6 +14,7 @@ Four ways to vote, registered in `AGGREGATIONS`:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -98,6 +99,14 @@ def decide(tracks: list[TrackRecord], aggregation: str, *, multiple_choice: bool
     return Decision(answer=winner.answer if winner else None, votes=votes)
 
 
+def leader_confidence(leader_votes: int, runner_up_votes: int) -> float:
+    """Adaptive-Consistency's Beta stopping rule (Aggarwal et al. 2023): with a uniform prior on the
+    shares of the two largest answers, P(p_leader > p_runner_up | votes) = 1 - I_0.5(v1 + 1, v2 + 1).
+    For integers that is the chance of at most v1 heads in v1 + v2 + 1 fair coin flips."""
+    flips = leader_votes + runner_up_votes + 1
+    return sum(math.comb(flips, heads) for heads in range(leader_votes + 1)) / 2**flips
+
+
 def outcome_settled(
     finished: list[TrackRecord],
     running: int,
@@ -105,12 +114,15 @@ def outcome_settled(
     *,
     multiple_choice: bool,
     share: float | None = None,
+    confidence: float | None = None,
 ) -> bool:
-    """True when the tracks still `running` can no longer change the answer `finished` ones chose.
+    """True when the tracks still `running` (or not started) can no longer change the answer
+    `finished` ones chose, or when the vote is likely enough settled.
 
     The leader must beat the runner-up by more than the most the running tracks could add
     (a tie could still flip on tokens). With `share`, it is enough that the leader already
-    holds that share of the weight all tracks could cast.
+    holds that share of the weight all tracks could cast; with `confidence`, that
+    `leader_confidence` of the two largest groups' track counts (not weights) reaches it.
     """
     groups = answer_groups(finished, aggregation, multiple_choice=multiple_choice)
     if aggregation == "first":
@@ -123,6 +135,9 @@ def outcome_settled(
     still_open = running * per_track
     if leader > runner_up + still_open:
         return True
-    if share is not None:
-        return leader >= share * (sum(ranked) + still_open)
+    if share is not None and leader >= share * (sum(ranked) + still_open):
+        return True
+    if confidence is not None:
+        counts = sorted((len(g.track_ids) for g in groups), reverse=True) + [0]
+        return leader_confidence(counts[0], counts[1]) >= confidence
     return False

@@ -30,6 +30,8 @@ MODEL_ROLES = ("small", "big")
 # Data sets whose answers are option letters, recognised by name in records that predate
 # `ProblemRecord.multiple_choice`.
 MULTIPLE_CHOICE_PREFIXES = ("gpqa",)
+# Finish reasons of tracks that early stop ended before they had an answer: not samples.
+STOPPED_EARLY = ("cancelled", "skipped")
 
 
 @dataclass
@@ -89,7 +91,8 @@ class TrackRecord:
     reached the thinking budget), "repeat" (a step repeated the previous one), "eos" (a
     one-request baseline ended without stating an answer; with --answer_phase, a model ended
     the sequence), "think_end" (--answer_phase: the model closed thinking), "cancelled"
-    (stopped early by the scheduler), "failed" (an error, kept in `error`). `answer_model`
+    (stopped by early stop), "skipped" (never started: early stop came first under
+    --tracks_in_flight; no tokens), "failed" (an error, kept in `error`). `answer_model`
     wrote the answer: the writer of the last step when the answer was taken from the steps, or
     the answer model of --answer_phase. `usage` counts the requests whose results the track used;
     `wasted` the work it threw away (its steps' `wasted`, and the work ahead cancelled when it

@@ -1,8 +1,8 @@
 """Figures of one run: accuracy, pass@k, maj@k, tokens, speculative steps, latency.
 
 Definitions (a "record" is one (problem, repeat); a "finished track" is a track whose
-`finish_reason` is not "cancelled", since a track stopped by early stop was never a
-complete sample; failed tracks count, as wrong):
+`finish_reason` is not "cancelled" or "skipped", since a track stopped by early stop was
+never a complete sample; failed tracks count, as wrong):
 
 - accuracy: share of records whose voted answer (`ProblemRecord.answer`) is correct, over
   the records with a reference answer. accuracy_mean / accuracy_std: the mean and sample
@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from engine.answers import DEFAULT_TIMEOUT_S, group_equivalent, is_correct
-from engine.results import MODEL_ROLES, ProblemRecord, TrackRecord, sum_usage
+from engine.results import MODEL_ROLES, STOPPED_EARLY, ProblemRecord, TrackRecord, sum_usage
 from evaluators import metrics
 from evaluators.runs import Run
 from evaluators.search import Completions, SearchSummary, is_search_record, summarize_search
@@ -130,7 +130,7 @@ def grade_run(run: Run, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[GradedR
     graded = []
     for record in run.records:
         choice = run.multiple_choice(record)
-        finished = sorted((t for t in record.tracks if t.finish_reason != "cancelled"), key=lambda t: t.track_id)
+        finished = sorted((t for t in record.tracks if t.finish_reason not in STOPPED_EARLY), key=lambda t: t.track_id)
         reference = record.reference_answer
         if reference is None:
             graded.append(GradedRecord(record, choice, None, finished, []))

@@ -1,5 +1,12 @@
 """SpecLRM: several tracks per problem (plain, role-prompted, or following methods a selector
-picked), run concurrently, voted on, and cut short once the vote is settled (early stop)."""
+picked), run concurrently, voted on, and cut short once the vote is settled (early stop).
+
+spectra's additions, after Adaptive-Consistency (Aggarwal et al. 2023) and ESC (Li et al. 2024):
+`--tracks_in_flight K` runs at most K tracks of a problem at a time, starting the next in track
+order as one finishes, so that early stop can skip tracks that never started (tracks of one
+problem otherwise finish together, leaving little to cancel); `--early_stop_confidence C` also
+stops once the leader is ahead with probability C under the Beta rule (`leader_confidence`).
+"""
 
 from __future__ import annotations
 
@@ -30,6 +37,12 @@ class VoteSettings(Settings):
     aggregation: str = setting("majority", "how the tracks' answers are combined", tuple(AGGREGATIONS))
     early_stop: bool = setting(False, "cancel the remaining tracks once they cannot change the vote")
     early_stop_share: float | None = setting(None, "with --early_stop: stop once the leader holds this share")
+    tracks_in_flight: int | None = setting(
+        None, "spectra: run at most this many tracks of a problem at a time, the next starting as one finishes"
+    )
+    early_stop_confidence: float | None = setting(
+        None, "spectra, with --early_stop: also stop once P(leader ahead | votes) reaches this (Beta rule)"
+    )
 
     def validate(self) -> None:
         if self.tracks < 1:
@@ -38,6 +51,17 @@ class VoteSettings(Settings):
             raise UsageError(f"--method_num must be 0 or more, not {self.method_num}")
         if self.early_stop_share is not None and not 0.5 < self.early_stop_share <= 1:
             raise UsageError(f"--early_stop_share must be in (0.5, 1], not {self.early_stop_share}")
+        if self.tracks_in_flight is not None and self.tracks_in_flight < 1:
+            raise UsageError(f"--tracks_in_flight must be at least 1, not {self.tracks_in_flight}")
+        self._check_confidence()
+
+    def _check_confidence(self) -> None:
+        if self.early_stop_confidence is None:
+            return
+        if not self.early_stop:
+            raise UsageError("--early_stop_confidence needs --early_stop: add it, or drop --early_stop_confidence")
+        if not 0.5 < self.early_stop_confidence < 1:
+            raise UsageError(f"--early_stop_confidence must be in (0.5, 1), not {self.early_stop_confidence}")
 
 
 def plan_tracks(
@@ -116,48 +140,67 @@ async def solve(ctx: SolveContext) -> ProblemRecord:
 
 
 async def _run_tracks(ctx: SolveContext, setups: list[TrackSetup], tracks: list[TrackRecord]) -> list[int]:
-    """Run the tracks concurrently; returns the ids of those cancelled by early stop."""
-    settings, problem = ctx.settings, ctx.problem
+    """Run the tracks, at most `--tracks_in_flight` at a time, started in track order; returns the
+    ids of those early stop cancelled ("cancelled") or never started ("skipped")."""
+    settings = ctx.settings
+    window = asyncio.Semaphore(settings.tracks_in_flight or len(setups))
     finished: list[TrackRecord] = []
     tasks: dict[int, asyncio.Task] = {}
-    cancelled: list[int] = []
+    stopped: list[int] = []
+
+    def stop() -> None:
+        done = {t.track_id for t in finished}
+        for record in tracks:
+            if record.track_id in done:
+                continue
+            stopped.append(record.track_id)
+            # Set here too: a task cancelled before its first step never runs its own handler.
+            record.finish_reason = "cancelled" if record.track_id in tasks else "skipped"
+            if record.track_id in tasks:
+                tasks[record.track_id].cancel()
+        skipped = [t.track_id for t in tracks if t.finish_reason == "skipped"]
+        log.info("early_stop", cancelled=[i for i in stopped if i not in skipped], skipped=skipped)
 
     async def one(setup: TrackSetup, record: TrackRecord) -> None:
+        # The window is released only after the early-stop check, so no track starts that the
+        # finishing one settles away.
         try:
             async with ctx.track_slots:
                 with bind_context(track=setup.track_id):
                     await ctx.new_track(record, setup).run()
-        except asyncio.CancelledError:
-            record.finish_reason = "cancelled"
-            raise
-        finished.append(record)
-        if not settings.early_stop or cancelled:
-            return
-        running = len(tracks) - len(finished)
-        if running and await asyncio.to_thread(
-            outcome_settled,
-            list(finished),
-            running,
-            settings.aggregation,
-            multiple_choice=bool(problem.choices),
-            share=settings.early_stop_share,
-        ):
-            done_ids = {t.track_id for t in finished}
-            for track_id, task in tasks.items():
-                if track_id not in done_ids and track_id not in cancelled:
-                    cancelled.append(track_id)
-                    task.cancel()
-            log.info("early_stop", cancelled=cancelled)
+            finished.append(record)
+            if settings.early_stop and not stopped and await _settled(ctx, finished, len(tracks) - len(finished)):
+                stop()
+        finally:
+            window.release()
 
     async with asyncio.TaskGroup() as group:
         for setup, record in zip(setups, tracks, strict=True):
+            await window.acquire()
+            if stopped:
+                window.release()
+                break
             tasks[setup.track_id] = group.create_task(one(setup, record))
-    return sorted(cancelled)
+    return sorted(stopped)
+
+
+async def _settled(ctx: SolveContext, finished: list[TrackRecord], open_tracks: int) -> bool:
+    """Whether early stop may end the problem now; `open_tracks` are those running or not started."""
+    settings = ctx.settings
+    return open_tracks > 0 and await asyncio.to_thread(
+        outcome_settled,
+        list(finished),
+        open_tracks,
+        settings.aggregation,
+        multiple_choice=bool(ctx.problem.choices),
+        share=settings.early_stop_share,
+        confidence=settings.early_stop_confidence,
+    )
 
 
 def _tokens_saved(tracks: list[TrackRecord], cancelled: list[int]) -> int:
-    """Estimate: each cancelled track would have spent as many tokens as the finished ones did on
-    average; what it saved is that mean less what it had already spent."""
+    """Estimate: each cancelled or skipped track would have spent as many tokens as the finished
+    ones did on average; what it saved is that mean less what it had already spent."""
     done = [total_tokens(t) for t in tracks if t.track_id not in cancelled]
     if not cancelled or not done:
         return 0

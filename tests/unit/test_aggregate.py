@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.aggregate import decide, outcome_settled
+from engine.aggregate import decide, leader_confidence, outcome_settled
 from engine.results import StepRecord, TrackRecord
 
 
@@ -117,3 +117,41 @@ def test_speclrm_early_stop_counts_only_voting_tracks():
     # "5.0" is another answer under exact comparison: the open track could still decide
     assert not outcome_settled([track(0, "5"), track(1, "5.0")], 1, "speclrm", multiple_choice=False)
     assert outcome_settled([track(0, "5"), track(1, "5.0")], 1, "majority", multiple_choice=False)
+
+
+@pytest.mark.parametrize(
+    ("votes", "expected"),
+    [
+        # 1 - I_0.5(v1 + 1, v2 + 1), by hand: sum of C(v1 + v2 + 1, j) for j <= v1, over 2^(v1 + v2 + 1)
+        ((0, 0), 1 / 2),
+        ((1, 0), 3 / 4),
+        ((3, 0), 15 / 16),  # 0.9375
+        ((4, 0), 31 / 32),  # 0.96875
+        ((4, 1), 57 / 64),  # 0.890625
+        ((2, 2), 1 / 2),  # a tie is a coin toss
+        ((5, 3), (1 + 9 + 36 + 84 + 126 + 126) / 512),
+    ],
+)
+def test_leader_confidence_is_the_beta_posterior_probability(votes, expected):
+    assert leader_confidence(*votes) == pytest.approx(expected, abs=1e-12)
+
+
+def test_confidence_settles_on_track_counts_before_the_open_tracks_are_outvoted():
+    three = [track(0, "4"), track(1, "4"), track(2, "4")]
+    # 3 votes against 5 open tracks cannot be settled by count; P = 0.9375
+    assert not outcome_settled(three, 5, "majority", multiple_choice=False)
+    assert outcome_settled(three, 5, "majority", multiple_choice=False, confidence=0.9)
+    assert not outcome_settled(three, 5, "majority", multiple_choice=False, confidence=0.95)
+    split = [*three, track(3, "4"), track(4, "9")]
+    assert outcome_settled(split, 3, "majority", multiple_choice=False, confidence=0.89)  # 0.890625
+    assert not outcome_settled(split, 3, "majority", multiple_choice=False, confidence=0.9)
+
+
+def test_confidence_counts_tracks_not_weights():
+    # weights 9 vs 1, but one track each: P = 0.5, never >= a confidence above 0.5
+    finished = [track(0, "4", scores=(9,)), track(1, "7", scores=(1,))]
+    assert not outcome_settled(finished, 3, "weighted", multiple_choice=False, confidence=0.51)
+
+
+def test_confidence_never_settles_without_an_answer():
+    assert not outcome_settled([track(0, None)], 3, "majority", multiple_choice=False, confidence=0.51)

@@ -50,6 +50,10 @@ SERVED = ["--big_model", "fake-model", "--small_model", "fake-model"]
         (["--runner", "base", "--repeat_id", "0"], "--repeat_id 0 is ambiguous here"),
         (["--runner", "scale", "--num_repeats", "2", "--repeat_id", "0-1"], "not both"),
         (["--runner", "scale", "--num_repeats", "0"], "--num_repeats must be at least 1"),
+        (["--tracks_in_flight", "0"], "--tracks_in_flight must be at least 1"),
+        (["--early_stop_confidence", "0.9"], "--early_stop_confidence needs --early_stop"),
+        (["--early_stop", "--early_stop_confidence", "1"], "--early_stop_confidence must be in (0.5, 1)"),
+        (["--early_stop", "--early_stop_confidence", "0.5"], "--early_stop_confidence must be in (0.5, 1)"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(capsys, tmp_path, flags, message):
@@ -76,6 +80,13 @@ def test_speclrm_runners_take_num_repeats_and_spec_scale_uses_roles_by_default()
     assert parsed("scale", "--repeat_id", "0-1").data.repeat_id == "0-1"
     assert parsed("spec", "--repeat_id", "3").data.repeat_id == "3"
     assert not parsed("scale").strategy_settings.use_role_prompts
+
+
+def test_window_and_confidence_flags_reach_the_vote_settings():
+    given = parsed("scale", "--tracks_in_flight", "2", "--early_stop", "--early-stop-confidence", "0.95")
+    default = parsed("scale").strategy_settings
+    assert (given.strategy_settings.tracks_in_flight, given.strategy_settings.early_stop_confidence) == (2, 0.95)
+    assert (default.tracks_in_flight, default.early_stop_confidence) == (None, None)
 
 
 @pytest.mark.parametrize(

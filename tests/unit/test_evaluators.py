@@ -177,6 +177,15 @@ def test_track_accuracy_skips_cancelled_tracks_and_counts_failed_ones(spec_run):
     }
 
 
+def test_tracks_early_stop_skipped_are_no_samples(tmp_path):
+    tracks = [track(0, "8"), track(1, "7"), track(2, None, "skipped")]
+    one = record("p1", 0, "7", "7", tracks, early_stopped=True, cancelled_tracks=[2], tokens_saved=50)
+    s = evaluate(write_run(tmp_path / "windowed", [one], mode="spec"))
+    # two finished tracks, one right; the skipped one is neither a wrong track nor a sample
+    assert s.track_accuracy == 0.5 and s.pass_at_k_tracks == {1: 0.5, 2: 1.0}
+    assert (s.early_stopped_records, s.tokens_saved_total) == (1, 50)
+
+
 def test_pass_at_k_over_tracks_and_repeats(spec_run):
     s = evaluate(spec_run)
     # (n, c) per record: (3, 2), (3, 1), (3, 1), (2, 1).

@@ -123,6 +123,51 @@ async def test_without_early_stop_every_track_finishes(make_models):
     assert big.disconnects == 0
 
 
+async def test_tracks_in_flight_bounds_the_tracks_of_each_problem_and_starts_them_in_order(make_models):
+    cfg = config(tracks=5, tracks_in_flight=2)
+    records, big = await run_scheduler(make_models, scripted_tracks(["7"] * 5, [0.02] * 5), cfg, PROBLEMS[:1])
+    assert big.peak_in_flight == 2
+    assert [track_of(b) for b in big.requests] == [0, 1, 2, 3, 4]
+    assert [t.finish_reason for t in records[0].tracks] == ["answer"] * 5 and not records[0].early_stopped
+    # the window is per problem: two problems at once have four tracks in flight
+    records, big = await run_scheduler(make_models, scripted_tracks(["7"] * 5, [0.05] * 5), cfg, PROBLEMS[:2])
+    assert big.peak_in_flight == 4 and len(records) == 2
+
+
+async def test_early_stop_skips_the_tracks_the_window_has_not_started(make_models):
+    cfg = config(tracks=5, tracks_in_flight=2, early_stop=True)
+    responder = scripted_tracks(["7"] * 5, [0.01, 0.02, 0.01, 30.0, 30.0])
+    records, big = await run_scheduler(make_models, responder, cfg, PROBLEMS[:1])
+    (record,) = records
+    # three "7" against the two open tracks settle it: track 3 was running, track 4 never started
+    assert record.answer == "7" and record.early_stopped and record.cancelled_tracks == [3, 4]
+    assert [t.finish_reason for t in record.tracks] == ["answer"] * 3 + ["cancelled", "skipped"]
+    assert sorted(track_of(b) for b in big.requests) == [0, 1, 2, 3]
+    assert big.disconnects == 1 and big.in_flight == 0
+    skipped = record.tracks[4]
+    assert skipped.usage == {} and skipped.steps == [] and skipped.answer is None
+    finished_mean = sum(sum(u.completion_tokens for u in t.usage.values()) for t in record.tracks[:3]) / 3
+    assert record.tokens_saved == int(2 * finished_mean)  # the cancelled track had no tokens yet either
+
+
+async def test_confident_early_stop_sends_no_request_for_later_tracks(make_models):
+    cfg = config(tracks=8, tracks_in_flight=1, early_stop=True, early_stop_confidence=0.9)
+    records, big = await run_scheduler(make_models, scripted_tracks(["7"] * 8, [0.0] * 8), cfg, PROBLEMS[:1])
+    (record,) = records
+    # P(leader ahead) after 1, 2, 3 agreeing votes: 0.75, 0.875, 0.9375: the fourth track never starts
+    assert [track_of(b) for b in big.requests] == [0, 1, 2]
+    assert record.cancelled_tracks == [3, 4, 5, 6, 7] and record.votes == {"7": 3.0}
+    assert {t.finish_reason for t in record.tracks[3:]} == {"skipped"} and big.disconnects == 0
+
+
+async def test_confidence_waits_while_the_answers_disagree(make_models):
+    cfg = config(tracks=4, tracks_in_flight=1, early_stop=True, early_stop_confidence=0.9)
+    responder = scripted_tracks(["7", "8", "7", "7"], [0.0] * 4)
+    records, big = await run_scheduler(make_models, responder, cfg, PROBLEMS[:1])
+    # (1, 1), (2, 1) = 0.6875: not confident; then three "7" against one "8" and no open track
+    assert len(big.requests) == 4 and records[0].cancelled_tracks == [] and records[0].answer == "7"
+
+
 def test_roles_are_assigned_round_robin_and_seeds_differ():
     prompts = load_prompt_set("roles")
     setups = plan(config(tracks=7, use_role_prompts=True), prompts, repeat_id=2)
