@@ -42,11 +42,12 @@ REQUEST_CPU_MS = 8.6
 
 @dataclass
 class ModeFigures:
-    """What one mode did over all sequences."""
+    """What one mode did over all sequences; tokens/s over the steady-state window (`decode_all`)."""
 
     mode: str
     tokens: int
-    wall_s: float
+    window_tokens: int
+    window_s: float
     requests: int
     judged: int
     accepted: int
@@ -58,33 +59,70 @@ class ModeFigures:
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / self.wall_s
+        return self.window_tokens / self.window_s
 
     @property
     def requests_per_token(self) -> float:
         return self.requests / self.tokens
 
 
-async def decode_all(url: str, sampling: RastSampling, sequences: int, vocab: int) -> ModeFigures:
-    """`sequences` continuations at once (prompts [i], seeds i) through one client per model."""
+def steady_state(starts: list[float], finishes: list[tuple[float, int]], at_once: int) -> tuple[int, float] | None:
+    """Tokens finished, and seconds, between the `at_once`-th finish and the last start (`decode_all`);
+    None when every continuation started at once (there is no steady state to measure)."""
+    if len(starts) <= at_once:
+        return None
+    opened, closed = sorted(t for t, _ in finishes)[at_once - 1], max(starts)
+    return sum(n for t, n in finishes if opened < t <= closed), closed - opened
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One run of both modes: what it models, how many sequences at once (and in all), the serial
+    cost a request."""
+
+    name: str
+    models: str
+    sequences: int
+    request_cpu_s: float
+    total: int
+
+
+async def decode_all(url: str, sampling: RastSampling, scenario: Scenario, vocab: int) -> ModeFigures:
+    """`scenario.total` continuations (prompts [i], seeds i), `scenario.sequences` at once, through one
+    client per model. With more continuations than fit at once, tokens/s is the steady state's: the
+    tokens of continuations that finished between the `sequences`-th finish (the first wave, which
+    starts in step, is done) and the last start (from then on fewer run at once, as the batch drains),
+    over that window."""
     space = TokenSpace(vocab, frozenset(), lambda ids: " ".join(map(str, ids)))
+    gate = asyncio.Semaphore(scenario.sequences)
+    starts: list[float] = []
+    finishes: list[tuple[float, int]] = []
+
+    async def one(models: RastModels, i: int) -> RastOutput:
+        async with gate:
+            starts.append(time.perf_counter())
+            out = await rast_decode(models, [i % vocab], sampling, space, seed=i)
+            finishes.append((time.perf_counter(), len(out.token_ids)))
+            return out
+
     async with bench_session() as session:
         models = RastModels(*(ModelClient(session, role, [url]) for role in ROLES))
         # The sim's counters before and after: its start-up and the other mode are not this mode's.
         before = await sim_stats(session, url)
         started, cpu_started = time.perf_counter(), time.process_time()
         async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(rast_decode(models, [i % vocab], sampling, space, seed=i)) for i in range(sequences)
-            ]
+            tasks = [group.create_task(one(models, i)) for i in range(scenario.total)]
         wall, engine_cpu = time.perf_counter() - started, time.process_time() - cpu_started
         stats = await sim_stats(session, url)
     outs: list[RastOutput] = [task.result() for task in tasks]
     chunks = [c for out in outs for c in out.chunks]
+    tokens = sum(len(out.token_ids) for out in outs)
+    window_tokens, window_s = steady_state(starts, finishes, scenario.sequences) or (tokens, wall)
     return ModeFigures(
         mode=sampling.mode,
-        tokens=sum(len(out.token_ids) for out in outs),
-        wall_s=wall,
+        tokens=tokens,
+        window_tokens=window_tokens,
+        window_s=window_s,
         requests=sum(out.requests for out in outs),
         judged=sum(c.judged for c in chunks),
         accepted=sum(c.accepted for c in chunks),
@@ -94,16 +132,6 @@ async def decode_all(url: str, sampling: RastSampling, sequences: int, vocab: in
         sim_cpu_s=stats["cpu_s"] - before["cpu_s"],
         engine_cpu_s=engine_cpu,
     )
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """One run of both modes: what it models, how many sequences at once, the serial cost a request."""
-
-    name: str
-    models: str
-    sequences: int
-    request_cpu_s: float
 
 
 def chunk_tokens(acceptance: float, gamma: int) -> float:
@@ -138,12 +166,13 @@ async def run_scenario(scenario: Scenario, args: argparse.Namespace) -> bool:
     async with sim_process(config) as url:
         for mode in ("token", "speculative"):
             sampling = RastSampling(mode=mode, gamma=args.gamma, logprobs=args.logprobs, max_tokens=args.tokens)
-            figures[mode] = await decode_all(url, sampling, scenario.sequences, args.vocab)
+            figures[mode] = await decode_all(url, sampling, scenario, args.vocab)
     token, spec = figures["token"], figures["speculative"]
     acceptance = spec.accepted / spec.judged
     speedup = spec.tokens_per_s / token.tokens_per_s
     met = speedup >= SPEEDUP_TARGET or acceptance < ACCEPTANCE_FLOOR
     rows = [
+        ("steady-state window, token / speculative (s)", f"{token.window_s:.1f} / {spec.window_s:.1f}", "", ""),
         ("token mode: tokens/s", f"{token.tokens_per_s:.1f}", "", ""),
         ("token mode: requests/token", f"{token.requests_per_token:.2f}", "", ""),
         ("speculative: tokens/s", f"{spec.tokens_per_s:.1f}", "", ""),
@@ -172,7 +201,8 @@ async def run_scenario(scenario: Scenario, args: argparse.Namespace) -> bool:
         ("speedup (tokens/s)", f"{speedup:.2f}x", f">= {SPEEDUP_TARGET:.0f}x", verdict(met)),
     ]
     print_table(
-        f"RAST speed, {scenario.name} ({scenario.models}): {scenario.sequences} sequences x {args.tokens} tokens, "
+        f"RAST speed, {scenario.name} ({scenario.models}): {scenario.total} sequences of {args.tokens} tokens, "
+        f"{scenario.sequences} at once, "
         f"gamma {args.gamma}, k {args.logprobs}, serial {1000 * scenario.request_cpu_s:.2f} ms a request",
         rows,
     )
@@ -181,12 +211,15 @@ async def run_scenario(scenario: Scenario, args: argparse.Namespace) -> bool:
 
 async def bench(args: argparse.Namespace) -> int:
     scenarios = {
-        "latency": Scenario("latency", "one sequence's latency, no serial server cost", args.sequences, 0.0),
+        "latency": Scenario(
+            "latency", "one sequence's latency, no serial server cost", args.sequences, 0.0, args.sequences
+        ),
         "throughput": Scenario(
             "throughput",
-            "many sequences against a server with a serial cost a request",
+            "a steady state of many sequences against a server with a serial cost a request",
             args.throughput_sequences,
             args.request_cpu_ms / 1000,
+            args.throughput_total,
         ),
     }
     chosen = list(scenarios) if args.scenario == "both" else [args.scenario]
@@ -200,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequences", type=int, default=1, help="continuations at once, latency scenario")
     parser.add_argument(
         "--throughput_sequences", type=int, default=64, help="continuations at once, throughput scenario"
+    )
+    parser.add_argument(
+        "--throughput_total",
+        type=int,
+        default=192,
+        help="continuations in all, throughput scenario (more than at once: tokens/s is the steady state's)",
     )
     parser.add_argument(
         "--request_cpu_ms",
