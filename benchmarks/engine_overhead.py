@@ -32,11 +32,11 @@ from benchmarks.harness import (
     verdict,
 )
 from benchmarks.sim_behaviour import Latency, SimConfig
-from engine.chat import ChatFormat
-from engine.client import ClientLimits
-from engine.config import ReasoningConfig
 from engine.logging import configure_logging
 from engine.loop import run
+from engine.reasoning.settings import ReasoningConfig
+from engine.serving.chat import ChatFormat
+from engine.serving.endpoints import ClientLimits
 
 # Latencies of a GPU server, scaled to keep the run near a minute: 100 tokens/s per request for
 # the small model, 40 for the big one; 32-token steps, 6 steps a track.

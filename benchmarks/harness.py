@@ -29,18 +29,20 @@ import aiohttp
 
 from benchmarks.sim_behaviour import Latency, SimConfig
 from benchmarks.sim_server import READY_PREFIX
-from engine.chat import ChatFormat, load_chat_format
-from engine.client import ClientLimits, ModelClient
-from engine.config import ModelConfig, ReasoningConfig, RunConfig, SchedulerLimits
-from engine.datasets import Problem
+from engine.data.problems import Problem
+from engine.data.prompts import load_prompt_set
 from engine.errors import ServerStartError
-from engine.models import Model
-from engine.policies.spec import SpecSettings
-from engine.prompts import load_prompt_set
-from engine.results import ProblemRecord, TrackRecord
-from engine.scheduler import Scheduler, WorkItem
-from engine.strategies.vote import VoteSettings
-from engine.tiny_models import make_tiny_models
+from engine.reasoning.policies.spec import SpecSettings
+from engine.reasoning.settings import ReasoningConfig
+from engine.reasoning.strategies.vote import VoteSettings
+from engine.records import ProblemRecord, TrackRecord
+from engine.run.config import ModelConfig, RunConfig, SchedulerLimits
+from engine.run.scheduler import Scheduler, WorkItem
+from engine.serving.chat import ChatFormat, load_chat_format
+from engine.serving.client import ModelClient
+from engine.serving.endpoints import ClientLimits
+from engine.serving.models import Model
+from engine.toy.tiny_models import make_tiny_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIM_START_TIMEOUT_S = 60.0
@@ -83,7 +85,7 @@ async def sim_stats(session: aiohttp.ClientSession, url: str) -> dict:
 
 
 def bench_session() -> aiohttp.ClientSession:
-    """One session as `engine.run` makes it: concurrency is bounded by the clients, not the connector."""
+    """One session as `engine.run.execute` makes it: concurrency is bounded by the clients, not the connector."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
 

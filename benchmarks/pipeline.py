@@ -34,13 +34,13 @@ from benchmarks.harness import (
     verdict,
 )
 from benchmarks.sim_behaviour import Latency, SimConfig
-from engine.chat import ChatFormat
-from engine.client import ClientLimits
-from engine.config import ReasoningConfig
 from engine.logging import configure_logging
 from engine.loop import run
-from engine.policies.spec import SpecSettings
-from engine.results import ProblemRecord
+from engine.reasoning.policies.spec import SpecSettings
+from engine.reasoning.settings import ReasoningConfig
+from engine.records import ProblemRecord
+from engine.serving.chat import ChatFormat
+from engine.serving.endpoints import ClientLimits
 
 # Small: 20 ms to start, 10 ms a token; big: 60 ms prefill, 30 ms a token (3x slower). A step is
 # 32 tokens: a draft takes 0.34 s, a score 0.09 s, a rewrite 1.02 s.

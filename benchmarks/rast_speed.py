@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 
 from benchmarks.harness import bench_session, print_table, sim_process, sim_stats, verdict
 from benchmarks.sim_behaviour import Latency, SimConfig
-from engine.client import ModelClient
 from engine.logging import configure_logging
 from engine.loop import run
-from engine.rast import ROLES, RastModels, RastOutput, RastSampling, TokenSpace, rast_decode
+from engine.reasoning.rast_decoding import ROLES, RastModels, RastOutput, RastSampling, TokenSpace, rast_decode
+from engine.serving.client import ModelClient
 
 SPEEDUP_TARGET = 4.0
 ACCEPTANCE_FLOOR = 0.8

@@ -37,11 +37,11 @@ from benchmarks.harness import (
     sim_stats,
 )
 from benchmarks.sim_behaviour import Latency, SimConfig
-from engine.chat import ChatFormat
-from engine.client import ClientLimits
-from engine.config import ReasoningConfig
 from engine.logging import configure_logging
 from engine.loop import run
+from engine.reasoning.settings import ReasoningConfig
+from engine.serving.chat import ChatFormat
+from engine.serving.endpoints import ClientLimits
 
 # No latency and room for every request: the sim is never what the engine waits for. Every
 # score accepts its draft (accept_rate 1), so each step is exactly a draft and a score.

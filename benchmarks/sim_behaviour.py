@@ -38,8 +38,8 @@ from typing import Any
 
 import msgspec
 
-from engine.chat import THINK_OPEN
 from engine.errors import UsageError
+from engine.serving.chat import THINK_OPEN
 
 FAULT_KINDS = ("http_500", "http_503", "reset", "stall", "truncated")
 # The probability the sim gives its chosen token; the rest is spread over the alternatives.

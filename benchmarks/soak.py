@@ -31,12 +31,13 @@ from benchmarks.harness import (
     verdict,
 )
 from benchmarks.sim_behaviour import Latency, SimConfig
-from engine.chat import ChatFormat
-from engine.client import ClientLimits
-from engine.config import ReasoningConfig
 from engine.logging import configure_logging
 from engine.loop import run
-from engine.results import ProblemRecord, append_record
+from engine.reasoning.settings import ReasoningConfig
+from engine.records import ProblemRecord
+from engine.run.store import append_record
+from engine.serving.chat import ChatFormat
+from engine.serving.endpoints import ClientLimits
 
 TRACKS, PROBLEMS_IN_FLIGHT = 4, 16
 SIM = SimConfig(

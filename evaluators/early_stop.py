@@ -4,7 +4,7 @@
 The replay follows `--tracks_in_flight K --early_stop [--early_stop_confidence C]` on the records:
 tracks start in track-id order, K at a time, and finish in id order (the tracks of a problem take
 about as many steps, so within a window they finish together); after each finish the run's
-aggregation is checked with `engine.aggregate.outcome_settled`, the tracks not finished counting as
+aggregation is checked with `engine.reasoning.aggregate.outcome_settled`, the tracks not finished counting as
 open. At a stop the answer is the vote of the finished tracks; the tracks still running count with
 all their tokens (they were about to finish: this over-counts), those never started with none.
 Tokens are the tracks' completion tokens (a method selection's are left out).
@@ -17,11 +17,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.aggregate import AGGREGATIONS, decide, outcome_settled
-from engine.answers import is_correct
+from engine.data.answers import is_correct
 from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
-from engine.results import STOPPED_EARLY, ProblemRecord, TrackRecord
+from engine.reasoning.aggregate import AGGREGATIONS, decide, outcome_settled
+from engine.records import STOPPED_EARLY, ProblemRecord, TrackRecord
 from evaluators.runs import Run, load_runs
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from engine.answers import DEFAULT_TIMEOUT_S
+from engine.data.answers import DEFAULT_TIMEOUT_S
 from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
 from evaluators import compare, report, summary, tables

@@ -60,7 +60,7 @@ def majority_group(groups: Sequence[Sequence[int]]) -> int | None:
     """Index of the winning group of votes, or None when there are none.
 
     `groups` hold sample indices grouped by equal answer, in order of first appearance (as
-    `engine.answers.group_equivalent` returns them). The largest group wins; a tie goes to
+    `engine.data.answers.group_equivalent` returns them). The largest group wins; a tie goes to
     the group whose first member comes first, i.e. the answer given earliest.
     """
     if not groups:

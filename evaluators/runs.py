@@ -17,11 +17,12 @@ from typing import Any
 import structlog
 
 from engine.errors import UsageError
-from engine.results import MANIFEST_FILE, RECORDS_FILE, ProblemRecord, read_records
+from engine.records import ProblemRecord
+from engine.run.store import MANIFEST_FILE, RECORDS_FILE, read_records
 
 log = structlog.get_logger(__name__)
 
-# The default folder name of a shard (engine.run.Shard.suffix).
+# The default folder name of a shard (engine.run.execute.Shard.suffix).
 SHARD_FOLDER = re.compile(r"(?P<stem>.+)-shard-\d+-of-\d+")
 
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.answers import DEFAULT_TIMEOUT_S, group_equivalent
-from engine.results import ProblemRecord
+from engine.data.answers import DEFAULT_TIMEOUT_S, group_equivalent
+from engine.records import ProblemRecord
+from engine.run.runner_plans import SEARCH_APPROACHES
 from evaluators import metrics
 
 SELECTIONS = ("naive", "weighted", "maj", "pass")
@@ -56,7 +57,7 @@ class Completions:
 
 
 def is_search_record(record: ProblemRecord) -> bool:
-    return bool(record.tracks) and all(t.score is not None for t in record.tracks)
+    return record.strategy in SEARCH_APPROACHES
 
 
 def selections_at_k(c: Completions, k: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, bool]:

@@ -43,9 +43,10 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from engine.answers import DEFAULT_TIMEOUT_S, group_equivalent, is_correct
-from engine.results import MODEL_ROLES, STOPPED_EARLY, ProblemRecord, TrackRecord, sum_usage
+from engine.data.answers import DEFAULT_TIMEOUT_S, group_equivalent, is_correct
+from engine.records import ACCEPTED, CHECKED, MODEL_ROLES, STOPPED_EARLY, ProblemRecord, TrackRecord, sum_usage
 from evaluators import metrics
+from evaluators.details import DetailFigures, summarize_details
 from evaluators.runs import Run
 from evaluators.search import Completions, SearchSummary, is_search_record, summarize_search
 
@@ -123,6 +124,8 @@ class RunSummary:
     tokens_saved_per_record: float
     notes: list[str] = field(default_factory=list)
     search: SearchSummary | None = None
+    # A method's own figures, key by key (`evaluators.details`).
+    details: dict[str, DetailFigures] = field(default_factory=dict)
 
 
 def grade_run(run: Run, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[GradedRecord]:
@@ -193,6 +196,7 @@ def summarize_run(
         tokens_saved_per_record=metrics.mean([r.tokens_saved for r in records]) or 0.0,
         notes=notes,
         search=_search_summary(graded, ks, timeout_s),
+        details=summarize_details(records),
     )
 
 
@@ -320,14 +324,15 @@ def _token_summary(records: list[ProblemRecord]) -> TokenSummary:
 
 
 def _step_summary(records: list[ProblemRecord]) -> StepSummary:
-    # Search records score steps in [0, 1] and keep every step: not drafts judged 0-9.
-    scored = [s for r in records if not is_search_record(r) for t in r.tracks for s in t.steps if s.score is not None]
-    accepted = sum(bool(s.accepted) for s in scored)
+    # Drafts a policy checked (scored or verified) and then kept, rewrote or replaced; search
+    # records score steps in [0, 1] and keep every step: not drafts judged 0-9.
+    checked = [s for r in records if not is_search_record(r) for t in r.tracks for s in t.steps if s.outcome in CHECKED]
+    accepted = sum(s.outcome == ACCEPTED for s in checked)
     return StepSummary(
-        scored_steps=len(scored),
+        scored_steps=len(checked),
         accepted_steps=accepted,
-        acceptance_rate=metrics.ratio(accepted, len(scored)),
-        score_histogram=metrics.score_histogram([s.score for s in scored]),
+        acceptance_rate=metrics.ratio(accepted, len(checked)),
+        score_histogram=metrics.score_histogram([s.score for s in checked if s.score is not None]),
     )
 
 

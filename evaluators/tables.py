@@ -161,10 +161,21 @@ def _signed(value: float | None) -> str:
     return DASH if value is None else f"{100 * value:+.1f} pts"
 
 
+def detail_tables(summaries: list[RunSummary]) -> list[Table]:
+    """One table per key of a method's own details (`evaluators.details`), a row per run with it."""
+    keys = sorted({key for s in summaries for key in s.details})
+    tables = []
+    for key in keys:
+        rows = [[s.name, str(s.details[key].count), s.details[key].summary] for s in summaries if key in s.details]
+        counted = "steps" if key.startswith("policy") else "records"
+        tables.append(Table(f"Details, {key}", ["run", counted, "values"], rows))
+    return tables
+
+
 def all_tables(summaries: list[RunSummary], comparisons: list[Comparison]) -> list[Table]:
     """The tables of an evaluation, in reading order; empty ones left out."""
     tables = [accuracy_table(summaries), k_table(summaries), track_table(summaries), cost_table(summaries)]
-    tables += [search_table(summaries), search_cost_table(summaries)]
+    tables += [search_table(summaries), search_cost_table(summaries), *detail_tables(summaries)]
     if comparisons:
         tables.append(comparison_table(comparisons))
     return [t for t in tables if t.rows]

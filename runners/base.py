@@ -7,7 +7,7 @@ Usage: python -m runners.base --dataset_name aime --problem_id 60-89 --repeat_id
 
 import sys
 
-from engine.cli import run_runner
+from engine.run.cli import run_runner
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,9 +12,9 @@ rest, among them `--rast_mode token|speculative`, `--gamma`, `--base_url` (repea
 import argparse
 import sys
 
-from engine.cli import run_runner
-from engine.datasets import PRESETS
+from engine.data.problems import PRESETS
 from engine.errors import UsageError
+from engine.run.cli import run_runner
 
 # RAST's --dataset names (vllm/tests/RAST_decode/run.py) -> spectra's presets.
 RAST_DATASETS = {"math": "math500", "aime": "aime24", "amc": "amc23", "gsm8k": "gsm8k"}

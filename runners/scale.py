@@ -7,7 +7,7 @@ Usage: python -m runners.scale --dataset_name aime --problem_id 60-89 --repeat_i
 
 import sys
 
-from engine.cli import run_runner
+from engine.run.cli import run_runner
 
 
 def main(argv: list[str] | None = None) -> int:

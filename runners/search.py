@@ -8,7 +8,7 @@ or with a recipe: python -m runners.search --config recipe.yaml --n 64 (flags ov
 
 import sys
 
-from engine.cli import run_runner
+from engine.run.cli import run_runner
 
 
 def main(argv: list[str] | None = None) -> int:

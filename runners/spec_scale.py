@@ -7,7 +7,7 @@ Usage: python -m runners.spec_scale --dataset_name aime --problem_id 60-89 --rep
 
 import sys
 
-from engine.cli import run_runner
+from engine.run.cli import run_runner
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ Usage: python -m runners.split --spec_reason --dataset_name aime --problem_id 60
 
 import sys
 
-from engine.cli import run_runner
+from engine.run.cli import run_runner
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,8 @@ class Reply:
     status: int = 200
     error_message: str = "scripted failure"
     delay_s: float = 0.0
+    # Replies only once this event is set (after `delay_s`): orders replies by events, not sleeps.
+    after: asyncio.Event | None = None
     chunk_delay_s: float = 0.0
     cut_after_chunks: int | None = None
     malformed: bool = False
@@ -140,6 +142,8 @@ class FakeOpenAIServer:
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             await asyncio.sleep(reply.delay_s)
+            if reply.after is not None:
+                await reply.after.wait()
             if reply.status != 200:
                 return web.json_response(
                     {"object": "error", "message": reply.error_message, "code": reply.status}, status=reply.status

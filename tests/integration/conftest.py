@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.run import ROLE_SERVER_ARGS
-from engine.servers import RunningServer, ServerSpec, serve_models
-from engine.tiny_models import TinyModels, make_tiny_models
-from engine.tiny_prm import make_tiny_prm, prm_server_args
-from engine.toy_models import ToyModels, make_toy_models
+from engine.run.execute import ROLE_SERVER_ARGS
+from engine.serving.servers import RunningServer, ServerSpec, serve_models
+from engine.toy.tiny_models import TinyModels, make_tiny_models
+from engine.toy.tiny_prm import make_tiny_prm, prm_server_args
+from engine.toy.toy_models import ToyModels, make_toy_models
 
 HERE = Path(__file__).parent
 # Two CPU servers start in ~20-30 s on 2 cores; leave room for a loaded CI machine.
@@ -70,7 +70,7 @@ async def vllm_servers(tiny_models: TinyModels, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="session")
 async def prm_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningServer]:
-    """The tiny process reward model (`engine.tiny_prm`) served by vLLM as a pooling model."""
+    """The tiny process reward model (`engine.toy.tiny_prm`) served by vLLM as a pooling model."""
     model_dir = make_tiny_prm(tmp_path_factory.mktemp("tiny-prm"))
     args = (*ROLE_SERVER_ARGS["prm"], *prm_server_args(model_dir))
     spec = ServerSpec(name="prm", model=str(model_dir), dtype="float32", extra_args=args)

@@ -8,7 +8,8 @@ import time
 import aiohttp
 import pytest
 
-from engine.client import ClientLimits, ModelClient
+from engine.serving.client import ModelClient
+from engine.serving.endpoints import ClientLimits
 from tests.integration.test_servers import metric
 
 FORCE_LENGTH = {"ignore_eos": True}

@@ -8,11 +8,12 @@ import json
 
 import pytest
 
-from engine.cli import ArgumentParser, add_run_arguments, build_config
-from engine.results import MANIFEST_FILE
-from engine.run import execute
-from engine.servers import ServerSpec, serve_models
-from engine.toy_models import MAX_POSITIONS
+from engine.run.cli import build_config
+from engine.run.execute import execute
+from engine.run.flags import ArgumentParser, add_run_arguments
+from engine.run.store import MANIFEST_FILE
+from engine.serving.servers import ServerSpec, serve_models
+from engine.toy.toy_models import MAX_POSITIONS
 from evaluators import summary
 from evaluators.runs import load_run
 

@@ -18,15 +18,17 @@ from asyncio.subprocess import PIPE
 import aiohttp
 import pytest
 
-from engine.aggregate import decide
-from engine.client import ClientLimits, ModelClient
-from engine.config import DataConfig, ModelConfig, ReasoningConfig, RunConfig
+from engine.data.prompts import load_prompt_set
 from engine.errors import RetryableServerError
-from engine.prompts import load_prompt_set
-from engine.results import RECORDS_FILE, read_records
-from engine.run import execute
-from engine.servers import ServerSpec, free_port, serve_models
-from engine.strategies.vote import VoteSettings
+from engine.reasoning.aggregate import decide
+from engine.reasoning.settings import ReasoningConfig
+from engine.reasoning.strategies.vote import VoteSettings
+from engine.run.config import DataConfig, ModelConfig, RunConfig
+from engine.run.execute import execute
+from engine.run.store import RECORDS_FILE, read_records
+from engine.serving.client import ModelClient
+from engine.serving.endpoints import ClientLimits
+from engine.serving.servers import ServerSpec, free_port, serve_models
 from tests.integration.fault_proxy import PLAIN_BODY_FAULTS, Fault, FaultProxy, Rule
 from tests.integration.test_runs import SHORT, check_track_bookkeeping
 from tests.integration.test_servers import metric

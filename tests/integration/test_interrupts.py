@@ -20,12 +20,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from engine.results import MANIFEST_FILE, RECORDS_FILE, read_records
+from engine.run.store import MANIFEST_FILE, RECORDS_FILE, read_records
 from tests.integration.test_runs import FINISH_REASONS, SHORT
 from tests.integration.test_servers import metric
 
 # What the `spectra` console script runs.
-SPECTRA = [sys.executable, "-c", "import sys; from engine.cli import main; sys.exit(main())"]
+SPECTRA = [sys.executable, "-c", "import sys; from runners.spectra import main; sys.exit(main())"]
 DEMO_PROBLEMS = 6
 RUN_TIMEOUT_S = 300
 

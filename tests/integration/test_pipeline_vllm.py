@@ -8,9 +8,10 @@ import dataclasses
 
 import pytest
 
-from engine.config import DataConfig, ModelConfig, ReasoningConfig, RunConfig, SchedulerLimits
-from engine.policies.spec import SpecSettings
-from engine.run import execute
+from engine.reasoning.policies.spec import SpecSettings
+from engine.reasoning.settings import ReasoningConfig
+from engine.run.config import DataConfig, ModelConfig, RunConfig, SchedulerLimits
+from engine.run.execute import execute
 
 GREEDY = ReasoningConfig(token_budget=96, max_step_tokens=16, answer_max_tokens=8, temperature=0.0, seed=1)
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from engine.chat import Message, load_chat_format
-from engine.client import ModelClient
-from engine.models import Model
-from engine.prm import PRMScorer, TokenPRMScorer
-from engine.scoring import ScoreQuery
+from engine.reasoning.prm import PRMScorer, TokenPRMScorer
+from engine.reasoning.scoring import ScoreQuery
+from engine.serving.chat import Message, load_chat_format
+from engine.serving.client import ModelClient
+from engine.serving.models import Model
 
 STEPS = ("We add 2 and 3.", "So the sum is 5.", "The answer is \\boxed{5}.")
 

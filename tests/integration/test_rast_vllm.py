@@ -23,12 +23,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine.client import ModelClient
-from engine.rast import RastModels, RastSampling, rast_decode
-from engine.rast_vocab import rast_server_args, shared_token_space
-from engine.results import RECORDS_FILE, read_records
-from engine.servers import ServerSpec, serve_models
-from engine.tiny_models import make_tiny_models
+from engine.reasoning.rast_decoding import RastModels, RastSampling, rast_decode
+from engine.reasoning.rast_vocab import rast_server_args, shared_token_space
+from engine.run.store import RECORDS_FILE, read_records
+from engine.serving.client import ModelClient
+from engine.serving.servers import ServerSpec, serve_models
+from engine.toy.tiny_models import make_tiny_models
 
 NEW_TOKENS = 24
 PROMPT = "Question:\nWhat is 3x + 5 = 20?\nAnswer:\nLet's think step by step.\n"

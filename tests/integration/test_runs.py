@@ -6,10 +6,11 @@ import json
 import subprocess
 import sys
 
-from engine.config import DataConfig, ModelConfig, ReasoningConfig, RunConfig
-from engine.results import RECORDS_FILE, read_records
-from engine.run import execute
-from engine.strategies.vote import VoteSettings
+from engine.reasoning.settings import ReasoningConfig
+from engine.reasoning.strategies.vote import VoteSettings
+from engine.run.config import DataConfig, ModelConfig, RunConfig
+from engine.run.execute import execute
+from engine.run.store import RECORDS_FILE, read_records
 
 FINISH_REASONS = {"answer", "think_end", "eos", "repeat", "budget"}
 SHORT = dict(token_budget=96, max_step_tokens=24, answer_max_tokens=16, seed=1)
@@ -162,7 +163,7 @@ def test_the_demo_command_starts_its_own_servers_and_prints_a_summary(toy_models
     command = [
         sys.executable,
         "-m",
-        "engine.cli",
+        "runners.spectra",
         "run",
         "--toy_models_dir",
         str(toy_models.big.parent),

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import ArgumentParser, add_run_arguments, build_config
-from engine.recipes import parse_with_recipe
-from engine.results import RECORDS_FILE, read_records
-from engine.run import execute
-from engine.scoring import aggregate_step_scores
-from engine.tiny_prm import prm_server_args
+from engine.data.recipes import parse_with_recipe
+from engine.reasoning.scoring import aggregate_step_scores
+from engine.run.cli import build_config
+from engine.run.execute import execute
+from engine.run.flags import ArgumentParser, add_run_arguments
+from engine.run.store import RECORDS_FILE, read_records
+from engine.toy.tiny_prm import prm_server_args
 from evaluators import summary
 from evaluators.runs import load_run
 

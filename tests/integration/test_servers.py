@@ -12,7 +12,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from engine.errors import ServerStartError, UsageError
-from engine.servers import ServerSpec, check_server, free_port, serve_models
+from engine.serving.servers import ServerSpec, check_server, free_port, serve_models
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ a folder that a runner is using is refused at once.
 import asyncio
 import json
 
-from engine.folder_lock import LOCK_FILE
-from engine.results import MANIFEST_FILE, RECORDS_FILE, read_records
+from engine.run.folder_lock import LOCK_FILE
+from engine.run.store import MANIFEST_FILE, RECORDS_FILE, read_records
 from evaluators.evaluate import main as evaluate
 from tests.integration import test_interrupts
 from tests.integration.test_interrupts import DEMO_PROBLEMS, has_a_record, runner_command, wait_until

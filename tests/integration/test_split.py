@@ -11,15 +11,15 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from engine.chat import Message, load_chat_format
-from engine.client import ModelClient
-from engine.config import ReasoningConfig
-from engine.models import Model
-from engine.policies import POLICIES
-from engine.policies.base import StepContext
-from engine.policies.spec_reason import CLOSE_TAG, SPAN_CAP_TOKENS
-from engine.prompts import load_prompt_set
-from engine.results import RECORDS_FILE, read_records
+from engine.data.prompts import load_prompt_set
+from engine.reasoning.policies import POLICIES
+from engine.reasoning.policies.base import StepContext
+from engine.reasoning.policies.spec_reason import CLOSE_TAG, SPAN_CAP_TOKENS
+from engine.reasoning.settings import ReasoningConfig
+from engine.run.store import RECORDS_FILE, read_records
+from engine.serving.chat import Message, load_chat_format
+from engine.serving.client import ModelClient
+from engine.serving.models import Model
 from tests.integration.test_runs import check_track_bookkeeping
 
 SPLIT_POLICIES = {
@@ -53,7 +53,7 @@ def test_runners_split_runs_each_mode(vllm_servers, tmp_path, mode):
 
 
 def test_spectra_run_policy_random_switch_runs_on_the_demo(toy_models, tmp_path):
-    command = [sys.executable, "-m", "engine.cli", "run", "--policy", "random_switch", "--seed", "1"]
+    command = [sys.executable, "-m", "runners.spectra", "run", "--policy", "random_switch", "--seed", "1"]
     command += ["--toy_models_dir", str(toy_models.big.parent), "--problem_id", "0"]
     command += ["--output_dir", str(tmp_path / "demo"), "--no_progress"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)

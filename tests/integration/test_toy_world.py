@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.toy_world import MODES, run_config, summarize
-from engine.config import ModelConfig
-from engine.run import execute
-from engine.servers import ServerSpec, serve_models
-from engine.toy_models import MAX_POSITIONS
+from engine.run.config import ModelConfig
+from engine.run.execute import execute
+from engine.serving.servers import ServerSpec, serve_models
+from engine.toy.toy_models import MAX_POSITIONS
 
 PROBLEMS = 20
 

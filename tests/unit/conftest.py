@@ -6,13 +6,14 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from engine.chat import ChatFormat
-from engine.client import ClientLimits, ModelClient
-from engine.config import ReasoningConfig
-from engine.models import Model
-from engine.policies import POLICIES
-from engine.prompts import PromptSet
-from engine.track import Track, TrackSetup, new_track_record
+from engine.data.prompts import PromptSet
+from engine.reasoning.policies import POLICIES
+from engine.reasoning.settings import ReasoningConfig
+from engine.reasoning.track import Track, TrackSetup, new_track_record
+from engine.serving.chat import ChatFormat
+from engine.serving.client import ModelClient
+from engine.serving.endpoints import ClientLimits
+from engine.serving.models import Model
 
 CHATML = (
     "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from engine.aggregate import decide, leader_confidence, outcome_settled
-from engine.results import StepRecord, TrackRecord
+from engine.reasoning.aggregate import decide, leader_confidence, outcome_settled
+from engine.records import StepRecord, TrackRecord
 
 
 def track(track_id, answer, *, tokens=10, scores=(), finished_at=None):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from engine.answers import (
+from engine.data.answers import (
     answers_equivalent,
     choice_letter,
     extract_answer,

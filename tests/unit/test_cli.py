@@ -7,9 +7,11 @@ import threading
 import aiohttp
 import pytest
 
-from engine.cli import ArgumentParser, add_run_arguments, build_config, main
-from engine.config import ModelConfig, RunConfig
-from engine.run import model_endpoints, roles_needed
+from engine.run.cli import build_config
+from engine.run.config import ModelConfig, RunConfig
+from engine.run.execute import model_endpoints, roles_needed
+from engine.run.flags import ArgumentParser, add_run_arguments
+from runners.spectra import main
 from tests.fake_openai import FakeOpenAIServer
 
 
@@ -95,11 +97,34 @@ def test_window_and_confidence_flags_reach_the_vote_settings():
         (["--dataset_name", "aime"], "--dataset_name aime needs real models: give --big_model and --small_model"),
         ([*SERVED, "--model", "small"], "--model has no effect in spec (its tracks use both models)"),
         ([*SERVED, "--runner", "spec_scale_methods", "--model", "big"], "--model has no effect in spec_scale_methods"),
+        # flags of a strategy or policy the run does not use change nothing: refused
+        (
+            [*SERVED, "--strategy", "best_of_n", "--tracks", "8", "--early_stop"],
+            "--tracks belongs to strategy vote, and this run's strategy is best_of_n",
+        ),
+        (
+            [*SERVED, "--runner", "base", "--score_threshold", "5"],
+            "--score_threshold belongs to policy spec, and this run's policy is big",
+        ),
+        (
+            [*SERVED, "--runner", "rast", "--switch_ratio", "2"],
+            "--switch_ratio belongs to policy random_switch, and strategy rast runs no step policy",
+        ),
+        (
+            [*SERVED, "--runner", "spec", "--n", "4"],
+            "--n belongs to strategy best_of_n or beam_search or dvts, and this run's strategy is vote",
+        ),
     ],
 )
 def test_setups_that_would_silently_do_something_else_are_refused(capsys, tmp_path, flags, message):
     code, errors = run_cli(capsys, tmp_path, *flags)
     assert code == 2 and len(errors) == 1 and message in errors[0]
+
+
+def test_flags_of_the_specs_in_use_are_taken():
+    assert parsed("spec", "--score_threshold", "5").policy_settings.score_threshold == 5
+    assert parsed("search", "--n", "4", "--approach", "dvts", "--scorer", "judge").strategy_settings.n == 4
+    assert parsed("scale", "--tracks", "8", "--early_stop").strategy_settings.early_stop
 
 
 def test_step_delimiter_typed_in_a_shell_means_newlines():

@@ -8,9 +8,10 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-from engine.client import ClientLimits, ModelClient
 from engine.errors import RetryableServerError, ServerError
-from engine.servers import free_port
+from engine.serving.client import ModelClient
+from engine.serving.endpoints import ClientLimits
+from engine.serving.servers import free_port
 from tests.fake_openai import FakeOpenAIServer, Reply
 
 FAST = ClientLimits(backoff_initial_s=0.01, backoff_max_s=0.02, max_attempts=3, stall_timeout_s=2.0)

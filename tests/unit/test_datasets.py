@@ -11,7 +11,7 @@ import pyarrow
 import pyarrow.parquet
 import pytest
 
-from engine.datasets import (
+from engine.data.problems import (
     ALIASES,
     PRESETS,
     Problem,
@@ -251,7 +251,7 @@ def test_unknown_field_in_field_map():
 def test_hub_failure_offline_is_a_usage_error(tmp_path):
     # HF_HUB_OFFLINE makes `datasets` fail at once instead of retrying the network for ~20 s
     script = (
-        "from engine.datasets import load_problems\n"
+        "from engine.data.problems import load_problems\n"
         "from engine.errors import UsageError\n"
         "for name in ('nobody-zz/no-such-set', 'aime24'):\n"
         "    try:\n"

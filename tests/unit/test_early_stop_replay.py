@@ -5,7 +5,8 @@ import json
 import pytest
 
 from engine.errors import UsageError
-from engine.results import MANIFEST_FILE, RECORDS_FILE, ModelUsage, ProblemRecord, TrackRecord, append_record
+from engine.records import ModelUsage, ProblemRecord, TrackRecord
+from engine.run.store import MANIFEST_FILE, RECORDS_FILE, append_record
 from evaluators.early_stop import main, replay_record, replay_run
 from evaluators.runs import load_run
 

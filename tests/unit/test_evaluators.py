@@ -10,15 +10,8 @@ import structlog
 from structlog.testing import capture_logs
 
 from engine.errors import UsageError
-from engine.results import (
-    MANIFEST_FILE,
-    RECORDS_FILE,
-    ModelUsage,
-    ProblemRecord,
-    StepRecord,
-    TrackRecord,
-    append_record,
-)
+from engine.records import ACCEPTED, REWRITTEN, ModelUsage, ProblemRecord, StepRecord, TrackRecord
+from engine.run.store import MANIFEST_FILE, RECORDS_FILE, append_record
 from evaluators import compare, metrics, summary
 from evaluators.evaluate import main
 from evaluators.runs import load_run
@@ -87,10 +80,10 @@ def write_run(folder: Path, records: list[ProblemRecord], *, mode: str, config: 
 def spec_records() -> list[ProblemRecord]:
     """Two problems x two repeats, three tracks each (roles solver, critic, none)."""
     steps0 = [
-        StepRecord(index=0, text="s", writer="small", tokens=10, score=8.0),
-        StepRecord(index=1, text="b", writer="big", tokens=20, score=3.5, draft="rejected draft"),
+        StepRecord(index=0, text="s", writer="small", tokens=10, score=8.0, outcome=ACCEPTED),
+        StepRecord(index=1, text="b", writer="big", tokens=20, score=3.5, draft="rejected draft", outcome=REWRITTEN),
     ]
-    steps1 = [StepRecord(index=0, text="s", writer="small", tokens=30, score=7.0)]
+    steps1 = [StepRecord(index=0, text="s", writer="small", tokens=30, score=7.0, outcome=ACCEPTED)]
     steps2 = [StepRecord(index=0, text="b", writer="big", tokens=40)]  # big-only first step: unscored
     p1r0_tracks = [
         track(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.results import ModelUsage, ProblemRecord, StepRecord, TrackRecord
+from engine.records import ModelUsage, ProblemRecord, StepRecord, TrackRecord
 from evaluators import summary
 from evaluators.evaluate import main
 from evaluators.runs import load_run
@@ -31,7 +31,8 @@ def search_record(problem: str, reference: str, answers_scores: list[tuple[str |
         dataset="math500",
         problem_id=problem,
         repeat_id=0,
-        mode="beam_search",
+        mode="search",
+        strategy="beam_search",
         problem=f"problem {problem}",
         reference_answer=reference,
         tracks=tracks,
@@ -84,7 +85,7 @@ def test_search_summary_accuracy_and_cost(search_run):
 
 def test_runs_that_are_not_searches_have_no_search_figures(tmp_path):
     plain = TrackRecord(track_id=0, mode="spec", answer="2", finish_reason="answer")
-    record = dataclasses.replace(RECORDS[0], tracks=[plain])
+    record = dataclasses.replace(RECORDS[0], tracks=[plain], strategy="vote")
     run = load_run(write_run(tmp_path / "spec", [record], mode="spec"))
     assert summary.summarize_run(run, summary.grade_run(run)).search is None
 

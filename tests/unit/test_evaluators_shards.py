@@ -7,7 +7,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from engine.errors import UsageError
-from engine.results import MANIFEST_FILE, RECORDS_FILE
+from engine.run.store import MANIFEST_FILE, RECORDS_FILE
 from evaluators import summary
 from evaluators.evaluate import main
 from evaluators.runs import load_runs
@@ -24,7 +24,7 @@ def write_shard(folder: Path, records, index: int, count: int, *, digest: str = 
 
 
 def split(records, count: int) -> list[list]:
-    """Round-robin over the work list, as engine.run.Shard does."""
+    """Round-robin over the work list, as engine.run.execute.Shard does."""
     return [records[i::count] for i in range(count)]
 
 

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from engine.logit_transfer import (
+from engine.reasoning.logit_transfer import (
     combine,
     draft_distribution,
     residual,

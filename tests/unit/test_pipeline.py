@@ -12,15 +12,15 @@ from collections import Counter
 
 import pytest
 
-from engine.config import ReasoningConfig
-from engine.datasets import Problem
+from engine.data.problems import Problem
+from engine.data.prompts import load_prompt_set
 from engine.errors import UsageError
-from engine.policies import POLICIES
-from engine.policies.base import StepContext
-from engine.policies.spec import SpecSettings
-from engine.prompts import load_prompt_set
-from engine.results import ModelUsage
-from engine.track import track_messages
+from engine.reasoning.policies import POLICIES
+from engine.reasoning.policies.base import StepContext
+from engine.reasoning.policies.spec import SpecSettings
+from engine.reasoning.settings import ReasoningConfig
+from engine.reasoning.track import track_messages
+from engine.records import ModelUsage
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import run_one_track
 from tests.unit.test_track import ANSWER, kind, score

@@ -7,12 +7,12 @@ import re
 import aiohttp
 import pytest
 
-from engine.chat import ChatFormat, Message
-from engine.client import ModelClient
 from engine.errors import ServerError
-from engine.models import Model
-from engine.prm import QWEN_PRM_SYSTEM, PRMScorer, TokenPRMScorer, good_token_probability
-from engine.scoring import ScoreQuery, aggregate_step_scores
+from engine.reasoning.prm import QWEN_PRM_SYSTEM, PRMScorer, TokenPRMScorer, good_token_probability
+from engine.reasoning.scoring import ScoreQuery, aggregate_step_scores
+from engine.serving.chat import ChatFormat, Message
+from engine.serving.client import ModelClient
+from engine.serving.models import Model
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import FAST_LIMITS, chatml_tokenizer
 

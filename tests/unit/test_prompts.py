@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.datasets import Problem
-from engine.errors import UsageError
-from engine.prompts import (
+from engine.data.problems import Problem
+from engine.data.prompts import (
     Templates,
     available_prompt_sets,
     load_prompt_set,
 )
-from engine.track import track_messages
+from engine.errors import UsageError
+from engine.reasoning.track import track_messages
 from tests.fixtures import seed_prompts as seed
 
 CLEAN_PROBLEM = (

@@ -9,9 +9,9 @@ from collections import Counter
 import pytest
 
 from benchmarks.sim_behaviour import SimConfig, plan_rast_reply, rast_logprobs
-from engine.client import ModelClient
-from engine.logit_transfer import combine, sampling_distribution, top_k
-from engine.rast import RastModels, RastSampling, TokenSpace, rast_decode
+from engine.reasoning.logit_transfer import combine, sampling_distribution, top_k
+from engine.reasoning.rast_decoding import RastModels, RastSampling, TokenSpace, rast_decode
+from engine.serving.client import ModelClient
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import FAST_LIMITS
 

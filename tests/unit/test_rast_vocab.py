@@ -5,7 +5,7 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
 from engine.errors import UsageError
-from engine.rast_vocab import rast_server_args, shared_token_space
+from engine.reasoning.rast_vocab import rast_server_args, shared_token_space
 from runners.rast import translate
 from tests.unit.conftest import WORDS, chatml_tokenizer
 

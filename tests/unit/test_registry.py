@@ -8,15 +8,16 @@ import itertools
 import pytest
 
 from benchmarks.sim_behaviour import markov_reply
-from engine.cli import SETTINGS_CLASSES
-from engine.config import ModelConfig, ReasoningConfig, RunConfig, Settings, check_unique_flags
-from engine.datasets import Problem
-from engine.policies import POLICIES
-from engine.policies.base import StepContext
-from engine.prompts import load_prompt_set
-from engine.scheduler import Scheduler, WorkItem
-from engine.strategies import STRATEGIES
-from engine.track import track_messages
+from engine.data.problems import Problem
+from engine.data.prompts import load_prompt_set
+from engine.reasoning.policies import POLICIES
+from engine.reasoning.policies.base import StepContext
+from engine.reasoning.settings import ReasoningConfig, Settings
+from engine.reasoning.strategies import STRATEGIES
+from engine.reasoning.track import track_messages
+from engine.run.config import ModelConfig, RunConfig
+from engine.run.flags import SETTINGS_CLASSES, check_unique_flags
+from engine.run.scheduler import Scheduler, WorkItem
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import WORDS
 

@@ -5,17 +5,8 @@ import json
 import pytest
 
 from engine.errors import UsageError
-from engine.results import (
-    MANIFEST_FILE,
-    RECORDS_FILE,
-    ModelUsage,
-    ProblemRecord,
-    RunStore,
-    StepRecord,
-    TrackRecord,
-    append_record,
-    read_records,
-)
+from engine.records import ACCEPTED, REWRITTEN, WRITTEN, ModelUsage, ProblemRecord, StepRecord, TrackRecord
+from engine.run.store import MANIFEST_FILE, RECORDS_FILE, RunStore, append_record, read_records
 
 
 def record(problem_id="1", repeat_id=0):
@@ -27,6 +18,7 @@ def record(problem_id="1", repeat_id=0):
         score=8.0,
         score_distribution={"8": 1.0},
         usage={"small": ModelUsage(10, 3, 1)},
+        outcome=ACCEPTED,
     )
     track = TrackRecord(track_id=0, mode="spec", steps=[step], answer="4", usage={"small": ModelUsage(10, 3, 1)})
     return ProblemRecord(
@@ -52,6 +44,27 @@ def test_a_record_round_trips_through_its_json_line(tmp_path):
     read = read_records(path)
     assert read.records == [record()] and not read.bad_lines and not read.partial_tail
     assert read.records[0].tracks[0].steps[0].accepted is True
+
+
+def test_records_written_before_outcomes_and_strategies_read_as_they_meant(tmp_path):
+    # A line as spectra wrote it before steps had an outcome and records named their strategy.
+    old_step = {"index": 0, "text": "s", "writer": "small", "tokens": 3, "score": 8.0, "draft": None}
+    rewritten = {**old_step, "index": 1, "writer": "big", "score": 2.0, "draft": "wrong"}
+    unscored = {"index": 2, "text": "b", "writer": "big", "tokens": 4}
+    spec = {**record().to_dict(), "tracks": [{"track_id": 0, "mode": "spec", "steps": [old_step, rewritten, unscored]}]}
+    for key in ("strategy",):
+        spec.pop(key)
+    for step in spec["tracks"][0]["steps"]:
+        step.pop("outcome", None)
+    scored_tracks = [{"track_id": i, "mode": "dvts", "score": 0.5, "steps": []} for i in range(2)]
+    search = {**spec, "problem_id": "2", "mode": "search", "tracks": scored_tracks}
+    rast = {**spec, "problem_id": "3", "mode": "rast", "tracks": [{"track_id": 0, "mode": "rast"}]}
+    path = tmp_path / RECORDS_FILE
+    path.write_text("".join(json.dumps(line) + "\n" for line in (spec, search, rast)))
+    records = read_records(path).records
+    assert [s.outcome for s in records[0].tracks[0].steps] == [ACCEPTED, REWRITTEN, WRITTEN]
+    assert [s.accepted for s in records[0].tracks[0].steps] == [True, False, None]
+    assert [r.strategy for r in records] == ["vote", "dvts", "rast"]
 
 
 def test_partial_last_line_and_malformed_lines_are_reported(tmp_path):

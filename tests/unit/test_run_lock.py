@@ -16,8 +16,8 @@ import pytest
 from benchmarks.harness import sim_process
 from benchmarks.sim_behaviour import Latency, SimConfig
 from engine.errors import UsageError
-from engine.folder_lock import LOCK_FILE, hold_run_folder
-from engine.results import MANIFEST_FILE, RECORDS_FILE, RunStore, read_records
+from engine.run.folder_lock import LOCK_FILE, hold_run_folder
+from engine.run.store import MANIFEST_FILE, RECORDS_FILE, RunStore, read_records
 from tests.unit.conftest import chatml_tokenizer
 
 # A process that takes the folder's lock, says so, and keeps it until it is killed.
@@ -25,7 +25,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from engine.folder_lock import hold_run_folder
+    from engine.run.folder_lock import hold_run_folder
     with hold_run_folder(Path(sys.argv[1])):
         print("held", flush=True)
         time.sleep(600)

@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from engine.config import DataConfig, ModelConfig, RunConfig, SchedulerLimits
-from engine.prompts import _package_root
-from engine.run import execute, model_endpoints
-from engine.servers import RunningServer, model_context_length
+from engine.data.prompts import _package_root
+from engine.run.config import DataConfig, ModelConfig, RunConfig, SchedulerLimits
+from engine.run.execute import execute, model_endpoints
+from engine.serving.servers import RunningServer, model_context_length
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import chatml_tokenizer
 
@@ -71,7 +71,7 @@ async def test_servers_spectra_starts_get_the_models_own_context_length(tmp_path
         started.extend(specs)
         yield {s.name: RunningServer(s.name, "http://127.0.0.1:9", s.model, 0, log_dir) for s in specs}
 
-    monkeypatch.setattr("engine.run.serve_models", fake_serve_models)
+    monkeypatch.setattr("engine.run.execute.serve_models", fake_serve_models)
     for given, expected in ((None, 12345), (2048, 2048)):
         started.clear()
         config = RunConfig(

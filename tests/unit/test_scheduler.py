@@ -3,13 +3,15 @@
 import asyncio
 import dataclasses
 
-from engine.config import ModelConfig, ReasoningConfig, RunConfig, SchedulerLimits
-from engine.datasets import Problem
-from engine.methods import parse_codes, select_methods, selector_max_tokens
-from engine.models import SEED_STRIDE
-from engine.prompts import load_prompt_set
-from engine.scheduler import Scheduler, WorkItem
-from engine.strategies.vote import VoteSettings, plan_tracks
+from engine.data.problems import Problem
+from engine.data.prompts import load_prompt_set
+from engine.reasoning.method_selection import parse_codes, select_methods, selector_max_tokens
+from engine.reasoning.settings import ReasoningConfig
+from engine.reasoning.strategies.track_group import plan_tracks
+from engine.reasoning.strategies.vote import VoteSettings
+from engine.run.config import ModelConfig, RunConfig, SchedulerLimits
+from engine.run.scheduler import Scheduler, WorkItem
+from engine.serving.models import SEED_STRIDE
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import FAST_LIMITS
 
@@ -30,8 +32,15 @@ def config(max_tracks_in_flight=64, max_problems_in_flight=8, **vote):
 
 
 def plan(cfg, prompts, methods=None, repeat_id=0):
+    settings = cfg.strategy_settings
     return plan_tracks(
-        cfg.strategy_settings, prompts, policy=cfg.policy, base_seed=0, repeat_id=repeat_id, methods=methods
+        settings.tracks,
+        prompts,
+        policy=cfg.policy,
+        base_seed=0,
+        repeat_id=repeat_id,
+        use_role_prompts=settings.use_role_prompts,
+        methods=methods,
     )
 
 
@@ -134,9 +143,26 @@ async def test_tracks_in_flight_bounds_the_tracks_of_each_problem_and_starts_the
     assert big.peak_in_flight == 4 and len(records) == 2
 
 
+def chained_tracks(answer, hold_last_s):
+    """Track t > 0 answers once track t + 1's request has arrived, so the window has started
+    every track up to the last one before the third answer; the last track holds for good."""
+    arrived: dict[int, asyncio.Event] = {}
+
+    def respond(body):
+        t = track_of(body)
+        arrived.setdefault(t, asyncio.Event()).set()
+        if t == 0:
+            return Reply(text=f"thinking</think>\\boxed{{{answer}}}")
+        if t == 3:
+            return Reply(text="never sent", delay_s=hold_last_s)
+        return Reply(text=f"thinking</think>\\boxed{{{answer}}}", after=arrived.setdefault(t + 1, asyncio.Event()))
+
+    return respond
+
+
 async def test_early_stop_skips_the_tracks_the_window_has_not_started(make_models):
     cfg = config(tracks=5, tracks_in_flight=2, early_stop=True)
-    responder = scripted_tracks(["7"] * 5, [0.01, 0.02, 0.01, 30.0, 30.0])
+    responder = chained_tracks("7", hold_last_s=30.0)
     records, big = await run_scheduler(make_models, responder, cfg, PROBLEMS[:1])
     (record,) = records
     # three "7" against the two open tracks settle it: track 3 was running, track 4 never started
@@ -245,7 +271,7 @@ async def test_a_selector_that_fails_for_good_falls_back_and_records_the_error(m
 
 
 async def test_a_track_that_raises_fails_alone_and_the_problem_is_still_voted(make_models, monkeypatch):
-    from engine.strategies.base import SolveContext
+    from engine.reasoning.strategies.base import SolveContext
 
     made = []
     real = SolveContext.new_policy

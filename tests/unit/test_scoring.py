@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from engine.scoring import digit_distribution, score_from_logprobs
+from engine.reasoning.scoring import digit_distribution, score_from_logprobs
 
 TOP = {"7": math.log(0.5), "8": math.log(0.3), " the": math.log(0.15), "2": math.log(0.05)}
 

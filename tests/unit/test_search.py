@@ -9,19 +9,19 @@ its first word from a table.
 import aiohttp
 import pytest
 
-from engine.chat import ChatFormat, Message
-from engine.client import ModelClient
-from engine.config import ModelConfig, RunConfig
-from engine.datasets import Problem
+from engine.data.problems import Problem
+from engine.data.prompts import load_prompt_set
 from engine.errors import UsageError
-from engine.models import Model
-from engine.prm import PRMScorer
-from engine.prompts import load_prompt_set
-from engine.scheduler import Scheduler, WorkItem
-from engine.search import STEP_DELIMITER, Sampling, Searcher, SearchSettings, completion_tracks, split_steps
-from engine.strategies.beam_search import beam_search
-from engine.strategies.best_of_n import best_of_n
-from engine.strategies.dvts import dvts
+from engine.reasoning.beams import STEP_DELIMITER, Sampling, Searcher, SearchSettings, completion_tracks, split_steps
+from engine.reasoning.prm import PRMScorer
+from engine.reasoning.strategies.beam_search import beam_search
+from engine.reasoning.strategies.best_of_n import best_of_n
+from engine.reasoning.strategies.dvts import dvts
+from engine.run.config import ModelConfig, RunConfig
+from engine.run.scheduler import Scheduler, WorkItem
+from engine.serving.chat import ChatFormat, Message
+from engine.serving.client import ModelClient
+from engine.serving.models import Model
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import FAST_LIMITS, chatml_tokenizer
 

@@ -3,10 +3,11 @@ overriding them, and bad input refused with one line, exit code 2 and nothing wr
 
 import pytest
 
-from engine.cli import ArgumentParser, add_run_arguments, build_config, main
-from engine.recipes import parse_with_recipe
-from engine.run import roles_needed
-from engine.search import SearchSettings
+from engine.data.recipes import parse_with_recipe
+from engine.reasoning.beams import SearchSettings
+from engine.run.cli import build_config, main
+from engine.run.execute import roles_needed
+from engine.run.flags import ArgumentParser, add_run_arguments
 
 MODELS = ["--small_model", "policy-model", "--prm_model", "prm-model", "--big_model", "judge-model"]
 
@@ -78,7 +79,7 @@ def test_bad_recipes_and_settings_give_one_line_and_exit_2(capsys, tmp_path, rec
 
 
 def test_a_prm_server_spectra_starts_caches_no_prefixes_and_takes_the_users_flags_after():
-    from engine.run import _server_args
+    from engine.run.execute import _server_args
 
     config = config_of([*MODELS, "--prm_server_args=--max-model-len 8192 --seed 3"])
     assert _server_args(config, "prm") == ("--no-enable-prefix-caching", "--max-model-len", "8192", "--seed", "3")

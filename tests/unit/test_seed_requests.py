@@ -8,10 +8,10 @@ for the first step, `continue_final_message` after it), and compared with what t
 
 import math
 
-from engine.config import ReasoningConfig
-from engine.datasets import Problem
-from engine.policies.single import SingleModelSettings
-from engine.prompts import load_prompt_set
+from engine.data.problems import Problem
+from engine.data.prompts import load_prompt_set
+from engine.reasoning.policies.single import SingleModelSettings
+from engine.reasoning.settings import ReasoningConfig
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.fixtures import seed_prompts as seed
 from tests.unit.conftest import chatml_tokenizer, run_one_track

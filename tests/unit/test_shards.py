@@ -6,12 +6,13 @@ from dataclasses import replace
 
 import pytest
 
-from engine.cli import ArgumentParser, add_run_arguments, build_config, main
-from engine.config import DataConfig, ModelConfig, RunConfig
-from engine.datasets import Problem
+from engine.data.problems import Problem
 from engine.errors import UsageError
-from engine.results import MANIFEST_FILE, RunStore
-from engine.run import Shard, manifest_for, parse_shard, select_work
+from engine.run.cli import build_config, main
+from engine.run.config import DataConfig, ModelConfig, RunConfig
+from engine.run.execute import Shard, manifest_for, parse_shard, select_work
+from engine.run.flags import ArgumentParser, add_run_arguments
+from engine.run.store import MANIFEST_FILE, RunStore
 
 
 def work_config(shard: str | None) -> RunConfig:

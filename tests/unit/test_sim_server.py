@@ -9,13 +9,14 @@ import pytest
 from benchmarks.harness import sim_process, sim_stats
 from benchmarks.sim_behaviour import FAULT_KINDS, Latency, SimConfig, answer_number, plan_reply
 from benchmarks.sim_server import SimServer
-from engine.client import ClientLimits, ModelClient
-from engine.config import ReasoningConfig
-from engine.datasets import Problem
+from engine.data.problems import Problem
+from engine.data.prompts import load_prompt_set
 from engine.errors import RetryableServerError, UsageError
-from engine.prompts import load_prompt_set
-from engine.scoring import score_from_logprobs
-from engine.track import track_messages
+from engine.reasoning.scoring import score_from_logprobs
+from engine.reasoning.settings import ReasoningConfig
+from engine.reasoning.track import track_messages
+from engine.serving.client import ModelClient
+from engine.serving.endpoints import ClientLimits
 from tests.unit.conftest import run_one_track
 
 PROBLEM = Problem(id="p1", problem="What is 6 * 7?", answer="42")

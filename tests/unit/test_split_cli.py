@@ -3,8 +3,9 @@ and defaults; bad input is one line, exit 2, nothing written."""
 
 import pytest
 
-from engine.cli import ArgumentParser, add_run_arguments, build_config
-from engine.cli import main as engine_main
+from engine.run.cli import build_config
+from engine.run.cli import main as engine_main
+from engine.run.flags import ArgumentParser, add_run_arguments
 from runners.split import main
 
 SERVED = ["--big_model", "big-model", "--small_model", "small-model"]

@@ -7,14 +7,14 @@ import re
 
 import pytest
 
-from engine.client import Choice, Completion
-from engine.config import ReasoningConfig
-from engine.datasets import Problem
+from engine.data.problems import Problem
+from engine.data.prompts import load_prompt_set
 from engine.errors import UsageError
-from engine.policies.logprob_subselect import SubselectSettings
-from engine.policies.random_switch import RandomSwitchSettings
-from engine.policies.spec_reason import _token_prefixes
-from engine.prompts import load_prompt_set
+from engine.reasoning.policies.logprob_subselect import SubselectSettings
+from engine.reasoning.policies.random_switch import RandomSwitchSettings
+from engine.reasoning.policies.spec_reason import _token_prefixes
+from engine.reasoning.settings import ReasoningConfig
+from engine.serving.client import Choice, Completion
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import run_one_track
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from transformers import AutoConfig, AutoTokenizer
 
-from engine.tiny_models import MARKER, make_tiny_models
+from engine.toy.tiny_models import MARKER, make_tiny_models
 
 # Building models needs torch, which comes with the cpu/gpu extras (vLLM), not the base install.
 pytest.importorskip("torch")
@@ -98,8 +98,8 @@ def test_tiny_prm_is_a_qwen2_process_reward_model_with_a_single_step_tag(tmp_pat
     import torch
     from safetensors.torch import load_file
 
-    from engine.prm import prm_kind_of
-    from engine.tiny_prm import STEP_TAG, make_tiny_prm, prm_server_args, step_tag_id
+    from engine.reasoning.prm import prm_kind_of
+    from engine.toy.tiny_prm import STEP_TAG, make_tiny_prm, prm_server_args, step_tag_id
 
     model_dir = make_tiny_prm(tmp_path)
     config = AutoConfig.from_pretrained(model_dir)

@@ -2,9 +2,9 @@
 
 import json
 
-from engine.chat import load_chat_format
-from engine.cli import main
-from engine.toy_models import SIZES, WEIGHTS_DIR
+from engine.run.cli import main
+from engine.serving.chat import load_chat_format
+from engine.toy.toy_models import SIZES, WEIGHTS_DIR
 
 
 def test_make_toy_models_writes_both_models_from_the_shipped_weights(tmp_path, capsys):

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from engine.datasets import load_problems
+from engine.data.problems import load_problems
 from engine.errors import UsageError
-from engine.toy_task import held_out_problems, judge_label, train_problems
+from engine.toy.toy_task import held_out_problems, judge_label, train_problems
 
 SENTENCE = re.compile(r"(Add|Subtract|Multiply by|Divide by) (\d+)\.")
 

@@ -6,12 +6,12 @@ from collections import defaultdict
 
 import pytest
 
-from engine.config import ReasoningConfig
-from engine.datasets import Problem
+from engine.data.problems import Problem
+from engine.data.prompts import load_prompt_set
 from engine.errors import Terminated, UsageError
-from engine.policies.single import SingleModelSettings
-from engine.policies.spec import SpecSettings
-from engine.prompts import load_prompt_set
+from engine.reasoning.policies.single import SingleModelSettings
+from engine.reasoning.policies.spec import SpecSettings
+from engine.reasoning.settings import ReasoningConfig
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import run_one_track
 
@@ -281,7 +281,7 @@ class RaisingPolicy:
 
 
 async def test_any_error_inside_a_track_fails_only_that_track(make_models):
-    from engine.track import Track, TrackSetup, new_track_record
+    from engine.reasoning.track import Track, TrackSetup, new_track_record
 
     setup = TrackSetup(track_id=0, mode="spec")
     track = Track(new_track_record(setup), setup, PROBLEM, {}, PROMPTS, ReasoningConfig(), RaisingPolicy(KeyError("x")))

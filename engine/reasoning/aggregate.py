@@ -1,0 +1,143 @@
+"""Combine the tracks of one problem: group equivalent answers, vote, and decide early.
+
+Answers are grouped with math-verify (`engine.data.answers.group_equivalent`), except by `speclrm`.
+Four ways to vote, registered in `AGGREGATIONS`:
+- `speclrm`: SpecLRM's `select_best_result`. Only tracks that finished with their own answer
+  (a step stated it: finish reason "answer") vote, and answers are compared as exact strings
+  ("1/2" and "0.5" are two answers). The most common answer wins; ties, and answers that all
+  differ, go to the track that spent most tokens.
+- `majority`: the group with most tracks, any track with an answer voting. Ties go to the group
+  holding the track that spent most tokens (SpecLRM's tie-breaker).
+- `weighted`: each track counts with its mean step score (1 for tracks that were not scored).
+- `first`: the answer of the first track to finish with one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.data.answers import group_equivalent
+from engine.records import TrackRecord
+
+# A track's weight is its mean step score, so it can never exceed the top score.
+MAX_SCORE_WEIGHT = 9.0
+
+
+@dataclass(frozen=True)
+class AnswerGroup:
+    answer: str
+    track_ids: tuple[int, ...]
+    weight: float
+    most_tokens: int
+    first_finished_at: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    answer: str | None
+    votes: dict[str, float]
+
+
+def track_weight(track: TrackRecord, aggregation: str) -> float:
+    if aggregation == "weighted" and track.mean_score is not None:
+        return track.mean_score
+    return 1.0
+
+
+def answer_groups(tracks: list[TrackRecord], aggregation: str, *, multiple_choice: bool) -> list[AnswerGroup]:
+    """The voting tracks, grouped by equivalent answers (`speclrm`: equal strings), in order of
+    first appearance."""
+    answered = [t for t in tracks if t.answer is not None]
+    if aggregation == "speclrm":
+        answered = [t for t in answered if t.finish_reason == "answer"]
+        by_text: dict[str, list[int]] = {}
+        for i, t in enumerate(answered):
+            by_text.setdefault(t.answer, []).append(i)
+        partition = list(by_text.values())
+    else:
+        partition = group_equivalent([t.answer for t in answered], multiple_choice=multiple_choice)
+    groups = []
+    for members in partition:
+        group = [answered[i] for i in members]
+        groups.append(
+            AnswerGroup(
+                answer=group[0].answer,
+                track_ids=tuple(t.track_id for t in group),
+                weight=sum(track_weight(t, aggregation) for t in group),
+                most_tokens=max(t.thinking_tokens + t.answer_tokens for t in group),
+                first_finished_at=min(t.finished_at or float("inf") for t in group),
+            )
+        )
+    return groups
+
+
+def _by_weight(groups: list[AnswerGroup]) -> AnswerGroup | None:
+    return max(groups, key=lambda g: (g.weight, g.most_tokens), default=None)
+
+
+def _by_first(groups: list[AnswerGroup]) -> AnswerGroup | None:
+    return min(groups, key=lambda g: g.first_finished_at, default=None)
+
+
+AGGREGATIONS: dict[str, Callable[[list[AnswerGroup]], AnswerGroup | None]] = {
+    # Most votes, then the group holding the longest track: with all answers different this is
+    # the longest track, as SpecLRM picks.
+    "speclrm": _by_weight,
+    "majority": _by_weight,
+    "weighted": _by_weight,
+    "first": _by_first,
+}
+
+
+def decide(tracks: list[TrackRecord], aggregation: str, *, multiple_choice: bool) -> Decision:
+    """The chosen answer of a problem and the votes each answer got."""
+    groups = answer_groups(tracks, aggregation, multiple_choice=multiple_choice)
+    winner = AGGREGATIONS[aggregation](groups)
+    votes = {g.answer: g.weight for g in groups}
+    return Decision(answer=winner.answer if winner else None, votes=votes)
+
+
+def leader_confidence(leader_votes: int, runner_up_votes: int) -> float:
+    """Adaptive-Consistency's Beta stopping rule (Aggarwal et al. 2023): with a uniform prior on the
+    shares of the two largest answers, P(p_leader > p_runner_up | votes) = 1 - I_0.5(v1 + 1, v2 + 1).
+    For integers that is the chance of at most v1 heads in v1 + v2 + 1 fair coin flips."""
+    flips = leader_votes + runner_up_votes + 1
+    return sum(math.comb(flips, heads) for heads in range(leader_votes + 1)) / 2**flips
+
+
+def outcome_settled(
+    finished: list[TrackRecord],
+    running: int,
+    aggregation: str,
+    *,
+    multiple_choice: bool,
+    share: float | None = None,
+    confidence: float | None = None,
+) -> bool:
+    """True when the tracks still `running` (or not started) can no longer change the answer
+    `finished` ones chose, or when the vote is likely enough settled.
+
+    The leader must beat the runner-up by more than the most the running tracks could add
+    (a tie could still flip on tokens). With `share`, it is enough that the leader already
+    holds that share of the weight all tracks could cast; with `confidence`, that
+    `leader_confidence` of the two largest groups' track counts (not weights) reaches it.
+    """
+    groups = answer_groups(finished, aggregation, multiple_choice=multiple_choice)
+    if aggregation == "first":
+        return bool(groups)
+    if not groups:
+        return running == 0
+    per_track = MAX_SCORE_WEIGHT if aggregation == "weighted" else 1.0
+    ranked = sorted((g.weight for g in groups), reverse=True)
+    leader, runner_up = ranked[0], (ranked[1] if len(ranked) > 1 else 0.0)
+    still_open = running * per_track
+    if leader > runner_up + still_open:
+        return True
+    if share is not None and leader >= share * (sum(ranked) + still_open):
+        return True
+    if confidence is not None:
+        counts = sorted((len(g.track_ids) for g in groups), reverse=True) + [0]
+        return leader_confidence(counts[0], counts[1]) >= confidence
+    return False

@@ -1,0 +1,275 @@
+"""What search-and-learn's strategies share: settings, beams, and a `Searcher` that generates steps
+and scores partial solutions for one problem, counting every request.
+
+Facts from huggingface/search-and-learn (seed-algorithms-2.md section 2): the policy continues an
+open assistant turn after a system prompt and the problem; a step ends at "\\n\\n", which is kept in
+the output; the last iteration runs to the end of the sequence; lookahead rounds after the sampled
+step are greedy and go on only while the text has not ended. A scorer rates a solution's steps
+(`engine.reasoning.scoring.StepScorer`); step scores are aggregated with last, min or prod.
+
+Concurrency: a strategy hands all its candidates to `Searcher.gather` at once, and problems run
+side by side in the scheduler, so every candidate of every problem in flight is at the servers
+together, bounded only by the clients' per-endpoint limits (search-and-learn had to run beam search
+one problem at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import zlib
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from engine.data.answers import extract_answer
+from engine.errors import UsageError
+from engine.reasoning.scoring import STEP_SCORE_AGGREGATIONS, ScoreQuery, StepScorer, aggregate_step_scores
+from engine.reasoning.settings import Settings, setting
+from engine.records import ModelUsage, StepRecord, TrackRecord, sum_usage
+from engine.serving.chat import ChatFormat, Message
+from engine.serving.client import Completion, ModelClient
+
+STEP_DELIMITER = "\n\n"
+# vLLM's sampling options as search-and-learn sets them: the stop string stays in the step, and the
+# chat template already holds the special tokens.
+STEP_OPTIONS = {"include_stop_str_in_output": True, "add_special_tokens": False}
+
+T = TypeVar("T")
+
+
+SCORERS = ("prm", "judge")
+PRM_KINDS = ("auto", "pooling", "token")
+
+
+@dataclass(frozen=True)
+class SearchSettings(Settings):
+    """search-and-learn's settings (src/sal/config.py) and defaults, shared by its three strategies.
+    Sampling (`--temperature`, `--top_p`, `--seed`) and the tokens one request may write
+    (`--max_step_tokens`) are the run's reasoning config; the search runner defaults them to
+    search-and-learn's 0.8, 1.0 and 2048, and reads its `--max_tokens` as `--max_step_tokens`."""
+
+    n: int = setting(4, "completions per problem (N)")
+    beam_width: int = setting(4, "beam search: N / beam_width beams go on; DVTS: steps sampled per subtree")
+    num_iterations: int = setting(40, "beam search and DVTS: steps at most; the last one runs to the end")
+    lookahead: int = setting(0, "greedy steps written after a candidate step to score it (not kept)")
+    agg_strategy: str = setting("last", "how a solution's step scores make its score", STEP_SCORE_AGGREGATIONS)
+    filter_duplicates: bool = setting(False, "beam search: drop active beams whose text repeats another's")
+    sort_completed: bool = setting(False, "beam search: keep the top N completed beams, not the first N")
+    scorer: str = setting("prm", "prm: the process reward model (--prm_model); judge: the big model's 0-9", SCORERS)
+    prm_kind: str = setting(
+        "auto", "pooling (Qwen2.5-Math-PRM style), token (RLHFlow '+'/'-'), auto: from the model's config", PRM_KINDS
+    )
+
+    def validate(self) -> None:
+        for name, least in (("n", 1), ("beam_width", 1), ("num_iterations", 1), ("lookahead", 0)):
+            value = getattr(self, name)
+            if value < least:
+                raise UsageError(f"--{name} must be at least {least}, not {value}")
+
+    def check_width(self) -> None:
+        """Beam search and DVTS split N by the beam width (search-and-learn refuses the rest)."""
+        if self.n % self.beam_width:
+            raise UsageError(f"--n ({self.n}) must be a multiple of --beam_width ({self.beam_width})")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the policy samples (the run's reasoning config) and the repeat that seeds it."""
+
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_tokens: int = 2048
+    seed: int | None = None
+    repeat_id: int = 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generated step, how it ended ("delimiter", "eos", "length"), and its lookahead text."""
+
+    text: str
+    ending: str
+    tokens: int
+    lookahead: str = ""
+
+
+@dataclass
+class Beam:
+    """A partial solution: its steps, the latest score of each, and the tokens each step cost."""
+
+    steps: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    step_tokens: list[int] = field(default_factory=list)
+    ending: str | None = None
+    last_step_empty: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.steps)
+
+    @property
+    def ended(self) -> bool:
+        """The last step was empty or stopped at the end of the sequence or the token limit."""
+        return self.last_step_empty or self.ending in ("eos", "length")
+
+    def score(self, how: str) -> float:
+        return aggregate_step_scores(self.scores, how)
+
+    def grown(self, step: Step) -> Beam:
+        """A copy with `step` appended (its lookahead is not kept)."""
+        return Beam(
+            steps=[*self.steps, step.text],
+            scores=list(self.scores),
+            step_tokens=[*self.step_tokens, step.tokens],
+            ending=step.ending,
+            last_step_empty=step.text == "",
+        )
+
+
+def cycled(beams: Sequence[Beam], n: int) -> list[Beam]:
+    """Exactly n beams: copies of `beams` in turn (search-and-learn's cycling of active beams)."""
+    return [dataclasses.replace(beams[i % len(beams)]) for i in range(n)]
+
+
+def split_steps(text: str) -> list[str]:
+    """A whole solution as steps, each keeping its "\\n\\n" (how the PRMs of the reference split it)."""
+    parts = text.split(STEP_DELIMITER)
+    steps = [p + STEP_DELIMITER for p in parts[:-1]]
+    return steps + [parts[-1]] if parts[-1] or not steps else steps
+
+
+def step_ending(completion: Completion) -> str:
+    if completion.finish_reason == "length":
+        return "length"
+    return "delimiter" if completion.stop_reason == STEP_DELIMITER else "eos"
+
+
+class Searcher:
+    """Generates steps and scores solutions of one problem, counting every request per role."""
+
+    def __init__(
+        self,
+        *,
+        client: ModelClient,
+        chat: ChatFormat,
+        scorer: StepScorer,
+        messages: tuple[Message, ...],
+        problem: str,
+        settings: SearchSettings,
+        sampling: Sampling = Sampling(),
+        role: str = "small",
+    ):
+        self.client, self.chat, self.scorer = client, chat, scorer
+        self.messages, self.problem, self.settings = messages, problem, settings
+        self.sampling, self.role = sampling, role
+        self.usage: dict[str, ModelUsage] = {}
+
+    def _count(self, usage: dict[str, ModelUsage]) -> None:
+        self.usage = sum_usage([self.usage, usage])
+
+    def request_seed(self, key: tuple) -> int | None:
+        """A vLLM seed per (run seed, repeat, request key), so that cycled copies of a beam sample apart."""
+        seed = self.sampling.seed
+        return None if seed is None else zlib.crc32(repr((seed, self.sampling.repeat_id, key)).encode()) & 0x7FFFFFFF
+
+    async def _continue(self, text: str, *, temperature: float, final: bool, key: tuple) -> Completion:
+        completion = await self.client.complete(
+            self.chat.render(list(self.messages), text),
+            max_tokens=self.sampling.max_tokens,
+            temperature=temperature,
+            top_p=self.sampling.top_p,
+            stop=None if final else [STEP_DELIMITER],
+            seed=self.request_seed(key),
+            extra=STEP_OPTIONS,
+        )
+        self._count({self.role: ModelUsage(completion.prompt_tokens, completion.completion_tokens, 1)})
+        return completion
+
+    async def next_step(self, text: str, *, final: bool, key: tuple) -> Step:
+        """The next step after `text` (to the end of the sequence when `final`), then the greedy
+        lookahead steps, which are only for scoring (search/utils.py `generate_k_steps`)."""
+        temperature = self.sampling.temperature
+        first = await self._continue(text, temperature=temperature, final=final, key=(*key, 0))
+        step = Step(first.text, step_ending(first), first.completion_tokens)
+        ahead, ending = "", step.ending
+        for round_ in range(1, 0 if final else self.settings.lookahead + 1):
+            if ending != "delimiter":
+                break
+            more = await self._continue(text + step.text + ahead, temperature=0.0, final=False, key=(*key, round_))
+            ahead, ending = ahead + more.text, step_ending(more)
+        return dataclasses.replace(step, lookahead=ahead)
+
+    async def finish(self, beam: Beam, *, key: tuple) -> Beam:
+        """`beam` continued to the end of the sequence in one step, and scored."""
+        grown = beam.grown(await self.next_step(beam.text, final=True, key=key))
+        grown.scores = await self.score(grown.steps, grown.scores)
+        return grown
+
+    async def score(self, steps: Sequence[str], previous: Sequence[float]) -> list[float]:
+        """Scores of every step of `steps`. A scorer that rates only the last step (the judge) keeps
+        the earlier steps' `previous` scores; a PRM rescores them all."""
+        # Scorers read steps without their delimiter, as tracks keep them (engine.reasoning.scoring.ScoreQuery).
+        bodies = tuple(s.removesuffix(STEP_DELIMITER) for s in steps)
+        scored = await self.scorer.score(ScoreQuery(self.problem, self.messages, bodies))
+        self._count(scored.usage)
+        if len(scored.values) == len(steps):
+            return list(scored.values)
+        if len(scored.values) == 1:
+            return [*previous[: len(steps) - 1], scored.values[0]]
+        raise ValueError(f"the scorer rated {len(scored.values)} of {len(steps)} steps; expected 1 or all")
+
+    async def scored_candidate(self, beam: Beam, step: Step) -> Beam:
+        """`beam` grown by `step`, scored on the step plus its lookahead (search-and-learn's beam
+        search generated the lookahead but scored without it, see seed-algorithms-2.md 2.10; DVTS
+        scored with it, which is what the lookahead is for)."""
+        grown = beam.grown(step)
+        grown.scores = await self.score([*beam.steps, step.text + step.lookahead], beam.scores)
+        return grown
+
+    @staticmethod
+    async def gather(coroutines: Iterable[Awaitable[T]]) -> list[T]:
+        """Run the awaitables concurrently, results in order; the first failure cancels the rest."""
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coroutines]
+        return [t.result() for t in tasks]
+
+
+def best_index(beams: Sequence[Beam], how: str) -> int:
+    """The top-scored beam; the first of equals."""
+    return max(range(len(beams)), key=lambda i: (beams[i].score(how), -i))
+
+
+def completion_tracks(
+    beams: Sequence[Beam], *, mode: str, how: str, writer: str = "small", choices: bool = False
+) -> list[TrackRecord]:
+    """The completions as track records, in order: steps with their scores and tokens, the answer,
+    and the aggregate score in `TrackRecord.score`."""
+    tracks = []
+    for i, beam in enumerate(beams):
+        steps = [
+            StepRecord(index=j, text=text, writer=writer, tokens=tokens, score=score)
+            for j, (text, tokens, score) in enumerate(
+                zip(beam.steps, beam.step_tokens, _aligned(beam.scores, len(beam.steps)), strict=True)
+            )
+        ]
+        tokens = sum(beam.step_tokens)
+        tracks.append(
+            TrackRecord(
+                track_id=i,
+                mode=mode,
+                steps=steps,
+                answer_text=beam.text,
+                answer=extract_answer(beam.text, choices=choices),
+                answer_model=writer,
+                finish_reason=beam.ending or "",
+                thinking_tokens=tokens,
+                score=beam.score(how) if beam.scores else None,
+            )
+        )
+    return tracks
+
+
+def _aligned(scores: Sequence[float], steps: int) -> list[float | None]:
+    """Scores aligned to the last steps (a judge in best-of-N rates only the last step)."""
+    return [None] * (steps - len(scores)) + list(scores[-steps:] if steps else [])

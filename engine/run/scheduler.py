@@ -1,0 +1,89 @@
+"""Problems under limits, in order, each solved by the run's strategy.
+
+Concurrency lives here and in the client only. Problems start in order, at most
+`max_problems_in_flight` at a time; the tracks of all problems share one limit of
+`max_tracks_in_flight` (a semaphore the strategies hold while a track runs); each model client
+bounds requests per endpoint. A problem's record is handed to `on_record` as soon as it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.data.problems import Problem
+from engine.data.prompts import PromptSet
+from engine.logging import bind_context
+from engine.reasoning.strategies import STRATEGIES
+from engine.reasoning.strategies.base import SolveContext
+from engine.records import ProblemRecord
+from engine.run.config import RunConfig
+from engine.serving.models import Model
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    problem: Problem
+    repeat_id: int
+
+
+class Scheduler:
+    """Runs work items to problem records under the configured limits."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        models: dict[str, Model],
+        prompts: PromptSet,
+        *,
+        run_id: str,
+        dataset: str,
+        on_record: Callable[[ProblemRecord], None],
+    ):
+        self.config = config
+        self.models = models
+        self.prompts = prompts
+        self.run_id = run_id
+        self.dataset = dataset
+        self.on_record = on_record
+        self.digest = config.digest()
+        self.track_slots = asyncio.Semaphore(config.limits.max_tracks_in_flight)
+        self.problem_slots = asyncio.Semaphore(config.limits.max_problems_in_flight)
+
+    async def run(self, items: list[WorkItem]) -> None:
+        """Solve every item; problems start in the order given."""
+        async with asyncio.TaskGroup() as group:
+            for item in items:
+                await self.problem_slots.acquire()
+                group.create_task(self._solve_and_release(item))
+
+    async def _solve_and_release(self, item: WorkItem) -> None:
+        try:
+            with bind_context(run=self.run_id, problem=item.problem.id, repeat=item.repeat_id):
+                record = await self.solve(item)
+            self.on_record(record)
+        finally:
+            self.problem_slots.release()
+
+    async def solve(self, item: WorkItem) -> ProblemRecord:
+        """The record of one (problem, repeat), from the run's strategy."""
+        config = self.config
+        context = SolveContext(
+            models=self.models,
+            model_ids={role: m.model for role, m in config.models.items()},
+            prompts=self.prompts,
+            problem=item.problem,
+            repeat_id=item.repeat_id,
+            run_id=self.run_id,
+            dataset=self.dataset,
+            track_slots=self.track_slots,
+            strategy=config.strategy,
+            settings=config.strategy_settings,
+            policy=config.policy,
+            policy_settings=config.policy_settings,
+            reasoning=config.reasoning,
+            mode=config.runner,
+            config_digest=self.digest,
+        )
+        return await STRATEGIES[self.config.strategy].solve(context)
