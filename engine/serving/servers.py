@@ -93,13 +93,34 @@ def vllm_is_cpu_build() -> bool:
     return True
 
 
-def cpu_args() -> list[str]:
+def cpu_args(spec: ServerSpec) -> list[str]:
     """vLLM flags for CPU-only machines.
 
     --enforce-eager: torch.compile warm-up adds ~20 s per start on CPU and buys nothing for the
-    tiny test models. --kv-cache-memory-bytes: the CPU backend otherwise reserves GiBs per server.
+    tiny test models. --kv-cache-memory-bytes: the CPU backend otherwise reserves GiBs per server;
+    spectra reserves `CPU_KV_CACHE_BYTES`, or what one sequence of the server's context length
+    needs when that is more (vLLM refuses to start otherwise: the costly big toy model's 48
+    layers need 0.75 GiB for 16384 tokens).
     """
-    return ["--enforce-eager", "--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
+    # vLLM keeps part of the reservation for itself: a sequence fits with a quarter to spare.
+    cache = max(CPU_KV_CACHE_BYTES, int(1.25 * (kv_cache_bytes(spec.model, spec.max_model_len) or 0)))
+    return ["--enforce-eager", "--kv-cache-memory-bytes", str(cache)]
+
+
+def kv_cache_bytes(model: str, tokens: int | None) -> int | None:
+    """Bytes of KV cache `tokens` tokens of `model` take in float32 (its config.json: layers, KV
+    heads, head size); None when the config cannot be read or `tokens` is not known."""
+    from transformers import AutoConfig  # heavy import, needed only when spectra starts servers
+
+    if not tokens:
+        return None
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError):
+        return None
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return 2 * config.num_hidden_layers * kv_heads * head * 4 * tokens
 
 
 def cpu_env(threads: int) -> dict[str, str]:
@@ -130,7 +151,7 @@ def server_command(spec: ServerSpec, port: int) -> list[str]:
     # Prompt token details put `usage.prompt_tokens_details.cached_tokens` in every answer.
     cmd += ["--enable-prefix-caching", "--enable-prompt-tokens-details"]
     if _on_cpu(spec):
-        cmd += cpu_args()
+        cmd += cpu_args(spec)
     return cmd + list(spec.extra_args)
 
 

@@ -1,8 +1,14 @@
-"""The trained toy pair (issue 13): a small and a big Qwen2 model that solve the toy arithmetic task.
+"""The trained toy pair (issue 13): a small and a big Qwen2 model that solve the toy arithmetic task,
+and a costly big model that computes exactly what the trained big model computes.
 
 The weights ship with spectra (`engine/toy/weights/`, bf16, trained by `engine/toy/trainer.py`);
-`make_toy_models` writes them out as two Hugging Face model folders vLLM serves, in seconds and
-offline. Both models share one byte-level BPE tokenizer (`build_toy_tokenizer`), trained on the
+`make_toy_models` writes them out as Hugging Face model folders vLLM serves, in seconds and
+offline. Both trained models cost about the same per token on vLLM-CPU, so speculation cannot win
+there; `costly_big` stacks `COSTLY_BIG_LAYERS - 6` extra decoder layers on the trained big model
+whose output projections (`o_proj`, `down_proj`, neither with a bias in Qwen2) are zero: each adds
+exactly 0.0 to the residual stream, so the logits are bit-identical in float32, while every token
+pays for their attention and MLP like a deeper model's (benchmarks/README.md: the calibration).
+The models share one byte-level BPE tokenizer (`build_toy_tokenizer`), trained on the
 prompt texts and toy problems so prompts are short in tokens; Qwen2's pre-tokenizer splits every
 digit, `<think>`/`</think>` are non-special added tokens and the chat template is ChatML.
 """
@@ -13,10 +19,11 @@ import hashlib
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.errors import UsageError
 from engine.toy.tiny_models import TinySize
 
 if TYPE_CHECKING:
@@ -54,32 +61,51 @@ SIZES = {
 }
 
 
+# The costly big model's depth: one decoded token then costs at least 6x the small model's on
+# vLLM-CPU at batch 1, as a 32B model against a 1.5B drafter does on a GPU (benchmarks/README.md).
+COSTLY_BIG_LAYERS = 48
+
+
 @dataclass(frozen=True)
 class ToyModels:
     small: Path
     big: Path
+    # The trained big model's function at a big model's cost per token.
+    costly_big: Path
 
 
-def toy_config(name: str, tokenizer: PreTrainedTokenizerFast):
-    """The Qwen2 config of the toy model `name` (the training script builds the same)."""
+def toy_config(name: str, tokenizer: PreTrainedTokenizerFast, *, padding: int = 0):
+    """The Qwen2 config of the toy model `name` (the training script builds the same), with
+    `padding` more decoder layers."""
     from engine.toy.tiny_models import qwen2_config
 
-    return qwen2_config(tokenizer, SIZES[name], positions=MAX_POSITIONS, tie_word_embeddings=True)
+    size = replace(SIZES[name], layers=SIZES[name].layers + padding)
+    return qwen2_config(tokenizer, size, positions=MAX_POSITIONS, tie_word_embeddings=True)
 
 
-def make_toy_models(out_dir: Path) -> ToyModels:
-    """Write (or reuse) `out_dir/small` and `out_dir/big` from the shipped weights."""
+def make_toy_models(out_dir: Path, *, big_layers: int = COSTLY_BIG_LAYERS) -> ToyModels:
+    """Write (or reuse) `out_dir/small`, `out_dir/big` and `out_dir/big-costly` (the trained big
+    model padded to `big_layers` decoder layers) from the shipped weights."""
     out_dir = Path(out_dir)
-    models = ToyModels(small=out_dir / "small", big=out_dir / "big")
+    trained = SIZES["big"].layers
+    if big_layers < trained:
+        raise UsageError(f"--big_layers must be at least the trained big model's {trained}, not {big_layers}")
+    models = ToyModels(small=out_dir / "small", big=out_dir / "big", costly_big=out_dir / "big-costly")
     stamp = _stamp()
-    if all(_marker(getattr(models, name)) == stamp for name in SIZES):
+    folders = {"small": ("small", 0), "big": ("big", 0), "costly_big": ("big", big_layers - trained)}
+    stale = {
+        field: spec
+        for field, spec in folders.items()
+        if _marker(getattr(models, field)) != {**stamp, "padding": spec[1]}
+    }
+    if not stale:
         return models
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(TOKENIZER_DIR)
     tokenizer.chat_template = SERVED_CHAT_TEMPLATE
-    for name in SIZES:
-        _write_model(getattr(models, name), name, tokenizer, stamp)
+    for field, (name, padding) in stale.items():
+        _write_model(getattr(models, field), name, tokenizer, {**stamp, "padding": padding}, padding=padding)
     return models
 
 
@@ -101,14 +127,18 @@ def _marker(model_dir: Path) -> dict | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
-def _write_model(model_dir: Path, name: str, tokenizer: PreTrainedTokenizerFast, stamp: dict) -> None:
+def _write_model(
+    model_dir: Path, name: str, tokenizer: PreTrainedTokenizerFast, stamp: dict, *, padding: int = 0
+) -> None:
     import torch
     from safetensors.torch import load_file
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
-    config = toy_config(name, tokenizer)
-    model = Qwen2ForCausalLM(config)
+    config = toy_config(name, tokenizer, padding=padding)
     state = {k: v.to(torch.float32) for k, v in load_file(WEIGHTS_DIR / f"{name}.safetensors").items()}
+    if padding:
+        state = _padded(state, SIZES[name].layers, padding)
+    model = Qwen2ForCausalLM(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise RuntimeError(f"toy weights {name} do not fit the model: missing {missing}, unexpected {unexpected}")
@@ -129,6 +159,25 @@ def _write_model(model_dir: Path, name: str, tokenizer: PreTrainedTokenizerFast,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+# The layers' parameters whose output enters the residual stream; zeroed, a layer adds exactly 0.0.
+RESIDUAL_WRITERS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+
+
+def _padded(state: dict, layers: int, padding: int) -> dict:
+    """`state` with `padding` more decoder layers after the `layers` it has: copies of layer 0 (so
+    their attention and MLP compute on real activations) whose residual writers are zero."""
+    import torch
+
+    first = {k.removeprefix("model.layers.0."): v for k, v in state.items() if k.startswith("model.layers.0.")}
+    padded = dict(state)
+    for index in range(layers, layers + padding):
+        for key, value in first.items():
+            padded[f"model.layers.{index}.{key}"] = (
+                torch.zeros_like(value) if key in RESIDUAL_WRITERS else value.clone()
+            )
+    return padded
 
 
 def build_toy_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:

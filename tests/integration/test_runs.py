@@ -6,11 +6,12 @@ import json
 import subprocess
 import sys
 
+from engine.data.answers import is_correct
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies.vote import VoteSettings
 from engine.run.config import DataConfig, ModelConfig, RunConfig
 from engine.run.execute import execute
-from engine.run.store import RECORDS_FILE, read_records
+from engine.run.store import MANIFEST_FILE, RECORDS_FILE, read_records
 
 FINISH_REASONS = {"answer", "think_end", "eos", "repeat", "budget"}
 SHORT = dict(token_budget=96, max_step_tokens=24, answer_max_tokens=16, seed=1)
@@ -175,12 +176,23 @@ def test_the_demo_command_starts_its_own_servers_and_prints_a_summary(toy_models
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    header, row, totals, records_line = result.stdout.splitlines()
+    header, row, totals, records_line, comparison = result.stdout.splitlines()
     assert header.split()[:5] == ["problem", "rep", "answer", "ref", "ok"] and row.split()[0] == "0"
     (record,) = read_records(tmp_path / "demo" / RECORDS_FILE).records
     assert record.dataset == "toy" and record.tracks[0].mode == "spec"
+    assert (
+        record.usage["big"].requests > 0
+        and "big-costly"
+        in json.loads((tmp_path / "demo" / MANIFEST_FILE).read_text())["config"]["models"]["big"]["model"]
+    )
     assert row.split()[2:4] == [str(record.answer), record.reference_answer]
     assert totals.startswith("accuracy ") and "big model's share of tokens" in totals
     assert "1 new, 0 already done" in records_line
+    # the big model alone on the same problem, and one line comparing the two
+    (alone,) = read_records(tmp_path / "demo-big_alone" / RECORDS_FILE).records
+    assert alone.problem_id == record.problem_id and set(alone.usage) == {"big"}
+    right = int(is_correct(record.answer, record.reference_answer))
+    assert comparison.startswith(f"spec: {right}/1 right, ") and "x the big model's latency" in comparison
+    assert comparison.endswith(f"big alone {int(is_correct(alone.answer, alone.reference_answer))}/1 right")
     logs = sorted(p.name for p in (tmp_path / "demo" / "server-logs").iterdir())
     assert logs == ["big.log", "small.log"]

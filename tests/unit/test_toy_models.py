@@ -4,12 +4,20 @@ import json
 
 from engine.run.cli import main
 from engine.serving.chat import load_chat_format
-from engine.toy.toy_models import SIZES, WEIGHTS_DIR
+from engine.toy.toy_models import SIZES, WEIGHTS_DIR, make_toy_models
 
 
 def test_make_toy_models_writes_both_models_from_the_shipped_weights(tmp_path, capsys):
     assert main(["make-toy-models", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.split() == ["big", str(tmp_path / "big"), "small", str(tmp_path / "small")]
+    printed = capsys.readouterr().out.split()
+    assert printed == [
+        "big",
+        str(tmp_path / "big"),
+        "small",
+        str(tmp_path / "small"),
+        "costly_big",
+        str(tmp_path / "big-costly"),
+    ]
     for name, size in SIZES.items():
         folder = tmp_path / name
         config = json.loads((folder / "config.json").read_text())
@@ -25,3 +33,26 @@ def test_make_toy_models_writes_both_models_from_the_shipped_weights(tmp_path, c
     stamp = (tmp_path / "big" / "spectra-toy-model.json").stat().st_mtime_ns
     assert main(["make-toy-models", str(tmp_path)]) == 0  # a complete folder is reused, not rewritten
     assert (tmp_path / "big" / "spectra-toy-model.json").stat().st_mtime_ns == stamp
+
+
+def test_the_costly_big_model_computes_the_trained_big_model_s_logits_exactly(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    toy = make_toy_models(tmp_path, big_layers=SIZES["big"].layers + 3)
+    tokenizer = AutoTokenizer.from_pretrained(toy.big)
+    ids = tokenizer("Start with 57. Add 33. Multiply by 2. What is the result?", return_tensors="pt").input_ids
+    trained = AutoModelForCausalLM.from_pretrained(toy.big, dtype=torch.float32)
+    costly = AutoModelForCausalLM.from_pretrained(toy.costly_big, dtype=torch.float32)
+    assert costly.config.num_hidden_layers == trained.config.num_hidden_layers + 3
+    # the extra layers compute on real activations (copies of layer 0), and add nothing
+    extra = costly.model.layers[-1]
+    assert torch.equal(extra.self_attn.q_proj.weight, trained.model.layers[0].self_attn.q_proj.weight)
+    assert not extra.self_attn.o_proj.weight.any() and not extra.mlp.down_proj.weight.any()
+    with torch.no_grad():
+        assert torch.equal(trained(ids).logits, costly(ids).logits)
+
+
+def test_a_costly_big_model_shallower_than_the_trained_one_is_refused(tmp_path, capsys):
+    assert main(["make-toy-models", str(tmp_path), "--big_layers", "2"]) == 2
+    assert "--big_layers must be at least the trained big model's 6" in capsys.readouterr().err
