@@ -83,6 +83,16 @@ SPEED_MODES = (
     Mode("random_switch1@1", "split", ("--random_switch", "--switch_ratio", "1", *AT_ONE)),
     Mode("random_switch3@1", "split", ("--random_switch", "--switch_ratio", "3", *AT_ONE)),
     Mode("spec_scale@1", "spec_scale", AT_ONE),
+    # Beyond the seeds (issue 23): the toy world's steps are exact, so drafts are compared as text.
+    *(
+        Mode(
+            f"lookahead{k}@1",
+            "spec",
+            ("--policy", "lookahead", "--lookahead_steps", str(k), "--verifier", "exact", *AT_ONE),
+        )
+        for k in (2, 3, 4)
+    ),
+    Mode("takeover@1", "spec", ("--policy", "takeover", *AT_ONE)),
 )
 # The throughput view: the default concurrency (8 problems in flight).
 THROUGHPUT_MODES = (
@@ -146,6 +156,29 @@ def speed_rows(figures: dict, costs: dict[str, Cost], wall_s: dict[str, float], 
                 commands[name],
             )
         )
+    for k in (2, 3, 4):
+        one = figures[f"lookahead{k}@1"]
+        rows.append(
+            (
+                f"lookahead K={k}@1 vs spec@1, big alone@1",
+                f"{one.latency_s / spec.latency_s:.2f}x spec's latency, {one.latency_s / alone.latency_s:.2f}x big's; "
+                f"{one.accuracy:.1%} vs big {alone.accuracy:.1%}; big tokens {one.tokens['big']:.0f}",
+                "<= 0.8x spec at big's accuracy -2 pts",
+                _verdict(one.latency_s <= 0.8 * spec.latency_s and one.accuracy >= alone.accuracy - 0.02),
+                commands[f"lookahead{k}@1"],
+            )
+        )
+    takeover = figures["takeover@1"]
+    rows.append(
+        (
+            "takeover@1 vs small@1, spec@1",
+            f"{takeover.accuracy:.1%} vs {figures['small@1'].accuracy:.1%}, {spec.accuracy:.1%}; "
+            f"{takeover.latency_s:.2f} s",
+            "for the record",
+            "",
+            commands["takeover@1"],
+        )
+    )
     scale = figures["spec_scale@1"]
     rows.append(
         (

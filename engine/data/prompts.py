@@ -44,6 +44,9 @@ class Templates:
     select_methods: str
     select_methods_prefix: str
     offload_hint: str
+    equivalence: str
+    equivalence_prefix: str
+    takeover_cues: str
     system: str = ""
 
 
@@ -62,6 +65,9 @@ PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     ),
     "select_methods_prefix": (frozenset({"method_num"}), frozenset()),
     "offload_hint": (frozenset(), frozenset()),
+    "equivalence": (frozenset({"problem", "draft", "step"}), frozenset({"draft", "step"})),
+    "equivalence_prefix": (frozenset(), frozenset()),
+    "takeover_cues": (frozenset(), frozenset()),
     "system": (frozenset(), frozenset()),
 }
 # An empty `rewrite` selects SpecReason's behaviour (the big model continues the same prefix); an
@@ -147,6 +153,17 @@ class PromptSet:
     def render_offload_hint(self) -> str:
         """The sentence that asks a SplitReason small model to tag the spans it offloads."""
         return self.templates.offload_hint.format()
+
+    def render_equivalence(self, problem: str, draft: str, step: str) -> str:
+        """Lookahead's question: does the drafted step say what the big model's own step says?"""
+        return self.templates.equivalence.format(problem=problem, draft=draft, step=step)
+
+    def render_equivalence_prefix(self) -> str:
+        return self.templates.equivalence_prefix.format()
+
+    def takeover_cues(self) -> tuple[str, ...]:
+        """Speculative Thinking's reflection cues, one a line of `takeover_cues`."""
+        return tuple(line.strip() for line in self.templates.takeover_cues.format().splitlines() if line.strip())
 
     def require_templates(self, keys: tuple[str, ...]) -> None:
         """A UsageError when a template a policy or strategy renders is unknown or empty."""

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.toy_speed import Mode
 from benchmarks.toy_world import MODES, run_config, summarize
+from engine.records import ACCEPTED, REPLACED
 from engine.run.config import ModelConfig
 from engine.run.execute import execute
 from engine.serving.servers import ServerSpec, serve_models
@@ -44,3 +46,27 @@ async def test_the_big_model_solves_the_toy_problems_and_spec_keeps_it_with_fewe
     share = spec.tokens["big"] / (spec.tokens["big"] + spec.tokens["small"])
     assert share < 0.6, f"the big model wrote {share:.0%} of spec's tokens"
     assert spec.tokens["small"] > 0
+
+
+async def test_lookahead_keeps_the_big_model_s_answers_with_drafts_it_verified(toy_servers, tmp_path):
+    mode = Mode("lookahead", "spec", ("--policy", "lookahead", "--lookahead_steps", "3", "--verifier", "exact"))
+    outcome = await execute(run_config(mode, toy_servers, 8, tmp_path), progress=False)
+    figures = summarize(outcome.records)
+    assert figures.accuracy >= 0.75, f"lookahead: {figures.accuracy:.0%}"
+    steps = [s for r in outcome.records for t in r.tracks for s in t.steps]
+    assert {s.outcome for s in steps} <= {ACCEPTED, REPLACED} and any(s.outcome == ACCEPTED for s in steps)
+    for step in steps:  # a kept draft is the small model's text, a replacement the big model's
+        assert step.writer == ("small" if step.outcome == ACCEPTED else "big")
+        assert step.detail["position"] < 3
+    assert all(sum(u.completion_tokens for u in s.wasted.values()) > 0 for s in steps if s.outcome == ACCEPTED)
+
+
+async def test_takeover_hands_every_second_step_to_the_big_model(toy_servers, tmp_path):
+    mode = Mode("takeover", "spec", ("--policy", "takeover", "--takeover_every", "2"))
+    outcome = await execute(run_config(mode, toy_servers, 3, tmp_path), progress=False)
+    for record in outcome.records:
+        (track,) = record.tracks
+        assert [s.writer for s in track.steps] == ["small", "big"] * (len(track.steps) // 2) + ["small"] * (
+            len(track.steps) % 2
+        )
+        assert all(s.detail == {"why": "every"} for s in track.steps if s.writer == "big")

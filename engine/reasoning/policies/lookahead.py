@@ -1,0 +1,233 @@
+"""Lookahead Reasoning (Fu et al., 2025): speculation past one step.
+
+Each round, the small model drafts up to `--lookahead_steps` K steps in sequence, each on top of the
+drafts before it. The big model writes its own step at every drafted position, started as soon as
+that position's prefix is known (with the first draft, then as each draft is written), so the K
+big-model steps are in flight at once. The verifier compares each draft with the big model's step
+at the same position, in order: drafts are kept up to the first that does not match, which the big
+model's step replaces; everything still running is then cancelled (vLLM aborts the requests).
+
+The round's steps are handed to the track one at a time; each keeps what it cost (`usage`) apart
+from the work thrown away (`wasted`: the big model's versions of kept drafts, a replaced draft, and
+the drafts and big steps cancelled after a mismatch). Verifiers: `exact` compares the steps'
+text with white space collapsed (the toy world's steps are exact); `judge` asks the big model for
+a 0-9 rating of "the two steps say the same thing" (the prompt set's `equivalence` template) and
+reads the expected digit from the logprobs of its one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from engine.data.prompts import PromptSet
+from engine.errors import UsageError
+from engine.reasoning.policies.base import (
+    PolicySpec,
+    StepContext,
+    StepOutcome,
+    generate_step,
+    kept_step,
+    next_context,
+    step_ending,
+    thinking_ending,
+    without_stray_think_close,
+)
+from engine.reasoning.scoring import MAX_JUDGE_SCORE, SCORE_TOP_LOGPROBS, StepScore, score_from_logprobs
+from engine.reasoning.settings import ReasoningConfig, Settings, setting
+from engine.records import ACCEPTED, REPLACED, ModelUsage, StepRecord, sum_usage
+from engine.serving.chat import Message
+from engine.serving.client import Completion
+from engine.serving.models import NO_SPECIAL_TOKENS, Model, usage_of
+
+# `request_seed` salts: a draft as SpecReason's draft, the big model's own step as its rewrite.
+DRAFT_SALT, BIG_SALT = 1, 2
+VERIFIERS = ("judge", "exact")
+
+
+@dataclass(frozen=True)
+class LookaheadSettings(Settings):
+    lookahead_steps: int = setting(3, "Lookahead Reasoning: steps the small model drafts ahead in a round (K)")
+    verifier: str = setting("judge", "how a draft is compared with the big model's own step", VERIFIERS)
+    equivalence_threshold: float = setting(
+        7.0, "with --verifier judge: the big model's 0-9 equivalence rating a draft needs to be kept"
+    )
+
+    def validate(self) -> None:
+        if self.lookahead_steps < 1:
+            raise UsageError(f"--lookahead_steps must be at least 1, not {self.lookahead_steps}")
+        if not 0 <= self.equivalence_threshold <= MAX_JUDGE_SCORE:
+            raise UsageError(f"--equivalence_threshold must be between 0 and 9, not {self.equivalence_threshold}")
+
+
+@dataclass
+class Position:
+    """One drafted position of a round: its context, the big model's own step (a task started with
+    the position) and the small model's draft (set once written)."""
+
+    ctx: StepContext
+    big: asyncio.Task[Completion]
+    draft: Completion | None = None
+    decided: bool = False
+
+
+@dataclass
+class Decided:
+    """A step the round decided, waiting for the track to ask for it at `ctx`."""
+
+    ctx: StepContext
+    step: StepRecord
+    ending: str
+
+
+@dataclass
+class LookaheadPolicy:
+    settings: LookaheadSettings
+    small: Model
+    big: Model
+    prompts: PromptSet
+    decided: deque[Decided] = field(default_factory=deque)
+    rounds: int = 0
+
+    async def step(self, ctx: StepContext) -> StepOutcome:
+        if self.decided and self.decided[0].ctx != ctx:
+            raise RuntimeError(f"lookahead: step {ctx.index} asked in a context the round did not decide")
+        if not self.decided:
+            await self._round(ctx)
+        head = self.decided.popleft()
+        return StepOutcome(head.step, head.ending)
+
+    def close(self) -> dict[str, ModelUsage]:
+        """Steps decided but never asked for (the track ended before them): what they cost is wasted."""
+        unused = [sum_usage([d.step.usage, d.step.wasted]) for d in self.decided]
+        self.decided.clear()
+        return sum_usage(unused)
+
+    async def _round(self, ctx: StepContext) -> None:
+        self.rounds += 1
+        positions: list[Position] = []
+        drafted: asyncio.Queue[Position | None] = asyncio.Queue()
+        chain = asyncio.create_task(self._draft_chain(ctx, positions, drafted), name="lookahead-drafts")
+        try:
+            index, started = 0, time.monotonic()
+            while (position := await drafted.get()) is not None:
+                if not await self._decide(position, index, started):
+                    break
+                index, started = index + 1, time.monotonic()
+        finally:
+            chain.cancel()
+            (drafting,) = await asyncio.gather(chain, return_exceptions=True)
+            thrown = self._cancel_undecided(positions)
+        if isinstance(drafting, Exception):
+            raise drafting  # a draft that failed for good: the track fails, as on any server error
+        last = self.decided[-1].step
+        last.wasted = sum_usage([last.wasted, thrown])
+
+    async def _draft_chain(self, ctx: StepContext, positions: list[Position], drafted: asyncio.Queue) -> None:
+        """Draft up to K steps, each on the one before, starting the big model's step at each
+        position as its prefix is known; stops after a draft that ends thinking."""
+        delimiter = ctx.config.step_delimiter
+        try:
+            for _ in range(self.settings.lookahead_steps):
+                position = Position(ctx, asyncio.create_task(generate_step(self.big, ctx, salt=BIG_SALT)))
+                positions.append(position)
+                position.draft = await generate_step(self.small, ctx, salt=DRAFT_SALT)
+                await drafted.put(position)
+                text, tokens = without_stray_think_close(position.draft.text), position.draft.completion_tokens
+                ending = step_ending(position.draft, delimiter)
+                if thinking_ending((*ctx.steps, text), ctx.thinking_tokens + tokens, ending, ctx.config):
+                    break
+                ctx = next_context(ctx, text, tokens)
+        finally:
+            drafted.put_nowait(None)  # also when a draft failed: the round stops waiting and raises
+
+    async def _decide(self, position: Position, index_in_round: int, started: float) -> bool:
+        """Verify `position`'s draft against the big model's step and queue the step kept there.
+        True when the draft was kept (the round goes on)."""
+        mine = await position.big
+        draft, ctx = position.draft, position.ctx
+        verdict, verdict_usage = await self._verify(ctx, draft, mine)
+        if verdict is None:
+            same, scored = _normalised(draft.text) == _normalised(mine.text), {}
+        else:
+            same = verdict.value >= self.settings.equivalence_threshold
+            scored = {"score": verdict.value, "score_distribution": verdict.distribution}
+        delimiter = ctx.config.step_delimiter
+        if same:
+            usage = sum_usage([{self.small.role: usage_of(draft)}, verdict_usage])
+            step = kept_step(draft, "small", ctx.index, usage, started, delimiter=delimiter, outcome=ACCEPTED, **scored)
+            step.wasted = {self.big.role: usage_of(mine)}
+        else:
+            usage = sum_usage([{self.big.role: usage_of(mine)}, verdict_usage])
+            scored["draft"] = draft.text
+            step = kept_step(mine, "big", ctx.index, usage, started, delimiter=delimiter, outcome=REPLACED, **scored)
+            step.wasted = {self.small.role: usage_of(draft)}
+        step.detail = {"round": self.rounds, "position": index_in_round}
+        position.decided = True
+        self.decided.append(Decided(ctx, step, step.ending))
+        return same
+
+    async def _verify(
+        self, ctx: StepContext, draft: Completion, mine: Completion
+    ) -> tuple[StepScore | None, dict[str, ModelUsage]]:
+        """The judge's equivalence rating and what it cost; None with the exact verifier."""
+        if self.settings.verifier == "exact":
+            return None, {}
+        chat = self.big.chat
+        reasoning = chat.think_open + ctx.reasoning
+        question = self.prompts.render_equivalence(ctx.problem, draft.text.strip(), mine.text.strip())
+        messages = [*ctx.messages, Message("assistant", reasoning), Message("user", question)]
+        judged = await self.big.client.complete(
+            chat.render(messages, self.prompts.render_equivalence_prefix()),
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=SCORE_TOP_LOGPROBS,
+            extra=NO_SPECIAL_TOKENS,
+        )
+        top = judged.top_logprobs[0] if judged.top_logprobs else {}
+        return score_from_logprobs(judged.text, top, "average"), {self.big.role: usage_of(judged)}
+
+    def _cancel_undecided(self, positions: list[Position]) -> dict[str, ModelUsage]:
+        """Cancel the big steps and the draft of the positions not decided; what they had cost (a
+        request cancelled in flight counts as one request with no known tokens)."""
+        costs = []
+        for position in positions:
+            if position.decided:
+                continue
+            draft = position.draft
+            costs.append({self.small.role: usage_of(draft) if draft is not None else ModelUsage(requests=1)})
+            big = position.big
+            if big.done() and not big.cancelled() and big.exception() is None:
+                costs.append({self.big.role: usage_of(big.result())})
+            else:
+                big.cancel()
+                big.add_done_callback(_consume)
+                costs.append({self.big.role: ModelUsage(requests=1)})
+        return sum_usage(costs)
+
+
+def _normalised(text: str) -> str:
+    return " ".join(without_stray_think_close(text).split())
+
+
+def _consume(task: asyncio.Task) -> None:
+    """Retrieve a cancelled task's outcome, so that a failure nobody waits for is not reported."""
+    if not task.cancelled():
+        task.exception()
+
+
+def start(settings: LookaheadSettings, models: dict[str, Model], prompts: PromptSet, reasoning: ReasoningConfig):
+    return LookaheadPolicy(settings, models["small"], models["big"], prompts)
+
+
+LOOKAHEAD = PolicySpec(
+    name="lookahead",
+    description="Lookahead Reasoning: the small model drafts K steps ahead, the big model writes each position in "
+    "parallel, drafts are kept up to the first the verifier finds different, which the big model's step replaces",
+    roles=("small", "big"),
+    settings=LookaheadSettings,
+    templates=("equivalence", "equivalence_prefix"),
+    start=start,
+)
