@@ -26,6 +26,7 @@ from pathlib import Path
 
 import aiohttp
 
+from benchmarks.toy_confidence import CONFIDENCE_MODES, confidence_rows
 from benchmarks.toy_speed import SPEED_MODES, THROUGHPUT_MODES, Mode, calibrate, speed_rows
 from engine import loop
 from engine.data.answers import is_correct
@@ -195,7 +196,8 @@ async def measure(problems: int, speed_problems: int, out: Path, models_dir: Pat
             costs = {name: await calibrate(session, s.model, s.url) for name, s in running.items()}
         models = {n: ModelConfig(model=s.model, urls=(s.url,)) for n, s in running.items() if n != "trained_big"}
         records = {}
-        plan = [(m, problems) for m in MODES] + [(m, speed_problems) for m in (*SPEED_MODES, *THROUGHPUT_MODES)]
+        plan = [(m, problems) for m in (*MODES, *CONFIDENCE_MODES)]
+        plan += [(m, speed_problems) for m in (*SPEED_MODES, *THROUGHPUT_MODES)]
         for mode, count in plan:
             started = time.monotonic()
             outcome = await execute(run_config(mode, models, count, out), overwrite=True, progress=False)
@@ -206,7 +208,8 @@ async def measure(problems: int, speed_problems: int, out: Path, models_dir: Pat
         auc_value, n_right, n_wrong = await judge_auc(records["small"], models["big"], running["big"].url)
     rows = table(results, auc_value, n_right, n_wrong, problems, out)
     speed_commands = {m.name: command(m, speed_problems, out) for m in (*SPEED_MODES, *THROUGHPUT_MODES)}
-    return rows + speed_rows(results, costs, wall_s, speed_commands)
+    confidence_commands = {m.name: command(m, problems, out) for m in CONFIDENCE_MODES}
+    return rows + confidence_rows(results, confidence_commands) + speed_rows(results, costs, wall_s, speed_commands)
 
 
 def table(r: dict[str, Figures], auc_value, n_right: int, n_wrong: int, problems: int, out: Path) -> list:

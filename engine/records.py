@@ -15,7 +15,7 @@ MODEL_ROLES = ("small", "big")
 # `ProblemRecord.multiple_choice`.
 MULTIPLE_CHOICE_PREFIXES = ("gpqa",)
 # Finish reasons of tracks that early stop ended before they had an answer: not samples.
-STOPPED_EARLY = ("cancelled", "skipped")
+STOPPED_EARLY = ("cancelled", "skipped", "stopped")
 
 # What became of a step (`StepRecord.outcome`), set by the policy that produced it.
 WRITTEN = "written"  # one model wrote it and nothing checked it
@@ -72,6 +72,10 @@ class StepRecord:
     wasted: dict[str, ModelUsage] = field(default_factory=dict)
     detail: dict[str, Any] | None = None
     outcome: str = WRITTEN
+    # Asked for by a strategy that weighs tracks by confidence (`engine.reasoning.confidence`): per
+    # generated token, DeepConf's token confidence and the sampled token's own logprob.
+    token_confidence: list[float] | None = None
+    token_logprob: list[float] | None = None
 
     @property
     def accepted(self) -> bool | None:
@@ -89,7 +93,8 @@ class TrackRecord:
     one-request baseline ended without stating an answer; with --answer_phase, a model ended
     the sequence), "think_end" (--answer_phase: the model closed thinking), "cancelled"
     (stopped by early stop), "skipped" (never started: early stop came first under
-    --tracks_in_flight; no tokens), "failed" (an error, kept in `error`). `answer_model`
+    --tracks_in_flight; no tokens), "stopped" (a strategy ended it mid-way: DeepConf's online
+    pruning of a low-confidence trace; no answer), "failed" (an error, kept in `error`). `answer_model`
     wrote the answer: the writer of the last step when the answer was taken from the steps, or
     the answer model of --answer_phase. `usage` counts the requests whose results the track used;
     `wasted` the work it threw away (its steps' `wasted`, and the work ahead cancelled when it

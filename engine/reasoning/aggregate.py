@@ -46,10 +46,12 @@ def track_weight(track: TrackRecord, aggregation: str) -> float:
     return 1.0
 
 
-def answer_groups(tracks: list[TrackRecord], aggregation: str, *, multiple_choice: bool) -> list[AnswerGroup]:
+def answer_groups(
+    tracks: list[TrackRecord], aggregation: str, *, multiple_choice: bool, weights: dict[int, float] | None = None
+) -> list[AnswerGroup]:
     """The voting tracks, grouped by equivalent answers (`speclrm`: equal strings), in order of
-    first appearance."""
-    answered = [t for t in tracks if t.answer is not None]
+    first appearance. With `weights` (track id -> weight) only those tracks vote, with those weights."""
+    answered = [t for t in tracks if t.answer is not None and (weights is None or t.track_id in weights)]
     if aggregation == "speclrm":
         answered = [t for t in answered if t.finish_reason == "answer"]
         by_text: dict[str, list[int]] = {}
@@ -65,7 +67,7 @@ def answer_groups(tracks: list[TrackRecord], aggregation: str, *, multiple_choic
             AnswerGroup(
                 answer=group[0].answer,
                 track_ids=tuple(t.track_id for t in group),
-                weight=sum(track_weight(t, aggregation) for t in group),
+                weight=sum(track_weight(t, aggregation) if weights is None else weights[t.track_id] for t in group),
                 most_tokens=max(t.thinking_tokens + t.answer_tokens for t in group),
                 first_finished_at=min(t.finished_at or float("inf") for t in group),
             )
@@ -91,9 +93,11 @@ AGGREGATIONS: dict[str, Callable[[list[AnswerGroup]], AnswerGroup | None]] = {
 }
 
 
-def decide(tracks: list[TrackRecord], aggregation: str, *, multiple_choice: bool) -> Decision:
-    """The chosen answer of a problem and the votes each answer got."""
-    groups = answer_groups(tracks, aggregation, multiple_choice=multiple_choice)
+def decide(
+    tracks: list[TrackRecord], aggregation: str, *, multiple_choice: bool, weights: dict[int, float] | None = None
+) -> Decision:
+    """The chosen answer of a problem and the votes each answer got (`weights`: see `answer_groups`)."""
+    groups = answer_groups(tracks, aggregation, multiple_choice=multiple_choice, weights=weights)
     winner = AGGREGATIONS[aggregation](groups)
     votes = {g.answer: g.weight for g in groups}
     return Decision(answer=winner.answer if winner else None, votes=votes)

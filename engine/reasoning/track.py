@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -51,6 +52,8 @@ class TrackSetup:
     method: str | None = None
     instruction: str | None = None
     seed: int | None = None
+    # Top-k logprobs a strategy asks of every token the track's writer generates (None: none).
+    token_logprobs: int | None = None
 
 
 def track_messages(problem: Problem, prompts: PromptSet, instruction: str | None) -> tuple[Message, ...]:
@@ -114,6 +117,7 @@ class Track:
             problem=self.problem.problem,
             seed=self.setup.seed,
             thinking_tokens=record.thinking_tokens,
+            token_logprobs=self.setup.token_logprobs,
         )
         outcome = await self.policy.step(ctx)
         step = outcome.step
@@ -177,14 +181,17 @@ class Track:
         self.record.usage = sum_usage([s.usage for s in self.record.steps] + [self.record.usage])
         self.record.wasted = sum_usage([s.wasted for s in self.record.steps] + [ahead])
 
-    async def run(self) -> TrackRecord:
+    async def run(self, stop_after: Callable[[TrackRecord], bool] | None = None) -> TrackRecord:
         """Reason until an answer. Any error inside the track ends it as "failed" (kept in the
         record) and its problem is still decided from the other tracks; only errors meant for
         the user (bad input, a server spectra started died, SIGTERM) stop the run. Cancellation
-        marks it "cancelled" and propagates."""
+        marks it "cancelled" and propagates. `stop_after(record)`, asked after each step that does
+        not end thinking, ends the track there as "stopped" (no answer) when it says so."""
         try:
             while await self.advance() is None:
-                pass
+                if stop_after is not None and stop_after(self.record):
+                    self.record.finish_reason = "stopped"
+                    return self.record
             await self.finish()
         except asyncio.CancelledError:
             self.record.finish_reason = "cancelled"

@@ -37,6 +37,8 @@ class Choice:
     stop_reason: str | int | None = None
     tokens: list[str] = field(default_factory=list)
     top_logprobs: list[dict[str, float]] = field(default_factory=list)
+    # Per generated token, the logprob of the token sampled (with `logprobs` asked for).
+    token_logprobs: list[float] = field(default_factory=list)
     text_offsets: list[int] = field(default_factory=list)
     prompt_logprobs: Sequence[dict[int, float] | None] = field(default_factory=list)
 
@@ -169,6 +171,7 @@ def _add_logprobs(choice: Choice, logprobs: dict[str, Any] | None) -> None:
         return
     choice.tokens.extend(logprobs.get("tokens") or [])
     choice.text_offsets.extend(logprobs.get("text_offset") or [])
+    choice.token_logprobs.extend(lp if lp is not None else float("-inf") for lp in logprobs.get("token_logprobs") or [])
     for top in logprobs.get("top_logprobs") or []:
         choice.top_logprobs.append(dict(top or {}))
 

@@ -50,7 +50,7 @@ async def test_the_big_model_solves_the_toy_problems_and_spec_keeps_it_with_fewe
 
 async def test_lookahead_keeps_the_big_model_s_answers_with_drafts_it_verified(toy_servers, tmp_path):
     mode = Mode("lookahead", "spec", ("--policy", "lookahead", "--lookahead_steps", "3", "--verifier", "exact"))
-    outcome = await execute(run_config(mode, toy_servers, 8, tmp_path), progress=False)
+    outcome = await execute(run_config(mode, toy_servers, 4, tmp_path), progress=False)
     figures = summarize(outcome.records)
     assert figures.accuracy >= 0.75, f"lookahead: {figures.accuracy:.0%}"
     steps = [s for r in outcome.records for t in r.tracks for s in t.steps]
@@ -70,3 +70,20 @@ async def test_takeover_hands_every_second_step_to_the_big_model(toy_servers, tm
             len(track.steps) % 2
         )
         assert all(s.detail == {"why": "every"} for s in track.steps if s.writer == "big")
+
+
+async def test_deepconf_offline_and_online_record_confidences_and_their_choices(toy_servers, tmp_path):
+    small = ("--model", "small", "--stepwise", "--strategy", "deepconf", "--deepconf_traces", "4")
+    offline = Mode("deepconf", "base", (*small, "--deepconf_keep", "50"))
+    outcome = await execute(run_config(offline, toy_servers, 2, tmp_path / "offline"), progress=False)
+    for record in outcome.records:
+        assert record.strategy == "deepconf" and len(record.tracks) == 4
+        confident = record.details["confidence"]
+        assert all(s.token_confidence and len(s.token_confidence) == s.tokens for t in record.tracks for s in t.steps)
+        assert len(record.details["kept"]) == 2 and set(record.details["kept"]) <= {int(i) for i in confident}
+    online = Mode("deepconf_online", "base", (*small, "--deepconf_online", "--deepconf_warmup", "2"))
+    outcome = await execute(run_config(online, toy_servers, 2, tmp_path / "online"), progress=False)
+    for record in outcome.records:
+        assert record.details["warmup"] == [0, 1] and record.details["threshold"] is not None
+        later = [t.finish_reason for t in record.tracks[2:]]
+        assert all(reason in ("answer", "stopped", "skipped", "cancelled", "budget", "repeat") for reason in later)

@@ -40,7 +40,10 @@ def any_request(body):
         return Reply(tokens=planned.tokens, top_logprobs=planned.top_logprobs, prompt_logprobs=planned.prompt_logprobs)
     if body["max_tokens"] == 1:
         return Reply(text="9", top_logprobs=[{"9": -0.01, "1": -5.0}])
-    return Reply(text="so \\boxed{4}", stop_reason="\n\n")
+    step = Reply(text="so \\boxed{4}", stop_reason="\n\n")
+    if body.get("logprobs"):  # asked of the writer by a strategy (DeepConf): every token's top-k
+        step.top_logprobs = [{token: -0.1, "x": -3.0} for token in step.token_list()]
+    return step
 
 
 @pytest.mark.parametrize("name", list(POLICIES))

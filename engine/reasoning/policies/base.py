@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from engine.data.prompts import PromptSet
 from engine.errors import ServerError
+from engine.reasoning.confidence import DECIMALS, step_confidences
 from engine.reasoning.settings import ReasoningConfig, Settings
 from engine.records import ModelUsage, StepRecord
 from engine.serving.chat import THINK_CLOSE, Message
@@ -40,6 +41,8 @@ class StepContext:
     problem: str
     seed: int | None
     thinking_tokens: int = 0
+    # The strategy's channel to the writer: top-k logprobs of every generated token (DeepConf).
+    token_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ async def generate_step(model: Model, ctx: StepContext, *, salt: int) -> Complet
         top_p=ctx.config.top_p,
         stop=stop,
         seed=request_seed(ctx.seed, ctx.index, salt),
+        logprobs=ctx.token_logprobs,
         extra=NO_SPECIAL_TOKENS,
     )
 
@@ -165,7 +169,9 @@ def kept_step(
     **scored: Any,
 ) -> StepRecord:
     """The step record of `completion` as kept in the track, written by `writer`; `outcome` says
-    what became of it (`engine.records.STEP_OUTCOMES`)."""
+    what became of it (`engine.records.STEP_OUTCOMES`). Tokens' confidences are kept when the
+    request asked for logprobs (`StepContext.token_logprobs`)."""
+    choice = completion.choices[0]
     return StepRecord(
         index=index,
         text=without_stray_think_close(completion.text),
@@ -175,6 +181,8 @@ def kept_step(
         latency_s=time.monotonic() - started,
         ending=step_ending(completion, delimiter),
         outcome=outcome,
+        token_confidence=step_confidences(choice.top_logprobs) if choice.top_logprobs else None,
+        token_logprob=[round(lp, DECIMALS) for lp in choice.token_logprobs] if choice.token_logprobs else None,
         **scored,
     )
 

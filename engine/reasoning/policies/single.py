@@ -50,6 +50,7 @@ async def whole_reasoning(model: Model, ctx: StepContext):
         temperature=ctx.config.temperature,
         top_p=ctx.config.top_p,
         seed=request_seed(ctx.seed, ctx.index, 0),
+        logprobs=ctx.token_logprobs,
         # Streamed: thousands of tokens are bounded by the stall timeout, not only the whole-request one.
         stream=True,
         extra=NO_SPECIAL_TOKENS,

@@ -41,9 +41,11 @@ def plan_tracks(
     repeat_id: int,
     use_role_prompts: bool = False,
     methods: list[str] | None = None,
+    token_logprobs: int | None = None,
 ) -> list[TrackSetup]:
     """`count` tracks of one problem: methods round-robin when given, else the prompt set's roles
-    round-robin with `use_role_prompts`, else plain tracks."""
+    round-robin with `use_role_prompts`, else plain tracks; `token_logprobs` asks every track's
+    writer for the top-k logprobs of its tokens (`TrackSetup.token_logprobs`)."""
     roles = list(prompts.require_roles()) if use_role_prompts and not methods else []
     setups = []
     for track_id in range(count):
@@ -58,6 +60,7 @@ def plan_tracks(
                 method=method,
                 instruction=instruction,
                 seed=track_seed(base_seed, repeat_id, track_id),
+                token_logprobs=token_logprobs,
             )
         )
     return setups
@@ -77,9 +80,11 @@ async def run_tracks(
     *,
     in_flight: int | None = None,
     on_finish: OnFinish | None = None,
+    stop_after: Callable[[TrackRecord], bool] | None = None,
 ) -> TrackGroupResult:
     """Run the tracks of `setups` with the run's policy, at most `in_flight` at a time (None: all),
-    each holding one of the run's track slots while it runs."""
+    each holding one of the run's track slots while it runs; `stop_after` (see `Track.run`) may end
+    a track after any of its steps."""
     tracks = [new_track_record(s) for s in setups]
     window = asyncio.Semaphore(in_flight or len(setups) or 1)
     finished: list[TrackRecord] = []
@@ -105,7 +110,7 @@ async def run_tracks(
         try:
             async with ctx.track_slots:
                 with bind_context(track=setup.track_id):
-                    await ctx.new_track(record, setup).run()
+                    await ctx.new_track(record, setup).run(stop_after)
             finished.append(record)
             open_tracks = len(tracks) - len(finished)
             if on_finish is not None and not stopped and open_tracks and await on_finish(list(finished), open_tracks):

@@ -1,0 +1,90 @@
+"""DeepConf's confidence of a reasoning trace (Fu et al., 2025, "Deep Think with Confidence"), from the
+top-k logprobs of every token it generated.
+
+A token's confidence is minus the mean logprob of its top-k alternatives: high when the model put
+its mass on one token (its alternatives are improbable), low when it hesitated between several.
+A group's confidence is the mean over a sliding window of tokens (2048 in the paper). A trace is
+measured by: `mean` (all its tokens), `bottom10` (the mean of its lowest 10% group confidences),
+`lowest` (its lowest group), `tail` (its last window of tokens). Tracks get these only when a strategy asks for them
+(`TrackSetup.token_logprobs`): the writer's requests then carry vLLM's `logprobs` k and each kept
+step stores its tokens' confidence and sampled logprob (`StepRecord.token_confidence`,
+`token_logprob`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from engine.records import TrackRecord
+
+MEASURES = ("mean", "bottom10", "lowest", "tail")
+# Confidences are kept with this many decimals: the record stays small, the ranking unchanged.
+DECIMALS = 3
+
+
+def token_confidence(top_logprobs: dict[str, float]) -> float:
+    """Minus the mean logprob of the top-k alternatives of one token (-inf logprobs left out)."""
+    finite = [lp for lp in top_logprobs.values() if lp is not None and math.isfinite(lp)]
+    return -sum(finite) / len(finite) if finite else 0.0
+
+
+def step_confidences(top_logprobs: Sequence[dict[str, float]]) -> list[float]:
+    return [round(token_confidence(top), DECIMALS) for top in top_logprobs]
+
+
+def trace_tokens(track: TrackRecord) -> list[float]:
+    """The token confidences of a track's kept steps, in order (empty when none were asked for)."""
+    return [c for step in track.steps for c in step.token_confidence or ()]
+
+
+def group_confidences(tokens: Sequence[float], window: int) -> list[float]:
+    """The mean confidence of every window of `window` consecutive tokens (one group of all the
+    tokens when there are fewer)."""
+    if not tokens:
+        return []
+    if len(tokens) <= window:
+        return [sum(tokens) / len(tokens)]
+    total = sum(tokens[:window])
+    groups = [total / window]
+    for i in range(window, len(tokens)):
+        total += tokens[i] - tokens[i - window]
+        groups.append(total / window)
+    return groups
+
+
+def current_group(tokens: Sequence[float], window: int) -> float | None:
+    """The confidence of the last window of tokens (all of them while fewer): DeepConf's online check."""
+    return sum(tokens[-window:]) / len(tokens[-window:]) if tokens else None
+
+
+def trace_confidence(tokens: Sequence[float], measure: str, window: int) -> float | None:
+    """A trace's confidence under `measure` (see the module docstring); None without tokens."""
+    if not tokens:
+        return None
+    if measure == "mean":
+        return sum(tokens) / len(tokens)
+    if measure == "tail":
+        return current_group(tokens, window)
+    groups = group_confidences(tokens, window)
+    if measure == "lowest":
+        return min(groups)
+    if measure == "bottom10":
+        lowest = sorted(groups)[: max(1, math.ceil(0.1 * len(groups)))]
+        return sum(lowest) / len(lowest)
+    raise ValueError(f"unknown confidence measure {measure!r}; use one of {', '.join(MEASURES)}")
+
+
+def keep_most_confident(confidences: dict[int, float], percent: float) -> list[int]:
+    """The ids of the top `percent`% of traces by confidence (at least one), most confident first;
+    ties keep the lower id."""
+    ranked = sorted(confidences, key=lambda i: (-confidences[i], i))
+    return ranked[: max(1, math.ceil(percent / 100 * len(ranked)))]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile of `values`, interpolated linearly (numpy's default)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
