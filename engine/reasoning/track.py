@@ -31,8 +31,9 @@ from engine.data.problems import Problem
 from engine.data.prompts import PromptSet
 from engine.errors import ServerError, SpectraError
 from engine.reasoning.policies.base import StepContext, TrackPolicy, thinking_ending
+from engine.reasoning.probing import ProbeSettings, agreed, probe
 from engine.reasoning.settings import ReasoningConfig
-from engine.records import TrackRecord, sum_usage
+from engine.records import StepRecord, TrackRecord, sum_usage
 from engine.serving.chat import THINK_CLOSE, Message
 from engine.serving.models import NO_SPECIAL_TOKENS, Model, request_seed, usage_of
 
@@ -90,6 +91,7 @@ class Track:
         policy: TrackPolicy,
         *,
         continuous: bool = False,
+        probing: ProbeSettings = ProbeSettings(),
     ):
         if continuous:
             # A continuous policy's chunks join as written and each may spend the whole budget left.
@@ -100,6 +102,7 @@ class Track:
         self.messages = track_messages(problem, prompts, setup.instruction)
         self.ending: str | None = None
         self.started = time.monotonic()
+        self.probing, self.probes, self.unprobed_tokens = probing, [], 0
 
     async def advance(self) -> str | None:
         """Write one step; returns why thinking ended ("answer", "repeat", "budget", with
@@ -137,7 +140,32 @@ class Track:
         else:
             texts = [s.text for s in record.steps]
             self.ending = thinking_ending(texts, record.thinking_tokens, outcome.ending, config, final=outcome.final)
+        if self.ending is None and self.probing.probe_every is not None:
+            await self._probe(step)
         return self.ending
+
+    async def _probe(self, step: StepRecord) -> None:
+        """Dynasor-CoT: once `probe_every` tokens were generated since the last probe, ask the step's
+        writer for its answer; thinking ends ("probe") once the last `probe_agree` probes agree."""
+        self.unprobed_tokens += step.tokens
+        if self.unprobed_tokens < self.probing.probe_every:
+            return
+        self.unprobed_tokens = 0
+        record, config = self.record, self.config
+        found = await probe(
+            self.models[step.writer],
+            self.messages,
+            reasoning_text(record, config.step_delimiter),
+            seed=self.setup.seed,
+            index=len(record.steps),
+            temperature=config.temperature,
+            top_p=config.top_p,
+        )
+        self.probes.append(found)
+        step.usage = sum_usage([step.usage, found.usage])
+        step.detail = {**(step.detail or {}), "probe": found.answer, "probe_hedged": found.hedged}
+        if agreed(self.probes, self.probing.probe_agree) is not None:
+            self.ending = "probe"
 
     def _continuous_ending(self, ending: str) -> str | None:
         """SplitReason's flows end only at EOS (the answer is then read from the text, as its harness
@@ -153,6 +181,11 @@ class Track:
         """Write the track's answer once thinking has ended. A continuous policy that ended thinking
         itself ("think_end": SplitReason's logprob_subselect) is then answered by the answer model,
         as SplitReason's flow asks the big model for the boxed answer."""
+        if self.ending == "probe":
+            self.record.finish_reason = "probe"
+            self.record.answer = agreed(self.probes, self.probing.probe_agree)
+            self.record.answer_model = self.record.steps[-1].writer
+            return
         config = self.config
         if self.continuous and self.ending == "think_end":
             config = dataclasses.replace(config, answer_phase=True)

@@ -24,6 +24,7 @@ from engine.data.recipes import parse_with_recipe
 from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
 from engine.reasoning.policies import POLICIES
+from engine.reasoning.probing import ProbeSettings
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies import STRATEGIES
 from engine.records import ProblemRecord
@@ -119,6 +120,7 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         strategy=strategy,
         strategy_settings=settings_from_flags(STRATEGIES[strategy].settings, args, plan),
         reasoning=settings_from_flags(ReasoningConfig, args, plan),
+        probing=settings_from_flags(ProbeSettings, args),
         limits=settings_from_flags(SchedulerLimits, args, DEMO_LIMITS if demo else None),
         data=data,
         client=ClientLimits(**_given(args, ClientLimits)),

@@ -15,6 +15,7 @@ from typing import Any
 from engine.data.prompts import prompt_set_digest
 from engine.errors import UsageError
 from engine.reasoning.policies import POLICIES
+from engine.reasoning.probing import ProbeSettings
 from engine.reasoning.settings import ReasoningConfig, Settings, check_choices, setting
 from engine.reasoning.strategies import STRATEGIES
 from engine.serving.endpoints import ClientLimits
@@ -71,6 +72,7 @@ class RunConfig:
     strategy: str = "vote"
     strategy_settings: Any = None
     reasoning: ReasoningConfig = ReasoningConfig()
+    probing: ProbeSettings = ProbeSettings()
     limits: SchedulerLimits = SchedulerLimits()
     data: DataConfig = DataConfig()
     client: ClientLimits = ClientLimits()
@@ -115,6 +117,8 @@ class RunConfig:
                 "data_file": self.data.data_file,
                 "fields": self.data.fields,
             },
+            # Only when on: run folders made before probing existed keep their digest.
+            **({"probing": dataclasses.asdict(self.probing)} if self.probing != ProbeSettings() else {}),
             "prompt_set": self.prompt_set,
             # The texts, not only the name: an edited set is another experiment.
             "prompt_set_content": prompt_set_digest(self.prompt_set),
@@ -125,6 +129,7 @@ class RunConfig:
     def validate(self) -> None:
         """Raise UsageError for settings that cannot work together."""
         self.reasoning.validate()
+        self.probing.validate()
         for settings in (self.policy_settings, self.strategy_settings):
             check_choices(settings)
             settings.validate()

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from engine.data.recipes import CONFIG_FLAG
 from engine.errors import UsageError
 from engine.reasoning.policies import POLICIES
+from engine.reasoning.probing import ProbeSettings
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies import STRATEGIES
 from engine.run.config import SchedulerLimits
@@ -79,9 +80,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # Every settings class whose fields are flags; an import-time check keeps one meaning per flag.
-SETTINGS_CLASSES = [ReasoningConfig, SchedulerLimits] + [s.settings for s in (*POLICIES.values(), *STRATEGIES.values())]
+SPECS = (*POLICIES.values(), *STRATEGIES.values())
+SETTINGS_CLASSES = [ReasoningConfig, ProbeSettings, SchedulerLimits] + [s.settings for s in SPECS]
 check_unique_flags(SETTINGS_CLASSES)
-MODEL_ROLES = tuple(dict.fromkeys(role for spec in (*POLICIES.values(), *STRATEGIES.values()) for role in spec.roles))
+MODEL_ROLES = tuple(dict.fromkeys(role for spec in SPECS for role in spec.roles))
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,6 +134,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, policy in SPLIT_MODES.items():
         add_flag(split, flag, action="store_true", default=None, help=f"run policy {policy}")
     add_settings_flags(parser.add_argument_group("reasoning"), ReasoningConfig)
+    add_settings_flags(parser.add_argument_group("answer probing"), ProbeSettings)
     add_settings_flags(parser.add_argument_group("limits"), SchedulerLimits)
     for kind, table in (("policy", POLICIES), ("strategy", STRATEGIES)):
         # Specs may share one settings class (big and small; the three searches): one group of flags.

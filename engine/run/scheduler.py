@@ -85,5 +85,6 @@ class Scheduler:
             reasoning=config.reasoning,
             mode=config.runner,
             config_digest=self.digest,
+            probing=config.probing,
         )
         return await STRATEGIES[self.config.strategy].solve(context)

@@ -87,3 +87,15 @@ async def test_deepconf_offline_and_online_record_confidences_and_their_choices(
         assert record.details["warmup"] == [0, 1] and record.details["threshold"] is not None
         later = [t.finish_reason for t in record.tracks[2:]]
         assert all(reason in ("answer", "stopped", "skipped", "cancelled", "budget", "repeat") for reason in later)
+
+
+async def test_answer_probing_asks_for_the_answer_as_the_track_goes(toy_servers, tmp_path):
+    mode = Mode("probe", "spec", ("--score_threshold", "7", "--probe_every", "8", "--probe_agree", "2"))
+    outcome = await execute(run_config(mode, toy_servers, 2, tmp_path), progress=False)
+    for record in outcome.records:
+        (track,) = record.tracks
+        assert track.finish_reason in ("answer", "probe") and track.error is None
+        probed = [s for s in track.steps if s.detail and "probe" in s.detail]
+        assert probed, "no step was probed"
+        if track.finish_reason == "probe":
+            assert track.answer == probed[-1].detail["probe"] == probed[-2].detail["probe"]

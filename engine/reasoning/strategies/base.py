@@ -17,6 +17,7 @@ from engine.data.problems import Problem
 from engine.data.prompts import PromptSet
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.policies.base import TrackPolicy
+from engine.reasoning.probing import ProbeSettings
 from engine.reasoning.settings import ReasoningConfig, Settings
 from engine.reasoning.track import Track, TrackSetup
 from engine.records import ProblemRecord, TrackRecord
@@ -46,6 +47,8 @@ class SolveContext:
     reasoning: ReasoningConfig
     mode: str
     config_digest: str
+    # Dynasor-CoT's answer probing, for every track of the run (off by default).
+    probing: ProbeSettings = ProbeSettings()
     started_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)
 
@@ -65,6 +68,7 @@ class SolveContext:
             self.reasoning,
             self.new_policy(),
             continuous=continuous,
+            probing=self.probing,
         )
 
     def record(self, **fields: Any) -> ProblemRecord:
