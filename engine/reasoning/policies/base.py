@@ -271,3 +271,15 @@ async def all_of(requests: Iterable[Awaitable[Any]]) -> list[Any]:
             server_errors = server_errors.exceptions[0]
         raise server_errors from failures
     return [task.result() for task in tasks]
+
+
+def discard(task: asyncio.Task) -> None:
+    """Cancel work started ahead that no step will use, and retrieve its outcome when it ends, so a
+    request that failed before it was thrown away is not reported as an exception nobody retrieved."""
+    task.cancel()
+    task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -28,6 +28,7 @@ from engine.reasoning.policies.base import (
     PolicySpec,
     StepContext,
     StepOutcome,
+    discard,
     generate_step,
     kept_step,
     next_context,
@@ -202,20 +203,13 @@ class LookaheadPolicy:
             if big.done() and not big.cancelled() and big.exception() is None:
                 costs.append({self.big.role: usage_of(big.result())})
             else:
-                big.cancel()
-                big.add_done_callback(_consume)
+                discard(big)
                 costs.append({self.big.role: ModelUsage(requests=1)})
         return sum_usage(costs)
 
 
 def _normalised(text: str) -> str:
     return " ".join(without_stray_think_close(text).split())
-
-
-def _consume(task: asyncio.Task) -> None:
-    """Retrieve a cancelled task's outcome, so that a failure nobody waits for is not reported."""
-    if not task.cancelled():
-        task.exception()
 
 
 def start(settings: LookaheadSettings, models: dict[str, Model], prompts: PromptSet, reasoning: ReasoningConfig):

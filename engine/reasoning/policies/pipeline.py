@@ -20,6 +20,7 @@ import structlog
 
 from engine.reasoning.policies.base import (
     StepContext,
+    discard,
     generate_step,
     next_context,
     step_ending,
@@ -84,8 +85,7 @@ class DraftPipeline:
         """Cancel everything in the pipeline; the tokens and requests it had cost, per model."""
         wasted = [self._cost(spec) for spec in self._queue]
         for spec in self._queue:
-            spec.task.cancel()
-            spec.task.add_done_callback(_consume)
+            discard(spec.task)
         self._queue.clear()
         return sum_usage(wasted)
 
@@ -127,10 +127,3 @@ class DraftPipeline:
         if spec.verdict is not None:
             return sum_usage([cost, spec.verdict.usage])
         return sum_usage([cost, {self.judge.model.role: in_flight}]) if spec.scoring else cost
-
-
-def _consume(task: asyncio.Task) -> None:
-    """Retrieve a discarded task's error, so a speculation that failed before it was discarded is
-    not reported as an exception nobody retrieved: its step was never asked for."""
-    if not task.cancelled():
-        task.exception()
