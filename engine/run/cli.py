@@ -24,6 +24,7 @@ from engine.data.recipes import parse_with_recipe
 from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
 from engine.reasoning.policies import POLICIES
+from engine.reasoning.policies.lookahead import EMBEDDER_SERVER_ARGS
 from engine.reasoning.probing import ProbeSettings
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies import STRATEGIES
@@ -107,7 +108,8 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
                 "(the toy demo models are only for --dataset_name toy or demo)"
             )
         strategy_settings = settings_from_flags(STRATEGIES[strategy].settings, args, plan)
-        roles = [*POLICIES[policy].roles, *STRATEGIES[strategy].needed_roles(strategy_settings)]
+        policy_settings = settings_from_flags(POLICIES[policy].settings, args, plan)
+        roles = [*POLICIES[policy].roles_for(policy_settings), *STRATEGIES[strategy].needed_roles(strategy_settings)]
         models.update(_demo_models(args, roles))
         # The demo's limits beat a runner's defaults (SplitReason's 16384 tokens); flags beat both.
         plan = {**plan, **DEMO_REASONING, **DEMO_SEARCH}
@@ -163,6 +165,8 @@ def _demo_models(args: argparse.Namespace, roles: list[str]) -> dict[str, ModelC
     if "prm" in roles:
         prm = make_tiny_prm(folder)
         models["prm"] = ModelConfig(model=str(prm), server_args=prm_server_args(prm))
+    if "embedder" in roles:  # lookahead's embedding verifier: the small toy model's pooled states
+        models["embedder"] = ModelConfig(model=str(toy.small), server_args=EMBEDDER_SERVER_ARGS)
     return models
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks.toy_speed import Mode
 from benchmarks.toy_world import MODES, run_config, summarize
+from engine.reasoning.policies.lookahead import EMBEDDER_SERVER_ARGS
 from engine.records import ACCEPTED, REPLACED
 from engine.run.config import ModelConfig
 from engine.run.execute import execute
@@ -99,3 +100,24 @@ async def test_answer_probing_asks_for_the_answer_as_the_track_goes(toy_servers,
         assert probed, "no step was probed"
         if track.finish_reason == "probe":
             assert track.answer == probed[-1].detail["probe"] == probed[-2].detail["probe"]
+
+
+async def test_lookahead_s_embedding_verifier_on_a_vllm_embedding_server(toy_servers, toy_models, tmp_path):
+    spec = ServerSpec(
+        name="embedder",
+        model=str(toy_models.small),
+        dtype="float32",
+        max_model_len=MAX_POSITIONS,
+        extra_args=EMBEDDER_SERVER_ARGS,
+    )
+    async with serve_models([spec], log_dir=tmp_path / "logs") as running:
+        embedder = running["embedder"]
+        models = {**toy_servers, "embedder": ModelConfig(model=embedder.model, urls=(embedder.url,))}
+        flags = ("--policy", "lookahead", "--verifier", "embedding", "--embedding_threshold", "0.99")
+        outcome = await execute(
+            run_config(Mode("lookahead_embedding", "spec", flags), models, 1, tmp_path), progress=False
+        )
+    (record,) = outcome.records
+    steps = record.tracks[0].steps
+    assert steps and all(-1 <= s.score <= 1 for s in steps) and record.tracks[0].error is None
+    assert all(s.usage["embedder"].requests == 2 for s in steps)

@@ -155,3 +155,25 @@ async def test_takeover_hands_the_steps_after_a_cue_and_every_nth_step_to_the_bi
         None,
     ]
     assert record.finish_reason == "answer" and record.steps[-1].text == "s5 so \\boxed{42}"
+
+
+async def test_the_embedding_verifier_keeps_drafts_whose_cosine_reaches_the_threshold(make_models):
+    # Embeddings by the step's first word: d0 and d1 point the way of their big versions (cosine 1),
+    # d2 away from b2 (cosine 0.6 < 0.9): kept, kept, replaced; round 2 keeps the rest.
+    vectors = {"d0": [1, 0], "d1": [0, 1], "d2": [1, 0], "b2": [0.6, 0.8], "d3": [1, 1], "d4": [2, 1]}
+
+    def embed(body):
+        return [vectors[body["input"].split()[0]]]
+
+    script = Script(same={0, 1, 3, 4})
+    async with (
+        FakeOpenAIServer(script.small) as s,
+        FakeOpenAIServer(script.big) as b,
+        FakeOpenAIServer([], pooler=embed) as e,
+    ):
+        models = make_models(big=b, small=s, embedder=e)
+        settings = LookaheadSettings(lookahead_steps=3, verifier="embedding", embedding_threshold=0.9)
+        record = await run_one_track(models, PROBLEM, PROMPTS, policy="lookahead", settings=settings, seed=SEED)
+    assert [s.outcome for s in record.steps] == [ACCEPTED, ACCEPTED, REPLACED, ACCEPTED, ACCEPTED]
+    assert record.steps[2].score == pytest.approx(0.6) and record.steps[0].score == pytest.approx(1.0)
+    assert record.steps[0].usage["embedder"].requests == 2

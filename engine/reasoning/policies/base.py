@@ -90,6 +90,11 @@ class PolicySpec:
     templates: tuple[str, ...]
     start: Callable[[Any, dict[str, Model], PromptSet, ReasoningConfig], TrackPolicy]
     continuous: bool = False
+    # The roles these settings call, when not all of `roles` (a verifier's own model, say).
+    needed_roles: Callable[[Any], tuple[str, ...]] | None = None
+
+    def roles_for(self, settings: Any) -> tuple[str, ...]:
+        return self.roles if self.needed_roles is None else self.needed_roles(settings)
 
 
 def thinking_ending(

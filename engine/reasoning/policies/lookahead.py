@@ -12,12 +12,15 @@ from the work thrown away (`wasted`: the big model's versions of kept drafts, a 
 the drafts and big steps cancelled after a mismatch). Verifiers: `exact` compares the steps'
 text with white space collapsed (the toy world's steps are exact); `judge` asks the big model for
 a 0-9 rating of "the two steps say the same thing" (the prompt set's `equivalence` template) and
-reads the expected digit from the logprobs of its one token.
+reads the expected digit from the logprobs of its one token; `embedding` embeds both steps with the
+`embedder` model (a vLLM server of an embedding model: `--runner pooling --convert embed`) and
+keeps the draft when their cosine similarity reaches `--embedding_threshold`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -45,7 +48,9 @@ from engine.serving.models import NO_SPECIAL_TOKENS, Model, usage_of
 
 # `request_seed` salts: a draft as SpecReason's draft, the big model's own step as its rewrite.
 DRAFT_SALT, BIG_SALT = 1, 2
-VERIFIERS = ("judge", "exact")
+VERIFIERS = ("judge", "exact", "embedding")
+# vLLM flags that serve a causal LM as an embedding model (its pooled last hidden state).
+EMBEDDER_SERVER_ARGS = ("--runner", "pooling", "--convert", "embed")
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,17 @@ class LookaheadSettings(Settings):
     equivalence_threshold: float = setting(
         7.0, "with --verifier judge: the big model's 0-9 equivalence rating a draft needs to be kept"
     )
+    embedding_threshold: float = setting(
+        0.9, "with --verifier embedding: the cosine similarity of the two steps' embeddings a draft needs"
+    )
 
     def validate(self) -> None:
         if self.lookahead_steps < 1:
             raise UsageError(f"--lookahead_steps must be at least 1, not {self.lookahead_steps}")
         if not 0 <= self.equivalence_threshold <= MAX_JUDGE_SCORE:
             raise UsageError(f"--equivalence_threshold must be between 0 and 9, not {self.equivalence_threshold}")
+        if not -1 <= self.embedding_threshold <= 1:
+            raise UsageError(f"--embedding_threshold must be between -1 and 1, not {self.embedding_threshold}")
 
 
 @dataclass
@@ -89,6 +99,7 @@ class LookaheadPolicy:
     small: Model
     big: Model
     prompts: PromptSet
+    embedder: Model | None = None
     decided: deque[Decided] = field(default_factory=deque)
     rounds: int = 0
 
@@ -152,6 +163,8 @@ class LookaheadPolicy:
         verdict, verdict_usage = await self._verify(ctx, draft, mine)
         if verdict is None:
             same, scored = _normalised(draft.text) == _normalised(mine.text), {}
+        elif self.settings.verifier == "embedding":
+            same, scored = verdict.value >= self.settings.embedding_threshold, {"score": verdict.value}
         else:
             same = verdict.value >= self.settings.equivalence_threshold
             scored = {"score": verdict.value, "score_distribution": verdict.distribution}
@@ -173,9 +186,12 @@ class LookaheadPolicy:
     async def _verify(
         self, ctx: StepContext, draft: Completion, mine: Completion
     ) -> tuple[StepScore | None, dict[str, ModelUsage]]:
-        """The judge's equivalence rating and what it cost; None with the exact verifier."""
+        """The judge's equivalence rating (or the embeddings' cosine similarity) and what it cost;
+        None with the exact verifier."""
         if self.settings.verifier == "exact":
             return None, {}
+        if self.settings.verifier == "embedding":
+            return await self._embedding_similarity(_normalised(draft.text), _normalised(mine.text))
         chat = self.big.chat
         reasoning = chat.think_open + ctx.reasoning
         question = self.prompts.render_equivalence(ctx.problem, draft.text.strip(), mine.text.strip())
@@ -189,6 +205,16 @@ class LookaheadPolicy:
         )
         top = judged.top_logprobs[0] if judged.top_logprobs else {}
         return score_from_logprobs(judged.text, top, "average"), {self.big.role: usage_of(judged)}
+
+    async def _embedding_similarity(self, first: str, second: str) -> tuple[StepScore, dict[str, ModelUsage]]:
+        client = self.embedder.client
+        pooled = await asyncio.gather(client.pool(first), client.pool(second))
+        a, b = (_vector(p.data) for p in pooled)
+        norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+        cosine = sum(x * y for x, y in zip(a, b, strict=True)) / norms if norms else 0.0
+        cosine = max(-1.0, min(1.0, cosine))  # float rounding can step past 1 for equal vectors
+        usage = ModelUsage(prompt_tokens=sum(p.prompt_tokens for p in pooled), requests=2)
+        return StepScore(value=cosine, distribution={}), {self.embedder.role: usage}
 
     def _cancel_undecided(self, positions: list[Position]) -> dict[str, ModelUsage]:
         """Cancel the big steps and the draft of the positions not decided; what they had cost (a
@@ -208,20 +234,26 @@ class LookaheadPolicy:
         return sum_usage(costs)
 
 
+def _vector(data: list) -> list[float]:
+    """An embedding from vLLM's pooling output (a vector, or a one-row matrix)."""
+    return [float(x) for x in (data[0] if data and isinstance(data[0], list) else data)]
+
+
 def _normalised(text: str) -> str:
     return " ".join(without_stray_think_close(text).split())
 
 
 def start(settings: LookaheadSettings, models: dict[str, Model], prompts: PromptSet, reasoning: ReasoningConfig):
-    return LookaheadPolicy(settings, models["small"], models["big"], prompts)
+    return LookaheadPolicy(settings, models["small"], models["big"], prompts, models.get("embedder"))
 
 
 LOOKAHEAD = PolicySpec(
     name="lookahead",
     description="Lookahead Reasoning: the small model drafts K steps ahead, the big model writes each position in "
     "parallel, drafts are kept up to the first the verifier finds different, which the big model's step replaces",
-    roles=("small", "big"),
+    roles=("small", "big", "embedder"),
     settings=LookaheadSettings,
     templates=("equivalence", "equivalence_prefix"),
     start=start,
+    needed_roles=lambda s: ("small", "big", "embedder") if s.verifier == "embedding" else ("small", "big"),
 )
