@@ -23,14 +23,18 @@ function el(tag, props, ...kids) {
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, String(value));
   }
+  return put(node, ...kids);
+}
+// Appends nodes and texts (as text nodes); skips the empty parts a view leaves out.
+function put(node, ...kids) {
   for (const kid of kids.flat()) {
     if (kid === undefined || kid === null || kid === false) continue;
-    node.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+    node.appendChild(kid instanceof Node ? kid : document.createTextNode(String(kid)));
   }
   return node;
 }
 const writerClass = (w) => "w-" + (w in WRITERS ? w : "other");
-const writerName = (w) => WRITERS[w] || String(w);
+const writerName = (w) => WRITERS[w] || String(w) + " model";
 const fmt = (x, digits = 2) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
 const pct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%");
 const shown = (x) => (x === null || x === undefined ? "(none)" : String(x));
@@ -52,20 +56,20 @@ function route() {
   document.querySelectorAll("header a[data-tab]").forEach((a) =>
     a.classList.toggle("on", a.dataset.tab === (cmp ? "cmp" : "run" + run)));
   if (cmp) {
-    if (params.has("k")) main.append(comparePair(Number(params.get("k"))));
-    else main.append(comparePage());
+    if (params.has("k")) put(main, comparePair(Number(params.get("k"))));
+    else put(main, comparePage());
   } else if (params.has("p")) {
-    main.append(problemPage(run, Number(params.get("p"))));
+    put(main, problemPage(run, Number(params.get("p"))));
   } else {
-    main.append(runPage(run));
+    put(main, runPage(run));
   }
   window.scrollTo(0, 0);
 }
 
 function header() {
   const bar = el("header", {}, el("span", { class: "brand" }, "spectra trace viewer"));
-  DATA.runs.forEach((r, i) => bar.append(el("a", { href: "#run=" + i, "data-tab": "run" + i }, "run: " + r.name)));
-  if (DATA.compare) bar.append(el("a", { href: "#cmp", "data-tab": "cmp" }, "compare the two runs"));
+  DATA.runs.forEach((r, i) => put(bar, el("a", { href: "#run=" + i, "data-tab": "run" + i }, "run: " + r.name)));
+  if (DATA.compare) put(bar, el("a", { href: "#cmp", "data-tab": "cmp" }, "compare the two runs"));
   return bar;
 }
 
@@ -86,7 +90,7 @@ const FILTERS = {
 function runPage(r) {
   const run = DATA.runs[r];
   const page = el("div", { id: "run-page" });
-  page.append(el("h1", {}, "Run " + run.name),
+  put(page, el("h1", {}, "Run " + run.name),
     el("p", { class: "lead" }, "One row per problem (and repeat). Click a row to see how each model reasoned on it."));
   const flags = run.flags.length
     ? el("table", {}, el("tr", {}, el("th", {}, "flag"), el("th", {}, "this run"), el("th", {}, "seed default")),
@@ -108,9 +112,9 @@ function runPage(r) {
     run.notes.map((n) => el("p", { class: "note" }, n)));
   const plots = el("div", { class: "card plots" });
   const template = document.getElementById("plots-" + r);
-  if (template) plots.append(template.content.cloneNode(true));
-  page.append(el("div", { class: "cards" }, config, figures, plots));
-  page.append(problemTable(r));
+  if (template) put(plots, template.content.cloneNode(true));
+  put(page, el("div", { class: "cards" }, config, figures, plots));
+  put(page, problemTable(r));
   return page;
 }
 
@@ -149,65 +153,65 @@ function problemTable(r) {
   }
   search.addEventListener("input", () => { state.query = search.value; fill(); });
   select.addEventListener("change", () => { state.status = select.value; fill(); });
-  wrap.append(el("h2", {}, "Problems"), el("div", { class: "controls" }, search, select, count),
+  put(wrap, el("h2", {}, "Problems"), el("div", { class: "controls" }, search, select, count),
     el("table", { class: "problems", id: "problems" }, el("thead", {}, el("tr", {}, heads)), tbody));
   fill();
   return wrap;
 }
 
 // ---------- problem page ----------
-function legend() {
+function legend(drafts) {
   return el("div", { class: "legend" },
     el("span", {}, el("span", { class: "dot", style: "background:var(--small)" }), "small model wrote it"),
     el("span", {}, el("span", { class: "dot", style: "background:var(--big)" }), "big model wrote it"),
     el("span", {}, el("span", { class: "dot", style: "background:var(--other)" }), "another model"),
-    el("span", {}, "struck-through: a draft the judge rejected"));
+    drafts ? el("span", {}, "struck-through: a draft the judge rejected") : null);
 }
 
 function problemPage(r, i) {
   const page = el("div", { id: "problem-page" });
-  page.append(el("a", { class: "back", href: "#run=" + r }, "← all problems of run " + DATA.runs[r].name));
-  page.append(problemView(DATA.runs[r].problems[i]));
+  put(page, el("a", { class: "back", href: "#run=" + r }, "← all problems of run " + DATA.runs[r].name));
+  put(page, problemView(DATA.runs[r].problems[i]));
   return page;
 }
 
 function problemView(p) {
   const view = el("div", { class: "problem", "data-view": p.view });
-  view.append(el("h1", {}, `Problem ${p.id}`, p.rep ? ` · repeat ${p.rep}` : "", " ", resultBadge(p.ok, p.ans)),
+  put(view, el("h1", {}, `Problem ${p.id}`, p.rep ? ` · repeat ${p.rep}` : "", " ", resultBadge(p.ok, p.ans)),
     el("div", { class: "card" }, el("h3", {}, "Question"), el("div", { class: "text question" }, p.q),
       el("table", {}, el("tr", {}, el("th", {}, "final answer"), el("td", { id: "final-answer" }, shown(p.ans))),
         el("tr", {}, el("th", {}, "reference"), el("td", {}, shown(p.ref))),
         el("tr", {}, el("th", {}, "cost"), el("td", {}, `${fmt(p.lat)} s; ${usageLine(p.use) || "no usage recorded"}`)))));
-  if (p.tracks.length && p.fail === p.tracks.length) view.append(el("p", { class: "error" }, "Every track of this problem failed; a resumed run does it again."));
-  view.append(legend());
+  if (p.tracks.length && p.fail === p.tracks.length) put(view, el("p", { class: "error" }, "Every track of this problem failed; a resumed run does it again."));
+  put(view, legend(p.view === "steps"));
   const render = { steps: stepsView, text: textView, search: searchView, rast: rastView }[p.view] || stepsView;
-  view.append(render(p));
+  put(view, render(p));
   return view;
 }
 
 function voteCard(p) {
   const tally = Object.entries(p.votes || {}).sort((a, b) => b[1] - a[1]);
   const card = el("div", { class: "card", id: "vote" }, el("h3", {}, `Vote (${p.agg})`));
-  card.append(tally.length
+  put(card, tally.length
     ? el("table", {}, el("tr", {}, el("th", {}, "answer"), el("th", {}, "votes")),
       tally.map(([a, v]) => el("tr", {}, el("td", {}, a), el("td", { class: "num" }, fmt(v, v % 1 ? 2 : 0)))))
     : el("p", { class: "note" }, "no track gave an answer"));
-  if (p.es) card.append(el("p", {}, `Early stop: the vote was decided before every track finished; cancelled tracks ${p.cancel.join(", ") || "none"}; ${p.saved} tokens saved.`));
-  if (p.msel) card.append(el("p", {}, "Method selection: ", JSON.stringify(p.msel)));
+  if (p.es) put(card, el("p", {}, `Early stop: the vote was decided before every track finished; cancelled tracks ${p.cancel.join(", ") || "none"}; ${p.saved} tokens saved.`));
+  if (p.msel) put(card, el("p", {}, "Method selection: ", JSON.stringify(p.msel)));
   return card;
 }
 
 function stepsView(p) {
   const box = el("div", {});
-  box.append(voteCard(p), el("h2", {}, `${p.tracks.length} tracks side by side`));
-  box.append(el("div", { class: "tracks" }, p.tracks.map(trackColumn)));
+  put(box, voteCard(p), el("h2", {}, `${p.tracks.length} tracks side by side`));
+  put(box, el("div", { class: "tracks" }, p.tracks.map(trackColumn)));
   return box;
 }
 
 function trackHead(t) {
   return el("div", { class: "head" },
     el("strong", {}, t.label), " ", el("span", { class: "badge", "data-finish": t.fr }, ENDS[t.fr] || t.fr || "unfinished"),
-    el("div", {}, "answer ", el("strong", {}, shown(t.ans)), t.am ? ` (written by the ${writerName(t.am)})` : "", " ",
+    el("div", {}, "answer ", el("strong", {}, shown(t.ans)), t.am && t.ans !== null ? ` (written by the ${writerName(t.am)})` : "", " ",
       t.fr === "cancelled" || t.fr === "skipped" ? "" : resultBadge(t.ok, t.ans)),
     el("div", { class: "meta" }, `${t.tok} tokens, ${fmt(t.lat)} s, ${t.steps.length} steps`, t.score !== undefined ? `, score ${fmt(t.score, 3)}` : ""),
     t.err ? el("div", { class: "error" }, t.err) : null);
@@ -216,9 +220,9 @@ function trackHead(t) {
 function trackColumn(t) {
   const stopped = t.fr === "cancelled" || t.fr === "skipped";
   const col = el("div", { class: "track" + (stopped ? " stopped" : ""), "data-track": t.id }, trackHead(t));
-  t.steps.forEach((s, j) => col.append(stepBlock(s, j)));
-  if (t.atext) col.append(el("div", { class: "step w-" + (t.am in WRITERS ? t.am : "other") }, el("div", { class: "meta" }, "answer phase"), el("div", { class: "text" }, t.atext)));
-  col.append(el("div", { class: "end" }, "■ " + (ENDS[t.fr] || t.fr || "unfinished")));
+  t.steps.forEach((s, j) => put(col, stepBlock(s, j)));
+  if (t.atext) put(col, el("div", { class: "step w-" + (t.am in WRITERS ? t.am : "other") }, el("div", { class: "meta" }, "answer phase"), el("div", { class: "text" }, t.atext)));
+  put(col, el("div", { class: "end" }, "■ " + (ENDS[t.fr] || t.fr || "unfinished")));
   return col;
 }
 
@@ -242,36 +246,36 @@ function stepBlock(s, j) {
   const block = el("div", { class: "step " + writerClass(s.w), "data-writer": s.w, "data-outcome": s.o, title: usageLine(s.u) });
   if (s.dr !== undefined) {
     const drafter = s.w === "small" ? "big" : "small";
-    block.append(stepMeta(s, j), el("div", { class: "pair" },
+    put(block, stepMeta(s, j), el("div", { class: "pair" },
       el("div", { class: "draft " + writerClass(drafter) }, el("div", { class: "meta" }, `rejected draft · score ${fmt(s.s, 1)}`),
         s.d ? distribution(s.d) : null, el("div", { class: "text draft-text" }, s.dr)),
       el("div", {}, el("div", { class: "meta" }, `${OUTCOMES[s.o]} by the ${writerName(s.w)}`), el("div", { class: "text" }, s.t))));
   } else {
-    block.append(stepMeta(s, j), s.d ? distribution(s.d) : null, el("div", { class: "text" }, s.t));
+    put(block, stepMeta(s, j), s.d ? distribution(s.d) : null, el("div", { class: "text" }, s.t));
   }
   return block;
 }
 
 function textView(p) {
   const box = el("div", {});
-  if (p.tracks.length > 1) box.append(voteCard(p));
+  if (p.tracks.length > 1) put(box, voteCard(p));
   for (const t of p.tracks) {
     const card = el("div", { class: "card track-text", "data-track": t.id }, trackHead(t));
     const body = el("div", { class: "text" });
     const rounds = [];
     t.steps.forEach((s, j) => {
       const span = el("span", { class: "span step " + writerClass(s.w), "data-writer": s.w, "data-outcome": s.o, title: `step ${j + 1}: ${writerName(s.w)}, ${s.n} tokens` }, s.t);
-      body.append(span);
-      if (s.x && s.x.ended && s.w !== "small") body.append(el("span", { class: "span-end" }, "big span ended: " + s.x.ended));
+      put(body, span);
+      if (s.x && s.x.ended && s.w !== "small") put(body, el("span", { class: "span-end" }, "big span ended: " + s.x.ended));
       if (s.x && s.x.rounds) rounds.push([j, s.x.rounds]);
     });
-    card.append(el("h3", {}, "Text, marked by writer"), body);
-    if (t.atext) card.append(el("h3", {}, "Answer phase"), el("div", { class: "text" }, t.atext));
-    rounds.forEach(([j, rs]) => card.append(el("h3", {}, `Sub-selection before step ${j + 1}: candidates' scores per round`),
+    put(card, el("h3", {}, "Text, marked by writer"), body);
+    if (t.atext) put(card, el("h3", {}, "Answer phase"), el("div", { class: "text" }, t.atext));
+    rounds.forEach(([j, rs]) => put(card, el("h3", {}, `Sub-selection before step ${j + 1}: candidates' scores per round`),
       el("table", { class: "rounds" }, el("tr", {}, el("th", {}, "round"), el("th", {}, "candidate scores (big model's mean logprob)"), el("th", {}, "kept")),
         rs.map((rd, k) => el("tr", {}, el("td", {}, k + 1), el("td", {}, (rd.scores || []).map((x) => fmt(x, 3)).join("  ")), el("td", {}, rd.kept))))));
-    card.append(el("div", { class: "end" }, "■ " + (ENDS[t.fr] || t.fr)));
-    box.append(card);
+    put(card, el("div", { class: "end" }, "■ " + (ENDS[t.fr] || t.fr)));
+    put(box, card);
   }
   return box;
 }
@@ -284,7 +288,7 @@ function searchView(p) {
       const t = picks[k] === null || picks[k] === undefined ? null : p.tracks[picks[k]];
       return el("tr", {}, el("td", {}, `${k} (${what})`), el("td", {}, t ? "#" + t.id : "–"), el("td", {}, t ? shown(t.ans) : "–"), el("td", {}, t ? resultBadge(t.ok, t.ans) : ""));
     }));
-  box.append(el("div", { class: "card" }, el("h3", {}, `Search (${p.strat}): ${p.tracks.length} completions`), summary,
+  put(box, el("div", { class: "card" }, el("h3", {}, `Search (${p.strat}): ${p.tracks.length} completions`), summary,
     el("p", { class: "note" }, "Steps shared by several completions are drawn once; a branch splits where their texts part. Each step shows its PRM score. Beams pruned before completion are not recorded by the search, so they are not drawn.")));
   const root = { kids: new Map(), leaves: [] };
   p.tracks.forEach((t, i) => {
@@ -302,19 +306,19 @@ function searchView(p) {
     const list = el("ul", {});
     for (const child of node.kids.values()) {
       const s = child.step;
-      list.append(el("li", {}, el("div", { class: "node step " + writerClass(s.w), "data-writer": s.w },
+      put(list, el("li", {}, el("div", { class: "node step " + writerClass(s.w), "data-writer": s.w },
         el("div", { class: "meta" }, `PRM score ${fmt(s.s, 3)} · ${s.n} tokens · shared by ${child.count} completion${child.count > 1 ? "s" : ""}`),
         el("div", { class: "text" }, s.t)), draw(child)));
     }
     for (const [t, i] of node.leaves) {
       const marks = Object.entries(picks).filter(([, v]) => v === i).map(([k]) => el("span", { class: "badge right" }, k + " pick"));
-      list.append(el("li", {}, el("div", { class: "node leaf" + (picked.has(i) ? " picked" : ""), "data-completion": t.id },
+      put(list, el("li", {}, el("div", { class: "node leaf" + (picked.has(i) ? " picked" : ""), "data-completion": t.id },
         el("strong", {}, `completion #${t.id}`), ` score ${fmt(t.score, 3)} · answer `, el("strong", {}, shown(t.ans)), " ", resultBadge(t.ok, t.ans), " ", marks,
         el("span", { class: "meta" }, " · " + (ENDS[t.fr] || t.fr)), t.err ? el("div", { class: "error" }, t.err) : null)));
     }
     return list;
   }
-  box.append(el("div", { class: "tree" }, draw(root)));
+  put(box, el("div", { class: "tree" }, draw(root)));
   return box;
 }
 
@@ -327,12 +331,12 @@ function rastView(p) {
       ["top-k fills", JSON.stringify(d.top_k_fills ?? null)], ["finish", `${shown(d.finish_reason)} (${shown(d.stop_reason)})`]]
       .map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, shown(v))))));
   if (chunks.length) {
-    card.append(el("h3", {}, "Accepted share of each drafted chunk"),
+    put(card, el("h3", {}, `Accepted share of each drafted chunk (${chunks.length} chunks; hover for counts)`),
       el("div", { class: "chunks" }, chunks.map(([drafted, accepted], k) =>
         el("span", { style: `height:${(58 * (drafted ? accepted / drafted : 0) + 2).toFixed(1)}px`, title: `chunk ${k + 1}: ${accepted} of ${drafted} accepted` }))));
   }
-  box.append(card);
-  box.append(el("div", { class: "tracks" }, p.tracks.map(trackColumn)));
+  put(box, card);
+  put(box, el("div", { class: "tracks" }, p.tracks.map(trackColumn)));
   return box;
 }
 
@@ -342,7 +346,7 @@ function comparePage() {
   const pairs = DATA.compare;
   const page = el("div", { id: "compare-page" }, el("h1", {}, `Where ${a.name} and ${b.name} disagree`),
     el("p", { class: "lead" }, `${pairs.length} problems are right in one run and wrong in the other, of ${DATA.common} both answered with a reference. Click one to see both traces side by side.`));
-  page.append(el("table", { class: "problems", id: "disagreements" },
+  put(page, el("table", { class: "problems", id: "disagreements" },
     el("thead", {}, el("tr", {}, el("th", {}, "problem"), el("th", {}, "repeat"), el("th", {}, a.name), el("th", {}, b.name))),
     el("tbody", {}, pairs.map(([i, j], k) => {
       const p = a.problems[i], q = b.problems[j];
