@@ -34,12 +34,14 @@ def write_viewer(
         summaries = [summary.summarize_run(one, g, timeout_s=timeout_s) for one, g in zip(runs, graded, strict=True)]
     payloads = [run_payload(one, g, s, timeout_s=timeout_s) for one, g, s in zip(runs, graded, summaries, strict=True)]
     plots = [p.pop("plots") for p in payloads]
+    # The traces are most of the file: apart, the page parses them on the first problem it shows.
+    traces = [[problem.pop("tracks") for problem in p["problems"]] for p in payloads]
     data: dict[str, Any] = {"runs": payloads, "compare": None, "common": 0}
     if len(payloads) == 2:
         data["compare"], data["common"] = disagreements(payloads[0]["problems"], payloads[1]["problems"])
     title = "spectra viewer: " + " vs ".join(one.name for one in runs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page.render(data, plots, title), encoding="utf-8")
+    out.write_text(page.render(data, traces, plots, title), encoding="utf-8")
     log.info("viewer_written", path=str(out), runs=len(runs), bytes=out.stat().st_size)
     return out
 

@@ -21,8 +21,9 @@ def embedded_json(data: Any) -> str:
     return text.translate(_ESCAPES)
 
 
-def render(data: dict[str, Any], plots: list[dict[str, str]], title: str) -> str:
-    """The page: `data` as read by viewer.js, `plots` (SVG text per run) as templates it clones."""
+def render(data: dict[str, Any], traces: list[list[Any]], plots: list[dict[str, str]], title: str) -> str:
+    """The page: `data` as read by viewer.js at once, `traces` (per run, each problem's tracks) read
+    when a problem is first shown, `plots` (SVG text per run) as templates it clones."""
     package = files("evaluators.viewer")
     style = package.joinpath("viewer.css").read_text(encoding="utf-8")
     script = package.joinpath("viewer.js").read_text(encoding="utf-8")
@@ -37,5 +38,9 @@ def render(data: dict[str, Any], plots: list[dict[str, str]], title: str) -> str
         f"<style>{style}</style></head><body>"
         f'<main id="main"></main>{templates}'
         f'<script type="application/json" id="spectra-data">{embedded_json(data)}</script>'
-        f"<script>{script}</script></body></html>\n"
+        + "".join(
+            f'<script type="application/json" id="spectra-traces-{i}">{embedded_json(run)}</script>'
+            for i, run in enumerate(traces)
+        )
+        + f"<script>{script}</script></body></html>\n"
     )

@@ -78,6 +78,7 @@ def problem_payload(g: GradedRecord, policy: str, *, timeout_s: float = DEFAULT_
         "votes": record.votes,
         "cancel": record.cancelled_tracks,
         "saved": record.tokens_saved,
+        "nt": len(tracks),
         "tracks": tracks,
     }
     if record.details:

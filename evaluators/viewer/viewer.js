@@ -2,6 +2,12 @@
 // Every text from a run (model output, problems, answers, errors, names) enters the page through
 // text nodes or textContent, never as markup: a trace may hold anything and the file gets mailed.
 const DATA = JSON.parse(document.getElementById("spectra-data").textContent);
+// Each run's traces are parsed when one of its problems is first shown: a big run opens at once.
+const TRACES = [];
+function tracksOf(r, i) {
+  TRACES[r] = TRACES[r] || JSON.parse(document.getElementById("spectra-traces-" + r).textContent);
+  return TRACES[r][i];
+}
 const WRITERS = { small: "small model", big: "big model" };
 const OUTCOMES = {
   written: "written", accepted: "draft accepted", rewritten: "draft rejected, rewritten",
@@ -78,7 +84,7 @@ const tableState = DATA.runs.map(() => ({ query: "", status: "all", sort: "index
 const COLUMNS = [
   ["index", "#", (p, i) => i], ["id", "problem", (p) => p.id], ["rep", "repeat", (p) => p.rep],
   ["ans", "answer", (p) => shown(p.ans)], ["ref", "reference", (p) => shown(p.ref)],
-  ["st", "result", (p) => p.st], ["tracks", "tracks", (p) => p.tracks.length],
+  ["st", "result", (p) => p.st], ["tracks", "tracks", (p) => p.nt],
   ["es", "early stop", (p) => (p.es ? 1 : 0)], ["fail", "failed tracks", (p) => p.fail],
   ["tok", "tokens", (p) => p.tok], ["lat", "latency (s)", (p) => p.lat],
 ];
@@ -146,7 +152,7 @@ function problemTable(r) {
       h.textContent = COLUMNS.find((c) => c[0] === h.dataset.key)[1] + (h.dataset.key === state.sort ? (state.desc ? " ▼" : " ▲") : ""); });
     tbody.replaceChildren(...rows.map(([p, i]) => el("tr", { "data-index": i, onclick: () => { location.hash = `run=${r}&p=${i}`; } },
       el("td", { class: "num" }, i), el("td", {}, p.id), el("td", { class: "num" }, p.rep), el("td", {}, shown(p.ans)),
-      el("td", {}, shown(p.ref)), el("td", {}, resultBadge(p.ok, p.ans)), el("td", { class: "num" }, p.tracks.length),
+      el("td", {}, shown(p.ref)), el("td", {}, resultBadge(p.ok, p.ans)), el("td", { class: "num" }, p.nt),
       el("td", {}, p.es ? "yes" : ""), el("td", { class: "num" }, p.fail || ""), el("td", { class: "num" }, p.tok),
       el("td", { class: "num" }, fmt(p.lat)))));
     count.textContent = `showing ${rows.length} of ${run.problems.length}`;
@@ -171,11 +177,12 @@ function legend(drafts) {
 function problemPage(r, i) {
   const page = el("div", { id: "problem-page" });
   put(page, el("a", { class: "back", href: "#run=" + r }, "← all problems of run " + DATA.runs[r].name));
-  put(page, problemView(DATA.runs[r].problems[i]));
+  put(page, problemView(r, i));
   return page;
 }
 
-function problemView(p) {
+function problemView(r, i) {
+  const p = { ...DATA.runs[r].problems[i], tracks: tracksOf(r, i) };
   const view = el("div", { class: "problem", "data-view": p.view });
   put(view, el("h1", {}, `Problem ${p.id}`, p.rep ? ` · repeat ${p.rep}` : "", " ", resultBadge(p.ok, p.ans)),
     el("div", { class: "card" }, el("h3", {}, "Question"), el("div", { class: "text question" }, p.q),
@@ -360,8 +367,8 @@ function comparePair(k) {
   const [i, j] = DATA.compare[k];
   return el("div", { id: "compare-pair" }, el("a", { class: "back", href: "#cmp" }, "← all disagreements"),
     el("div", { class: "side" },
-      el("div", {}, el("h2", {}, "run " + DATA.runs[0].name), problemView(DATA.runs[0].problems[i])),
-      el("div", {}, el("h2", {}, "run " + DATA.runs[1].name), problemView(DATA.runs[1].problems[j]))));
+      el("div", {}, el("h2", {}, "run " + DATA.runs[0].name), problemView(0, i)),
+      el("div", {}, el("h2", {}, "run " + DATA.runs[1].name), problemView(1, j))));
 }
 
 document.body.prepend(header());

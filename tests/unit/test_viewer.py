@@ -88,7 +88,7 @@ def test_the_command_writes_one_file_that_fetches_nothing(tmp_path, capsys):
     html = out.read_text(encoding="utf-8")
     for fetching in ("<script src", "<link", "@import", "url(", "<iframe"):
         assert fetching not in html
-    assert html.count("<script") == 2  # the data and the page's own script, both inline
+    assert html.count("<script") == 3  # the data, the traces and the page's own script, all inline
 
 
 @pytest.mark.parametrize(
