@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine.logging import configure_logging
 from engine.reasoning.strategies import STRATEGIES
 from engine.records import ACCEPTED, REWRITTEN, ModelUsage, ProblemRecord, StepRecord, TrackRecord
 from engine.run.config import ModelConfig, RunConfig
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step_chars", type=int, default=300)
     parser.add_argument("--loads", type=int, default=3, help="fresh page loads; the best is reported")
     args = parser.parse_args(argv)
+    configure_logging()
     with tempfile.TemporaryDirectory() as tmp:
         started = time.monotonic()
         folder = synthetic_run(Path(tmp) / "run", args.problems, args.tracks, args.steps, args.step_chars)
