@@ -210,7 +210,7 @@ function voteCard(p) {
 
 function stepsView(p) {
   const box = el("div", {});
-  put(box, voteCard(p), el("h2", {}, `${p.tracks.length} tracks side by side`));
+  put(box, voteCard(p), el("h2", {}, p.tracks.length === 1 ? "The track, step by step" : `${p.tracks.length} tracks side by side`));
   put(box, el("div", { class: "tracks" }, p.tracks.map(trackColumn)));
   return box;
 }
@@ -219,7 +219,7 @@ function trackHead(t) {
   return el("div", { class: "head" },
     el("strong", {}, t.label), " ", el("span", { class: "badge", "data-finish": t.fr }, ENDS[t.fr] || t.fr || "unfinished"),
     el("div", {}, "answer ", el("strong", {}, shown(t.ans)), t.am && t.ans !== null ? ` (written by the ${writerName(t.am)})` : "", " ",
-      t.fr === "cancelled" || t.fr === "skipped" ? "" : resultBadge(t.ok, t.ans)),
+      ["cancelled", "skipped", "failed"].includes(t.fr) ? "" : resultBadge(t.ok, t.ans)),
     el("div", { class: "meta" }, `${t.tok} tokens, ${fmt(t.lat)} s, ${t.steps.length} steps`, t.score !== undefined ? `, score ${fmt(t.score, 3)}` : ""),
     t.err ? el("div", { class: "error" }, t.err) : null);
 }
