@@ -1,12 +1,16 @@
 """One self-contained HTML file: style, script, plots and data inline; nothing is fetched.
 
-The data goes in a `<script type="application/json">` element with `<`, `>`, `&` and the two
-JavaScript line separators written as `\\u` escapes, so no text in a trace can close the element
-or open another; the page's script reads it with `textContent` and `JSON.parse`.
+The problem list goes in a `<script type="application/json">` element with `<`, `>`, `&` and the
+two JavaScript line separators written as `\\u` escapes, so no text in a trace can close the element
+or open another; the page's script reads it with `textContent` and `JSON.parse`. Each run's traces,
+most of the file, go gzip-compressed in base64 (no character markup could read), unpacked when
+one of the run's problems is first shown.
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 from html import escape
 from importlib.resources import files
@@ -21,9 +25,16 @@ def embedded_json(data: Any) -> str:
     return text.translate(_ESCAPES)
 
 
+def packed_json(data: Any) -> str:
+    """`data` as gzip-compressed JSON in base64: a fraction of the size, and no character that markup
+    could read. The page unpacks it with the browser's own DecompressionStream."""
+    raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return base64.b64encode(gzip.compress(raw, compresslevel=5, mtime=0)).decode("ascii")
+
+
 def render(data: dict[str, Any], traces: list[list[Any]], plots: list[dict[str, str]], title: str) -> str:
-    """The page: `data` as read by viewer.js at once, `traces` (per run, each problem's tracks) read
-    when a problem is first shown, `plots` (SVG text per run) as templates it clones."""
+    """The page: `data` as read by viewer.js at once, `traces` (per run, each problem's tracks, packed)
+    unpacked when one of the run's problems is first shown, `plots` (SVG text per run) as templates it clones."""
     package = files("evaluators.viewer")
     style = package.joinpath("viewer.css").read_text(encoding="utf-8")
     script = package.joinpath("viewer.js").read_text(encoding="utf-8")
@@ -39,7 +50,7 @@ def render(data: dict[str, Any], traces: list[list[Any]], plots: list[dict[str, 
         f'<main id="main"></main>{templates}'
         f'<script type="application/json" id="spectra-data">{embedded_json(data)}</script>'
         + "".join(
-            f'<script type="application/json" id="spectra-traces-{i}">{embedded_json(run)}</script>'
+            f'<script type="application/octet-stream" id="spectra-traces-{i}">{packed_json(run)}</script>'
             for i, run in enumerate(traces)
         )
         + f"<script>{script}</script></body></html>\n"

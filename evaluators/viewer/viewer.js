@@ -2,12 +2,20 @@
 // Every text from a run (model output, problems, answers, errors, names) enters the page through
 // text nodes or textContent, never as markup: a trace may hold anything and the file gets mailed.
 const DATA = JSON.parse(document.getElementById("spectra-data").textContent);
-// Each run's traces are parsed when one of its problems is first shown: a big run opens at once.
+// Each run's traces (gzip in base64) are unpacked when one of its problems is first shown: a big
+// run opens at once.
 const TRACES = [];
-function tracksOf(r, i) {
-  TRACES[r] = TRACES[r] || JSON.parse(document.getElementById("spectra-traces-" + r).textContent);
-  return TRACES[r][i];
+async function unpack(r) {
+  const packed = atob(document.getElementById("spectra-traces-" + r).textContent);
+  const bytes = new Uint8Array(packed.length);
+  for (let k = 0; k < packed.length; k++) bytes[k] = packed.charCodeAt(k);
+  const text = await new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"))).text();
+  return JSON.parse(text);
 }
+async function loadTraces(...runs) {
+  for (const r of runs) TRACES[r] = TRACES[r] || (await unpack(r));
+}
+const tracksOf = (r, i) => TRACES[r][i];
 const WRITERS = { small: "small model", big: "big model" };
 const OUTCOMES = {
   written: "written", accepted: "draft accepted", rewritten: "draft rejected, rewritten",
@@ -53,14 +61,21 @@ function usageLine(use) {
 }
 
 // ---------- routing: #run=I, #run=I&p=J, #cmp, #cmp&k=J ----------
-function route() {
-  const params = new URLSearchParams(location.hash.slice(1));
+async function route() {
+  const hash = location.hash;
+  const params = new URLSearchParams(hash.slice(1));
   const main = document.getElementById("main");
-  main.replaceChildren();
   const cmp = params.has("cmp");
   const run = Math.min(Number(params.get("run") || 0), DATA.runs.length - 1);
   document.querySelectorAll("header a[data-tab]").forEach((a) =>
     a.classList.toggle("on", a.dataset.tab === (cmp ? "cmp" : "run" + run)));
+  const traced = (cmp && params.has("k")) || (!cmp && params.has("p"));
+  if (traced) {
+    main.replaceChildren(el("p", { class: "note" }, "Unpacking the traces…"));
+    await loadTraces(...(cmp ? [0, 1] : [run]));
+    if (location.hash !== hash) return; // the reader moved on meanwhile
+  }
+  main.replaceChildren();
   if (cmp) {
     if (params.has("k")) put(main, comparePair(Number(params.get("k"))));
     else put(main, comparePage());
@@ -372,5 +387,10 @@ function comparePair(k) {
 }
 
 document.body.prepend(header());
-window.addEventListener("hashchange", route);
-route();
+// An error while drawing is shown in the page as well as the console, never swallowed.
+const showError = (error) => {
+  put(document.getElementById("main"), el("p", { class: "error" }, "The viewer failed: " + error));
+  throw error;
+};
+window.addEventListener("hashchange", () => route().catch(showError));
+route().catch(showError);

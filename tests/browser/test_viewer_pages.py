@@ -55,6 +55,7 @@ def test_the_run_page_loads_clean_and_its_table_filters_sorts_and_searches(page,
     page.page.click("th[data-key=tok]")
     assert rows(page) == ["p2", "p1", "p3", "p0"]  # 30, 34, 37, 39 tokens
     page.page.click("#problems tbody tr >> nth=3")  # p0: a row opens its problem page
+    page.page.wait_for_selector("#problem-page")
     assert page.page.locator("#problem-page h1").text_content().startswith("Problem p0")
     assert page.errors == [] and page.requests == []
 
@@ -127,6 +128,7 @@ def test_two_runs_list_exactly_their_disagreements_and_show_both_traces(page, vi
     assert [listed.nth(i).get_attribute("data-problem") for i in range(listed.count())] == ["p0", "p1"]
     page.shot("compare")
     listed.nth(1).click()
+    page.page.wait_for_selector("#compare-pair")
     sides = page.page.locator("#compare-pair .problem")
     assert sides.count() == 2
     assert [sides.nth(i).locator("h1 .badge").text_content() for i in range(2)] == ["wrong", "right"]
