@@ -34,7 +34,7 @@ def write_viewer(
         summaries = [summary.summarize_run(one, g, timeout_s=timeout_s) for one, g in zip(runs, graded, strict=True)]
     payloads = [run_payload(one, g, s, timeout_s=timeout_s) for one, g, s in zip(runs, graded, summaries, strict=True)]
     plots = [p.pop("plots") for p in payloads]
-    # The traces are most of the file: apart, the page parses them on the first problem it shows.
+    # The traces are most of the file: apart, the page unpacks a problem's when it shows it.
     traces = [[problem.pop("tracks") for problem in p["problems"]] for p in payloads]
     data: dict[str, Any] = {"runs": payloads, "compare": None, "common": 0}
     if len(payloads) == 2:

@@ -2,9 +2,9 @@
 
 The problem list goes in a `<script type="application/json">` element with `<`, `>`, `&` and the
 two JavaScript line separators written as `\\u` escapes, so no text in a trace can close the element
-or open another; the page's script reads it with `textContent` and `JSON.parse`. Each run's traces,
+or open another; the page's script reads it with `textContent` and `JSON.parse`. Each problem's traces,
 most of the file, go gzip-compressed in base64 (no character markup could read), unpacked when
-one of the run's problems is first shown.
+the problem is shown.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def packed_json(data: Any) -> str:
 
 
 def render(data: dict[str, Any], traces: list[list[Any]], plots: list[dict[str, str]], title: str) -> str:
-    """The page: `data` as read by viewer.js at once, `traces` (per run, each problem's tracks, packed)
-    unpacked when one of the run's problems is first shown, `plots` (SVG text per run) as templates it clones."""
+    """The page: `data` as read by viewer.js at once, `traces` (per run, each problem's tracks, packed
+    one by one) unpacked when that problem is shown, `plots` (SVG text per run) as templates it clones."""
     package = files("evaluators.viewer")
     style = package.joinpath("viewer.css").read_text(encoding="utf-8")
     script = package.joinpath("viewer.js").read_text(encoding="utf-8")
@@ -50,7 +50,7 @@ def render(data: dict[str, Any], traces: list[list[Any]], plots: list[dict[str, 
         f'<main id="main"></main>{templates}'
         f'<script type="application/json" id="spectra-data">{embedded_json(data)}</script>'
         + "".join(
-            f'<script type="application/octet-stream" id="spectra-traces-{i}">{packed_json(run)}</script>'
+            f'<script type="application/json" id="spectra-traces-{i}">{json.dumps([*map(packed_json, run)])}</script>'
             for i, run in enumerate(traces)
         )
         + f"<script>{script}</script></body></html>\n"

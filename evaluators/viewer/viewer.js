@@ -2,18 +2,23 @@
 // Every text from a run (model output, problems, answers, errors, names) enters the page through
 // text nodes or textContent, never as markup: a trace may hold anything and the file gets mailed.
 const DATA = JSON.parse(document.getElementById("spectra-data").textContent);
-// Each run's traces (gzip in base64) are unpacked when one of its problems is first shown: a big
-// run opens at once.
+// Each problem's traces (gzip in base64) are unpacked when the problem is shown: a big run opens
+// at once, and a problem page costs only its own tracks.
+const PACKED = [];
 const TRACES = [];
-async function unpack(r) {
-  const packed = atob(document.getElementById("spectra-traces-" + r).textContent);
-  const bytes = new Uint8Array(packed.length);
-  for (let k = 0; k < packed.length; k++) bytes[k] = packed.charCodeAt(k);
+async function unpack(packed) {
+  const binary = atob(packed);
+  const bytes = new Uint8Array(binary.length);
+  for (let k = 0; k < binary.length; k++) bytes[k] = binary.charCodeAt(k);
   const text = await new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"))).text();
   return JSON.parse(text);
 }
-async function loadTraces(...runs) {
-  for (const r of runs) TRACES[r] = TRACES[r] || (await unpack(r));
+async function loadTraces(...problems) {
+  for (const [r, i] of problems) {
+    PACKED[r] = PACKED[r] || JSON.parse(document.getElementById("spectra-traces-" + r).textContent);
+    TRACES[r] = TRACES[r] || [];
+    TRACES[r][i] = TRACES[r][i] || (await unpack(PACKED[r][i]));
+  }
 }
 const tracksOf = (r, i) => TRACES[r][i];
 const WRITERS = { small: "small model", big: "big model" };
@@ -72,7 +77,7 @@ async function route() {
   const traced = (cmp && params.has("k")) || (!cmp && params.has("p"));
   if (traced) {
     main.replaceChildren(el("p", { class: "note" }, "Unpacking the traces…"));
-    await loadTraces(...(cmp ? [0, 1] : [run]));
+    await loadTraces(...(cmp ? DATA.compare[Number(params.get("k"))].map((i, side) => [side, i]) : [[run, Number(params.get("p"))]]));
     if (location.hash !== hash) return; // the reader moved on meanwhile
   }
   main.replaceChildren();
