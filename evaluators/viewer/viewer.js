@@ -191,7 +191,7 @@ function legend(drafts) {
     el("span", {}, el("span", { class: "dot", style: "background:var(--small)" }), "small model wrote it"),
     el("span", {}, el("span", { class: "dot", style: "background:var(--big)" }), "big model wrote it"),
     el("span", {}, el("span", { class: "dot", style: "background:var(--other)" }), "another model"),
-    drafts ? el("span", {}, "struck-through: a draft the judge rejected") : null);
+    drafts ? el("span", {}, "score: the judge's 0-9 rating of a draft, grey bars its probability of each score; struck-through: a draft the judge rejected") : null);
 }
 
 function problemPage(r, i) {
