@@ -1,5 +1,7 @@
 """Evaluate run folders: `python -m evaluators.evaluate RUN_DIR [RUN_DIR ...] [--baseline RUN_DIR] [--report DIR]`.
 
+`--report DIR` also writes the trace viewer (`evaluators.view`) there, linked from report.md.
+
 The shard folders of one run split with `--shard` are read as one run (see evaluators.runs).
 
 `spectra eval` is the same command: it adds these arguments with `add_arguments` and
@@ -20,6 +22,7 @@ from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
 from evaluators import compare, report, summary, tables
 from evaluators.runs import Run, load_runs
+from evaluators.viewer.build import VIEWER_FILE, write_viewer
 
 log = structlog.get_logger(__name__)
 
@@ -76,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
     runs = _load_runs(args)
     base = _baseline_index(args.baseline, runs)
     started = time.monotonic()
-    summaries, figures = [], []
+    summaries, figures, all_graded = [], [], []
     for one in runs:
         graded = summary.grade_run(one, timeout_s=args.answer_timeout)
+        all_graded.append(graded)
         summaries.append(summary.summarize_run(one, graded, ks=args.k, timeout_s=args.answer_timeout))
         figures.append(compare.problem_figures(graded))
         log.info(
@@ -107,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
             args.json.write_text(report.json_text(data), encoding="utf-8")
             log.info("summary_written", path=str(args.json))
     if args.report is not None:
-        path = report.write_report(args.report, summaries, comparisons, all_tables, baseline_name)
+        viewer = write_viewer(args.report / VIEWER_FILE, runs, all_graded, summaries, timeout_s=args.answer_timeout)
+        path = report.write_report(args.report, summaries, comparisons, all_tables, baseline_name, viewer=viewer)
         log.info("report_written", path=str(path))
     return 0
 

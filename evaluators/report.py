@@ -45,8 +45,11 @@ def write_report(
     comparisons: list[Comparison],
     tables: list[Table],
     baseline: str | None,
+    *,
+    viewer: Path | None = None,
 ) -> Path:
-    """Write report.md, summary.json and the plots into `out_dir`; return the report's path."""
+    """Write report.md, summary.json and the plots into `out_dir`; return the report's path.
+    `viewer`: the trace viewer's file, linked from the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = [
         ("Accuracy against latency", plot_accuracy_latency(out_dir / "accuracy_latency.png", summaries, baseline)),
@@ -58,12 +61,17 @@ def write_report(
         plots.append(("Search: accuracy against N", plot_search_scaling(out_dir / "search_scaling.png", summaries)))
     (out_dir / SUMMARY_FILE).write_text(json_text(summary_json(summaries, comparisons, baseline)), encoding="utf-8")
     report_path = out_dir / REPORT_FILE
-    report_path.write_text(_markdown(summaries, tables, plots), encoding="utf-8")
+    report_path.write_text(_markdown(summaries, tables, plots, viewer), encoding="utf-8")
     return report_path
 
 
-def _markdown(summaries: list[RunSummary], tables: list[Table], plots: list[tuple[str, Path]]) -> str:
-    parts = ["# Evaluation report", "", "## Runs", ""]
+def _markdown(
+    summaries: list[RunSummary], tables: list[Table], plots: list[tuple[str, Path]], viewer: Path | None
+) -> str:
+    parts = ["# Evaluation report", ""]
+    if viewer is not None:
+        parts += [f"Every problem's trace, step by step: [{viewer.name}]({viewer.name}) (open it in a browser).", ""]
+    parts += ["## Runs", ""]
     for s in summaries:
         models = ", ".join(f"{role}: `{model}`" for role, model in s.models.items()) or "not recorded"
         parts.append(f"- **{s.name}** (`{s.path}`): mode `{s.mode}`, data set `{s.dataset}`, models {models}")

@@ -60,9 +60,10 @@ def is_search_record(record: ProblemRecord) -> bool:
     return record.strategy in SEARCH_APPROACHES
 
 
-def selections_at_k(c: Completions, k: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, bool]:
-    """Whether each selection over the first k completions picks a correct answer."""
-    answers, scores, correct = c.answers[:k], c.scores[:k], c.correct[:k]
+def selected_indices(c: Completions, k: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, int | None]:
+    """The completion each selection picks among the first k (for weighted and maj: the first
+    member of the winning group; None when no completion has an answer)."""
+    answers, scores = c.answers[:k], c.scores[:k]
     top = max(range(len(scores)), key=lambda i: (scores[i], -i))
     given = [i for i, a in enumerate(answers) if a is not None]
     grouped = group_equivalent([answers[i] for i in given], multiple_choice=c.multiple_choice, timeout_s=timeout_s)
@@ -70,10 +71,18 @@ def selections_at_k(c: Completions, k: int, timeout_s: float = DEFAULT_TIMEOUT_S
     majority = metrics.majority_group(groups)
     weighted = max(range(len(groups)), key=lambda g: (sum(scores[i] for i in groups[g]), -g), default=None)
     return {
-        "naive": correct[top],
-        "weighted": weighted is not None and correct[groups[weighted][0]],
-        "maj": majority is not None and correct[groups[majority][0]],
-        "pass": any(correct),
+        "naive": top,
+        "weighted": None if weighted is None else groups[weighted][0],
+        "maj": None if majority is None else groups[majority][0],
+    }
+
+
+def selections_at_k(c: Completions, k: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, bool]:
+    """Whether each selection over the first k completions picks a correct answer."""
+    picked = selected_indices(c, k, timeout_s)
+    return {
+        **{selection: index is not None and c.correct[index] for selection, index in picked.items()},
+        "pass": any(c.correct[:k]),
     }
 
 

@@ -61,6 +61,9 @@ log = structlog.get_logger(__name__)
 
 # A command a higher layer owns: it takes the arguments after its name, returns the exit code.
 Passthrough = Callable[[list[str]], int]
+# What a higher layer does with a finished run's folder (the front door writes the trace viewer);
+# it returns the file it wrote, which `spectra run` prints.
+AfterRun = Callable[[Path], Path]
 
 # The demo: the trained toy pair on a handful of toy problems, whose solutions are ~10 steps of
 # ~10 tokens, so short budgets keep a runaway sample short.
@@ -201,7 +204,9 @@ def format_summary(records: list[ProblemRecord]) -> str:
     return "\n".join(lines)
 
 
-def run_runner(runner: str, argv: list[str] | None = None, *, choose_runner: bool = False) -> int:
+def run_runner(
+    runner: str, argv: list[str] | None = None, *, choose_runner: bool = False, after_run: AfterRun | None = None
+) -> int:
     """Entry point of `runners/<runner>.py` and, with `choose_runner` (`--runner`), `spectra run`."""
     parser = ArgumentParser(
         prog="spectra run" if choose_runner else f"runners/{runner}.py",
@@ -215,10 +220,10 @@ def run_runner(runner: str, argv: list[str] | None = None, *, choose_runner: boo
     except UsageError as exc:
         print(f"spectra: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    return _guarded(args, lambda: _run(getattr(args, "runner", runner), args))
+    return _guarded(args, lambda: _run(getattr(args, "runner", runner), args, after_run))
 
 
-def _run(runner: str, args: argparse.Namespace) -> int:
+def _run(runner: str, args: argparse.Namespace, after_run: AfterRun | None = None) -> int:
     from engine.run.execute import execute
 
     demo = not any(getattr(args, f"{role}_model") for role in MODEL_ROLES)
@@ -227,6 +232,8 @@ def _run(runner: str, args: argparse.Namespace) -> int:
     outcome = loop.run(execute(config, overwrite=bool(args.overwrite), progress=not args.no_progress))
     print(format_summary(outcome.records))
     print(f"records: {outcome.store.records_path} ({outcome.new} new, {outcome.resumed} already done)")
+    if after_run is not None and outcome.records:
+        print(f"viewer: {after_run(outcome.store.folder)} (open it in a browser)")
     if baseline_args is not None and config.policy == "spec":
         baseline_args.output_dir = f"{config.output_dir}-big_alone"
         baseline = build_config("base", baseline_args)
@@ -323,9 +330,14 @@ def _make_toy_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None, passthrough: dict[str, tuple[str, Passthrough]] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    passthrough: dict[str, tuple[str, Passthrough]] | None = None,
+    after_run: AfterRun | None = None,
+) -> int:
     """The `spectra` command. `passthrough` names commands owned by a higher layer (the front door,
-    `runners.spectra`, adds `eval`): their help line is listed, their arguments handed on whole."""
+    `runners.spectra`, adds `eval`): their help line is listed, their arguments handed on whole.
+    `after_run` is called with the folder of a finished `spectra run` (the front door's viewer)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = passthrough or {}
     parser = ArgumentParser(prog="spectra", description="Parallel, speculative LLM reasoning on vLLM.")
@@ -362,7 +374,7 @@ def main(argv: list[str] | None = None, passthrough: dict[str, tuple[str, Passth
     if argv[:1] and argv[0] in passthrough:
         return passthrough[argv[0]][1](argv[1:])
     if argv[:1] == ["run"]:
-        return run_runner("spec", argv[1:], choose_runner=True)
+        return run_runner("spec", argv[1:], choose_runner=True, after_run=after_run)
     args = parser.parse_args(argv)
     return _guarded(
         args,

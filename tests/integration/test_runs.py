@@ -12,6 +12,8 @@ from engine.reasoning.strategies.vote import VoteSettings
 from engine.run.config import DataConfig, ModelConfig, RunConfig
 from engine.run.execute import execute
 from engine.run.store import MANIFEST_FILE, RECORDS_FILE, read_records
+from evaluators.viewer.build import VIEWER_FILE
+from tests.fixtures.browser import chromium, watched_page
 
 FINISH_REASONS = {"answer", "think_end", "eos", "repeat", "budget"}
 SHORT = dict(token_budget=96, max_step_tokens=24, answer_max_tokens=16, seed=1)
@@ -176,7 +178,7 @@ def test_the_demo_command_starts_its_own_servers_and_prints_a_summary(toy_models
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    header, row, totals, records_line, comparison = result.stdout.splitlines()
+    header, row, totals, records_line, viewer_line, comparison = result.stdout.splitlines()
     assert header.split()[:5] == ["problem", "rep", "answer", "ref", "ok"] and row.split()[0] == "0"
     (record,) = read_records(tmp_path / "demo" / RECORDS_FILE).records
     assert record.dataset == "toy" and record.tracks[0].mode == "spec"
@@ -196,3 +198,16 @@ def test_the_demo_command_starts_its_own_servers_and_prints_a_summary(toy_models
     assert comparison.endswith(f"big alone {int(is_correct(alone.answer, alone.reference_answer))}/1 right")
     logs = sorted(p.name for p in (tmp_path / "demo" / "server-logs").iterdir())
     assert logs == ["big.log", "small.log"]
+    # The run's viewer, written into its folder, shows the real trace step by step, by writer.
+    viewer = tmp_path / "demo" / VIEWER_FILE
+    assert viewer_line == f"viewer: {viewer} (open it in a browser)"
+    with chromium() as browser:
+        page = watched_page(browser)
+        page.open(viewer, "run=0&p=0")
+        steps = page.page.locator(".track .step")
+        assert [steps.nth(i).get_attribute("data-writer") for i in range(steps.count())] == [
+            s.writer for s in record.tracks[0].steps
+        ]
+        assert page.page.locator(".track .step .text").all_text_contents() == [s.text for s in record.tracks[0].steps]
+        page.shot("real-demo-run")
+        assert page.errors == [] and page.requests == []

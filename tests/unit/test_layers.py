@@ -45,7 +45,7 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def project_modules() -> dict[str, Path]:
-    paths = [*ROOT.glob("engine/**/*.py"), *ROOT.glob("runners/*.py"), *ROOT.glob("evaluators/*.py")]
+    paths = [*ROOT.glob("engine/**/*.py"), *ROOT.glob("runners/*.py"), *ROOT.glob("evaluators/**/*.py")]
     return {module_name(p): p for p in paths}
 
 
