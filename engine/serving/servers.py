@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,6 @@ from engine.serving.supervision import Supervision, process_exit, root_error_lin
 
 log = structlog.get_logger(__name__)
 
-LOG_TAIL_LINES = 20
 HEALTH_POLL_S = 0.5
 STOP_TIMEOUT_S = 15.0
 MODELS_TIMEOUT_S = 10.0
@@ -196,8 +194,8 @@ async def serve_models(
 ) -> AsyncIterator[dict[str, RunningServer]]:
     """Start every spec concurrently and yield {name: RunningServer} once all are healthy.
 
-    Each server logs stdout and stderr to `log_dir/<name>.log`. Raises `ServerStartError`
-    (quoting the log tail) when a server exits or is not healthy within `startup_timeout_s`.
+    Each server logs stdout and stderr to `log_dir/<name>.log`. Raises `ServerStartError` (one
+    line: its error line and its log) when a server exits or is not healthy within `startup_timeout_s`.
     While the block runs, a server that exits is started again on its port with its arguments
     (`on_restart` gets the one-line message logged as `server_exited`); once one has been
     restarted `restarts` times, or a restart is not healthy in time, the block's work is cancelled
@@ -311,7 +309,7 @@ async def _supervise(
                 await _wait_healthy(session, proc, startup_timeout_s)
         except ServerStartError as exc:
             if proc.popen.poll() is None:  # alive but not healthy in time: no point waiting more
-                supervision.fail(ServerDiedError(str(exc).splitlines()[0] + f"; log: {log_path}"))
+                supervision.fail(ServerDiedError(str(exc)))
                 return
             # It died while starting: the loop counts that against its budget too.
 
@@ -347,16 +345,20 @@ async def _wait_healthy(session: aiohttp.ClientSession, proc: _Process, timeout_
 
 
 def _start_error(proc: _Process, what: str) -> ServerStartError:
-    tail = _log_tail(proc.running.log_path)
-    return ServerStartError(
-        f"vLLM server {proc.spec.name!r} ({proc.spec.model}) {what}; "
-        f"last {len(tail)} lines of {proc.running.log_path}:\n" + "\n".join(tail)
-    )
+    return ServerStartError(f"vLLM server {proc.spec.name!r} ({proc.spec.model}) {what}; " + _error_and_log(proc))
 
 
-def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        return [line.rstrip("\n") for line in deque(handle, maxlen=lines)]
+def _error_and_log(proc: _Process) -> str:
+    """ "its error: LINE; log: PATH": the root error line of the process's output (else its last
+    line, which names what went wrong at start-up, e.g. the model path)."""
+    path = proc.running.log_path
+    error = root_error_line(path, proc.log_offset)
+    if error is None:
+        with path.open("rb") as handle:
+            handle.seek(proc.log_offset)
+            lines = handle.read().decode("utf-8", errors="replace").strip().splitlines()
+        error = lines[-1].strip()[:300] if lines else "none"
+    return f"its error: {error}; log: {path}"
 
 
 async def _stop(proc: _Process) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from engine.errors import ServerDiedError
+from engine.errors import ServerDiedError, ServerStartError
 from engine.run.config import RunConfig
 from engine.serving import servers
 from engine.serving.servers import ServerSpec, serve_models
@@ -143,6 +143,19 @@ async def test_a_restart_that_cannot_start_counts_against_the_budget(tmp_path):
         caught.value
     )
     assert "\n" not in str(caught.value)
+
+
+async def test_a_server_that_cannot_start_is_reported_in_one_line_at_once(tmp_path):
+    refuse = tmp_path / "refuse"
+    refuse.touch()
+    with pytest.raises(ServerStartError) as caught:
+        async with serve_models([stand_in(tmp_path, "--refuse_start_if", str(refuse))], log_dir=tmp_path / "logs"):
+            pytest.fail("a server that cannot start is never yielded")
+    assert not isinstance(caught.value, ServerDiedError)
+    assert str(caught.value) == (
+        f"vLLM server 'small' (stand-in) exited with code 1 before it was healthy; its error: {REFUSED_LINE}; "
+        f"log: {tmp_path / 'logs' / 'small.log'}"
+    )
 
 
 async def test_zero_restarts_stops_at_the_first_exit(tmp_path):
