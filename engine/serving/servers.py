@@ -189,7 +189,7 @@ async def serve_models(
     *,
     log_dir: Path,
     startup_timeout_s: float = 300.0,
-    restarts: int = DEFAULT_RESTARTS,
+    restarts: int | None = DEFAULT_RESTARTS,
     on_restart: Callable[[str], None] | None = None,
 ) -> AsyncIterator[dict[str, RunningServer]]:
     """Start every spec concurrently and yield {name: RunningServer} once all are healthy.
@@ -199,21 +199,23 @@ async def serve_models(
     While the block runs, a server that exits is started again on its port with its arguments
     (`on_restart` gets the one-line message logged as `server_exited`); once one has been
     restarted `restarts` times, or a restart is not healthy in time, the block's work is cancelled
-    and `ServerDiedError` raised in its place. All servers are stopped when the block exits.
+    and `ServerDiedError` raised in its place. `restarts=None`: no supervision, a server that exits
+    stays down (as one the user runs, for tests of the client's ride-out). All servers are stopped
+    when the block exits.
     """
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise UsageError(f"server names must be unique, got {names}")
     # Split the cores between the CPU servers so that they do not fight over them.
     threads = max(1, len(os.sched_getaffinity(0)) // max(1, sum(_on_cpu(s) for s in specs)))
-    supervision = Supervision(restarts)
+    supervision = Supervision(restarts if restarts is not None else 0)
     started: list[_Process] = []
     watchers: list[asyncio.Task] = []
     try:
         for spec in specs:
             started.append(_Process.start(spec, log_dir, threads))
         await _wait_all_healthy(started, startup_timeout_s)
-        for proc in started:
+        for proc in started if restarts is not None else ():
             watchers.append(asyncio.create_task(_supervise(proc, supervision, startup_timeout_s, on_restart)))
         try:
             yield {proc.spec.name: proc.running for proc in started}
