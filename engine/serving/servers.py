@@ -27,7 +27,7 @@ import aiohttp
 import structlog
 
 from engine.errors import ServerDiedError, ServerStartError, UnreachableServerError, UsageError
-from engine.serving.supervision import Supervision, process_exit, root_error_line
+from engine.serving.supervision import Supervision, error_and_log, process_exit, root_error_line
 
 log = structlog.get_logger(__name__)
 
@@ -347,20 +347,8 @@ async def _wait_healthy(session: aiohttp.ClientSession, proc: _Process, timeout_
 
 
 def _start_error(proc: _Process, what: str) -> ServerStartError:
-    return ServerStartError(f"vLLM server {proc.spec.name!r} ({proc.spec.model}) {what}; " + _error_and_log(proc))
-
-
-def _error_and_log(proc: _Process) -> str:
-    """ "its error: LINE; log: PATH": the root error line of the process's output (else its last
-    line, which names what went wrong at start-up, e.g. the model path)."""
-    path = proc.running.log_path
-    error = root_error_line(path, proc.log_offset)
-    if error is None:
-        with path.open("rb") as handle:
-            handle.seek(proc.log_offset)
-            lines = handle.read().decode("utf-8", errors="replace").strip().splitlines()
-        error = lines[-1].strip()[:300] if lines else "none"
-    return f"its error: {error}; log: {path}"
+    where = error_and_log(proc.running.log_path, proc.log_offset)
+    return ServerStartError(f"vLLM server {proc.spec.name!r} ({proc.spec.model}) {what}; {where}")
 
 
 async def _stop(proc: _Process) -> None:

@@ -3,7 +3,7 @@ them, and the stop of the work that needs them once their restarts are spent.
 
 `engine.serving.servers.serve_models` restarts a server that exits; this module holds the parts
 that know nothing of vLLM's command line: `process_exit` (the kernel's pidfd, no polling),
-`root_error_line` (what to tell the user) and `Supervision` (the restart budget, and the
+`root_error_line` and `error_and_log` (what to tell the user) and `Supervision` (the restart budget, and the
 cancellation that turns a spent budget into one `ServerDiedError` where the work runs).
 """
 
@@ -59,6 +59,18 @@ def root_error_line(log_path: Path, offset: int = 0) -> str | None:
         if _EXCEPTION_LINE.match(line.strip()):
             return line.strip()[:300]
     return None
+
+
+def error_and_log(log_path: Path, offset: int = 0) -> str:
+    """ "its error: LINE; log: PATH" for a process that did not start: its root error line, else its
+    last line (which names what went wrong at start-up, e.g. the model path)."""
+    error = root_error_line(log_path, offset)
+    if error is None:
+        with log_path.open("rb") as handle:
+            handle.seek(offset)
+            lines = handle.read().decode("utf-8", errors="replace").strip().splitlines()
+        error = lines[-1].strip()[:300] if lines else "none"
+    return f"its error: {error}; log: {log_path}"
 
 
 class Supervision:
