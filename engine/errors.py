@@ -53,3 +53,7 @@ class Terminated(SpectraError):
     """The process was asked to stop with SIGTERM (kill, timeout, SLURM, docker stop)."""
 
     exit_code = 143
+
+
+class ServerDiedError(ServerStartError):
+    """A model server spectra started kept dying: its restarts in this run are spent."""

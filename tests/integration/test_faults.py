@@ -366,7 +366,8 @@ async def test_a_killed_server_restarted_on_its_port_lets_the_run_finish(vllm_se
         "--problem_id", "0-3", "--tracks", "2", *(f"--{name}={value}" for name, value in SHORT.items()),
         "--output_dir", str(out), "--no_progress", "--log_json",
     ]  # fmt: skip
-    async with serve_models([spec], log_dir=tmp_path / "first") as first:
+    # restarts=None: a server the user runs, which nobody restarts but the test.
+    async with serve_models([spec], log_dir=tmp_path / "first", restarts=None) as first:
         runner = await asyncio.create_subprocess_exec(*command, stdout=PIPE, stderr=PIPE)
         try:
             communicate = asyncio.create_task(runner.communicate())

@@ -67,7 +67,8 @@ async def test_servers_spectra_starts_get_the_models_own_context_length(tmp_path
     started = []
 
     @contextlib.asynccontextmanager
-    async def fake_serve_models(specs, log_dir):
+    async def fake_serve_models(specs, log_dir, restarts):
+        assert restarts == 3  # --server_restarts' default
         started.extend(specs)
         yield {s.name: RunningServer(s.name, "http://127.0.0.1:9", s.model, 0, log_dir) for s in specs}
 
