@@ -299,7 +299,14 @@ async def _next_top_k(
     """The model's top-k logprobs for the token after `ids` (raw logprobs: the request's own
     greedy sampling does not change them)."""
     completion = await client.complete(
-        ids, max_tokens=1, temperature=temperature, top_p=1.0, logprobs=k, stream=False, seed=0, extra=_ID_TOKENS
+        ids,
+        max_tokens=1,
+        temperature=temperature,
+        top_p=1.0,
+        logprobs=k,
+        stream=False,
+        seed=0 if temperature else None,  # the start-up check's tempered request: reproducible
+        extra=_ID_TOKENS,
     )
     _account(out, role, completion)
     tops = completion.top_logprobs

@@ -197,7 +197,9 @@ def test_runner_writes_one_record_per_run_and_resumes_without_duplicates(
     for record in records:
         (track,) = record.tracks
         assert record.details["tokens"] == track.thinking_tokens <= 12
-        assert record.details["requests_per_token"] > 0 and record.details["chunks"]
+        # a random tiny model may draw its end token first: a sample of no tokens
+        per_token = record.details["requests_per_token"]
+        assert record.details["chunks"] and (per_token > 0 if track.thinking_tokens else per_token is None)
         assert sum(u.requests for u in record.usage.values()) == sum(
             1 + 2 for _ in record.details["chunks"]
         )  # speculative: one draft and two scoring requests a chunk
