@@ -30,21 +30,31 @@ def top_k(entries: TopK, k: int) -> TopK:
     return {token: entries[token] for _, token in ranked[:k]}
 
 
+ROLES = ("base", "positive", "negative")
+
+
 @dataclass(frozen=True)
 class Combined:
-    """`base + alpha * (positive - negative)` over the union of the three top-k.
+    """`base + alpha * (positive - negative)` over the candidates: the union of the three top-k.
 
-    `fills` counts the (model, token) pairs where a token of the union was missing from one
-    model's top-k and got that model's lowest shown logprob instead (an upper bound of its true
-    value, so fills only ever overrate a missing token).
+    `fills` counts, per model, the candidates missing from the logprobs it returned, which got
+    its lowest returned logprob instead: an upper bound of the true value. For the base and the
+    positive model that overrates the token; for the negative model, subtracted, it underrates
+    it, exactly for the tokens RL promoted. So the two small models are asked for many more
+    logprobs than the k that pick the candidates (`RastSampling.aux_logprobs`), which makes their
+    fills rare and their bound tight.
     """
 
     scores: dict[int, float]
-    fills: int
+    fills: dict[str, int]
 
 
-def combine(base: TopK, positive: TopK, negative: TopK, alpha: float, vocab_limit: int) -> Combined:
-    """RAST's combination over the union of the three top-k; ids >= `vocab_limit` are left out.
+def combine(
+    base: TopK, positive: TopK, negative: TopK, alpha: float, vocab_limit: int, k: int | None = None
+) -> Combined:
+    """RAST's combination over the union of the three models' `k` likeliest tokens (all they
+    returned when `k` is None), each model's value read from everything it returned; ids >=
+    `vocab_limit` are left out.
 
     `vocab_limit` is the smallest vocabulary of the three models: RAST cuts every model's logits
     to the smallest width, so the padding columns of a bigger model never win.
@@ -54,10 +64,9 @@ def combine(base: TopK, positive: TopK, negative: TopK, alpha: float, vocab_limi
         raise ValueError("every model needs at least one known logprob inside the shared vocabulary")
     b, p, n = parts
     floor_b, floor_p, floor_n = (min(part.values()) for part in parts)
-    union = sorted(b.keys() | p.keys() | n.keys())
+    union = sorted(set().union(*(top_k(part, k) if k else part for part in parts)))
     scores = {t: b.get(t, floor_b) + alpha * (p.get(t, floor_p) - n.get(t, floor_n)) for t in union}
-    # Every part lies inside the union, so the pairs missing are the union's size over the three, less theirs.
-    fills = 3 * len(union) - len(b) - len(p) - len(n)
+    fills = {role: sum(t not in part for t in union) for role, part in zip(ROLES, parts, strict=True)}
     return Combined(scores, fills)
 
 

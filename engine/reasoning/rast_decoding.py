@@ -59,12 +59,20 @@ class RastSampling:
     mode: str = "speculative"
     gamma: int = 8
     logprobs: int = 20
+    aux_logprobs: int = 200
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.gamma < 1 or self.logprobs < 1:
             raise ValueError("need temperature >= 0, 0 < top_p <= 1, gamma >= 1 and logprobs >= 1")
+        if self.aux_logprobs < self.logprobs:
+            raise ValueError("the positive and negative models need at least as many logprobs as the base")
+
+    def k_of(self, role: str) -> int:
+        """Logprobs asked of `role`: k of the base, many more of the two cheap small models
+        (`logit_transfer.Combined` says why)."""
+        return self.logprobs if role == "base" else self.aux_logprobs
 
 
 @dataclass(frozen=True)
@@ -103,8 +111,9 @@ class ChunkStat:
 class RastOutput:
     """One decoded continuation and what it cost.
 
-    `top_k_fills` counts the (model, token) values filled with a model's k-th logprob because
-    the token was outside its top-k; `positions` counts the combined distributions computed.
+    `top_k_fills` counts, per model, the candidate tokens filled with the model's lowest returned
+    logprob because they were outside what it returned; `positions` counts the combined
+    distributions computed.
     """
 
     token_ids: list[int] = field(default_factory=list)
@@ -112,7 +121,7 @@ class RastOutput:
     finish_reason: str = "length"
     stop_reason: str | int | None = None
     chunks: list[ChunkStat] = field(default_factory=list)
-    top_k_fills: int = 0
+    top_k_fills: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
     positions: int = 0
     usage: dict[str, ModelUsage] = field(default_factory=lambda: {role: ModelUsage() for role in ROLES})
 
@@ -123,6 +132,11 @@ class RastOutput:
     @property
     def requests_per_token(self) -> float | None:
         return self.requests / len(self.token_ids) if self.token_ids else None
+
+    @property
+    def fills_per_position(self) -> float | None:
+        """Fills of all three models per combined position (the summary's figure)."""
+        return sum(self.top_k_fills.values()) / self.positions if self.positions else None
 
     @property
     def acceptance(self) -> float | None:
@@ -157,6 +171,32 @@ async def rast_decode(
     return out
 
 
+# Servers whose logprobs were checked to be raw, by URL: once per server and process.
+_RAW_CHECKED: set[str] = set()
+RAW_CHECK_TEMPERATURE = 2.0
+RAW_CHECK_TOLERANCE = 1e-3
+
+
+async def check_raw_logprobs(models: RastModels, prompt_ids: Sequence[int]) -> None:
+    """UsageError unless every server returns raw logprobs: asked at temperature 0 and at 2, a
+    raw server gives the same top logprobs, while one in a `processed_*` logprobs mode gives the
+    tempered ones, which would silently change RAST's combination."""
+    ids = list(prompt_ids)
+    for role, client in _by_role(models):
+        url = client.urls[0]
+        if url in _RAW_CHECKED:
+            continue
+        a = await _next_top_k(client, ids, 5, role, RastOutput())
+        b = await _next_top_k(client, ids, 5, role, RastOutput(), temperature=RAW_CHECK_TEMPERATURE)
+        shared = a.keys() & b.keys()
+        if any(abs(a[t] - b[t]) > RAW_CHECK_TOLERANCE for t in shared):
+            raise UsageError(
+                f"the {role} server at {url} returns processed logprobs (the request's temperature applied): "
+                "RAST needs raw ones; start it with --logprobs-mode raw_logprobs"
+            )
+        _RAW_CHECKED.add(url)
+
+
 def _extend(out: RastOutput, new: list[int], space: TokenSpace, stop: Sequence[str]) -> bool:
     """Append `new`; True when a stop token or stop string ended the text (vLLM's conventions:
     the stop token and the stop string are not part of the text)."""
@@ -174,6 +214,10 @@ def _extend(out: RastOutput, new: list[int], space: TokenSpace, stop: Sequence[s
     text = space.decode(out.token_ids)
     at, string = min((text.find(s), s) for s in stop if s in text)
     out.text, out.finish_reason, out.stop_reason = text[:at], "stop", string
+    # A chunk may run past the stop string: the tokens after the one that completed it are not
+    # part of the sample (vLLM counts up to that token, too).
+    while len(out.token_ids) > 1 and string in space.decode(out.token_ids[:-1]):
+        out.token_ids.pop()
     return True
 
 
@@ -194,10 +238,11 @@ class _Decoding:
 
     async def token_step(self, ids: list[int], remaining: int) -> list[int]:
         """One token: the three models' top-k at `ids`, combined, tempered, top-p'd, sampled."""
-        k, out = self.sampling.logprobs, self.out
+        sampling, out = self.sampling, self.out
         async with asyncio.TaskGroup() as group:
             tasks = [
-                group.create_task(_next_top_k(client, ids, k, role, out)) for role, client in _by_role(self.models)
+                group.create_task(_next_top_k(client, ids, sampling.k_of(role), role, out))
+                for role, client in _by_role(self.models)
             ]
         base, positive, negative = (task.result() for task in tasks)
         return [sample(self.target(base, positive, negative), self.rng)]
@@ -210,7 +255,7 @@ class _Decoding:
         chunk = _until_stop(drafted[:length], space)
         async with asyncio.TaskGroup() as group:
             scored = [
-                group.create_task(_score_chunk(client, ids, chunk, sampling.logprobs, role, out))
+                group.create_task(_score_chunk(client, ids, chunk, sampling.k_of(role), role, out))
                 for role, client in _by_role(self.models)
                 if role != "base"
             ]
@@ -228,8 +273,9 @@ class _Decoding:
     def target(self, base: TopK, positive: TopK, negative: TopK) -> Distribution:
         """RAST's sampling distribution at one position, counting its top-k fills."""
         sampling = self.sampling
-        combined = combine(base, positive, negative, sampling.alpha, self.space.vocab_limit)
-        self.out.top_k_fills += combined.fills
+        combined = combine(base, positive, negative, sampling.alpha, self.space.vocab_limit, sampling.logprobs)
+        for role, fills in combined.fills.items():
+            self.out.top_k_fills[role] += fills
         self.out.positions += 1
         return sampling_distribution(combined.scores, sampling.temperature, sampling.top_p)
 
@@ -247,11 +293,20 @@ def _by_role(models: RastModels) -> list[tuple[str, ModelClient]]:
     return [(role, getattr(models, role)) for role in ROLES]
 
 
-async def _next_top_k(client: ModelClient, ids: list[int], k: int, role: str, out: RastOutput) -> TopK:
+async def _next_top_k(
+    client: ModelClient, ids: list[int], k: int, role: str, out: RastOutput, *, temperature: float = 0.0
+) -> TopK:
     """The model's top-k logprobs for the token after `ids` (raw logprobs: the request's own
     greedy sampling does not change them)."""
     completion = await client.complete(
-        ids, max_tokens=1, temperature=0.0, top_p=1.0, logprobs=k, stream=False, extra=_ID_TOKENS
+        ids,
+        max_tokens=1,
+        temperature=temperature,
+        top_p=1.0,
+        logprobs=k,
+        stream=False,
+        seed=0 if temperature else None,  # the start-up check's tempered request: reproducible
+        extra=_ID_TOKENS,
     )
     _account(out, role, completion)
     tops = completion.top_logprobs

@@ -170,12 +170,14 @@ class Track:
     def _continuous_ending(self, ending: str) -> str | None:
         """SplitReason's flows end only at EOS (the answer is then read from the text, as its harness
         does), at the budget, or when the policy ends thinking ("think_end")."""
+        if ending == "think_end":
+            return "think_end"  # the policy ended thinking: the answer is asked for, budget or not
         if self.record.thinking_tokens >= self.config.token_budget:
             return "budget"
         if ending == "eos":
             reasoning = reasoning_text(self.record, self.config.step_delimiter)
             return "answer" if extract_answer(reasoning, choices=bool(self.problem.choices)) else "eos"
-        return "think_end" if ending == "think_end" else None
+        return None
 
     async def finish(self) -> None:
         """Write the track's answer once thinking has ended. A continuous policy that ended thinking
@@ -276,6 +278,9 @@ async def _answer(
         # The budget is spent or thinking went in circles: ask for the answer now.
         closing = prompts.render_answer()
         closing = closing if model.chat.thinking else closing.replace(THINK_CLOSE, "")
+    if THINK_CLOSE in reasoning:
+        # A continuous text may have closed thinking itself: never a second `</think>`.
+        closing = closing.replace(THINK_CLOSE, "")
     prompt = model.chat.render(list(messages), model.chat.think_open + reasoning + closing)
     completion = await model.client.complete(
         prompt,

@@ -46,6 +46,7 @@ from engine.run.flags import (
     add_flag,
     add_run_arguments,
     refuse_flags_of_specs_not_in_use,
+    run_groups,
     settings_from_flags,
     shell_text,
 )
@@ -207,19 +208,34 @@ def format_summary(records: list[ProblemRecord]) -> str:
     return "\n".join(lines)
 
 
+# A runner's own flags (RAST's --dataset, --num_runs): adds them to the data group and returns
+# what turns their parsed values into spectra's flags.
+OwnFlags = Callable[[Any], Callable[[argparse.Namespace], None]]
+
+
 def run_runner(
-    runner: str, argv: list[str] | None = None, *, choose_runner: bool = False, after_run: AfterRun | None = None
+    runner: str,
+    argv: list[str] | None = None,
+    *,
+    choose_runner: bool = False,
+    own_flags: OwnFlags | None = None,
+    after_run: AfterRun | None = None,
 ) -> int:
     """Entry point of `runners/<runner>.py` and, with `choose_runner` (`--runner`), `spectra run`."""
     parser = ArgumentParser(
         prog="spectra run" if choose_runner else f"runners/{runner}.py",
-        description="Run a reasoning mode over a data set and write one record a problem.",
+        description="Run a reasoning mode over a data set and write one record a problem."
+        + ("" if choose_runner else " Flags of other policies and strategies work with --policy/--strategy."),
     )
+    groups = run_groups(parser)
     if choose_runner:
-        add_flag(parser, "runner", choices=tuple(RUNNERS), default=runner, help=f"default {runner}")
-    add_run_arguments(parser)
+        add_flag(groups["method"], "runner", choices=tuple(RUNNERS), default=runner, help=f"default {runner}")
+    apply_own = own_flags(groups["data"]) if own_flags else None
+    add_run_arguments(parser, None if choose_runner else runner, groups)
     try:
         args = parse_with_recipe(parser, argv)
+        if apply_own:
+            apply_own(args)
     except UsageError as exc:
         print(f"spectra: error: {exc}", file=sys.stderr)
         return exc.exit_code

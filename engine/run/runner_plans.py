@@ -109,6 +109,21 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 }
 
 BOTH_MODEL_RUNNERS = ("spec", "spec_scale", "spec_scale_methods")
+SINGLE_MODEL_RUNNERS = ("base", "scale")
+
+# runner -> the policies and strategies it runs without --policy/--strategy: its `--help` shows
+# their flags and their models' (the others still parse).
+_SPLIT_POLICIES = tuple(dict.fromkeys(SPLIT_MODES.values()))
+RUNNER_SPECS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "base": (("big", "small"), ("vote",)),
+    "spec": (("spec",), ("vote",)),
+    "scale": (("big", "small"), ("vote",)),
+    "spec_scale": (("spec",), ("vote",)),
+    "spec_scale_methods": (("spec",), ("vote",)),
+    "search": (("small",), SEARCH_APPROACHES),
+    "rast": ((), ("rast",)),
+    "split": (_SPLIT_POLICIES, ("vote",)),
+}
 
 
 # In SpecLRM's scripts `--repeat_id N` means N repeats (ids 0 to N-1); in spectra and SpecReason

@@ -31,7 +31,7 @@ def test_combining_logprobs_equals_combining_logits_when_every_logprob_is_known(
     expected = sampling_distribution(from_logits, 1.0, 1.0)
     got = sampling_distribution(combined.scores, 1.0, 1.0)
     assert got == pytest.approx(expected, abs=1e-12)
-    assert combined.fills == 0
+    assert combined.fills == {"base": 0, "positive": 0, "negative": 0}
 
 
 def test_missing_tokens_get_the_models_lowest_shown_logprob_and_are_counted():
@@ -44,7 +44,19 @@ def test_missing_tokens_get_the_models_lowest_shown_logprob_and_are_counted():
     assert combined.scores[0] == pytest.approx(-0.1 + (-0.3 - -3.0))
     assert combined.scores[1] == pytest.approx(-2.5 + (-1.5 - -0.2))
     assert combined.scores[2] == pytest.approx(-2.5 + (-1.5 - -3.0))
-    assert combined.fills == 3
+    assert combined.fills == {"base": 1, "positive": 1, "negative": 1}
+
+
+def test_candidates_come_from_the_top_k_and_values_from_every_logprob_returned():
+    # The small models return more than k: their extra entries fill values, not candidates, so a
+    # candidate the negative model ranks low gets its true logprob, not an overrated k-th one.
+    base = {0: -0.1, 1: -2.5}
+    pos = {0: -0.3, 2: -1.5, 3: -4.0}
+    neg = {1: -0.2, 2: -3.0, 0: -6.0}
+    combined = combine(base, pos, neg, alpha=1.0, vocab_limit=10, k=2)
+    assert set(combined.scores) == {0, 1, 2}  # 3 is only in positive's extra entries
+    assert combined.scores[0] == pytest.approx(-0.1 + (-0.3 - -6.0))  # the k-th (-3.0) would underrate it
+    assert combined.fills == {"base": 1, "positive": 1, "negative": 0}
 
 
 def test_ids_past_the_shared_vocabulary_never_win():

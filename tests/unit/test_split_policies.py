@@ -9,8 +9,8 @@ import pytest
 
 from engine.data.problems import Problem
 from engine.data.prompts import load_prompt_set
-from engine.errors import UsageError
-from engine.reasoning.policies.logprob_subselect import SubselectSettings
+from engine.errors import ServerError, UsageError
+from engine.reasoning.policies.logprob_subselect import SubselectSettings, mean_logprob
 from engine.reasoning.policies.random_switch import RandomSwitchSettings
 from engine.reasoning.policies.spec_reason import _token_prefixes
 from engine.reasoning.settings import ReasoningConfig
@@ -25,7 +25,7 @@ ANSWER_TEXT = "So the answer is \\boxed{42}."
 
 
 def is_answer_request(body):
-    return "Considering the limited time" in body["prompt"] or body["prompt"].endswith("</think>\n\n")
+    return body["max_tokens"] == ReasoningConfig().answer_max_tokens
 
 
 def tokens_reply(tokens, finish_reason="length", stop_reason=None, logprob=None):
@@ -186,11 +186,16 @@ async def test_logprob_subselect_keeps_the_best_candidates_and_the_winner_s_piec
     assert sorted(rounds[1]["scores"]) == [-1.0, -0.5] and rounds[1]["kept"] == 1
     assert first.usage["small"].requests == 6 and first.usage["big"].requests == 6
     assert all(not s.usage for s in record.steps[1:4])
-    assert record.steps[-1].detail == {"phase": "continue"}
-    assert record.finish_reason == "answer" and record.answer == "42"
+    assert record.steps[-1].detail == {"phase": "continue", "ended": "eos"}
+    # The continuation stated an answer and ended the sequence; as in the seed, the answer is
+    # still asked for after it (`</think>` closes thinking, once).
+    assert record.finish_reason == "think_end" and record.answer == "42"
+    (answer,) = [b for b in script.big.bodies if is_answer_request(b)]
+    assert answer["prompt"].endswith("so \\boxed{42}</think>\n\n") and answer["prompt"].count("</think>") == 1
     assert record.thinking_tokens == sum(s.tokens for s in record.steps) == 10
     big_bodies = script.big.steps()
     assert {(b["temperature"], b["logprobs"], b["max_tokens"]) for b in big_bodies} == {(0.0, 1, 2)}
+    assert all(b["return_tokens_as_token_ids"] for b in big_bodies)
     assert script.small.steps()[-1]["prompt"].endswith("".join(s.text for s in record.steps[:4]))
 
 
@@ -203,7 +208,10 @@ async def test_logprob_subselect_stops_when_most_candidates_closed_thinking_and_
     # the winner (w1) with its first big continuation and the rescoring one
     assert [s.text for s in record.steps[:3]] == ["w1 </think>", " x y", " x y"]
     assert len(script.big.steps()) == 4
-    assert record.finish_reason == "eos"  # "done" holds no answer, and none is asked for
+    # Thinking was closed by the candidates: the answer is asked for, with no second `</think>`.
+    assert record.finish_reason == "think_end" and record.answer == "42"
+    (answer,) = [b for b in script.big.bodies if is_answer_request(b)]
+    assert answer["prompt"].endswith("w1 </think> x y x ydone\n\n") and answer["prompt"].count("</think>") == 1
 
 
 async def test_logprob_subselect_duplicates_under_lbound_and_ends_thinking_after_the_final_continuation(make_models):
@@ -224,7 +232,9 @@ async def test_logprob_subselect_stops_selecting_before_the_budget(make_models):
     config = ReasoningConfig(token_budget=9)
     record = await run(make_models, script.small, script.big, "logprob_subselect", settings, config)
     assert len(record.steps[0].detail["rounds"]) == 1
-    assert record.steps[-1].tokens == 5 and record.finish_reason == "budget" and record.thinking_tokens == 9
+    assert record.steps[-1].tokens == 5 and record.thinking_tokens == 9
+    # the budget is spent by the final continuation, and the answer is still asked for after it
+    assert record.finish_reason == "think_end" and record.answer == "42"
 
 
 async def test_logprob_subselect_fails_the_track_when_the_big_model_sends_no_logprobs(make_models):
@@ -299,6 +309,9 @@ async def test_spec_reason_span_runs_over_chunks_until_the_big_model_ends_the_se
     span = record.steps[1]
     assert span.text == " A B end" and span.detail == {"ended": "eos", "chunks": 2} and span.tokens == 3
     assert script.big.steps()[1]["prompt"].endswith("Hi  A B")
+    # every chunk of the span samples with a seed of its own
+    seeds = [b["seed"] for b in script.big.steps()]
+    assert len(set(seeds)) == 2 and None not in seeds
     assert len(script.probes()) == 2  # the first chunk's two prefixes; none after EOS
     assert record.finish_reason == "eos" and len(record.steps) == 2
 
@@ -338,3 +351,17 @@ async def test_spec_reason_span_stops_at_the_budget(make_models):
 def test_probe_cut_points_follow_the_text_through_vllm_s_token_strings(text, tokens, prefixes):
     completion = Completion([Choice(text=text, tokens=tokens)], "m", "u", 1, len(tokens), 0.0, None)
     assert _token_prefixes(completion) == prefixes
+
+
+def test_subselect_reads_logprobs_by_token_id():
+    # two tokens that decode to the same string: only their ids tell their logprobs apart
+    tops = [{"token_id:5": -1.0, "token_id:9": -0.1}, {"token_id:7": -3.0}]
+    completion = Completion(
+        [Choice(text="aa", tokens=["token_id:5", "token_id:7"], top_logprobs=tops)], "m", "u", 1, 2, 0.0, None
+    )
+    assert mean_logprob(completion) == -2.0
+    lost = Completion(
+        [Choice(text="a", tokens=["token_id:5"], top_logprobs=[{"token_id:9": -0.1}])], "m", "u", 1, 1, 0.0, None
+    )
+    with pytest.raises(ServerError, match="do not list the token"):
+        mean_logprob(lost)

@@ -215,9 +215,11 @@ async def continue_text(
     stop: list[str] | None = None,
     greedy: bool = False,
     logprobs: int | None = None,
+    token_ids: bool = False,
 ) -> Completion:
     """`model` continues the raw reasoning `text` (tags and all) by up to `max_tokens` tokens:
-    SplitReason's requests, which stop only at EOS, the token limit, or `stop`."""
+    SplitReason's requests, which stop only at EOS, the token limit, or `stop`. With `token_ids`
+    the logprobs name tokens `token_id:N` (vLLM's `return_tokens_as_token_ids`), not by string."""
     # SplitReason's prompt opens thinking with "<think>\n" before the text it continues.
     prompt = model.chat.render(list(messages), (model.chat.think_open + "\n" if model.chat.thinking else "") + text)
     return await model.client.complete(
@@ -228,7 +230,7 @@ async def continue_text(
         stop=stop,
         seed=seed,
         logprobs=logprobs,
-        extra=NO_SPECIAL_TOKENS,
+        extra={**NO_SPECIAL_TOKENS, "return_tokens_as_token_ids": True} if token_ids else NO_SPECIAL_TOKENS,
     )
 
 

@@ -96,11 +96,17 @@ class Candidate:
 
 def mean_logprob(completion: Completion) -> float:
     """The mean logprob of the generated tokens, read from the top-1 logprobs (vLLM always lists
-    the sampled token); no tokens (the big model ended at once) give no evidence: -inf."""
+    the sampled token) by token id (`return_tokens_as_token_ids`: two tokens that decode to the
+    same string, or to none, stay apart); no tokens (the big model ended at once) give no
+    evidence: -inf."""
     choice = completion.choices[0]
     if completion.completion_tokens and not choice.tokens:
         raise ServerError(completion.endpoint, None, "asked for logprobs=1, got a completion without them")
-    values = [top[token] for token, top in zip(choice.tokens, choice.top_logprobs, strict=True)]
+    values = []
+    for token, top in zip(choice.tokens, choice.top_logprobs, strict=True):
+        if token not in top:
+            raise ServerError(completion.endpoint, None, f"the logprobs of {token!r} do not list the token itself")
+        values.append(top[token])
     return sum(values) / len(values) if values else -math.inf
 
 
@@ -140,24 +146,24 @@ class SubselectPolicy(NothingAhead):
             self.selection = None
         outcome = TAKEN_OVER if piece.writer == "big" else WRITTEN
         step = chunk_step(piece.text, piece.writer, piece.tokens, ctx, usage, started, detail, outcome=outcome)
-        return StepOutcome(step, "eos" if piece.eos else "length")
+        # A winner that ended the sequence has nothing to continue: thinking ends, and the answer
+        # is still asked for, as after the final continuation.
+        return StepOutcome(step, "think_end" if piece.eos else "length")
 
     async def _final_continuation(self, ctx: StepContext, started: float) -> StepOutcome:
-        """The small model continues the winner; then thinking ends and the track's answer phase
-        asks for the answer (where the seed appends "...\\boxed{" for 8 big-model tokens)."""
+        """The small model continues the winner; then, however it ended, thinking is over and the
+        track's answer phase asks for the answer (where the seed appends "...\\boxed{" for 8
+        big-model tokens), as the seed always does after this continuation."""
         limit = min(FINAL_TOKENS, ctx.config.max_step_tokens)
         seed = request_seed(ctx.seed, ctx.index, 0)
         completion = await continue_text(
             ctx.models["small"], ctx.messages, ctx.reasoning, ctx, max_tokens=limit, seed=seed
         )
-        ending = chunk_ending(completion)
-        if ending == "length" and completion.completion_tokens < ctx.config.max_step_tokens:
-            ending = "think_end"  # the continuation's own limit, with budget left: thinking is over
-        usage, detail = {"small": usage_of(completion)}, {"phase": "continue"}
+        usage, detail = {"small": usage_of(completion)}, {"phase": "continue", "ended": chunk_ending(completion)}
         step = chunk_step(
             completion.text, "small", completion.completion_tokens, ctx, usage, started, detail, outcome=WRITTEN
         )
-        return StepOutcome(step, ending)
+        return StepOutcome(step, "think_end")
 
     async def _select(self, ctx: StepContext) -> Selection:
         """Rounds until one candidate is left, all are finished, the rounds are spent, or one more
@@ -216,6 +222,7 @@ class SubselectPolicy(NothingAhead):
                 seed=request_seed(ctx.seed, round_no * ROUND_STRIDE + j, salt),
                 greedy=big,
                 logprobs=1 if big else None,
+                token_ids=big,
             )
             selection.spend(role, completion)
             if big:

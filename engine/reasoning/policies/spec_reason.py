@@ -39,8 +39,10 @@ PROBE_TOKENS = 8
 # A probe closes the span when its continuation starts with this, after whitespace (the perf
 # version's test; a continuation that closes later would put small-model text in the span).
 CLOSE_PROBE = "</big"
-# request_seed salts: the small model's stretches, the big model's chunks.
+# request_seed salts: the small model's stretches, the big model's chunks. A span's chunks are
+# numbered inside its step's index space, so every chunk draws its own seed.
 SMALL_SALT, BIG_SALT = 1, 2
+CHUNK_STRIDE = 1024
 
 
 def span_is_open(text: str) -> bool:
@@ -132,7 +134,7 @@ class SpecReasonPolicy(NothingAhead):
                 self._big_view(ctx.reasoning + span.text),
                 ctx,
                 max_tokens=min(SPAN_CHUNK_TOKENS, left),
-                seed=request_seed(ctx.seed, ctx.index, BIG_SALT),
+                seed=request_seed(ctx.seed, ctx.index * CHUNK_STRIDE + span.chunks, BIG_SALT),
                 logprobs=1,  # for the chunk's token strings, where the probes cut it
             )
             span.chunks += 1

@@ -20,7 +20,16 @@ import structlog
 
 from engine.data.answers import extract_answer
 from engine.errors import UsageError
-from engine.reasoning.rast_decoding import MODES, ROLES, RastModels, RastOutput, RastSampling, TokenSpace, rast_decode
+from engine.reasoning.rast_decoding import (
+    MODES,
+    ROLES,
+    RastModels,
+    RastOutput,
+    RastSampling,
+    TokenSpace,
+    check_raw_logprobs,
+    rast_decode,
+)
 from engine.reasoning.rast_vocab import rast_server_args, shared_token_space
 from engine.reasoning.settings import Settings, setting
 from engine.reasoning.strategies.base import SolveContext, StrategySpec
@@ -40,7 +49,10 @@ class RastSettings(Settings):
     max_tokens: int = setting(16384, "tokens one sample may generate (RAST; runners.split: its --token_budget)")
     rast_mode: str = setting("speculative", "RAST decoding: token (3 requests a token) or speculative", MODES)
     gamma: int = setting(8, "RAST speculative mode: tokens the base model drafts per chunk")
-    rast_logprobs: int = setting(20, "RAST: top-k logprobs asked of each model (servers' --max-logprobs)")
+    rast_logprobs: int = setting(20, "RAST: top-k logprobs of each model that make the candidate tokens")
+    rast_aux_logprobs: int = setting(
+        200, "RAST: logprobs asked of the positive and negative models (their values fill the candidates)"
+    )
 
     def validate(self) -> None:
         if self.decoding_temperature < 0:
@@ -48,6 +60,11 @@ class RastSettings(Settings):
         for name in ("max_tokens", "gamma", "rast_logprobs"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be at least 1, not {getattr(self, name)}")
+        if self.rast_aux_logprobs < self.rast_logprobs:
+            raise UsageError(
+                f"--rast_aux_logprobs ({self.rast_aux_logprobs}) must be at least "
+                f"--rast_logprobs ({self.rast_logprobs})"
+            )
 
     def sampling(self, top_p: float) -> RastSampling:
         return RastSampling(
@@ -58,6 +75,7 @@ class RastSettings(Settings):
             mode=self.rast_mode,
             gamma=self.gamma,
             logprobs=self.rast_logprobs,
+            aux_logprobs=self.rast_aux_logprobs,
         )
 
 
@@ -80,10 +98,12 @@ async def solve(ctx: SolveContext) -> ProblemRecord:
     prompt = ctx.prompts.render_problem(problem.problem, problem.choices)
     prompt_ids = models["base"].chat.tokenizer(prompt)["input_ids"]
     seed = sample_seed(ctx.reasoning.seed, problem.id, ctx.repeat_id)
+    rast_models = RastModels(*(models[role].client for role in ROLES))
+    await check_raw_logprobs(rast_models, prompt_ids)
     started = time.monotonic()
     async with ctx.track_slots:
         out = await rast_decode(
-            RastModels(*(models[role].client for role in ROLES)),
+            rast_models,
             prompt_ids,
             settings.sampling(ctx.reasoning.top_p),
             space,
@@ -96,7 +116,7 @@ async def solve(ctx: SolveContext) -> ProblemRecord:
         tokens=len(out.token_ids),
         acceptance=out.acceptance,
         requests_per_token=out.requests_per_token,
-        top_k_fills=out.top_k_fills,
+        fills_per_position=out.fills_per_position,
     )
     return ctx.record(
         tracks=[track], answer=track.answer, aggregation="single", usage=dict(out.usage), details=_details(out)
@@ -113,6 +133,7 @@ def _details(out: RastOutput) -> dict[str, Any]:
         "chunks": [[c.drafted, c.accepted] for c in out.chunks],
         "requests_per_token": out.requests_per_token,
         "top_k_fills": out.top_k_fills,
+        "fills_per_position": out.fills_per_position,
         "positions": out.positions,
     }
 
@@ -152,5 +173,5 @@ RAST = StrategySpec(
     needed_roles=lambda settings: ROLES,
     solve=solve,
     uses_tracks=False,
-    server_args=lambda settings: rast_server_args(settings.rast_logprobs),
+    server_args=lambda settings: rast_server_args(max(settings.rast_logprobs, settings.rast_aux_logprobs)),
 )
