@@ -41,7 +41,8 @@ from engine.run.flags import ArgumentParser, add_run_arguments
 from engine.serving.chat import Message, load_chat_format
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
-from engine.serving.servers import ServerSpec, serve_models
+from engine.serving.servers import serve_models
+from engine.serving.vllm_command import ServerSpec
 from engine.toy.toy_models import MAX_POSITIONS, make_toy_models
 from engine.toy.toy_task import held_out_problems, judge_label
 

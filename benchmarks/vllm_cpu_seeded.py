@@ -34,7 +34,8 @@ from engine.logging import configure_logging
 from engine.loop import run
 from engine.serving.client import ModelClient
 from engine.serving.endpoints import ClientLimits
-from engine.serving.servers import WHOLE_PREFILLS, ServerSpec, serve_models
+from engine.serving.servers import serve_models
+from engine.serving.vllm_command import WHOLE_PREFILLS, ServerSpec
 from engine.toy.toy_models import make_toy_models
 
 # One attempt and no waiting: a dead server must show, not be ridden out.

@@ -26,7 +26,8 @@ from benchmarks.harness import add_models_dir_argument, bench_session, print_tab
 from engine.logging import configure_logging
 from engine.loop import run
 from engine.serving.client import ModelClient
-from engine.serving.servers import ServerSpec, serve_models
+from engine.serving.servers import serve_models
+from engine.serving.vllm_command import ServerSpec
 from engine.toy.tiny_models import make_tiny_models
 
 ID_TOKENS = {"return_tokens_as_token_ids": True}

@@ -315,7 +315,8 @@ def _guarded(args: argparse.Namespace, body: Callable[[], int]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from engine.serving.servers import DEFAULT_RESTARTS, ServerSpec, model_context_length, serve_models
+    from engine.serving.servers import DEFAULT_RESTARTS, serve_models
+    from engine.serving.vllm_command import ServerSpec, model_context_length
 
     if args.big_model or args.small_model:
         pairs = [(r, m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]

@@ -41,14 +41,8 @@ from engine.run.store import RunStore, read_records
 from engine.serving.chat import load_chat_format
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
-from engine.serving.servers import (
-    DEFAULT_RESTARTS,
-    ServerSpec,
-    check_server,
-    model_context_length,
-    serve_models,
-    server_version,
-)
+from engine.serving.servers import DEFAULT_RESTARTS, check_server, serve_models, server_version
+from engine.serving.vllm_command import ServerSpec, model_context_length
 
 log = structlog.get_logger(__name__)
 

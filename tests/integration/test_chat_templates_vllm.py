@@ -14,7 +14,8 @@ from engine.data.problems import Problem
 from engine.data.prompts import load_prompt_set
 from engine.reasoning.track import track_messages
 from engine.serving.chat import ChatFormat
-from engine.serving.servers import RunningServer, ServerSpec, serve_models
+from engine.serving.servers import RunningServer, serve_models
+from engine.serving.vllm_command import ServerSpec
 from tests.fixtures.chat_templates import FOLDER, template_text
 from tests.integration.conftest import STARTUP_TIMEOUT_S
 

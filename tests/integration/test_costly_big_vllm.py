@@ -10,7 +10,8 @@ from engine.data.prompts import load_prompt_set
 from engine.serving.chat import Message, load_chat_format
 from engine.serving.client import ModelClient
 from engine.serving.models import NO_SPECIAL_TOKENS
-from engine.serving.servers import ServerSpec, serve_models
+from engine.serving.servers import serve_models
+from engine.serving.vllm_command import ServerSpec
 from engine.toy.toy_models import COSTLY_BIG_LAYERS, MAX_POSITIONS
 from engine.toy.toy_task import held_out_problems
 

@@ -12,7 +12,8 @@ from engine.run.cli import build_config
 from engine.run.execute import execute
 from engine.run.flags import ArgumentParser, add_run_arguments
 from engine.run.store import MANIFEST_FILE
-from engine.serving.servers import ServerSpec, serve_models
+from engine.serving.servers import serve_models
+from engine.serving.vllm_command import ServerSpec
 from engine.toy.toy_models import MAX_POSITIONS
 from evaluators import summary
 from evaluators.runs import load_run

@@ -28,7 +28,8 @@ from engine.run.execute import execute
 from engine.run.store import RECORDS_FILE, read_records
 from engine.serving.client import ModelClient
 from engine.serving.endpoints import ClientLimits
-from engine.serving.servers import ServerSpec, free_port, serve_models
+from engine.serving.servers import free_port, serve_models
+from engine.serving.vllm_command import ServerSpec
 from tests.integration.fault_proxy import PLAIN_BODY_FAULTS, Fault, FaultProxy, Rule
 from tests.integration.test_runs import SHORT, check_track_bookkeeping
 from tests.integration.test_servers import metric

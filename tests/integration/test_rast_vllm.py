@@ -29,7 +29,8 @@ from engine.reasoning.rast_decoding import ROLES, RastModels, RastSampling, rast
 from engine.reasoning.rast_vocab import rast_server_args, shared_token_space
 from engine.run.store import RECORDS_FILE, read_records
 from engine.serving.client import ModelClient
-from engine.serving.servers import ServerSpec, serve_models
+from engine.serving.servers import serve_models
+from engine.serving.vllm_command import ServerSpec
 from engine.toy.tiny_models import make_tiny_models
 
 NEW_TOKENS = 24

@@ -12,7 +12,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from engine.errors import ServerStartError, UsageError
-from engine.serving.servers import ServerSpec, check_server, free_port, serve_models
+from engine.serving.servers import check_server, free_port, serve_models
+from engine.serving.vllm_command import ServerSpec
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from engine.reasoning.policies.lookahead import EMBEDDER_SERVER_ARGS
 from engine.records import ACCEPTED, REPLACED
 from engine.run.config import ModelConfig
 from engine.run.execute import execute
-from engine.serving.servers import ServerSpec, serve_models
+from engine.serving.servers import serve_models
+from engine.serving.vllm_command import ServerSpec
 from engine.toy.toy_models import MAX_POSITIONS
 
 PROBLEMS = 20

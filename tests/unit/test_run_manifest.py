@@ -9,7 +9,8 @@ import pytest
 from engine.data.prompts import _package_root
 from engine.run.config import DataConfig, ModelConfig, RunConfig, SchedulerLimits
 from engine.run.execute import execute, model_endpoints
-from engine.serving.servers import RunningServer, model_context_length
+from engine.serving.servers import RunningServer
+from engine.serving.vllm_command import model_context_length
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import chatml_tokenizer
 

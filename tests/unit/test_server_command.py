@@ -2,7 +2,7 @@
 
 from transformers import Qwen2Config
 
-from engine.serving.servers import CPU_KV_CACHE_BYTES, ServerSpec, kv_cache_bytes, server_command
+from engine.serving.vllm_command import CPU_KV_CACHE_BYTES, ServerSpec, kv_cache_bytes, server_command
 
 
 def model_folder(tmp_path, layers):

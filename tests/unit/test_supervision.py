@@ -15,7 +15,8 @@ import pytest
 from engine.errors import ServerDiedError, ServerStartError
 from engine.run.config import RunConfig
 from engine.serving import servers
-from engine.serving.servers import ServerSpec, serve_models
+from engine.serving.servers import serve_models
+from engine.serving.vllm_command import ServerSpec
 from runners.spectra import main
 from tests.fake_server_process import CRASH_LINE, REFUSED_LINE
 from tests.unit.test_cli import SERVED, parsed, run_cli
