@@ -75,13 +75,13 @@ class SearchSettings(Settings):
 
 @dataclass(frozen=True)
 class Sampling:
-    """How the policy samples (the run's reasoning config) and the repeat that seeds it."""
+    """How the policy samples (the run's reasoning config); `seed` is the problem's
+    (`engine.reasoning.seeds.problem_seed`), None unseeded."""
 
     temperature: float = 0.8
     top_p: float = 1.0
     max_tokens: int = 2048
     seed: int | None = None
-    repeat_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -169,9 +169,9 @@ class Searcher:
         self.usage = sum_usage([self.usage, usage])
 
     def request_seed(self, key: tuple) -> int | None:
-        """A vLLM seed per (run seed, repeat, request key), so that cycled copies of a beam sample apart."""
+        """A vLLM seed per (problem seed, request key), so that cycled copies of a beam sample apart."""
         seed = self.sampling.seed
-        return None if seed is None else zlib.crc32(repr((seed, self.sampling.repeat_id, key)).encode()) & 0x7FFFFFFF
+        return None if seed is None else zlib.crc32(repr((seed, key)).encode()) & 0x7FFFFFFF
 
     async def _continue(self, text: str, *, temperature: float, final: bool, key: tuple) -> Completion:
         completion = await self.client.complete(

@@ -6,6 +6,7 @@ import dataclasses
 from engine.data.problems import Problem
 from engine.data.prompts import load_prompt_set
 from engine.reasoning.method_selection import parse_codes, select_methods, selector_max_tokens
+from engine.reasoning.seeds import track_seed
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies.track_group import plan_tracks
 from engine.reasoning.strategies.vote import VoteSettings
@@ -31,21 +32,26 @@ def config(max_tracks_in_flight=64, max_problems_in_flight=8, **vote):
     )
 
 
-def plan(cfg, prompts, methods=None, repeat_id=0):
+def plan(cfg, prompts, methods=None, repeat_id=0, problem_id="0"):
     settings = cfg.strategy_settings
     return plan_tracks(
         settings.tracks,
         prompts,
         policy=cfg.policy,
         base_seed=0,
+        problem_id=problem_id,
         repeat_id=repeat_id,
         use_role_prompts=settings.use_role_prompts,
         methods=methods,
     )
 
 
+# Every track seed of the test problems (run seed 0), to read a request's track back from its seed.
+TRACK_OF_SEED = {track_seed(0, str(p), r, t): t for p in range(30) for r in range(2) for t in range(16)}
+
+
 def track_of(body):
-    return body["seed"] // SEED_STRIDE
+    return TRACK_OF_SEED[body["seed"] // SEED_STRIDE]
 
 
 def scripted_tracks(answers, delays):
@@ -200,7 +206,18 @@ def test_roles_are_assigned_round_robin_and_seeds_differ():
     roles = list(prompts.roles)
     assert [s.role for s in setups] == [roles[i % len(roles)] for i in range(7)]
     assert [s.instruction for s in setups] == [prompts.roles[s.role] for s in setups]
-    assert len({s.seed for s in setups}) == 7 and setups[0].seed == 2000
+    assert len({s.seed for s in setups}) == 7
+
+
+def test_track_seeds_fold_in_the_problem_and_the_repeat():
+    seeds = {
+        (problem, repeat): [s.seed for s in plan(config(tracks=3), load_prompt_set("roles"), None, repeat, problem)]
+        for problem in ("0", "1")
+        for repeat in (0, 1)
+    }
+    # Track k of two problems (or two repeats) never shares a seed: each draws its own randomness.
+    assert len({seed for track_seeds in seeds.values() for seed in track_seeds}) == 12
+    assert seeds[("1", 0)] == [s.seed for s in plan(config(tracks=3), load_prompt_set("roles"), None, 0, "1")]
 
 
 def test_plain_tracks_have_no_instruction():
