@@ -18,8 +18,8 @@ from engine.reasoning.beams import (
     completion_tracks,
 )
 from engine.reasoning.prm import PRMScorer, TokenPRMScorer, prm_kind_of
-from engine.reasoning.seeds import problem_seed
 from engine.reasoning.scoring import JudgeScorer, StepScorer
+from engine.reasoning.seeds import problem_seed
 from engine.reasoning.strategies.base import SolveContext, StrategySpec
 from engine.reasoning.track import track_messages
 from engine.records import ProblemRecord

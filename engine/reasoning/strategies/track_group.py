@@ -39,7 +39,8 @@ def plan_tracks(
     use_role_prompts: bool = False,
     methods: list[str] | None = None,
 ) -> list[TrackSetup]:
-    """`count` tracks of one problem, seeded by `engine.reasoning.seeds.track_seed`: methods round-robin when given, else the prompt set's roles
+    """`count` tracks of one problem, seeded by `engine.reasoning.seeds.track_seed`: methods
+    round-robin when given, else the prompt set's roles
     round-robin with `use_role_prompts`, else plain tracks."""
     roles = list(prompts.require_roles()) if use_role_prompts and not methods else []
     setups = []
