@@ -60,7 +60,7 @@ def run_search(capsys, tmp_path, *flags):
 @pytest.mark.parametrize(
     ("recipe", "flags", "message"),
     [
-        ("n: 6\napproach: beam_search\n", [], "--n (6) must be a multiple of --beam_width (4)"),
+        ("n: 6\napproach: dvts\n", [], "--n (6) must be a multiple of --beam_width (4)"),
         ("approach: greedy\n", [], "key 'approach' must be one of best_of_n, beam_search, dvts"),
         ("num_samples: 10\n", [], "unknown key 'num_samples'"),
         ("n: many\n", [], "key 'n': 'many' is not a valid int"),

@@ -18,7 +18,7 @@ from engine.reasoning.beams import (
     completion_tracks,
 )
 from engine.reasoning.prm import PRMScorer, TokenPRMScorer, prm_kind_of
-from engine.reasoning.scoring import JudgeScorer, StepScorer
+from engine.reasoning.scoring import EveryStepJudge, JudgeScorer, StepScorer
 from engine.reasoning.seeds import problem_seed
 from engine.reasoning.strategies.base import SolveContext, StrategySpec
 from engine.reasoning.track import track_messages
@@ -81,10 +81,13 @@ async def solve(ctx: SolveContext, name: str, search: SearchFunction) -> Problem
 
 
 async def build_scorer(ctx: SolveContext) -> StepScorer:
-    """The big model's judgement, or the PRM of the kind its config names (or `--prm_kind` says)."""
+    """The big model's judgement of every step, or the PRM of the kind its config names (or
+    `--prm_kind` says)."""
     settings = ctx.settings
     if settings.scorer == "judge":
-        return JudgeScorer(ctx.models["big"], ctx.prompts, method=JUDGE_METHOD, delimiter=STEP_DELIMITER)
+        return EveryStepJudge(
+            JudgeScorer(ctx.models["big"], ctx.prompts, method=JUDGE_METHOD, delimiter=STEP_DELIMITER)
+        )
     kind = settings.prm_kind
     if kind == "auto":
         kind = await asyncio.to_thread(prm_kind_of, ctx.model_ids["prm"])
