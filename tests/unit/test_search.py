@@ -60,12 +60,12 @@ class World:
     def policy(self, body: dict) -> Reply:
         if body["temperature"] == 0.0:  # a greedy lookahead step
             self.generated.append(("lookahead", assistant_text(body["prompt"])))
-            return Reply(text=self.lookahead, stop_reason=STEP_DELIMITER, delay_s=0.02)
+            return Reply(text=self.lookahead, stop_reason=STEP_DELIMITER)
         key = self.seeds[body["seed"]]
         self.generated.append((key, body.get("stop")))
         text, ending = self.steps[key]
         stop_reason = STEP_DELIMITER if ending == "delimiter" else None
-        return Reply(text=text, stop_reason=stop_reason, delay_s=0.02)
+        return Reply(text=text, stop_reason=stop_reason)
 
     def pooler(self, body: dict) -> list:
         solution = assistant_text(body["input"])
@@ -75,9 +75,9 @@ class World:
         return [[1 - v, v] for v in values]
 
 
-async def search(world: World, settings: SearchSettings, strategy, keys):
+async def search(world: World, settings: SearchSettings, strategy, keys, gate_in_flight=None):
     async with (
-        FakeOpenAIServer(world.policy) as policy,
+        FakeOpenAIServer(world.policy, gate_in_flight=gate_in_flight) as policy,
         FakeOpenAIServer(pooler=world.pooler) as prm,
         aiohttp.ClientSession() as session,
     ):
@@ -115,7 +115,7 @@ async def test_beam_search_prunes_to_n_over_width_and_keeps_first_n_completed():
     scores |= {"c0": 0.3, "c1": 0.95, "c2": 0.5, "c3": 0.1}
     world = World(steps, scores)
     settings = SearchSettings(n=4, beam_width=2, num_iterations=3, prm_split="real_last")
-    beams, searcher, peak = await search(world, settings, beam_search, steps)
+    beams, searcher, peak = await search(world, settings, beam_search, steps, gate_in_flight=4)
     # Iteration 0 keeps a3 (.9) and a1 (.7), in their own order: iteration 1 runs [a1, a3, a1, a3];
     # a1+b2 ends; of a1+b0 (.2), a3+b1 (.8), a3+b3 (.4) the top two go on: [a3b1, a3b3, a3b1, a3b3].
     texts = [[s.split(" ")[0].strip() for s in b.steps] for b in beams]
@@ -352,12 +352,12 @@ async def test_beam_search_runs_the_candidates_of_all_problems_in_flight_togethe
     def policy(body):
         final = body.get("stop") is None
         text = "x \\boxed{1}" if final else "step\n\n"
-        return Reply(text=text, stop_reason=None if final else STEP_DELIMITER, delay_s=0.05)
+        return Reply(text=text, stop_reason=None if final else STEP_DELIMITER)
 
     (tmp_path / "config.json").write_text('{"model_type": "qwen2", "architectures": ["Qwen2ForProcessRewardModel"]}')
     records = []
     async with (
-        FakeOpenAIServer(policy) as small,
+        FakeOpenAIServer(policy, gate_in_flight=8) as small,
         FakeOpenAIServer(pooler=lambda b: [[0.5, 0.5]] * b["input"].count("<extra_0>")) as prm,
     ):
         models = make_models(small=small, prm=prm)
