@@ -41,7 +41,8 @@ def check_records_of(folder, problems, n, agg="last"):
     for record in records:
         assert len(record.tracks) == n
         for track in record.tracks:
-            scores = [s.score for s in track.steps]
+            # Every paragraph of the text is scored; a step of several keeps all its scores in `detail`.
+            scores = [v for s in track.steps for v in (s.detail or {}).get("paragraph_scores", [s.score])]
             assert track.steps and all(0.0 <= v <= 1.0 for v in scores)
             assert track.score == pytest.approx(aggregate_step_scores(scores, agg))
             assert track.thinking_tokens == sum(s.tokens for s in track.steps) > 0
