@@ -66,10 +66,11 @@ async def test_search_against_the_pooling_prm(vllm_servers, prm_server, tmp_path
             assert record.usage["small"].requests == 4 == record.usage["prm"].requests
             assert record.usage["small"].completion_tokens == sum(t.thinking_tokens for t in record.tracks)
         else:
-            # Lookahead tokens are generated and counted, never kept.
+            # Lookahead tokens are generated and counted, never kept (whether a step of random text
+            # ends at "\n\n", so that a lookahead follows, depends on the seeds).
             kept = sum(t.thinking_tokens for t in record.tracks)
-            assert record.usage["small"].completion_tokens > 0 and record.usage["small"].requests > 4
-            assert kept > 0
+            assert record.usage["small"].requests >= 4 and kept > 0
+            assert record.usage["small"].completion_tokens > 0
     run = load_run(out)
     result = summary.summarize_run(run, summary.grade_run(run)).search
     assert result is not None and set(result.accuracy_at_k["weighted"]) == {1, 2, 4}
