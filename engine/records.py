@@ -157,16 +157,18 @@ class ProblemRecord:
     details: dict[str, Any] | None = None
     # The strategy that produced the record (`engine.reasoning.strategies.STRATEGIES`).
     strategy: str = "vote"
+    # An error inside the problem that ended its strategy (a search, RAST): {"kind", "message"}.
+    failure: dict[str, str] | None = None
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.problem_id, self.repeat_id)
 
     @property
-    def all_tracks_failed(self) -> bool:
-        """Every track failed (servers down, a bug): the problem was not really solved, so a
-        resumed run does it again."""
-        return bool(self.tracks) and all(t.finish_reason == "failed" for t in self.tracks)
+    def failed(self) -> bool:
+        """The strategy failed, or every track did (servers down, a bug): the problem was not
+        really solved, so a resumed run does it again."""
+        return self.failure is not None or (bool(self.tracks) and all(t.finish_reason == "failed" for t in self.tracks))
 
     @property
     def is_multiple_choice(self) -> bool:

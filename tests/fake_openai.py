@@ -12,6 +12,7 @@ gives for the request body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,9 @@ class FakeOpenAIServer:
     health_checks: int = 0
     port: int = 0
     url: str = ""
+    # Completions wait until this many were in flight at once, so a test of concurrency sees its
+    # peak whatever the machine's load (not the order of sleeps); None: no gate.
+    gate_in_flight: int | None = None
 
     async def __aenter__(self) -> FakeOpenAIServer:
         app = web.Application()
@@ -82,6 +86,8 @@ class FakeOpenAIServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/version", self._version)
+        self._gate, self._quiet = asyncio.Event(), asyncio.Event()
+        self._quiet.set()
         self._runner = web.AppRunner(app, shutdown_timeout=0.1, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
@@ -92,6 +98,29 @@ class FakeOpenAIServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._runner.cleanup()
+
+    async def quiet(self, timeout_s: float = 10.0) -> None:
+        """Wait until no request is in flight: the server has seen every request the client closed
+        as a disconnect (an event, not a guess at how long that takes)."""
+        await asyncio.wait_for(self._quiet.wait(), timeout_s)
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self._quiet.clear()
+        if self.gate_in_flight is not None and self.peak_in_flight >= self.gate_in_flight:
+            self._gate.set()
+
+    def _leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._quiet.set()
+
+    async def _pass_gate(self) -> None:
+        if self.gate_in_flight is not None:
+            # Bounded: an engine that never reaches the gate fails the test's peak assertion, not by hanging.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gate.wait(), 10.0)
 
     def _next_reply(self, body: dict[str, Any]) -> Reply:
         if callable(self.script):
@@ -121,13 +150,12 @@ class FakeOpenAIServer:
         self.pooling_requests.append(body)
         if self.pooler is None:
             return web.json_response({"detail": "Not Found"}, status=404)
-        self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self._enter()
         try:
             await asyncio.sleep(0)
             rows = self.pooler(body)
         finally:
-            self.in_flight -= 1
+            self._leave()
         tokens = len(str(body.get("input", "")))
         usage = {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}
         data = [{"index": 0, "object": "pooling", "data": rows}]
@@ -138,9 +166,9 @@ class FakeOpenAIServer:
         body = await request.json()
         self.requests.append(body)
         reply = self._next_reply(body)
-        self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self._enter()
         try:
+            await self._pass_gate()
             await asyncio.sleep(reply.delay_s)
             if reply.after is not None:
                 await reply.after.wait()
@@ -159,7 +187,7 @@ class FakeOpenAIServer:
             self.disconnects += 1
             raise
         finally:
-            self.in_flight -= 1
+            self._leave()
 
     async def _stream(self, request: web.Request, body: dict[str, Any], reply: Reply) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

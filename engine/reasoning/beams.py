@@ -16,7 +16,9 @@ one problem at a time).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
+import itertools
 import zlib
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ T = TypeVar("T")
 
 SCORERS = ("prm", "judge")
 PRM_KINDS = ("auto", "pooling", "token")
+PRM_SPLITS = ("reference", "real_last")
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,12 @@ class SearchSettings(Settings):
     prm_kind: str = setting(
         "auto", "pooling (Qwen2.5-Math-PRM style), token (RLHFlow '+'/'-'), auto: from the model's config", PRM_KINDS
     )
+    prm_split: str = setting(
+        "reference",
+        "the text is scored split at \\n\\n; reference: an empty last step after a kept \\n\\n is scored too "
+        "(search-and-learn); real_last: it is dropped, so the last score is the real last step's",
+        PRM_SPLITS,
+    )
 
     def validate(self) -> None:
         for name, least in (("n", 1), ("beam_width", 1), ("num_iterations", 1), ("lookahead", 0)):
@@ -68,20 +77,20 @@ class SearchSettings(Settings):
                 raise UsageError(f"--{name} must be at least {least}, not {value}")
 
     def check_width(self) -> None:
-        """Beam search and DVTS split N by the beam width (search-and-learn refuses the rest)."""
+        """DVTS splits N into subtrees of the beam width (search-and-learn refuses the rest there)."""
         if self.n % self.beam_width:
             raise UsageError(f"--n ({self.n}) must be a multiple of --beam_width ({self.beam_width})")
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """How the policy samples (the run's reasoning config) and the repeat that seeds it."""
+    """How the policy samples (the run's reasoning config); `seed` is the problem's
+    (`engine.reasoning.seeds.problem_seed`), None unseeded."""
 
     temperature: float = 0.8
     top_p: float = 1.0
     max_tokens: int = 2048
     seed: int | None = None
-    repeat_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,10 +105,13 @@ class Step:
 
 @dataclass
 class Beam:
-    """A partial solution: its steps, the latest score of each, and the tokens each step cost."""
+    """A partial solution: its steps and the tokens each cost; `scores` are the latest scores of its
+    paragraphs (the text split at "\\n\\n", what the step scores aggregate over) and `step_scores`
+    the same scores grouped by the step that wrote each paragraph."""
 
     steps: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    step_scores: list[list[float]] = field(default_factory=list)
     step_tokens: list[int] = field(default_factory=list)
     ending: str | None = None
     last_step_empty: bool = False
@@ -117,10 +129,9 @@ class Beam:
         return aggregate_step_scores(self.scores, how)
 
     def grown(self, step: Step) -> Beam:
-        """A copy with `step` appended (its lookahead is not kept)."""
+        """A copy with `step` appended (its lookahead is not kept), to be scored anew."""
         return Beam(
             steps=[*self.steps, step.text],
-            scores=list(self.scores),
             step_tokens=[*self.step_tokens, step.tokens],
             ending=step.ending,
             last_step_empty=step.text == "",
@@ -137,6 +148,28 @@ def split_steps(text: str) -> list[str]:
     parts = text.split(STEP_DELIMITER)
     steps = [p + STEP_DELIMITER for p in parts[:-1]]
     return steps + [parts[-1]] if parts[-1] or not steps else steps
+
+
+def paragraphs(text: str, split: str) -> list[str]:
+    """What a scorer rates: the whole text split at "\\n\\n", as every PRM of the reference splits it
+    (`ans.split("\\n\\n")`). After a kept "\\n\\n" that leaves an empty last paragraph, which the
+    reference scores too (`reference`); `real_last` drops it, so the last score is the real last step's."""
+    parts = text.split(STEP_DELIMITER)
+    if split == "real_last" and len(parts) > 1 and not parts[-1]:
+        parts.pop()
+    return parts
+
+
+def scores_by_step(steps: Sequence[str], parts: Sequence[str], scores: Sequence[float]) -> list[list[float]]:
+    """Each paragraph's score under the step its first character belongs to; an empty last paragraph
+    and lookahead paragraphs (past the kept text) go to the last step."""
+    starts = list(itertools.accumulate((len(s) for s in steps[:-1]), initial=0))
+    grouped: list[list[float]] = [[] for _ in steps]
+    offset = 0
+    for part, score in zip(parts, scores, strict=True):
+        grouped[max(0, bisect.bisect_right(starts, offset) - 1)].append(score)
+        offset += len(part) + len(STEP_DELIMITER)
+    return grouped
 
 
 def step_ending(completion: Completion) -> str:
@@ -169,9 +202,9 @@ class Searcher:
         self.usage = sum_usage([self.usage, usage])
 
     def request_seed(self, key: tuple) -> int | None:
-        """A vLLM seed per (run seed, repeat, request key), so that cycled copies of a beam sample apart."""
+        """A vLLM seed per (problem seed, request key), so that cycled copies of a beam sample apart."""
         seed = self.sampling.seed
-        return None if seed is None else zlib.crc32(repr((seed, self.sampling.repeat_id, key)).encode()) & 0x7FFFFFFF
+        return None if seed is None else zlib.crc32(repr((seed, key)).encode()) & 0x7FFFFFFF
 
     async def _continue(self, text: str, *, temperature: float, final: bool, key: tuple) -> Completion:
         completion = await self.client.complete(
@@ -203,28 +236,27 @@ class Searcher:
     async def finish(self, beam: Beam, *, key: tuple) -> Beam:
         """`beam` continued to the end of the sequence in one step, and scored."""
         grown = beam.grown(await self.next_step(beam.text, final=True, key=key))
-        grown.scores = await self.score(grown.steps, grown.scores)
+        await self.rate(grown)
         return grown
 
-    async def score(self, steps: Sequence[str], previous: Sequence[float]) -> list[float]:
-        """Scores of every step of `steps`. A scorer that rates only the last step (the judge) keeps
-        the earlier steps' `previous` scores; a PRM rescores them all."""
-        # Scorers read steps without their delimiter, as tracks keep them (engine.reasoning.scoring.ScoreQuery).
-        bodies = tuple(s.removesuffix(STEP_DELIMITER) for s in steps)
-        scored = await self.scorer.score(ScoreQuery(self.problem, self.messages, bodies))
+    async def rate(self, beam: Beam, lookahead: str = "") -> None:
+        """Score `beam`'s whole text (and `lookahead`, which is not kept) as the reference's PRMs read
+        a solution: split at "\\n\\n" (`paragraphs`), one score per paragraph, every paragraph rescored;
+        a step of several paragraphs (the last one runs to the end) gets a score for each."""
+        parts = paragraphs(beam.text + lookahead, self.settings.prm_split)
+        scored = await self.scorer.score(ScoreQuery(self.problem, self.messages, tuple(parts)))
         self._count(scored.usage)
-        if len(scored.values) == len(steps):
-            return list(scored.values)
-        if len(scored.values) == 1:
-            return [*previous[: len(steps) - 1], scored.values[0]]
-        raise ValueError(f"the scorer rated {len(scored.values)} of {len(steps)} steps; expected 1 or all")
+        if len(scored.values) != len(parts):
+            raise ValueError(f"the scorer rated {len(scored.values)} of {len(parts)} steps; a search needs all")
+        beam.scores = list(scored.values)
+        beam.step_scores = scores_by_step(beam.steps, parts, beam.scores)
 
     async def scored_candidate(self, beam: Beam, step: Step) -> Beam:
         """`beam` grown by `step`, scored on the step plus its lookahead (search-and-learn's beam
         search generated the lookahead but scored without it, see seed-algorithms-2.md 2.10; DVTS
         scored with it, which is what the lookahead is for)."""
         grown = beam.grown(step)
-        grown.scores = await self.score([*beam.steps, step.text + step.lookahead], beam.scores)
+        await self.rate(grown, step.lookahead)
         return grown
 
     @staticmethod
@@ -236,22 +268,29 @@ class Searcher:
 
 
 def best_index(beams: Sequence[Beam], how: str) -> int:
-    """The top-scored beam; the first of equals."""
+    """The top-scored beam; the first of equals (the reference's `np.argmax`)."""
     return max(range(len(beams)), key=lambda i: (beams[i].score(how), -i))
 
 
 def completion_tracks(
     beams: Sequence[Beam], *, mode: str, how: str, writer: str = "small", choices: bool = False
 ) -> list[TrackRecord]:
-    """The completions as track records, in order: steps with their scores and tokens, the answer,
-    and the aggregate score in `TrackRecord.score`."""
+    """The completions as track records, in order: steps with their tokens and the score of the
+    last paragraph each wrote (all of them in `detail` when it wrote several), the answer, and the
+    aggregate score in `TrackRecord.score`."""
     tracks = []
     for i, beam in enumerate(beams):
+        step_scores = beam.step_scores or [[] for _ in beam.steps]
         steps = [
-            StepRecord(index=j, text=text, writer=writer, tokens=tokens, score=score)
-            for j, (text, tokens, score) in enumerate(
-                zip(beam.steps, beam.step_tokens, _aligned(beam.scores, len(beam.steps)), strict=True)
+            StepRecord(
+                index=j,
+                text=text,
+                writer=writer,
+                tokens=tokens,
+                score=scores[-1] if scores else None,
+                detail={"paragraph_scores": scores} if len(scores) > 1 else None,
             )
+            for j, (text, tokens, scores) in enumerate(zip(beam.steps, beam.step_tokens, step_scores, strict=True))
         ]
         tokens = sum(beam.step_tokens)
         tracks.append(
@@ -268,8 +307,3 @@ def completion_tracks(
             )
         )
     return tracks
-
-
-def _aligned(scores: Sequence[float], steps: int) -> list[float | None]:
-    """Scores aligned to the last steps (a judge in best-of-N rates only the last step)."""
-    return [None] * (steps - len(scores)) + list(scores[-steps:] if steps else [])

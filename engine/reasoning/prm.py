@@ -153,10 +153,24 @@ def good_token_probability(top: dict[str, float]) -> float:
 POOLING_ARCHITECTURES = ("ForProcessRewardModel", "ForRewardModel", "ForTokenClassification")
 
 
+# PRMs search-and-learn reads in a format of their own, which neither kind here is: read as "token"
+# they would give numbers, but not the model's scores (seed-algorithms-2.md 2.8).
+FOREIGN_PRMS = {
+    "math-shepherd": 'a " ки" tag before each "\\n\\n" and two fixed token ids',
+    "skywork": 'steps split at a single "\\n" and a value head',
+}
+
+
 @functools.cache
 def prm_kind_of(model: str) -> str:
     """ "pooling" or "token", from the `architectures` of the model's config (a local folder or a
-    Hugging Face id this machine can reach)."""
+    Hugging Face id this machine can reach). A PRM read in a format of its own is refused."""
+    for name, format_ in FOREIGN_PRMS.items():
+        if name in model.lower():
+            raise UsageError(
+                f"the PRM {model!r} is read by search-and-learn with {format_}, which spectra does not do; "
+                "use another PRM, or give --prm_kind pooling or token to read it that way anyway"
+            )
     from transformers import AutoConfig  # heavy import, needed only when a run starts
 
     try:

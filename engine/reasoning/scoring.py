@@ -12,12 +12,14 @@ models); policies and search strategies share it.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.data.prompts import PromptSet
-from engine.records import ModelUsage
+from engine.records import ModelUsage, sum_usage
 from engine.serving.chat import Message
 from engine.serving.models import NO_SPECIAL_TOKENS, Model, usage_of
 
@@ -149,3 +151,26 @@ class JudgeScorer:
             distribution=score.distribution,
             usage={self.model.role: usage_of(judged)},
         )
+
+
+class EveryStepJudge:
+    """The judge asked about every step of a solution, one request per step, as a process reward
+    model scores every step: so `last`, `min` and `prod` aggregate real step scores. A step's verdict
+    depends only on the steps up to it, so each prefix is judged once per problem (the search asks
+    about the same prefixes again as a beam grows) and the server's prefix cache shares the rest."""
+
+    name = "judge"
+
+    def __init__(self, judge: JudgeScorer):
+        self.judge = judge
+        self.known: dict[tuple[str, ...], float] = {}
+
+    async def score(self, query: ScoreQuery) -> ScoredSteps:
+        prefixes = [query.steps[: i + 1] for i in range(len(query.steps))]
+        missing = list(dict.fromkeys(p for p in prefixes if p not in self.known))
+        async with asyncio.TaskGroup() as group:
+            asked = [group.create_task(self.judge.score(dataclasses.replace(query, steps=p))) for p in missing]
+        verdicts = [task.result() for task in asked]
+        for prefix, verdict in zip(missing, verdicts, strict=True):
+            self.known[prefix] = verdict.values[0]
+        return ScoredSteps(values=[self.known[p] for p in prefixes], usage=sum_usage([v.usage for v in verdicts]))

@@ -70,12 +70,14 @@ def refuse_split_flags_elsewhere(runner: str, args: argparse.Namespace) -> None:
 
 
 SEARCH_APPROACHES = ("best_of_n", "beam_search", "dvts")
-# search-and-learn: the small model writes (`model_path`), sampling at 0.8 / 1.0, its system prompt.
+# search-and-learn: the small model writes (`model_path`), sampling at 0.8 / 1.0, its system prompt,
+# seed 0 as its recipes set it.
 SEARCH_PLAN = {
     "policy": "small",
     "answer_model": "small",
     "temperature": 0.8,
     "top_p": 1.0,
+    "seed": 0,
     "max_step_tokens": 2048,
     "prompt_set": "search",
 }

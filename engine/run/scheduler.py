@@ -4,6 +4,12 @@ Concurrency lives here and in the client only. Problems start in order, at most
 `max_problems_in_flight` at a time; the tracks of all problems share one limit of
 `max_tracks_in_flight` (a semaphore the strategies hold while a track runs); each model client
 bounds requests per endpoint. A problem's record is handed to `on_record` as soon as it is done.
+
+An error inside one problem ends that problem, never the run: as a track contains its errors (the
+vote strategy goes on without it), the scheduler contains whatever a strategy's `solve` raises (a
+search's scorer, a server that fails for good on this problem) in a record with its `failure`,
+which a resumed run redoes. Only errors meant for the user (bad input, a server spectra started
+died, SIGTERM) end the run.
 """
 
 from __future__ import annotations
@@ -12,14 +18,19 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import structlog
+
 from engine.data.problems import Problem
 from engine.data.prompts import PromptSet
+from engine.errors import ServerError, SpectraError
 from engine.logging import bind_context
 from engine.reasoning.strategies import STRATEGIES
 from engine.reasoning.strategies.base import SolveContext
 from engine.records import ProblemRecord
 from engine.run.config import RunConfig
 from engine.serving.models import Model
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,4 +98,27 @@ class Scheduler:
             config_digest=self.digest,
             probing=config.probing,
         )
-        return await STRATEGIES[self.config.strategy].solve(context)
+        try:
+            return await STRATEGIES[config.strategy].solve(context)
+        except Exception as exc:  # a bug or an unexpected answer must not end the whole run
+            # A strategy's TaskGroup wraps what its requests raised: the first error tells.
+            errors = leaves(exc)
+            if any(isinstance(e, SpectraError) and not isinstance(e, ServerError) for e in errors):
+                raise
+            if not isinstance(errors[0], ServerError):
+                log.exception("problem_error")
+            return failed_record(context, errors[0])
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    """The errors inside (nested) exception groups, in order; the error itself when it is none."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]
+
+
+def failed_record(context: SolveContext, error: BaseException) -> ProblemRecord:
+    """The record of a problem its strategy could not solve: no answer, the error's kind and message."""
+    failure = {"kind": type(error).__name__, "message": str(error)}
+    log.warning("problem_failed", **failure)
+    return context.record(answer=None, aggregation="failed", failure=failure)

@@ -87,8 +87,8 @@ class RunStore:
     @staticmethod
     def finished_keys(folder: Path, manifest: dict[str, Any], *, overwrite: bool = False) -> set[tuple[str, int]]:
         """The (problem, repeat) pairs a run in `folder` has finished, read without writing anything.
-        A record whose tracks all failed is not finished: the next run redoes it (and its new line
-        supersedes the old one).
+        A failed record (its strategy failed, or all its tracks) is not finished: the next run redoes
+        it (and its new line supersedes the old one).
 
         Raises UsageError when the folder holds a run of another config and `overwrite` is off.
         """
@@ -144,14 +144,14 @@ class RunStore:
 
     def append(self, record: ProblemRecord) -> None:
         append_record(self.records_path, record)
-        if not record.all_tracks_failed:
+        if not record.failed:
             self.done.add(record.key)
 
 
 def finished_keys(records: list[ProblemRecord]) -> set[tuple[str, int]]:
-    """The keys whose latest record is finished (not every track failed)."""
+    """The keys whose latest record is finished (not failed)."""
     latest = {r.key: r for r in records}
-    return {key for key, r in latest.items() if not r.all_tracks_failed}
+    return {key for key, r in latest.items() if not r.failed}
 
 
 def _shard_name(manifest: dict[str, Any]) -> str:

@@ -41,7 +41,8 @@ def check_records_of(folder, problems, n, agg="last"):
     for record in records:
         assert len(record.tracks) == n
         for track in record.tracks:
-            scores = [s.score for s in track.steps]
+            # Every paragraph of the text is scored; a step of several keeps all its scores in `detail`.
+            scores = [v for s in track.steps for v in (s.detail or {}).get("paragraph_scores", [s.score])]
             assert track.steps and all(0.0 <= v <= 1.0 for v in scores)
             assert track.score == pytest.approx(aggregate_step_scores(scores, agg))
             assert track.thinking_tokens == sum(s.tokens for s in track.steps) > 0
@@ -65,10 +66,11 @@ async def test_search_against_the_pooling_prm(vllm_servers, prm_server, tmp_path
             assert record.usage["small"].requests == 4 == record.usage["prm"].requests
             assert record.usage["small"].completion_tokens == sum(t.thinking_tokens for t in record.tracks)
         else:
-            # Lookahead tokens are generated and counted, never kept.
+            # Lookahead tokens are generated and counted, never kept (whether a step of random text
+            # ends at "\n\n", so that a lookahead follows, depends on the seeds).
             kept = sum(t.thinking_tokens for t in record.tracks)
-            assert record.usage["small"].completion_tokens > 0 and record.usage["small"].requests > 4
-            assert kept > 0
+            assert record.usage["small"].requests >= 4 and kept > 0
+            assert record.usage["small"].completion_tokens > 0
     run = load_run(out)
     result = summary.summarize_run(run, summary.grade_run(run)).search
     assert result is not None and set(result.accuracy_at_k["weighted"]) == {1, 2, 4}

@@ -179,29 +179,31 @@ async def test_a_closed_port_is_retried_past_max_attempts_until_the_deadline(ses
     with pytest.raises(RetryableServerError, match="127.0.0.1:9") as caught:
         await client.complete("p", max_tokens=1)
     assert caught.value.unavailable
-    assert 1.0 - 0.1 <= time.monotonic() - started <= 1.0 + 0.3
+    # until the 1 s deadline, not forever (a loaded machine only makes the last attempt later)
+    assert 1.0 - 0.1 <= time.monotonic() - started <= 1.0 + 2.0
     assert client.stats.retries > 5 and client.stats.failures == 1
 
 
 async def test_a_server_back_on_its_port_is_found_by_health_polls_before_the_backoff_ends(session, monkeypatch):
-    # Always the top of the jitter range, so the backoff is known: 0.5, 1, 2, 4 s after attempts 1-4.
+    # Always the top of the jitter range, so the backoff is known: 2, 4, 8 s after attempts 1-3.
     monkeypatch.setattr("tenacity.wait.random.uniform", lambda low, high: high)
-    limits = ClientLimits(max_attempts=1, backoff_initial_s=0.5, backoff_max_s=30.0, health_poll_s=0.1)
+    limits = ClientLimits(max_attempts=1, backoff_initial_s=2.0, backoff_max_s=30.0, health_poll_s=0.1)
     port = free_port()
     client = ModelClient(session, "fake-model", [f"http://127.0.0.1:{port}"], limits)
     started = time.monotonic()
     requests = [asyncio.create_task(client.complete("p", max_tokens=2)) for _ in range(10)]
-    await asyncio.sleep(2.5)  # refused at 0, 0.5 and 1.5 s; the next attempt is due at 3.5 s
+    await asyncio.sleep(2.5)  # refused at 0 and 2 s; the next attempt is due at 6 s
     assert not any(r.done() for r in requests)
     async with FakeOpenAIServer(lambda body: Reply(text="back"), port=port) as server:
         results = await asyncio.gather(*requests)
         back_after = time.monotonic() - started
     assert [r.text for r in results] == ["back"] * 10
-    assert all(r.attempts == 4 for r in results), "the attempt cap of 1 does not apply to refused connections"
-    assert back_after < 3.2, "the retry waited for the backoff instead of the health poll"
+    assert all(r.attempts == 3 for r in results), "the attempt cap of 1 does not apply to refused connections"
+    # 3.5 s of slack before the backoff's attempt: a loaded machine does not make this fail.
+    assert back_after < 6.0, "the retry waited for the backoff instead of the health poll"
     assert len(server.requests) == 10 and server.health_checks >= 1
     # One probe per poll interval for all ten waiting requests, not one each.
-    assert client.stats.health_probes <= 2.5 / 0.1 + 5
+    assert client.stats.health_probes <= back_after / 0.1 + 5
 
 
 async def test_a_closed_port_is_passed_over_for_its_live_twin(session):

@@ -13,6 +13,7 @@ from engine.reasoning.confidence import (
     trace_confidence,
 )
 from engine.reasoning.policies.single import SingleModelSettings
+from engine.reasoning.seeds import track_seed
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies.deepconf import DeepConfSettings
 from engine.run.config import ModelConfig, RunConfig, SchedulerLimits
@@ -49,16 +50,19 @@ def logprobs_of(confidence):
     }
 
 
+TRACK_OF_SEED = {track_seed(0, PROBLEM.id, 0, t): t for t in range(16)}
+
+
 class Traces:
-    """Track t (its seed // SEED_STRIDE, base seed 0) writes `steps` steps, the last stating
-    answers[t]; every token of its steps has confidence confidences[t]."""
+    """Track t (known by its seed, base seed 0) writes `steps` steps, the last stating answers[t];
+    every token of its steps has confidence confidences[t]."""
 
     def __init__(self, answers, confidences, steps=1):
         self.answers, self.confidences, self.steps = answers, confidences, steps
         self.asked = []
 
     def __call__(self, body):
-        track = body["seed"] // SEED_STRIDE
+        track = TRACK_OF_SEED[body["seed"] // SEED_STRIDE]
         self.asked.append((track, body.get("logprobs")))
         _, found, reasoning = body["prompt"].rpartition("<think>")
         index = reasoning.count("\n\n") if found else 0  # a first step has no `<think>` yet

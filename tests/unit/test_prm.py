@@ -7,8 +7,8 @@ import re
 import aiohttp
 import pytest
 
-from engine.errors import ServerError
-from engine.reasoning.prm import QWEN_PRM_SYSTEM, PRMScorer, TokenPRMScorer, good_token_probability
+from engine.errors import ServerError, UsageError
+from engine.reasoning.prm import QWEN_PRM_SYSTEM, PRMScorer, TokenPRMScorer, good_token_probability, prm_kind_of
 from engine.reasoning.scoring import ScoreQuery, aggregate_step_scores
 from engine.serving.chat import ChatFormat, Message
 from engine.serving.client import ModelClient
@@ -85,3 +85,11 @@ def test_aggregate_step_scores(how, expected):
     assert aggregate_step_scores([0.8, 0.2, 0.5], how) == pytest.approx(expected)
     with pytest.raises(ValueError):
         aggregate_step_scores([], how)
+
+
+@pytest.mark.parametrize(
+    "model", ["peiyi9979/math-shepherd-mistral-7b-prm", "Skywork/Skywork-o1-Open-PRM-Qwen-2.5-1.5B"]
+)
+def test_auto_kind_refuses_prms_read_in_a_format_of_their_own(model):
+    with pytest.raises(UsageError, match="give --prm_kind pooling or token to read it that way anyway"):
+        prm_kind_of(model)

@@ -6,6 +6,7 @@ import dataclasses
 from engine.data.problems import Problem
 from engine.data.prompts import load_prompt_set
 from engine.reasoning.method_selection import parse_codes, select_methods, selector_max_tokens
+from engine.reasoning.seeds import track_seed
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies.track_group import plan_tracks
 from engine.reasoning.strategies.vote import VoteSettings
@@ -31,51 +32,61 @@ def config(max_tracks_in_flight=64, max_problems_in_flight=8, **vote):
     )
 
 
-def plan(cfg, prompts, methods=None, repeat_id=0):
+def plan(cfg, prompts, methods=None, repeat_id=0, problem_id="0"):
     settings = cfg.strategy_settings
     return plan_tracks(
         settings.tracks,
         prompts,
         policy=cfg.policy,
         base_seed=0,
+        problem_id=problem_id,
         repeat_id=repeat_id,
         use_role_prompts=settings.use_role_prompts,
         methods=methods,
     )
 
 
+# Every track seed of the test problems (run seed 0), to read a request's track back from its seed.
+TRACK_OF_SEED = {track_seed(0, str(p), r, t): t for p in range(30) for r in range(2) for t in range(16)}
+
+
 def track_of(body):
-    return body["seed"] // SEED_STRIDE
+    return TRACK_OF_SEED[body["seed"] // SEED_STRIDE]
 
 
-def scripted_tracks(answers, delays):
+def scripted_tracks(answers, holds=None):
     """Track t writes its whole reasoning in one request (SpecLRM's scale_reason), answering
-    answers[t] after delays[t] seconds."""
+    answers[t]; with `holds`, track t answers only once the event holds[t] is set (None: at once)."""
 
     def respond(body):
         t = track_of(body)
         assert "stop" not in body, "the single-model policy makes one request with no step stops"
-        return Reply(text=f"thinking</think>\\boxed{{{answers[t]}}}", delay_s=delays[t])
+        after = holds[t] if holds else None
+        return Reply(text=f"thinking</think>\\boxed{{{answers[t]}}}", after=after)
 
     return respond
 
 
-async def run_scheduler(make_models, responder, cfg, problems):
+def never():
+    """An event nobody sets: a track that holds until it is cancelled."""
+    return asyncio.Event()
+
+
+async def run_scheduler(make_models, responder, cfg, problems, gate_in_flight=None):
     records = []
-    async with FakeOpenAIServer(responder) as big:
+    async with FakeOpenAIServer(responder, gate_in_flight=gate_in_flight) as big:
         models = make_models(big=big)
         scheduler = Scheduler(
             cfg, models, load_prompt_set(cfg.prompt_set), run_id="r", dataset="d", on_record=records.append
         )
         await scheduler.run([WorkItem(p, 0) for p in problems])
-        await asyncio.sleep(0.05)  # let the server notice closed connections
+        await big.quiet()  # the server has seen every closed connection
     return records, big
 
 
 async def test_tracks_in_flight_never_exceed_the_limit(make_models):
     cfg = config(tracks=4, max_tracks_in_flight=3, max_problems_in_flight=2)
-    responder = scripted_tracks(["1"] * 4, [0.03] * 4)
-    records, big = await run_scheduler(make_models, responder, cfg, PROBLEMS)
+    records, big = await run_scheduler(make_models, scripted_tracks(["1"] * 4), cfg, PROBLEMS, gate_in_flight=3)
     assert big.peak_in_flight == 3
     assert sorted(r.problem_id for r in records) == [p.id for p in PROBLEMS]
     assert all(len(r.tracks) == 4 and r.answer == "1" and not r.early_stopped for r in records)
@@ -86,7 +97,7 @@ async def test_thirty_problems_of_eight_tracks_never_open_more_requests_than_con
     cfg = config(tracks=8, max_tracks_in_flight=12, max_problems_in_flight=4)
     limits = dataclasses.replace(FAST_LIMITS, max_in_flight_per_endpoint=5)
     records = []
-    async with FakeOpenAIServer(scripted_tracks(["1"] * 8, [0.005] * 8)) as big:
+    async with FakeOpenAIServer(scripted_tracks(["1"] * 8), gate_in_flight=5) as big:
         scheduler = Scheduler(
             cfg,
             make_models(big=big, limits=limits),
@@ -103,7 +114,7 @@ async def test_thirty_problems_of_eight_tracks_never_open_more_requests_than_con
 
 async def test_problems_start_in_order(make_models):
     cfg = config(tracks=1, max_problems_in_flight=1)
-    records, big = await run_scheduler(make_models, scripted_tracks(["1"], [0.0]), cfg, PROBLEMS)
+    records, big = await run_scheduler(make_models, scripted_tracks(["1"]), cfg, PROBLEMS)
     first_prompt_of = [
         next(i for i, b in enumerate(big.requests) if f"What is {p.id} + " in b["prompt"]) for p in PROBLEMS
     ]
@@ -113,8 +124,11 @@ async def test_problems_start_in_order(make_models):
 
 async def test_early_stop_cancels_the_tracks_that_cannot_change_the_answer(make_models):
     cfg = config(tracks=5, early_stop=True)
-    responder = scripted_tracks(["7", "7", "7", "8", "8"], [0.0, 0.0, 0.0, 30.0, 30.0])
-    records, big = await run_scheduler(make_models, responder, cfg, PROBLEMS[:1])
+    # Tracks 0-2 answer once all five requests are at the server; tracks 3 and 4 hold until cancelled.
+    hold = [None, None, None, never(), never()]
+    records, big = await run_scheduler(
+        make_models, scripted_tracks(["7", "7", "7", "8", "8"], hold), cfg, PROBLEMS[:1], gate_in_flight=5
+    )
     (record,) = records
     assert record.answer == "7" and record.early_stopped
     assert record.cancelled_tracks == [3, 4]
@@ -127,25 +141,25 @@ async def test_early_stop_cancels_the_tracks_that_cannot_change_the_answer(make_
 
 async def test_without_early_stop_every_track_finishes(make_models):
     cfg = config(tracks=3)
-    records, big = await run_scheduler(make_models, scripted_tracks(["7", "7", "8"], [0, 0, 0.1]), cfg, PROBLEMS[:1])
+    records, big = await run_scheduler(make_models, scripted_tracks(["7", "7", "8"]), cfg, PROBLEMS[:1])
     assert records[0].cancelled_tracks == [] and records[0].votes == {"7": 2.0, "8": 1.0}
     assert big.disconnects == 0
 
 
 async def test_tracks_in_flight_bounds_the_tracks_of_each_problem_and_starts_them_in_order(make_models):
     cfg = config(tracks=5, tracks_in_flight=2)
-    records, big = await run_scheduler(make_models, scripted_tracks(["7"] * 5, [0.02] * 5), cfg, PROBLEMS[:1])
+    records, big = await run_scheduler(make_models, scripted_tracks(["7"] * 5), cfg, PROBLEMS[:1], gate_in_flight=2)
     assert big.peak_in_flight == 2
     assert [track_of(b) for b in big.requests] == [0, 1, 2, 3, 4]
     assert [t.finish_reason for t in records[0].tracks] == ["answer"] * 5 and not records[0].early_stopped
     # the window is per problem: two problems at once have four tracks in flight
-    records, big = await run_scheduler(make_models, scripted_tracks(["7"] * 5, [0.05] * 5), cfg, PROBLEMS[:2])
+    records, big = await run_scheduler(make_models, scripted_tracks(["7"] * 5), cfg, PROBLEMS[:2], gate_in_flight=4)
     assert big.peak_in_flight == 4 and len(records) == 2
 
 
-def chained_tracks(answer, hold_last_s):
+def chained_tracks(answer):
     """Track t > 0 answers once track t + 1's request has arrived, so the window has started
-    every track up to the last one before the third answer; the last track holds for good."""
+    every track up to the last one before the third answer; the last track holds until cancelled."""
     arrived: dict[int, asyncio.Event] = {}
 
     def respond(body):
@@ -154,7 +168,7 @@ def chained_tracks(answer, hold_last_s):
         if t == 0:
             return Reply(text=f"thinking</think>\\boxed{{{answer}}}")
         if t == 3:
-            return Reply(text="never sent", delay_s=hold_last_s)
+            return Reply(text="never sent", after=never())
         return Reply(text=f"thinking</think>\\boxed{{{answer}}}", after=arrived.setdefault(t + 1, asyncio.Event()))
 
     return respond
@@ -162,7 +176,7 @@ def chained_tracks(answer, hold_last_s):
 
 async def test_early_stop_skips_the_tracks_the_window_has_not_started(make_models):
     cfg = config(tracks=5, tracks_in_flight=2, early_stop=True)
-    responder = chained_tracks("7", hold_last_s=30.0)
+    responder = chained_tracks("7")
     records, big = await run_scheduler(make_models, responder, cfg, PROBLEMS[:1])
     (record,) = records
     # three "7" against the two open tracks settle it: track 3 was running, track 4 never started
@@ -178,7 +192,7 @@ async def test_early_stop_skips_the_tracks_the_window_has_not_started(make_model
 
 async def test_confident_early_stop_sends_no_request_for_later_tracks(make_models):
     cfg = config(tracks=8, tracks_in_flight=1, early_stop=True, early_stop_confidence=0.9)
-    records, big = await run_scheduler(make_models, scripted_tracks(["7"] * 8, [0.0] * 8), cfg, PROBLEMS[:1])
+    records, big = await run_scheduler(make_models, scripted_tracks(["7"] * 8), cfg, PROBLEMS[:1])
     (record,) = records
     # P(leader ahead) after 1, 2, 3 agreeing votes: 0.75, 0.875, 0.9375: the fourth track never starts
     assert [track_of(b) for b in big.requests] == [0, 1, 2]
@@ -188,7 +202,7 @@ async def test_confident_early_stop_sends_no_request_for_later_tracks(make_model
 
 async def test_confidence_waits_while_the_answers_disagree(make_models):
     cfg = config(tracks=4, tracks_in_flight=1, early_stop=True, early_stop_confidence=0.9)
-    responder = scripted_tracks(["7", "8", "7", "7"], [0.0] * 4)
+    responder = scripted_tracks(["7", "8", "7", "7"])
     records, big = await run_scheduler(make_models, responder, cfg, PROBLEMS[:1])
     # (1, 1), (2, 1) = 0.6875: not confident; then three "7" against one "8" and no open track
     assert len(big.requests) == 4 and records[0].cancelled_tracks == [] and records[0].answer == "7"
@@ -200,7 +214,18 @@ def test_roles_are_assigned_round_robin_and_seeds_differ():
     roles = list(prompts.roles)
     assert [s.role for s in setups] == [roles[i % len(roles)] for i in range(7)]
     assert [s.instruction for s in setups] == [prompts.roles[s.role] for s in setups]
-    assert len({s.seed for s in setups}) == 7 and setups[0].seed == 2000
+    assert len({s.seed for s in setups}) == 7
+
+
+def test_track_seeds_fold_in_the_problem_and_the_repeat():
+    seeds = {
+        (problem, repeat): [s.seed for s in plan(config(tracks=3), load_prompt_set("roles"), None, repeat, problem)]
+        for problem in ("0", "1")
+        for repeat in (0, 1)
+    }
+    # Track k of two problems (or two repeats) never shares a seed: each draws its own randomness.
+    assert len({seed for track_seeds in seeds.values() for seed in track_seeds}) == 12
+    assert seeds[("1", 0)] == [s.seed for s in plan(config(tracks=3), load_prompt_set("roles"), None, 0, "1")]
 
 
 def test_plain_tracks_have_no_instruction():
@@ -289,7 +314,7 @@ async def test_a_track_that_raises_fails_alone_and_the_problem_is_still_voted(ma
 
     monkeypatch.setattr(SolveContext, "new_policy", new_policy)
     cfg = config(tracks=3)
-    records, _ = await run_scheduler(make_models, scripted_tracks(["7", "7", "7"], [0, 0, 0]), cfg, PROBLEMS[:1])
+    records, _ = await run_scheduler(make_models, scripted_tracks(["7", "7", "7"]), cfg, PROBLEMS[:1])
     (record,) = records
     assert [t.finish_reason for t in record.tracks] == ["answer", "failed", "answer"]
     assert record.tracks[1].error == "ZeroDivisionError: a bug in one track"

@@ -1,10 +1,21 @@
 """Scores from the big model's top logprobs (SpecReason's greedy and average)."""
 
+import dataclasses
 import math
 
 import pytest
 
-from engine.reasoning.scoring import digit_distribution, score_from_logprobs
+from engine.data.prompts import load_prompt_set
+from engine.reasoning.scoring import (
+    EveryStepJudge,
+    JudgeScorer,
+    ScoreQuery,
+    aggregate_step_scores,
+    digit_distribution,
+    score_from_logprobs,
+)
+from engine.serving.chat import Message
+from tests.fake_openai import FakeOpenAIServer, Reply
 
 TOP = {"7": math.log(0.5), "8": math.log(0.3), " the": math.log(0.15), "2": math.log(0.05)}
 
@@ -38,3 +49,23 @@ def test_digit_tokens_with_spaces_merge():
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="unknown score method"):
         score_from_logprobs("7", TOP, "median")
+
+
+async def test_every_step_judge_asks_once_per_step_prefix_and_scores_every_step(make_models):
+    # The judge rates step k by the steps it reads: s2 is the slip (0), the others are sound (9).
+    def judge(body):
+        judged = max(k for k in range(1, 5) if f"s{k}\n\n" in body["prompt"])
+        digit = "0" if judged == 2 else "9"
+        return Reply(text=digit, top_logprobs=[{digit: 0.0}])
+
+    prompts = load_prompt_set("default")
+    async with FakeOpenAIServer(judge) as big:
+        inner = JudgeScorer(make_models(big=big)["big"], prompts, method="average", delimiter="\n\n")
+        scorer = EveryStepJudge(inner)
+        query = ScoreQuery("What is 1 + 1?", (Message("user", "What is 1 + 1?"),), ("s1", "s2", "s3"))
+        first = await scorer.score(query)
+        grown = await scorer.score(dataclasses.replace(query, steps=("s1", "s2", "s3", "s4")))
+    assert first.values == [1.0, 0.0, 1.0] and grown.values == [1.0, 0.0, 1.0, 1.0]
+    # min sees the slip the last step hides; the grown solution's first three steps were not asked again
+    assert aggregate_step_scores(first.values, "last") == 1.0 and aggregate_step_scores(first.values, "min") == 0.0
+    assert len(big.requests) == 4 and first.usage["big"].requests == 3 and grown.usage["big"].requests == 1

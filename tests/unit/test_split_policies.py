@@ -11,8 +11,9 @@ from engine.data.problems import Problem
 from engine.data.prompts import load_prompt_set
 from engine.errors import ServerError, UsageError
 from engine.reasoning.policies.logprob_subselect import SubselectSettings, mean_logprob
-from engine.reasoning.policies.random_switch import RandomSwitchSettings
+from engine.reasoning.policies.random_switch import RandomSwitchPolicy, RandomSwitchSettings
 from engine.reasoning.policies.spec_reason import _token_prefixes
+from engine.reasoning.seeds import track_seed
 from engine.reasoning.settings import ReasoningConfig
 from engine.serving.client import Choice, Completion
 from tests.fake_openai import FakeOpenAIServer, Reply
@@ -83,6 +84,22 @@ async def test_random_switch_draws_each_chunk_writer_from_the_track_seed_until_t
     third = next(b for b in small.steps() + big.steps() if b["max_tokens"] == 2)
     assert third["prompt"].endswith("<think>\n" + record.steps[0].text + record.steps[1].text)
     assert not [b for b in small.steps() + big.steps() if "stop" in b]
+
+
+def switch_writers(problem_id, chunks, ratio=3, seed=7):
+    policy = RandomSwitchPolicy(RandomSwitchSettings(switch_ratio=ratio, switch_chunk=8))
+    return [policy.draw_writer(track_seed(seed, problem_id, 0, 0)) for _ in range(chunks)]
+
+
+def test_random_switch_draws_other_coins_on_every_problem_and_the_big_share_is_one_in_ratio_plus_one():
+    # The run `--random_switch --switch_ratio 3 --seed 7` once gave every problem one writer pattern.
+    patterns = {tuple(switch_writers(str(p), 12)) for p in range(40)}
+    assert len(patterns) > 30
+    chunks = [w for p in range(400) for w in switch_writers(str(p), 16)]
+    share, expected = chunks.count("big") / len(chunks), 1 / (3 + 1)
+    # 6400 draws: the standard error is sqrt(0.25 * 0.75 / 6400) = 0.0054; 4 of them is 0.022.
+    assert abs(share - expected) < 4 * (expected * (1 - expected) / len(chunks)) ** 0.5
+    assert switch_writers("5", 12) == switch_writers("5", 12), "a run is still reproducible"
 
 
 async def test_random_switch_is_reproducible_and_ratio_zero_is_big_only(make_models):

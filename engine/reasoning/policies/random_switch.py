@@ -42,10 +42,15 @@ class RandomSwitchPolicy(NothingAhead):
     # Seeded from the track's seed at its first chunk, so a track's writers are reproducible.
     rng: random.Random | None = field(default=None)
 
-    async def step(self, ctx: StepContext) -> StepOutcome:
+    def draw_writer(self, track_seed: int | None) -> str:
+        """The next chunk's writer. The track's seed folds in the problem's id
+        (`engine.reasoning.seeds`), so every problem draws its own coins."""
         if self.rng is None:
-            self.rng = random.Random(ctx.seed)
-        writer = "big" if self.rng.random() < 1 / (self.settings.switch_ratio + 1) else "small"
+            self.rng = random.Random(track_seed)
+        return "big" if self.rng.random() < 1 / (self.settings.switch_ratio + 1) else "small"
+
+    async def step(self, ctx: StepContext) -> StepOutcome:
+        writer = self.draw_writer(ctx.seed)
         started = time.monotonic()
         # The budget counts the tokens really generated, not the chunk size asked for (the seed's counter).
         completion = await continue_text(

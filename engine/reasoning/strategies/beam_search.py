@@ -3,8 +3,13 @@
 n beams start empty. Each iteration the active beams are cycled to exactly n copies, each writes
 one step (the last iteration writes to the end of the sequence), and is scored; beams whose step
 was empty or ended the sequence are set aside as completed, and the top n / beam_width of the rest
-go on. The result is the first n completed beams (the top n with `sort_completed`), cycled when
-fewer completed.
+go on (n need not be a multiple of beam_width; when n < beam_width all of them go on, as the
+reference's slice `[-0:]` keeps every beam). The result is the first n completed beams (the top n
+with `sort_completed`), cycled when fewer completed.
+
+Every score is of the beam's whole text split at "\\n\\n" (`Searcher.rate`): with `--prm_split
+reference` a step's kept "\\n\\n" leaves an empty last paragraph whose score is the last one, so
+with `--agg_strategy last` every pruning decision rests on that empty step, as in the reference.
 
 Unlike the reference, which generated lookahead steps but scored the beam without them
 (seed-algorithms-2.md 2.10), a candidate is scored on its step plus its lookahead; the lookahead is
@@ -19,7 +24,7 @@ from engine.reasoning.strategies.search import search_strategy
 
 async def beam_search(searcher: Searcher) -> list[Beam]:
     settings = searcher.settings
-    how, keep = settings.agg_strategy, max(1, settings.n // settings.beam_width)
+    how, keep = settings.agg_strategy, settings.n // settings.beam_width
     active, completed = [Beam() for _ in range(settings.n)], []
     for iteration in range(settings.num_iterations):
         final = iteration == settings.num_iterations - 1
@@ -32,7 +37,7 @@ async def beam_search(searcher: Searcher) -> list[Beam]:
         completed += [b for b in grown if b.ended or final]
         active = [b for b in grown if not (b.ended or final)]
         if settings.filter_duplicates:
-            active = list({b.text: b for b in active[::-1]}.values())[::-1]  # the first of equal texts
+            active = first_of_each_text(active)
         if not active:
             break
         active = top_in_order(active, keep, how)
@@ -41,11 +46,20 @@ async def beam_search(searcher: Searcher) -> list[Beam]:
     return cycled(completed[: settings.n], settings.n)
 
 
+def first_of_each_text(beams: list[Beam]) -> list[Beam]:
+    """The first beam of each text, in their order (the reference's `unique_beam_dict`)."""
+    first: dict[str, Beam] = {}
+    for beam in beams:
+        first.setdefault(beam.text, beam)
+    return list(first.values())
+
+
 def top_in_order(beams: list[Beam], keep: int, how: str) -> list[Beam]:
-    """The `keep` top-scored beams, in their own order: the reference marks the others pruned and
-    goes on with the rest as they were, which decides how they are cycled. Of equal scores the
-    earlier beam is kept (the reference's argsort leaves ties unspecified)."""
-    ranked = sorted(range(len(beams)), key=lambda i: (-beams[i].score(how), i))[:keep]
+    """The `keep` top-scored beams (all when `keep` is 0), in their own order: the reference marks
+    the others pruned and goes on with the rest as they were, which decides how they are cycled.
+    Ties as the reference's `np.argsort(scores)[-keep:]` breaks them: of equal scores the later
+    beam is kept (numpy sorts equal values in index order; checked for 4 to 256 beams)."""
+    ranked = sorted(range(len(beams)), key=lambda i: (beams[i].score(how), i))[-keep:]
     return [beams[i] for i in sorted(ranked)]
 
 
@@ -53,5 +67,5 @@ BEAM_SEARCH = search_strategy(
     "beam_search",
     "search-and-learn beam search: N beams, the top N / beam_width go on each step",
     beam_search,
-    split_by_width=True,
+    split_by_width=False,
 )

@@ -13,14 +13,15 @@ from engine.reasoning.strategies.search import search_strategy
 
 
 async def best_of_n(searcher: Searcher) -> list[Beam]:
-    """n solutions to the end of the sequence, each split at "\\n\\n" and scored; in sampling order."""
+    """n solutions to the end of the sequence, each split at "\\n\\n" and scored; in sampling order.
+    A solution that ends with "\\n\\n" has an empty last paragraph, scored too under `--prm_split reference`."""
 
     async def one(index: int) -> Beam:
         step = await searcher.next_step("", final=True, key=("best_of_n", index))
         steps = split_steps(step.text)
         # The solution's tokens belong to its last step: it was generated in one request.
         beam = Beam(steps=steps, step_tokens=[0] * (len(steps) - 1) + [step.tokens], ending=step.ending)
-        beam.scores = await searcher.score(steps, [])
+        await searcher.rate(beam)
         return beam
 
     return await searcher.gather(one(i) for i in range(searcher.settings.n))

@@ -96,6 +96,7 @@ async def solve(ctx: SolveContext) -> ProblemRecord:
         ctx.prompts,
         policy=ctx.policy,
         base_seed=ctx.reasoning.seed,
+        problem_id=ctx.problem.id,
         repeat_id=ctx.repeat_id,
         token_logprobs=settings.deepconf_top_logprobs,
     )

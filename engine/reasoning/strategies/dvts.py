@@ -66,7 +66,7 @@ async def _finish(searcher: Searcher, sibling: Beam, scored_with_lookahead: bool
     if not is_whole(sibling):
         return await searcher.finish(sibling, key=key)
     if scored_with_lookahead:
-        sibling.scores = await searcher.score(sibling.steps, sibling.scores)
+        await searcher.rate(sibling)
     return sibling
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from engine.reasoning.rast_decoding import (
     rast_decode,
 )
 from engine.reasoning.rast_vocab import rast_server_args, shared_token_space
+from engine.reasoning.seeds import problem_seed
 from engine.reasoning.settings import Settings, setting
 from engine.reasoning.strategies.base import SolveContext, StrategySpec
 from engine.records import ProblemRecord, StepRecord, TrackRecord
@@ -85,19 +85,14 @@ def _token_space(base: ChatFormat, positive: ChatFormat, negative: ChatFormat) -
     return shared_token_space({"base": base.tokenizer, "positive": positive.tokenizer, "negative": negative.tokenizer})
 
 
-def sample_seed(base_seed: int | None, problem_id: str, repeat_id: int) -> int:
-    """RAST's runs are seeded per (problem, repeat), so a resumed run redoes a sample identically."""
-    digest = hashlib.sha256(f"{base_seed}:{problem_id}:{repeat_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
-
-
 async def solve(ctx: SolveContext) -> ProblemRecord:
     """One RAST sample of the problem, recorded as one track of one step."""
     settings, problem, models = ctx.settings, ctx.problem, ctx.models
     space = await asyncio.to_thread(_token_space, *(models[role].chat for role in ROLES))
     prompt = ctx.prompts.render_problem(problem.problem, problem.choices)
     prompt_ids = models["base"].chat.tokenizer(prompt)["input_ids"]
-    seed = sample_seed(ctx.reasoning.seed, problem.id, ctx.repeat_id)
+    # Seeded per (problem, repeat) even without --seed, so a resumed run redoes a sample identically.
+    seed = problem_seed(ctx.reasoning.seed, problem.id, ctx.repeat_id)
     rast_models = RastModels(*(models[role].client for role in ROLES))
     await check_raw_logprobs(rast_models, prompt_ids)
     started = time.monotonic()

@@ -18,7 +18,8 @@ from engine.reasoning.beams import (
     completion_tracks,
 )
 from engine.reasoning.prm import PRMScorer, TokenPRMScorer, prm_kind_of
-from engine.reasoning.scoring import JudgeScorer, StepScorer
+from engine.reasoning.scoring import EveryStepJudge, JudgeScorer, StepScorer
+from engine.reasoning.seeds import problem_seed
 from engine.reasoning.strategies.base import SolveContext, StrategySpec
 from engine.reasoning.track import track_messages
 from engine.records import ProblemRecord
@@ -57,6 +58,7 @@ async def solve(ctx: SolveContext, name: str, search: SearchFunction) -> Problem
     """One problem: the search's completions as tracks; the answer is the top-scored one's (search-and-
     learn's `pred`); the record's usage counts every request, lookahead and scoring included."""
     settings, reasoning, writer = ctx.settings, ctx.reasoning, ctx.models[WRITER]
+    seed = None if reasoning.seed is None else problem_seed(reasoning.seed, ctx.problem.id, ctx.repeat_id)
     searcher = Searcher(
         client=writer.client,
         chat=writer.chat,
@@ -64,9 +66,7 @@ async def solve(ctx: SolveContext, name: str, search: SearchFunction) -> Problem
         messages=track_messages(ctx.problem, ctx.prompts, None),
         problem=ctx.problem.problem,
         settings=settings,
-        sampling=Sampling(
-            reasoning.temperature, reasoning.top_p, reasoning.max_step_tokens, reasoning.seed, ctx.repeat_id
-        ),
+        sampling=Sampling(reasoning.temperature, reasoning.top_p, reasoning.max_step_tokens, seed),
         role=WRITER,
     )
     # One problem's search counts as one track of the run's limit; its requests are bounded by the clients.
@@ -81,10 +81,13 @@ async def solve(ctx: SolveContext, name: str, search: SearchFunction) -> Problem
 
 
 async def build_scorer(ctx: SolveContext) -> StepScorer:
-    """The big model's judgement, or the PRM of the kind its config names (or `--prm_kind` says)."""
+    """The big model's judgement of every step, or the PRM of the kind its config names (or
+    `--prm_kind` says)."""
     settings = ctx.settings
     if settings.scorer == "judge":
-        return JudgeScorer(ctx.models["big"], ctx.prompts, method=JUDGE_METHOD, delimiter=STEP_DELIMITER)
+        return EveryStepJudge(
+            JudgeScorer(ctx.models["big"], ctx.prompts, method=JUDGE_METHOD, delimiter=STEP_DELIMITER)
+        )
     kind = settings.prm_kind
     if kind == "auto":
         kind = await asyncio.to_thread(prm_kind_of, ctx.model_ids["prm"])

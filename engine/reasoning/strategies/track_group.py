@@ -16,6 +16,7 @@ import structlog
 
 from engine.data.prompts import PromptSet
 from engine.logging import bind_context
+from engine.reasoning.seeds import track_seed
 from engine.reasoning.strategies.base import SolveContext
 from engine.reasoning.track import TrackSetup, new_track_record
 from engine.records import TrackRecord
@@ -27,25 +28,22 @@ log = structlog.get_logger(__name__)
 OnFinish = Callable[[list[TrackRecord], int], Awaitable[bool]]
 
 
-def track_seed(base_seed: int | None, repeat_id: int, track_id: int) -> int | None:
-    """The seed of one track: distinct per track and repeat (SpecLRM's scheme)."""
-    return None if base_seed is None else base_seed + 1000 * repeat_id + track_id
-
-
 def plan_tracks(
     count: int,
     prompts: PromptSet,
     *,
     policy: str,
     base_seed: int | None,
+    problem_id: str,
     repeat_id: int,
     use_role_prompts: bool = False,
     methods: list[str] | None = None,
     token_logprobs: int | None = None,
 ) -> list[TrackSetup]:
-    """`count` tracks of one problem: methods round-robin when given, else the prompt set's roles
-    round-robin with `use_role_prompts`, else plain tracks; `token_logprobs` asks every track's
-    writer for the top-k logprobs of its tokens (`TrackSetup.token_logprobs`)."""
+    """`count` tracks of one problem, seeded by `engine.reasoning.seeds.track_seed`: methods
+    round-robin when given, else the prompt set's roles round-robin with `use_role_prompts`, else
+    plain tracks; `token_logprobs` asks every track's writer for the top-k logprobs of its tokens
+    (`TrackSetup.token_logprobs`)."""
     roles = list(prompts.require_roles()) if use_role_prompts and not methods else []
     setups = []
     for track_id in range(count):
@@ -59,7 +57,7 @@ def plan_tracks(
                 role=role,
                 method=method,
                 instruction=instruction,
-                seed=track_seed(base_seed, repeat_id, track_id),
+                seed=track_seed(base_seed, problem_id, repeat_id, track_id),
                 token_logprobs=token_logprobs,
             )
         )

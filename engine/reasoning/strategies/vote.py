@@ -80,6 +80,7 @@ async def solve(ctx: SolveContext) -> ProblemRecord:
         ctx.prompts,
         policy=ctx.policy,
         base_seed=ctx.reasoning.seed,
+        problem_id=problem.id,
         repeat_id=ctx.repeat_id,
         use_role_prompts=settings.use_role_prompts,
         methods=choice.methods if choice else None,
