@@ -113,6 +113,13 @@ def is_complete(model_dir: Path, seed: int) -> bool:
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
+    # Repeating the corpus keeps "\n\n" and the math words frequent enough to be merged.
+    return bpe_tokenizer(CORPUS * 4, vocab_size=640, max_positions=MAX_POSITIONS)
+
+
+def bpe_tokenizer(corpus: list[str], *, vocab_size: int, max_positions: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `corpus` as Qwen2's is built (its pre-tokenizer: every
+    digit its own piece), ChatML special tokens, `<think>`/`</think>` added after `vocab_size`."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -125,14 +132,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=640,
+        vocab_size=vocab_size,
         min_frequency=2,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    # Repeating the corpus keeps "\n\n" and the math words frequent enough to be merged.
-    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
     # Not special: thinking-model parsers look for <think> in the decoded text, so it must survive
     # skip_special_tokens, as in Qwen3 and DeepSeek-R1 tokenizers.
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in THINK_TOKENS])
@@ -142,7 +148,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>"],
         chat_template=CHAT_TEMPLATE,
-        model_max_length=MAX_POSITIONS,
+        model_max_length=max_positions,
     )
 
 

@@ -182,34 +182,6 @@ def _padded(state: dict, layers: int, padding: int) -> dict:
 
 def build_toy_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
     """The shared tokenizer, trained on `corpus` (prompt texts, problems, solutions)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from engine.toy.tiny_models import THINK_TOKENS, bpe_tokenizer
 
-    from engine.toy.tiny_models import CHAT_TEMPLATE, QWEN2_SPLIT_PATTERN, SPECIAL_TOKENS, THINK_TOKENS
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(THINK_TOKENS),
-        min_frequency=2,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    # Not special, as in Qwen3 and DeepSeek-R1: reasoning parsers look for them in decoded text.
-    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in THINK_TOKENS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-        chat_template=CHAT_TEMPLATE,
-        model_max_length=MAX_POSITIONS,
-    )
+    return bpe_tokenizer(corpus, vocab_size=VOCAB_SIZE - len(THINK_TOKENS), max_positions=MAX_POSITIONS)
