@@ -93,6 +93,8 @@ SPEED_MODES = (
         for k in (2, 3, 4)
     ),
     Mode("takeover@1", "spec", ("--policy", "takeover", *AT_ONE)),
+    # The toy models write no reflection cues, so the cue rule alone never hands a step over.
+    Mode("takeover_every2@1", "spec", ("--policy", "takeover", "--takeover_every", "2", *AT_ONE)),
 )
 # The throughput view: the default concurrency (8 problems in flight).
 THROUGHPUT_MODES = (
@@ -162,23 +164,26 @@ def speed_rows(figures: dict, costs: dict[str, Cost], wall_s: dict[str, float], 
             (
                 f"lookahead K={k}@1 vs spec@1, big alone@1",
                 f"{one.latency_s / spec.latency_s:.2f}x spec's latency, {one.latency_s / alone.latency_s:.2f}x big's; "
-                f"{one.accuracy:.1%} vs big {alone.accuracy:.1%}; big tokens {one.tokens['big']:.0f}",
+                f"{one.accuracy:.1%} vs big {alone.accuracy:.1%}; big tokens {one.tokens['big']:.0f}; kept by position "
+                + "/".join(f"{share:.2f}" for share in one.acceptance_by_position),
                 "<= 0.8x spec at big's accuracy -2 pts",
                 _verdict(one.latency_s <= 0.8 * spec.latency_s and one.accuracy >= alone.accuracy - 0.02),
                 commands[f"lookahead{k}@1"],
             )
         )
-    takeover = figures["takeover@1"]
-    rows.append(
-        (
-            "takeover@1 vs small@1, spec@1",
-            f"{takeover.accuracy:.1%} vs {figures['small@1'].accuracy:.1%}, {spec.accuracy:.1%}; "
-            f"{takeover.latency_s:.2f} s",
-            "for the record",
-            "",
-            commands["takeover@1"],
+    for name in ("takeover@1", "takeover_every2@1"):
+        takeover = figures[name]
+        rows.append(
+            (
+                f"{name} vs small@1, spec@1",
+                f"{takeover.accuracy:.1%} vs {figures['small@1'].accuracy:.1%}, {spec.accuracy:.1%}; "
+                f"{takeover.latency_s:.2f} s vs {figures['small@1'].latency_s:.2f} s, {spec.latency_s:.2f} s; "
+                f"big tokens {takeover.tokens['big']:.0f}",
+                "for the record",
+                "",
+                commands[name],
+            )
         )
-    )
     scale = figures["spec_scale@1"]
     rows.append(
         (

