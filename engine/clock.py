@@ -22,7 +22,7 @@ class Clock:
         await asyncio.sleep(seconds)
 
     async def sleep_until(self, deadline: float) -> None:
-        await self.sleep(max(0.0, deadline - self.now()))
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
 
 
 WALL_CLOCK = Clock()
