@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import math
 import random
 import signal
 import time
@@ -34,6 +35,7 @@ import msgspec
 from aiohttp import web
 
 from benchmarks.sim_behaviour import FAULT_KINDS, Latency, Reply, SimConfig, plan_reply, request_kind, unit_hash
+from engine.clock import WALL_CLOCK, Clock
 
 READY_PREFIX = "sim_server_ready "
 # msgspec, not the standard library: json.dumps of a RAST scoring answer (prompt_logprobs for every
@@ -69,15 +71,17 @@ class SimStats:
 
 
 class SimServer:
-    """The simulated server; `async with SimServer(config) as server:` serves at `server.url`."""
+    """The simulated server; `async with SimServer(config) as server:` serves at `server.url`.
+    Its latency model reads and waits on `clock` (a test passes one it moves itself)."""
 
-    def __init__(self, config: SimConfig):
+    def __init__(self, config: SimConfig, clock: Clock = WALL_CLOCK):
         self.config = config
+        self.clock = clock
         self.stats = SimStats(decoding={m: 0 for m in config.models}, peak_decoding={m: 0 for m in config.models})
         self.url = ""
         self._faults = random.Random(config.seed)
         self._slots = {name: asyncio.Semaphore(latency.capacity) for name, latency in config.models.items()}
-        # When each model's serial worker is next free (time.monotonic()).
+        # When each model's serial worker is next free (on `clock`).
         self._serial_free = dict.fromkeys(config.models, 0.0)
         self._runner: web.AppRunner | None = None
 
@@ -127,7 +131,7 @@ class SimServer:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         # The latency model counts from here, so the sim's own parsing and planning come out of
         # `request_s` instead of adding to it.
-        arrived = time.monotonic()
+        arrived = self.clock.now()
         body = _decode_json(await request.read())
         model = body.get("model")
         if model not in self.config.models:
@@ -144,7 +148,7 @@ class SimServer:
                 return _error(int(fault[-3:]), "simulated server failure")
             reply = plan_reply(kind, body, self.config)
             async with self._decoding_slot(model) as waited:
-                started = time.monotonic() if waited else arrived
+                started = self.clock.now() if waited else arrived
                 try:
                     if body.get("stream"):
                         return await self._stream(request, body, reply, started, fault)
@@ -175,7 +179,7 @@ class SimServer:
         start = max(arrived, self._serial_free[model])
         done = self._serial_free[model] = start + cost
         self.stats.serial_wait_s_total += start - arrived
-        await _sleep_until(done)
+        await self.clock.sleep_until(done)
         return done
 
     @asynccontextmanager
@@ -196,9 +200,9 @@ class SimServer:
         self, request: web.Request, body: dict[str, Any], reply: Reply, started: float, fault: str | None
     ) -> web.StreamResponse:
         latency = self.config.models[body["model"]]
-        await _sleep_until(started + latency.seconds(len(reply.tokens)))
+        await self.clock.sleep_until(started + latency.seconds(len(reply.tokens)))
         if fault == "stall":
-            await asyncio.sleep(self.config.stall_s)
+            await self.clock.sleep(self.config.stall_s)
         if fault == "reset":
             request.transport.close()
             return web.Response()
@@ -225,9 +229,9 @@ class SimServer:
                 if fault == "truncated":
                     await response.write_eof()
                     return response
-                await asyncio.sleep(self.config.stall_s)
+                await self.clock.sleep(self.config.stall_s)
             # Absolute deadlines: a late wake-up of the sim does not add up over a long answer.
-            await _sleep_until(started + latency.seconds(end))
+            await self.clock.sleep_until(started + latency.seconds(end))
             last = end == count
             part = Reply(
                 reply.tokens[start:end],
@@ -246,8 +250,9 @@ class SimServer:
 
     def _aborted(self, reply: Reply, started: float, latency: Latency) -> None:
         """Count the tokens the latency model had generated for a request its client went away from."""
-        decoding_s = time.monotonic() - started - latency.request_s
-        generated = int(decoding_s / latency.token_s) if latency.token_s > 0 else len(reply.tokens)
+        decoding_s = self.clock.now() - started - latency.request_s
+        # (the small epsilon: a token due at exactly now, as float sums of token_s fall, was sent)
+        generated = math.floor(decoding_s / latency.token_s + 1e-9) if latency.token_s > 0 else len(reply.tokens)
         self.stats.aborted_tokens += min(len(reply.tokens), max(0, generated))
 
     def _served(self, reply: Reply, due: float) -> None:
@@ -255,13 +260,9 @@ class SimServer:
         stats = self.stats
         stats.served += 1
         stats.completion_tokens += len(reply.tokens)
-        late = max(0.0, time.monotonic() - due)
+        late = max(0.0, self.clock.now() - due)
         stats.late_s_total += late
         stats.late_s_max = max(stats.late_s_max, late)
-
-
-async def _sleep_until(deadline: float) -> None:
-    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
 
 
 async def _send(response: web.StreamResponse, chunk: dict[str, Any]) -> None:

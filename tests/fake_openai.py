@@ -41,6 +41,8 @@ class Reply:
     after: asyncio.Event | None = None
     chunk_delay_s: float = 0.0
     cut_after_chunks: int | None = None
+    # Streams this many chunks, then nothing until its client goes away (a stalled stream).
+    stall_after_chunks: int | None = None
     malformed: bool = False
     error_event: dict[str, Any] | None = None
     raw_event: bytes | None = None
@@ -72,6 +74,8 @@ class FakeOpenAIServer:
     in_flight: int = 0
     peak_in_flight: int = 0
     health_checks: int = 0
+    # Streams now stalled by `Reply.stall_after_chunks`.
+    stalled: int = 0
     port: int = 0
     url: str = ""
     # Completions wait until this many were in flight at once, so a test of concurrency sees its
@@ -189,6 +193,13 @@ class FakeOpenAIServer:
         finally:
             self._leave()
 
+    async def _stall(self) -> None:
+        self.stalled += 1
+        try:
+            await asyncio.Event().wait()  # until the client goes away and the handler is cancelled
+        finally:
+            self.stalled -= 1
+
     async def _stream(self, request: web.Request, body: dict[str, Any], reply: Reply) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -197,6 +208,8 @@ class FakeOpenAIServer:
             if reply.cut_after_chunks is not None and i >= reply.cut_after_chunks:
                 request.transport.close()
                 return response
+            if reply.stall_after_chunks is not None and i >= reply.stall_after_chunks:
+                await self._stall()
             last = i == len(tokens) - 1
             choice: dict[str, Any] = {
                 "index": 0,

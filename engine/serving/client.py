@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from engine.clock import WALL_CLOCK, Clock
 from engine.errors import RetryableServerError
 from engine.serving.endpoints import ClientLimits, Endpoint, EndpointPool
 from engine.serving.responses import (
@@ -80,7 +81,8 @@ class Pooled:
 
 
 class ModelClient:
-    """Async client for one model served at one or more OpenAI-compatible endpoints."""
+    """Async client for one model served at one or more OpenAI-compatible endpoints; `clock` is
+    the time its retries wait on (a seam for tests)."""
 
     def __init__(
         self,
@@ -88,10 +90,11 @@ class ModelClient:
         model: str,
         urls: list[str],
         limits: ClientLimits = ClientLimits(),
+        clock: Clock = WALL_CLOCK,
     ):
         self.model = model
         self.limits = limits
-        self._pool = EndpointPool(session, model, urls, limits)
+        self._pool = EndpointPool(session, model, urls, limits, clock)
         self.stats = self._pool.stats
         # Built once: a ClientTimeout per request is an allocation on the hot path.
         self._whole_timeout = aiohttp.ClientTimeout(

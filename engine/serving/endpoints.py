@@ -7,7 +7,6 @@ server restart (`/health` polled while a retry waits, the wait ended as soon as 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ import aiohttp
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
+from engine.clock import WALL_CLOCK, Clock
 from engine.errors import RetryableServerError, ServerError
 
 log = structlog.get_logger(__name__)
@@ -85,6 +85,7 @@ class _Failures:
     """The failed attempts of one request, and tenacity's stop condition over them."""
 
     limits: ClientLimits
+    clock: Clock
     started: float
     unexplained: int = 0
     last: RetryableServerError | None = None
@@ -95,20 +96,29 @@ class _Failures:
 
     def exhausted(self, state: RetryCallState) -> bool:
         # As tenacity's stop_before_delay: no backoff sleep or new attempt may start past the deadline.
-        past_deadline = time.monotonic() - self.started + state.upcoming_sleep >= self.limits.retry_deadline_s
+        past_deadline = self.clock.now() - self.started + state.upcoming_sleep >= self.limits.retry_deadline_s
         return past_deadline or self.unexplained >= self.limits.max_attempts
 
 
 class EndpointPool:
     """The endpoints serving one model (`model`: its served name, for logs); `attempt` runs a
-    request against the least loaded endpoint, with retries. `stats` counts over its life."""
+    request against the least loaded endpoint, with retries. `stats` counts over its life. Its
+    deadlines, backoffs and health polls read and wait on `clock` (tests pass one they move)."""
 
-    def __init__(self, session: aiohttp.ClientSession, model: str, urls: list[str], limits: ClientLimits):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        model: str,
+        urls: list[str],
+        limits: ClientLimits,
+        clock: Clock = WALL_CLOCK,
+    ):
         if not urls:
             raise ValueError("ModelClient needs at least one endpoint URL")
         self.session = session
         self.model = model
         self.limits = limits
+        self.clock = clock
         self.stats = ClientStats()
         self._endpoints = {
             url.rstrip("/"): Endpoint(url.rstrip("/"), asyncio.Semaphore(limits.max_in_flight_per_endpoint))
@@ -126,13 +136,13 @@ class EndpointPool:
         return {e.url: e.in_flight for e in self._endpoints.values()}
 
     async def attempt(self, once: Callable[[Endpoint, int], Awaitable[Any]]) -> Any:
-        started = time.monotonic()
+        started = self.clock.now()
         try:
             # Nearly every request succeeds at once; tenacity's machinery costs about 90 us a
             # request (benchmarks/README.md), so it is set up only when a retry is needed.
             return await self._attempt(once, 1)
         except RetryableServerError as error:
-            return await self._retry(once, _Failures(self.limits, started), error)
+            return await self._retry(once, _Failures(self.limits, self.clock, started), error)
         except ServerError:
             self.stats.failures += 1
             raise
@@ -188,7 +198,7 @@ class EndpointPool:
         try:
             result = await once(endpoint, number)
         except RetryableServerError:
-            endpoint.unhealthy_until = time.monotonic() + _UNHEALTHY_COOLDOWN_S
+            endpoint.unhealthy_until = self.clock.now() + _UNHEALTHY_COOLDOWN_S
             raise
         finally:
             endpoint.in_flight -= 1
@@ -199,7 +209,7 @@ class EndpointPool:
         endpoints = self._endpoints.values()
         if len(endpoints) == 1:
             return next(iter(endpoints))
-        now = time.monotonic()
+        now = self.clock.now()
         healthy = [e for e in endpoints if e.unhealthy_until <= now] or list(endpoints)
         return min(healthy, key=lambda e: e.load)
 
@@ -207,13 +217,13 @@ class EndpointPool:
         """Sleep `seconds` before a retry. After an error a restart explains, poll the endpoint's
         `/health` meanwhile, and end the sleep as soon as it answers again after being down."""
         endpoint = self._endpoints.get(error.server) if error is not None and error.unavailable else None
-        wake = time.monotonic() + seconds
+        wake = self.clock.now() + seconds
         seen_down = False
-        while (left := wake - time.monotonic()) > 0:
+        while (left := wake - self.clock.now()) > 0:
             if endpoint is None or left <= self.limits.health_poll_s:
-                await asyncio.sleep(left)
+                await self.clock.sleep(left)
                 return
-            await asyncio.sleep(self.limits.health_poll_s)
+            await self.clock.sleep(self.limits.health_poll_s)
             up = await self._probe(endpoint)
             if up and seen_down:
                 return
@@ -223,15 +233,15 @@ class EndpointPool:
         """Whether `endpoint` answers `GET /health`; all requests waiting on it share one probe
         per `health_poll_s`."""
         async with endpoint.probing:
-            if time.monotonic() - endpoint.probed_at >= self.limits.health_poll_s:
+            if self.clock.now() - endpoint.probed_at >= self.limits.health_poll_s:
                 up = await self._healthy(endpoint)
                 if up and endpoint.down:
                     # Back from a restart: send it requests again at once.
                     endpoint.unhealthy_until = 0.0
                     log.info("endpoint_up", model=self.model, endpoint=endpoint.url)
                 elif not up:
-                    endpoint.unhealthy_until = time.monotonic() + _UNHEALTHY_COOLDOWN_S
-                endpoint.down, endpoint.probed_at = not up, time.monotonic()
+                    endpoint.unhealthy_until = self.clock.now() + _UNHEALTHY_COOLDOWN_S
+                endpoint.down, endpoint.probed_at = not up, self.clock.now()
             return not endpoint.down
 
     async def _healthy(self, endpoint: Endpoint) -> bool:

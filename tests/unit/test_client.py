@@ -2,7 +2,6 @@
 
 import asyncio
 import math
-import time
 from dataclasses import replace
 
 import aiohttp
@@ -12,6 +11,7 @@ from engine.errors import RetryableServerError, ServerError
 from engine.serving.client import ModelClient
 from engine.serving.endpoints import ClientLimits
 from engine.serving.servers import free_port
+from tests.clocks import ManualClock, SteppingClock, settled
 from tests.fake_openai import FakeOpenAIServer, Reply
 
 FAST = ClientLimits(backoff_initial_s=0.01, backoff_max_s=0.02, max_attempts=3, stall_timeout_s=2.0)
@@ -131,28 +131,36 @@ async def test_stalled_response_times_out_and_gives_up_after_max_attempts(sessio
     limits = ClientLimits(
         stall_timeout_s=0.2, request_timeout_s=0.3, max_attempts=2, backoff_initial_s=0.01, backoff_max_s=0.01
     )
-    async with FakeOpenAIServer(lambda body: Reply(delay_s=5.0)) as server:
+    # The server never answers (an event nobody sets): only the client's timeouts end an attempt.
+    async with FakeOpenAIServer(lambda body: Reply(after=asyncio.Event())) as server:
+        client = client_for(session, server, limits=limits)
         with pytest.raises(RetryableServerError, match="timed out") as caught:
-            await client_for(session, server, limits=limits).complete("p", max_tokens=4, stream=stream)
-    assert len(server.requests) == 2 and not caught.value.unavailable
+            await client.complete("p", max_tokens=4, stream=stream)
+    assert client.stats.requests == 2 and len(server.requests) <= 2 and not caught.value.unavailable
 
 
 async def test_a_whole_answer_is_bounded_by_the_request_timeout_not_the_stall_timeout(session):
-    limits = replace(FAST, stall_timeout_s=0.1, request_timeout_s=5.0)
+    # A silence five times the stall timeout: a stall timeout on a whole answer would always end it
+    # first (its deadline is the earlier one); the request timeout is far beyond any machine's load.
+    limits = replace(FAST, stall_timeout_s=0.1, request_timeout_s=120.0)
     async with FakeOpenAIServer([Reply(text="slow but whole", delay_s=0.5)]) as server:
         result = await client_for(session, server, limits=limits).complete("p", max_tokens=4)
     assert result.text == "slow but whole" and result.attempts == 1
 
 
 async def test_a_stream_is_bounded_by_the_stall_timeout_between_chunks(session):
-    limits = replace(FAST, stall_timeout_s=0.2, request_timeout_s=5.0, max_attempts=1)
-    script = [Reply(text="abcdefgh", chunk_delay_s=0.05), Reply(text="ab", delay_s=0.5)]
+    # The steady stream lasts longer than the stall timeout (30 gaps of 0.02 s, at least 0.6 s, so a
+    # bound on the whole stream would always end it) with gaps 25 times shorter than it; the stalled
+    # one sends two chunks, then nothing until the client goes away.
+    limits = replace(FAST, stall_timeout_s=0.5, request_timeout_s=120.0, max_attempts=1)
+    steady_reply = Reply(text="ab" * 30, tokens=["ab"] * 30, chunk_delay_s=0.02)
+    script = [steady_reply, Reply(text="abcd", stall_after_chunks=2)]
     async with FakeOpenAIServer(script) as server:
         client = client_for(session, server, limits=limits)
         steady = await client.complete("p", max_tokens=8, stream=True)
         with pytest.raises(RetryableServerError, match="timed out"):
             await client.complete("p", max_tokens=8, stream=True)
-    assert steady.text == "abcdefgh" and steady.latency_s > 0.3
+    assert steady.text == "ab" * 30 and steady.latency_s > limits.stall_timeout_s
 
 
 async def test_stream_cut_midway_is_retried(session):
@@ -174,14 +182,14 @@ async def test_a_closed_port_is_retried_past_max_attempts_until_the_deadline(ses
     limits = ClientLimits(
         max_attempts=2, retry_deadline_s=1.0, backoff_initial_s=0.01, backoff_max_s=0.05, connect_timeout_s=1
     )
-    client = ModelClient(session, "m", [CLOSED_PORT], limits)
-    started = time.monotonic()
+    clock = SteppingClock()  # the backoffs pass in no real time; refused attempts take none of the clock's
+    client = ModelClient(session, "m", [CLOSED_PORT], limits, clock)
     with pytest.raises(RetryableServerError, match="127.0.0.1:9") as caught:
         await client.complete("p", max_tokens=1)
     assert caught.value.unavailable
-    # until the 1 s deadline, not forever (a loaded machine only makes the last attempt later)
-    assert 1.0 - 0.1 <= time.monotonic() - started <= 1.0 + 2.0
-    assert client.stats.retries > 5 and client.stats.failures == 1
+    # until the 1 s deadline, not forever, and no backoff past it: the next one (at most 0.05 s) would be
+    assert 1.0 - 0.05 <= clock.now() < 1.0
+    assert client.stats.retries >= 1.0 / 0.05 - 1 and client.stats.failures == 1
 
 
 async def test_a_server_back_on_its_port_is_found_by_health_polls_before_the_backoff_ends(session, monkeypatch):
@@ -189,21 +197,33 @@ async def test_a_server_back_on_its_port_is_found_by_health_polls_before_the_bac
     monkeypatch.setattr("tenacity.wait.random.uniform", lambda low, high: high)
     limits = ClientLimits(max_attempts=1, backoff_initial_s=2.0, backoff_max_s=30.0, health_poll_s=0.1)
     port = free_port()
-    client = ModelClient(session, "fake-model", [f"http://127.0.0.1:{port}"], limits)
-    started = time.monotonic()
+    clock = ManualClock()
+    client = ModelClient(session, "fake-model", [f"http://127.0.0.1:{port}"], limits, clock)
     requests = [asyncio.create_task(client.complete("p", max_tokens=2)) for _ in range(10)]
-    await asyncio.sleep(2.5)  # refused at 0 and 2 s; the next attempt is due at 6 s
+
+    async def run_clock_until(done) -> None:
+        """Move the clock from deadline to deadline, each time once every request still waiting
+        is parked on it again (after its health probe or its attempt), until `done()`."""
+        while True:
+            await settled(lambda: clock.sleeping == sum(not r.done() for r in requests), "every request parked")
+            if done():
+                return
+            clock.advance_to_next()
+
+    await run_clock_until(lambda: clock.now() >= 2.5)  # refused at 0 and 2 s; the next attempt is due at 6 s
     assert not any(r.done() for r in requests)
     async with FakeOpenAIServer(lambda body: Reply(text="back"), port=port) as server:
-        results = await asyncio.gather(*requests)
-        back_after = time.monotonic() - started
+        up_at = clock.now()
+        await run_clock_until(lambda: all(r.done() for r in requests))
+        results = [r.result() for r in requests]
     assert [r.text for r in results] == ["back"] * 10
     assert all(r.attempts == 3 for r in results), "the attempt cap of 1 does not apply to refused connections"
-    # 3.5 s of slack before the backoff's attempt: a loaded machine does not make this fail.
-    assert back_after < 6.0, "the retry waited for the backoff instead of the health poll"
+    # back at the first poll after the server came up (or the next, as the float sums of 0.1 s
+    # fall), not at the backoff's 6 s
+    assert clock.now() < up_at + 0.25, "the retry waited for the backoff instead of the health poll"
     assert len(server.requests) == 10 and server.health_checks >= 1
     # One probe per poll interval for all ten waiting requests, not one each.
-    assert client.stats.health_probes <= back_after / 0.1 + 5
+    assert client.stats.health_probes <= clock.now() / 0.1 + 1
 
 
 async def test_a_closed_port_is_passed_over_for_its_live_twin(session):
@@ -217,10 +237,14 @@ async def test_a_closed_port_is_passed_over_for_its_live_twin(session):
 async def test_requests_spread_over_endpoints_within_per_endpoint_limit(session):
     limits = ClientLimits(max_in_flight_per_endpoint=2)
 
-    def slow(body):
-        return Reply(text="x", delay_s=0.1)
+    def reply(body):
+        return Reply(text="x")
 
-    async with FakeOpenAIServer(slow) as first, FakeOpenAIServer(slow) as second:
+    # Each server answers once two of its requests were in flight at once (a gate, not a sleep).
+    async with (
+        FakeOpenAIServer(reply, gate_in_flight=2) as first,
+        FakeOpenAIServer(reply, gate_in_flight=2) as second,
+    ):
         client = client_for(session, first, second, limits=limits)
         async with asyncio.TaskGroup() as group:
             for _ in range(10):
@@ -243,19 +267,16 @@ async def test_failing_endpoint_is_passed_over_for_its_healthy_twin(session):
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_cancelling_the_caller_closes_the_connection_on_the_server(session, stream):
-    reply = Reply(text="slow" * 50, chunk_delay_s=0.05) if stream else Reply(text="slow", delay_s=5.0)
+    # Streamed: cancelled while it reads a stream stalled after two chunks; whole: while it waits
+    # for an answer that never comes (an event nobody sets).
+    reply = Reply(text="slow", stall_after_chunks=2) if stream else Reply(text="slow", after=asyncio.Event())
     async with FakeOpenAIServer([reply]) as server:
         task = asyncio.create_task(client_for(session, server).complete("p", max_tokens=200, stream=stream))
-        while not server.requests:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)
+        await settled(lambda: server.stalled == 1 if stream else server.in_flight == 1, "the request at the server")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(100):
-            if server.disconnects:
-                break
-            await asyncio.sleep(0.02)
+        await server.quiet()  # the server has seen the connection close
     assert server.disconnects == 1
     assert server.in_flight == 0
 

@@ -29,15 +29,16 @@ def index_of(body):
     return reasoning.count("\n\n") if found else 0
 
 
-def step_reply(text, delay_s=0.0):
+def step_reply(text, after=None):
     words = text.split(" ")
-    return Reply(text=text, tokens=[w + " " for w in words[:-1]] + words[-1:], stop_reason="\n\n", delay_s=delay_s)
+    return Reply(text=text, tokens=[w + " " for w in words[:-1]] + words[-1:], stop_reason="\n\n", after=after)
 
 
 class Script:
     """The small model drafts `d{i} words` (step 4 states the answer). The big model writes the
     draft's very text at `same` positions, else `b{i} own words`. Requests of position 3 made on top
-    of `d2` (round 1, K=4) take 30 s: still in flight when the mismatch at position 2 cancels them.
+    of `d2` (round 1, K=4) never answer (an event nobody sets): in flight when the mismatch at
+    position 2 cancels them.
     The equivalence judge rates `ratings[i]`."""
 
     def __init__(self, same, ratings=None, last=4):
@@ -54,7 +55,7 @@ class Script:
         index = index_of(body)
         self.steps[writer].append(index)
         slow = index == 3 and "d2 words" in body["prompt"]
-        return step_reply(self.text(index, writer), delay_s=30.0 if slow else 0.0)
+        return step_reply(self.text(index, writer), after=asyncio.Event() if slow else None)
 
     def small(self, body):
         return self.reply("small", body)
@@ -72,7 +73,8 @@ async def run(make_models, script, settings, policy="lookahead"):
     async with FakeOpenAIServer(script.small) as s, FakeOpenAIServer(script.big) as b:
         models = make_models(big=b, small=s)
         record = await run_one_track(models, PROBLEM, PROMPTS, policy=policy, settings=settings, seed=SEED)
-        await asyncio.sleep(0.05)  # let the servers see the closed connections
+        await s.quiet()  # the servers have seen the closed connections
+        await b.quiet()
         return record, s, b
 
 

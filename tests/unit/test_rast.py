@@ -13,6 +13,7 @@ from engine.errors import UsageError
 from engine.reasoning.logit_transfer import combine, sampling_distribution, top_k
 from engine.reasoning.rast_decoding import RastModels, RastSampling, TokenSpace, check_raw_logprobs, rast_decode
 from engine.serving.client import ModelClient
+from tests.clocks import settled
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import FAST_LIMITS
 
@@ -105,22 +106,18 @@ async def test_a_stop_token_or_stop_string_ends_the_text_without_it(session):
 async def test_cancelling_a_decode_aborts_its_requests(session):
     def slow(body):
         reply = fake_reply(body)
-        reply.delay_s = 5.0
+        reply.after = asyncio.Event()  # never set: answered only by the client going away
         return reply
 
     async with FakeOpenAIServer(slow) as server:
         task = asyncio.create_task(
             rast_decode(rast_models(session, server), PROMPT, RastSampling(mode="token"), space())
         )
-        while server.in_flight < 3:
-            await asyncio.sleep(0.01)
+        await settled(lambda: server.in_flight == 3, "the three models' requests at the server")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(100):
-            if server.disconnects == 3:
-                break
-            await asyncio.sleep(0.01)
+        await server.quiet()  # the server has seen every connection close
     assert server.disconnects == 3
 
 
