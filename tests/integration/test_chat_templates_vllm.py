@@ -97,3 +97,8 @@ async def test_vllm_accepts_spectras_prompts_and_renders_the_seeds_chats_alike(t
         assert our_text == seed_text + "\n\n"
     else:
         assert our_tokens == seed_tokens
+    # Search's first step (search-and-learn's build_conv: a system turn, the problem, the generation
+    # prompt); its later steps go on from that text.
+    search = track_messages(PROBLEM, load_prompt_set("search"), None)
+    search_conversation = [{"role": m.role, "content": m.content} for m in search]
+    assert await ours(chat.generation_prompt(search)) == await seeds(search_conversation, add_generation_prompt=True)
