@@ -1,8 +1,9 @@
 """What search-and-learn's strategies share: settings, beams, and a `Searcher` that generates steps
 and scores partial solutions for one problem, counting every request.
 
-Facts from huggingface/search-and-learn (seed-algorithms-2.md section 2): the policy continues an
-open assistant turn after a system prompt and the problem; a step ends at "\\n\\n", which is kept in
+Facts from huggingface/search-and-learn (seed-algorithms-2.md section 2): the policy writes an
+assistant turn after a system prompt and the problem, starting from the template's generation
+prompt (`Searcher.prompt`); a step ends at "\\n\\n", which is kept in
 the output; the last iteration runs to the end of the sequence; lookahead rounds after the sampled
 step are greedy and go on only while the text has not ended. A scorer rates a solution's steps
 (`engine.reasoning.scoring.StepScorer`); step scores are aggregated with last, min or prod.
@@ -206,9 +207,21 @@ class Searcher:
         seed = self.sampling.seed
         return None if seed is None else zlib.crc32(repr((seed, key)).encode()) & 0x7FFFFFFF
 
+    def prompt(self, text: str) -> str:
+        """The request that continues the solution `text`: the conversation with the template's
+        generation prompt, then `text`. search-and-learn renders its first iteration so
+        (`add_generation_prompt=True`: search/beam_search.py, diverse_verifier_tree_search.py,
+        best_of_n.py) and its lookahead goes on from that text; its later iterations render the
+        solution as an assistant message (`continue_final_message=True`, `build_conv`). For its
+        instruct models (Llama 3.2, Qwen2.5) the generation prompt is that message's head, but a
+        thinking template (QwQ, R1-Distill) opens `<think>\\n` only in the generation prompt, which
+        the re-rendering would drop after the first step, and a template that trims content
+        (Llama's) would eat the step's "\\n\\n"; here every request continues the first one's text."""
+        return self.chat.generation_prompt(tuple(self.messages)) + text
+
     async def _continue(self, text: str, *, temperature: float, final: bool, key: tuple) -> Completion:
         completion = await self.client.complete(
-            self.chat.render(list(self.messages), text),
+            self.prompt(text),
             max_tokens=self.sampling.max_tokens,
             temperature=temperature,
             top_p=self.sampling.top_p,

@@ -100,7 +100,7 @@ def make_tiny_models(out_dir: Path, *, seed: int = 0) -> TinyModels:
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     for name, size, model_seed in (("small", SMALL, seed), ("big", BIG, seed + 1)):
-        _build_model(getattr(models, name), tokenizer, size, model_seed, marker_seed=seed)
+        build_model(getattr(models, name), tokenizer, size, model_seed, marker_seed=seed)
     log.info("tiny_models_built", out_dir=str(out_dir), seed=seed, vocab=len(tokenizer))
     return models
 
@@ -176,9 +176,10 @@ def qwen2_config(
     )
 
 
-def _build_model(
+def build_model(
     model_dir: Path, tokenizer: PreTrainedTokenizerFast, size: TinySize, seed: int, *, marker_seed: int
 ) -> None:
+    """A random-weight Qwen2 causal LM of `size` over `tokenizer`, written with it to `model_dir`."""
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
 

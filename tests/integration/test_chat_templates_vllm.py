@@ -1,10 +1,13 @@
-"""The seeds' real chat templates on a real vLLM server: the tiny small model served with
-`--chat-template` (R1-Distill-Qwen's), the others given per request. vLLM accepts the prompts
-spectra renders with each template, and the conversations the seeds send through vLLM's chat
-rendering come out as the same tokens as spectra's own rendering.
+"""The seeds' real chat templates on a real vLLM server: a tiny random-weight model on Qwen2's real
+vocabulary (tests/fixtures/qwen2_vocab/) served with `--chat-template` (R1-Distill-Qwen's), the
+others given per request. vLLM accepts the prompts spectra renders with each template, and the
+conversations the seeds send through vLLM's chat rendering come out as the same tokens as spectra's
+own rendering, with Qwen2's real merges (so "\\n\\n", "<think>" and the template markup split as
+they do for the seeds' models).
 """
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,6 +20,7 @@ from engine.serving.chat import ChatFormat
 from engine.serving.servers import RunningServer, serve_models
 from engine.serving.vllm_command import ServerSpec
 from tests.fixtures.chat_templates import FOLDER, template_text
+from tests.fixtures.qwen2_vocab import make_qwen2_model
 from tests.integration.conftest import STARTUP_TIMEOUT_S
 
 SERVED = "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"
@@ -31,9 +35,14 @@ PROBLEM = Problem(id="p", problem="What is 6 * 7?", answer="42")
 
 
 @pytest.fixture(scope="module")
-async def templated(tiny_models, tmp_path_factory) -> AsyncIterator[RunningServer]:
+def qwen2_model(tmp_path_factory) -> Path:
+    return make_qwen2_model(tmp_path_factory.mktemp("qwen2-vocab") / "model")
+
+
+@pytest.fixture(scope="module")
+async def templated(qwen2_model, tmp_path_factory) -> AsyncIterator[RunningServer]:
     args = ("--chat-template", str(FOLDER / SERVED), "--trust-request-chat-template")
-    spec = ServerSpec(name="templated", model=str(tiny_models.small), dtype="float32", extra_args=args)
+    spec = ServerSpec(name="templated", model=str(qwen2_model), dtype="float32", extra_args=args)
     log_dir = tmp_path_factory.mktemp("template-logs")
     async with serve_models([spec], log_dir=log_dir, startup_timeout_s=STARTUP_TIMEOUT_S) as running:
         yield running["templated"]
@@ -48,8 +57,10 @@ async def post(url: str, path: str, body: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
-async def test_vllm_accepts_spectras_prompts_and_renders_the_seeds_chats_alike(templated, tiny_models, name):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models.small)
+async def test_vllm_accepts_spectras_prompts_and_renders_the_seeds_chats_alike(templated, qwen2_model, name):
+    tokenizer = AutoTokenizer.from_pretrained(qwen2_model)
+    # Qwen2's ids, as rtp-llm's own test of these files checks them.
+    assert tokenizer.encode("<|im_start|>hello<|im_end|>") == [151644, 14990, 151645]
     tokenizer.chat_template = template_text(name)
     chat = ChatFormat(tokenizer, thinking=TEMPLATES[name])
     messages = track_messages(PROBLEM, load_prompt_set("default"), None)
@@ -86,3 +97,8 @@ async def test_vllm_accepts_spectras_prompts_and_renders_the_seeds_chats_alike(t
         assert our_text == seed_text + "\n\n"
     else:
         assert our_tokens == seed_tokens
+    # Search's first step (search-and-learn's build_conv: a system turn, the problem, the generation
+    # prompt); its later steps go on from that text.
+    search = track_messages(PROBLEM, load_prompt_set("search"), None)
+    search_conversation = [{"role": m.role, "content": m.content} for m in search]
+    assert await ours(chat.generation_prompt(search)) == await seeds(search_conversation, add_generation_prompt=True)

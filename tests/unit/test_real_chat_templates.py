@@ -14,11 +14,15 @@ import pytest
 
 from engine.data.problems import Problem
 from engine.data.prompts import load_prompt_set
+from engine.reasoning.beams import Searcher, SearchSettings
 from engine.reasoning.policies.base import StepContext, continue_text
 from engine.reasoning.policies.spec_reason import SpecReasonPolicy
 from engine.reasoning.prm import QWEN_PRM_SYSTEM, QWEN_STEP_TAG, PRMScorer, TokenPRMScorer
-from engine.reasoning.scoring import JudgeScorer, ScoreQuery
+from engine.reasoning.scoring import JudgeScorer, ScoredSteps, ScoreQuery
 from engine.reasoning.settings import ReasoningConfig
+from engine.reasoning.strategies.beam_search import beam_search
+from engine.reasoning.strategies.best_of_n import best_of_n
+from engine.reasoning.strategies.dvts import dvts
 from engine.reasoning.track import _answer, track_messages
 from engine.records import StepRecord, TrackRecord
 from engine.serving.chat import ChatFormat, Message
@@ -194,16 +198,47 @@ async def test_the_answer_request_closes_thinking_after_the_steps(form, session)
     assert record.answer == "42"
 
 
-def test_search_steps_are_search_and_learns_conversation(form):
-    if form.thinking:
-        pytest.skip("search-and-learn's models are instruct models; thinking templates open <think> themselves")
+class FixedScores:
+    """A step scorer that rates every paragraph 0.5 (the search's requests are what is checked)."""
+
+    name = "fixed"
+
+    async def score(self, query: ScoreQuery) -> ScoredSteps:
+        return ScoredSteps(values=[0.5] * len(query.steps))
+
+
+@pytest.mark.parametrize("strategy", [beam_search, dvts, best_of_n])
+async def test_search_steps_are_search_and_learns_conversation(form, strategy, session):
+    # build_conv: the system prompt and the problem; the first iteration with the template's
+    # generation prompt (a thinking template's ends with "<think>\n"), the lookahead and the later
+    # iterations going on from that text with the steps so far.
     chat = chat_format(form)
-    messages = list(track_messages(PROBLEM, load_prompt_set("search"), None))
+    messages = track_messages(PROBLEM, load_prompt_set("search"), None)
     assert messages[0].role == "system"
-    head = form.head(messages)
-    # build_conv: the first call with the generation prompt, the later ones continuing the turn.
-    assert chat.render(messages, "") == form.generation(messages)
-    assert chat.render(messages, STEPS[0] + "\n\n") == head + STEPS[0] + "\n\n"
+    first = form.generation(list(messages))
+    replies = [Reply(text=STEPS[0] + "\n\n", stop_reason="\n\n"), Reply(text="Six.\n\n", stop_reason="\n\n")]
+    replies += [Reply(text=STEPS[1], stop_reason=None)] * 2
+    async with FakeOpenAIServer(replies) as server:
+        searcher = Searcher(
+            client=ModelClient(session, "small", [server.url], FAST_LIMITS),
+            chat=chat,
+            scorer=FixedScores(),
+            messages=messages,
+            problem=PROBLEM.problem,
+            settings=SearchSettings(n=1, beam_width=1, num_iterations=2, lookahead=1),
+        )
+        beams = await strategy(searcher)
+    sent = [r["prompt"] for r in server.requests]
+    if strategy is best_of_n:  # one request per solution, to the end of the sequence
+        assert sent == [first]
+        return
+    # A step, its greedy lookahead, then the next (last) step from the kept step.
+    assert sent == [first, first + STEPS[0] + "\n\n", first + STEPS[0] + "\n\n"]
+    assert beams[0].text == STEPS[0] + "\n\n" + STEPS[1]
+    if not form.thinking:
+        # For instruct templates that is the reference's later rendering too: the solution as an
+        # open assistant turn (Llama's trims its "\n\n", which spectra keeps).
+        assert first == form.head(list(messages))
 
 
 async def test_splitreasons_requests_hint_the_small_model_and_open_thinking(form, session):
