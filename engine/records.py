@@ -153,7 +153,8 @@ class ProblemRecord:
     config_digest: str = ""
     # Whether the answers are option letters; None in records written before spectra stored it.
     multiple_choice: bool | None = None
-    # A strategy's own figures (RAST: acceptance per chunk, requests per token, top-k fills).
+    # A strategy's own figures (RAST: acceptance per chunk, requests per token, top-k fills; beam
+    # search and DVTS: the beams they pruned, `engine.reasoning.beams.pruned_details`).
     details: dict[str, Any] | None = None
     # The strategy that produced the record (`engine.reasoning.strategies.STRATEGIES`).
     strategy: str = "vote"

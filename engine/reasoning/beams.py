@@ -23,7 +23,7 @@ import itertools
 import zlib
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from engine.data.answers import extract_answer
 from engine.errors import UsageError
@@ -139,6 +139,25 @@ class Beam:
         )
 
 
+# Why a search dropped a beam before it became a completion (`PrunedBeam.reason`).
+LOWER_SCORE = "score"  # beam search: not among the top n / beam_width; DVTS: not its subtree's best sibling
+DUPLICATE = "duplicate"  # beam search with --filter_duplicates: its text repeats an earlier active beam's
+SURPLUS = "surplus"  # beam search: it completed, but not among the n completions kept
+PRUNE_REASONS = (LOWER_SCORE, DUPLICATE, SURPLUS)
+# The `StepRecord` fields a pruned beam's steps keep in the record (the writer is the completions').
+PRUNED_STEP_FIELDS = ("index", "text", "tokens", "score", "detail")
+
+
+@dataclass(frozen=True)
+class PrunedBeam:
+    """A beam a search dropped: the beam as scored when dropped, the iteration (from 0) it was
+    dropped at (for a surplus completion, the iteration it completed at) and why (`PRUNE_REASONS`)."""
+
+    beam: Beam
+    iteration: int
+    reason: str
+
+
 def cycled(beams: Sequence[Beam], n: int) -> list[Beam]:
     """Exactly n beams: copies of `beams` in turn (search-and-learn's cycling of active beams)."""
     return [dataclasses.replace(beams[i % len(beams)]) for i in range(n)]
@@ -198,6 +217,13 @@ class Searcher:
         self.messages, self.problem, self.settings = messages, problem, settings
         self.sampling, self.role = sampling, role
         self.usage: dict[str, ModelUsage] = {}
+        # The beams the search dropped, in the order it dropped them (beam search and DVTS).
+        self.pruned: list[PrunedBeam] = []
+
+    def prune(self, before: Sequence[Beam], kept: Sequence[Beam], *, iteration: int, reason: str) -> None:
+        """Record the beams of `before` that are not in `kept` (by identity) as pruned, in order."""
+        kept_ids = {id(b) for b in kept}
+        self.pruned += [PrunedBeam(b, iteration, reason) for b in before if id(b) not in kept_ids]
 
     def _count(self, usage: dict[str, ModelUsage]) -> None:
         self.usage = sum_usage([self.usage, usage])
@@ -293,24 +319,12 @@ def completion_tracks(
     aggregate score in `TrackRecord.score`."""
     tracks = []
     for i, beam in enumerate(beams):
-        step_scores = beam.step_scores or [[] for _ in beam.steps]
-        steps = [
-            StepRecord(
-                index=j,
-                text=text,
-                writer=writer,
-                tokens=tokens,
-                score=scores[-1] if scores else None,
-                detail={"paragraph_scores": scores} if len(scores) > 1 else None,
-            )
-            for j, (text, tokens, scores) in enumerate(zip(beam.steps, beam.step_tokens, step_scores, strict=True))
-        ]
         tokens = sum(beam.step_tokens)
         tracks.append(
             TrackRecord(
                 track_id=i,
                 mode=mode,
-                steps=steps,
+                steps=step_records(beam, writer),
                 answer_text=beam.text,
                 answer=extract_answer(beam.text, choices=choices),
                 answer_model=writer,
@@ -320,3 +334,64 @@ def completion_tracks(
             )
         )
     return tracks
+
+
+def step_records(beam: Beam, writer: str) -> list[StepRecord]:
+    """The beam's steps with their tokens and the score of the last paragraph each wrote (all of
+    them in `detail` when it wrote several)."""
+    step_scores = beam.step_scores or [[] for _ in beam.steps]
+    return [
+        StepRecord(
+            index=j,
+            text=text,
+            writer=writer,
+            tokens=tokens,
+            score=scores[-1] if scores else None,
+            detail={"paragraph_scores": scores} if len(scores) > 1 else None,
+        )
+        for j, (text, tokens, scores) in enumerate(zip(beam.steps, beam.step_tokens, step_scores, strict=True))
+    ]
+
+
+def pruned_details(completions: Sequence[Beam], pruned: Sequence[PrunedBeam], *, how: str) -> list[dict[str, Any]]:
+    """The pruned beams as plain data for `ProblemRecord.details["pruned"]`, in pruning order:
+    `iteration` (from 0), `reason`, `score` (the beam's aggregate score), and its steps as
+    `StepRecord` fields (index, text, tokens, score, detail). Each stores only the steps no earlier
+    beam holds: `prefix` {"track": track id, "steps": k} or {"pruned": index, "steps": k} says that
+    its first k steps are those of a completion or of an earlier pruned beam (absent when k is 0).
+    Steps are matched by text, as the viewer draws them."""
+    trie = _StepTrie()
+    for i, beam in enumerate(completions):
+        trie.add(beam.steps, {"track": i})
+    entries = []
+    for j, p in enumerate(pruned):
+        shared, owner = trie.add(p.beam.steps, {"pruned": j})
+        entry: dict[str, Any] = {"iteration": p.iteration, "reason": p.reason, "score": p.beam.score(how)}
+        if shared:
+            entry["prefix"] = {**owner, "steps": shared}
+        steps = step_records(p.beam, writer="")[shared:]
+        entry["steps"] = [{k: getattr(s, k) for k in PRUNED_STEP_FIELDS if getattr(s, k) is not None} for s in steps]
+        entries.append(entry)
+    return entries
+
+
+class _StepTrie:
+    """Paths of step texts; each node remembers the first beam added through it."""
+
+    def __init__(self) -> None:
+        self.children: dict[tuple[int, str], int] = {}
+        self.owners: list[dict[str, int]] = [{}]
+
+    def add(self, steps: Sequence[str], owner: dict[str, int]) -> tuple[int, dict[str, int]]:
+        """Add a beam's steps; (how many of its first steps were there already, whose they are)."""
+        node, shared = 0, 0
+        while shared < len(steps) and (node, steps[shared]) in self.children:
+            node = self.children[(node, steps[shared])]
+            shared += 1
+        found = self.owners[node]
+        for text in steps[shared:]:
+            child = len(self.owners)
+            self.children[(node, text)] = child
+            self.owners.append(owner)
+            node = child
+        return shared, found

@@ -35,7 +35,7 @@ def write_viewer(
     payloads = [run_payload(one, g, s, timeout_s=timeout_s) for one, g, s in zip(runs, graded, summaries, strict=True)]
     plots = [p.pop("plots") for p in payloads]
     # The traces are most of the file: apart, the page unpacks a problem's when it shows it.
-    traces = [[problem.pop("tracks") for problem in p["problems"]] for p in payloads]
+    traces = [[_trace(problem) for problem in p["problems"]] for p in payloads]
     data: dict[str, Any] = {"runs": payloads, "compare": None, "common": 0}
     if len(payloads) == 2:
         data["compare"], data["common"] = disagreements(payloads[0]["problems"], payloads[1]["problems"])
@@ -59,3 +59,11 @@ def disagreements(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> 
         if p["ok"] != second[j]["ok"]:
             pairs.append([i, j])
     return pairs, common
+
+
+def _trace(problem: dict[str, Any]) -> dict[str, Any]:
+    """What of a problem's payload is packed apart: its tracks, and a search's pruned beams."""
+    trace = {"tracks": problem.pop("tracks")}
+    if "pruned" in problem:
+        trace["pruned"] = problem.pop("pruned")
+    return trace

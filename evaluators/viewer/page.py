@@ -16,6 +16,8 @@ from html import escape
 from importlib.resources import files
 from typing import Any
 
+# The page's script, one file per view that grew its own; viewer.js last: it starts the page.
+SCRIPTS = ("search_view.js", "viewer.js")
 _ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
@@ -33,11 +35,12 @@ def packed_json(data: Any) -> str:
 
 
 def render(data: dict[str, Any], traces: list[list[Any]], plots: list[dict[str, str]], title: str) -> str:
-    """The page: `data` as read by viewer.js at once, `traces` (per run, each problem's tracks, packed
-    one by one) unpacked when that problem is shown, `plots` (SVG text per run) as templates it clones."""
+    """The page: `data` as read by viewer.js at once, `traces` (per run, each problem's tracks and a
+    search's pruned beams, packed one by one) unpacked when that problem is shown, `plots` (SVG text
+    per run) as templates it clones."""
     package = files("evaluators.viewer")
     style = package.joinpath("viewer.css").read_text(encoding="utf-8")
-    script = package.joinpath("viewer.js").read_text(encoding="utf-8")
+    script = "\n".join(package.joinpath(name).read_text(encoding="utf-8") for name in SCRIPTS)
     templates = "".join(f'<template id="plots-{i}">{"".join(svgs.values())}</template>' for i, svgs in enumerate(plots))
     return (
         "<!DOCTYPE html>\n"

@@ -3,8 +3,8 @@
 Keys are short (a run of 500 problems x 16 tracks must stay a file a browser opens at once) and
 values left out when empty. Every text is kept exactly as the model or data set wrote it: the page
 shows it as text. Which view a problem gets follows its record: search strategies get the tree of
-completions, RAST its chunks, SplitReason's policies the text marked by writer, every other vote
-the step tracks side by side.
+their beams (completions, and the beams beam search and DVTS pruned), RAST its chunks, SplitReason's
+policies the text marked by writer, every other vote the step tracks side by side.
 """
 
 from __future__ import annotations
@@ -81,12 +81,15 @@ def problem_payload(g: GradedRecord, policy: str, *, timeout_s: float = DEFAULT_
         "nt": len(tracks),
         "tracks": tracks,
     }
-    if record.details:
-        out["details"] = record.details
-    if record.method_selection:
-        out["msel"] = record.method_selection
+    details = dict(record.details or {})
     if out["view"] == "search":
         out["pick"] = _search_picks(g, timeout_s)
+        if "pruned" in details:  # absent: nothing to prune (best-of-N), or a record from before it was kept
+            out["pruned"] = [pruned_payload(entry) for entry in details.pop("pruned")]
+    if details:
+        out["details"] = details
+    if record.method_selection:
+        out["msel"] = record.method_selection
     return out
 
 
@@ -120,6 +123,24 @@ def step_payload(step: StepRecord) -> dict[str, Any]:
     )
     out.update({key: value for key, value in optional if value is not None})
     return out
+
+
+def pruned_payload(entry: dict[str, Any]) -> dict[str, Any]:
+    """A beam a search pruned (`engine.reasoning.beams.pruned_details`): `at` the iteration (from 0),
+    `why` the reason, `score` its aggregate score, `from` ["track" or "pruned", its id or index, k]
+    when its first k steps are that beam's, and `steps` its own, keyed as a track's steps are."""
+    out: dict[str, Any] = {"at": entry["iteration"], "why": entry["reason"], "score": entry.get("score")}
+    prefix = entry.get("prefix")
+    if prefix:
+        kind = "track" if "track" in prefix else "pruned"
+        out["from"] = [kind, prefix[kind], prefix["steps"]]
+    out["steps"] = [_pruned_step(s) for s in entry.get("steps", [])]
+    return out
+
+
+def _pruned_step(step: dict[str, Any]) -> dict[str, Any]:
+    keys = (("t", "text"), ("n", "tokens"), ("s", "score"), ("x", "detail"))
+    return {short: step[name] for short, name in keys if step.get(name) is not None}
 
 
 def _answer_phase(track: TrackRecord) -> str | None:

@@ -20,7 +20,8 @@ async function loadTraces(...problems) {
     TRACES[r][i] = TRACES[r][i] || (await unpack(PACKED[r][i]));
   }
 }
-const tracksOf = (r, i) => TRACES[r][i];
+// A problem's trace: its tracks, and a search's pruned beams (search_view.js).
+const traceOf = (r, i) => TRACES[r][i];
 const WRITERS = { small: "small model", big: "big model" };
 const OUTCOMES = {
   written: "written", accepted: "draft accepted", rewritten: "draft rejected, rewritten",
@@ -202,7 +203,7 @@ function problemPage(r, i) {
 }
 
 function problemView(r, i) {
-  const p = { ...DATA.runs[r].problems[i], tracks: tracksOf(r, i) };
+  const p = { ...DATA.runs[r].problems[i], ...traceOf(r, i) };
   const view = el("div", { class: "problem", "data-view": p.view });
   put(view, el("h1", {}, `Problem ${p.id}`, p.rep ? ` · repeat ${p.rep}` : "", " ", resultBadge(p.ok, p.ans)),
     el("div", { class: "card" }, el("h3", {}, "Question"), el("div", { class: "text question" }, p.q),
@@ -304,48 +305,6 @@ function textView(p) {
     put(card, el("div", { class: "end" }, "■ " + (ENDS[t.fr] || t.fr)));
     put(box, card);
   }
-  return box;
-}
-
-function searchView(p) {
-  const box = el("div", {});
-  const picks = p.pick || {};
-  const summary = el("table", { id: "selections" }, el("tr", {}, el("th", {}, "selection"), el("th", {}, "picks completion"), el("th", {}, "answer"), el("th", {}, "")),
-    [["naive", "top score"], ["weighted", "answer with the largest score sum"], ["maj", "most common answer"]].map(([k, what]) => {
-      const t = picks[k] === null || picks[k] === undefined ? null : p.tracks[picks[k]];
-      return el("tr", {}, el("td", {}, `${k} (${what})`), el("td", {}, t ? "#" + t.id : "–"), el("td", {}, t ? shown(t.ans) : "–"), el("td", {}, t ? resultBadge(t.ok, t.ans) : ""));
-    }));
-  put(box, el("div", { class: "card" }, el("h3", {}, `Search (${p.strat}): ${p.tracks.length} completions`), summary,
-    el("p", { class: "note" }, "Steps shared by several completions are drawn once; a branch splits where their texts part. Each step shows its PRM score. Beams pruned before completion are not recorded by the search, so they are not drawn.")));
-  const root = { kids: new Map(), leaves: [] };
-  p.tracks.forEach((t, i) => {
-    let node = root;
-    t.steps.forEach((s) => {
-      const key = s.t;
-      if (!node.kids.has(key)) node.kids.set(key, { step: s, kids: new Map(), leaves: [], count: 0 });
-      node = node.kids.get(key);
-      node.count += 1;
-    });
-    node.leaves.push([t, i]);
-  });
-  const picked = new Set(Object.values(picks));
-  function draw(node) {
-    const list = el("ul", {});
-    for (const child of node.kids.values()) {
-      const s = child.step;
-      put(list, el("li", {}, el("div", { class: "node step " + writerClass(s.w), "data-writer": s.w },
-        el("div", { class: "meta" }, `PRM score ${fmt(s.s, 3)} · ${s.n} tokens · shared by ${child.count} completion${child.count > 1 ? "s" : ""}`),
-        el("div", { class: "text" }, s.t)), draw(child)));
-    }
-    for (const [t, i] of node.leaves) {
-      const marks = Object.entries(picks).filter(([, v]) => v === i).map(([k]) => el("span", { class: "badge right" }, k + " pick"));
-      put(list, el("li", {}, el("div", { class: "node leaf" + (picked.has(i) ? " picked" : ""), "data-completion": t.id },
-        el("strong", {}, `completion #${t.id}`), ` score ${fmt(t.score, 3)} · answer `, el("strong", {}, shown(t.ans)), " ", resultBadge(t.ok, t.ans), " ", marks,
-        el("span", { class: "meta" }, " · " + (ENDS[t.fr] || t.fr)), t.err ? el("div", { class: "error" }, t.err) : null)));
-    }
-    return list;
-  }
-  put(box, el("div", { class: "tree" }, draw(root)));
   return box;
 }
 

@@ -110,8 +110,36 @@ def test_a_search_page_draws_the_tree_of_completions_and_the_picks(page, viewers
     picked = page.page.locator(".leaf.picked")
     assert [picked.nth(i).get_attribute("data-completion") for i in range(picked.count())] == ["0", "3"]
     assert "naive pick" in page.page.locator(".leaf[data-completion='3']").text_content()
+    assert "written before searches recorded the beams they prune" in page.page.locator(".card .note").text_content()
     page.shot("problem-search")
     assert page.errors == []
+
+
+def test_a_search_page_greys_the_beams_the_search_pruned_labelled_with_their_iteration(page, viewers):
+    page.open(viewers["search"], "run=0&p=1")
+    tree = page.page.locator(".tree")
+    pruned = tree.locator(".leaf.pruned")
+    # One ✂ line per pruned beam; each ends a greyed step only pruned beams went through.
+    assert pruned.count() == len(viewer_runs.PRUNED) == 4
+    assert tree.locator(".node.step.pruned").count() == 4
+    at = sorted(pruned.nth(i).get_attribute("data-iteration") for i in range(pruned.count()))
+    assert at == ["1", "1", "2", "3"]  # iterations from 1, as the page shows them
+    wrong = tree.locator(".node.step.pruned", has_text="x is 3.")
+    assert "step 2 · score 0.100" in wrong.text_content()
+    assert "pruned at iteration 2: it scored lower" in wrong.locator("xpath=..").text_content()
+    assert "dropped after completing at iteration 3" in pruned.filter(has_text="n completions kept").text_content()
+    # The selected completion (naive: the top score) and the steps that lead to it, outlined.
+    assert tree.locator(".leaf.chosen").get_attribute("data-completion") == "2"
+    chosen = tree.locator(".node.step.chosen .text").all_text_contents()
+    assert chosen == ["Add 2 and 2.\n\n", "2 + 2 = 4.\n\n", "\\boxed{4}"]
+    assert "4 completions, 4 beams pruned" in page.page.locator(".card h3").nth(1).text_content()
+    # A pruned step's text is text, never markup.
+    assert tree.locator(".node.step.pruned .text", has_text="<img").count() == 1
+    assert page.page.locator("main img").count() == 0 and page.page.evaluate("window.__xss") is None
+    page.shot("problem-search-pruned")
+    page.page.uncheck("#show-pruned")
+    assert pruned.first.is_hidden() and tree.locator(".leaf:not(.pruned)").count() == 4
+    assert page.errors == [] and page.dialogs == [] and page.requests == []
 
 
 def test_a_rast_page_shows_acceptance_per_chunk(page, viewers):

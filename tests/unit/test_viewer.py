@@ -59,6 +59,20 @@ def test_each_problem_gets_the_view_its_method_recorded(tmp_path):
     assert search["view"] == "search" and search["pick"] == {"naive": 3, "weighted": 0, "maj": 0}
 
 
+def test_a_search_problem_carries_its_pruned_beams_and_an_older_record_none(tmp_path):
+    old, new = payload_of(viewer_runs.search_run(tmp_path / "search"))["problems"]
+    assert "pruned" not in old and "details" not in old
+    assert "details" not in new, "the pruned beams go with the traces, not with the problem table"
+    assert [(b["at"], b["why"], b.get("from")) for b in new["pruned"]] == [
+        (0, "score", None),
+        (0, "score", None),
+        (1, "score", ["track", 1, 1]),  # A is completion 1's first step
+        (2, "surplus", ["track", 2, 2]),  # C C1 are completion 2's
+    ]
+    assert new["pruned"][1]["steps"] == [{"t": viewer_runs.HOSTILE[2] + "\n\n", "n": 6, "s": 0.3}]
+    assert new["pick"] == {"naive": 2, "weighted": 0, "maj": 0}
+
+
 def test_the_flags_shown_are_those_that_differ_from_the_runners_defaults(tmp_path):
     vote = STRATEGIES["vote"].settings
     models = {"big": ModelConfig("b"), "small": ModelConfig("s")}

@@ -5,7 +5,10 @@ one step (the last iteration writes to the end of the sequence), and is scored; 
 was empty or ended the sequence are set aside as completed, and the top n / beam_width of the rest
 go on (n need not be a multiple of beam_width; when n < beam_width all of them go on, as the
 reference's slice `[-0:]` keeps every beam). The result is the first n completed beams (the top n
-with `sort_completed`), cycled when fewer completed.
+with `sort_completed`), cycled when fewer completed. Every beam dropped on the way is recorded
+(`Searcher.pruned`): at the iteration it fell out of the top, or was filtered as a duplicate, or,
+for a completion past the n kept, the iteration it completed at. No beam is dropped for running
+out of iterations: the last one writes every active beam to the end.
 
 Every score is of the beam's whole text split at "\\n\\n" (`Searcher.rate`): with `--prm_split
 reference` a step's kept "\\n\\n" leaves an empty last paragraph whose score is the last one, so
@@ -18,14 +21,15 @@ never kept. All n candidates of an iteration are generated and scored concurrent
 
 from __future__ import annotations
 
-from engine.reasoning.beams import Beam, Searcher, cycled
+from engine.reasoning.beams import DUPLICATE, LOWER_SCORE, SURPLUS, Beam, PrunedBeam, Searcher, cycled
 from engine.reasoning.strategies.search import search_strategy
 
 
 async def beam_search(searcher: Searcher) -> list[Beam]:
     settings = searcher.settings
     how, keep = settings.agg_strategy, settings.n // settings.beam_width
-    active, completed = [Beam() for _ in range(settings.n)], []
+    active = [Beam() for _ in range(settings.n)]
+    completed: list[tuple[int, Beam]] = []  # (the iteration it completed at, the beam)
     for iteration in range(settings.num_iterations):
         final = iteration == settings.num_iterations - 1
         active = cycled(active, settings.n)
@@ -34,16 +38,22 @@ async def beam_search(searcher: Searcher) -> list[Beam]:
         )
         grown = await searcher.gather(searcher.scored_candidate(b, s) for b, s in zip(active, steps, strict=True))
         # The last iteration wrote to the end of the sequence: all its beams are complete.
-        completed += [b for b in grown if b.ended or final]
+        completed += [(iteration, b) for b in grown if b.ended or final]
         active = [b for b in grown if not (b.ended or final)]
         if settings.filter_duplicates:
-            active = first_of_each_text(active)
+            unique = first_of_each_text(active)
+            searcher.prune(active, unique, iteration=iteration, reason=DUPLICATE)
+            active = unique
         if not active:
             break
-        active = top_in_order(active, keep, how)
+        top = top_in_order(active, keep, how)
+        searcher.prune(active, top, iteration=iteration, reason=LOWER_SCORE)
+        active = top
     if settings.sort_completed:
-        completed = sorted(completed, key=lambda b: b.score(how), reverse=True)
-    return cycled(completed[: settings.n], settings.n)
+        completed = sorted(completed, key=lambda ib: ib[1].score(how), reverse=True)
+    # Completions past the first (or top) n are dropped: recorded as pruned where they completed.
+    searcher.pruned += [PrunedBeam(b, iteration, SURPLUS) for iteration, b in completed[settings.n :]]
+    return cycled([b for _, b in completed[: settings.n]], settings.n)
 
 
 def first_of_each_text(beams: list[Beam]) -> list[Beam]:

@@ -32,4 +32,5 @@ BEST_OF_N = search_strategy(
     "search-and-learn best-of-N: N whole solutions scored step by step; the top-scored one answers",
     best_of_n,
     split_by_width=False,
+    prunes=False,
 )

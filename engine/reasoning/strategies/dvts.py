@@ -10,13 +10,16 @@ In the reference only the chosen sibling went on, so the others could be unfinis
 (seed-algorithms-2.md 2.10). Here every sibling that has not ended is written to the end of the
 sequence and rescored, and a finished sibling scored with a lookahead is rescored without it, so
 each completion is a whole solution scored as it stands.
+
+The siblings not kept by a subtree that goes on are recorded as pruned (`Searcher.pruned`) at that
+iteration, scored as they were compared (on step plus lookahead).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.reasoning.beams import Beam, Searcher, best_index
+from engine.reasoning.beams import LOWER_SCORE, Beam, Searcher, best_index
 from engine.reasoning.strategies.search import search_strategy
 
 ANSWER_MARK = "boxed{"
@@ -42,7 +45,10 @@ async def dvts(searcher: Searcher) -> list[Beam]:
         if not live:
             break
         final = iteration == settings.num_iterations - 1
-        await searcher.gather(_expand(searcher, tree, key=(t, iteration), final=final) for t, tree in live)
+        dropped = await searcher.gather(_expand(searcher, tree, key=(t, iteration), final=final) for t, tree in live)
+        # Recorded here, subtree after subtree, not as each expansion ends: the record's order is fixed.
+        for (_, tree), siblings in zip(live, dropped, strict=True):
+            searcher.prune(siblings, [tree.beam], iteration=iteration, reason=LOWER_SCORE)
     finished = await searcher.gather(
         _finish(searcher, sibling, lookahead, key=("dvts_finish", t, j))
         for t, tree in enumerate(trees)
@@ -51,7 +57,9 @@ async def dvts(searcher: Searcher) -> list[Beam]:
     return finished
 
 
-async def _expand(searcher: Searcher, tree: Subtree, *, key: tuple, final: bool) -> None:
+async def _expand(searcher: Searcher, tree: Subtree, *, key: tuple, final: bool) -> list[Beam]:
+    """Grow the subtree by its best of beam_width candidates. Returns the candidates when the subtree
+    goes on (all but the kept one are dropped), none when it is done (they are its completions)."""
     width = searcher.settings.beam_width
     steps = await searcher.gather(
         searcher.next_step(tree.beam.text, final=final, key=("dvts", *key, j)) for j in range(width)
@@ -60,6 +68,7 @@ async def _expand(searcher: Searcher, tree: Subtree, *, key: tuple, final: bool)
     tree.ahead = [bool(s.lookahead) for s in steps]
     tree.beam = tree.siblings[best_index(tree.siblings, searcher.settings.agg_strategy)]
     tree.done = final or is_whole(tree.beam)
+    return [] if tree.done else tree.siblings
 
 
 async def _finish(searcher: Searcher, sibling: Beam, scored_with_lookahead: bool, *, key: tuple) -> Beam:

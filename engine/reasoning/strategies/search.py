@@ -16,6 +16,7 @@ from engine.reasoning.beams import (
     SearchSettings,
     best_index,
     completion_tracks,
+    pruned_details,
 )
 from engine.reasoning.prm import PRMScorer, TokenPRMScorer, prm_kind_of
 from engine.reasoning.scoring import EveryStepJudge, JudgeScorer, StepScorer
@@ -34,8 +35,12 @@ JUDGE_METHOD = "average"
 SearchFunction = Callable[[Searcher], Awaitable[list[Beam]]]
 
 
-def search_strategy(name: str, description: str, search: SearchFunction, *, split_by_width: bool) -> StrategySpec:
-    """The registered strategy that runs `search` on each problem; all three share `SearchSettings`."""
+def search_strategy(
+    name: str, description: str, search: SearchFunction, *, split_by_width: bool, prunes: bool = True
+) -> StrategySpec:
+    """The registered strategy that runs `search` on each problem; all three share `SearchSettings`.
+    `prunes`: the search drops beams on the way (beam search, DVTS), recorded in the record's
+    `details["pruned"]` (best-of-N drops none and writes no details)."""
 
     def check_settings(settings: SearchSettings, prompts: object) -> None:
         # The spec's hook that runs before any server starts; this one checks settings, not prompts.
@@ -49,14 +54,15 @@ def search_strategy(name: str, description: str, search: SearchFunction, *, spli
         templates=("problem", "system", "score", "score_prefix"),
         roles=(WRITER, "big", "prm"),
         needed_roles=lambda s: (WRITER, "big" if s.scorer == "judge" else "prm"),
-        solve=lambda ctx: solve(ctx, name, search),
+        solve=lambda ctx: solve(ctx, name, search, prunes=prunes),
         check_prompts=check_settings,
     )
 
 
-async def solve(ctx: SolveContext, name: str, search: SearchFunction) -> ProblemRecord:
+async def solve(ctx: SolveContext, name: str, search: SearchFunction, *, prunes: bool = True) -> ProblemRecord:
     """One problem: the search's completions as tracks; the answer is the top-scored one's (search-and-
-    learn's `pred`); the record's usage counts every request, lookahead and scoring included."""
+    learn's `pred`); the record's usage counts every request, lookahead and scoring included; with
+    `prunes`, the beams the search dropped in `details["pruned"]` (`beams.pruned_details`)."""
     settings, reasoning, writer = ctx.settings, ctx.reasoning, ctx.models[WRITER]
     seed = None if reasoning.seed is None else problem_seed(reasoning.seed, ctx.problem.id, ctx.repeat_id)
     searcher = Searcher(
@@ -75,8 +81,15 @@ async def solve(ctx: SolveContext, name: str, search: SearchFunction) -> Problem
     how = settings.agg_strategy
     tracks = completion_tracks(beams, mode=name, how=how, writer=WRITER, choices=bool(ctx.problem.choices))
     answer = tracks[best_index(beams, how)].answer
-    record = ctx.record(tracks=tracks, answer=answer, aggregation="naive", usage=searcher.usage)
-    log.info("problem_done", answer=answer, completions=len(tracks), seconds=round(record.latency_s, 2))
+    details = {"pruned": pruned_details(beams, searcher.pruned, how=how)} if prunes else None
+    record = ctx.record(tracks=tracks, answer=answer, aggregation="naive", usage=searcher.usage, details=details)
+    log.info(
+        "problem_done",
+        answer=answer,
+        completions=len(tracks),
+        pruned=len(searcher.pruned),
+        seconds=round(record.latency_s, 2),
+    )
     return record
 
 
