@@ -95,6 +95,9 @@ class Rule:
         return faults[(self.hits - 1) % len(faults)]
 
 
+_SETTLED = web.RequestKey("fault_proxy_settled", bool)
+
+
 class FaultProxy:
     """Forwards to `upstream` (a vLLM base URL) and fails requests as its rules say."""
 
@@ -106,6 +109,8 @@ class FaultProxy:
         self.requests: Counter[str] = Counter()  # path -> requests received
         self.injected: Counter[str] = Counter()  # fault kind -> faults injected
         self.completed: Counter[str] = Counter()  # path -> requests relayed whole
+        # path -> requests the client gave up on (its timeout) before they were relayed or failed
+        self.abandoned: Counter[str] = Counter()
         self.in_flight = 0  # POST requests being handled
         self.dropped = 0  # POST requests in flight when the proxy went down
         self._site: web.TCPSite | None = None
@@ -179,27 +184,37 @@ class FaultProxy:
         self.in_flight += 1
         try:
             return await self._answer(request, await request.json())
+        except asyncio.CancelledError:
+            if not request.get(_SETTLED):
+                self.abandoned[request.path] += 1
+            raise
         finally:
             self.in_flight -= 1
+
+    @staticmethod
+    def _settle(request: web.Request, counter: Counter[str], key: str) -> None:
+        """Count what became of a POST request: relayed whole, or failed as a rule said."""
+        counter[key] += 1
+        request[_SETTLED] = True
 
     async def _answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         path = request.path
         fault = self._fault_for(path, body)
         if fault is not None and fault.kind == "status":
-            self.injected["status"] += 1
+            self._settle(request, self.injected, "status")
             error = {"message": "injected fault", "type": "InternalServerError", "param": None, "code": fault.status}
             return web.json_response({"error": error}, status=fault.status)
         if fault is not None and fault.kind == "reset":
-            self.injected["reset"] += 1
+            self._settle(request, self.injected, "reset")
             return _reset(request)
         async with self._upstream.post(self.upstream + path, json=body) as upstream:
             if upstream.status == 200 and upstream.content_type == "text/event-stream":
                 return await self._relay_stream(request, upstream, fault)
             raw = await upstream.read()
             if fault is not None and fault.kind in PLAIN_BODY_FAULTS and upstream.status == 200:
-                self.injected[fault.kind] += 1
+                self._settle(request, self.injected, fault.kind)
                 return await _break_body(request, fault, raw, upstream.content_type)
-            self.completed[path] += 1
+            self._settle(request, self.completed, path)
             return web.Response(body=raw, status=upstream.status, content_type=upstream.content_type)
 
     async def _relay_stream(
@@ -211,13 +226,13 @@ class FaultProxy:
         async for line in upstream.content:
             is_event = line.startswith(b"data:")
             if fault is not None and is_event and events >= fault.after_events:
-                self.injected[fault.kind] += 1
+                self._settle(request, self.injected, fault.kind)
                 return await _break_stream(request, response, fault, line)
             await response.write(line)
             events += is_event
             if line.strip() == b"data: [DONE]":
                 # Counted here, not at the end of the stream: a client is done once it has [DONE].
-                self.completed[request.path] += 1
+                self._settle(request, self.completed, request.path)
         await response.write_eof()
         return response
 
