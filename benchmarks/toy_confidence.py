@@ -8,6 +8,9 @@ end. `benchmarks.toy_world --rows confidence` runs these on `--problems`.
 from __future__ import annotations
 
 from benchmarks.toy_speed import Mode
+from engine.data.answers import is_correct
+from engine.reasoning.confidence import trace_confidence, trace_tokens
+from engine.records import ProblemRecord
 
 SMALL16 = ("--model", "small", "--stepwise")
 CONFIDENCE_MODES = (
@@ -24,13 +27,40 @@ CONFIDENCE_MODES = (
 )
 
 
-def confidence_rows(figures: dict, commands: dict[str, str]) -> list:
-    """Majority of 16 against DeepConf offline and online: accuracy and tokens, beside the targets."""
+def within_problem_auc(records: list[ProblemRecord], measure: str = "bottom10", window: int = 2048) -> tuple:
+    """The chance that a right answered trace of a problem is more confident (DeepConf's `measure`)
+    than a wrong answered one of the same problem (ties count half), and the number of such pairs:
+    whether confidence can pick among a problem's traces, which is all DeepConf asks of it."""
+    pairs = wins = 0.0
+    for record in records:
+        scored = [
+            (trace_confidence(trace_tokens(t), measure, window), is_correct(t.answer, record.reference_answer))
+            for t in record.tracks
+            if t.answer is not None and trace_tokens(t)
+        ]
+        right = [c for c, ok in scored if ok]
+        wrong = [c for c, ok in scored if not ok]
+        pairs += len(right) * len(wrong)
+        wins += sum((r > w) + 0.5 * (r == w) for r in right for w in wrong)
+    return (wins / pairs if pairs else None), int(pairs)
+
+
+def confidence_rows(figures: dict, records: dict[str, list[ProblemRecord]], commands: dict[str, str]) -> list:
+    """Majority of 16 against DeepConf offline and online: accuracy and tokens, beside the targets;
+    and how well the offline traces' confidence separates right from wrong within a problem."""
     vote, offline, online, whole, probed = (figures[m.name] for m in CONFIDENCE_MODES)
+    auc, pairs = within_problem_auc(records["deepconf16_offline"])
     vote_tokens, online_tokens = sum(vote.tokens.values()), sum(online.tokens.values())
     saved = 1 - online_tokens / vote_tokens if vote_tokens else 0.0
     whole_tokens, probed_tokens = sum(whole.tokens.values()), sum(probed.tokens.values())
     return [
+        (
+            "within-problem AUC of trace confidence (bottom 10%)",
+            "-" if auc is None else f"{auc:.3f} ({pairs} right-wrong pairs)",
+            "for the record",
+            "",
+            commands["deepconf16_offline"],
+        ),
         (
             "DeepConf offline (top 10%) vs majority of 16",
             f"{offline.accuracy:.1%} vs {vote.accuracy:.1%}",

@@ -273,14 +273,19 @@ def row_groups(text: str) -> tuple[str, ...]:
     return groups
 
 
+# The small model of each variant of the task: the shipped one, whose slips are random draws of an
+# equally unsure model; or the one that is unsure of everything after its first slip (issue 22).
+TASK_VARIANTS = {"slips": "small", "lost": "small_lost"}
+
+
 async def measure(
-    groups: tuple[str, ...], problems: int, speed_problems: int, out: Path, models_dir: Path
+    groups: tuple[str, ...], problems: int, speed_problems: int, out: Path, models_dir: Path, variant: str = "slips"
 ) -> list[tuple[str, ...]]:
-    """Serve the small, the costly big (as "big") and the trained big model and measure the row
-    `groups`: accuracy, confidence and search modes on `problems` problems, the speed modes (after
-    calibrating the models' costs) on `speed_problems`."""
+    """Serve the small model of the task `variant`, the costly big (as "big") and the trained big
+    model and measure the row `groups`: accuracy, confidence and search modes on `problems`
+    problems, the speed modes (after calibrating the models' costs) on `speed_problems`."""
     toy = make_toy_models(models_dir)
-    served = {"big": toy.costly_big, "small": toy.small, "trained_big": toy.big}
+    served = {"big": toy.costly_big, "small": getattr(toy, TASK_VARIANTS[variant]), "trained_big": toy.big}
     specs = [
         ServerSpec(name=name, model=str(path), dtype="float32", max_model_len=MAX_POSITIONS)
         for name, path in served.items()
@@ -315,7 +320,7 @@ async def measure(
         if group == "accuracy":
             rows += table(results, auc_value, n_right, n_wrong, problems, out)
         elif group == "confidence":
-            rows += confidence_rows(results, commands)
+            rows += confidence_rows(results, records, commands)
         elif group == "search":
             rows += search_rows(records, problems, out)
         else:
@@ -412,14 +417,22 @@ def main(argv: list[str] | None = None) -> int:
         default=ROW_GROUPS,
         help=f"comma-separated row groups to measure, in this order (default all: {','.join(ROW_GROUPS)})",
     )
+    parser.add_argument(
+        "--task_variant",
+        choices=tuple(TASK_VARIANTS),
+        default="slips",
+        help="the small model: the shipped one (slips), or the one lost after its first slip (lost; issue 22)",
+    )
     args = parser.parse_args(argv)
     configure_logging(json=False, level="warning")
     out = Path(args.out)
-    rows = loop.run(measure(args.rows, args.problems, args.speed_problems, out, Path(args.models_dir)))
+    rows = loop.run(
+        measure(args.rows, args.problems, args.speed_problems, out, Path(args.models_dir), args.task_variant)
+    )
     widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
     print(
         f"toy world: {args.problems} held-out toy problems ({args.speed_problems} for speed), vLLM-CPU float32, "
-        "the costly big model as big"
+        f"the costly big model as big, task variant {args.task_variant}"
     )
     for row in rows:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  $ " + row[4])

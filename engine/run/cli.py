@@ -352,7 +352,7 @@ def _make_toy_models(args: argparse.Namespace) -> int:
     from engine.toy.toy_models import make_toy_models
 
     toy = make_toy_models(Path(args.directory), big_layers=args.big_layers)
-    print(f"big\t{toy.big}\nsmall\t{toy.small}\ncostly_big\t{toy.costly_big}")
+    print(f"big\t{toy.big}\nsmall\t{toy.small}\ncostly_big\t{toy.costly_big}\nsmall_lost\t{toy.small_lost}")
     return 0
 
 

@@ -66,12 +66,20 @@ SIZES = {
 COSTLY_BIG_LAYERS = 48
 
 
+# The shipped weight files: each file's stem, and the size (architecture) its weights fit. The
+# `small_lost` model is the task variant on which DeepConf's confidence carries signal (issue 22):
+# the small model fine-tuned on traces whose results are random once one has slipped.
+WEIGHTS = {"small": "small", "big": "big", "small_lost": "small"}
+
+
 @dataclass(frozen=True)
 class ToyModels:
     small: Path
     big: Path
     # The trained big model's function at a big model's cost per token.
     costly_big: Path
+    # A small model that is unsure of everything after its first slip (engine/toy/weights/TRAINING.md).
+    small_lost: Path
 
 
 def toy_config(name: str, tokenizer: PreTrainedTokenizerFast, *, padding: int = 0):
@@ -84,15 +92,26 @@ def toy_config(name: str, tokenizer: PreTrainedTokenizerFast, *, padding: int = 
 
 
 def make_toy_models(out_dir: Path, *, big_layers: int = COSTLY_BIG_LAYERS) -> ToyModels:
-    """Write (or reuse) `out_dir/small`, `out_dir/big` and `out_dir/big-costly` (the trained big
-    model padded to `big_layers` decoder layers) from the shipped weights."""
+    """Write (or reuse) `out_dir/small`, `out_dir/big`, `out_dir/big-costly` (the trained big model
+    padded to `big_layers` decoder layers) and `out_dir/small-lost` from the shipped weights."""
     out_dir = Path(out_dir)
     trained = SIZES["big"].layers
     if big_layers < trained:
         raise UsageError(f"--big_layers must be at least the trained big model's {trained}, not {big_layers}")
-    models = ToyModels(small=out_dir / "small", big=out_dir / "big", costly_big=out_dir / "big-costly")
+    models = ToyModels(
+        small=out_dir / "small",
+        big=out_dir / "big",
+        costly_big=out_dir / "big-costly",
+        small_lost=out_dir / "small-lost",
+    )
     stamp = _stamp()
-    folders = {"small": ("small", 0), "big": ("big", 0), "costly_big": ("big", big_layers - trained)}
+    # field -> (weights, padding)
+    folders = {
+        "small": ("small", 0),
+        "big": ("big", 0),
+        "costly_big": ("big", big_layers - trained),
+        "small_lost": ("small_lost", 0),
+    }
     stale = {
         field: spec
         for field, spec in folders.items()
@@ -104,15 +123,15 @@ def make_toy_models(out_dir: Path, *, big_layers: int = COSTLY_BIG_LAYERS) -> To
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(TOKENIZER_DIR)
     tokenizer.chat_template = SERVED_CHAT_TEMPLATE
-    for field, (name, padding) in stale.items():
-        _write_model(getattr(models, field), name, tokenizer, {**stamp, "padding": padding}, padding=padding)
+    for field, (weights, padding) in stale.items():
+        _write_model(getattr(models, field), weights, tokenizer, {**stamp, "padding": padding}, padding=padding)
     return models
 
 
 def _stamp() -> dict:
     """What a built folder must match to be reused: the format and the shipped weights' digests
     (retrained weights have the same sizes)."""
-    weights = {name: hashlib.sha256((WEIGHTS_DIR / f"{name}.safetensors").read_bytes()).hexdigest() for name in SIZES}
+    weights = {name: hashlib.sha256((WEIGHTS_DIR / f"{name}.safetensors").read_bytes()).hexdigest() for name in WEIGHTS}
     return {
         "format": FORMAT_VERSION,
         "weights": weights,
@@ -128,20 +147,21 @@ def _marker(model_dir: Path) -> dict | None:
 
 
 def _write_model(
-    model_dir: Path, name: str, tokenizer: PreTrainedTokenizerFast, stamp: dict, *, padding: int = 0
+    model_dir: Path, weights: str, tokenizer: PreTrainedTokenizerFast, stamp: dict, *, padding: int = 0
 ) -> None:
     import torch
     from safetensors.torch import load_file
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
+    name = WEIGHTS[weights]
     config = toy_config(name, tokenizer, padding=padding)
-    state = {k: v.to(torch.float32) for k, v in load_file(WEIGHTS_DIR / f"{name}.safetensors").items()}
+    state = {k: v.to(torch.float32) for k, v in load_file(WEIGHTS_DIR / f"{weights}.safetensors").items()}
     if padding:
         state = _padded(state, SIZES[name].layers, padding)
     model = Qwen2ForCausalLM(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
-        raise RuntimeError(f"toy weights {name} do not fit the model: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(f"toy weights {weights} do not fit the model: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id

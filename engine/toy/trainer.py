@@ -64,6 +64,20 @@ SETTINGS = {
         "slip_rate": 0.4,
         "eval_every": 500,
     },
+    # The task variant for DeepConf (issue 22), from the small model's weights: the same slips, and
+    # once a trace has slipped, random results (`slipped_solution`'s `lost_after_slip`).
+    "small_lost": {
+        "model": "small",
+        "steps": 3000,
+        "batch": 128,
+        "examples": 384_000,
+        "lr": 5e-4,
+        "judge_share": 0.0,
+        "slip_rate": 0.3,
+        "lost_after_slip": True,
+        "problem_offset": 130_000,
+        "eval_every": 500,
+    },
 }
 
 
@@ -333,6 +347,7 @@ def evaluate(args: argparse.Namespace) -> None:
             **accuracies(small),
             **vote_accuracy(small, tokenizer, problems, tracks=8, seed=3),
             "judge": judge_metrics(big, small, tokenizer, problems),
+            "deepconf_auc": confidence_auc(small, tokenizer, problems[:100], tracks=16),
         }
         log("small", "evaluated", weights=name, **metrics[name])
     (weights / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -357,6 +372,34 @@ def judge_metrics(big, small, tokenizer, problems: list[ToyProblem]) -> dict:
         "right_kept_at_7": sum(s >= 7 for s in right) / max(1, len(right)),
         "wrong_caught_below_7": sum(s < 7 for s in wrong) / max(1, len(wrong)),
     }
+
+
+def confidence_auc(model, tokenizer, problems: list[ToyProblem], *, tracks: int, top_k: int = 20) -> dict:
+    """Within-problem AUC of DeepConf's trace confidence (the mean over the trace's tokens of minus the
+    mean top-k logprob) on `tracks` samples a problem at T=0.6: the chance that a right trace of a
+    problem is more confident than a wrong one of the same problem."""
+    import torch
+
+    prompts = [p for p in solve_prompts(problems, tokenizer) for _ in range(tracks)]
+    texts = generate(model, tokenizer, prompts, temperature=0.6, seed=4)
+    confidences = []
+    for prompt, text in zip(prompts, texts, strict=True):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + text_ids], device=model.device)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].float()
+        top = torch.log_softmax(logits, dim=-1).topk(top_k, dim=-1).values
+        confidences.append(float((-top.mean(-1)).mean()) if len(text_ids) else 0.0)
+    pairs = right_wins = 0.0
+    for i, problem in enumerate(problems):
+        window = slice(i * tracks, (i + 1) * tracks)
+        scored = [(c, boxed(t) == problem.answer) for c, t in zip(confidences[window], texts[window], strict=True)]
+        right = [c for c, ok in scored if ok]
+        wrong = [c for c, ok in scored if not ok]
+        pairs += len(right) * len(wrong)
+        right_wins += sum((r > w) + 0.5 * (r == w) for r in right for w in wrong)
+    return {"pairs": pairs, "auc": right_wins / pairs if pairs else None}
 
 
 # ---- tokenizer ----

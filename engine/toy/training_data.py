@@ -22,6 +22,7 @@ from pathlib import Path
 from engine.serving.chat import ChatFormat, Message
 from engine.toy.toy_task import (
     DEV_SEED,
+    MAX_VALUE,
     TRAIN_SEED,
     ToyProblem,
     apply,
@@ -90,12 +91,17 @@ def problem_message(problem: ToyProblem, texts: dict, rng: random.Random) -> str
 
 
 def solution_example(
-    problem: ToyProblem, chat: ChatFormat, texts: dict, rng: random.Random, slip_rate: float = 0.0
+    problem: ToyProblem,
+    chat: ChatFormat,
+    texts: dict,
+    rng: random.Random,
+    slip_rate: float = 0.0,
+    lost_after_slip: bool = False,
 ) -> list:
     """Segments (text, weight) of one solved problem, prompt first (weight 0). With `slip_rate`, each
     step's result has a slipped digit with that probability (the small model's training data)."""
     messages = [Message("user", problem_message(problem, texts, rng))]
-    steps, answer = slipped_solution(problem, rng, slip_rate)
+    steps, answer = slipped_solution(problem, rng, slip_rate, lost_after_slip)
     chunks = [*steps, f"</think>\n\\boxed{{{answer}}}"]
     if rng.random() < 0.9:
         # As SpecReason's loop asks: the first step after the template's generation prompt
@@ -110,19 +116,25 @@ def solution_example(
     return [(prompt, 0.0), (f"\\boxed{{{answer}}}<|im_end|>", 1.0)]
 
 
-def slipped_solution(problem: ToyProblem, rng: random.Random, slip_rate: float) -> tuple[list[str], int]:
+def slipped_solution(
+    problem: ToyProblem, rng: random.Random, slip_rate: float, lost_after_slip: bool = False
+) -> tuple[list[str], int]:
     """The steps and the answer, where each step's result slips one digit with probability
     `slip_rate` and the steps after it go on from the value written.
 
     Slips are the small model's mistakes by design: they are random, so its samples disagree and
     voting helps (a model that errs by lack of capacity errs the same way every time), and they
     change the last digit, or sometimes the tens, by one, so they survive sampling at temperature
-    0.6 with top-p 0.95 (the mass of the wrong digit sits on two tokens, not ten)."""
-    value, steps = problem.start, []
+    0.6 with top-p 0.95 (the mass of the wrong digit sits on two tokens, not ten).
+
+    With `lost_after_slip`, every result after the first slip is a random value: a model trained
+    on it is unsure of everything it writes once its trace has gone wrong, as a reasoning model
+    that has lost its way is (the variant of the task on which DeepConf's confidence can work)."""
+    value, steps, slipped = problem.start, [], False
     for kind, operand in problem.operations:
-        result = apply(kind, value, operand)
+        result = rng.randint(0, MAX_VALUE) if slipped and lost_after_slip else apply(kind, value, operand)
         if rng.random() < slip_rate:
-            result = slip_digit(result, rng)
+            result, slipped = slip_digit(result, rng), True
         steps.append(format_step(value, kind, operand, result))
         value = result
     return steps, value
@@ -243,7 +255,7 @@ def _build_chunk(job: tuple) -> list:
     """Examples `chunk*CHUNK ...` of a seeded stream, as (token ids, weights) lists."""
     import numpy as np
 
-    role, seed, chunk, judge_share, slip_rate, problem_offset, excluded = job
+    role, seed, chunk, judge_share, slip_rate, lost_after_slip, problem_offset, excluded = job
     rng = random.Random(f"{role}-{seed}-{chunk}")
     stream = problem_stream(TRAIN_SEED * 1000 + seed * 100_000 + chunk + problem_offset)
     chat, texts, tokenizer = _WORKER["chat"], _WORKER["texts"], _WORKER["tokenizer"]
@@ -255,7 +267,7 @@ def _build_chunk(job: tuple) -> list:
         if rng.random() < judge_share:
             examples.append(judge_example(problem, chat, texts, rng))
         else:
-            examples.append(solution_example(problem, chat, texts, rng, slip_rate))
+            examples.append(solution_example(problem, chat, texts, rng, slip_rate, lost_after_slip))
     flat = [text for segments in examples for text, _ in segments]
     encoded = iter(tokenizer(flat, add_special_tokens=False)["input_ids"])
     out = []
@@ -273,7 +285,12 @@ def _build_chunk(job: tuple) -> list:
 def build_data(settings: dict, role: str, seed: int, tokenizer_dir: Path, prompts_dir: Path) -> list:
     excluded = frozenset(p.text for p in held_out_problems()) | frozenset(p.text for p in dev_problems())
     count = settings["examples"]
-    shares = (settings["judge_share"], settings.get("slip_rate", 0.0), settings.get("problem_offset", 0))
+    shares = (
+        settings["judge_share"],
+        settings.get("slip_rate", 0.0),
+        settings.get("lost_after_slip", False),
+        settings.get("problem_offset", 0),
+    )
     jobs = [(role, seed, c, *shares, excluded) for c in range(math.ceil(count / CHUNK))]
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(max(1, (os.cpu_count() or 2) // 2), _init_worker, (str(tokenizer_dir), str(prompts_dir))) as pool:

@@ -17,9 +17,11 @@ def test_make_toy_models_writes_both_models_from_the_shipped_weights(tmp_path, c
         str(tmp_path / "small"),
         "costly_big",
         str(tmp_path / "big-costly"),
+        "small_lost",
+        str(tmp_path / "small-lost"),
     ]
-    for name, size in SIZES.items():
-        folder = tmp_path / name
+    for folder_name, size in (*SIZES.items(), ("small-lost", SIZES["small"])):
+        folder = tmp_path / folder_name
         config = json.loads((folder / "config.json").read_text())
         assert config["architectures"] == ["Qwen2ForCausalLM"] and config["head_dim"] == 64
         assert config["num_hidden_layers"] == size.layers and config["hidden_size"] == size.hidden
@@ -28,6 +30,8 @@ def test_make_toy_models_writes_both_models_from_the_shipped_weights(tmp_path, c
         assert chat.thinking
         tokens = chat._tokenizer.tokenize("57 + 33 = 90")
         assert [t for t in tokens if t.isdigit()] == list("573390")
+    lost, small = (tmp_path / name / "model.safetensors" for name in ("small-lost", "small"))
+    assert lost.read_bytes() != small.read_bytes()
     shipped = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
     assert shipped <= 20 * 1024 * 1024
     stamp = (tmp_path / "big" / "spectra-toy-model.json").stat().st_mtime_ns

@@ -36,3 +36,23 @@ def test_slipped_solutions_go_on_from_the_value_written_and_slip_at_the_rate_ask
     assert 0.33 < slips / steps_seen < 0.47
     clean_steps, clean_answer = slipped_solution(held_out_problems(1)[0], rng, 0.0)
     assert clean_steps == held_out_problems(1)[0].steps() and clean_answer == held_out_problems(1)[0].answer
+
+
+def test_lost_after_slip_keeps_every_result_before_the_first_slip_and_randomises_the_rest():
+    rng = random.Random(2)
+    lost_traces = 0
+    for problem in held_out_problems(200):
+        steps, answer = slipped_solution(problem, rng, 0.3, lost_after_slip=True)
+        labels = [judge_label(problem, steps[:i], step) for i, step in enumerate(steps)]
+        first_slip = labels.index(False) if False in labels else len(steps)
+        # Right up to the first slip, as in the shipped data...
+        assert all(labels[:first_slip])
+        for i, step in enumerate(steps):
+            left = int(STEP_PATTERN.match(steps[i - 1])[4]) if i else problem.start
+            assert int(STEP_PATTERN.match(step)[1]) == left
+        # ...and after it, results that mostly are not the operation applied (random values).
+        after = labels[first_slip + 1 :]
+        lost_traces += bool(after)
+        assert sum(after) <= max(1, len(after) // 2), steps
+        assert answer == int(STEP_PATTERN.match(steps[-1])[4])
+    assert lost_traces > 50
