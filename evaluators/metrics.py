@@ -123,3 +123,23 @@ def bootstrap_mean_ci(
     means = [sum(rng.choices(values, k=size)) / size for _ in range(resamples)]
     tail = (1 - confidence) / 2 * 100
     return percentile(means, tail), percentile(means, 100 - tail)
+
+
+def auc(positives: list[float], negatives: list[float]) -> float | None:
+    """The chance that a random positive outscores a random negative (ties count half): the area
+    under the ROC curve; None without both."""
+    if not positives or not negatives:
+        return None
+    ranked = sorted([(s, 1) for s in positives] + [(s, 0) for s in negatives])
+    wins, i = 0.0, 0
+    below = 0  # negatives strictly below the current score
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        pos = sum(1 for _, label in ranked[i:j] if label)
+        neg = (j - i) - pos
+        wins += pos * (below + 0.5 * neg)
+        below += neg
+        i = j
+    return wins / (len(positives) * len(negatives))

@@ -97,3 +97,12 @@ def test_bootstrap_ci_is_reproducible_and_brackets_the_mean():
     assert low == pytest.approx(0.402, abs=0.03)
     assert high == pytest.approx(0.598, abs=0.03)
     assert metrics.bootstrap_mean_ci([]) is None
+
+
+def test_auc_counts_every_positive_negative_pair_and_ties_half():
+    positives, negatives = [3.0, 1.0, 2.0, 2.0], [2.0, 0.5, 2.5]
+    pairs = list(itertools.product(positives, negatives))
+    by_pairs = sum((p > n) + 0.5 * (p == n) for p, n in pairs) / len(pairs)
+    assert metrics.auc(positives, negatives) == pytest.approx(by_pairs)
+    assert metrics.auc([1.0], [2.0]) == 0.0 and metrics.auc([2.0], [2.0]) == 0.5
+    assert metrics.auc([], [1.0]) is None
