@@ -9,6 +9,12 @@ measured by: `mean` (all its tokens), `bottom10` (the mean of its lowest 10% gro
 (`TrackSetup.token_logprobs`): the writer's requests then carry vLLM's `logprobs` k and each kept
 step stores its tokens' confidence and sampled logprob (`StepRecord.token_confidence`,
 `token_logprob`).
+
+The measures run over either per-token value (`TOKEN_SCORES`): `confidence`, the paper's, or
+`logprob`, the sampled token's own logprob (spectra's option: a trace that wrote a token its model
+thought unlikely, such as a slipped digit, scores low even where the model's alternatives stayed
+peaked). A logprob measure is a mean of logprobs, at most 0; as a vote weight it counts as its
+exponent, the geometric-mean probability of the tokens (`vote_weight`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Sequence
 from engine.records import TrackRecord
 
 MEASURES = ("mean", "bottom10", "lowest", "tail")
+TOKEN_SCORES = ("confidence", "logprob")
 # Confidences are kept with this many decimals: the record stays small, the ranking unchanged.
 DECIMALS = 3
 
@@ -33,9 +40,19 @@ def step_confidences(top_logprobs: Sequence[dict[str, float]]) -> list[float]:
     return [round(token_confidence(top), DECIMALS) for top in top_logprobs]
 
 
-def trace_tokens(track: TrackRecord) -> list[float]:
-    """The token confidences of a track's kept steps, in order (empty when none were asked for)."""
-    return [c for step in track.steps for c in step.token_confidence or ()]
+def trace_tokens(track: TrackRecord, score: str = "confidence") -> list[float]:
+    """A per-token value (`TOKEN_SCORES`) of a track's kept steps, in order (empty when none were asked for)."""
+    if score == "confidence":
+        return [c for step in track.steps for c in step.token_confidence or ()]
+    if score == "logprob":
+        return [lp for step in track.steps for lp in step.token_logprob or ()]
+    raise ValueError(f"unknown token score {score!r}; use one of {', '.join(TOKEN_SCORES)}")
+
+
+def vote_weight(value: float, score: str) -> float:
+    """A trace's weight in the vote from its measure: the confidence itself (positive), or for a
+    logprob measure the geometric-mean probability it stands for."""
+    return math.exp(value) if score == "logprob" else value
 
 
 def group_confidences(tokens: Sequence[float], window: int) -> list[float]:

@@ -83,10 +83,15 @@ async def test_deepconf_offline_and_online_record_confidences_and_their_choices(
         confident = record.details["confidence"]
         assert all(s.token_confidence and len(s.token_confidence) == s.tokens for t in record.tracks for s in t.steps)
         assert len(record.details["kept"]) == 2 and set(record.details["kept"]) <= {int(i) for i in confident}
-    online = Mode("deepconf_online", "base", (*small, "--deepconf_online", "--deepconf_warmup", "2"))
+    # Online, measuring the sampled tokens' logprobs: vLLM's, so at most 0 and one per token.
+    online_flags = ("--deepconf_online", "--deepconf_warmup", "2", "--deepconf_token", "logprob")
+    online = Mode("deepconf_online", "base", (*small, *online_flags))
     outcome = await execute(run_config(online, toy_servers, 2, tmp_path / "online"), progress=False)
     for record in outcome.records:
         assert record.details["warmup"] == [0, 1] and record.details["threshold"] is not None
+        assert record.details["token_score"] == "logprob" and record.details["threshold"] <= 0
+        warm = [s for t in record.tracks[:2] for s in t.steps]
+        assert all(len(s.token_logprob) == s.tokens and max(s.token_logprob) <= 0 for s in warm)
         later = [t.finish_reason for t in record.tracks[2:]]
         assert all(reason in ("answer", "stopped", "skipped", "cancelled", "budget", "repeat") for reason in later)
 

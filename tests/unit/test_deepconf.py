@@ -1,6 +1,8 @@
 """DeepConf by hand: token and trace confidence, the kept traces and their weighted vote, the online
 threshold, pruning and consensus stop, on a scripted fake server with chosen logprobs."""
 
+import math
+
 import pytest
 
 from engine.data.problems import Problem
@@ -55,11 +57,19 @@ TRACK_OF_SEED = {track_seed(0, PROBLEM.id, 0, t): t for t in range(16)}
 
 class Traces:
     """Track t (known by its seed, base seed 0) writes `steps` steps, the last stating answers[t];
-    every token of its steps has confidence confidences[t]."""
+    every token of its steps has confidence confidences[t] (and, given `sampled`, that logprob as
+    the sampled token's own, the one alternative making up the confidence)."""
 
-    def __init__(self, answers, confidences, steps=1):
-        self.answers, self.confidences, self.steps = answers, confidences, steps
+    def __init__(self, answers, confidences, steps=1, sampled=None):
+        self.answers, self.confidences, self.steps, self.sampled = answers, confidences, steps, sampled
         self.asked = []
+
+    def top(self, track, token):
+        if self.sampled is None:
+            pair = logprobs_of(self.confidences[track])
+            return {token: pair["t"], "x": pair["x"]}
+        own = self.sampled[track]
+        return {token: own, "x": -2 * self.confidences[track] - own}
 
     def __call__(self, body):
         track = TRACK_OF_SEED[body["seed"] // SEED_STRIDE]
@@ -69,10 +79,7 @@ class Traces:
         text = f"so \\boxed{{{self.answers[track]}}}" if index == self.steps - 1 else "let me think"
         tokens = text.split(" ")
         tokens = [w + " " for w in tokens[:-1]] + tokens[-1:]
-        top = [
-            {tok: logprobs_of(self.confidences[track])["t"], "x": logprobs_of(self.confidences[track])["x"]}
-            for tok in tokens
-        ]
+        top = [self.top(track, tok) for tok in tokens]
         return Reply(text=text, tokens=tokens, top_logprobs=top, stop_reason="\n\n")
 
 
@@ -112,6 +119,32 @@ async def test_offline_keeps_the_most_confident_traces_and_weighs_their_votes(ma
     assert wide.answer == "7" and wide.votes == {"7": 3.0, "8": 2.5} and wide.details["kept"] == [0, 1, 2, 3]
 
 
+async def test_the_sampled_tokens_logprobs_can_be_measured_instead_and_weigh_by_their_probability(make_models):
+    # The sure "8" by top-k confidence (2.5) wrote tokens it gave logprob -2.0; the three "7" wrote
+    # tokens of logprob -0.1, -0.2, -0.3 (confidences 1.0).
+    answers, confidences = {0: "7", 1: "7", 2: "8", 3: "7"}, {0: 1.0, 1: 1.0, 2: 2.5, 3: 1.0}
+    sampled = {0: -0.1, 1: -0.2, 2: -2.0, 3: -0.3}
+    settings = DeepConfSettings(deepconf_traces=4, deepconf_keep=25, deepconf_token="logprob")
+    top = await solve(make_models, Traces(answers, confidences, sampled=sampled), settings)
+    assert top.tracks[2].steps[0].token_logprob == [-2.0, -2.0] and top.tracks[2].steps[0].token_confidence == [
+        2.5,
+        2.5,
+    ]
+    assert top.details["token_score"] == "logprob" and top.details["kept"] == [0]
+    assert top.answer == "7" and top.details["confidence"]["2"] == pytest.approx(-2.0)
+    assert top.votes == {"7": pytest.approx(math.exp(-0.1))}
+    # Keeping 90%: each trace weighs the geometric-mean probability of its tokens.
+    wide = await solve(
+        make_models,
+        Traces(answers, confidences, sampled=sampled),
+        DeepConfSettings(deepconf_traces=4, deepconf_keep=90, deepconf_token="logprob"),
+    )
+    assert wide.votes == {
+        "7": pytest.approx(math.exp(-0.1) + math.exp(-0.2) + math.exp(-0.3)),
+        "8": pytest.approx(math.exp(-2.0)),
+    }
+
+
 async def test_online_sets_a_threshold_stops_weak_traces_and_stops_at_consensus(make_models):
     # Warm-up t0 ("7") and t1 ("8"), both at 3.0: threshold 3.0, a 50:50 vote. t2 (1.0) is stopped
     # after its first step; t3 and t4 ("7", 3.0) bring 7 to 9/12 = 0.75 >= 0.7: t5 never starts.
@@ -147,3 +180,7 @@ async def test_the_evaluator_replays_majority_and_every_variant_at_each_budget(m
     assert rows["majority"] == ["100.0%", "100.0%", "100.0%"]
     assert rows["lowest@10%"] == ["100.0%", "100.0%", "0.0%"]
     assert rows["mean@90%"] == ["100.0%", "100.0%", "100.0%"]  # 3 x 1.0 outweigh 2.5
+    # By the sampled tokens' logprobs (-0.5 each for the unsure 7s, -2.0 for the 8), a 7 is kept.
+    assert main([str(run), "--token_score", "logprob"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["lowest@10%"] == ["100.0%", "100.0%", "100.0%"]

@@ -2,7 +2,8 @@
 online, stop weak traces early and stop sampling once the confident ones agree.
 
 Offline: `--deepconf_traces` N tracks; each trace's confidence by `--deepconf_measure` (from its
-tokens' top-k logprobs, `engine.reasoning.confidence`); the top `--deepconf_keep` percent (DeepConf's
+tokens' top-k logprobs, `engine.reasoning.confidence`, or with `--deepconf_token logprob` from the
+sampled tokens' own logprobs); the top `--deepconf_keep` percent (DeepConf's
 10 and 90) vote, each weighted by its confidence. Online (`--deepconf_online`): `--deepconf_warmup`
 tracks run to the end; the stopping threshold is the (100 - keep)-th percentile of their lowest
 group confidences (DeepConf's rule: keep 10% stops at the 90th percentile); later tracks,
@@ -27,11 +28,13 @@ from engine.errors import UsageError
 from engine.reasoning.aggregate import decide
 from engine.reasoning.confidence import (
     MEASURES,
+    TOKEN_SCORES,
     current_group,
     keep_most_confident,
     percentile,
     trace_confidence,
     trace_tokens,
+    vote_weight,
 )
 from engine.reasoning.settings import Settings, setting
 from engine.reasoning.strategies.base import SolveContext, StrategySpec
@@ -46,6 +49,12 @@ class DeepConfSettings(Settings):
     deepconf_traces: int = setting(16, "DeepConf: traces per problem (the budget N)")
     deepconf_keep: float = setting(10.0, "DeepConf: percent of traces kept by confidence (the paper's 10 and 90)")
     deepconf_measure: str = setting("bottom10", "DeepConf: how a trace's confidence is measured", MEASURES)
+    deepconf_token: str = setting(
+        "confidence",
+        "DeepConf: the per-token value measured: confidence (minus the mean top-k logprob, the paper's) "
+        "or logprob (the sampled token's own, spectra's)",
+        TOKEN_SCORES,
+    )
     deepconf_window: int = setting(2048, "DeepConf: tokens of a confidence group (sliding window) and of the tail")
     deepconf_top_logprobs: int = setting(20, "DeepConf: top-k logprobs a token's confidence is read from")
     deepconf_online: bool = setting(False, "DeepConf online: warm-up, then stop weak traces and stop at consensus")
@@ -78,14 +87,16 @@ def confidences(tracks: list[TrackRecord], settings: DeepConfSettings) -> dict[i
     for track in tracks:
         if track.finish_reason in STOPPED_EARLY or track.finish_reason == "failed":
             continue
-        value = trace_confidence(trace_tokens(track), settings.deepconf_measure, settings.deepconf_window)
+        tokens = trace_tokens(track, settings.deepconf_token)
+        value = trace_confidence(tokens, settings.deepconf_measure, settings.deepconf_window)
         if value is not None:
             found[track.track_id] = value
     return found
 
 
-def weighted_vote(tracks: list[TrackRecord], weights: dict[int, float], *, multiple_choice: bool):
-    """The answer of the kept traces, each counted with its confidence as weight."""
+def weighted_vote(tracks: list[TrackRecord], measured: dict[int, float], token_score: str, *, multiple_choice: bool):
+    """The answer of the measured traces given, each counted with its confidence as weight."""
+    weights = {i: vote_weight(value, token_score) for i, value in measured.items()}
     return decide(tracks, "majority", multiple_choice=multiple_choice, weights=weights)
 
 
@@ -108,7 +119,9 @@ async def solve(ctx: SolveContext) -> ProblemRecord:
         kept = keep_most_confident(measured, settings.deepconf_keep) if measured else []
     else:
         tracks, threshold, warmup, stopped, measured, kept = await _online(ctx, setups, settings, choices)
-    decision = await asyncio.to_thread(weighted_vote, tracks, {i: measured[i] for i in kept}, multiple_choice=choices)
+    decision = await asyncio.to_thread(
+        weighted_vote, tracks, {i: measured[i] for i in kept}, settings.deepconf_token, multiple_choice=choices
+    )
     skipped = [t.track_id for t in tracks if t.finish_reason in ("skipped", "cancelled")]
     record = ctx.record(
         tracks=tracks,
@@ -120,6 +133,7 @@ async def solve(ctx: SolveContext) -> ProblemRecord:
         usage=sum_usage([t.usage for t in tracks]),
         details={
             "measure": settings.deepconf_measure,
+            "token_score": settings.deepconf_token,
             "confidence": {str(i): round(c, 4) for i, c in sorted(measured.items())},
             "kept": sorted(kept),
             "threshold": threshold,
@@ -138,7 +152,8 @@ async def _online(ctx: SolveContext, setups, settings: DeepConfSettings, choices
     warm_conf = {
         t.track_id: c
         for t in warm.tracks
-        if (c := trace_confidence(trace_tokens(t), "lowest", settings.deepconf_window)) is not None
+        if (c := trace_confidence(trace_tokens(t, settings.deepconf_token), "lowest", settings.deepconf_window))
+        is not None
     }
     threshold = percentile(list(warm_conf.values()), 100 - settings.deepconf_keep) if warm_conf else None
     warmup = [s.track_id for s in setups[: settings.deepconf_warmup]]
@@ -147,7 +162,7 @@ async def _online(ctx: SolveContext, setups, settings: DeepConfSettings, choices
     tracks = list(warm.tracks)
 
     def too_weak(record: TrackRecord) -> bool:
-        group = current_group(trace_tokens(record), settings.deepconf_window)
+        group = current_group(trace_tokens(record, settings.deepconf_token), settings.deepconf_window)
         return threshold is not None and group is not None and group < threshold
 
     async def consensus(finished: list[TrackRecord], open_tracks: int) -> bool:
@@ -156,7 +171,7 @@ async def _online(ctx: SolveContext, setups, settings: DeepConfSettings, choices
         weights = {i: c for i, c in measured.items() if i in admitted or i not in warmup}
         if not weights:
             return False
-        decision = weighted_vote(answered, weights, multiple_choice=choices)
+        decision = weighted_vote(answered, weights, settings.deepconf_token, multiple_choice=choices)
         total = sum(decision.votes.values())
         return bool(total) and max(decision.votes.values()) / total >= settings.deepconf_consensus
 
