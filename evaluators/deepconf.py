@@ -24,8 +24,8 @@ from engine.reasoning.confidence import (
     keep_most_confident,
     trace_confidence,
     trace_tokens,
-    vote_weight,
 )
+from engine.reasoning.strategies.deepconf import weighted_vote
 from engine.records import STOPPED_EARLY, ProblemRecord
 from evaluators.metrics import default_ks
 from evaluators.runs import load_runs
@@ -50,12 +50,7 @@ def variant_answer(
     if not measured:
         return None
     kept = keep_most_confident(measured, keep)
-    return decide(
-        tracks,
-        "majority",
-        multiple_choice=multiple_choice,
-        weights={i: vote_weight(measured[i], token_score) for i in kept},
-    ).answer
+    return weighted_vote(tracks, {i: measured[i] for i in kept}, token_score, multiple_choice=multiple_choice).answer
 
 
 def replay(
