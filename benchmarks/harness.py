@@ -42,7 +42,7 @@ from engine.serving.chat import ChatFormat, load_chat_format
 from engine.serving.client import ModelClient
 from engine.serving.endpoints import ClientLimits
 from engine.serving.models import Model
-from engine.toy.tiny_models import make_tiny_models
+from engine.toy.tiny import make_tiny_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIM_START_TIMEOUT_S = 60.0

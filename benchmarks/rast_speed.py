@@ -25,7 +25,7 @@ from benchmarks.harness import bench_session, print_table, sim_process, sim_stat
 from benchmarks.sim_behaviour import Latency, SimConfig
 from engine.logging import configure_logging
 from engine.loop import run
-from engine.reasoning.rast_decoding import ROLES, RastModels, RastOutput, RastSampling, TokenSpace, rast_decode
+from engine.reasoning.rast.decoding import ROLES, RastModels, RastOutput, RastSampling, TokenSpace, rast_decode
 from engine.serving.client import ModelClient
 
 SPEEDUP_TARGET = 4.0

@@ -27,14 +27,14 @@ from transformers import AutoTokenizer
 
 from engine import loop
 from engine.logging import configure_logging
-from engine.reasoning.rast_decoding import ROLES, RastModels, RastSampling, rast_decode
-from engine.reasoning.rast_vocab import rast_server_args, shared_token_space
+from engine.reasoning.rast.decoding import ROLES, RastModels, RastSampling, rast_decode
+from engine.reasoning.rast.vocab import rast_server_args, shared_token_space
 from engine.serving.client import ModelClient
 from engine.serving.models import NO_SPECIAL_TOKENS
 from engine.serving.servers import serve_models
 from engine.serving.vllm_command import ServerSpec
-from engine.toy.toy_models import MAX_POSITIONS, make_toy_models
-from engine.toy.toy_task import held_out_problems
+from engine.toy.task import held_out_problems
+from engine.toy.trained import MAX_POSITIONS, make_toy_models
 
 MODES = ("base alone", "token", "speculative")
 

@@ -40,7 +40,8 @@ from engine import loop
 from engine.data.answers import is_correct
 from engine.data.prompts import load_prompt_set
 from engine.logging import configure_logging
-from engine.reasoning.scoring import JudgeScorer, ScoreQuery
+from engine.reasoning.judges.base import ScoreQuery
+from engine.reasoning.judges.specreason import JudgeScorer
 from engine.records import ProblemRecord
 from engine.run.cli import build_config
 from engine.run.config import ModelConfig, RunConfig
@@ -51,8 +52,8 @@ from engine.serving.client import ModelClient
 from engine.serving.models import Model
 from engine.serving.servers import serve_models
 from engine.serving.vllm_command import ServerSpec
-from engine.toy.toy_models import MAX_POSITIONS, make_toy_models
-from engine.toy.toy_task import held_out_problems, judge_label
+from engine.toy.task import held_out_problems, judge_label
+from engine.toy.trained import MAX_POSITIONS, make_toy_models
 from evaluators.metrics import auc
 from evaluators.search import Completions, selections_at_k
 

@@ -20,14 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.browser import chromium, watched_page
+from benchmarks.viewer_runs import write_run
 from engine.logging import configure_logging
 from engine.reasoning.strategies import STRATEGIES
 from engine.records import ACCEPTED, REWRITTEN, ModelUsage, ProblemRecord, StepRecord, TrackRecord
 from engine.run.config import ModelConfig, RunConfig
 from evaluators.runs import load_runs
 from evaluators.viewer.build import write_viewer
-from tests.fixtures.browser import chromium, watched_page
-from tests.fixtures.viewer_runs import write_run
 
 TARGET_LOAD_S = 3.0
 WORDS = "so we add the two terms then divide by three which gives the next value of x and y".split()

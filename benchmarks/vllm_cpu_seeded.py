@@ -36,7 +36,7 @@ from engine.serving.client import ModelClient
 from engine.serving.endpoints import ClientLimits
 from engine.serving.servers import serve_models
 from engine.serving.vllm_command import WHOLE_PREFILLS, ServerSpec
-from engine.toy.toy_models import make_toy_models
+from engine.toy.trained import make_toy_models
 
 # One attempt and no waiting: a dead server must show, not be ridden out.
 ONE_ATTEMPT = ClientLimits(max_attempts=1, retry_deadline_s=1.0, request_timeout_s=600.0)

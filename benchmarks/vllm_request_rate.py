@@ -28,7 +28,7 @@ from engine.loop import run
 from engine.serving.client import ModelClient
 from engine.serving.servers import serve_models
 from engine.serving.vllm_command import ServerSpec
-from engine.toy.tiny_models import make_tiny_models
+from engine.toy.tiny import make_tiny_models
 
 ID_TOKENS = {"return_tokens_as_token_ids": True}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

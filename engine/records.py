@@ -154,7 +154,7 @@ class ProblemRecord:
     # Whether the answers are option letters; None in records written before spectra stored it.
     multiple_choice: bool | None = None
     # A strategy's own figures (RAST: acceptance per chunk, requests per token, top-k fills; beam
-    # search and DVTS: the beams they pruned, `engine.reasoning.beams.pruned_details`).
+    # search and DVTS: the beams they pruned, `engine.reasoning.search.beams.pruned_details`).
     details: dict[str, Any] | None = None
     # The strategy that produced the record (`engine.reasoning.strategies.STRATEGIES`).
     strategy: str = "vote"

@@ -190,9 +190,9 @@ def demo_problems() -> list[Problem]:
 
 
 def toy_problems(split: str = "test") -> list[Problem]:
-    """The toy arithmetic task (engine/toy_task.py): `test`, the 500 held-out problems; `train`, 500
+    """The toy arithmetic task (engine/toy/task.py): `test`, the 500 held-out problems; `train`, 500
     problems of the training seed (never one of the test problems)."""
-    from engine.toy.toy_task import TEST_SIZE, held_out_problems, train_problems
+    from engine.toy.task import TEST_SIZE, held_out_problems, train_problems
 
     if split not in ("test", "train"):
         raise UsageError(f"the toy data set has splits test and train, not {split!r}")

@@ -58,7 +58,7 @@ from engine.run.runner_plans import (
     repeat_ids,
 )
 from engine.serving.endpoints import ClientLimits
-from engine.toy.toy_models import COSTLY_BIG_LAYERS
+from engine.toy.trained import COSTLY_BIG_LAYERS
 
 log = structlog.get_logger(__name__)
 
@@ -161,7 +161,7 @@ def _model_config(args: argparse.Namespace, role: str) -> ModelConfig:
 def _demo_models(args: argparse.Namespace, roles: list[str]) -> dict[str, ModelConfig]:
     """The demo's models: the trained toy pair, and a tiny random PRM when the run scores with one."""
     from engine.toy.tiny_prm import make_tiny_prm, prm_server_args
-    from engine.toy.toy_models import make_toy_models
+    from engine.toy.trained import make_toy_models
 
     if any(getattr(args, f"{role}_url") for role in MODEL_ROLES):
         raise UsageError("--big_url/--small_url need --big_model/--small_model (the ids those servers serve)")
@@ -341,7 +341,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _make_tiny_models(args: argparse.Namespace) -> int:
-    from engine.toy.tiny_models import make_tiny_models
+    from engine.toy.tiny import make_tiny_models
 
     tiny = make_tiny_models(Path(args.directory), seed=args.seed)
     print(f"big\t{tiny.big}\nsmall\t{tiny.small}")
@@ -349,7 +349,7 @@ def _make_tiny_models(args: argparse.Namespace) -> int:
 
 
 def _make_toy_models(args: argparse.Namespace) -> int:
-    from engine.toy.toy_models import make_toy_models
+    from engine.toy.trained import make_toy_models
 
     toy = make_toy_models(Path(args.directory), big_layers=args.big_layers)
     print(f"big\t{toy.big}\nsmall\t{toy.small}\ncostly_big\t{toy.costly_big}\nsmall_lost\t{toy.small_lost}")

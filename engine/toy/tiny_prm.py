@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from engine.toy.tiny_models import SMALL, build_tokenizer, building, is_complete, qwen2_config
+from engine.toy.tiny import SMALL, build_tokenizer, building, is_complete, qwen2_config
 
 log = structlog.get_logger(__name__)
 

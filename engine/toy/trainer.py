@@ -1,4 +1,4 @@
-"""Trains the toy pair (engine/toy/toy_models.py) on the toy task; run on a GPU, once, by a developer.
+"""Trains the toy pair (engine/toy/trained.py) on the toy task; run on a GPU, once, by a developer.
 
     python -m engine.toy.trainer tokenizer engine/toy/weights/tokenizer
     python -m engine.toy.trainer train --role big --out OUT --seed 0
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from engine.serving.chat import ChatFormat, Message
-from engine.toy.toy_task import TRAIN_SEED, ToyProblem, held_out_problems, judge_label, problem_stream
+from engine.toy.task import TRAIN_SEED, ToyProblem, held_out_problems, judge_label, problem_stream
 from engine.toy.training_data import GENERATION_THINK, REPO, build_data, dev_problems, load_texts
 
 # ---- training ----
@@ -99,7 +99,7 @@ def new_model(role: str, tokenizer, seed: int):
     import torch
     from transformers import Qwen2ForCausalLM
 
-    from engine.toy.toy_models import toy_config
+    from engine.toy.trained import toy_config
 
     torch.manual_seed(seed)
     config = toy_config(role, tokenizer)
@@ -423,7 +423,7 @@ def tokenizer_corpus(prompts_dir: Path) -> list[str]:
 
 
 def make_tokenizer(args: argparse.Namespace) -> None:
-    from engine.toy.toy_models import build_toy_tokenizer
+    from engine.toy.trained import build_toy_tokenizer
 
     tokenizer = build_toy_tokenizer(tokenizer_corpus(Path(args.prompts)))
     tokenizer.save_pretrained(args.directory)

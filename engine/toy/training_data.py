@@ -20,7 +20,7 @@ import random
 from pathlib import Path
 
 from engine.serving.chat import ChatFormat, Message
-from engine.toy.toy_task import (
+from engine.toy.task import (
     DEV_SEED,
     MAX_VALUE,
     TRAIN_SEED,

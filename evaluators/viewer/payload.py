@@ -126,7 +126,7 @@ def step_payload(step: StepRecord) -> dict[str, Any]:
 
 
 def pruned_payload(entry: dict[str, Any]) -> dict[str, Any]:
-    """A beam a search pruned (`engine.reasoning.beams.pruned_details`): `at` the iteration (from 0),
+    """A beam a search pruned (`engine.reasoning.search.beams.pruned_details`): `at` the iteration (from 0),
     `why` the reason, `score` its aggregate score, `from` ["track" or "pruned", its id or index, k]
     when its first k steps are that beam's, and `steps` its own, keyed as a track's steps are."""
     out: dict[str, Any] = {"at": entry["iteration"], "why": entry["reason"], "score": entry.get("score")}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.browser import Watched, chromium, watched_page
+from benchmarks.browser import Watched, chromium, watched_page
 
 HERE = Path(__file__).parent
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import viewer_runs
 from evaluators import view
-from tests.fixtures import viewer_runs
 
 
 @pytest.fixture(scope="module")

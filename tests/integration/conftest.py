@@ -14,9 +14,9 @@ import pytest
 from engine.run.execute import ROLE_SERVER_ARGS
 from engine.serving.servers import RunningServer, serve_models
 from engine.serving.vllm_command import ServerSpec
-from engine.toy.tiny_models import TinyModels, make_tiny_models
+from engine.toy.tiny import TinyModels, make_tiny_models
 from engine.toy.tiny_prm import make_tiny_prm, prm_server_args
-from engine.toy.toy_models import ToyModels, make_toy_models
+from engine.toy.trained import ToyModels, make_toy_models
 
 HERE = Path(__file__).parent
 # Two CPU servers start in ~20-30 s on 2 cores; leave room for a loaded CI machine.

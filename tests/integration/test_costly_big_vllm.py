@@ -12,8 +12,8 @@ from engine.serving.client import ModelClient
 from engine.serving.models import NO_SPECIAL_TOKENS
 from engine.serving.servers import serve_models
 from engine.serving.vllm_command import ServerSpec
-from engine.toy.toy_models import COSTLY_BIG_LAYERS, MAX_POSITIONS
-from engine.toy.toy_task import held_out_problems
+from engine.toy.task import held_out_problems
+from engine.toy.trained import COSTLY_BIG_LAYERS, MAX_POSITIONS
 
 PROBLEMS = 50
 # A whole toy solution is ~10 steps of ~10 tokens.

@@ -14,7 +14,7 @@ from engine.run.flags import ArgumentParser, add_run_arguments
 from engine.run.store import MANIFEST_FILE
 from engine.serving.servers import serve_models
 from engine.serving.vllm_command import ServerSpec
-from engine.toy.toy_models import MAX_POSITIONS
+from engine.toy.trained import MAX_POSITIONS
 from evaluators import summary
 from evaluators.runs import load_run
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from engine.reasoning.prm import PRMScorer, TokenPRMScorer
-from engine.reasoning.scoring import ScoreQuery
+from engine.reasoning.judges.base import ScoreQuery
+from engine.reasoning.judges.prm import PRMScorer, TokenPRMScorer
 from engine.serving.chat import Message, load_chat_format
 from engine.serving.client import ModelClient
 from engine.serving.models import Model

@@ -25,13 +25,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine.reasoning.rast_decoding import ROLES, RastModels, RastSampling, rast_decode
-from engine.reasoning.rast_vocab import rast_server_args, shared_token_space
+from engine.reasoning.rast.decoding import ROLES, RastModels, RastSampling, rast_decode
+from engine.reasoning.rast.vocab import rast_server_args, shared_token_space
 from engine.run.store import RECORDS_FILE, read_records
 from engine.serving.client import ModelClient
 from engine.serving.servers import serve_models
 from engine.serving.vllm_command import ServerSpec
-from engine.toy.tiny_models import make_tiny_models
+from engine.toy.tiny import make_tiny_models
 
 NEW_TOKENS = 24
 PROMPT = "Question:\nWhat is 3x + 5 = 20?\nAnswer:\nLet's think step by step.\n"

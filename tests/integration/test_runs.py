@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+from benchmarks.browser import chromium, watched_page
 from engine.data.answers import is_correct
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies.vote import VoteSettings
@@ -13,7 +14,6 @@ from engine.run.config import DataConfig, ModelConfig, RunConfig
 from engine.run.execute import execute
 from engine.run.store import MANIFEST_FILE, RECORDS_FILE, read_records
 from evaluators.viewer.build import VIEWER_FILE
-from tests.fixtures.browser import chromium, watched_page
 
 FINISH_REASONS = {"answer", "think_end", "eos", "repeat", "budget"}
 SHORT = dict(token_budget=96, max_step_tokens=24, answer_max_tokens=16, seed=1)

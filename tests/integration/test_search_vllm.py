@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.data.recipes import parse_with_recipe
-from engine.reasoning.scoring import aggregate_step_scores
+from engine.reasoning.judges.base import aggregate_step_scores
 from engine.run.cli import build_config
 from engine.run.execute import execute
 from engine.run.flags import ArgumentParser, add_run_arguments

@@ -14,7 +14,7 @@ import pytest
 from engine.data.prompts import load_prompt_set
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.policies.base import StepContext
-from engine.reasoning.policies.spec_reason import CLOSE_TAG, SPAN_CAP_TOKENS
+from engine.reasoning.policies.splitreason.spec_reason import CLOSE_TAG, SPAN_CAP_TOKENS
 from engine.reasoning.settings import ReasoningConfig
 from engine.run.store import RECORDS_FILE, read_records
 from engine.serving.chat import Message, load_chat_format

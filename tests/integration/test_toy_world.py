@@ -18,7 +18,7 @@ from engine.run.config import ModelConfig
 from engine.run.execute import execute
 from engine.serving.servers import serve_models
 from engine.serving.vllm_command import ServerSpec
-from engine.toy.toy_models import MAX_POSITIONS
+from engine.toy.trained import MAX_POSITIONS
 
 PROBLEMS = 12
 

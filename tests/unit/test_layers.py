@@ -5,7 +5,7 @@ import ast
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 # Lower number = lower floor. A module may import its own floor or lower ones only.
 FLOORS = {
@@ -17,9 +17,11 @@ FLOORS = {
     "engine.run": 5,
     "runners": 6,
     "evaluators": 6,
+    # Measurements may use anything of the product, never the tests.
+    "benchmarks": 7,
 }
-# The toy package serves the `toy` data set and the CLI's make-* commands, nothing else.
-TOY_USERS = ("engine.toy", "engine.data.problems", "engine.run.cli")
+# The toy package serves the `toy` data set, the CLI's make-* commands and the benchmarks, nothing else.
+TOY_USERS = ("engine.toy", "engine.data.problems", "engine.run.cli", "benchmarks")
 
 
 def module_name(path: Path) -> str:
@@ -45,7 +47,12 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def project_modules() -> dict[str, Path]:
-    paths = [*ROOT.glob("engine/**/*.py"), *ROOT.glob("runners/*.py"), *ROOT.glob("evaluators/**/*.py")]
+    paths = [
+        *ROOT.glob("engine/**/*.py"),
+        *ROOT.glob("runners/*.py"),
+        *ROOT.glob("evaluators/**/*.py"),
+        *ROOT.glob("benchmarks/*.py"),
+    ]
     return {module_name(p): p for p in paths}
 
 
@@ -108,8 +115,9 @@ def test_no_two_modules_share_a_name_outside_the_plug_in_contracts():
     # policies/base.py and strategies/base.py are the two seams' contracts (DESIGN.md).
     seen: dict[str, str] = {}
     twins = []
-    for name in project_modules():
-        if not name.startswith("engine.") or name.endswith(".base"):
+    # A method's room (a folder, e.g. reasoning/rast/) may share its name with the method's strategy file.
+    for name, path in project_modules().items():
+        if not name.startswith("engine.") or name.endswith(".base") or path.name == "__init__.py":
             continue
         short = name.rpartition(".")[2]
         if short in seen and short != "__init__":
@@ -124,3 +132,81 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     fake.write_text("from engine.run.config import RunConfig\n")
     assert "engine.run.config" in imported_modules(fake)
     assert floor_of("engine.run.config")[1] > floor_of("engine.serving.client")[1]
+
+
+# Inside engine/reasoning: the core, the two step contracts, the track, the judges, the policies, the
+# strategy contract, the method engines (RAST's, search's), the strategies. Lower imports lower only.
+REASONING_FLOORS = {
+    "engine.reasoning": 0,  # settings, seeds, confidence, aggregate, probing, method selection
+    "engine.reasoning.judges.base": 1,
+    "engine.reasoning.policies.base": 1,
+    "engine.reasoning.track": 2,
+    "engine.reasoning.judges": 3,
+    "engine.reasoning.policies": 4,
+    "engine.reasoning.strategies.base": 5,
+    "engine.reasoning.rast": 6,
+    "engine.reasoning.search": 6,
+    "engine.reasoning.strategies": 7,
+}
+# Rooms of one method's engine: none imports another.
+METHOD_ROOMS = ("engine.reasoning.rast", "engine.reasoning.search", "engine.reasoning.policies.splitreason")
+
+
+def reasoning_floor(module: str) -> tuple[str, int] | None:
+    for prefix in sorted(REASONING_FLOORS, key=len, reverse=True):
+        if module == prefix or module.startswith(prefix + "."):
+            return prefix, REASONING_FLOORS[prefix]
+    return None
+
+
+def reasoning_imports() -> list[tuple[str, str]]:
+    """(importer, imported) inside engine/reasoning, each import named by its deepest module."""
+    modules = project_modules()
+    pairs = []
+    for name, path in modules.items():
+        if not name.startswith("engine.reasoning"):
+            continue
+        targets = {t for t in imported_modules(path) if t in modules and t != name}
+        pairs += [(name, t) for t in targets if t.startswith("engine.reasoning") and not _is_package_of(t, targets)]
+    return pairs
+
+
+def _is_package_of(target: str, targets: set[str]) -> bool:
+    return any(o.startswith(target + ".") for o in targets)
+
+
+def test_inside_reasoning_imports_run_down_the_inner_floors():
+    upward = []
+    for name, target in reasoning_imports():
+        own, theirs = reasoning_floor(name), reasoning_floor(target)
+        if theirs[1] > own[1]:
+            upward.append(f"{name} ({own[0]}) imports {target} ({theirs[0]})")
+    assert not upward, "\n".join(sorted(upward))
+
+
+def test_no_method_room_imports_another():
+    crossings = [
+        f"{name} imports {target}"
+        for name, target in reasoning_imports()
+        for room in METHOD_ROOMS
+        if name.startswith(room + ".")
+        for other in METHOD_ROOMS
+        if other != room and target.startswith(other + ".")
+    ]
+    assert not crossings, "\n".join(crossings)
+
+
+def test_benchmarks_never_import_the_tests():
+    leaks = sorted(
+        f"{name} imports {target}"
+        for name, path in project_modules().items()
+        if name.startswith("benchmarks")
+        for target in imported_modules(path)
+        if target == "tests" or target.startswith("tests.")
+    )
+    assert not leaks, "\n".join(leaks)
+
+
+def test_the_inner_floors_see_a_policy_importing_a_strategy():
+    assert reasoning_floor("engine.reasoning.strategies.vote")[1] > reasoning_floor("engine.reasoning.policies.spec")[1]
+    assert reasoning_floor("engine.reasoning.rast.decoding")[1] > reasoning_floor("engine.reasoning.track")[1]

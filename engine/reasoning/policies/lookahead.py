@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from engine.data.prompts import PromptSet
 from engine.errors import UsageError
+from engine.reasoning.judges.specreason import MAX_JUDGE_SCORE, SCORE_TOP_LOGPROBS, StepScore, score_from_logprobs
 from engine.reasoning.policies.base import (
     PolicySpec,
     StepContext,
@@ -39,7 +40,6 @@ from engine.reasoning.policies.base import (
     thinking_ending,
     without_stray_think_close,
 )
-from engine.reasoning.scoring import MAX_JUDGE_SCORE, SCORE_TOP_LOGPROBS, StepScore, score_from_logprobs
 from engine.reasoning.settings import ReasoningConfig, Settings, setting
 from engine.records import ACCEPTED, REPLACED, ModelUsage, StepRecord, sum_usage
 from engine.serving.chat import Message

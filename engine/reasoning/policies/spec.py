@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from engine.data.prompts import PromptSet
 from engine.errors import UsageError
+from engine.reasoning.judges.specreason import SCORE_METHODS, JudgeScorer
 from engine.reasoning.policies.base import PolicySpec, StepContext, StepOutcome, generate_step, kept_step
-from engine.reasoning.policies.pipeline import DraftPipeline
-from engine.reasoning.scoring import SCORE_METHODS, JudgeScorer
+from engine.reasoning.policies.spec_pipeline import DraftPipeline
 from engine.reasoning.settings import ReasoningConfig, Settings, setting
 from engine.records import ACCEPTED, REWRITTEN, TAKEN_OVER, ModelUsage, sum_usage
 from engine.serving.chat import Message

@@ -21,8 +21,8 @@ never kept. All n candidates of an iteration are generated and scored concurrent
 
 from __future__ import annotations
 
-from engine.reasoning.beams import DUPLICATE, LOWER_SCORE, SURPLUS, Beam, PrunedBeam, Searcher, cycled
-from engine.reasoning.strategies.search import search_strategy
+from engine.reasoning.search.beams import DUPLICATE, LOWER_SCORE, SURPLUS, Beam, PrunedBeam, Searcher, cycled
+from engine.reasoning.search.solve import search_strategy
 
 
 async def beam_search(searcher: Searcher) -> list[Beam]:

@@ -8,8 +8,8 @@ samples its own n solutions.
 
 from __future__ import annotations
 
-from engine.reasoning.beams import Beam, Searcher, split_steps
-from engine.reasoning.strategies.search import search_strategy
+from engine.reasoning.search.beams import Beam, Searcher, split_steps
+from engine.reasoning.search.solve import search_strategy
 
 
 async def best_of_n(searcher: Searcher) -> list[Beam]:

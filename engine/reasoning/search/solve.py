@@ -1,0 +1,108 @@
+"""What the three search strategies (best-of-N, beam search, DVTS) share on the seam: their spec,
+how one problem is solved from a search, and the step scorer they search against."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from engine.reasoning.judges.base import StepScorer
+from engine.reasoning.judges.prm import PRMScorer, TokenPRMScorer, prm_kind_of
+from engine.reasoning.judges.specreason import EveryStepJudge, JudgeScorer
+from engine.reasoning.search.beams import (
+    STEP_DELIMITER,
+    Beam,
+    Sampling,
+    Searcher,
+    SearchSettings,
+    best_index,
+    completion_tracks,
+    pruned_details,
+)
+from engine.reasoning.seeds import problem_seed
+from engine.reasoning.strategies.base import SolveContext, StrategySpec
+from engine.reasoning.track import track_messages
+from engine.records import ProblemRecord
+
+log = structlog.get_logger(__name__)
+
+# The model that writes the solutions; the big model judges (--scorer judge), the prm model scores.
+WRITER = "small"
+# The judge's expected digit over its top logprobs: a 0-9 scale with ties broken, for ranking.
+JUDGE_METHOD = "average"
+
+SearchFunction = Callable[[Searcher], Awaitable[list[Beam]]]
+
+
+def search_strategy(
+    name: str, description: str, search: SearchFunction, *, split_by_width: bool, prunes: bool = True
+) -> StrategySpec:
+    """The registered strategy that runs `search` on each problem; all three share `SearchSettings`.
+    `prunes`: the search drops beams on the way (beam search, DVTS), recorded in the record's
+    `details["pruned"]` (best-of-N drops none and writes no details)."""
+
+    def check_settings(settings: SearchSettings, prompts: object) -> None:
+        # The spec's hook that runs before any server starts; this one checks settings, not prompts.
+        if split_by_width:
+            settings.check_width()
+
+    return StrategySpec(
+        name=name,
+        description=description,
+        settings=SearchSettings,
+        templates=("problem", "system", "score", "score_prefix"),
+        roles=(WRITER, "big", "prm"),
+        needed_roles=lambda s: (WRITER, "big" if s.scorer == "judge" else "prm"),
+        solve=lambda ctx: solve(ctx, name, search, prunes=prunes),
+        check_prompts=check_settings,
+    )
+
+
+async def solve(ctx: SolveContext, name: str, search: SearchFunction, *, prunes: bool = True) -> ProblemRecord:
+    """One problem: the search's completions as tracks; the answer is the top-scored one's (search-and-
+    learn's `pred`); the record's usage counts every request, lookahead and scoring included; with
+    `prunes`, the beams the search dropped in `details["pruned"]` (`beams.pruned_details`)."""
+    settings, reasoning, writer = ctx.settings, ctx.reasoning, ctx.models[WRITER]
+    seed = None if reasoning.seed is None else problem_seed(reasoning.seed, ctx.problem.id, ctx.repeat_id)
+    searcher = Searcher(
+        client=writer.client,
+        chat=writer.chat,
+        scorer=await build_scorer(ctx),
+        messages=track_messages(ctx.problem, ctx.prompts, None),
+        problem=ctx.problem.problem,
+        settings=settings,
+        sampling=Sampling(reasoning.temperature, reasoning.top_p, reasoning.max_step_tokens, seed),
+        role=WRITER,
+    )
+    # One problem's search counts as one track of the run's limit; its requests are bounded by the clients.
+    async with ctx.track_slots:
+        beams = await search(searcher)
+    how = settings.agg_strategy
+    tracks = completion_tracks(beams, mode=name, how=how, writer=WRITER, choices=bool(ctx.problem.choices))
+    answer = tracks[best_index(beams, how)].answer
+    details = {"pruned": pruned_details(beams, searcher.pruned, how=how)} if prunes else None
+    record = ctx.record(tracks=tracks, answer=answer, aggregation="naive", usage=searcher.usage, details=details)
+    log.info(
+        "problem_done",
+        answer=answer,
+        completions=len(tracks),
+        pruned=len(searcher.pruned),
+        seconds=round(record.latency_s, 2),
+    )
+    return record
+
+
+async def build_scorer(ctx: SolveContext) -> StepScorer:
+    """The big model's judgement of every step, or the PRM of the kind its config names (or
+    `--prm_kind` says)."""
+    settings = ctx.settings
+    if settings.scorer == "judge":
+        return EveryStepJudge(
+            JudgeScorer(ctx.models["big"], ctx.prompts, method=JUDGE_METHOD, delimiter=STEP_DELIMITER)
+        )
+    kind = settings.prm_kind
+    if kind == "auto":
+        kind = await asyncio.to_thread(prm_kind_of, ctx.model_ids["prm"])
+    return PRMScorer(ctx.models["prm"]) if kind == "pooling" else TokenPRMScorer(ctx.models["prm"])

@@ -1,0 +1,67 @@
+"""The token space RAST's models share, RAST's runner flags, and the server flags it needs."""
+
+import pytest
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
+
+from engine.errors import UsageError
+from engine.reasoning.rast.vocab import rast_server_args, shared_token_space
+from engine.run.flags import ArgumentParser, add_run_arguments, run_groups
+from runners.rast import own_flags
+from tests.unit.conftest import WORDS, chatml_tokenizer
+
+
+def word_tokenizer(words):
+    vocab = dict(zip(words, range(len(words)), strict=True))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")),
+        unk_token="[UNK]",
+        eos_token="<|im_end|>",
+    )
+
+
+def test_models_of_one_tokenizer_share_every_id_and_stop_on_its_end_tokens():
+    bigger = word_tokenizer([*WORDS, "padding-like"])
+    space = shared_token_space({"base": bigger, "positive": chatml_tokenizer(), "negative": chatml_tokenizer()})
+    assert space.vocab_limit == len(WORDS)  # the bigger vocabulary's extra id never wins
+    assert space.stop_token_ids == {WORDS.index("<|im_end|>")}
+    assert space.decode([WORDS.index("The"), WORDS.index("answer")]) == "The answer"
+
+
+def test_tokenizers_that_disagree_on_an_id_are_refused_naming_it():
+    swapped = list(WORDS)
+    swapped[2], swapped[3] = swapped[3], swapped[2]
+    with pytest.raises(UsageError, match="negative model's tokenizer calls token 2 'answer'"):
+        shared_token_space(
+            {"base": chatml_tokenizer(), "positive": chatml_tokenizer(), "negative": word_tokenizer(swapped)}
+        )
+
+
+def test_servers_get_raw_logprobs_enough_of_them_and_vllm_sampling_defaults():
+    args = rast_server_args(640)
+    assert args[args.index("--logprobs-mode") + 1] == "raw_logprobs"
+    assert args[args.index("--max-logprobs") + 1] == "640"
+    assert args[args.index("--generation-config") + 1] == "vllm"
+
+
+def rast_args(argv):
+    parser = ArgumentParser()
+    groups = run_groups(parser)
+    apply = own_flags(groups["data"])
+    add_run_arguments(parser, "rast", groups)
+    args = parser.parse_args(argv)
+    apply(args)
+    return args
+
+
+def test_rast_dataset_names_and_num_runs_become_spectra_flags():
+    args = rast_args(["--dataset", "MATH", "--num_runs", "32", "--gamma", "4"])
+    assert (args.dataset_name, args.repeat_id, args.gamma) == ("math500", "0-31", 4)
+    assert args.dataset is None and args.num_runs is None  # consumed
+    assert rast_args(["--dataset", "aime"]).dataset_name == "aime24"
+    with pytest.raises(UsageError, match="--dataset Olympiad has no spectra preset"):
+        rast_args(["--dataset", "Olympiad"])
+    with pytest.raises(UsageError, match="--num_runs must be at least 1"):
+        rast_args(["--num_runs", "0"])
+    with pytest.raises(UsageError, match="give one of them"):
+        rast_args(["--num_runs", "2", "--repeat_id", "0"])
