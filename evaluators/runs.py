@@ -49,7 +49,8 @@ class Run:
 
     @property
     def mode(self) -> str:
-        return str(self.manifest.get("mode") or _common(r.mode for r in self.records))
+        """The run's policy as its manifest names it, or the records' runner."""
+        return str(self.manifest.get("mode") or _common(r.runner for r in self.records))
 
     @property
     def dataset(self) -> str:

@@ -34,7 +34,7 @@ SELECTIONS = ("naive", "weighted", "maj", "pass")
 @dataclass
 class SearchSummary:
     """`accuracy_at_k[selection][k]`, selections as in `SELECTIONS`; the cost of a record.
-    `strategy` names the search (the mode of its completions)."""
+    `strategy` names the search (the records' strategy)."""
 
     strategy: str
     records: int
@@ -116,7 +116,7 @@ def summarize_search(
                 scorer_prompt += usage.prompt_tokens
     count = len(records)
     return SearchSummary(
-        strategy=", ".join(sorted({t.mode for r in records for t in r.tracks})),
+        strategy=", ".join(sorted({r.strategy for r in records})),
         records=count,
         completions_per_record=sum(len(r.tracks) for r in records) / count,
         accuracy_at_k=accuracy,

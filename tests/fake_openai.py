@@ -1,10 +1,12 @@
 """A scripted, in-process fake of vLLM's OpenAI-compatible server, for exact unit tests.
 
 Each request to `/v1/completions` is answered by the next `Reply` of the script, or by a
-responder function of the request body. Replies can fail with a status, stall, stream slowly,
-cut the stream, or send a malformed body, so every branch of the client can be driven.
-The server records every request body, every request whose client went away and every
-`/health` check; started on a given `port`, a new server can stand in for one that stopped.
+responder function of the request body; `by_purpose` scripts the requests of a purpose apart
+(the `X-Spectra-Purpose` header the engine's model handle sends, `engine.serving.models.Purpose`).
+Replies can fail with a status, stall, stream slowly, cut the stream, or send a malformed body,
+so every branch of the client can be driven. The server records every request body and its
+purpose, every request whose client went away and every `/health` check; started on a given
+`port`, a new server can stand in for one that stopped.
 `/pooling` answers as vLLM does for a process reward model, with the rows a `pooler` function
 gives for the request body.
 """
@@ -19,6 +21,8 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+
+from engine.serving.client import PURPOSE_HEADER
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Reply:
 
 
 Responder = Callable[[dict[str, Any]], Reply]
+Script = list[Reply] | Responder
 # The pooling output of one input: for a PRM, one [P(bad), P(good)] row per step tag.
 Pooler = Callable[[dict[str, Any]], list]
 
@@ -64,12 +69,16 @@ Pooler = Callable[[dict[str, Any]], list]
 class FakeOpenAIServer:
     """Start with `async with FakeOpenAIServer(script) as server:`; `server.url` is its base URL."""
 
-    script: list[Reply] | Responder = field(default_factory=list)
+    script: Script = field(default_factory=list)
+    # Purpose (the header's value) -> the script of that purpose's requests; others go to `script`.
+    by_purpose: dict[str, Script] = field(default_factory=dict)
     served_model: str = "fake-model"
     pooler: Pooler | None = None
     version: str = "0.0.0-fake"
     requests: list[dict[str, Any]] = field(default_factory=list)
     pooling_requests: list[dict[str, Any]] = field(default_factory=list)
+    # The purpose of each request of `requests` (None: no header), in the same order.
+    purposes: list[str | None] = field(default_factory=list)
     disconnects: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -126,12 +135,17 @@ class FakeOpenAIServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._gate.wait(), 10.0)
 
-    def _next_reply(self, body: dict[str, Any]) -> Reply:
-        if callable(self.script):
-            return self.script(body)
-        if not self.script:
-            raise AssertionError(f"fake server got an unscripted request: {body}")
-        return self.script.pop(0)
+    def requests_for(self, purpose: str) -> list[dict[str, Any]]:
+        """The bodies of the completion requests sent for `purpose`, in order."""
+        return [body for body, p in zip(self.requests, self.purposes, strict=True) if p == purpose]
+
+    def _next_reply(self, body: dict[str, Any], purpose: str | None) -> Reply:
+        script = self.by_purpose.get(purpose, self.script) if purpose is not None else self.script
+        if callable(script):
+            return script(body)
+        if not script:
+            raise AssertionError(f"fake server got an unscripted {purpose or ''} request: {body}")
+        return script.pop(0)
 
     async def _health(self, request: web.Request) -> web.Response:
         self.health_checks += 1
@@ -168,8 +182,10 @@ class FakeOpenAIServer:
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        purpose = request.headers.get(PURPOSE_HEADER)
         self.requests.append(body)
-        reply = self._next_reply(body)
+        self.purposes.append(purpose)
+        reply = self._next_reply(body, purpose)
         self._enter()
         try:
             await self._pass_gate()

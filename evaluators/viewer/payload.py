@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.data.answers import DEFAULT_TIMEOUT_S
-from engine.records import STOPPED_EARLY, ModelUsage, ProblemRecord, StepRecord, TrackRecord
+from engine.records import STOPPED_EARLY, FinishReason, ModelUsage, ProblemRecord, StepRecord, TrackRecord
 from engine.run.runner_plans import SEARCH_APPROACHES, SPLIT_MODES
 from evaluators import metrics
 from evaluators.runs import Run
@@ -58,7 +58,7 @@ def problem_payload(g: GradedRecord, policy: str, *, timeout_s: float = DEFAULT_
     record = g.record
     correct_by_track = dict(zip((t.track_id for t in g.finished_tracks), g.track_correct, strict=False))
     tracks = [track_payload(t, correct_by_track.get(t.track_id)) for t in record.tracks]
-    failed = sum(t.finish_reason == "failed" for t in record.tracks)
+    failed = sum(t.finish_reason == FinishReason.FAILED for t in record.tracks)
     out: dict[str, Any] = {
         "id": record.problem_id,
         "rep": record.repeat_id,

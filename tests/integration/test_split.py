@@ -44,7 +44,7 @@ def test_runners_split_runs_each_mode(vllm_servers, tmp_path, mode):
     (record,) = read_records(out / RECORDS_FILE).records
     (track,) = record.tracks
     policy = SPLIT_POLICIES[mode]
-    assert track.mode == policy and track.thinking_tokens <= 48
+    assert track.policy == policy and track.thinking_tokens <= 48
     answer_model = "small" if policy == "small" else "big"
     check_track_bookkeeping(track, SimpleNamespace(policy=policy, reasoning=SimpleNamespace(answer_model=answer_model)))
     if mode == "--logprob_subselect":
@@ -60,7 +60,7 @@ def test_spectra_run_policy_random_switch_runs_on_the_demo(toy_models, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     (record,) = read_records(tmp_path / "demo" / RECORDS_FILE).records
     (track,) = record.tracks
-    assert track.mode == "random_switch" and track.finish_reason in ("budget", "answer", "eos")
+    assert track.policy == "random_switch" and track.finish_reason in ("budget", "answer", "eos")
     assert {s.tokens for s in track.steps[:-1]} <= {16}  # chunks of --switch_chunk until the last
 
 

@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerFast
 from engine.data.prompts import PromptSet
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.settings import ReasoningConfig
-from engine.reasoning.track import Track, TrackSetup, new_track_record
+from engine.reasoning.track import Track, TrackSetup, new_track_record, track_models
 from engine.serving.chat import ChatFormat
 from engine.serving.client import ModelClient
 from engine.serving.endpoints import ClientLimits
@@ -61,12 +61,14 @@ async def run_one_track(
     policy: str = "spec",
     settings=None,
     seed: int | None = None,
+    token_logprobs: int | None = None,
 ):
     """Run one track of `policy` (with `settings`, default the policy's) to its end; its record."""
     spec = POLICIES[policy]
-    setup = TrackSetup(track_id=0, mode=policy, seed=seed)
-    track_policy = spec.start(settings or spec.settings(), models, prompts, config)
+    setup = TrackSetup(track_id=0, policy=policy, seed=seed, token_logprobs=token_logprobs)
+    handles = track_models(models, setup)
+    track_policy = spec.start(settings or spec.settings(), handles, prompts, config)
     track = Track(
-        new_track_record(setup), setup, problem, models, prompts, config, track_policy, continuous=spec.continuous
+        new_track_record(setup), setup, problem, handles, prompts, config, track_policy, continuous=spec.continuous
     )
     return await track.run()

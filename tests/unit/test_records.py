@@ -5,7 +5,7 @@ import json
 import pytest
 
 from engine.errors import UsageError
-from engine.records import ACCEPTED, REWRITTEN, WRITTEN, ModelUsage, ProblemRecord, StepRecord, TrackRecord
+from engine.records import ModelUsage, ProblemRecord, StepOutcome, StepRecord, TrackRecord
 from engine.run.store import MANIFEST_FILE, RECORDS_FILE, RunStore, append_record, read_records
 
 
@@ -18,15 +18,15 @@ def record(problem_id="1", repeat_id=0):
         score=8.0,
         score_distribution={"8": 1.0},
         usage={"small": ModelUsage(10, 3, 1)},
-        outcome=ACCEPTED,
+        outcome=StepOutcome.ACCEPTED,
     )
-    track = TrackRecord(track_id=0, mode="spec", steps=[step], answer="4", usage={"small": ModelUsage(10, 3, 1)})
+    track = TrackRecord(track_id=0, policy="spec", steps=[step], answer="4", usage={"small": ModelUsage(10, 3, 1)})
     return ProblemRecord(
         run_id="r",
         dataset="demo",
         problem_id=problem_id,
         repeat_id=repeat_id,
-        mode="spec",
+        runner="spec",
         problem="2+2?",
         reference_answer="4",
         tracks=[track],
@@ -62,7 +62,11 @@ def test_records_written_before_outcomes_and_strategies_read_as_they_meant(tmp_p
     path = tmp_path / RECORDS_FILE
     path.write_text("".join(json.dumps(line) + "\n" for line in (spec, search, rast)))
     records = read_records(path).records
-    assert [s.outcome for s in records[0].tracks[0].steps] == [ACCEPTED, REWRITTEN, WRITTEN]
+    assert [s.outcome for s in records[0].tracks[0].steps] == [
+        StepOutcome.ACCEPTED,
+        StepOutcome.REWRITTEN,
+        StepOutcome.WRITTEN,
+    ]
     assert [s.accepted for s in records[0].tracks[0].steps] == [True, False, None]
     assert [r.strategy for r in records] == ["vote", "dvts", "rast"]
 
@@ -118,7 +122,9 @@ def test_overwrite_starts_over_and_keeps_the_old_files(tmp_path):
 
 def failed_record(problem_id, tracks=2):
     failed = record(problem_id)
-    failed.tracks = [TrackRecord(track_id=i, mode="spec", finish_reason="failed", error="boom") for i in range(tracks)]
+    failed.tracks = [
+        TrackRecord(track_id=i, policy="spec", finish_reason="failed", error="boom") for i in range(tracks)
+    ]
     failed.answer = None
     return failed
 
