@@ -20,7 +20,14 @@ from typing import Any
 RECORD_VERSION = 2
 
 
-class Role(StrEnum):
+class Vocabulary(StrEnum):
+    """A closed vocabulary of the records: its members are their strings, in JSON, logs and messages."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class Role(Vocabulary):
     """The part a model plays in a run."""
 
     SMALL = "small"  # drafts (speculative policies), or writes alone
@@ -32,7 +39,7 @@ class Role(StrEnum):
     NEGATIVE = "negative"  # RAST's small model before RL
 
 
-class FinishReason(StrEnum):
+class FinishReason(Vocabulary):
     """Why a track ended (`TrackRecord.finish_reason`)."""
 
     ANSWER = "answer"  # a step stated the answer
@@ -51,7 +58,7 @@ class FinishReason(StrEnum):
     DELIMITER = "delimiter"
 
 
-class StepOutcome(StrEnum):
+class StepOutcome(Vocabulary):
     """What became of a step (`StepRecord.outcome`), set by the policy that produced it."""
 
     WRITTEN = "written"  # one model wrote it and nothing checked it
@@ -61,7 +68,7 @@ class StepOutcome(StrEnum):
     TAKEN_OVER = "taken_over"  # the policy handed the step to another model without a draft
 
 
-class StepEnding(StrEnum):
+class StepEnding(Vocabulary):
     """How a step's generation stopped (`StepRecord.ending`)."""
 
     DELIMITER = "delimiter"  # at the step delimiter
@@ -151,10 +158,8 @@ def usage_of_costs(costs: Iterable[RequestCost]) -> dict[str, ModelUsage]:
     return total
 
 
-def _charge(costs: Iterable[RequestCost], into: list[RequestCost], used: dict, wasted: dict | None) -> None:
+def _charge(costs: Iterable[RequestCost], into: list[RequestCost], used: dict, wasted: dict) -> None:
     for cost in costs:
-        if cost.wasted and wasted is None:
-            raise ValueError(f"a {cost.purpose} request marked wasted where nothing is wasted")
         into.append(cost)
         (wasted if cost.wasted else used).setdefault(cost.role, ModelUsage()).add(cost.usage)
 

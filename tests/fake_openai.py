@@ -38,6 +38,8 @@ class Reply:
     # {"<token id>": {"logprob": float, "rank": int, "decoded_token": str}}, or that JSON pre-encoded.
     prompt_logprobs: list[dict[str, dict[str, Any]] | msgspec.Raw | None] | None = None
     prompt_tokens: int = 5
+    # Reported as `usage.prompt_tokens_details.cached_tokens` (vLLM --enable-prompt-tokens-details).
+    cached_tokens: int | None = None
     status: int = 200
     error_message: str = "scripted failure"
     delay_s: float = 0.0
@@ -77,8 +79,9 @@ class FakeOpenAIServer:
     version: str = "0.0.0-fake"
     requests: list[dict[str, Any]] = field(default_factory=list)
     pooling_requests: list[dict[str, Any]] = field(default_factory=list)
-    # The purpose of each request of `requests` (None: no header), in the same order.
+    # The purpose of each request of `requests` and `pooling_requests` (None: no header), in order.
     purposes: list[str | None] = field(default_factory=list)
+    pooling_purposes: list[str | None] = field(default_factory=list)
     disconnects: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -166,6 +169,7 @@ class FakeOpenAIServer:
         """vLLM's response shape (vllm/entrypoints/pooling/pooling/protocol.py `PoolingResponse`)."""
         body = await request.json()
         self.pooling_requests.append(body)
+        self.pooling_purposes.append(request.headers.get(PURPOSE_HEADER))
         if self.pooler is None:
             return web.json_response({"detail": "Not Found"}, status=404)
         self._enter()
@@ -259,13 +263,16 @@ async def _send(response: web.StreamResponse, chunk: dict[str, Any]) -> None:
     await response.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
 
 
-def _usage(reply: Reply) -> dict[str, int]:
+def _usage(reply: Reply) -> dict[str, Any]:
     completion = len(reply.token_list())
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": reply.prompt_tokens + completion,
     }
+    if reply.cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": reply.cached_tokens}
+    return usage
 
 
 def _dumps(payload: Any) -> str:

@@ -21,10 +21,9 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
-from engine.records import ModelUsage, RequestCost, StepEnding
+from engine.records import ModelUsage, RequestCost, StepEnding, Vocabulary
 from engine.serving.chat import THINK_CLOSE, Message
 from engine.serving.client import Choice, Completion, ModelClient, Pooled
 
@@ -33,7 +32,7 @@ from engine.serving.client import Choice, Completion, ModelClient, Pooled
 NO_SPECIAL_TOKENS = {"add_special_tokens": False}
 
 
-class Purpose(StrEnum):
+class Purpose(Vocabulary):
     """Why a request is sent: it picks the request's seed and travels in its `X-Spectra-Purpose` header."""
 
     STEP = "step"  # one model writes a step: a single model, a random_switch chunk, the big model's first steps

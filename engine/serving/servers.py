@@ -25,6 +25,7 @@ import aiohttp
 import structlog
 
 from engine.errors import ServerDiedError, ServerStartError, UnreachableServerError, UsageError
+from engine.records import Role
 from engine.serving.supervision import Supervision, error_and_log, process_exit, root_error_line
 from engine.serving.vllm_command import ServerSpec, cpu_env, on_cpu, server_command
 
@@ -259,7 +260,7 @@ def _kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-async def check_server(session: aiohttp.ClientSession, url: str, model: str | None, *, role: str = "big") -> str:
+async def check_server(session: aiohttp.ClientSession, url: str, model: str | None, *, role: str = Role.BIG) -> str:
     """Check that the server at `url` is up and serves `model`; return the served model id.
 
     With `model=None` the first served model is returned. Raises `UsageError` when the server

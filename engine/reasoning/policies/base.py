@@ -1,9 +1,11 @@
 """The contract of a step policy: how ONE reasoning step of a track is produced.
 
 A `PolicySpec` declares a policy's name, the model roles it calls, its settings (a frozen
-`Settings` dataclass whose fields are its flags), the prompt-set templates it renders, and
-`start`, which makes the per-track object whose `step` is called once per step, so a policy
-can keep state from step to step. The helpers below are what most policies share.
+`Settings` dataclass whose fields are its flags), the prompt-set templates it renders, whether
+its steps record token logprobs, and `start`, which makes the per-track object whose `step` is
+called once per step, so a policy can keep state from step to step. A policy asks its models
+through the track's handles (`engine.serving.models.Model`), naming each request's `Purpose`.
+The helpers below are what most policies share.
 """
 
 from __future__ import annotations

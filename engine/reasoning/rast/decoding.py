@@ -25,11 +25,13 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
 from engine.errors import ServerError, UsageError
 from engine.reasoning.rast.transfer import (
+    ROLES,
     Distribution,
     TopK,
     combine,
@@ -46,7 +48,6 @@ from engine.serving.models import Purpose, cost_of
 log = structlog.get_logger(__name__)
 
 MODES = ("token", "speculative")
-ROLES = (Role.BASE, Role.POSITIVE, Role.NEGATIVE)
 TOKEN_ID_PREFIX = "token_id:"  # how vLLM names tokens under return_tokens_as_token_ids
 # Stop strings can span tokens; decoding this many trailing tokens finds any stop string shorter
 # than them without decoding the whole text after every token.
@@ -307,19 +308,17 @@ async def _next_top_k(
 ) -> TopK:
     """The model's top-k logprobs for the token after `ids` (raw logprobs: the request's own
     greedy sampling does not change them)."""
-    started_at = time.time()
-    completion = await client.complete(
+    completion = await _ask(
+        client,
+        role,
+        out,
         ids,
         max_tokens=1,
         temperature=temperature,
-        top_p=1.0,
         logprobs=k,
-        stream=False,
         seed=0 if temperature else None,  # the start-up check's tempered request: reproducible
         extra=_ID_TOKENS,
-        purpose=Purpose.RAST,
     )
-    _account(out, role, completion, started_at)
     tops = completion.top_logprobs
     if not tops:
         raise ServerError(client.urls[0], None, f"the {role} model returned no logprobs; is it a vLLM server?")
@@ -341,20 +340,18 @@ async def _draft(
     extra["ignore_eos"] = True
     if sampling.temperature > 0:
         extra["top_k"] = k
-    started_at = time.time()
-    completion = await base.complete(
+    completion = await _ask(
+        base,
+        Role.BASE,
+        out,
         ids,
         max_tokens=length + 1,
         temperature=sampling.temperature,
-        top_p=1.0,
         # A seed per chunk: vLLM's seeded sampling makes the draft, and so the run, reproducible.
         seed=random.Random(f"{seed}:{len(ids)}").getrandbits(31),
         logprobs=k,
-        stream=False,
         extra=extra,
-        purpose=Purpose.RAST,
     )
-    _account(out, Role.BASE, completion, started_at)
     choice = completion.choices[0]
     drafted = [_TOKEN_IDS[token] for token in choice.tokens]
     if not drafted or len(choice.top_logprobs) != len(drafted):
@@ -371,18 +368,17 @@ async def _score_chunk(
 ) -> tuple[list[TopK], TopK]:
     """The model's top-k at each chunk position (prompt_logprobs of prefix + chunk: entry i is the
     distribution that predicted prompt token i) and after the chunk (the one generated token's)."""
-    started_at = time.time()
-    completion = await client.complete(
+    # Not streamed (`_ask`): vLLM refuses prompt_logprobs on streamed requests.
+    completion = await _ask(
+        client,
+        role,
+        out,
         [*ids, *chunk],
         max_tokens=1,
         temperature=0.0,
-        top_p=1.0,
         logprobs=k,
-        stream=False,  # vLLM refuses prompt_logprobs on streamed requests
         extra={**_ID_TOKENS, "prompt_logprobs": k},
-        purpose=Purpose.RAST,
     )
-    _account(out, role, completion, started_at)
     choice = completion.choices[0]
     prompt = choice.prompt_logprobs
     if len(prompt) != len(ids) + len(chunk) or not choice.top_logprobs:
@@ -418,6 +414,14 @@ def _token_id(name: str) -> int:
 
 def _by_id(top: dict[str, float]) -> TopK:
     return {_TOKEN_IDS[name]: logprob for name, logprob in top.items()}
+
+
+async def _ask(client: ModelClient, role: str, out: RastOutput, ids: list[int], **request: Any) -> Completion:
+    """One whole (not streamed) request of RAST's, top_p 1, entered in `out`."""
+    started_at = time.time()
+    completion = await client.complete(ids, top_p=1.0, stream=False, purpose=Purpose.RAST, **request)
+    _account(out, role, completion, started_at)
+    return completion
 
 
 def _account(out: RastOutput, role: str, completion: Completion, started_at: float) -> None:

@@ -82,7 +82,8 @@ class RastSettings(Settings):
 @functools.lru_cache(maxsize=4)
 def _token_space(base: ChatFormat, positive: ChatFormat, negative: ChatFormat) -> TokenSpace:
     """Once per run: checking that the tokenizers agree reads every id of the vocabulary."""
-    return shared_token_space({"base": base.tokenizer, "positive": positive.tokenizer, "negative": negative.tokenizer})
+    tokenizers = {Role.BASE: base.tokenizer, Role.POSITIVE: positive.tokenizer, Role.NEGATIVE: negative.tokenizer}
+    return shared_token_space(tokenizers)
 
 
 async def solve(ctx: SolveContext[RastSettings]) -> ProblemRecord:

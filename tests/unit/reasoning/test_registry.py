@@ -19,8 +19,9 @@ from engine.records import StepEnding
 from engine.run.config import ModelConfig, RunConfig
 from engine.run.flags import SETTINGS_CLASSES, check_unique_flags
 from engine.run.scheduler import Scheduler, WorkItem
+from engine.serving.models import WRITING
 from tests.fake_openai import FakeOpenAIServer, Reply
-from tests.unit.conftest import WORDS
+from tests.unit.conftest import WORDS, run_one_track
 
 PROBLEM = Problem(id="p", problem="What is 2 + 2?", answer="4")
 PROMPTS = load_prompt_set("default")
@@ -70,6 +71,18 @@ async def test_every_policy_writes_one_step_with_default_settings(make_models, n
     assert result.ending in tuple(StepEnding)
     assert set(result.step.usage) <= set(spec.roles)
     PROMPTS.require_templates(spec.templates)
+
+
+@pytest.mark.parametrize("name", [name for name, spec in POLICIES.items() if spec.gives_token_logprobs])
+async def test_a_policy_that_gives_token_logprobs_records_every_kept_token_s_confidence(make_models, name):
+    async with FakeOpenAIServer(a_step, by_purpose=ANY_REQUEST) as server:
+        models = make_models(**{role: server for role in ("big", "small")})
+        record = await run_one_track(models, PROBLEM, PROMPTS, policy=name, seed=1, token_logprobs=3)
+    steps = [s for s in record.steps if s.tokens]
+    assert steps and all(len(s.token_confidence) == len(s.token_logprob) == s.tokens for s in steps)
+    # The requests that wrote them asked for at least the track's 3 (SplitReason's greedy ranking: its own 1 too).
+    asked = [body.get("logprobs") for body, p in zip(server.requests, server.purposes, strict=True) if p in WRITING]
+    assert asked and all(k is not None and k >= 3 for k in asked)
 
 
 def any_pooling(body):

@@ -8,6 +8,7 @@ handle existed) and printing `sorted_seeds` and `bodies_digest` of the requests 
 
 import hashlib
 import json
+from collections import Counter
 
 import pytest
 
@@ -24,6 +25,7 @@ from engine.reasoning.strategies.vote import VoteSettings
 from engine.run.config import ModelConfig, RunConfig
 from engine.run.scheduler import Scheduler, WorkItem
 from tests.fake_openai import FakeOpenAIServer, Reply
+from tests.unit.conftest import assert_usage_is_its_costs, every_cost
 
 PROBLEM = Problem(id="p7", problem="What is 6 * 7?", answer="42")
 # Where no first step goes wrong: nothing drafted ahead is thrown away, so the requests a run sends
@@ -114,7 +116,8 @@ async def run_scenario(make_models, tmp_path, name):
         scheduler = Scheduler(config, models, PROMPTS, run_id="r", dataset="d", on_record=records.append)
         await scheduler.run([WorkItem(problem, 0)])
         await server.quiet()
-    return records[0], server.requests + server.pooling_requests
+    purposes = server.purposes + server.pooling_purposes
+    return records[0], server.requests + server.pooling_requests, purposes
 
 
 def sorted_seeds(bodies):
@@ -200,9 +203,21 @@ PINNED_SEEDS = {
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 async def test_a_seeded_run_sends_the_requests_it_sent_before_the_model_handle(make_models, tmp_path, name):
-    record, bodies = await run_scenario(make_models, tmp_path, name)
+    record, bodies, _ = await run_scenario(make_models, tmp_path, name)
     assert record.answer == "42"
     assert (len(bodies), bodies_digest(bodies), record_digest(record)) == PINNED[name]
     if name in PINNED_SEEDS:
         expected = PINNED_SEEDS[name]
         assert sorted_seeds(bodies)[: len(expected)] == expected
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+async def test_a_run_s_records_enter_every_request_once_and_its_usage_sums_them(make_models, tmp_path, name):
+    record, bodies, purposes = await run_scenario(make_models, tmp_path, name)
+    costs = every_cost(record)
+    assert sum(c.requests for c in costs) == len(bodies) and not any(c.cancelled for c in costs)
+    # Each entry names its request's purpose as the request's header did.
+    assert Counter(c.purpose for c in costs) == Counter(purposes)
+    assert_usage_is_its_costs(record)
+    if name == "spec":  # per track: the big model's first step, then three drafts, each scored
+        assert Counter(purposes) == {"step": 2, "draft": 6, "score": 6}

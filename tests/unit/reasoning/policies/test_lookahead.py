@@ -12,9 +12,9 @@ from engine.data.prompts import load_prompt_set
 from engine.errors import UsageError
 from engine.reasoning.policies.lookahead import LookaheadSettings
 from engine.reasoning.policies.takeover import TakeoverSettings
-from engine.records import ModelUsage, StepOutcome
+from engine.records import ModelUsage, ProblemRecord, StepOutcome
 from tests.fake_openai import FakeOpenAIServer, Reply
-from tests.unit.conftest import run_one_track
+from tests.unit.conftest import assert_usage_is_its_costs, run_one_track
 
 PROBLEM = Problem(id="p1", problem="What is 6 * 7?", answer="42", choices=None)
 PROMPTS = load_prompt_set("default")
@@ -115,6 +115,12 @@ async def test_drafts_are_kept_up_to_the_first_mismatch_which_the_big_model_s_st
     assert record.steps[0].wasted == {"big": ModelUsage(5, 2, 1)}
     assert record.steps[2].usage == {"big": ModelUsage(5, 3, 1)}
     assert record.steps[2].wasted == {"small": ModelUsage(5, 2, 2), "big": ModelUsage(0, 0, 1)}
+    cancelled = [c for c in record.steps[2].costs if c.cancelled]
+    assert sorted((c.role, c.purpose, c.server) for c in cancelled) == [
+        ("big", "rewrite", None),
+        ("small", "draft", None),
+    ]
+    assert_usage_is_its_costs(ProblemRecord("r", "d", "p", 0, "t", "q", None, tracks=[record], usage=record.usage))
 
 
 async def test_the_judge_verifier_keeps_a_draft_rated_at_the_threshold_and_replaces_one_below(make_models):

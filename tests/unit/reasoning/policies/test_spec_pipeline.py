@@ -20,10 +20,10 @@ from engine.reasoning.policies.base import StepContext
 from engine.reasoning.policies.spec import SpecSettings
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.track import track_messages
-from engine.records import ModelUsage
+from engine.records import ModelUsage, ProblemRecord
 from tests.clocks import settled
 from tests.fake_openai import FakeOpenAIServer, Reply
-from tests.unit.conftest import run_one_track
+from tests.unit.conftest import assert_usage_is_its_costs, run_one_track
 from tests.unit.reasoning.test_track import ANSWER, by_kind, score
 
 PROBLEM = Problem(id="p1", problem="What is 6 * 7?", answer="42", choices=None)
@@ -137,6 +137,11 @@ def without_timings_and_waste(record):
     return data
 
 
+def pipelined_record(track):
+    """A problem record holding one track (what `assert_usage_is_its_costs` reads)."""
+    return ProblemRecord("r", "d", "p", 0, "test", "q", None, tracks=[track], usage=track.usage)
+
+
 def speculations_left():
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("speculation")]
 
@@ -162,6 +167,8 @@ async def test_a_pipelined_track_writes_the_record_of_the_sequential_one(make_mo
     assert pipelined.steps[1].wasted["small"].requests >= 1 and pipelined.steps[4].wasted["small"].requests >= 1
     assert pipelined.wasted["small"].requests == sum(s.wasted["small"].requests for s in pipelined.steps if s.wasted)
     assert len(small.requests) - len(seq_small.requests) == pipelined.wasted["small"].requests
+    # each request thrown away has its entry, counted in `wasted` where it was thrown away
+    assert_usage_is_its_costs(pipelined_record(pipelined))
     # nothing was drafted past the step that states the answer
     assert max(Sim(SCORES)._index(body) for body in small.requests) == 5
 
