@@ -13,8 +13,9 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 # Records written before `record_version` existed read as version 1; version 2 names the runner and
 # the track's policy (where version 1 said `mode`) and enters every request as a `RequestCost`.
 RECORD_VERSION = 2
@@ -334,7 +335,7 @@ class ProblemRecord:
         data["tracks"] = [_track_from_dict(t, data["strategy"]) for t in data.get("tracks", [])]
         data["usage"] = _usage_from_dict(data.get("usage", {}))
         data["costs"] = _costs_from_dict(data.get("costs", []))
-        return cls(**_known_fields(cls, data))
+        return _built(cls, data)
 
 
 def _tracks_and_steps(data: dict[str, Any], record: ProblemRecord):
@@ -361,9 +362,14 @@ def _legacy_strategy(data: dict[str, Any]) -> str:
     return "rast" if data.get("mode") == "rast" else "vote"
 
 
-def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in data.items() if k in names}
+def _built(cls: type[T], data: dict[str, Any]) -> T:
+    """`cls` from a line's fields; fields it does not know (a line of a later version's) are dropped.
+    Tried whole first: a run reads an entry per request, and filtering each one doubled its reading."""
+    try:
+        return cls(**data)
+    except TypeError:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def _usage_from_dict(data: dict[str, Any]) -> dict[str, ModelUsage]:
@@ -371,7 +377,7 @@ def _usage_from_dict(data: dict[str, Any]) -> dict[str, ModelUsage]:
 
 
 def _costs_from_dict(data: list[dict[str, Any]]) -> list[RequestCost]:
-    return [RequestCost(**_known_fields(RequestCost, cost)) for cost in data]
+    return [_built(RequestCost, cost) for cost in data]
 
 
 def _track_from_dict(data: dict[str, Any], strategy: str) -> TrackRecord:
@@ -385,7 +391,7 @@ def _track_from_dict(data: dict[str, Any], strategy: str) -> TrackRecord:
     data["usage"] = _usage_from_dict(data.get("usage", {}))
     data["wasted"] = _usage_from_dict(data.get("wasted", {}))
     data["costs"] = _costs_from_dict(data.get("costs", []))
-    return TrackRecord(**_known_fields(TrackRecord, data))
+    return _built(TrackRecord, data)
 
 
 def _step_from_dict(data: dict[str, Any]) -> StepRecord:
@@ -399,4 +405,4 @@ def _step_from_dict(data: dict[str, Any]) -> StepRecord:
     data["usage"] = _usage_from_dict(data.get("usage", {}))
     data["wasted"] = _usage_from_dict(data.get("wasted", {}))
     data["costs"] = _costs_from_dict(data.get("costs", []))
-    return StepRecord(**_known_fields(StepRecord, data))
+    return _built(StepRecord, data)
