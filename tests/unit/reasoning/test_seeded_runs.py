@@ -40,9 +40,10 @@ def step_count(prompt: str) -> int:
 
 
 def responder(body):
-    """Replies that depend on the request alone (so concurrency cannot change them): steps
-    "Step n." (on PROBLEM the small model's first step is "Step 1 wrong." and scores 2), the answer
-    after three."""
+    """Replies that depend on the request's body alone, so concurrency cannot change them (the pins
+    were captured before requests named their purpose, so the body tells the kinds apart here):
+    steps "Step n." (on PROBLEM the small model's first step is "Step 1 wrong." and scores 2), the
+    answer after three."""
     prompt, writer = body["prompt"], body["model"]
     wrong = writer == "small" and PROBLEM.problem in prompt
     if body["max_tokens"] == 1:  # a score or an equivalence rating
