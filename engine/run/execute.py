@@ -102,7 +102,7 @@ def roles_needed(config: RunConfig) -> list[str]:
     (RAST) needs its own roles only."""
     strategy = STRATEGIES[config.strategy]
     needed = set(strategy.needed_roles(config.strategy_settings))
-    if strategy.uses_tracks:
+    if strategy.runs_policy:
         needed |= set(POLICIES[config.policy].roles_for(config.policy_settings))
         if config.reasoning.answer_phase:
             needed.add(config.reasoning.answer_model)

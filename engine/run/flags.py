@@ -213,7 +213,7 @@ def refuse_flags_of_specs_not_in_use(args: argparse.Namespace, policy: str, stra
     """UsageError for a flag given on the command line (or in a recipe) that belongs to a policy or
     a strategy this run does not use: it would change nothing, silently."""
     in_use = {STRATEGIES[strategy].settings}
-    if STRATEGIES[strategy].uses_tracks:
+    if STRATEGIES[strategy].runs_policy:
         in_use.add(POLICIES[policy].settings)
     for kind, table, chosen in (("policy", POLICIES, policy), ("strategy", STRATEGIES, strategy)):
         for cls in dict.fromkeys(spec.settings for spec in table.values()):
@@ -223,7 +223,7 @@ def refuse_flags_of_specs_not_in_use(args: argparse.Namespace, policy: str, stra
             if given is None:
                 continue
             owners = " or ".join(spec.name for spec in table.values() if spec.settings is cls)
-            if kind == "policy" and not STRATEGIES[strategy].uses_tracks:
+            if kind == "policy" and not STRATEGIES[strategy].runs_policy:
                 why = f"strategy {strategy} runs no step policy"
             else:
                 why = f"this run's {kind} is {chosen}"

@@ -92,6 +92,8 @@ class PolicySpec:
     continuous: bool = False
     # The roles these settings call, when not all of `roles` (a verifier's own model, say).
     needed_roles: Callable[[Any], tuple[str, ...]] | None = None
+    # Whether its steps carry the token logprobs a strategy asks for (`StepContext.token_logprobs`).
+    gives_token_logprobs: bool = True
 
     def roles_for(self, settings: Any) -> tuple[str, ...]:
         return self.roles if self.needed_roles is None else self.needed_roles(settings)

@@ -57,6 +57,7 @@ def search_strategy(
         needed_roles=lambda s: (WRITER, "big" if s.scorer == "judge" else "prm"),
         solve=lambda ctx: solve(ctx, name, search, prunes=prunes),
         check_prompts=check_settings,
+        runs_policy=False,
     )
 
 

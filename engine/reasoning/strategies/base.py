@@ -16,7 +16,7 @@ from typing import Any
 from engine.data.problems import Problem
 from engine.data.prompts import PromptSet
 from engine.reasoning.policies import POLICIES
-from engine.reasoning.policies.base import TrackPolicy
+from engine.reasoning.policies.base import PolicySpec, TrackPolicy
 from engine.reasoning.probing import ProbeSettings
 from engine.reasoning.settings import ReasoningConfig, Settings
 from engine.reasoning.track import Track, TrackSetup
@@ -97,9 +97,10 @@ class StrategySpec:
     """A registered strategy. `roles` are the models it may call (each gets its flags),
     `needed_roles(settings)` those these settings call, beyond the policy's;
     `check_prompts(settings, prompts)` refuses a prompt set that lacks what the settings need.
-    `uses_tracks` False: it runs no tracks of the run's step policy, so neither the policy's roles
-    nor the answer model are needed. `server_args(settings)`: vLLM flags for the servers spectra
-    starts for it (RAST needs raw logprobs and a --max-logprobs)."""
+    `runs_policy` False: it runs no tracks of the run's step policy (it writes its own steps), so
+    neither the policy's roles nor the answer model are needed. `server_args(settings)`: vLLM flags
+    for the servers spectra starts for it (RAST needs raw logprobs and a --max-logprobs).
+    `needs_token_logprobs(settings)`: its tracks' writers must give token logprobs (DeepConf)."""
 
     name: str
     description: str
@@ -109,5 +110,22 @@ class StrategySpec:
     needed_roles: Callable[[Any], tuple[str, ...]]
     solve: Callable[[SolveContext], Awaitable[ProblemRecord]]
     check_prompts: Callable[[Any, PromptSet], None] = lambda settings, prompts: None
-    uses_tracks: bool = True
+    runs_policy: bool = True
     server_args: Callable[[Any], tuple[str, ...]] = lambda settings: ()
+    needs_token_logprobs: Callable[[Any], bool] = lambda settings: False
+
+
+def pairing_problem(
+    strategy_spec: StrategySpec, strategy_settings: Any, policy_spec: PolicySpec, policy_settings: Any
+) -> str | None:
+    """Why the run's step policy cannot serve this strategy (a sentence naming what would make the
+    pair work), or None when it can."""
+    if not strategy_spec.runs_policy or not strategy_spec.needs_token_logprobs(strategy_settings):
+        return None
+    if policy_spec.gives_token_logprobs:
+        return None
+    givers = ", ".join(name for name, spec in POLICIES.items() if spec.gives_token_logprobs)
+    return (
+        f"strategy {strategy_spec.name} reads the token logprobs of its tracks' steps, and policy "
+        f"{policy_spec.name} does not give them: choose a policy that does ({givers})"
+    )

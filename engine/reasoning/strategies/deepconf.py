@@ -200,4 +200,5 @@ DEEPCONF = StrategySpec(
     roles=("big", "small"),
     needed_roles=lambda settings: (),
     solve=solve,
+    needs_token_logprobs=lambda settings: True,
 )

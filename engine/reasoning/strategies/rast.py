@@ -167,6 +167,6 @@ RAST = StrategySpec(
     roles=ROLES,
     needed_roles=lambda settings: ROLES,
     solve=solve,
-    uses_tracks=False,
+    runs_policy=False,
     server_args=lambda settings: rast_server_args(max(settings.rast_logprobs, settings.rast_aux_logprobs)),
 )

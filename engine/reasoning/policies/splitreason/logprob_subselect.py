@@ -245,4 +245,5 @@ LOGPROB_SUBSELECT = PolicySpec(
     templates=(),
     start=start,
     continuous=True,
+    gives_token_logprobs=False,
 )

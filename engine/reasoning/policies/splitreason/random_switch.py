@@ -79,4 +79,5 @@ RANDOM_SWITCH = PolicySpec(
     templates=(),
     start=start,
     continuous=True,
+    gives_token_logprobs=False,
 )

@@ -213,4 +213,5 @@ SPEC_REASON = PolicySpec(
     templates=("offload_hint",),
     start=start,
     continuous=True,
+    gives_token_logprobs=False,
 )
