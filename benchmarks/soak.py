@@ -171,7 +171,7 @@ def report(tally: Tally, measured: Measured, client: dict, sim: dict, rss_before
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     add_models_dir_argument(parser)
     parser.add_argument("--problems", type=int, default=200)
     args = parser.parse_args(argv)
