@@ -85,11 +85,20 @@ def pairs() -> list[MethodInfo]:
     return found
 
 
+def _runs_with_no_flags(plan: RunnerPlan) -> bool:
+    """Whether the plan runs as it is (runners.split needs a mode flag)."""
+    try:
+        plan.translate({})
+    except UsageError:
+        return False
+    return True
+
+
 def available_methods(models_given: Collection[str]) -> list[MethodInfo]:
-    """The runners and the pairs that can run, with their defaults, on the model roles given
-    (`big`, `small`, `prm`, ...)."""
+    """The runners that run with no flag of their own, and the pairs, that can run on the model
+    roles given (`big`, `small`, `prm`, ...), with their defaults."""
     given = set(models_given)
-    runners = [info for info in every_method() if info.kind == "runner"]
+    runners = [_runner(plan) for plan in PLANS if _runs_with_no_flags(plan)]
     return [info for info in [*runners, *pairs()] if set(info.roles) <= given]
 
 
