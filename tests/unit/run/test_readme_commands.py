@@ -59,13 +59,21 @@ def test_the_readme_shows_every_runner():
     assert shown >= {"spec", "base", "scale", "spec_scale", "spec_scale_methods", "split", "search", "rast", "spectra"}
 
 
+def parsed(runner: str, argv: list[str]):
+    if runner == "spectra":
+        return parse_run_flags("spec", argv, choose_runner=True)
+    return parse_run_flags(runner, argv)
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_readme_command_parses_and_a_whole_one_builds_its_config(command):
     runner, argv, elided = split_command(command)
-    if runner == "spectra":
-        plan, flags = parse_run_flags("spec", argv, choose_runner=True)
-    else:
-        plan, flags = parse_run_flags(runner, argv)
+    if "--help" in argv:
+        with pytest.raises(SystemExit) as exited:
+            parsed(runner, argv)
+        assert exited.value.code == 0
+        return
+    plan, flags = parsed(runner, argv)
     demo = not any(value for name, value in flags.items() if name.endswith("_model") or name == "model_name")
     if demo:
         return  # the toy demo's config is checked with its models in test_runner_plans.py
