@@ -106,13 +106,13 @@ RUN_GROUPS = ("models", "data", "method", "limits", "output")
 @dataclass(frozen=True)
 class HelpScope:
     """What a runner's `--help` lists: the own flags of `runner` (None: every runner's), the flags
-    of these policies and strategies, and their models'; `all_reasoning`: every track flag (RAST
-    reads only the seed and top_p)."""
+    of these policies and strategies, and their models'; `track_flags`: the track flags it lists
+    (None: all; RAST reads only the seed and top_p)."""
 
     runner: str | None
     policies: tuple[str, ...]
     strategies: tuple[str, ...]
-    all_reasoning: bool = True
+    track_flags: tuple[str, ...] | None = None
 
     @property
     def roles(self) -> set[str]:
@@ -200,7 +200,7 @@ def add_method_flags(parser: argparse.ArgumentParser, method: Group, scope: Help
     """--policy, --strategy, the track flags, and one group per settings class of the specs."""
     add_flag(method, "policy", choices=tuple(POLICIES), help="how a step is produced (default: the runner's)")
     add_flag(method, "strategy", choices=tuple(STRATEGIES), help="how a problem is solved (default: the runner's)")
-    add_settings_flags(method, ReasoningConfig, shown=True if scope.all_reasoning else {"seed", "top_p"})
+    add_settings_flags(method, ReasoningConfig, shown=True if scope.track_flags is None else set(scope.track_flags))
     add_settings_flags(method, ProbeSettings, shown=bool(scope.policies))
     for kind, table, chosen in (("policy", POLICIES, scope.policies), ("strategy", STRATEGIES, scope.strategies)):
         # Specs may share one settings class (big and small; the three searches): one set of flags.
@@ -253,9 +253,10 @@ def help_scope(plan: RunnerPlan, chosen: typing.Mapping[str, Any], *, every_runn
     translated flags): the chosen policy and strategy, else the plan's own."""
     strategies = (chosen["strategy"],) if chosen.get("strategy") else plan.strategies_shown
     policies = (chosen["policy"],) if chosen.get("policy") else plan.policies_shown
-    if not any(STRATEGIES[name].runs_policy for name in strategies):
-        policies = ()
-    return HelpScope(None if every_runner else plan.name, policies, strategies, all_reasoning=bool(plan.policies_shown))
+    runner = None if every_runner else plan.name
+    if any(STRATEGIES[name].runs_policy for name in strategies):
+        return HelpScope(runner, policies, strategies)
+    return HelpScope(runner, (), strategies, plan.track_flags_shown or None)
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}

@@ -19,8 +19,10 @@ RUNNERS = {
         ["--cd_decoding_alpha", "--beam_width", "--base_model", "--score_threshold", "--approach", "--model_name"],
     ),
     "search": (
-        ["--approach", "--beam_width", "--agg_strategy", "--prm_model", "--small_model", "--n"],
-        ["--cd_decoding_alpha", "--sgen", "--random_switch", "--base_model", "--score_threshold"],
+        ["--approach", "--beam_width", "--agg_strategy", "--prm_model", "--small_model", "--n", "--temperature"],
+        # search-and-learn writes its own steps: the track flags it reads, no policy's, no probing
+        ["--cd_decoding_alpha", "--sgen", "--random_switch", "--base_model", "--score_threshold", "--token_budget"]
+        + ["--stepwise", "--probe_every"],
     ),
     "spec": (
         ["--score_threshold", "--pipeline_depth", "--big_model", "--small_model", "--tracks"],
