@@ -54,7 +54,9 @@ def measure(tokens: int, top_k: int, steps: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.confidence_cost", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m benchmarks.confidence_cost", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--top_k", type=int, default=20)
     parser.add_argument("--steps", type=int, default=2000)

@@ -94,7 +94,9 @@ def synthetic_run(folder: Path, problems: int, tracks: int, steps: int, step_cha
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.viewer_scale", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m benchmarks.viewer_scale", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--problems", type=int, default=500)
     parser.add_argument("--tracks", type=int, default=16)
     parser.add_argument("--steps", type=int, default=12)

@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser(prog: str = "python -m evaluators.evaluate") -> argparse.ArgumentParser:
     """The parser of the evaluation command, named `prog` in its usage line."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog=prog,
         description="Accuracy, pass@k, maj@k and cost of run folders, compared with a baseline run.",
     )

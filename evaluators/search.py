@@ -24,11 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.data.answers import DEFAULT_TIMEOUT_S, group_equivalent
+from engine.reasoning.search.beams import SearchSettings
+from engine.reasoning.strategies import STRATEGIES
 from engine.records import ProblemRecord
-from engine.run.runner_plans import SEARCH_APPROACHES
 from evaluators import metrics
 
 SELECTIONS = ("naive", "weighted", "maj", "pass")
+# The search strategies: the three that share search-and-learn's settings.
+SEARCH_STRATEGIES = tuple(name for name, spec in STRATEGIES.items() if spec.settings is SearchSettings)
 
 
 @dataclass
@@ -57,7 +60,7 @@ class Completions:
 
 
 def is_search_record(record: ProblemRecord) -> bool:
-    return record.strategy in SEARCH_APPROACHES
+    return record.strategy in SEARCH_STRATEGIES
 
 
 def selected_indices(c: Completions, k: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, int | None]:

@@ -36,14 +36,15 @@ def test_runners_split_runs_each_mode(vllm_servers, tmp_path, mode):
     out = tmp_path / "split"
     servers = vllm_servers
     command = [sys.executable, "-m", "runners.split", mode, "--dataset_name", "demo", "--problem_id", "0"]
-    command += ["--big_model", servers.big.model, "--big_url", servers.big.url]
-    command += ["--small_model", servers.small.model, "--small_url", servers.small.url]
+    policy = SPLIT_POLICIES[mode]
+    # The models the mode calls: a run refuses a model it does not call.
+    for role in [policy] if policy in ("big", "small") else ["big", "small"]:
+        command += [f"--{role}_model", getattr(servers, role).model, f"--{role}_url", getattr(servers, role).url]
     command += ["--max_tokens", "48", "--answer_max_tokens", "8", "--seed", "3", "--output_dir", str(out)]
     result = subprocess.run([*command, "--no_progress"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (record,) = read_records(out / RECORDS_FILE).records
     (track,) = record.tracks
-    policy = SPLIT_POLICIES[mode]
     assert track.policy == policy and track.thinking_tokens <= 48
     answer_model = "small" if policy == "small" else "big"
     check_track_bookkeeping(track, SimpleNamespace(policy=policy, reasoning=SimpleNamespace(answer_model=answer_model)))
