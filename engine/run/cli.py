@@ -2,7 +2,8 @@
 
 Each runner is a plan in `engine.run.runner_plans.RUNNERS` (its policy, strategy and default
 settings); everything else is shared. Errors the user can fix end as one line on
-stderr and exit code 2; Ctrl-C keeps finished records, stops the servers and exits 130.
+stderr and exit code 2; a run whose records hold failed problems ends with a line counting them and
+exit code 3; Ctrl-C keeps finished records, stops the servers and exits 130.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import structlog
 from engine import loop
 from engine.data.answers import is_correct
 from engine.data.recipes import parse_with_recipe
-from engine.errors import SpectraError, UsageError
+from engine.errors import EXIT_CODES_HELP, SpectraError, UsageError
 from engine.logging import configure_logging
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.policies.lookahead import EMBEDDER_SERVER_ARGS
@@ -226,6 +227,7 @@ def run_runner(
         prog="spectra run" if choose_runner else f"runners/{runner}.py",
         description="Run a reasoning mode over a data set and write one record a problem."
         + ("" if choose_runner else " Flags of other policies and strategies work with --policy/--strategy."),
+        epilog=EXIT_CODES_HELP,
     )
     groups = run_groups(parser)
     if choose_runner:
@@ -243,7 +245,7 @@ def run_runner(
 
 
 def _run(runner: str, args: argparse.Namespace, after_run: AfterRun | None = None) -> int:
-    from engine.run.execute import execute
+    from engine.run.execute import execute, failure_report
 
     demo = not any(getattr(args, f"{role}_model") for role in MODEL_ROLES)
     baseline_args = big_alone_args(args) if demo else None
@@ -253,12 +255,17 @@ def _run(runner: str, args: argparse.Namespace, after_run: AfterRun | None = Non
     print(f"records: {outcome.store.records_path} ({outcome.new} new, {outcome.resumed} already done)")
     if after_run is not None and outcome.records:
         print(f"viewer: {after_run(outcome.store.folder)} (open it in a browser)")
+    records = outcome.records
     if baseline_args is not None and config.policy == "spec":
         baseline_args.output_dir = f"{config.output_dir}-big_alone"
         baseline = build_config("base", baseline_args)
         alone = loop.run(execute(baseline, overwrite=bool(args.overwrite), progress=not args.no_progress))
         print(compare_with_big_alone(outcome.records, alone.records))
-    return 0
+        records = records + alone.records
+    report = failure_report(records)
+    if report.line():
+        print(report.line(), file=sys.stderr)
+    return report.exit_code
 
 
 def big_alone_args(args: argparse.Namespace) -> argparse.Namespace:

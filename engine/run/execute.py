@@ -5,6 +5,8 @@ run folder's lock (one runner per folder) for the whole run, resumes without red
 (problem, repeat) pairs, starts vLLM servers for models given without URLs (and stops them at the
 end), and writes each record as its problem ends. With `--shard I/N` it does the I-th of N
 disjoint slices of the (problem, repeat) list, so N runner processes can share one run.
+`failure_report` says what the records of the selected work hold of failures, which the command
+line turns into its last line and exit code (`engine.errors.PROBLEMS_FAILED_EXIT`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tqdm import tqdm
 
 from engine.data.problems import Problem, load_problems, parse_field_map, parse_id_spec, select_problems
 from engine.data.prompts import PromptSet, load_prompt_set
-from engine.errors import UnreachableServerError, UsageError
+from engine.errors import PROBLEMS_FAILED_EXIT, UnreachableServerError, UsageError
 from engine.logging import bind_context
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.strategies import STRATEGIES
@@ -44,10 +46,61 @@ from engine.serving.vllm_command import ServerSpec, model_context_length
 
 log = structlog.get_logger(__name__)
 
+# The first error of a failed run, as the last line of the command shows it.
+ERROR_LINE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class FailureReport:
+    """Problems whose records hold failures, of `total`: `failed` ones (their strategy failed, or
+    every track: not answered, redone by a re-run) and `partial` ones (answered, but some of their
+    tracks failed), and the error of the first failed problem in work order (with none failed, of
+    the first failed track)."""
+
+    failed: int
+    partial: int
+    total: int
+    first_error: str | None
+
+    @property
+    def exit_code(self) -> int:
+        """PROBLEMS_FAILED_EXIT when a problem failed; 0 otherwise (failed tracks alone fail no run)."""
+        return PROBLEMS_FAILED_EXIT if self.failed else 0
+
+    def line(self) -> str | None:
+        """The last line of the run on stderr; None when no record holds a failure."""
+        if self.failed:
+            tracks = f" ({self.partial} more answered with failed tracks)" if self.partial else ""
+            return f"spectra: {self.failed} of {self.total} problems failed{tracks}; first error: {self.first_error}"
+        if self.partial:
+            return (
+                f"spectra: {self.partial} of {self.total} problems answered with failed tracks; "
+                f"first error: {self.first_error}"
+            )
+        return None
+
+
+def failure_report(records: list[ProblemRecord]) -> FailureReport:
+    """What `records` (one per (problem, repeat), the latest) hold of failures."""
+    failed = [r for r in records if r.failed]
+    partial = [r for r in records if not r.failed and any(t.finish_reason == "failed" for t in r.tracks)]
+    errors = (_first_error(r) for r in [*failed, *partial])
+    return FailureReport(len(failed), len(partial), len(records), next(errors, None))
+
+
+def _first_error(record: ProblemRecord) -> str:
+    if record.failure is not None:
+        text = f"{record.failure.get('kind', 'error')}: {record.failure.get('message', '')}"
+    else:
+        text = next(t.error or "unknown error" for t in record.tracks if t.finish_reason == "failed")
+    text = " ".join(text.split())
+    return text if len(text) <= ERROR_LINE_CHARS else text[: ERROR_LINE_CHARS - 3] + "..."
+
 
 @dataclass
 class RunOutcome:
-    """What a run leaves: its store and the records of the selected work, in order."""
+    """What a run leaves: its store and the records of the selected work, in order (resumed ones
+    included, each key's latest)."""
 
     store: RunStore
     records: list[ProblemRecord]
