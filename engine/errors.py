@@ -33,6 +33,11 @@ class UnreachableServerError(UsageError):
     """A model server given by URL does not answer."""
 
 
+class ServerSettingError(UsageError):
+    """A server setting every request of the run would trip on (too few logprobs allowed, too short
+    a context), found before the first problem."""
+
+
 class ServerError(SpectraError):
     """A model server answered with an error, or could not be reached."""
 

@@ -3,10 +3,11 @@
 `execute` is what every runner calls. It refuses bad input before it starts anything, holds the
 run folder's lock (one runner per folder) for the whole run, resumes without redoing finished
 (problem, repeat) pairs, starts vLLM servers for models given without URLs (and stops them at the
-end), and writes each record as its problem ends. With `--shard I/N` it does the I-th of N
-disjoint slices of the (problem, repeat) list, so N runner processes can share one run.
-`failure_report` says what the records of the selected work hold of failures, which the command
-line turns into its last line and exit code (`engine.errors.PROBLEMS_FAILED_EXIT`).
+end), checks the servers' settings before the first problem (`engine.run.preflight`), and writes
+each record as its problem ends. With `--shard I/N` it does the I-th of N disjoint slices of the
+(problem, repeat) list, so N runner processes can share one run. `failure_report` says what the
+records of the selected work hold of failures, which the command line turns into its last line and
+exit code (`engine.errors.PROBLEMS_FAILED_EXIT`).
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from engine.reasoning.strategies import STRATEGIES
 from engine.records import ProblemRecord
 from engine.run.config import ModelConfig, RunConfig
 from engine.run.folder_lock import hold_run_folder
+from engine.run.preflight import VLLM_DEFAULT_MAX_LOGPROBS, check_server_settings, logprob_needs
 from engine.run.provenance import versions
 from engine.run.scheduler import Scheduler, WorkItem
 from engine.run.store import RunStore, read_records
 from engine.serving.chat import load_chat_format
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
-from engine.serving.servers import DEFAULT_RESTARTS, check_server, serve_models, server_version
+from engine.serving.servers import DEFAULT_RESTARTS, ServedModel, check_server, serve_models, server_version
 from engine.serving.vllm_command import ServerSpec, model_context_length
 
 log = structlog.get_logger(__name__)
@@ -243,6 +245,7 @@ async def _run_work(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async with model_endpoints(config, session) as endpoints:
             models = await build_models(config, session, endpoints)
+            await check_server_settings(config, session, endpoints, models, [w.problem for w in todo])
             manifest = {**manifest, **await serving_facts(config, session, endpoints)}
             store = RunStore.open(Path(config.output_dir), manifest, overwrite=overwrite)
             with bind_context(run=store.manifest["run_id"]):
@@ -268,8 +271,9 @@ async def _run_work(
 
 
 class Endpoint(NamedTuple):
-    """Where a role's model is served: its URLs, the served model id, and the context length
-    spectra started its server with (None for servers the user started)."""
+    """Where a role's model is served: its URLs, the served model id, and its context length: the
+    one spectra started its server with, or the one a server the user started reports (None: it
+    does not say)."""
 
     urls: tuple[str, ...]
     served: str
@@ -307,7 +311,8 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
             if role in started:
                 endpoints[role] = Endpoint((started[role].url,), started[role].model, lengths[role])
                 continue
-            endpoints[role] = Endpoint(model_config.urls, await _check_replicas(session, model_config, role))
+            served = await _check_replicas(session, model_config, role)
+            endpoints[role] = Endpoint(model_config.urls, served.id, served.max_model_len)
         yield endpoints
 
 
@@ -319,15 +324,20 @@ ROLE_SERVER_ARGS = {"prm": ("--no-enable-prefix-caching",)}
 
 
 def _server_args(config: RunConfig, role: str) -> tuple[str, ...]:
-    """vLLM flags of the server spectra starts for `role`: the role's own, then the user's."""
-    return ROLE_SERVER_ARGS.get(role, ()) + config.model(role).server_args
+    """vLLM flags of the server spectra starts for `role`: the role's own, a --max-logprobs when the
+    run asks more than vLLM's default and its strategy's flags set none, then the user's."""
+    need = logprob_needs(config).get(role)
+    strategy_args = STRATEGIES[config.strategy].server_args(config.strategy_settings)
+    more_logprobs = need is not None and need.count > VLLM_DEFAULT_MAX_LOGPROBS
+    logprobs = ("--max-logprobs", str(need.count)) if more_logprobs and "--max-logprobs" not in strategy_args else ()
+    return ROLE_SERVER_ARGS.get(role, ()) + logprobs + config.model(role).server_args
 
 
 async def serving_facts(
     config: RunConfig, session: aiohttp.ClientSession, endpoints: dict[str, Endpoint]
 ) -> dict[str, Any]:
     """What the manifest records about how the run was served: each role's servers (the vLLM
-    version they report, the context length spectra gave them) and the concurrency limits, so
+    version they report, their context length) and the concurrency limits, so
     that runs measured differently are not compared silently."""
     servers = {}
     for role, endpoint in endpoints.items():
@@ -347,9 +357,10 @@ async def serving_facts(
     return {"servers": servers, "concurrency": concurrency}
 
 
-async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelConfig, role: str) -> str:
-    """The served model id. One live replica is enough: the client fails over from dead ones and
-    uses them again once they answer. A replica serving another model is refused."""
+async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelConfig, role: str) -> ServedModel:
+    """The served model, as the first live replica reports it. One live replica is enough: the
+    client fails over from dead ones and uses them again once they answer. A replica serving
+    another model is refused."""
     served, unreachable = [], []
     for url in model_config.urls:
         try:
