@@ -94,7 +94,7 @@ class RunSummary:
     name: str
     path: str
     run_id: str
-    mode: str
+    method: str
     dataset: str
     models: dict[str, str]
     records: int
@@ -161,7 +161,7 @@ def summarize_run(
         name=run.name,
         path=str(run.path),
         run_id=run.run_id,
-        mode=run.mode,
+        method=run.method,
         dataset=run.dataset,
         models=run.models,
         records=len(graded),

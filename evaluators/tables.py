@@ -35,7 +35,7 @@ def accuracy_table(summaries: list[RunSummary]) -> Table:
         rows.append(
             [
                 s.name,
-                s.mode,
+                s.method,
                 s.dataset,
                 f"{s.problems} x {s.repeats}",
                 f"{s.scored_records}/{s.records}",
@@ -45,7 +45,7 @@ def accuracy_table(summaries: list[RunSummary]) -> Table:
                 skipped,
             ]
         )
-    headers = ["run", "mode", "data set", "problems x repeats", "scored", "accuracy"]
+    headers = ["run", "method", "data set", "problems x repeats", "scored", "accuracy"]
     headers += ["mean ± std over repeats", "track accuracy", "skipped lines"]
     return Table("Accuracy (voted answer)", headers, rows)
 

@@ -2,7 +2,8 @@
 
 Each runner is a plan in `engine.run.runner_plans.RUNNERS`; `engine.run.configure.build_config`
 turns a plan and the parsed flags into a RunConfig. Errors the user can fix end as one line on
-stderr and exit code 2; Ctrl-C keeps finished records, stops the servers and exits 130.
+stderr and exit code 2; a run whose records hold failed problems ends with a line counting them and
+exit code 3; Ctrl-C keeps finished records, stops the servers and exits 130.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def run_runner(
 
 
 def _run(plan: RunnerPlan, flags: Mapping[str, Any], after_run: AfterRun | None = None) -> int:
-    from engine.run.execute import execute
+    from engine.run.execute import execute, failure_report
 
     config = build_config(plan, flags)
     progress, overwrite = not flags["no_progress"], bool(flags["overwrite"])
@@ -50,13 +51,18 @@ def _run(plan: RunnerPlan, flags: Mapping[str, Any], after_run: AfterRun | None 
     print(f"records: {outcome.store.records_path} ({outcome.new} new, {outcome.resumed} already done)")
     if after_run is not None and outcome.records:
         print(f"viewer: {after_run(outcome.store.folder)} (open it in a browser)")
+    records = outcome.records
     is_demo = not any(flags.get(f"{role}_model") or flags.get("model_name") for role in MODEL_ROLES)
     if is_demo and config.policy == "spec":
         alone_flags = {**demo.big_alone_flags(flags), "output_dir": f"{config.output_dir}-big_alone"}
         baseline = build_config(RUNNERS["base"], alone_flags)
         alone = loop.run(execute(baseline, overwrite=overwrite, progress=progress))
         print(demo.compare_with_big_alone(outcome.records, alone.records))
-    return 0
+        records = records + alone.records
+    report = failure_report(records)
+    if report.line():
+        print(report.line(), file=sys.stderr)
+    return report.exit_code
 
 
 def _guarded(flags: Mapping[str, Any], body: Callable[[], int]) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from engine.data.recipes import CONFIG_FLAG, parse_with_recipe
-from engine.errors import UsageError
+from engine.errors import EXIT_CODES_HELP, UsageError
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.probing import ProbeSettings
 from engine.reasoning.settings import ReasoningConfig
@@ -288,7 +288,7 @@ def parse_run_flags(
         prog=prog,
         description=f"{plan.description}. Runs a data set and writes one record a problem.",
         epilog="`spectra methods` lists every runner, policy and strategy; --policy NAME --help or "
-        "--strategy NAME --help lists the flags of that method.",
+        "--strategy NAME --help lists the flags of that method. " + EXIT_CODES_HELP,
     )
     groups = run_groups(parser)
     if choose_runner:

@@ -1,12 +1,10 @@
 """Evaluators on small hand-made run folders; every expected figure is worked out by hand here."""
 
 import json
-import logging
 import re
 from pathlib import Path
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from engine.errors import UsageError
@@ -17,20 +15,6 @@ from evaluators.evaluate import main
 from evaluators.runs import load_run
 
 ROLES = {0: "solver", 1: "critic", 2: None}
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() sets logging up for the process, on pytest's captured stderr: undo it after each test."""
-    config, configured = structlog.get_config(), structlog.is_configured()
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    if configured:
-        structlog.configure(**config)
-    else:
-        structlog.reset_defaults()
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 def usage(small: tuple[int, int, int], big: tuple[int, int, int]) -> dict[str, ModelUsage]:
