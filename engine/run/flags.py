@@ -256,7 +256,8 @@ def help_scope(plan: RunnerPlan, chosen: typing.Mapping[str, Any], *, every_runn
     runner = None if every_runner else plan.name
     if any(STRATEGIES[name].runs_policy for name in strategies):
         return HelpScope(runner, policies, strategies)
-    return HelpScope(runner, (), strategies, plan.track_flags_shown or None)
+    read = {name for strategy in strategies for name in STRATEGIES[strategy].track_settings or ()}
+    return HelpScope(runner, (), strategies, tuple(sorted(read)) or None)
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}

@@ -12,6 +12,7 @@ from typing import Any
 from engine.errors import UsageError
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.probing import ProbeSettings
+from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies import STRATEGIES
 from engine.reasoning.strategies.base import pairing_problem
 from engine.run.config import RunConfig
@@ -75,6 +76,15 @@ def refuse_flags_of_specs_not_in_use(flags: Flags, policy: str, strategy: str) -
     given = None if runs_policy else _first_given(flags, ProbeSettings)
     if given is not None:
         raise UsageError(f"--{given} probes the tracks of a step policy, and strategy {strategy} runs none: drop it")
+    read = STRATEGIES[strategy].track_settings
+    ignored = [f.name for f in dataclasses.fields(ReasoningConfig) if read is not None and f.name not in read]
+    given = next((name for name in ignored if flags.get(name) is not None), None)
+    if given is not None:
+        reads = ", ".join(f"--{name}" for name in read)
+        raise UsageError(
+            f"--{given} changes nothing: strategy {strategy} runs no step policy and reads only {reads} "
+            "of the track flags; drop it"
+        )
 
 
 def _first_given(flags: Flags, cls: type) -> str | None:

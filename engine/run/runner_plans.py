@@ -48,8 +48,8 @@ def _unchanged(flags: Flags) -> dict[str, Any]:
 class RunnerPlan:
     """One runner. `defaults`: values it gives unset flags; `alone_settings`: settings whose default
     is the model that reasons alone (the policy, when it is big or small); `policies_shown` and
-    `strategies_shown`: whose flags its `--help` lists; `track_flags_shown`: the track flags it lists
-    when its strategy runs no policy (the ones that strategy reads); `models`: BOTH, SINGLE or ANY;
+    `strategies_shown`: whose flags its `--help` lists (the track flags listed when its strategy runs
+    no policy are those the strategy reads, `StrategySpec.track_settings`); `models`: BOTH, SINGLE or ANY;
     `speclrm_repeat_id`: SpecLRM's scripts read `--repeat_id N` as N repeats, so a single number is
     refused as ambiguous; `policy_flags`: its own flags that choose the policy."""
 
@@ -60,7 +60,6 @@ class RunnerPlan:
     policies_shown: tuple[str, ...]
     strategies_shown: tuple[str, ...]
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    track_flags_shown: tuple[str, ...] = ()
     models: str = ANY
     alone_settings: tuple[str, ...] = ()
     speclrm_repeat_id: bool = False
@@ -222,7 +221,6 @@ PLANS = (
         strategy="best_of_n",
         policies_shown=(),
         strategies_shown=SEARCH_APPROACHES,
-        track_flags_shown=("temperature", "top_p", "max_step_tokens", "seed"),
         # search-and-learn: the small model writes (`model_path`), sampling at 0.8 / 1.0, its system
         # prompt, seed 0 as its recipes set it, 2048 tokens per request.
         defaults=_frozen(
@@ -243,7 +241,6 @@ PLANS = (
         strategy="rast",
         policies_shown=(),
         strategies_shown=("rast",),
-        track_flags_shown=("seed", "top_p"),
         defaults=_frozen(prompt_set="rast"),
         own_flags=(
             OwnFlag("dataset", RAST_DATASET_HELP, "--dataset_name", group="data"),

@@ -14,10 +14,10 @@ import pytest
 
 from engine.errors import PROBLEMS_FAILED_EXIT, ServerSettingError
 from engine.reasoning.settings import ReasoningConfig
-from engine.run.cli import build_config
 from engine.run.config import DataConfig, ModelConfig, RunConfig
+from engine.run.configure import build_config
 from engine.run.execute import execute
-from engine.run.flags import ArgumentParser, add_run_arguments
+from engine.run.flags import parse_run_flags
 from engine.run.store import RECORDS_FILE, read_records
 from engine.toy.tiny import MAX_POSITIONS
 
@@ -29,10 +29,9 @@ async def test_rast_against_servers_with_the_default_max_logprobs_is_refused_in_
         flags += [f"--{role}_model", small.model, f"--{role}_url", small.url]
     out = tmp_path / "rast"
     flags += ["--dataset_name", "demo", "--problem_id", "0-1", "--max_tokens", "12", "--output_dir", str(out)]
-    parser = ArgumentParser()
-    add_run_arguments(parser)
+    plan, parsed = parse_run_flags("rast", flags)
     with pytest.raises(ServerSettingError) as refused:  # the command line's one line, exit code 2
-        await execute(build_config("rast", parser.parse_args(flags)), progress=False)
+        await execute(build_config(plan, parsed), progress=False)
     assert str(refused.value) == "; ".join(
         f"the {role} model's server gives at most 20 logprobs a token and the run asks 200 "
         f"(--rast_aux_logprobs): start it with --max-logprobs 200 (or let spectra start it: drop --{role}_url)"

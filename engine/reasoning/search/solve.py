@@ -58,6 +58,7 @@ def search_strategy(
         solve=lambda ctx: solve(ctx, name, search, prunes=prunes),
         # It writes its steps with its own `Searcher`, not the run's step policy.
         runs_policy=False,
+        track_settings=("temperature", "top_p", "max_step_tokens", "seed"),
         check_prompts=check_settings,
     )
 

@@ -118,6 +118,8 @@ class StrategySpec(Generic[S]):
     solve: Callable[[SolveContext[S]], Awaitable[ProblemRecord]]
     check_prompts: Callable[[S, PromptSet], None] = lambda settings, prompts: None
     runs_policy: bool = True
+    # The track settings (`ReasoningConfig` fields) it reads when it runs no policy; None: every one.
+    track_settings: tuple[str, ...] | None = None
     needs_token_logprobs: Callable[[S], bool] = lambda settings: False
     server_args: Callable[[S], tuple[str, ...]] = lambda settings: ()
 

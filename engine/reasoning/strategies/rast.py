@@ -161,5 +161,6 @@ RAST = StrategySpec(
     needed_roles=lambda settings: ROLES,
     solve=solve,
     runs_policy=False,
+    track_settings=("seed", "top_p"),
     server_args=lambda settings: rast_server_args(max(settings.rast_logprobs, settings.rast_aux_logprobs)),
 )

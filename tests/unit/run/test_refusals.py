@@ -174,3 +174,23 @@ def test_a_pair_the_specs_say_cannot_work_is_refused(capsys, tmp_path, monkeypat
     monkeypatch.setitem(POLICIES, "big", dataclasses.replace(POLICIES["big"], gives_token_logprobs=False))
     line = refusal(capsys, tmp_path, "spectra", "run", *BIG, "--strategy", "deepconf", "--policy", "big")
     assert "strategy deepconf needs token logprobs, and policy big gives none: choose a policy that does" in line
+
+
+@pytest.mark.parametrize(
+    ("runner", "argv", "message"),
+    [
+        (
+            "rast",
+            [*RAST, "--token_budget", "100"],
+            "--token_budget changes nothing: strategy rast runs no step policy and reads only --seed, --top_p",
+        ),
+        ("search", [*SEARCH, "--answer_phase"], "--answer_phase changes nothing: strategy best_of_n runs no step"),
+    ],
+)
+def test_a_track_flag_a_strategy_without_policy_does_not_read_is_refused(capsys, tmp_path, runner, argv, message):
+    assert message in refusal(capsys, tmp_path, runner, *argv)
+
+
+def test_the_track_flags_a_search_reads_are_accepted():
+    config = config_of("search", "--temperature", "0.7", "--top_p", "0.9", "--max_step_tokens", "99", "--seed", "5")
+    assert (config.reasoning.temperature, config.reasoning.top_p, config.reasoning.max_step_tokens) == (0.7, 0.9, 99)
