@@ -19,7 +19,9 @@ import time
 from dataclasses import asdict
 
 from engine.reasoning.policies.base import kept_step
+from engine.records import RequestCost, Role, StepOutcome
 from engine.serving.client import Completion
+from engine.serving.models import Purpose, Reply
 from engine.serving.responses import Choice
 
 
@@ -38,17 +40,23 @@ def completion(tokens: int, top_k: int, rng: random.Random) -> Completion:
 def measure(tokens: int, top_k: int, steps: int) -> tuple[float, float]:
     """Microseconds of engine CPU per kept step, and bytes of its JSON line per token."""
     rng = random.Random(0)
-    completions = [completion(tokens, top_k, rng) for _ in range(steps)]
+    # As the track's handle returns them: measured when the track asked for top-k logprobs.
+    cost = RequestCost(Role.SMALL, Purpose.DRAFT, "u", "m", 100, tokens)
+    replies = [Reply(completion(tokens, top_k, rng), cost, measured=bool(top_k)) for _ in range(steps)]
     started = time.process_time()
+    written = StepOutcome.WRITTEN
     lines = [
-        json.dumps(asdict(kept_step(c, "small", 0, {}, 0.0, delimiter="\n\n", outcome="written"))) for c in completions
+        json.dumps(asdict(kept_step(r, Role.SMALL, 0, [r.cost], 0.0, delimiter="\n\n", outcome=written)))
+        for r in replies
     ]
     cpu_us = 1e6 * (time.process_time() - started) / steps
     return cpu_us, sum(len(line) for line in lines) / (steps * tokens)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.confidence_cost", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m benchmarks.confidence_cost", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--top_k", type=int, default=20)
     parser.add_argument("--steps", type=int, default=2000)

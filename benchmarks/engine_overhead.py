@@ -164,7 +164,7 @@ def report(f: Figures) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     add_models_dir_argument(parser)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each figure (a: the median is judged)")
     args = parser.parse_args(argv)

@@ -180,7 +180,7 @@ def report(points: list[Point], latency: dict[str, Latency]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     add_models_dir_argument(parser)
     parser.add_argument("--problems", type=int, default=8, help="problems per run, all at once")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each depth; the best is judged")

@@ -228,7 +228,7 @@ async def bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", choices=("latency", "throughput", "both"), default="both")
     parser.add_argument("--sequences", type=int, default=1, help="continuations at once, latency scenario")
     parser.add_argument(

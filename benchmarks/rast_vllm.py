@@ -99,7 +99,9 @@ async def bench(args: argparse.Namespace) -> list[tuple[int, dict[str, float]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.rast_vllm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m benchmarks.rast_vllm", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--prefixes",
         type=lambda text: [int(x) for x in text.split(",")],

@@ -186,7 +186,7 @@ def _positive(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     add_models_dir_argument(parser)
     parser.add_argument("--pairs", type=_positive, default=ASSUMED_PAIRS, help="for the example: GPU pairs (assumed)")
     parser.add_argument(

@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m benchmarks.sim_server [--host H] [--port P] [--config JSON]`."""
     from engine.loop import run
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--config", default=None, help="a SimConfig as JSON (SimConfig.to_json)")

@@ -103,7 +103,8 @@ class Tally:
         for track in record.tracks:
             self.tracks += 1
             self.failed_tracks += track.finish_reason == "failed"
-            self.scripted_tracks += track.finish_reason == "think_end" and len(track.steps) == SIM.steps_per_track
+            # The sim states its answer in a track's last scripted step: the track ends there ("answer").
+            self.scripted_tracks += track.finish_reason == "answer" and len(track.steps) == SIM.steps_per_track
         for percent in (25, 50, 75, 100):
             if self.problems == self.total * percent // 100:
                 self.memory[percent] = rss_mib()
@@ -171,7 +172,7 @@ def report(tally: Tally, measured: Measured, client: dict, sim: dict, rss_before
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     add_models_dir_argument(parser)
     parser.add_argument("--problems", type=int, default=200)
     args = parser.parse_args(argv)

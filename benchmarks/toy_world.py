@@ -43,10 +43,10 @@ from engine.logging import configure_logging
 from engine.reasoning.judges.base import ScoreQuery
 from engine.reasoning.judges.specreason import JudgeScorer
 from engine.records import ProblemRecord
-from engine.run.cli import build_config
 from engine.run.config import ModelConfig, RunConfig
+from engine.run.configure import config_of_command, roles_of_command
 from engine.run.execute import execute
-from engine.run.flags import ArgumentParser, add_run_arguments
+from engine.run.flags import parse_run_flags
 from engine.serving.chat import Message, load_chat_format
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
@@ -182,9 +182,12 @@ def summarize(records: list[ProblemRecord]) -> Figures:
 
 
 def mode_argv(mode: Mode, models: dict[str, ModelConfig], problems: int, out: Path) -> list[str]:
+    """The mode's command line, with the models it calls (a runner refuses a model it does not call)."""
+    needed = roles_of_command(*parse_run_flags(mode.runner, list(mode.flags)))
     served = [
         f"--{role}_{what}={value}"
         for role, m in models.items()
+        if role in needed
         for what, value in (("model", m.model), ("url", m.urls[0]))
     ]
     data = ["--dataset_name=toy", f"--problem_id=0-{problems - 1}", f"--prompt_set={PROMPT_SET}"]
@@ -195,9 +198,7 @@ def mode_argv(mode: Mode, models: dict[str, ModelConfig], problems: int, out: Pa
 def run_config(mode: Mode, models: dict[str, ModelConfig], problems: int, out: Path) -> RunConfig:
     """The config `python -m runners.<runner> <flags>` would run: the runner's own flag handling,
     unseeded (see the note on seeds above; runners.search seeds with 0 by default)."""
-    parser = ArgumentParser(prog=f"runners/{mode.runner}.py")
-    add_run_arguments(parser)
-    config = build_config(mode.runner, parser.parse_args(mode_argv(mode, models, problems, out)))
+    config = config_of_command(mode.runner, mode_argv(mode, models, problems, out))
     return dataclasses.replace(config, reasoning=dataclasses.replace(config.reasoning, seed=None))
 
 
@@ -387,7 +388,9 @@ def table(r: dict[str, Figures], auc_value, n_right: int, n_wrong: int, problems
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.toy_world", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m benchmarks.toy_world", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--problems", type=int, default=200, help="held-out toy problems to run (default 200)")
     parser.add_argument(
         "--speed_problems", type=int, default=100, help="problems of the speed and throughput modes (default 100)"

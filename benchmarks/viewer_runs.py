@@ -10,16 +10,7 @@ import json
 from pathlib import Path
 
 from engine.reasoning.search.beams import LOWER_SCORE, SURPLUS, Beam, PrunedBeam, completion_tracks, pruned_details
-from engine.records import (
-    ACCEPTED,
-    REWRITTEN,
-    TAKEN_OVER,
-    WRITTEN,
-    ModelUsage,
-    ProblemRecord,
-    StepRecord,
-    TrackRecord,
-)
+from engine.records import ModelUsage, ProblemRecord, StepOutcome, StepRecord, TrackRecord
 from engine.run.config import ModelConfig, RunConfig
 from engine.run.execute import manifest_for
 from engine.run.store import MANIFEST_FILE, RECORDS_FILE, append_record
@@ -62,7 +53,7 @@ def _record(
         for role, u in track.usage.items():
             total.setdefault(role, ModelUsage()).add(u)
     return ProblemRecord(
-        run_id="r", dataset="toy", problem_id=pid, repeat_id=0, mode="spec", problem=question,
+        run_id="r", dataset="toy", problem_id=pid, repeat_id=0, runner="spec", problem=question,
         reference_answer=reference, tracks=tracks, answer=answer, usage=total, **kw,
     )  # fmt: skip
 
@@ -72,15 +63,15 @@ def _spec_track(track_id: int, texts: list[tuple[str, str, str]], answer: str | 
     steps = []
     for i, (writer, outcome, text) in enumerate(texts):
         step = StepRecord(index=i, text=text, writer=writer, tokens=len(text.split()) + 1, outcome=outcome)
-        if outcome == ACCEPTED:
+        if outcome == StepOutcome.ACCEPTED:
             step.score, step.score_distribution = 8.0, {"8": 0.7, "9": 0.3}
-        if outcome == REWRITTEN:
+        if outcome == StepOutcome.REWRITTEN:
             step.score, step.score_distribution, step.draft = 2.0, {"1": 0.4, "2": 0.6}, f"wrong draft {i}"
         steps.append(step)
     small = sum(s.tokens for s in steps if s.writer == "small")
     big = sum(s.tokens for s in steps if s.writer == "big")
     return TrackRecord(
-        track_id=track_id, mode="spec", role=f"role{track_id}", steps=steps, answer=answer,
+        track_id=track_id, policy="spec", role=f"role{track_id}", steps=steps, answer=answer,
         answer_model=steps[-1].writer if steps else None, finish_reason=finish,
         usage={"small": usage(small + 5), "big": usage(big + 3)}, **kw,
     )  # fmt: skip
@@ -92,22 +83,33 @@ def spec_run(folder: Path, *, flip: bool = False) -> Path:
     p0 = [
         _spec_track(
             0,
-            [("small", ACCEPTED, "2 + 2 ="), ("big", REWRITTEN, "= 4"), ("big", TAKEN_OVER, f"\\boxed{{{a0}}}")],
+            [
+                ("small", StepOutcome.ACCEPTED, "2 + 2 ="),
+                ("big", StepOutcome.REWRITTEN, "= 4"),
+                ("big", StepOutcome.TAKEN_OVER, f"\\boxed{{{a0}}}"),
+            ],
             a0,
             "answer",
             latency_s=1.0,
         ),
-        _spec_track(1, [("small", ACCEPTED, f"so \\boxed{{{a0}}}")], a0, "answer"),
-        _spec_track(2, [("small", WRITTEN, "thinking")], None, "cancelled"),
+        _spec_track(1, [("small", StepOutcome.ACCEPTED, f"so \\boxed{{{a0}}}")], a0, "answer"),
+        _spec_track(2, [("small", StepOutcome.WRITTEN, "thinking")], None, "cancelled"),
     ]
     a1 = "7" if flip else "8"
     p1 = [
-        _spec_track(0, [("small", ACCEPTED, "3 + 4"), ("small", ACCEPTED, f"\\boxed{{{a1}}}")], a1, "answer"),
+        _spec_track(
+            0,
+            [("small", StepOutcome.ACCEPTED, "3 + 4"), ("small", StepOutcome.ACCEPTED, f"\\boxed{{{a1}}}")],
+            a1,
+            "answer",
+        ),
         _spec_track(1, [], None, "failed", error="ServerError: big model at http://x returned 500 <boom>"),
-        _spec_track(2, [("big", TAKEN_OVER, "out of budget")], None, "budget"),
+        _spec_track(2, [("big", StepOutcome.TAKEN_OVER, "out of budget")], None, "budget"),
     ]
-    p2 = [_spec_track(i, [("small", WRITTEN, "hmm")], None, "budget") for i in range(3)]
-    hostile = [("small", ACCEPTED, text) for text in HOSTILE] + [("big", REWRITTEN, "\\boxed{4}")]
+    p2 = [_spec_track(i, [("small", StepOutcome.WRITTEN, "hmm")], None, "budget") for i in range(3)]
+    hostile = [("small", StepOutcome.ACCEPTED, text) for text in HOSTILE] + [
+        ("big", StepOutcome.REWRITTEN, "\\boxed{4}")
+    ]
     p3 = [_spec_track(0, hostile, "4", "answer")]
     records = [
         _record("p0", "What is 2 + 2?", "4", a0, p0, early_stopped=True, cancelled_tracks=[2], votes={a0: 2.0},
@@ -128,7 +130,7 @@ def split_run(folder: Path) -> Path:
             text="2 + 2 = 4</bigmodel>",
             writer="big",
             tokens=6,
-            outcome=TAKEN_OVER,
+            outcome=StepOutcome.TAKEN_OVER,
             detail={"ended": "probe", "chunks": 2},
         ),  # fmt: skip
         StepRecord(
@@ -140,7 +142,7 @@ def split_run(folder: Path) -> Path:
         ),  # fmt: skip
     ]
     track = TrackRecord(
-        track_id=0, mode="spec_reason", steps=steps, answer="4", answer_model="small", finish_reason="answer",
+        track_id=0, policy="spec_reason", steps=steps, answer="4", answer_model="small", finish_reason="answer",
         usage={"small": usage(9, 3), "big": usage(6, 2)},
     )  # fmt: skip
     record = _record("s0", "What is 2 + 2?", "4", "4", [track], votes={"4": 1.0})
@@ -161,7 +163,6 @@ def search_run(folder: Path) -> Path:
         tracks.append(
             TrackRecord(
                 track_id=i,
-                mode="beam_search",
                 steps=steps,
                 answer=answer,
                 answer_model="small",
@@ -210,7 +211,7 @@ def _pruning_search() -> ProblemRecord:
         _beam(A, A1, ("\\boxed{5}", 0.3)),
     ]
     pruned = [PrunedBeam(_beam(*steps), iteration, reason) for steps, iteration, reason in PRUNED]
-    tracks = completion_tracks(completions, mode="beam_search", how="last")
+    tracks = completion_tracks(completions, how="last")
     for track in tracks:
         track.usage = {"small": usage(track.thinking_tokens)}
     details = {"pruned": pruned_details(completions, pruned, how="last")}
@@ -225,7 +226,7 @@ def _pruning_search() -> ProblemRecord:
 def rast_run(folder: Path) -> Path:
     step = StepRecord(index=0, text="Thinking... \\boxed{4}", writer="base", tokens=12)
     track = TrackRecord(
-        track_id=0, mode="rast", steps=[step], answer="4", answer_model="base", finish_reason="eos",
+        track_id=0, steps=[step], answer="4", answer_model="base", finish_reason="eos",
         usage={"base": usage(12, 5)},
     )  # fmt: skip
     details = {

@@ -24,7 +24,7 @@ from benchmarks.browser import chromium, watched_page
 from benchmarks.viewer_runs import write_run
 from engine.logging import configure_logging
 from engine.reasoning.strategies import STRATEGIES
-from engine.records import ACCEPTED, REWRITTEN, ModelUsage, ProblemRecord, StepRecord, TrackRecord
+from engine.records import ModelUsage, ProblemRecord, StepOutcome, StepRecord, TrackRecord
 from engine.run.config import ModelConfig, RunConfig
 from evaluators.runs import load_runs
 from evaluators.viewer.build import write_viewer
@@ -55,14 +55,15 @@ def synthetic_run(folder: Path, problems: int, tracks: int, steps: int, step_cha
                     index=i, text=text() if i < steps - 1 else f"so \\boxed{{{answer}}}",
                     writer="big" if rejected else "small", tokens=step_chars // 4,
                     score=rng.choice([1.0, 2.0]) if rejected else 8.0, score_distribution={"8": 0.6, "9": 0.4},
-                    draft=text() if rejected else None, outcome=REWRITTEN if rejected else ACCEPTED,
+                    draft=text() if rejected else None,
+                    outcome=StepOutcome.REWRITTEN if rejected else StepOutcome.ACCEPTED,
                 )  # fmt: skip
                 kept.append(step)
             usage = {"small": ModelUsage(100, steps * step_chars // 4, steps), "big": ModelUsage(100, 20, steps)}
             track_records.append(
                 TrackRecord(
                     track_id=t,
-                    mode="spec",
+                    policy="spec",
                     steps=kept,
                     answer=answer,
                     answer_model="small",
@@ -77,7 +78,7 @@ def synthetic_run(folder: Path, problems: int, tracks: int, steps: int, step_cha
                 dataset="synthetic",
                 problem_id=f"q{p}",
                 repeat_id=0,
-                mode="spec",
+                runner="spec",
                 problem=f"Problem {p}: {text()}",
                 reference_answer=reference,
                 tracks=track_records,
@@ -93,7 +94,9 @@ def synthetic_run(folder: Path, problems: int, tracks: int, steps: int, step_cha
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.viewer_scale", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m benchmarks.viewer_scale", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--problems", type=int, default=500)
     parser.add_argument("--tracks", type=int, default=16)
     parser.add_argument("--steps", type=int, default=12)

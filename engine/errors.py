@@ -1,8 +1,20 @@
-"""The one exception hierarchy of spectra.
+"""The one exception hierarchy of spectra, and the exit codes of its commands.
 
 The command line turns a `SpectraError` into one line on stderr and its `exit_code`;
 anything else is a bug and keeps its traceback.
 """
+
+# A run that finished with problems whose records hold failures (engine.run.execute.FailureReport):
+# not 1, which Python gives an uncaught error, nor 2, bad input, so a script or a job array can
+# tell "redo it" (re-running the same command redoes the failed problems) from "fix the command".
+PROBLEMS_FAILED_EXIT = 3
+
+EXIT_CODES_HELP = (
+    "exit codes: 0 every problem answered; 2 bad input or a server setting every request would trip on "
+    "(one line on stderr, nothing written); 3 problems failed (their records are kept, the last line on "
+    "stderr counts them and gives the first error; re-run the same command to redo them); 1 a server "
+    "spectra started kept dying, or another error; 130 Ctrl-C; 143 SIGTERM"
+)
 
 
 class SpectraError(Exception):
@@ -19,6 +31,11 @@ class UsageError(SpectraError):
 
 class UnreachableServerError(UsageError):
     """A model server given by URL does not answer."""
+
+
+class ServerSettingError(UsageError):
+    """A server setting every request of the run would trip on (too few logprobs allowed, too short
+    a context), found before the first problem."""
 
 
 class ServerError(SpectraError):

@@ -77,7 +77,9 @@ def replay(
 
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
-    parser = argparse.ArgumentParser(prog="python -m evaluators.deepconf", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m evaluators.deepconf", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("run", type=Path, help="a run folder whose tracks kept token confidences")
     parser.add_argument("--window", type=int, default=2048, help="tokens of a confidence group (default 2048)")
     parser.add_argument(

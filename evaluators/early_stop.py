@@ -149,7 +149,9 @@ def _pct(value: float | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m evaluators.early_stop", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog="python -m evaluators.early_stop", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("run", type=Path, help="a run folder of the vote strategy made without --early_stop")
     parser.add_argument("--tracks_in_flight", "--tracks-in-flight", type=int, nargs="+", required=True)
     parser.add_argument("--confidence", type=float, nargs="+", default=[None], help="default: the vote rule only")

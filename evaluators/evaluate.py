@@ -21,7 +21,7 @@ from engine.data.answers import DEFAULT_TIMEOUT_S
 from engine.errors import SpectraError, UsageError
 from engine.logging import configure_logging
 from evaluators import compare, report, summary, tables
-from evaluators.runs import Run, load_runs
+from evaluators.runs import Run, load_runs, version_difference
 from evaluators.viewer.build import VIEWER_FILE, write_viewer
 
 log = structlog.get_logger(__name__)
@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser(prog: str = "python -m evaluators.evaluate") -> argparse.ArgumentParser:
     """The parser of the evaluation command, named `prog` in its usage line."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog=prog,
         description="Accuracy, pass@k, maj@k and cost of run folders, compared with a baseline run.",
     )
@@ -77,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate the runs named by parsed arguments; raises UsageError on bad input. Returns 0."""
     _check_arguments(args)
     runs = _load_runs(args)
+    differing = version_difference({one.name: one.spectra_version for one in runs})
+    if differing:
+        log.warning("spectra_versions_differ", versions=differing, hint="defaults and records change: see CHANGES.md")
     base = _baseline_index(args.baseline, runs)
     started = time.monotonic()
     summaries, figures, all_graded = [], [], []

@@ -74,7 +74,7 @@ def _markdown(
     parts += ["## Runs", ""]
     for s in summaries:
         models = ", ".join(f"{role}: `{model}`" for role, model in s.models.items()) or "not recorded"
-        parts.append(f"- **{s.name}** (`{s.path}`): mode `{s.mode}`, data set `{s.dataset}`, models {models}")
+        parts.append(f"- **{s.name}** (`{s.path}`): method `{s.method}`, data set `{s.dataset}`, models {models}")
         parts += [f"  - {note}" for note in _data_notes(s)]
     parts += ["", "## Results", ""]
     for table in tables:

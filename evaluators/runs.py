@@ -4,6 +4,9 @@ The folders of a run split with `--shard I/N` are read as one run: a folder hold
 folders, or shard folders named together (`results/spec_aime-shard-*`), grouped by their name
 without the `-shard-I-of-N` suffix (folders named otherwise: by config digest, per parent folder).
 The shards of one run must share a config digest and a shard count, each index once.
+
+`version_difference` says when runs (or the shards of one) were written by different spectra
+versions, whose defaults and records may differ (CHANGES.md): the evaluators warn then.
 """
 
 from __future__ import annotations
@@ -48,8 +51,13 @@ class Run:
         return str(self.manifest.get("run_id") or (self.records[0].run_id if self.records else self.name))
 
     @property
-    def mode(self) -> str:
-        return str(self.manifest.get("mode") or _common(r.mode for r in self.records))
+    def method(self) -> str:
+        """The run's `policy+strategy` as its manifest names them (older manifests: their `mode`, the
+        policy), or the records' runner."""
+        policy, strategy = self.manifest.get("policy"), self.manifest.get("strategy")
+        if policy and strategy:
+            return f"{policy}+{strategy}"
+        return str(self.manifest.get("mode") or policy or _common(r.runner for r in self.records))
 
     @property
     def dataset(self) -> str:
@@ -59,11 +67,31 @@ class Run:
     def models(self) -> dict[str, str]:
         return dict(self.manifest.get("models") or {})
 
+    @property
+    def spectra_version(self) -> str | None:
+        """The spectra version that wrote the run, from its manifest (None: not recorded)."""
+        return spectra_version(self.manifest)
+
     def multiple_choice(self, record: ProblemRecord) -> bool:
         """Whether the record's answers are option letters: as the record says (older records:
         GPQA-like names, or the config says so)."""
         config = self.manifest.get("config") or {}
         return record.is_multiple_choice or bool(config.get("multiple_choice"))
+
+
+def spectra_version(manifest: dict[str, Any]) -> str | None:
+    versions = manifest.get("versions")
+    version = versions.get("spectra") if isinstance(versions, dict) else None
+    return str(version) if version is not None else None
+
+
+def version_difference(versions: dict[str, str | None]) -> str | None:
+    """For runs (name -> the spectra version that wrote it; None: its manifest does not say) written
+    by more than one version, or with one that does not say among them: "a 0.2.0, b 0.1.0, c none".
+    None when they are all of one known version, or fewer than two."""
+    if len(versions) < 2 or (len(set(versions.values())) == 1 and None not in versions.values()):
+        return None
+    return ", ".join(f"{name} {version or 'none'}" for name, version in versions.items())
 
 
 def _common(values: Any) -> str:
@@ -160,6 +188,9 @@ def _merge_shards(path: Path, folders: list[Path], dataset: str | None) -> Run:
         raise UsageError(f"{path}: no readable record in its shard folders; nothing to evaluate")
     if dataset is not None:
         records = _select_dataset(records, dataset, path)
+    differing = version_difference({str(s.path): s.spectra_version for s in shards})
+    if differing:
+        log.warning("shard_versions_differ", run=str(path), versions=differing, hint="see CHANGES.md")
     listed = [{**s.manifest["shard"], "path": str(s.path), "run_id": s.manifest.get("run_id")} for s in shards]
     manifest = {**shards[0].manifest, "shard": None, "shards": listed}
     bad_lines = [line for s in shards for line in s.bad_lines]
@@ -200,7 +231,7 @@ def _check_one_split(shards: list[Run]) -> None:
 def _read_manifest(path: Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
-        log.warning("manifest_missing", run=str(path), hint="mode, data set and models taken from the records")
+        log.warning("manifest_missing", run=str(path), hint="method, data set and models taken from the records")
         return {}
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

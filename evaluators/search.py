@@ -24,17 +24,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.data.answers import DEFAULT_TIMEOUT_S, group_equivalent
+from engine.reasoning.search.beams import SearchSettings
+from engine.reasoning.strategies import STRATEGIES
 from engine.records import ProblemRecord
-from engine.run.runner_plans import SEARCH_APPROACHES
 from evaluators import metrics
 
 SELECTIONS = ("naive", "weighted", "maj", "pass")
+# The search strategies: the three that share search-and-learn's settings.
+SEARCH_STRATEGIES = tuple(name for name, spec in STRATEGIES.items() if spec.settings is SearchSettings)
 
 
 @dataclass
 class SearchSummary:
     """`accuracy_at_k[selection][k]`, selections as in `SELECTIONS`; the cost of a record.
-    `strategy` names the search (the mode of its completions)."""
+    `strategy` names the search (the records' strategy)."""
 
     strategy: str
     records: int
@@ -57,7 +60,7 @@ class Completions:
 
 
 def is_search_record(record: ProblemRecord) -> bool:
-    return record.strategy in SEARCH_APPROACHES
+    return record.strategy in SEARCH_STRATEGIES
 
 
 def selected_indices(c: Completions, k: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, int | None]:
@@ -116,7 +119,7 @@ def summarize_search(
                 scorer_prompt += usage.prompt_tokens
     count = len(records)
     return SearchSummary(
-        strategy=", ".join(sorted({t.mode for r in records for t in r.tracks})),
+        strategy=", ".join(sorted({r.strategy for r in records})),
         records=count,
         completions_per_record=sum(len(r.tracks) for r in records) / count,
         accuracy_at_k=accuracy,

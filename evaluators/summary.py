@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from engine.data.answers import DEFAULT_TIMEOUT_S, group_equivalent, is_correct
-from engine.records import ACCEPTED, CHECKED, MODEL_ROLES, STOPPED_EARLY, ProblemRecord, TrackRecord, sum_usage
+from engine.records import CHECKED, STOPPED_EARLY, ProblemRecord, Role, StepOutcome, TrackRecord, sum_usage
 from evaluators import metrics
 from evaluators.details import DetailFigures, summarize_details
 from evaluators.runs import Run
@@ -94,7 +94,7 @@ class RunSummary:
     name: str
     path: str
     run_id: str
-    mode: str
+    method: str
     dataset: str
     models: dict[str, str]
     records: int
@@ -161,7 +161,7 @@ def summarize_run(
         name=run.name,
         path=str(run.path),
         run_id=run.run_id,
-        mode=run.mode,
+        method=run.method,
         dataset=run.dataset,
         models=run.models,
         records=len(graded),
@@ -294,7 +294,8 @@ def _per_record(records: list[ProblemRecord], value: Callable[[ProblemRecord], f
 
 def _token_summary(records: list[ProblemRecord]) -> TokenSummary:
     total = sum_usage([r.usage for r in records])
-    models = sorted(total, key=lambda m: (MODEL_ROLES.index(m) if m in MODEL_ROLES else len(MODEL_ROLES), m))
+    roles = list(Role)  # the speculative pair first, then the other roles, then any other name
+    models = sorted(total, key=lambda m: (roles.index(m) if m in roles else len(roles), m))
     kept: dict[str, int] = defaultdict(int)
     answers: dict[str, int] = defaultdict(int)
     for record in records:
@@ -314,8 +315,10 @@ def _token_summary(records: list[ProblemRecord]) -> TokenSummary:
         answer_per_record=_per_record(records, lambda r: sum(t.answer_tokens for t in r.tracks)),
         answer_tokens_by_model={m: n / count for m, n in sorted(answers.items())},
         kept_step_tokens_by_writer={w: n / count for w, n in sorted(kept.items())},
-        big_share_generated=metrics.ratio(total["big"].completion_tokens if "big" in total else 0, all_completion),
-        big_share_kept=metrics.ratio(kept.get("big", 0), sum(kept.values())),
+        big_share_generated=metrics.ratio(
+            total[Role.BIG].completion_tokens if Role.BIG in total else 0, all_completion
+        ),
+        big_share_kept=metrics.ratio(kept.get(Role.BIG, 0), sum(kept.values())),
         total_completion_per_record=all_completion / count,
         total_requests_per_record=sum(u.requests for u in total.values()) / count,
         wasted_completion_per_record=sum(u.completion_tokens for u in wasted) / count,
@@ -327,7 +330,7 @@ def _step_summary(records: list[ProblemRecord]) -> StepSummary:
     # Drafts a policy checked (scored or verified) and then kept, rewrote or replaced; search
     # records score steps in [0, 1] and keep every step: not drafts judged 0-9.
     checked = [s for r in records if not is_search_record(r) for t in r.tracks for s in t.steps if s.outcome in CHECKED]
-    accepted = sum(s.outcome == ACCEPTED for s in checked)
+    accepted = sum(s.outcome == StepOutcome.ACCEPTED for s in checked)
     return StepSummary(
         scored_steps=len(checked),
         accepted_steps=accepted,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.records import Role
 from evaluators.compare import Comparison
 from evaluators.search import SELECTIONS
 from evaluators.summary import RunSummary
@@ -34,7 +35,7 @@ def accuracy_table(summaries: list[RunSummary]) -> Table:
         rows.append(
             [
                 s.name,
-                s.mode,
+                s.method,
                 s.dataset,
                 f"{s.problems} x {s.repeats}",
                 f"{s.scored_records}/{s.records}",
@@ -44,7 +45,7 @@ def accuracy_table(summaries: list[RunSummary]) -> Table:
                 skipped,
             ]
         )
-    headers = ["run", "mode", "data set", "problems x repeats", "scored", "accuracy"]
+    headers = ["run", "method", "data set", "problems x repeats", "scored", "accuracy"]
     headers += ["mean ± std over repeats", "track accuracy", "skipped lines"]
     return Table("Accuracy (voted answer)", headers, rows)
 
@@ -87,8 +88,8 @@ def cost_table(summaries: list[RunSummary]) -> Table:
                 num(s.latency["p50"], 2),
                 num(s.latency["p95"], 2),
                 num(t.total_completion_per_record, 0),
-                num(t.completion_per_record.get("small"), 0),
-                num(t.completion_per_record.get("big"), 0),
+                num(t.completion_per_record.get(Role.SMALL), 0),
+                num(t.completion_per_record.get(Role.BIG), 0),
                 pct(t.big_share_generated),
                 pct(t.big_share_kept),
                 pct(s.steps.acceptance_rate),

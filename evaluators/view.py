@@ -20,7 +20,9 @@ from evaluators.viewer.build import VIEWER_FILE, write_viewer
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m evaluators.view", description="Write a self-contained HTML viewer of run folders' traces."
+        allow_abbrev=False,
+        prog="python -m evaluators.view",
+        description="Write a self-contained HTML viewer of run folders' traces.",
     )
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (two: also compared)")
     parser.add_argument(

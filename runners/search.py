@@ -3,7 +3,7 @@
 Usage: python -m runners.search --approach beam_search --n 16 --beam_width 4 \
     --small_model meta-llama/Llama-3.2-1B-Instruct --prm_model RLHFlow/Llama3.1-8B-PRM-Deepseek-Data ...
 or with a recipe: python -m runners.search --config recipe.yaml --n 64 (flags override the recipe).
-(`--help` lists every flag; each has a kebab-case spelling too.)
+(`--help` lists its flags, `--strategy NAME --help` that method's too; each has a kebab-case spelling.)
 """
 
 import sys

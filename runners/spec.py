@@ -2,7 +2,7 @@
 it when the score is under --score_threshold.
 
 Usage: python -m runners.spec --dataset_name aime --problem_id 60-89 --repeat_id 0-2 ...
-(`--help` lists every flag; each has a kebab-case spelling too.)
+(`--help` lists its flags, `--strategy NAME --help` that method's too; each has a kebab-case spelling.)
 """
 
 import sys

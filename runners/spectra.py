@@ -1,5 +1,5 @@
 """The `spectra` command: `spectra eval ...` is the evaluators' command line, every other
-command (run, serve, make-tiny-models, make-toy-models) the engine's; a finished `spectra run`
+command (run, methods, serve, make-tiny-models, make-toy-models) the engine's; a finished `spectra run`
 gets its trace viewer (`evaluators.view`) written into its folder."""
 
 import sys

@@ -4,7 +4,7 @@
 --small_model_only. --max_tokens (default 16384) is the track's token budget.
 
 Usage: python -m runners.split --spec_reason --dataset_name aime --problem_id 60-89 ...
-(`--help` lists every flag; each has a kebab-case spelling too.)
+(`--help` lists its flags, `--strategy NAME --help` that method's too; each has a kebab-case spelling.)
 """
 
 import sys

@@ -1,10 +1,12 @@
 """A scripted, in-process fake of vLLM's OpenAI-compatible server, for exact unit tests.
 
 Each request to `/v1/completions` is answered by the next `Reply` of the script, or by a
-responder function of the request body. Replies can fail with a status, stall, stream slowly,
-cut the stream, or send a malformed body, so every branch of the client can be driven.
-The server records every request body, every request whose client went away and every
-`/health` check; started on a given `port`, a new server can stand in for one that stopped.
+responder function of the request body; `by_purpose` scripts the requests of a purpose apart
+(the `X-Spectra-Purpose` header the engine's model handle sends, `engine.serving.models.Purpose`).
+Replies can fail with a status, stall, stream slowly, cut the stream, or send a malformed body,
+so every branch of the client can be driven. The server records every request body and its
+purpose, every request whose client went away and every `/health` check; started on a given
+`port`, a new server can stand in for one that stopped.
 `/pooling` answers as vLLM does for a process reward model, with the rows a `pooler` function
 gives for the request body.
 """
@@ -20,6 +22,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from engine.serving.client import PURPOSE_HEADER
+
 
 @dataclass
 class Reply:
@@ -34,6 +38,8 @@ class Reply:
     # {"<token id>": {"logprob": float, "rank": int, "decoded_token": str}}, or that JSON pre-encoded.
     prompt_logprobs: list[dict[str, dict[str, Any]] | msgspec.Raw | None] | None = None
     prompt_tokens: int = 5
+    # Reported as `usage.prompt_tokens_details.cached_tokens` (vLLM --enable-prompt-tokens-details).
+    cached_tokens: int | None = None
     status: int = 200
     error_message: str = "scripted failure"
     delay_s: float = 0.0
@@ -56,6 +62,7 @@ class Reply:
 
 
 Responder = Callable[[dict[str, Any]], Reply]
+Script = list[Reply] | Responder
 # The pooling output of one input: for a PRM, one [P(bad), P(good)] row per step tag.
 Pooler = Callable[[dict[str, Any]], list]
 
@@ -64,12 +71,17 @@ Pooler = Callable[[dict[str, Any]], list]
 class FakeOpenAIServer:
     """Start with `async with FakeOpenAIServer(script) as server:`; `server.url` is its base URL."""
 
-    script: list[Reply] | Responder = field(default_factory=list)
+    script: Script = field(default_factory=list)
+    # Purpose (the header's value) -> the script of that purpose's requests; others go to `script`.
+    by_purpose: dict[str, Script] = field(default_factory=dict)
     served_model: str = "fake-model"
     pooler: Pooler | None = None
     version: str = "0.0.0-fake"
     requests: list[dict[str, Any]] = field(default_factory=list)
     pooling_requests: list[dict[str, Any]] = field(default_factory=list)
+    # The purpose of each request of `requests` and `pooling_requests` (None: no header), in order.
+    purposes: list[str | None] = field(default_factory=list)
+    pooling_purposes: list[str | None] = field(default_factory=list)
     disconnects: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -126,12 +138,17 @@ class FakeOpenAIServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._gate.wait(), 10.0)
 
-    def _next_reply(self, body: dict[str, Any]) -> Reply:
-        if callable(self.script):
-            return self.script(body)
-        if not self.script:
-            raise AssertionError(f"fake server got an unscripted request: {body}")
-        return self.script.pop(0)
+    def requests_for(self, purpose: str) -> list[dict[str, Any]]:
+        """The bodies of the completion requests sent for `purpose`, in order."""
+        return [body for body, p in zip(self.requests, self.purposes, strict=True) if p == purpose]
+
+    def _next_reply(self, body: dict[str, Any], purpose: str | None) -> Reply:
+        script = self.by_purpose.get(purpose, self.script) if purpose is not None else self.script
+        if callable(script):
+            return script(body)
+        if not script:
+            raise AssertionError(f"fake server got an unscripted {purpose or ''} request: {body}")
+        return script.pop(0)
 
     async def _health(self, request: web.Request) -> web.Response:
         self.health_checks += 1
@@ -152,6 +169,7 @@ class FakeOpenAIServer:
         """vLLM's response shape (vllm/entrypoints/pooling/pooling/protocol.py `PoolingResponse`)."""
         body = await request.json()
         self.pooling_requests.append(body)
+        self.pooling_purposes.append(request.headers.get(PURPOSE_HEADER))
         if self.pooler is None:
             return web.json_response({"detail": "Not Found"}, status=404)
         self._enter()
@@ -168,8 +186,10 @@ class FakeOpenAIServer:
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        purpose = request.headers.get(PURPOSE_HEADER)
         self.requests.append(body)
-        reply = self._next_reply(body)
+        self.purposes.append(purpose)
+        reply = self._next_reply(body, purpose)
         self._enter()
         try:
             await self._pass_gate()
@@ -243,13 +263,16 @@ async def _send(response: web.StreamResponse, chunk: dict[str, Any]) -> None:
     await response.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
 
 
-def _usage(reply: Reply) -> dict[str, int]:
+def _usage(reply: Reply) -> dict[str, Any]:
     completion = len(reply.token_list())
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": reply.prompt_tokens + completion,
     }
+    if reply.cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": reply.cached_tokens}
+    return usage
 
 
 def _dumps(payload: Any) -> str:

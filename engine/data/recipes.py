@@ -64,7 +64,7 @@ SEED_ONLY_KEYS = frozenset(
 
 def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse `argv` with the values of the recipe named by `--config` (if any) as defaults."""
-    early = argparse.ArgumentParser(add_help=False)
+    early = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
     early.add_argument(f"--{CONFIG_FLAG}")
     known, _ = early.parse_known_args(argv)
     if known.config:

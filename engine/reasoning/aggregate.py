@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.data.answers import group_equivalent
-from engine.records import TrackRecord
+from engine.records import FinishReason, TrackRecord
 
 # A track's weight is its mean step score, so it can never exceed the top score.
 MAX_SCORE_WEIGHT = 9.0
@@ -53,7 +53,7 @@ def answer_groups(
     first appearance. With `weights` (track id -> weight) only those tracks vote, with those weights."""
     answered = [t for t in tracks if t.answer is not None and (weights is None or t.track_id in weights)]
     if aggregation == "speclrm":
-        answered = [t for t in answered if t.finish_reason == "answer"]
+        answered = [t for t in answered if t.finish_reason == FinishReason.ANSWER]
         by_text: dict[str, list[int]] = {}
         for i, t in enumerate(answered):
             by_text.setdefault(t.answer, []).append(i)

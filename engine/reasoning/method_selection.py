@@ -16,9 +16,9 @@ import structlog
 
 from engine.data.prompts import PromptSet
 from engine.errors import ServerError
-from engine.records import ModelUsage
+from engine.records import ModelUsage, RequestCost, usage_of_costs
 from engine.serving.chat import Message
-from engine.serving.models import NO_SPECIAL_TOKENS, Model, usage_of
+from engine.serving.models import Model, Purpose
 
 log = structlog.get_logger(__name__)
 
@@ -26,14 +26,19 @@ log = structlog.get_logger(__name__)
 @dataclass
 class MethodChoice:
     """The methods picked for a problem (names, one per track) and their codes; `fallback` when the
-    selector's answer gave too few codes or the selector failed (its error kept in `error`)."""
+    selector's answer gave too few codes or the selector failed (its error kept in `error`); `costs`:
+    the selector's request (the problem record enters it)."""
 
     methods: list[str]
     codes: list[str]
     raw: str
     fallback: bool
-    usage: dict[str, ModelUsage] = field(default_factory=dict)
+    costs: list[RequestCost] = field(default_factory=list)
     error: str | None = None
+
+    @property
+    def usage(self) -> dict[str, ModelUsage]:
+        return usage_of_costs(self.costs)
 
     def to_dict(self) -> dict:
         return {
@@ -63,21 +68,23 @@ async def select_methods(problem: str, prompts: PromptSet, selector: Model, coun
     """Ask `selector` for `count` method codes; fill a short answer with the last code ("unknown")."""
     library = list(prompts.require_methods().values())
     codes = [m.code for m in library]
-    prompt = selector.chat.render(
-        [Message("user", prompts.render_select_methods(problem, count))], prompts.render_select_methods_prefix(count)
-    )
+    request = [Message("user", prompts.render_select_methods(problem, count))]
     try:
-        completion = await selector.client.complete(
-            prompt, max_tokens=selector_max_tokens(count), temperature=0.0, extra=NO_SPECIAL_TOKENS
+        reply = await selector.continue_text(
+            request,
+            prompts.render_select_methods_prefix(count),
+            purpose=Purpose.SELECT,
+            max_tokens=selector_max_tokens(count),
+            temperature=0.0,
         )
     except ServerError as exc:
         # The problem is still worth solving: every track takes the "unknown" choice.
         log.warning("method_selection_failed", error=str(exc))
         return _choice(library, [], raw="", error=str(exc), count=count)
-    chosen = parse_codes(completion.text, codes, count)
+    chosen = parse_codes(reply.text, codes, count)
     if len(chosen) < count:
-        log.info("method_selection_fallback", raw=completion.text[:200], codes=chosen)
-    return _choice(library, chosen, raw=completion.text, count=count, usage={selector.role: usage_of(completion)})
+        log.info("method_selection_fallback", raw=reply.text[:200], codes=chosen)
+    return _choice(library, chosen, raw=reply.text, count=count, costs=[reply.cost])
 
 
 def _choice(library: list, chosen: list[str], *, raw: str, count: int, **extra) -> MethodChoice:

@@ -17,17 +17,14 @@ from dataclasses import dataclass
 from engine.data.answers import extract_answer
 from engine.errors import UsageError
 from engine.reasoning.settings import Settings, setting
-from engine.records import ModelUsage
+from engine.records import RequestCost
 from engine.serving.chat import Message
-from engine.serving.models import NO_SPECIAL_TOKENS, Model, request_seed, usage_of
+from engine.serving.models import Model, Purpose
 
 # Dynasor's probe suffix, hedging words and probe length (dynasor/core/cot.py).
 PROBE_SUFFIX = "... Oh, I suddenly got the answer to the whole problem, **Final Answer**\n\n\\[ \\boxed{"
 HEDGING_WORDS = ("wait", "hold", "but", "okay", "no", "hmm")
 PROBE_TOKENS = 20
-# `request_seed`'s salt of a probe (its index is the step after which it is sent, from 1; the
-# answer request uses index 0 with the same salt).
-PROBE_SALT = 3
 
 
 @dataclass(frozen=True)
@@ -50,7 +47,7 @@ class Probe:
 
     answer: str | None
     hedged: bool
-    usage: dict[str, ModelUsage]
+    cost: RequestCost
 
     @property
     def counts(self) -> bool:
@@ -62,26 +59,27 @@ async def probe(
     messages: tuple[Message, ...],
     reasoning: str,
     *,
-    seed: int | None,
     index: int,
     temperature: float,
     top_p: float,
 ) -> Probe:
-    """`model`'s answer to the problem after `reasoning`, as Dynasor asks for it."""
-    completion = await model.client.complete(
-        model.chat.continuation(messages, reasoning) + PROBE_SUFFIX,
+    """`model`'s (a track's handle) answer to the problem after `reasoning`, as Dynasor asks for it;
+    `index` is the step after which it is sent (from 1)."""
+    reply = await model.continue_reasoning(
+        messages,
+        reasoning,
+        suffix=PROBE_SUFFIX,
+        purpose=Purpose.PROBE,
+        index=index,
         max_tokens=PROBE_TOKENS,
         temperature=temperature,
         top_p=top_p,
-        seed=request_seed(seed, index, PROBE_SALT),
-        extra=NO_SPECIAL_TOKENS,
     )
-    text = completion.text
-    words = set(re.findall(r"[a-z]+", text.lower()))
+    words = set(re.findall(r"[a-z]+", reply.text.lower()))
     return Probe(
-        answer=extract_answer("\\boxed{" + text),
+        answer=extract_answer("\\boxed{" + reply.text),
         hedged=any(word in words for word in HEDGING_WORDS),
-        usage={model.role: usage_of(completion)},
+        cost=reply.cost,
     )
 
 

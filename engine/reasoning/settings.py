@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import UsageError
+from engine.records import Role
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ class ReasoningConfig(Settings):
         "spectra: a step also stops at </think>, closing thinking or ending the sequence ends it, and the "
         "answer model then writes the answer (the seeds reason on and take the answer from the steps)",
     )
-    answer_model: str = setting("big", "with --answer_phase: the model that writes the answer", ("big", "small"))
+    answer_model: str = setting(
+        Role.BIG, "with --answer_phase: the model that writes the answer", (Role.BIG, Role.SMALL)
+    )
     answer_max_tokens: int = setting(1024, "with --answer_phase: tokens the answer may take")
     seed: int | None = setting(None, "base seed of every request (reproducible runs)")
 

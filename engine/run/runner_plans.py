@@ -1,27 +1,94 @@
-"""Runner plans: what each runner script means in policies, strategies and default settings.
+"""Runner plans: what each runner script means, as data.
 
-A runner is one function in `RUNNERS` that turns its own flags into the policy, the strategy
-and the defaults it gives the flags a user left unset (SpecLRM's vote in its runners, SplitReason's
-budget, search-and-learn's sampling). The command line (`engine.run.cli`) applies them.
+A `RunnerPlan` names the paper a runner follows, its policy and strategy, the defaults it gives the
+flags a user left unset (SpecLRM's vote, SplitReason's budget, search-and-learn's sampling), the
+seed's own flags it takes and `translate`, a pure function from the parsed flags to spectra's
+(SplitReason's mode flags, search-and-learn's `--approach`, RAST's `--dataset`). The command line,
+`--help`, `spectra methods` and the evaluators read these plans; none of them replays a parser.
 """
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+from engine.data.problems import PRESETS
 from engine.errors import UsageError
 
+# Parsed flag values by name (None: left unset); translations return a new dict, never mutate.
+Flags = Mapping[str, Any]
+SINGLE_MODELS = ("big", "small")
 
-def or_default(value: Any, default: Any) -> Any:
-    """`value`, or `default` when the flag was left unset (None)."""
-    return default if value is None else value
+# How a runner's tracks use the models: BOTH (the speculative runners: --model is refused),
+# SINGLE (SpecLRM's baselines: --model picks the one that reasons), ANY (the policy decides).
+BOTH, SINGLE, ANY = "both", "single", "any"
 
 
-def _single_model(args: argparse.Namespace, default_tracks: int) -> dict[str, Any]:
-    model = or_default(args.model, "big")
-    return {"policy": model, "answer_model": model, "selector_model": model, "tracks": default_tracks}
+@dataclass(frozen=True)
+class OwnFlag:
+    """A seed's flag that one runner takes (RAST's `--dataset`): `instead` says what other runners
+    take in its place (`{value}`: the value given), `kind` its type (None: a switch), `group` the
+    help group that lists it."""
+
+    name: str
+    help: str
+    instead: str
+    kind: type | None = str
+    choices: tuple[str, ...] | None = None
+    group: str = "method"
+
+
+def _unchanged(flags: Flags) -> dict[str, Any]:
+    return dict(flags)
+
+
+@dataclass(frozen=True)
+class RunnerPlan:
+    """One runner. `defaults`: values it gives unset flags; `alone_settings`: settings whose default
+    is the model that reasons alone (the policy, when it is big or small); `policies_shown` and
+    `strategies_shown`: whose flags its `--help` lists (the track flags listed when its strategy runs
+    no policy are those the strategy reads, `StrategySpec.track_settings`); `models`: BOTH, SINGLE or ANY;
+    `speclrm_repeat_id`: SpecLRM's scripts read `--repeat_id N` as N repeats, so a single number is
+    refused as ambiguous; `policy_flags`: its own flags that choose the policy."""
+
+    name: str
+    description: str
+    policy: str
+    strategy: str
+    policies_shown: tuple[str, ...]
+    strategies_shown: tuple[str, ...]
+    defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    models: str = ANY
+    alone_settings: tuple[str, ...] = ()
+    speclrm_repeat_id: bool = False
+    own_flags: tuple[OwnFlag, ...] = ()
+    policy_flags: tuple[str, ...] = ()
+    translate: Callable[[Flags], dict[str, Any]] = _unchanged
+
+
+def plan_defaults(plan: RunnerPlan, policy: str) -> dict[str, Any]:
+    """The values `plan` gives to unset flags when its tracks run `policy`."""
+    alone = {name: policy for name in plan.alone_settings} if policy in SINGLE_MODELS else {}
+    return {**plan.defaults, **alone}
+
+
+def _one_of(flags: Flags, name: str, seed_name: str, value: Any, runner: str) -> Any:
+    """`value` of the seed's `--seed_name` for spectra's `--name`, refusing a clash of the two."""
+    if flags.get(name) not in (None, value):
+        raise UsageError(f"--{seed_name} is {runner}'s name for --{name}: give one of them")
+    return value
+
+
+def _single_model(flags: Flags) -> dict[str, Any]:
+    """SpecLRM's baselines: `--model big|small` is the policy (the model that reasons alone)."""
+    model = flags.get("model")
+    if model is None:
+        return dict(flags)
+    if flags.get("policy") not in (None, model):
+        raise UsageError(f"--model {model} and --policy {flags['policy']} both choose the policy: give one")
+    return {**flags, "model": None, "policy": model}
 
 
 # SplitReason's mode flags (its test_spec.py takes exactly one) -> the policy that runs the mode.
@@ -32,118 +99,191 @@ SPLIT_MODES = {
     "big_model_only": "big",
     "small_model_only": "small",
 }
-# SplitReason's defaults: --max_tokens 16384 in all; it sends no top_p (vLLM's default is 1).
-SPLIT_REASONING = {"token_budget": 16384, "top_p": 1.0}
 
 
-def _split_mode(args: argparse.Namespace) -> dict[str, Any]:
-    chosen = [flag for flag in SPLIT_MODES if getattr(args, flag)]
+def _split_mode(flags: Flags) -> dict[str, Any]:
+    chosen = [flag for flag in SPLIT_MODES if flags.get(flag)]
     if len(chosen) != 1:
-        flags = ", ".join(f"--{flag}" for flag in SPLIT_MODES)
-        raise UsageError(f"runners.split takes exactly one mode flag of {flags}; got {len(chosen)}")
-    if args.policy:
+        names = ", ".join(f"--{flag}" for flag in SPLIT_MODES)
+        raise UsageError(f"runners.split takes exactly one mode flag of {names}; got {len(chosen)}")
+    if flags.get("policy"):
         raise UsageError(f"runners.split runs the policy of its mode flag (--{chosen[0]}): drop --policy")
-    if args.max_tokens is not None:
-        if args.token_budget not in (None, args.max_tokens):
-            raise UsageError("--max_tokens is SplitReason's name for --token_budget: give one of them")
-        # Consumed: --max_tokens as a flag of its own belongs to RAST's settings.
-        args.token_budget, args.max_tokens = args.max_tokens, None
-    policy = SPLIT_MODES[chosen[0]]
-    single = {"answer_model": policy} if policy in ("big", "small") else {}
-    return {"policy": policy, "tracks": 1, **SPLIT_REASONING, **single}
-
-
-def refuse_split_flags_elsewhere(runner: str, args: argparse.Namespace) -> None:
-    """SplitReason's mode flags mean something only to runners.split: elsewhere they are refused,
-    not ignored (the policy they name runs anywhere with --policy)."""
-    if RUNNERS[runner] is _split_mode:
-        return
-    for flag, policy in SPLIT_MODES.items():
-        if getattr(args, flag):
-            raise UsageError(f"--{flag} is a flag of runners.split; with runner {runner} use --policy {policy}")
-    # --max_tokens is declared by RAST's settings; runners.split reads it as SplitReason's budget
-    # and runners.search as search-and-learn's tokens per request.
-    if args.max_tokens is not None and runner not in ("rast", "search"):
-        raise UsageError(
-            f"--max_tokens is a flag of runners.split, search and rast; with runner {runner} use --token_budget"
-        )
+    translated = {**flags, **dict.fromkeys(SPLIT_MODES), "policy": SPLIT_MODES[chosen[0]], "max_tokens": None}
+    if flags.get("max_tokens") is not None:
+        # --max_tokens as a flag of its own belongs to RAST's settings.
+        translated["token_budget"] = _one_of(flags, "token_budget", "max_tokens", flags["max_tokens"], "SplitReason")
+    return translated
 
 
 SEARCH_APPROACHES = ("best_of_n", "beam_search", "dvts")
-# search-and-learn: the small model writes (`model_path`), sampling at 0.8 / 1.0, its system prompt,
-# seed 0 as its recipes set it.
-SEARCH_PLAN = {
-    "policy": "small",
-    "answer_model": "small",
-    "temperature": 0.8,
-    "top_p": 1.0,
-    "seed": 0,
-    "max_step_tokens": 2048,
-    "prompt_set": "search",
+
+
+def _search(flags: Flags) -> dict[str, Any]:
+    """search-and-learn's `--approach` is the strategy, its `--max_tokens` (per request) spectra's
+    `--max_step_tokens` (the flag `--max_tokens` itself belongs to RAST's settings)."""
+    translated = {**flags, "approach": None, "max_tokens": None}
+    if flags.get("approach") is not None:
+        translated["strategy"] = _one_of(flags, "strategy", "approach", flags["approach"], "search-and-learn")
+    if flags.get("max_tokens") is not None:
+        tokens = _one_of(flags, "max_step_tokens", "max_tokens", flags["max_tokens"], "search-and-learn")
+        translated["max_step_tokens"] = tokens
+    return translated
+
+
+def _one_track_per_method(flags: Flags) -> dict[str, Any]:
+    """spec_scale_reason_2 runs one track per method: `--method_num N` means N tracks too."""
+    if flags.get("method_num") is None or flags.get("tracks") is not None:
+        return dict(flags)
+    return {**flags, "tracks": flags["method_num"]}
+
+
+# RAST's --dataset names (vllm/tests/RAST_decode/run.py) -> spectra's presets.
+RAST_DATASETS = {"math": "math500", "aime": "aime24", "amc": "amc23", "gsm8k": "gsm8k"}
+RAST_NAMES = ("MATH", "AIME", "AMC", "GSM8K")
+RAST_DATASET_HELP = f"RAST's data set name: {', '.join(RAST_NAMES)} (or use --dataset_name)"
+
+
+def _rast(flags: Flags) -> dict[str, Any]:
+    """RAST's `--dataset` is `--dataset_name` (its preset), its `--num_runs N` `--repeat_id 0-(N-1)`."""
+    translated = {**flags, "dataset": None, "num_runs": None}
+    if flags.get("dataset") is not None:
+        preset = RAST_DATASETS.get(flags["dataset"].lower())
+        if preset is None or preset not in PRESETS:
+            raise UsageError(
+                f"--dataset {flags['dataset']} has no spectra preset ({', '.join(sorted(PRESETS))}); "
+                "pass the data with --dataset_name FILE_OR_HUB_ID instead"
+            )
+        translated["dataset_name"] = _one_of(flags, "dataset_name", "dataset", preset, "RAST")
+    runs = flags.get("num_runs")
+    if runs is not None:
+        if runs < 1:
+            raise UsageError(f"--num_runs must be at least 1, not {runs}")
+        if flags.get("repeat_id") is not None or flags.get("num_repeats") is not None:
+            raise UsageError("--num_runs N means --repeat_id 0-(N-1): give one of them")
+        translated["repeat_id"] = f"0-{runs - 1}"
+    return translated
+
+
+def _frozen(**values: Any) -> Mapping[str, Any]:
+    return MappingProxyType(values)
+
+
+SPECLRM_VOTE = {"tracks": 3, "aggregation": "speclrm"}
+_SPEC = {"policy": "spec", "strategy": "vote", "policies_shown": ("spec",), "strategies_shown": ("vote",)}
+_SINGLE = {
+    "policy": "big",
+    "strategy": "vote",
+    "policies_shown": SINGLE_MODELS,
+    "strategies_shown": ("vote",),
+    "models": SINGLE,
+    "alone_settings": ("answer_model", "selector_model"),
+    "policy_flags": ("model",),
+    "translate": _single_model,
 }
 
+PLANS = (
+    RunnerPlan(
+        "base",
+        "SpecLRM's base_test: one model (--model big|small) reasons alone on one track",
+        defaults=_frozen(tracks=1),
+        speclrm_repeat_id=True,
+        **_SINGLE,
+    ),
+    RunnerPlan("spec", "SpecReason: one speculative track", defaults=_frozen(tracks=1), models=BOTH, **_SPEC),
+    RunnerPlan(
+        "scale",
+        "SpecLRM's scale_reason: parallel tracks of one model, voted on as SpecLRM does",
+        defaults=_frozen(**SPECLRM_VOTE),
+        speclrm_repeat_id=True,
+        **_SINGLE,
+    ),
+    RunnerPlan(
+        "spec_scale",
+        "SpecLRM's spec_scale_reason: parallel speculative tracks with its three role prompts, voted on",
+        defaults=_frozen(**SPECLRM_VOTE, use_role_prompts=True),
+        models=BOTH,
+        speclrm_repeat_id=True,
+        **_SPEC,
+    ),
+    RunnerPlan(
+        "spec_scale_methods",
+        "SpecLRM's spec_scale_reason_2: a selector picks --method_num methods, one speculative track each",
+        defaults=_frozen(**SPECLRM_VOTE, method_num=3),
+        models=BOTH,
+        speclrm_repeat_id=True,
+        translate=_one_track_per_method,
+        **_SPEC,
+    ),
+    RunnerPlan(
+        "search",
+        "search-and-learn: best-of-N, beam search or DVTS (--approach) against a process reward model",
+        policy="small",
+        strategy="best_of_n",
+        policies_shown=(),
+        strategies_shown=SEARCH_APPROACHES,
+        # search-and-learn: the small model writes (`model_path`), sampling at 0.8 / 1.0, its system
+        # prompt, seed 0 as its recipes set it, 2048 tokens per request.
+        defaults=_frozen(
+            answer_model="small", temperature=0.8, top_p=1.0, seed=0, max_step_tokens=2048, prompt_set="search"
+        ),
+        own_flags=(
+            OwnFlag(
+                "approach", "search-and-learn's approach: the strategy", "--strategy {value}", choices=SEARCH_APPROACHES
+            ),
+        ),
+        translate=_search,
+    ),
+    RunnerPlan(
+        "rast",
+        "RAST: the base model sampled from base + alpha * (positive - negative) over three vLLM servers",
+        # RAST runs no tracks: the policy is unused; its prompt set is RAST's plain prompt.
+        policy="big",
+        strategy="rast",
+        policies_shown=(),
+        strategies_shown=("rast",),
+        defaults=_frozen(prompt_set="rast"),
+        own_flags=(
+            OwnFlag("dataset", RAST_DATASET_HELP, "--dataset_name", group="data"),
+            OwnFlag(
+                "num_runs", "RAST's runs: repeats 0 to N-1 (--repeat_id)", "--num_repeats {value}", int, group="data"
+            ),
+        ),
+        translate=_rast,
+    ),
+    RunnerPlan(
+        "split",
+        "SplitReason: one of its modes, chosen by exactly one mode flag; --max_tokens is the budget",
+        policy="big",
+        strategy="vote",
+        policies_shown=tuple(dict.fromkeys(SPLIT_MODES.values())),
+        strategies_shown=("vote",),
+        # SplitReason's defaults: --max_tokens 16384 in all; it sends no top_p (vLLM's default is 1).
+        defaults=_frozen(tracks=1, token_budget=16384, top_p=1.0),
+        alone_settings=("answer_model",),
+        own_flags=tuple(OwnFlag(f, f"SplitReason's mode: {p}", f"--policy {p}", None) for f, p in SPLIT_MODES.items()),
+        policy_flags=tuple(SPLIT_MODES),
+        translate=_split_mode,
+    ),
+)
+RUNNERS: Mapping[str, RunnerPlan] = MappingProxyType({plan.name: plan for plan in PLANS})
+OWN_FLAGS: Mapping[str, tuple[str, OwnFlag]] = MappingProxyType(
+    {flag.name: (plan.name, flag) for plan in PLANS for flag in plan.own_flags}
+)
 
-def _search(args: argparse.Namespace) -> dict[str, Any]:
-    # search-and-learn's `--max_tokens` (per request) is spectra's `--max_step_tokens`; the flag
-    # `--max_tokens` itself belongs to RAST's settings (one flag, one settings class).
-    given = {"max_step_tokens": args.max_tokens} if args.max_tokens is not None else {}
-    args.max_tokens = None  # consumed
-    return {**SEARCH_PLAN, "strategy": or_default(args.approach, "best_of_n"), **given}
 
-
-# runner -> its policy and strategy, and the defaults it gives to flags the user left unset.
-RUNNERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "base": lambda a: _single_model(a, 1),
-    "spec": lambda a: {"policy": "spec", "tracks": 1},
-    # SpecLRM's runners vote as SpecLRM does; spec_scale_reason always runs its three role prompts.
-    "scale": lambda a: {**_single_model(a, 3), "aggregation": "speclrm"},
-    "spec_scale": lambda a: {"policy": "spec", "tracks": 3, "use_role_prompts": True, "aggregation": "speclrm"},
-    "spec_scale_methods": lambda a: {
-        "policy": "spec",
-        "method_num": 3,
-        "tracks": or_default(a.method_num, 3),
-        "aggregation": "speclrm",
-    },
-    "search": _search,
-    # RAST runs no tracks: the policy is unused; its prompt set is RAST's plain prompt.
-    "rast": lambda a: {"policy": "big", "strategy": "rast", "prompt_set": "rast"},
-    "split": _split_mode,
-}
-
-BOTH_MODEL_RUNNERS = ("spec", "spec_scale", "spec_scale_methods")
-SINGLE_MODEL_RUNNERS = ("base", "scale")
-
-# runner -> the policies and strategies it runs without --policy/--strategy: its `--help` shows
-# their flags and their models' (the others still parse).
-_SPLIT_POLICIES = tuple(dict.fromkeys(SPLIT_MODES.values()))
-RUNNER_SPECS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "base": (("big", "small"), ("vote",)),
-    "spec": (("spec",), ("vote",)),
-    "scale": (("big", "small"), ("vote",)),
-    "spec_scale": (("spec",), ("vote",)),
-    "spec_scale_methods": (("spec",), ("vote",)),
-    "search": (("small",), SEARCH_APPROACHES),
-    "rast": ((), ("rast",)),
-    "split": (_SPLIT_POLICIES, ("vote",)),
-}
-
-
-# In SpecLRM's scripts `--repeat_id N` means N repeats (ids 0 to N-1); in spectra and SpecReason
-# it names repeat ids. A single number in these runners could mean either, so it is refused.
-SPECLRM_RUNNERS = ("base", "scale", "spec_scale", "spec_scale_methods")
-
-
-def repeat_ids(runner: str, args: argparse.Namespace) -> dict[str, str]:
-    if args.num_repeats is not None:
-        if args.repeat_id is not None:
+def repeat_ids(plan: RunnerPlan, flags: Flags) -> str | None:
+    """`--repeat_id` as spectra reads it (from `--num_repeats N` too); None: the config's default."""
+    count, given = flags.get("num_repeats"), flags.get("repeat_id")
+    if count is not None:
+        if given is not None:
             raise UsageError("give --num_repeats or --repeat_id, not both")
-        if args.num_repeats < 1:
-            raise UsageError(f"--num_repeats must be at least 1, not {args.num_repeats}")
-        return {"repeat_id": f"0-{args.num_repeats - 1}"}
-    given = (args.repeat_id or "").strip()
-    if runner in SPECLRM_RUNNERS and given.isascii() and given.isdigit():
+        if count < 1:
+            raise UsageError(f"--num_repeats must be at least 1, not {count}")
+        return f"0-{count - 1}"
+    text = (given or "").strip()
+    if plan.speclrm_repeat_id and text.isascii() and text.isdigit():
         raise UsageError(
-            f"--repeat_id {given} is ambiguous here (SpecLRM's scripts read it as {given} repeats): "
-            f"use --num_repeats N for N repeats, or --repeat_id {given}-{given} for the repeat with id {given}"
+            f"--repeat_id {text} is ambiguous here (SpecLRM's scripts read it as {text} repeats): "
+            f"use --num_repeats N for N repeats, or --repeat_id {text}-{text} for the repeat with id {text}"
         )
-    return {}
+    return given

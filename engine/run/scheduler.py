@@ -94,7 +94,7 @@ class Scheduler:
             policy=config.policy,
             policy_settings=config.policy_settings,
             reasoning=config.reasoning,
-            mode=config.runner,
+            runner=config.runner,
             config_digest=self.digest,
             probing=config.probing,
         )

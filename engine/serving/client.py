@@ -36,6 +36,9 @@ from engine.serving.responses import (
 )
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
+# Why a request is sent (`engine.serving.models.Purpose`): vLLM ignores the header; the scripted fake
+# server answers by it, and a proxy or a server's access log can tell requests apart by it.
+PURPOSE_HEADER = "X-Spectra-Purpose"
 
 
 @dataclass
@@ -50,6 +53,8 @@ class Completion:
     latency_s: float
     ttft_s: float | None
     attempts: int = 1
+    # The server's `usage.prompt_tokens_details.cached_tokens` (vLLM with --enable-prompt-tokens-details).
+    cached_prompt_tokens: int | None = None
 
     @property
     def text(self) -> str:
@@ -78,6 +83,7 @@ class Pooled:
     endpoint: str
     prompt_tokens: int
     latency_s: float
+    attempts: int = 1
 
 
 class ModelClient:
@@ -126,8 +132,10 @@ class ModelClient:
         n: int = 1,
         stream: bool = False,
         extra: dict[str, Any] | None = None,
+        purpose: str | None = None,
     ) -> Completion:
-        """Continue `prompt` through `/v1/completions`; `extra` carries vLLM's own parameters.
+        """Continue `prompt` through `/v1/completions`; `extra` carries vLLM's own parameters,
+        `purpose` goes in the `X-Spectra-Purpose` header.
 
         Stream (`stream=True`) where a long answer should be bounded by the stall timeout rather
         than the whole-request one, or where the time to the first token matters (`ttft_s`).
@@ -155,21 +163,23 @@ class ModelClient:
 
         async def once(endpoint: Endpoint, attempt: int) -> Completion:
             started = time.monotonic()
-            choices, usage, first_token_at = await self._post(endpoint, "/v1/completions", body, read, stream=stream)
+            choices, usage, first_token_at = await self._post(
+                endpoint, "/v1/completions", body, read, stream=stream, purpose=purpose
+            )
             return self._account(endpoint, choices, usage, started, first_token_at, attempt)
 
         return await self._pool.attempt(once)
 
-    async def pool(self, prompt: str, *, extra: dict[str, Any] | None = None) -> Pooled:
-        """Run a pooling model (a reward model) on `prompt` through vLLM's `/pooling`."""
+    async def pool(self, prompt: str, *, extra: dict[str, Any] | None = None, purpose: str | None = None) -> Pooled:
+        """Run a pooling model (a reward model, an embedder) on `prompt` through vLLM's `/pooling`."""
         body: dict[str, Any] = {"model": self.model, "input": prompt, **(extra or {})}
 
         async def once(endpoint: Endpoint, attempt: int) -> Pooled:
             started = time.monotonic()
-            data, usage = await self._post(endpoint, "/pooling", body, read_pooling, stream=False)
+            data, usage = await self._post(endpoint, "/pooling", body, read_pooling, stream=False, purpose=purpose)
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.stats.prompt_tokens += prompt_tokens
-            return Pooled(data, self.model, endpoint.url, prompt_tokens, time.monotonic() - started)
+            return Pooled(data, self.model, endpoint.url, prompt_tokens, time.monotonic() - started, attempt)
 
         return await self._pool.attempt(once)
 
@@ -191,14 +201,16 @@ class ModelClient:
         read: Callable[[str, aiohttp.ClientResponse], Awaitable[Any]],
         *,
         stream: bool,
+        purpose: str | None = None,
     ) -> Any:
         """POST `body` to `endpoint` and `read` the answer; errors become `ServerError`s. A stream
         is bounded by the stall timeout between chunks, a whole answer by the request timeout."""
         timeout = self._stream_timeout if stream else self._whole_timeout
+        headers = _JSON_HEADERS if purpose is None else {**_JSON_HEADERS, PURPOSE_HEADER: purpose}
         self.stats.requests += 1
         try:
             async with self.session.post(
-                endpoint.url + path, data=encode_json(body), headers=_JSON_HEADERS, timeout=timeout
+                endpoint.url + path, data=encode_json(body), headers=headers, timeout=timeout
             ) as response:
                 if response.status >= 400:
                     raise await status_error(endpoint.url, response)
@@ -234,7 +246,14 @@ class ModelClient:
             latency_s=time.monotonic() - started,
             ttft_s=None if first_token_at is None else first_token_at - started,
             attempts=attempts,
+            cached_prompt_tokens=_cached_tokens(usage),
         )
         self.stats.prompt_tokens += completion.prompt_tokens
         self.stats.completion_tokens += completion.completion_tokens
         return completion
+
+
+def _cached_tokens(usage: dict[str, Any]) -> int | None:
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return int(cached) if isinstance(cached, int) else None

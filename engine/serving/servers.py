@@ -3,7 +3,8 @@
 `serve_models` starts one server per `ServerSpec` as a child process in its own process group,
 waits until each answers GET /health, restarts one that exits (same port, same arguments) within a
 budget of restarts, and stops them all (SIGTERM, then SIGKILL) on exit, on error and on Ctrl-C.
-`check_server` verifies that a server someone else started serves the model we need.
+`check_server` verifies that a server someone else started serves the model we need and reads its
+context length; `logprobs_limit` finds a server's `--max-logprobs` when it is below what a run asks.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import atexit
 import contextlib
 import functools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,11 +22,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import aiohttp
 import structlog
 
-from engine.errors import ServerDiedError, ServerStartError, UnreachableServerError, UsageError
+from engine.errors import ServerDiedError, ServerError, ServerStartError, UnreachableServerError, UsageError
+from engine.records import Role
+from engine.serving.client import ModelClient
 from engine.serving.supervision import Supervision, error_and_log, process_exit, root_error_line
 from engine.serving.vllm_command import ServerSpec, cpu_env, on_cpu, server_command
 
@@ -259,8 +264,18 @@ def _kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-async def check_server(session: aiohttp.ClientSession, url: str, model: str | None, *, role: str = "big") -> str:
-    """Check that the server at `url` is up and serves `model`; return the served model id.
+class ServedModel(NamedTuple):
+    """A model a server serves: the id requests name it by, and its context length as the server
+    reports it in GET /v1/models (vLLM's `max_model_len`; None when the server does not say)."""
+
+    id: str
+    max_model_len: int | None
+
+
+async def check_server(
+    session: aiohttp.ClientSession, url: str, model: str | None, *, role: str = Role.BIG
+) -> ServedModel:
+    """Check that the server at `url` is up and serves `model`; return what it says of it.
 
     With `model=None` the first served model is returned. Raises `UsageError` when the server
     cannot be reached or does not serve `model`; `role` names the flags to fix (`--big_url`).
@@ -280,14 +295,35 @@ async def check_server(session: aiohttp.ClientSession, url: str, model: str | No
         raise UnreachableServerError(
             f"cannot reach model server at {url}: {reason}; start it or fix --{role}_url"
         ) from None
-    served = [entry["id"] for entry in body.get("data", [])]
-    if not served:
+    cards = {entry["id"]: entry for entry in body.get("data", [])}
+    if not cards:
         raise UsageError(f"model server at {url} serves no model; fix --{role}_url")
     if model is None:
-        return served[0]
-    if model not in served:
+        model = next(iter(cards))
+    if model not in cards:
         raise UsageError(
-            f"model {model!r} is not served at {url}; it serves: {', '.join(served)}; "
-            f"fix --{role}_model or --{role}_url"
+            f"model {model!r} is not served at {url}; it serves: {', '.join(cards)}; fix --{role}_model or --{role}_url"
         )
-    return model
+    length = cards[model].get("max_model_len")
+    return ServedModel(model, length if isinstance(length, int) and length > 0 else None)
+
+
+# vLLM's refusal of a request asking more logprobs than the server's --max-logprobs
+# (vllm/sampling_params.py `_validate_logprobs`, vLLM 0.32), sample or prompt logprobs alike.
+_LOGPROBS_REFUSED = re.compile(r"Requested (?:sample|prompt) logprobs of \d+, which is greater than max allowed: (\d+)")
+# What the probe continues: any text does, the request asks for one token.
+_PROBE_PROMPT = "1 + 1 ="
+
+
+async def logprobs_limit(client: ModelClient, count: int) -> int | None:
+    """The server's --max-logprobs when it is below `count`, read from its refusal of a one-token
+    request asking `count` logprobs (vLLM does not report the setting otherwise); None when it gives
+    them. Any other error is raised: the run's own requests would meet it too."""
+    try:
+        await client.complete(_PROBE_PROMPT, max_tokens=1, temperature=0.0, top_p=1.0, logprobs=count)
+    except ServerError as exc:
+        refused = _LOGPROBS_REFUSED.search(exc.message)
+        if exc.status == 400 and refused:
+            return int(refused[1])
+        raise
+    return None

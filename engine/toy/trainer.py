@@ -431,12 +431,12 @@ def make_tokenizer(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m engine.toy.trainer")
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m engine.toy.trainer")
     commands = parser.add_subparsers(dest="command", required=True)
-    tok = commands.add_parser("tokenizer")
+    tok = commands.add_parser("tokenizer", allow_abbrev=False)
     tok.add_argument("directory")
     tok.add_argument("--prompts", default=str(REPO / "prompts"))
-    tr = commands.add_parser("train")
+    tr = commands.add_parser("train", allow_abbrev=False)
     tr.add_argument("--role", choices=tuple(SETTINGS), required=True)
     tr.add_argument("--out", required=True)
     tr.add_argument("--seed", type=int, default=0)
@@ -450,7 +450,7 @@ def main() -> None:
     tr.add_argument("--stop_at", type=int, help="stop after this step (reproduces a run the time guard cut)")
     tr.add_argument("--max_seconds", type=float, default=1e9)
     tr.add_argument("--device", default="cuda")
-    ev = commands.add_parser("evaluate")
+    ev = commands.add_parser("evaluate", allow_abbrev=False)
     ev.add_argument("--weights", required=True)
     ev.add_argument("--tokenizer", default=str(REPO / "engine" / "toy" / "weights" / "tokenizer"))
     ev.add_argument("--count", type=int, default=500)

@@ -12,17 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from engine.data.answers import DEFAULT_TIMEOUT_S
-from engine.records import STOPPED_EARLY, ModelUsage, ProblemRecord, StepRecord, TrackRecord
-from engine.run.runner_plans import SEARCH_APPROACHES, SPLIT_MODES
+from engine.reasoning.policies import POLICIES
+from engine.records import STOPPED_EARLY, FinishReason, ModelUsage, ProblemRecord, StepRecord, TrackRecord
 from evaluators import metrics
 from evaluators.runs import Run
-from evaluators.search import Completions, selected_indices
+from evaluators.search import Completions, is_search_record, selected_indices
 from evaluators.summary import GradedRecord, RunSummary
 from evaluators.viewer import plots
 from evaluators.viewer.settings import changed_flags
-
-# SplitReason's policies write one text that switches writer mid-way: shown as marked text.
-TEXT_POLICIES = tuple(p for p in SPLIT_MODES.values() if p not in ("big", "small"))
 
 
 def run_payload(run: Run, graded: list[GradedRecord], summary: RunSummary, *, timeout_s: float) -> dict[str, Any]:
@@ -58,7 +55,7 @@ def problem_payload(g: GradedRecord, policy: str, *, timeout_s: float = DEFAULT_
     record = g.record
     correct_by_track = dict(zip((t.track_id for t in g.finished_tracks), g.track_correct, strict=False))
     tracks = [track_payload(t, correct_by_track.get(t.track_id)) for t in record.tracks]
-    failed = sum(t.finish_reason == "failed" for t in record.tracks)
+    failed = sum(t.finish_reason == FinishReason.FAILED for t in record.tracks)
     out: dict[str, Any] = {
         "id": record.problem_id,
         "rep": record.repeat_id,
@@ -159,11 +156,12 @@ def _status(g: GradedRecord) -> str:
 
 
 def _view(record: ProblemRecord, policy: str) -> str:
-    if record.strategy in SEARCH_APPROACHES:
+    if is_search_record(record):
         return "search"
     if record.strategy == "rast":
         return "rast"
-    return "text" if policy in TEXT_POLICIES else "steps"
+    # A continuous policy (SplitReason's) writes one text that switches writer mid-way: marked text.
+    return "text" if policy in POLICIES and POLICIES[policy].continuous else "steps"
 
 
 def _search_picks(g: GradedRecord, timeout_s: float) -> dict[str, int | None]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from html import escape
 
+from engine.records import Role
 from evaluators.summary import RunSummary
 
 WIDTH, BAR_HEIGHT, LABEL_WIDTH = 320, 18, 90
-COLOURS = {"small": "#3b82c4", "big": "#e08a1e"}
+COLOURS = {Role.SMALL: "#3b82c4", Role.BIG: "#e08a1e"}
 OTHER_COLOUR = "#7a7a7a"
 HISTOGRAM_BINS = 12
 

@@ -1,37 +1,25 @@
 """The flags a run set away from its runner's defaults: the seed's behaviour is the runner's plan
-(engine.run.runner_plans) over the settings dataclasses' own defaults; what differs is spectra's."""
+(`engine.run.runner_plans.RUNNERS`, its `defaults` for the run's policy) over the settings
+dataclasses' own defaults; what differs is spectra's."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from engine.errors import UsageError
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies import STRATEGIES
-from engine.run.runner_plans import RUNNERS, SPLIT_MODES
-
-
-class _Unset:
-    """Parsed flags with every flag left unset, as a runner plan reads them."""
-
-    def __getattr__(self, name: str) -> Any:
-        return None
+from engine.run.runner_plans import RUNNERS, plan_defaults
 
 
 def runner_defaults(runner: str, policy: str | None) -> dict[str, Any]:
-    """The defaults the runner's plan gives to unset flags (empty for an unknown runner)."""
+    """The defaults the runner's plan gives to unset flags when it runs `policy` (empty for an
+    unknown runner)."""
     if runner not in RUNNERS:
         return {}
-    args = _Unset()
-    mode = {p: flag for flag, p in SPLIT_MODES.items()}.get(policy or "")
-    if mode is not None:
-        setattr(args, mode, True)
-    try:
-        return RUNNERS[runner](args)
-    except UsageError:  # a plan that needs a flag of its own (split without its mode): no plan defaults
-        return {}
+    plan = RUNNERS[runner]
+    return plan_defaults(plan, policy or plan.policy)
 
 
 def changed_flags(manifest: dict[str, Any]) -> list[tuple[str, Any, Any]]:

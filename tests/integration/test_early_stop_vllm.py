@@ -8,9 +8,8 @@ import json
 
 import pytest
 
-from engine.run.cli import build_config
+from engine.run.configure import config_of_command
 from engine.run.execute import execute
-from engine.run.flags import ArgumentParser, add_run_arguments
 from engine.run.store import MANIFEST_FILE
 from engine.serving.servers import serve_models
 from engine.serving.vllm_command import ServerSpec
@@ -36,9 +35,7 @@ async def test_windowed_tracks_stop_early_and_record_the_skipped_ones(toy_small,
         *("--tracks", str(TRACKS), "--tracks_in_flight", "1", "--early_stop", "--early_stop_confidence", "0.6"),
         *("--output_dir", str(tmp_path / "run")),
     ]
-    parser = ArgumentParser()
-    add_run_arguments(parser)
-    config = build_config("scale", parser.parse_args(flags))
+    config = config_of_command("scale", flags)
     outcome = await execute(config, progress=False)
     assert len(outcome.records) == PROBLEMS
     for record in outcome.records:

@@ -25,6 +25,7 @@ from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies.vote import VoteSettings
 from engine.run.config import DataConfig, ModelConfig, RunConfig
 from engine.run.execute import execute
+from engine.run.preflight import logprob_needs
 from engine.run.store import RECORDS_FILE, read_records
 from engine.serving.client import ModelClient
 from engine.serving.endpoints import ClientLimits
@@ -220,9 +221,11 @@ async def test_a_run_through_bursts_of_every_fault_answers_every_problem(
     for proxy, model in ((small_proxy, "small"), (big_proxy, "big")):
         assert set(proxy.injected) == set(kinds), (model, proxy.injected)
         # Every completion a record counts is one the proxy relayed whole: a retried request is
-        # accounted once, for the attempt that succeeded. Every other request was failed by a
-        # rule or, on a machine slow enough to pass the client's timeout, given up by the client.
-        answered = sum(r.usage[model].requests for r in outcome.records)
+        # accounted once, for the attempt that succeeded; so is the check, before the first problem,
+        # that the server gives the logprobs the run asks of it (the judge's top 10 from the big
+        # model). Every other request was failed by a rule or, on a machine slow enough to pass the
+        # client's timeout, given up by the client.
+        answered = sum(r.usage[model].requests for r in outcome.records) + (model in logprob_needs(config))
         assert answered == proxy.completed["/v1/completions"]
         failed_or_abandoned = sum(proxy.injected.values()) + proxy.abandoned["/v1/completions"]
         assert proxy.requests["/v1/completions"] == answered + failed_or_abandoned

@@ -33,14 +33,21 @@ def config_for(servers, tmp_path, depth: int, threshold: float) -> RunConfig:
     )
 
 
+def used_costs(costs) -> list[tuple]:
+    """The requests a record used, without timings or what the server's prefix cache held then."""
+    return sorted((c.role, c.purpose, c.prompt_tokens, c.completion_tokens) for c in costs if not c.wasted)
+
+
 def tracks_without_timings_and_waste(record) -> list[dict]:
     tracks = []
     for track in record.tracks:
         data = dataclasses.asdict(track)
         for name in ("latency_s", "finished_at", "wasted"):
             data.pop(name)
-        for step in data["steps"]:
+        data["costs"] = used_costs(track.costs)
+        for step, kept in zip(data["steps"], track.steps, strict=True):
             step.pop("latency_s"), step.pop("wasted")
+            step["costs"] = used_costs(kept.costs)
         tracks.append(data)
     return tracks
 

@@ -181,7 +181,7 @@ def test_the_demo_command_starts_its_own_servers_and_prints_a_summary(toy_models
     header, row, totals, records_line, viewer_line, comparison = result.stdout.splitlines()
     assert header.split()[:5] == ["problem", "rep", "answer", "ref", "ok"] and row.split()[0] == "0"
     (record,) = read_records(tmp_path / "demo" / RECORDS_FILE).records
-    assert record.dataset == "toy" and record.tracks[0].mode == "spec"
+    assert record.dataset == "toy" and record.tracks[0].policy == "spec"
     assert (
         record.usage["big"].requests > 0
         and "big-costly"

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.recipes import parse_with_recipe
 from engine.reasoning.judges.base import aggregate_step_scores
-from engine.run.cli import build_config
+from engine.run.configure import config_of_command
 from engine.run.execute import execute
-from engine.run.flags import ArgumentParser, add_run_arguments
 from engine.run.store import RECORDS_FILE, read_records
 from engine.toy.tiny_prm import prm_server_args
 from evaluators import summary
@@ -23,9 +21,10 @@ from evaluators.runs import load_run
 SHORT = ["--dataset_name", "demo", "--problem_id", "0-1", "--max_tokens", "24", "--seed", "1"]
 
 
-def served(vllm_servers, prm_server):
+def served(vllm_servers, prm_server, scorer="prm"):
+    """The writer's and the scorer's servers (a run refuses a model it does not call)."""
     flags = []
-    for role, server in (("small", vllm_servers.small), ("big", vllm_servers.big), ("prm", prm_server)):
+    for role, server in (("small", vllm_servers.small), (scorer, vllm_servers.big if scorer == "big" else prm_server)):
         flags += [f"--{role}_model", server.model, f"--{role}_url", server.url]
     return flags
 
@@ -80,7 +79,7 @@ async def test_dvts_from_a_recipe_against_the_judge(vllm_servers, prm_server, tm
     recipe = tmp_path / "dvts.yaml"
     recipe.write_text("approach: dvts\nn: 4\nbeam_width: 2\nnum_iterations: 3\nscorer: judge\nagg_strategy: min\n")
     out = tmp_path / "dvts"
-    argv = ["--config", str(recipe), *SHORT, *served(vllm_servers, prm_server), "--output_dir", str(out)]
+    argv = ["--config", str(recipe), *SHORT, *served(vllm_servers, prm_server, "big"), "--output_dir", str(out)]
     outcome = await run_search(argv)
     assert outcome.new == 2 and outcome.store.manifest["strategy"] == "dvts"
     records = check_records(out, 4, agg="min")
@@ -92,9 +91,7 @@ async def test_dvts_from_a_recipe_against_the_judge(vllm_servers, prm_server, tm
 
 async def run_search(argv):
     """What `python -m runners.search ARGV` runs, in the test's event loop (the session's servers live there)."""
-    parser = ArgumentParser(prog="runners/search.py")
-    add_run_arguments(parser)
-    return await execute(build_config("search", parse_with_recipe(parser, argv)), progress=False)
+    return await execute(config_of_command("search", argv), progress=False)
 
 
 def test_the_search_runner_starts_the_prm_server_it_is_not_given(vllm_servers, prm_server, tmp_path):

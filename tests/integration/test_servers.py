@@ -12,8 +12,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from engine.errors import ServerStartError, UsageError
-from engine.serving.servers import check_server, free_port, serve_models
+from engine.serving.servers import ServedModel, check_server, free_port, serve_models
 from engine.serving.vllm_command import ServerSpec
+from engine.toy.tiny import MAX_POSITIONS
 
 
 @pytest.fixture
@@ -53,8 +54,9 @@ async def test_servers_are_healthy_and_serve_their_model(vllm_servers, http):
         async with http.get(f"{server.url}/v1/models") as resp:
             served = [entry["id"] for entry in (await resp.json())["data"]]
         assert served == [server.model]
-        assert await check_server(http, server.url, server.model) == server.model
-        assert await check_server(http, server.url + "/", None) == server.model
+        # The tiny models' own context length (engine.toy.tiny.MAX_POSITIONS), as vLLM reports it.
+        assert await check_server(http, server.url, server.model) == ServedModel(server.model, MAX_POSITIONS)
+        assert await check_server(http, server.url + "/", None) == ServedModel(server.model, MAX_POSITIONS)
     assert vllm_servers.big.model != vllm_servers.small.model
 
 

@@ -36,15 +36,16 @@ def test_runners_split_runs_each_mode(vllm_servers, tmp_path, mode):
     out = tmp_path / "split"
     servers = vllm_servers
     command = [sys.executable, "-m", "runners.split", mode, "--dataset_name", "demo", "--problem_id", "0"]
-    command += ["--big_model", servers.big.model, "--big_url", servers.big.url]
-    command += ["--small_model", servers.small.model, "--small_url", servers.small.url]
+    policy = SPLIT_POLICIES[mode]
+    # The models the mode calls: a run refuses a model it does not call.
+    for role in [policy] if policy in ("big", "small") else ["big", "small"]:
+        command += [f"--{role}_model", getattr(servers, role).model, f"--{role}_url", getattr(servers, role).url]
     command += ["--max_tokens", "48", "--answer_max_tokens", "8", "--seed", "3", "--output_dir", str(out)]
     result = subprocess.run([*command, "--no_progress"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (record,) = read_records(out / RECORDS_FILE).records
     (track,) = record.tracks
-    policy = SPLIT_POLICIES[mode]
-    assert track.mode == policy and track.thinking_tokens <= 48
+    assert track.policy == policy and track.thinking_tokens <= 48
     answer_model = "small" if policy == "small" else "big"
     check_track_bookkeeping(track, SimpleNamespace(policy=policy, reasoning=SimpleNamespace(answer_model=answer_model)))
     if mode == "--logprob_subselect":
@@ -60,15 +61,33 @@ def test_spectra_run_policy_random_switch_runs_on_the_demo(toy_models, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     (record,) = read_records(tmp_path / "demo" / RECORDS_FILE).records
     (track,) = record.tracks
-    assert track.mode == "random_switch" and track.finish_reason in ("budget", "answer", "eos")
+    assert track.policy == "random_switch" and track.finish_reason in ("budget", "answer", "eos")
     assert {s.tokens for s in track.steps[:-1]} <= {16}  # chunks of --switch_chunk until the last
+
+
+def test_deepconf_measures_every_trace_random_switch_writes_on_the_demo(toy_models, tmp_path):
+    # SplitReason's requests once dropped the track's logprobs request: no trace had a confidence.
+    command = [sys.executable, "-m", "runners.spectra", "run", "--policy", "random_switch", "--seed", "1"]
+    command += ["--strategy", "deepconf", "--deepconf_traces", "3", "--deepconf_keep", "100"]
+    command += ["--toy_models_dir", str(toy_models.big.parent), "--problem_id", "0"]
+    command += ["--output_dir", str(tmp_path / "deepconf"), "--no_progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (record,) = read_records(tmp_path / "deepconf" / RECORDS_FILE).records
+    answered = [t for t in record.tracks if t.answer is not None]
+    assert answered and record.answer is not None
+    assert sorted(record.details["confidence"]) == sorted(str(t.track_id) for t in answered)
+    assert all(len(s.token_confidence) == s.tokens for t in record.tracks for s in t.steps)
 
 
 async def test_an_offloaded_span_is_written_by_the_big_model_and_closed_by_real_probes(vllm_servers):
     prompts = load_prompt_set("default")
     async with aiohttp.ClientSession() as session:
+        # The track's handles: its seed, and token logprobs as DeepConf asks for them.
         models = {
-            role: Model(role, ModelClient(session, server.model, [server.url]), load_chat_format(server.model))
+            role: Model(
+                role, ModelClient(session, server.model, [server.url]), load_chat_format(server.model)
+            ).for_track(seed=4, token_logprobs=5)
             for role, server in (("big", vllm_servers.big), ("small", vllm_servers.small))
         }
         spec = POLICIES["spec_reason"]
@@ -76,9 +95,11 @@ async def test_an_offloaded_span_is_written_by_the_big_model_and_closed_by_real_
         config = ReasoningConfig(token_budget=200, max_step_tokens=200, step_delimiter="")
         messages = (Message("user", prompts.render_problem("What is 6 * 7?")),)
         reasoning = "Let me compute. <bigmodel>"
-        ctx = StepContext(models, messages, reasoning, (reasoning,), 1, config, prompts, "What is 6 * 7?", seed=4)
+        ctx = StepContext(models, messages, reasoning, (reasoning,), 1, config, prompts, "What is 6 * 7?")
         outcome = await policy.step(ctx)
     step = outcome.step
+    # Every kept token of the span (a probe's cut included) has its confidence.
+    assert len(step.token_confidence) == len(step.token_logprob) == step.tokens
     assert step.writer == "big" and step.detail["ended"] in ("probe", "cap", "eos", "budget")
     assert 0 < step.tokens <= min(SPAN_CAP_TOKENS, 200) and step.usage["big"].requests == step.detail["chunks"]
     if step.detail["ended"] in ("probe", "cap"):

@@ -13,7 +13,7 @@ import pytest
 from benchmarks.toy_speed import Mode
 from benchmarks.toy_world import MODES, SEARCH_FLAGS, run_config, search_accuracy, summarize
 from engine.reasoning.policies.lookahead import EMBEDDER_SERVER_ARGS
-from engine.records import ACCEPTED, REPLACED
+from engine.records import StepOutcome
 from engine.run.config import ModelConfig
 from engine.run.execute import execute
 from engine.serving.servers import serve_models
@@ -56,11 +56,15 @@ async def test_lookahead_keeps_the_big_model_s_answers_with_drafts_it_verified(t
     figures = summarize(outcome.records)
     assert figures.accuracy >= 0.75, f"lookahead: {figures.accuracy:.0%}"
     steps = [s for r in outcome.records for t in r.tracks for s in t.steps]
-    assert {s.outcome for s in steps} <= {ACCEPTED, REPLACED} and any(s.outcome == ACCEPTED for s in steps)
+    assert {s.outcome for s in steps} <= {StepOutcome.ACCEPTED, StepOutcome.REPLACED} and any(
+        s.outcome == StepOutcome.ACCEPTED for s in steps
+    )
     for step in steps:  # a kept draft is the small model's text, a replacement the big model's
-        assert step.writer == ("small" if step.outcome == ACCEPTED else "big")
+        assert step.writer == ("small" if step.outcome == StepOutcome.ACCEPTED else "big")
         assert step.detail["position"] < 3
-    assert all(sum(u.completion_tokens for u in s.wasted.values()) > 0 for s in steps if s.outcome == ACCEPTED)
+    assert all(
+        sum(u.completion_tokens for u in s.wasted.values()) > 0 for s in steps if s.outcome == StepOutcome.ACCEPTED
+    )
 
 
 async def test_takeover_hands_every_second_step_to_the_big_model(toy_servers, tmp_path):

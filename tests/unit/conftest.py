@@ -9,7 +9,8 @@ from transformers import PreTrainedTokenizerFast
 from engine.data.prompts import PromptSet
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.settings import ReasoningConfig
-from engine.reasoning.track import Track, TrackSetup, new_track_record
+from engine.reasoning.track import Track, TrackSetup, new_track_record, track_models
+from engine.records import ProblemRecord, RequestCost, sum_usage, usage_of_costs
 from engine.serving.chat import ChatFormat
 from engine.serving.client import ModelClient
 from engine.serving.endpoints import ClientLimits
@@ -61,12 +62,37 @@ async def run_one_track(
     policy: str = "spec",
     settings=None,
     seed: int | None = None,
+    token_logprobs: int | None = None,
 ):
     """Run one track of `policy` (with `settings`, default the policy's) to its end; its record."""
     spec = POLICIES[policy]
-    setup = TrackSetup(track_id=0, mode=policy, seed=seed)
-    track_policy = spec.start(settings or spec.settings(), models, prompts, config)
+    setup = TrackSetup(track_id=0, policy=policy, seed=seed, token_logprobs=token_logprobs)
+    handles = track_models(models, setup)
+    track_policy = spec.start(settings or spec.settings(), handles, prompts, config)
     track = Track(
-        new_track_record(setup), setup, problem, models, prompts, config, track_policy, continuous=spec.continuous
+        new_track_record(setup), setup, problem, handles, prompts, config, track_policy, continuous=spec.continuous
     )
     return await track.run()
+
+
+def every_cost(record: ProblemRecord) -> list[RequestCost]:
+    """Every request entered anywhere in `record`."""
+    tracks = [cost for track in record.tracks for cost in track.costs]
+    steps = [cost for track in record.tracks for step in track.steps for cost in step.costs]
+    return [*record.costs, *tracks, *steps]
+
+
+def assert_usage_is_its_costs(record: ProblemRecord) -> None:
+    """Every usage dict of `record` is the sum of the requests entered where it counts them: a step's
+    own, a track's with its steps', the problem's with everything it holds; `wasted` likewise."""
+
+    def used(costs, wasted=False):
+        return usage_of_costs(c for c in costs if c.wasted == wasted)
+
+    for track in record.tracks:
+        for step in track.steps:
+            assert (step.usage, step.wasted) == (used(step.costs), used(step.costs, wasted=True))
+        costs = [*track.costs, *(c for step in track.steps for c in step.costs)]
+        assert (track.usage, track.wasted) == (used(costs), used(costs, wasted=True))
+    assert record.usage == used(every_cost(record))
+    assert record.usage == sum_usage([t.usage for t in record.tracks] + [used(record.costs)])

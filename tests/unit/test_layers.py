@@ -20,8 +20,8 @@ FLOORS = {
     # Measurements may use anything of the product, never the tests.
     "benchmarks": 7,
 }
-# The toy package serves the `toy` data set, the CLI's make-* commands and the benchmarks, nothing else.
-TOY_USERS = ("engine.toy", "engine.data.problems", "engine.run.cli", "benchmarks")
+# The toy package serves the `toy` data set, the demo, the make-* commands and the benchmarks, nothing else.
+TOY_USERS = ("engine.toy", "engine.data.problems", "engine.run.demo", "engine.run.commands", "benchmarks")
 
 
 def module_name(path: Path) -> str:

@@ -5,7 +5,18 @@ import json
 import pytest
 
 from engine.errors import UsageError
-from engine.records import ACCEPTED, REWRITTEN, WRITTEN, ModelUsage, ProblemRecord, StepRecord, TrackRecord
+from engine.records import (
+    FinishReason,
+    ModelUsage,
+    ProblemRecord,
+    RequestCost,
+    Role,
+    StepEnding,
+    StepOutcome,
+    StepRecord,
+    TrackRecord,
+    thrown_away,
+)
 from engine.run.store import MANIFEST_FILE, RECORDS_FILE, RunStore, append_record, read_records
 
 
@@ -18,15 +29,15 @@ def record(problem_id="1", repeat_id=0):
         score=8.0,
         score_distribution={"8": 1.0},
         usage={"small": ModelUsage(10, 3, 1)},
-        outcome=ACCEPTED,
+        outcome=StepOutcome.ACCEPTED,
     )
-    track = TrackRecord(track_id=0, mode="spec", steps=[step], answer="4", usage={"small": ModelUsage(10, 3, 1)})
+    track = TrackRecord(track_id=0, policy="spec", steps=[step], answer="4", usage={"small": ModelUsage(10, 3, 1)})
     return ProblemRecord(
         run_id="r",
         dataset="demo",
         problem_id=problem_id,
         repeat_id=repeat_id,
-        mode="spec",
+        runner="spec",
         problem="2+2?",
         reference_answer="4",
         tracks=[track],
@@ -62,9 +73,68 @@ def test_records_written_before_outcomes_and_strategies_read_as_they_meant(tmp_p
     path = tmp_path / RECORDS_FILE
     path.write_text("".join(json.dumps(line) + "\n" for line in (spec, search, rast)))
     records = read_records(path).records
-    assert [s.outcome for s in records[0].tracks[0].steps] == [ACCEPTED, REWRITTEN, WRITTEN]
+    assert [s.outcome for s in records[0].tracks[0].steps] == [
+        StepOutcome.ACCEPTED,
+        StepOutcome.REWRITTEN,
+        StepOutcome.WRITTEN,
+    ]
     assert [s.accepted for s in records[0].tracks[0].steps] == [True, False, None]
     assert [r.strategy for r in records] == ["vote", "dvts", "rast"]
+
+
+# Lines as version 1 wrote them: `mode` named the runner on the record, and on a track its policy,
+# or, for a search's completions and RAST's sample, the strategy; no record_version, no costs.
+VERSION_1 = [
+    {"run_id": "r", "dataset": "d", "problem_id": "1", "repeat_id": 0, "mode": "split", "problem": "p",
+     "reference_answer": "4", "strategy": "deepconf", "usage": {"small": {"prompt_tokens": 5, "completion_tokens": 2,
+     "requests": 1}}, "tracks": [{"track_id": 0, "mode": "random_switch", "finish_reason": "answer", "steps": [
+     {"index": 0, "text": "so 4", "writer": "small", "tokens": 2, "ending": "eos", "outcome": "written"}]}]},
+    {"run_id": "r", "dataset": "d", "problem_id": "2", "repeat_id": 0, "mode": "search", "problem": "p",
+     "reference_answer": "4", "tracks": [{"track_id": 0, "mode": "beam_search", "score": 0.5, "steps": []}]},
+    {"run_id": "r", "dataset": "d", "problem_id": "3", "repeat_id": 0, "mode": "rast", "problem": "p",
+     "reference_answer": "4", "tracks": [{"track_id": 0, "mode": "rast", "finish_reason": "eos"}]},
+]  # fmt: skip
+
+
+def test_version_1_lines_read_back_with_runner_policy_and_strategy_as_they_meant(tmp_path):
+    path = tmp_path / RECORDS_FILE
+    path.write_text("".join(json.dumps(line) + "\n" for line in VERSION_1))
+    split, search, rast = read_records(path).records
+    assert [r.record_version for r in (split, search, rast)] == [1, 1, 1]
+    assert [r.runner for r in (split, search, rast)] == ["split", "search", "rast"]
+    assert [r.strategy for r in (split, search, rast)] == ["deepconf", "beam_search", "rast"]
+    assert [r.tracks[0].policy for r in (split, search, rast)] == ["random_switch", None, None]
+    step = split.tracks[0].steps[0]
+    assert (step.writer, step.ending, step.outcome) == (Role.SMALL, StepEnding.EOS, StepOutcome.WRITTEN)
+    assert split.tracks[0].finish_reason == FinishReason.ANSWER and split.costs == [] and step.costs == []
+
+
+def test_a_new_record_names_its_version_and_keeps_each_request_s_entry_compactly(tmp_path):
+    new = record()
+    step = new.tracks[0].steps[0]
+    step.costs = [
+        RequestCost(Role.SMALL, "draft", "http://s", "m", 10, 3, client_s=0.25, started_at=1.0, ended_at=1.25)
+    ]
+    new.costs = [RequestCost(Role.BIG, "select", "http://b", "M", 7, 1, cached_prompt_tokens=4, attempts=2)]
+    path = tmp_path / RECORDS_FILE
+    append_record(path, new)
+    line = json.loads(path.read_text())
+    assert line["record_version"] == 2 and line["runner"] == "spec" and "mode" not in line
+    assert line["tracks"][0]["policy"] == "spec" and line["tracks"][0]["costs"] == []
+    assert line["tracks"][0]["steps"][0]["costs"] == [
+        {"role": "small", "purpose": "draft", "server": "http://s", "model": "m", "prompt_tokens": 10,
+         "completion_tokens": 3, "client_s": 0.25, "started_at": 1.0, "ended_at": 1.25},
+    ]  # fmt: skip
+    assert line["costs"][0]["cached_prompt_tokens"] == 4 and line["costs"][0]["attempts"] == 2
+    assert read_records(path).records == [new]
+
+
+def test_charged_requests_count_in_usage_or_wasted():
+    step = StepRecord(index=0, text="s", writer=Role.SMALL, tokens=3)
+    used = RequestCost(Role.SMALL, "draft", "u", "m", 10, 3)
+    step.charge([used, *thrown_away([used]), RequestCost(Role.BIG, "score", None, "M", wasted=True, cancelled=True)])
+    assert step.usage == {"small": ModelUsage(10, 3, 1)}
+    assert step.wasted == {"small": ModelUsage(10, 3, 1), "big": ModelUsage(0, 0, 1)} and len(step.costs) == 3
 
 
 def test_partial_last_line_and_malformed_lines_are_reported(tmp_path):
@@ -118,7 +188,9 @@ def test_overwrite_starts_over_and_keeps_the_old_files(tmp_path):
 
 def failed_record(problem_id, tracks=2):
     failed = record(problem_id)
-    failed.tracks = [TrackRecord(track_id=i, mode="spec", finish_reason="failed", error="boom") for i in range(tracks)]
+    failed.tracks = [
+        TrackRecord(track_id=i, policy="spec", finish_reason="failed", error="boom") for i in range(tracks)
+    ]
     failed.answer = None
     return failed
 

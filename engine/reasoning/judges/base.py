@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from engine.records import ModelUsage
+from engine.records import ModelUsage, RequestCost, usage_of_costs
 from engine.serving.chat import Message
 
 
@@ -29,12 +29,17 @@ class ScoreQuery:
 @dataclass
 class ScoredSteps:
     """A scorer's verdict. `values` are in [0, 1], one per step the scorer rates: a judge rates the
-    last step only, a process reward model every step. `raw` is the judge's own 0-9 value."""
+    last step only, a process reward model every step. `raw` is the judge's own 0-9 value; `costs`
+    the entries of the requests it took."""
 
     values: list[float]
     raw: float | None = None
     distribution: dict[str, float] | None = None
-    usage: dict[str, ModelUsage] = field(default_factory=dict)
+    costs: list[RequestCost] = field(default_factory=list)
+
+    @property
+    def usage(self) -> dict[str, ModelUsage]:
+        return usage_of_costs(self.costs)
 
 
 class StepScorer(Protocol):

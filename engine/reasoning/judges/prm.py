@@ -27,9 +27,8 @@ import math
 
 from engine.errors import ServerError, UsageError
 from engine.reasoning.judges.base import ScoredSteps, ScoreQuery
-from engine.records import ModelUsage
 from engine.serving.chat import Message
-from engine.serving.models import Model
+from engine.serving.models import Model, Purpose
 
 STEP_DELIMITER = "\n\n"
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -37,8 +36,6 @@ QWEN_STEP_TAG = "<extra_0>"
 GOOD_TOKEN, BAD_TOKEN = "+", "-"
 # vLLM's default --max-logprobs: the most alternatives a request may ask for per token.
 PRM_TOP_LOGPROBS = 20
-# The chat template already holds the special tokens (see engine.reasoning.policies.NO_SPECIAL_TOKENS).
-_NO_SPECIAL_TOKENS = {"add_special_tokens": False}
 
 
 def step_body(step: str, tag: str = "") -> str:
@@ -54,7 +51,7 @@ class PRMScorer:
     name = "prm"
 
     def __init__(self, model: Model, *, step_tag: str = QWEN_STEP_TAG):
-        self.client, self.chat, self.role, self.step_tag = model.client, model.chat, model.role, step_tag
+        self.model, self.step_tag = model, step_tag
 
     def pooling_input(self, query: ScoreQuery) -> str:
         """System prompt, the problem as the user turn, the steps each followed by the step tag."""
@@ -62,12 +59,12 @@ class PRMScorer:
         solution = "".join(step_body(s, self.step_tag) + self.step_tag for s in query.steps)
         # The reference closes the assistant turn; scores at the tags are causal, so what follows
         # the last tag cannot change them and the open turn gives the same values.
-        return self.chat.render(messages, solution)
+        return self.model.chat.render(messages, solution)
 
     async def score(self, query: ScoreQuery) -> ScoredSteps:
-        pooled = await self.client.pool(self.pooling_input(query), extra=_NO_SPECIAL_TOKENS)
-        values = good_probabilities(pooled.data, len(query.steps), pooled.endpoint)
-        return ScoredSteps(values=values, usage={self.role: ModelUsage(pooled.prompt_tokens, 0, 1)})
+        pooled = await self.model.pool(self.pooling_input(query), purpose=Purpose.PRM)
+        values = good_probabilities(pooled.data, len(query.steps), pooled.pooled.endpoint)
+        return ScoredSteps(values=values, costs=[pooled.cost])
 
 
 def good_probabilities(rows: object, steps: int, endpoint: str) -> list[float]:
@@ -94,7 +91,7 @@ class TokenPRMScorer:
     name = "prm"
 
     def __init__(self, model: Model):
-        self.client, self.chat, self.role = model.client, model.chat, model.role
+        self.model = model
 
     def conversation(self, query: ScoreQuery) -> tuple[str, list[int]]:
         """The rendered chat and the character offset of each step's "+" in it."""
@@ -104,12 +101,14 @@ class TokenPRMScorer:
             text = step_body(step)
             messages.append(Message("user", f"{query.problem} {text}" if i == 0 else text))
             messages.append(Message("assistant", markers[i]))
-        rendered = self.chat.render(messages[:-1], markers[-1])
+        rendered = self.model.chat.render(messages[:-1], markers[-1])
         offsets, pieces, cursor = [], [], 0
         for marker in markers:
             at = rendered.find(marker, cursor)
             if at < 0:
-                raise ServerError(self.client.urls[0], None, "the PRM's chat template changed the assistant turns")
+                raise ServerError(
+                    self.model.client.urls[0], None, "the PRM's chat template changed the assistant turns"
+                )
             pieces.append(rendered[cursor:at])
             offsets.append(sum(map(len, pieces)))
             pieces.append(GOOD_TOKEN)
@@ -119,22 +118,21 @@ class TokenPRMScorer:
     async def score(self, query: ScoreQuery) -> ScoredSteps:
         prompt, offsets = self.conversation(query)
         # max_tokens 1, not 0: vLLM versions before echo-only requests refuse 0; the token is counted.
-        completion = await self.client.complete(
+        reply = await self.model.complete(
             prompt,
+            purpose=Purpose.PRM,
             max_tokens=1,
             temperature=0.0,
             logprobs=PRM_TOP_LOGPROBS,
-            stream=False,
-            extra={"echo": True, **_NO_SPECIAL_TOKENS},
+            options={"echo": True},
         )
-        choice = completion.choices[0]
+        choice = reply.choice
         values = []
         for offset in offsets:
             if offset not in choice.text_offsets:
-                raise ServerError(completion.endpoint, None, f'no prompt token starts at the "+" of offset {offset}')
+                raise ServerError(reply.cost.server, None, f'no prompt token starts at the "+" of offset {offset}')
             values.append(good_token_probability(choice.top_logprobs[choice.text_offsets.index(offset)]))
-        usage = ModelUsage(completion.prompt_tokens, completion.completion_tokens, 1)
-        return ScoredSteps(values=values, usage={self.role: usage})
+        return ScoredSteps(values=values, costs=[reply.cost])
 
 
 def good_token_probability(top: dict[str, float]) -> float:

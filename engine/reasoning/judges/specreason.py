@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 from engine.data.prompts import PromptSet
 from engine.reasoning.judges.base import ScoredSteps, ScoreQuery
-from engine.records import sum_usage
 from engine.serving.chat import Message
-from engine.serving.models import NO_SPECIAL_TOKENS, Model, usage_of
+from engine.serving.models import Model, Purpose
 
 SCORE_METHODS = ("greedy", "average")
 SCORE_TOP_LOGPROBS = 10
@@ -90,12 +89,8 @@ class JudgeScorer:
         return chat.render(messages, self.prompts.render_score_prefix())
 
     async def score(self, query: ScoreQuery) -> ScoredSteps:
-        judged = await self.model.client.complete(
-            self.prompt(query),
-            max_tokens=1,
-            temperature=0.0,
-            logprobs=SCORE_TOP_LOGPROBS,
-            extra=NO_SPECIAL_TOKENS,
+        judged = await self.model.complete(
+            self.prompt(query), purpose=Purpose.SCORE, max_tokens=1, temperature=0.0, logprobs=SCORE_TOP_LOGPROBS
         )
         top = judged.top_logprobs[0] if judged.top_logprobs else {}
         score = score_from_logprobs(judged.text, top, self.method)
@@ -103,7 +98,7 @@ class JudgeScorer:
             values=[score.value / MAX_JUDGE_SCORE],
             raw=score.value,
             distribution=score.distribution,
-            usage={self.model.role: usage_of(judged)},
+            costs=[judged.cost],
         )
 
 
@@ -127,4 +122,5 @@ class EveryStepJudge:
         verdicts = [task.result() for task in asked]
         for prefix, verdict in zip(missing, verdicts, strict=True):
             self.known[prefix] = verdict.values[0]
-        return ScoredSteps(values=[self.known[p] for p in prefixes], usage=sum_usage([v.usage for v in verdicts]))
+        costs = [cost for verdict in verdicts for cost in verdict.costs]
+        return ScoredSteps(values=[self.known[p] for p in prefixes], costs=costs)

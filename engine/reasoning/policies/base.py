@@ -1,9 +1,11 @@
 """The contract of a step policy: how ONE reasoning step of a track is produced.
 
 A `PolicySpec` declares a policy's name, the model roles it calls, its settings (a frozen
-`Settings` dataclass whose fields are its flags), the prompt-set templates it renders, and
-`start`, which makes the per-track object whose `step` is called once per step, so a policy
-can keep state from step to step. The helpers below are what most policies share.
+`Settings` dataclass whose fields are its flags), the prompt-set templates it renders, whether
+its steps record token logprobs, and `start`, which makes the per-track object whose `step` is
+called once per step, so a policy can keep state from step to step. A policy asks its models
+through the track's handles (`engine.serving.models.Model`), naming each request's `Purpose`.
+The helpers below are what most policies share.
 """
 
 from __future__ import annotations
@@ -13,23 +15,24 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from engine.data.prompts import PromptSet
 from engine.errors import ServerError
 from engine.reasoning.confidence import DECIMALS, step_confidences
 from engine.reasoning.settings import ReasoningConfig, Settings
-from engine.records import ModelUsage, StepRecord
+from engine.records import FinishReason, RequestCost, StepEnding, StepOutcome, StepRecord
 from engine.serving.chat import THINK_CLOSE, Message
-from engine.serving.client import Completion
-from engine.serving.models import NO_SPECIAL_TOKENS, Model, request_seed
+from engine.serving.models import Model, Purpose, Reply
 
 
 @dataclass(frozen=True)
 class StepContext:
     """What a policy needs to write step `index` after `reasoning` (the kept steps so far, each
-    followed by the delimiter) and `thinking_tokens` (their tokens). As in the seeds,
-    `config.max_step_tokens` is not clipped to the budget left: the budget is checked after the step."""
+    followed by the delimiter) and `thinking_tokens` (their tokens). `models` are the track's
+    handles (`Model.for_track`): they carry its seed and the token logprobs it asks for. As in the
+    seeds, `config.max_step_tokens` is not clipped to the budget left: the budget is checked after
+    the step."""
 
     models: dict[str, Model]
     messages: tuple[Message, ...]
@@ -39,67 +42,71 @@ class StepContext:
     config: ReasoningConfig
     prompts: PromptSet
     problem: str
-    seed: int | None
     thinking_tokens: int = 0
-    # The strategy's channel to the writer: top-k logprobs of every generated token (DeepConf).
-    token_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
-class StepOutcome:
-    """A kept step, and how its generation ended: "delimiter", "think_end", "eos" or "length".
-    `final`: the policy wrote the whole reasoning in this one step, so thinking ends with it.
-    A continuous policy (see `PolicySpec`) returns "think_end" when it has ended thinking itself.
+class StepResult:
+    """A kept step, and how its generation ended (a `StepEnding`). `final`: the policy wrote the
+    whole reasoning in this one step, so thinking ends with it. A continuous policy (see
+    `PolicySpec`) returns `StepEnding.THINK_END` when it has ended thinking itself.
     """
 
     step: StepRecord
-    ending: str
+    ending: StepEnding
     final: bool = False
 
 
 class TrackPolicy(Protocol):
     """One track's policy: writes the track's steps one at a time. `close` is called once when the
     track ends (finished, failed or cancelled): it cancels any work the policy started ahead of the
-    steps asked for, and returns what that work cost (tokens the engine knows of, per model)."""
+    steps asked for, and returns the cost entries of that work (all wasted)."""
 
-    async def step(self, ctx: StepContext) -> StepOutcome: ...
+    async def step(self, ctx: StepContext) -> StepResult: ...
 
-    def close(self) -> dict[str, ModelUsage]: ...
+    def close(self) -> list[RequestCost]: ...
 
 
 class NothingAhead:
     """Base of the policies that start no work ahead of the step asked for: nothing to cancel."""
 
-    def close(self) -> dict[str, ModelUsage]:
-        return {}
+    def close(self) -> list[RequestCost]:
+        return []
+
+
+S = TypeVar("S", bound=Settings)
 
 
 @dataclass(frozen=True)
-class PolicySpec:
-    """A registered policy. `start(settings, models, prompts, reasoning)` returns one track's policy.
+class PolicySpec(Generic[S]):
+    """A registered policy. `start(settings, models, prompts, reasoning)` returns one track's policy;
+    `models` are the track's handles.
 
     A `continuous` policy writes one unbroken text in chunks (SplitReason): its steps are joined
     as they are, not by the step delimiter, each may spend all the budget left, and the track ends
     only at EOS, at the budget, or when the policy ends thinking, not by SpecReason's stop rules.
+    `gives_token_logprobs`: its kept steps record their tokens' confidences when the track asks for
+    token logprobs (what DeepConf weighs traces by).
     """
 
     name: str
     description: str
     roles: tuple[str, ...]
-    settings: type[Settings]
+    settings: type[S]
     templates: tuple[str, ...]
-    start: Callable[[Any, dict[str, Model], PromptSet, ReasoningConfig], TrackPolicy]
+    gives_token_logprobs: bool
+    start: Callable[[S, dict[str, Model], PromptSet, ReasoningConfig], TrackPolicy]
     continuous: bool = False
     # The roles these settings call, when not all of `roles` (a verifier's own model, say).
-    needed_roles: Callable[[Any], tuple[str, ...]] | None = None
+    needed_roles: Callable[[S], tuple[str, ...]] | None = None
 
-    def roles_for(self, settings: Any) -> tuple[str, ...]:
+    def roles_for(self, settings: S) -> tuple[str, ...]:
         return self.roles if self.needed_roles is None else self.needed_roles(settings)
 
 
 def thinking_ending(
-    steps: Sequence[str], thinking_tokens: int, ending: str, config: ReasoningConfig, *, final: bool = False
-) -> str | None:
+    steps: Sequence[str], thinking_tokens: int, ending: StepEnding, config: ReasoningConfig, *, final: bool = False
+) -> FinishReason | None:
     """Why thinking ends after the last of the kept `steps` (texts), which ended as `ending`, with
     `thinking_tokens` kept in all; None while it goes on. SpecLRM's order: a stated answer, a
     repeated step (SpecReason compares only when there are more than two steps), the budget (kept
@@ -108,15 +115,15 @@ def thinking_ending(
     policy that works ahead applies it to foresee whether the loop will ask for another step."""
     text = steps[-1]
     if any(marker in text for marker in ANSWER_MARKERS):
-        return "answer"
+        return FinishReason.ANSWER
     if len(steps) > 2 and text == steps[-2]:
-        return "repeat"
-    if thinking_tokens >= config.token_budget or (final and ending == "length"):
-        return "budget"
+        return FinishReason.REPEAT
+    if thinking_tokens >= config.token_budget or (final and ending == StepEnding.LENGTH):
+        return FinishReason.BUDGET
     if final:
-        return "eos"  # the one request ended by itself without stating an answer
-    if config.answer_phase and ending in ("think_end", "eos"):
-        return ending
+        return FinishReason.EOS  # the one request ended by itself without stating an answer
+    if config.answer_phase and ending in (StepEnding.THINK_END, StepEnding.EOS):
+        return FinishReason(ending)
     return None
 
 
@@ -133,63 +140,81 @@ def next_context(ctx: StepContext, text: str, tokens: int) -> StepContext:
     )
 
 
-def step_ending(completion: Completion, delimiter: str) -> str:
-    """Why a step's generation stopped, from vLLM's finish and stop reasons."""
-    if completion.finish_reason == "length":
-        return "length"
-    if completion.stop_reason == THINK_CLOSE:
-        return "think_end"
-    if completion.stop_reason == delimiter:
-        return "delimiter"
-    return "eos"
-
-
-async def generate_step(model: Model, ctx: StepContext, *, salt: int) -> Completion:
+async def generate_step(model: Model, ctx: StepContext, *, purpose: Purpose) -> Reply:
     """`model` continues the reasoning by one step, stopping at the delimiter only (the seeds'
     `stop=["\n\n"]`); with --answer_phase also at the end of thinking."""
     closing = [THINK_CLOSE] if ctx.config.answer_phase and model.chat.thinking else []
-    stop = [ctx.config.step_delimiter, *closing]
-    prompt = model.chat.continuation(ctx.messages, ctx.reasoning)
-    return await model.client.complete(
-        prompt,
+    return await model.continue_reasoning(
+        ctx.messages,
+        ctx.reasoning,
+        purpose=purpose,
+        index=ctx.index,
         max_tokens=ctx.config.max_step_tokens,
         temperature=ctx.config.temperature,
         top_p=ctx.config.top_p,
-        stop=stop,
-        seed=request_seed(ctx.seed, ctx.index, salt),
-        logprobs=ctx.token_logprobs,
-        extra=NO_SPECIAL_TOKENS,
+        stop=[ctx.config.step_delimiter, *closing],
     )
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Per generated token of a step, DeepConf's confidence and the sampled token's logprob (`None`
+    when its requests asked for no logprobs)."""
+
+    confidence: list[float] | None = None
+    logprob: list[float] | None = None
+
+    @classmethod
+    def of(cls, reply: Reply, tokens: int | None = None) -> TokenScores:
+        """The first `tokens` (default all) generated tokens' scores of `reply`; none unless the
+        track asked for them (a policy's own logprobs, SplitReason's, are not the track's)."""
+        if not reply.measured:
+            return cls()
+        choice = reply.choice
+        tops, logprobs = choice.top_logprobs[:tokens], choice.token_logprobs[:tokens]
+        return cls(
+            step_confidences(tops) if tops else None,
+            [round(lp, DECIMALS) for lp in logprobs] if logprobs else None,
+        )
+
+    def __add__(self, other: TokenScores) -> TokenScores:
+        """The scores of a step written by several requests, in order."""
+
+        def joined(a: list[float] | None, b: list[float] | None) -> list[float] | None:
+            return None if a is None and b is None else (a or []) + (b or [])
+
+        return TokenScores(joined(self.confidence, other.confidence), joined(self.logprob, other.logprob))
 
 
 def kept_step(
-    completion: Completion,
+    reply: Reply,
     writer: str,
     index: int,
-    usage: dict[str, ModelUsage],
+    costs: Iterable[RequestCost],
     started: float,
     *,
     delimiter: str,
-    outcome: str,
+    outcome: StepOutcome,
     **scored: Any,
 ) -> StepRecord:
-    """The step record of `completion` as kept in the track, written by `writer`; `outcome` says
-    what became of it (`engine.records.STEP_OUTCOMES`). Tokens' confidences are kept when the
-    request asked for logprobs (`StepContext.token_logprobs`)."""
-    choice = completion.choices[0]
-    return StepRecord(
+    """The step record of `reply` as kept in the track, written by `writer`, charged with the
+    `costs` of every request made for it; `outcome` says what became of it. Tokens' scores are kept
+    when the track asked for them (`TokenScores.of`)."""
+    measured = TokenScores.of(reply)
+    step = StepRecord(
         index=index,
-        text=without_stray_think_close(completion.text),
+        text=without_stray_think_close(reply.text),
         writer=writer,
-        tokens=completion.completion_tokens,
-        usage=usage,
+        tokens=reply.tokens,
         latency_s=time.monotonic() - started,
-        ending=step_ending(completion, delimiter),
+        ending=reply.step_ending(delimiter),
         outcome=outcome,
-        token_confidence=step_confidences(choice.top_logprobs) if choice.top_logprobs else None,
-        token_logprob=[round(lp, DECIMALS) for lp in choice.token_logprobs] if choice.token_logprobs else None,
+        token_confidence=measured.confidence,
+        token_logprob=measured.logprob,
         **scored,
     )
+    step.charge(costs)
+    return step
 
 
 # SpecReason ends thinking at a step that states the answer.
@@ -204,39 +229,42 @@ def without_stray_think_close(text: str) -> str:
     return text
 
 
-async def continue_text(
+async def continue_raw(
     model: Model,
     messages: tuple[Message, ...],
     text: str,
     ctx: StepContext,
     *,
+    purpose: Purpose,
+    index: int,
     max_tokens: int,
-    seed: int | None,
     stop: list[str] | None = None,
     greedy: bool = False,
     logprobs: int | None = None,
     token_ids: bool = False,
-) -> Completion:
+) -> Reply:
     """`model` continues the raw reasoning `text` (tags and all) by up to `max_tokens` tokens:
     SplitReason's requests, which stop only at EOS, the token limit, or `stop`. With `token_ids`
     the logprobs name tokens `token_id:N` (vLLM's `return_tokens_as_token_ids`), not by string."""
     # SplitReason's prompt opens thinking with "<think>\n" before the text it continues.
-    prompt = model.chat.render(list(messages), (model.chat.think_open + "\n" if model.chat.thinking else "") + text)
-    return await model.client.complete(
-        prompt,
+    opening = model.chat.think_open + "\n" if model.chat.thinking else ""
+    return await model.continue_text(
+        messages,
+        opening + text,
+        purpose=purpose,
+        index=index,
         max_tokens=max_tokens,
         temperature=0.0 if greedy else ctx.config.temperature,
         top_p=1.0 if greedy else ctx.config.top_p,
         stop=stop,
-        seed=seed,
         logprobs=logprobs,
-        extra={**NO_SPECIAL_TOKENS, "return_tokens_as_token_ids": True} if token_ids else NO_SPECIAL_TOKENS,
+        options={"return_tokens_as_token_ids": True} if token_ids else None,
     )
 
 
-def chunk_ending(completion: Completion) -> str:
-    """How a chunk without stop strings ended: "length" (more to write) or "eos"."""
-    return "length" if completion.finish_reason == "length" else "eos"
+def chunk_ending(reply: Reply) -> StepEnding:
+    """How a chunk without stop strings ended: `LENGTH` (more to write) or `EOS`."""
+    return StepEnding.LENGTH if reply.finish_reason == "length" else StepEnding.EOS
 
 
 def chunk_step(
@@ -244,22 +272,45 @@ def chunk_step(
     writer: str,
     tokens: int,
     ctx: StepContext,
-    usage: dict[str, ModelUsage],
+    costs: Iterable[RequestCost],
     started: float,
     detail: dict[str, Any] | None = None,
     *,
-    outcome: str,
+    outcome: StepOutcome,
+    measured: TokenScores = TokenScores(),
 ) -> StepRecord:
-    """The record of a chunk of continuous text, kept as written (`</think>` included)."""
-    return StepRecord(
+    """The record of a chunk of continuous text, kept as written (`</think>` included), charged
+    with `costs`; `measured`: its tokens' scores."""
+    step = StepRecord(
         index=ctx.index,
         text=text,
         writer=writer,
         tokens=tokens,
-        usage=usage,
         latency_s=time.monotonic() - started,
         detail=detail,
         outcome=outcome,
+        token_confidence=measured.confidence,
+        token_logprob=measured.logprob,
+    )
+    step.charge(costs)
+    return step
+
+
+def reply_chunk(
+    reply: Reply,
+    writer: str,
+    ctx: StepContext,
+    started: float,
+    detail: dict[str, Any] | None = None,
+    *,
+    outcome: StepOutcome,
+    text: str | None = None,
+) -> StepRecord:
+    """The record of a chunk that one request wrote (`text`: its text as kept, default the reply's)."""
+    text = reply.text if text is None else text
+    measured = TokenScores.of(reply)
+    return chunk_step(
+        text, writer, reply.tokens, ctx, [reply.cost], started, detail, outcome=outcome, measured=measured
     )
 
 

@@ -31,23 +31,19 @@ from engine.reasoning.judges.specreason import MAX_JUDGE_SCORE, SCORE_TOP_LOGPRO
 from engine.reasoning.policies.base import (
     PolicySpec,
     StepContext,
-    StepOutcome,
+    StepResult,
     discard,
     generate_step,
     kept_step,
     next_context,
-    step_ending,
     thinking_ending,
     without_stray_think_close,
 )
 from engine.reasoning.settings import ReasoningConfig, Settings, setting
-from engine.records import ACCEPTED, REPLACED, ModelUsage, StepRecord, sum_usage
+from engine.records import RequestCost, Role, StepEnding, StepOutcome, StepRecord, thrown_away
 from engine.serving.chat import Message
-from engine.serving.client import Completion
-from engine.serving.models import NO_SPECIAL_TOKENS, Model, usage_of
+from engine.serving.models import Model, Purpose, Reply
 
-# `request_seed` salts: a draft as SpecReason's draft, the big model's own step as its rewrite.
-DRAFT_SALT, BIG_SALT = 1, 2
 VERIFIERS = ("judge", "exact", "embedding")
 # vLLM flags that serve a causal LM as an embedding model (its pooled last hidden state).
 EMBEDDER_SERVER_ARGS = ("--runner", "pooling", "--convert", "embed")
@@ -79,8 +75,8 @@ class Position:
     the position) and the small model's draft (set once written)."""
 
     ctx: StepContext
-    big: asyncio.Task[Completion]
-    draft: Completion | None = None
+    big: asyncio.Task[Reply]
+    draft: Reply | None = None
     decided: bool = False
 
 
@@ -90,7 +86,7 @@ class Decided:
 
     ctx: StepContext
     step: StepRecord
-    ending: str
+    ending: StepEnding
 
 
 @dataclass
@@ -103,19 +99,19 @@ class LookaheadPolicy:
     decided: deque[Decided] = field(default_factory=deque)
     rounds: int = 0
 
-    async def step(self, ctx: StepContext) -> StepOutcome:
+    async def step(self, ctx: StepContext) -> StepResult:
         if self.decided and self.decided[0].ctx != ctx:
             raise RuntimeError(f"lookahead: step {ctx.index} asked in a context the round did not decide")
         if not self.decided:
             await self._round(ctx)
         head = self.decided.popleft()
-        return StepOutcome(head.step, head.ending)
+        return StepResult(head.step, head.ending)
 
-    def close(self) -> dict[str, ModelUsage]:
+    def close(self) -> list[RequestCost]:
         """Steps decided but never asked for (the track ended before them): what they cost is wasted."""
-        unused = [sum_usage([d.step.usage, d.step.wasted]) for d in self.decided]
+        unused = thrown_away(cost for d in self.decided for cost in d.step.costs)
         self.decided.clear()
-        return sum_usage(unused)
+        return unused
 
     async def _round(self, ctx: StepContext) -> None:
         self.rounds += 1
@@ -134,8 +130,7 @@ class LookaheadPolicy:
             thrown = self._cancel_undecided(positions)
         if isinstance(drafting, Exception):
             raise drafting  # a draft that failed for good: the track fails, as on any server error
-        last = self.decided[-1].step
-        last.wasted = sum_usage([last.wasted, thrown])
+        self.decided[-1].step.charge(thrown)
 
     async def _draft_chain(self, ctx: StepContext, positions: list[Position], drafted: asyncio.Queue) -> None:
         """Draft up to K steps, each on the one before, starting the big model's step at each
@@ -143,12 +138,13 @@ class LookaheadPolicy:
         delimiter = ctx.config.step_delimiter
         try:
             for _ in range(self.settings.lookahead_steps):
-                position = Position(ctx, asyncio.create_task(generate_step(self.big, ctx, salt=BIG_SALT)))
+                mine = asyncio.create_task(generate_step(self.big, ctx, purpose=Purpose.REWRITE))
+                position = Position(ctx, mine)
                 positions.append(position)
-                position.draft = await generate_step(self.small, ctx, salt=DRAFT_SALT)
+                position.draft = await generate_step(self.small, ctx, purpose=Purpose.DRAFT)
                 await drafted.put(position)
-                text, tokens = without_stray_think_close(position.draft.text), position.draft.completion_tokens
-                ending = step_ending(position.draft, delimiter)
+                text, tokens = without_stray_think_close(position.draft.text), position.draft.tokens
+                ending = position.draft.step_ending(delimiter)
                 if thinking_ending((*ctx.steps, text), ctx.thinking_tokens + tokens, ending, ctx.config):
                     break
                 ctx = next_context(ctx, text, tokens)
@@ -160,7 +156,7 @@ class LookaheadPolicy:
         True when the draft was kept (the round goes on)."""
         mine = await position.big
         draft, ctx = position.draft, position.ctx
-        verdict, verdict_usage = await self._verify(ctx, draft, mine)
+        verdict, verdict_costs = await self._verify(ctx, draft, mine)
         if verdict is None:
             same, scored = _normalised(draft.text) == _normalised(mine.text), {}
         elif self.settings.verifier == "embedding":
@@ -170,68 +166,70 @@ class LookaheadPolicy:
             scored = {"score": verdict.value, "score_distribution": verdict.distribution}
         delimiter = ctx.config.step_delimiter
         if same:
-            usage = sum_usage([{self.small.role: usage_of(draft)}, verdict_usage])
-            step = kept_step(draft, "small", ctx.index, usage, started, delimiter=delimiter, outcome=ACCEPTED, **scored)
-            step.wasted = {self.big.role: usage_of(mine)}
+            costs = [draft.cost, *verdict_costs, *thrown_away([mine.cost])]
+            outcome = StepOutcome.ACCEPTED
+            step = kept_step(
+                draft, Role.SMALL, ctx.index, costs, started, delimiter=delimiter, outcome=outcome, **scored
+            )
         else:
-            usage = sum_usage([{self.big.role: usage_of(mine)}, verdict_usage])
+            costs = [mine.cost, *verdict_costs, *thrown_away([draft.cost])]
             scored["draft"] = draft.text
-            step = kept_step(mine, "big", ctx.index, usage, started, delimiter=delimiter, outcome=REPLACED, **scored)
-            step.wasted = {self.small.role: usage_of(draft)}
+            outcome = StepOutcome.REPLACED
+            step = kept_step(mine, Role.BIG, ctx.index, costs, started, delimiter=delimiter, outcome=outcome, **scored)
         step.detail = {"round": self.rounds, "position": index_in_round}
         position.decided = True
         self.decided.append(Decided(ctx, step, step.ending))
         return same
 
-    async def _verify(
-        self, ctx: StepContext, draft: Completion, mine: Completion
-    ) -> tuple[StepScore | None, dict[str, ModelUsage]]:
+    async def _verify(self, ctx: StepContext, draft: Reply, mine: Reply) -> tuple[StepScore | None, list[RequestCost]]:
         """The judge's equivalence rating (or the embeddings' cosine similarity) and what it cost;
         None with the exact verifier."""
         if self.settings.verifier == "exact":
-            return None, {}
+            return None, []
         if self.settings.verifier == "embedding":
             return await self._embedding_similarity(_normalised(draft.text), _normalised(mine.text))
-        chat = self.big.chat
-        reasoning = chat.think_open + ctx.reasoning
+        reasoning = self.big.chat.think_open + ctx.reasoning
         question = self.prompts.render_equivalence(ctx.problem, draft.text.strip(), mine.text.strip())
         messages = [*ctx.messages, Message("assistant", reasoning), Message("user", question)]
-        judged = await self.big.client.complete(
-            chat.render(messages, self.prompts.render_equivalence_prefix()),
+        judged = await self.big.continue_text(
+            messages,
+            self.prompts.render_equivalence_prefix(),
+            purpose=Purpose.VERIFY,
             max_tokens=1,
             temperature=0.0,
             logprobs=SCORE_TOP_LOGPROBS,
-            extra=NO_SPECIAL_TOKENS,
         )
         top = judged.top_logprobs[0] if judged.top_logprobs else {}
-        return score_from_logprobs(judged.text, top, "average"), {self.big.role: usage_of(judged)}
+        return score_from_logprobs(judged.text, top, "average"), [judged.cost]
 
-    async def _embedding_similarity(self, first: str, second: str) -> tuple[StepScore, dict[str, ModelUsage]]:
-        client = self.embedder.client
-        pooled = await asyncio.gather(client.pool(first), client.pool(second))
+    async def _embedding_similarity(self, first: str, second: str) -> tuple[StepScore, list[RequestCost]]:
+        embedder = self.embedder
+        pooled = await asyncio.gather(
+            embedder.pool(first, purpose=Purpose.EMBED, rendered=False),
+            embedder.pool(second, purpose=Purpose.EMBED, rendered=False),
+        )
         a, b = (_vector(p.data) for p in pooled)
         norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
         cosine = sum(x * y for x, y in zip(a, b, strict=True)) / norms if norms else 0.0
         cosine = max(-1.0, min(1.0, cosine))  # float rounding can step past 1 for equal vectors
-        usage = ModelUsage(prompt_tokens=sum(p.prompt_tokens for p in pooled), requests=2)
-        return StepScore(value=cosine, distribution={}), {self.embedder.role: usage}
+        return StepScore(value=cosine, distribution={}), [p.cost for p in pooled]
 
-    def _cancel_undecided(self, positions: list[Position]) -> dict[str, ModelUsage]:
-        """Cancel the big steps and the draft of the positions not decided; what they had cost (a
-        request cancelled in flight counts as one request with no known tokens)."""
+    def _cancel_undecided(self, positions: list[Position]) -> list[RequestCost]:
+        """Cancel the big steps and the draft of the positions not decided; the entries of what they
+        had cost, thrown away (a request cancelled in flight: one request with no known tokens)."""
         costs = []
         for position in positions:
             if position.decided:
                 continue
             draft = position.draft
-            costs.append({self.small.role: usage_of(draft) if draft is not None else ModelUsage(requests=1)})
+            costs += thrown_away([draft.cost]) if draft is not None else [self.small.cancelled(Purpose.DRAFT)]
             big = position.big
             if big.done() and not big.cancelled() and big.exception() is None:
-                costs.append({self.big.role: usage_of(big.result())})
+                costs += thrown_away([big.result().cost])
             else:
                 discard(big)
-                costs.append({self.big.role: ModelUsage(requests=1)})
-        return sum_usage(costs)
+                costs.append(self.big.cancelled(Purpose.REWRITE))
+        return costs
 
 
 def _vector(data: list) -> list[float]:
@@ -244,16 +242,22 @@ def _normalised(text: str) -> str:
 
 
 def start(settings: LookaheadSettings, models: dict[str, Model], prompts: PromptSet, reasoning: ReasoningConfig):
-    return LookaheadPolicy(settings, models["small"], models["big"], prompts, models.get("embedder"))
+    return LookaheadPolicy(settings, models[Role.SMALL], models[Role.BIG], prompts, models.get(Role.EMBEDDER))
+
+
+def _needed_roles(settings: LookaheadSettings) -> tuple[str, ...]:
+    return (Role.SMALL, Role.BIG, Role.EMBEDDER) if settings.verifier == "embedding" else (Role.SMALL, Role.BIG)
 
 
 LOOKAHEAD = PolicySpec(
     name="lookahead",
     description="Lookahead Reasoning: the small model drafts K steps ahead, the big model writes each position in "
     "parallel, drafts are kept up to the first the verifier finds different, which the big model's step replaces",
-    roles=("small", "big", "embedder"),
+    roles=(Role.SMALL, Role.BIG, Role.EMBEDDER),
     settings=LookaheadSettings,
     templates=("equivalence", "equivalence_prefix"),
+    # Every kept step is a draft or the big model's step, each asked with the track's logprobs.
+    gives_token_logprobs=True,
     start=start,
-    needed_roles=lambda s: ("small", "big", "embedder") if s.verifier == "embedding" else ("small", "big"),
+    needed_roles=_needed_roles,
 )

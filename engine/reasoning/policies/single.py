@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 
 from engine.data.prompts import PromptSet
-from engine.reasoning.policies.base import NothingAhead, PolicySpec, StepContext, StepOutcome, generate_step, kept_step
+from engine.reasoning.policies.base import NothingAhead, PolicySpec, StepContext, StepResult, generate_step, kept_step
 from engine.reasoning.settings import ReasoningConfig, Settings, setting
-from engine.records import WRITTEN
-from engine.serving.models import NO_SPECIAL_TOKENS, Model, request_seed, usage_of
+from engine.records import Role, StepOutcome
+from engine.serving.models import Model, Purpose, Reply
 
 
 @dataclass(frozen=True)
@@ -27,49 +27,50 @@ class SingleModelSettings(Settings):
 
 @dataclass(frozen=True)
 class SingleModelPolicy(NothingAhead):
-    writer: str
+    writer: Role
     settings: SingleModelSettings
 
-    async def step(self, ctx: StepContext) -> StepOutcome:
+    async def step(self, ctx: StepContext) -> StepResult:
         started, model = time.monotonic(), ctx.models[self.writer]
         if self.settings.stepwise:
-            completion = await generate_step(model, ctx, salt=0)
+            reply = await generate_step(model, ctx, purpose=Purpose.STEP)
         else:
-            completion = await whole_reasoning(model, ctx)
-        usage = {self.writer: usage_of(completion)}
+            reply = await whole_reasoning(model, ctx)
         delimiter = ctx.config.step_delimiter
-        step = kept_step(completion, self.writer, ctx.index, usage, started, delimiter=delimiter, outcome=WRITTEN)
-        return StepOutcome(step, step.ending, final=not self.settings.stepwise)
+        outcome = StepOutcome.WRITTEN
+        step = kept_step(reply, self.writer, ctx.index, [reply.cost], started, delimiter=delimiter, outcome=outcome)
+        return StepResult(step, step.ending, final=not self.settings.stepwise)
 
 
-async def whole_reasoning(model: Model, ctx: StepContext):
+async def whole_reasoning(model: Model, ctx: StepContext) -> Reply:
     """One request for the whole reasoning and answer: up to the token budget, no stops."""
-    return await model.client.complete(
-        model.chat.continuation(ctx.messages, ctx.reasoning),
+    return await model.continue_reasoning(
+        ctx.messages,
+        ctx.reasoning,
+        purpose=Purpose.STEP,
+        index=ctx.index,
         max_tokens=ctx.config.token_budget,
         temperature=ctx.config.temperature,
         top_p=ctx.config.top_p,
-        seed=request_seed(ctx.seed, ctx.index, 0),
-        logprobs=ctx.token_logprobs,
         # Streamed: thousands of tokens are bounded by the stall timeout, not only the whole-request one.
         stream=True,
-        extra=NO_SPECIAL_TOKENS,
     )
 
 
-def _single(writer: str, description: str) -> PolicySpec:
+def _single(writer: Role, description: str) -> PolicySpec[SingleModelSettings]:
     def start(settings: SingleModelSettings, models: dict[str, Model], prompts: PromptSet, reasoning: ReasoningConfig):
         return SingleModelPolicy(writer, settings)
 
     return PolicySpec(
-        name=writer,
+        name=writer.value,
         description=description,
         roles=(writer,),
         settings=SingleModelSettings,
         templates=(),
+        gives_token_logprobs=True,
         start=start,
     )
 
 
-BIG = _single("big", "the big model writes the reasoning")
-SMALL = _single("small", "the small model writes the reasoning")
+BIG = _single(Role.BIG, "the big model writes the reasoning")
+SMALL = _single(Role.SMALL, "the small model writes the reasoning")

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from engine.data.prompts import PromptSet
 from engine.errors import UsageError
 from engine.reasoning.judges.specreason import SCORE_METHODS, JudgeScorer
-from engine.reasoning.policies.base import PolicySpec, StepContext, StepOutcome, generate_step, kept_step
+from engine.reasoning.policies.base import PolicySpec, StepContext, StepResult, generate_step, kept_step
 from engine.reasoning.policies.spec_pipeline import DraftPipeline
 from engine.reasoning.settings import ReasoningConfig, Settings, setting
-from engine.records import ACCEPTED, REWRITTEN, TAKEN_OVER, ModelUsage, sum_usage
+from engine.records import RequestCost, Role, StepOutcome
 from engine.serving.chat import Message
-from engine.serving.client import Completion
-from engine.serving.models import Model, usage_of
+from engine.serving.models import Model, Purpose, Reply
 
 # Each step drafted ahead costs small-model work that a rejection throws away; more than a few
 # steps ahead are almost never all kept.
@@ -50,64 +49,67 @@ class SpecPolicy:
     def __init__(self, settings: SpecSettings, pipeline: DraftPipeline):
         self.settings, self.pipeline = settings, pipeline
 
-    async def step(self, ctx: StepContext) -> StepOutcome:
-        big = ctx.models["big"]
+    async def step(self, ctx: StepContext) -> StepResult:
+        big = ctx.models[Role.BIG]
         started, delimiter = time.monotonic(), ctx.config.step_delimiter
         if ctx.index < self.settings.first_n_steps_base_model:
-            completion = await generate_step(big, ctx, salt=0)
-            usage = {"big": usage_of(completion)}
-            step = kept_step(completion, "big", ctx.index, usage, started, delimiter=delimiter, outcome=TAKEN_OVER)
-            return StepOutcome(step, step.ending)
+            reply = await generate_step(big, ctx, purpose=Purpose.STEP)
+            outcome = StepOutcome.TAKEN_OVER
+            step = kept_step(reply, Role.BIG, ctx.index, [reply.cost], started, delimiter=delimiter, outcome=outcome)
+            return StepResult(step, step.ending)
         speculation, wasted = self.pipeline.head(ctx)
         draft, verdict = await speculation.task
-        usage = sum_usage([{self.pipeline.small.role: usage_of(draft)}, verdict.usage])
-        scored = {"score": verdict.raw, "score_distribution": verdict.distribution, "wasted": wasted}
+        costs = [draft.cost, *verdict.costs, *wasted]
+        scored = {"score": verdict.raw, "score_distribution": verdict.distribution}
         if verdict.raw >= self.settings.score_threshold:
             self.pipeline.keep()
-            step = kept_step(draft, "small", ctx.index, usage, started, delimiter=delimiter, outcome=ACCEPTED, **scored)
-            return StepOutcome(step, step.ending)
-        scored["wasted"] = sum_usage([wasted, self.pipeline.reject()])
+            outcome = StepOutcome.ACCEPTED
+            step = kept_step(
+                draft, Role.SMALL, ctx.index, costs, started, delimiter=delimiter, outcome=outcome, **scored
+            )
+            return StepResult(step, step.ending)
+        costs += self.pipeline.reject()
         rewrite = await rewrite_step(big, ctx, draft.text)
-        usage["big"].add(usage_of(rewrite))
         step = kept_step(
             rewrite,
-            "big",
+            Role.BIG,
             ctx.index,
-            usage,
+            [*costs, rewrite.cost],
             started,
             delimiter=delimiter,
-            outcome=REWRITTEN,
+            outcome=StepOutcome.REWRITTEN,
             draft=draft.text,
             **scored,
         )
-        return StepOutcome(step, step.ending)
+        return StepResult(step, step.ending)
 
-    def close(self) -> dict[str, ModelUsage]:
+    def close(self) -> list[RequestCost]:
         return self.pipeline.discard()
 
 
-async def rewrite_step(big: Model, ctx: StepContext, draft_text: str) -> Completion:
+async def rewrite_step(big: Model, ctx: StepContext, draft_text: str) -> Reply:
     """The big model writes the step itself: from the same prefix (SpecReason), or, when the
     prompt set has a rewrite template, after being shown the rejected draft."""
     if not ctx.prompts.templates.rewrite:
-        return await generate_step(big, ctx, salt=2)
+        return await generate_step(big, ctx, purpose=Purpose.REWRITE)
     reasoning = big.chat.think_open + ctx.reasoning + draft_text
     request = ctx.prompts.render_rewrite(draft_text)
     messages = (*ctx.messages, Message("assistant", reasoning), Message("user", request))
     shown = dataclasses.replace(ctx, messages=messages, reasoning="")
-    return await generate_step(big, shown, salt=2)
+    return await generate_step(big, shown, purpose=Purpose.REWRITE)
 
 
 def start(settings: SpecSettings, models: dict[str, Model], prompts: PromptSet, reasoning: ReasoningConfig):
-    judge = JudgeScorer(models["big"], prompts, method=settings.score_method, delimiter=reasoning.step_delimiter)
-    return SpecPolicy(settings, DraftPipeline(models["small"], judge, settings.pipeline_depth))
+    judge = JudgeScorer(models[Role.BIG], prompts, method=settings.score_method, delimiter=reasoning.step_delimiter)
+    return SpecPolicy(settings, DraftPipeline(models[Role.SMALL], judge, settings.pipeline_depth))
 
 
 SPEC = PolicySpec(
     name="spec",
     description="SpecReason: the small model drafts, the big model scores and rewrites below the threshold",
-    roles=("small", "big"),
+    roles=(Role.SMALL, Role.BIG),
     settings=SpecSettings,
     templates=("score", "score_prefix", "rewrite"),
+    gives_token_logprobs=True,
     start=start,
 )

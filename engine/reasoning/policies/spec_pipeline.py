@@ -25,18 +25,13 @@ from engine.reasoning.policies.base import (
     discard,
     generate_step,
     next_context,
-    step_ending,
     thinking_ending,
     without_stray_think_close,
 )
-from engine.records import ModelUsage, sum_usage
-from engine.serving.client import Completion
-from engine.serving.models import Model, usage_of
+from engine.records import RequestCost, thrown_away
+from engine.serving.models import Model, Purpose, Reply
 
 log = structlog.get_logger(__name__)
-
-# `request_seed`'s salt of a step's draft.
-DRAFT_SALT = 1
 
 
 @dataclass
@@ -44,8 +39,8 @@ class Speculation:
     """One step's draft and its score, made by one task; `drafted` and `verdict` are set as they come."""
 
     ctx: StepContext
-    task: asyncio.Task[tuple[Completion, ScoredSteps]] | None = None
-    drafted: Completion | None = None
+    task: asyncio.Task[tuple[Reply, ScoredSteps]] | None = None
+    drafted: Reply | None = None
     scoring: bool = False
     verdict: ScoredSteps | None = None
 
@@ -58,10 +53,10 @@ class DraftPipeline:
         self.small, self.judge, self.depth = small, judge, depth
         self._queue: deque[Speculation] = deque()
 
-    def head(self, ctx: StepContext) -> tuple[Speculation, dict[str, ModelUsage]]:
+    def head(self, ctx: StepContext) -> tuple[Speculation, list[RequestCost]]:
         """The draft and score of the step of `ctx`: made ahead when it assumed this very context,
         else started now. Also returns the work ahead thrown away (when the context differs)."""
-        wasted: dict[str, ModelUsage] = {}
+        wasted: list[RequestCost] = []
         if self._queue and self._queue[0].ctx != ctx:
             log.debug("speculation_missed", index=ctx.index, discarded=len(self._queue))
             wasted = self.discard()
@@ -75,29 +70,29 @@ class DraftPipeline:
         self._queue.popleft()
         self._fill()
 
-    def reject(self) -> dict[str, ModelUsage]:
+    def reject(self) -> list[RequestCost]:
         """The head's draft was rejected: cancel everything drafted on top of it; returns its cost."""
         rejected = self._queue.popleft()
         if self._queue:
             log.debug("speculation_discarded", index=rejected.ctx.index, discarded=len(self._queue))
         return self.discard()
 
-    def discard(self) -> dict[str, ModelUsage]:
-        """Cancel everything in the pipeline; the tokens and requests it had cost, per model."""
-        wasted = [self._cost(spec) for spec in self._queue]
+    def discard(self) -> list[RequestCost]:
+        """Cancel everything in the pipeline; the cost entries of what it had done (wasted)."""
+        wasted = [cost for spec in self._queue for cost in self._cost(spec)]
         for spec in self._queue:
             discard(spec.task)
         self._queue.clear()
-        return sum_usage(wasted)
+        return wasted
 
     def _start(self, ctx: StepContext) -> None:
         spec = Speculation(ctx)
         spec.task = asyncio.create_task(self._draft_and_score(spec), name=f"speculation-{ctx.index}")
         self._queue.append(spec)
 
-    async def _draft_and_score(self, spec: Speculation) -> tuple[Completion, ScoredSteps]:
+    async def _draft_and_score(self, spec: Speculation) -> tuple[Reply, ScoredSteps]:
         ctx = spec.ctx
-        spec.drafted = await generate_step(self.small, ctx, salt=DRAFT_SALT)
+        spec.drafted = await generate_step(self.small, ctx, purpose=Purpose.DRAFT)
         self._fill()
         spec.scoring = True
         query = ScoreQuery(ctx.problem, ctx.messages, (*ctx.steps, spec.drafted.text))
@@ -112,19 +107,18 @@ class DraftPipeline:
             if last.drafted is None:
                 return
             ctx, drafted = last.ctx, last.drafted
-            text, tokens = without_stray_think_close(drafted.text), drafted.completion_tokens
-            ending = step_ending(drafted, ctx.config.step_delimiter)
+            text, tokens = without_stray_think_close(drafted.text), drafted.tokens
+            ending = drafted.step_ending(ctx.config.step_delimiter)
             if thinking_ending((*ctx.steps, text), ctx.thinking_tokens + tokens, ending, ctx.config):
                 return
             self._start(next_context(ctx, text, tokens))
 
-    def _cost(self, spec: Speculation) -> dict[str, ModelUsage]:
-        """What a speculation had cost: its draft and score when written, one request with no known
-        tokens for the one in flight (the client returns nothing of a cancelled request)."""
-        in_flight = ModelUsage(requests=1)
+    def _cost(self, spec: Speculation) -> list[RequestCost]:
+        """What a speculation had cost, thrown away: its draft and score when written, an entry
+        with no known tokens for the one in flight (the client returns nothing of a cancelled request)."""
         if spec.drafted is None:
-            return {self.small.role: in_flight}
-        cost = {self.small.role: usage_of(spec.drafted)}
+            return [self.small.cancelled(Purpose.DRAFT)]
+        cost = thrown_away([spec.drafted.cost])
         if spec.verdict is not None:
-            return sum_usage([cost, spec.verdict.usage])
-        return sum_usage([cost, {self.judge.model.role: in_flight}]) if spec.scoring else cost
+            return cost + thrown_away(spec.verdict.costs)
+        return cost + [self.judge.model.cancelled(Purpose.SCORE)] if spec.scoring else cost

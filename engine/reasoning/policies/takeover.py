@@ -20,16 +20,13 @@ from engine.reasoning.policies.base import (
     NothingAhead,
     PolicySpec,
     StepContext,
-    StepOutcome,
+    StepResult,
     generate_step,
     kept_step,
 )
 from engine.reasoning.settings import ReasoningConfig, Settings, setting
-from engine.records import TAKEN_OVER, WRITTEN
-from engine.serving.models import Model, usage_of
-
-# `request_seed` salts: the small model's step as a draft, the big model's as a rewrite.
-SMALL_SALT, BIG_SALT = 1, 2
+from engine.records import Role, StepOutcome
+from engine.serving.models import Model, Purpose
 
 
 @dataclass(frozen=True)
@@ -52,26 +49,26 @@ class TakeoverPolicy(NothingAhead):
     big_turn: int = 0
     reason: str = ""
 
-    async def step(self, ctx: StepContext) -> StepOutcome:
+    async def step(self, ctx: StepContext) -> StepResult:
         started, delimiter = time.monotonic(), ctx.config.step_delimiter
         every = self.settings.takeover_every
         if self.big_turn == 0 and every and ctx.index % every == every - 1:
             self.big_turn, self.reason = 1, "every"
         if self.big_turn > 0:
             self.big_turn -= 1
-            completion = await generate_step(ctx.models["big"], ctx, salt=BIG_SALT)
-            usage = {"big": usage_of(completion)}
-            step = kept_step(completion, "big", ctx.index, usage, started, delimiter=delimiter, outcome=TAKEN_OVER)
+            reply = await generate_step(ctx.models[Role.BIG], ctx, purpose=Purpose.REWRITE)
+            outcome = StepOutcome.TAKEN_OVER
+            step = kept_step(reply, Role.BIG, ctx.index, [reply.cost], started, delimiter=delimiter, outcome=outcome)
             step.detail = {"why": self.reason}
-            return StepOutcome(step, step.ending)
-        completion = await generate_step(ctx.models["small"], ctx, salt=SMALL_SALT)
-        usage = {"small": usage_of(completion)}
-        step = kept_step(completion, "small", ctx.index, usage, started, delimiter=delimiter, outcome=WRITTEN)
+            return StepResult(step, step.ending)
+        reply = await generate_step(ctx.models[Role.SMALL], ctx, purpose=Purpose.DRAFT)
+        outcome = StepOutcome.WRITTEN
+        step = kept_step(reply, Role.SMALL, ctx.index, [reply.cost], started, delimiter=delimiter, outcome=outcome)
         cue = self.cue_of(step.text)
         if cue is not None:
             self.big_turn, self.reason = self.settings.takeover_steps, f"cue: {cue}"
             step.detail = {"cue": cue}
-        return StepOutcome(step, step.ending)
+        return StepResult(step, step.ending)
 
     def cue_of(self, text: str) -> str | None:
         """The reflection cue `text` starts with (case-insensitive, leading white space ignored)."""
@@ -87,8 +84,9 @@ TAKEOVER = PolicySpec(
     name="takeover",
     description="Speculative Thinking: the small model reasons; after a step that starts with a reflection cue "
     "(or every --takeover_every steps) the big model writes the next --takeover_steps steps",
-    roles=("small", "big"),
+    roles=(Role.SMALL, Role.BIG),
     settings=TakeoverSettings,
     templates=("takeover_cues",),
+    gives_token_logprobs=True,
     start=start,
 )

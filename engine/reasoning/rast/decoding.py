@@ -13,19 +13,25 @@ logprobs are log-softmax of the raw logits, before penalties, temperature and to
 least the k asked for, serving models of one tokenizer family (`engine.reasoning.rast.vocab` checks it).
 Every request sends token ids, never text, so no model re-tokenises the prefix differently, and
 asks for `return_tokens_as_token_ids` so answers name tokens by id, not by lossy decoded strings.
+That, `prompt_logprobs` and the per-sample seeds are why this module calls `ModelClient.complete`
+itself rather than the model handle (`engine.serving.models`); its cost entries still come from the
+handle's `cost_of`, one entry per model a sample, summing its thousands of one-token requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
 from engine.errors import ServerError, UsageError
 from engine.reasoning.rast.transfer import (
+    ROLES,
     Distribution,
     TopK,
     combine,
@@ -35,13 +41,13 @@ from engine.reasoning.rast.transfer import (
     top_k,
     verify_chunk,
 )
-from engine.records import ModelUsage
+from engine.records import ModelUsage, RequestCost, Role, usage_of_costs
 from engine.serving.client import Completion, ModelClient
+from engine.serving.models import Purpose, cost_of
 
 log = structlog.get_logger(__name__)
 
 MODES = ("token", "speculative")
-ROLES = ("base", "positive", "negative")
 TOKEN_ID_PREFIX = "token_id:"  # how vLLM names tokens under return_tokens_as_token_ids
 # Stop strings can span tokens; decoding this many trailing tokens finds any stop string shorter
 # than them without decoding the whole text after every token.
@@ -72,7 +78,7 @@ class RastSampling:
     def k_of(self, role: str) -> int:
         """Logprobs asked of `role`: k of the base, many more of the two cheap small models
         (`transfer.Combined` says why)."""
-        return self.logprobs if role == "base" else self.aux_logprobs
+        return self.logprobs if role == Role.BASE else self.aux_logprobs
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,7 @@ class RastOutput:
 
     `top_k_fills` counts, per model, the candidate tokens filled with the model's lowest returned
     logprob because they were outside what it returned; `positions` counts the combined
-    distributions computed.
+    distributions computed; `costs` holds one entry per model, its requests summed.
     """
 
     token_ids: list[int] = field(default_factory=list)
@@ -123,7 +129,11 @@ class RastOutput:
     chunks: list[ChunkStat] = field(default_factory=list)
     top_k_fills: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
     positions: int = 0
-    usage: dict[str, ModelUsage] = field(default_factory=lambda: {role: ModelUsage() for role in ROLES})
+    costs: dict[str, RequestCost] = field(default_factory=dict)
+
+    @property
+    def usage(self) -> dict[str, ModelUsage]:
+        return usage_of_costs(self.costs.values())
 
     @property
     def requests(self) -> int:
@@ -257,7 +267,7 @@ class _Decoding:
             scored = [
                 group.create_task(_score_chunk(client, ids, chunk, sampling.k_of(role), role, out))
                 for role, client in _by_role(self.models)
-                if role != "base"
+                if role != Role.BASE
             ]
         (positive, positive_bonus), (negative, negative_bonus) = (task.result() for task in scored)
         targets = [self.target(base_tops[j], positive[j], negative[j]) for j in range(len(chunk))]
@@ -298,17 +308,17 @@ async def _next_top_k(
 ) -> TopK:
     """The model's top-k logprobs for the token after `ids` (raw logprobs: the request's own
     greedy sampling does not change them)."""
-    completion = await client.complete(
+    completion = await _ask(
+        client,
+        role,
+        out,
         ids,
         max_tokens=1,
         temperature=temperature,
-        top_p=1.0,
         logprobs=k,
-        stream=False,
         seed=0 if temperature else None,  # the start-up check's tempered request: reproducible
         extra=_ID_TOKENS,
     )
-    _account(out, role, completion)
     tops = completion.top_logprobs
     if not tops:
         raise ServerError(client.urls[0], None, f"the {role} model returned no logprobs; is it a vLLM server?")
@@ -330,18 +340,18 @@ async def _draft(
     extra["ignore_eos"] = True
     if sampling.temperature > 0:
         extra["top_k"] = k
-    completion = await base.complete(
+    completion = await _ask(
+        base,
+        Role.BASE,
+        out,
         ids,
         max_tokens=length + 1,
         temperature=sampling.temperature,
-        top_p=1.0,
         # A seed per chunk: vLLM's seeded sampling makes the draft, and so the run, reproducible.
         seed=random.Random(f"{seed}:{len(ids)}").getrandbits(31),
         logprobs=k,
-        stream=False,
         extra=extra,
     )
-    _account(out, "base", completion)
     choice = completion.choices[0]
     drafted = [_TOKEN_IDS[token] for token in choice.tokens]
     if not drafted or len(choice.top_logprobs) != len(drafted):
@@ -358,16 +368,17 @@ async def _score_chunk(
 ) -> tuple[list[TopK], TopK]:
     """The model's top-k at each chunk position (prompt_logprobs of prefix + chunk: entry i is the
     distribution that predicted prompt token i) and after the chunk (the one generated token's)."""
-    completion = await client.complete(
+    # Not streamed (`_ask`): vLLM refuses prompt_logprobs on streamed requests.
+    completion = await _ask(
+        client,
+        role,
+        out,
         [*ids, *chunk],
         max_tokens=1,
         temperature=0.0,
-        top_p=1.0,
         logprobs=k,
-        stream=False,  # vLLM refuses prompt_logprobs on streamed requests
         extra={**_ID_TOKENS, "prompt_logprobs": k},
     )
-    _account(out, role, completion)
     choice = completion.choices[0]
     prompt = choice.prompt_logprobs
     if len(prompt) != len(ids) + len(chunk) or not choice.top_logprobs:
@@ -405,5 +416,28 @@ def _by_id(top: dict[str, float]) -> TopK:
     return {_TOKEN_IDS[name]: logprob for name, logprob in top.items()}
 
 
-def _account(out: RastOutput, role: str, completion: Completion) -> None:
-    out.usage[role].add(ModelUsage(completion.prompt_tokens, completion.completion_tokens, 1))
+async def _ask(client: ModelClient, role: str, out: RastOutput, ids: list[int], **request: Any) -> Completion:
+    """One whole (not streamed) request of RAST's, top_p 1, entered in `out`."""
+    started_at = time.time()
+    completion = await client.complete(ids, top_p=1.0, stream=False, purpose=Purpose.RAST, **request)
+    _account(out, role, completion, started_at)
+    return completion
+
+
+def _account(out: RastOutput, role: str, completion: Completion, started_at: float) -> None:
+    """Enter a request in its model's one entry of the sample: a sample sends thousands of one-token
+    requests, and an entry each would make its record megabytes long. The entry spans the first
+    request's start to the last one's end (a sample's requests to one model run one after another)."""
+    cost = cost_of(role, Purpose.RAST, completion, started_at)
+    entry = out.costs.get(role)
+    if entry is None:
+        out.costs[role] = cost
+        return
+    entry.prompt_tokens += cost.prompt_tokens
+    entry.completion_tokens += cost.completion_tokens
+    if cost.cached_prompt_tokens is not None:
+        entry.cached_prompt_tokens = (entry.cached_prompt_tokens or 0) + cost.cached_prompt_tokens
+    entry.attempts += cost.attempts
+    entry.requests += 1
+    entry.client_s = round(entry.client_s + cost.client_s, 4)
+    entry.ended_at = cost.ended_at

@@ -17,6 +17,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from engine.records import Role
+
 TopK = dict[int, float]
 Distribution = dict[int, float]
 
@@ -30,7 +32,8 @@ def top_k(entries: TopK, k: int) -> TopK:
     return {token: entries[token] for _, token in ranked[:k]}
 
 
-ROLES = ("base", "positive", "negative")
+# The three models, in the order their distributions are passed.
+ROLES = (Role.BASE, Role.POSITIVE, Role.NEGATIVE)
 
 
 @dataclass(frozen=True)

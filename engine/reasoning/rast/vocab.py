@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from engine.errors import UsageError
 from engine.reasoning.rast.decoding import TokenSpace
+from engine.records import Role
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 RAST_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
-def shared_token_space(tokenizers: Mapping[str, PreTrainedTokenizerBase], base: str = "base") -> TokenSpace:
+def shared_token_space(tokenizers: Mapping[str, PreTrainedTokenizerBase], base: str = Role.BASE) -> TokenSpace:
     """The ids every tokenizer gives the same string, the stop ids, and the base tokenizer's decoder.
 
     Raises UsageError naming the first id whose string differs: such models cannot be combined.

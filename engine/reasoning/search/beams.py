@@ -20,7 +20,6 @@ import asyncio
 import bisect
 import dataclasses
 import itertools
-import zlib
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -29,14 +28,22 @@ from engine.data.answers import extract_answer
 from engine.errors import UsageError
 from engine.reasoning.judges.base import STEP_SCORE_AGGREGATIONS, ScoreQuery, StepScorer, aggregate_step_scores
 from engine.reasoning.settings import Settings, setting
-from engine.records import ModelUsage, StepRecord, TrackRecord, sum_usage
-from engine.serving.chat import ChatFormat, Message
-from engine.serving.client import Completion, ModelClient
+from engine.records import (
+    FinishReason,
+    ModelUsage,
+    RequestCost,
+    Role,
+    StepEnding,
+    StepRecord,
+    TrackRecord,
+    usage_of_costs,
+)
+from engine.serving.chat import Message
+from engine.serving.models import Model, Purpose, Reply
 
 STEP_DELIMITER = "\n\n"
-# vLLM's sampling options as search-and-learn sets them: the stop string stays in the step, and the
-# chat template already holds the special tokens.
-STEP_OPTIONS = {"include_stop_str_in_output": True, "add_special_tokens": False}
+# vLLM's sampling option as search-and-learn sets it: the stop string stays in the step.
+STEP_OPTIONS = {"include_stop_str_in_output": True}
 
 T = TypeVar("T")
 
@@ -85,21 +92,19 @@ class SearchSettings(Settings):
 
 @dataclass(frozen=True)
 class Sampling:
-    """How the policy samples (the run's reasoning config); `seed` is the problem's
-    (`engine.reasoning.seeds.problem_seed`), None unseeded."""
+    """How the policy samples (the run's reasoning config)."""
 
     temperature: float = 0.8
     top_p: float = 1.0
     max_tokens: int = 2048
-    seed: int | None = None
 
 
 @dataclass(frozen=True)
 class Step:
-    """One generated step, how it ended ("delimiter", "eos", "length"), and its lookahead text."""
+    """One generated step, how it ended (delimiter, eos, length), and its lookahead text."""
 
     text: str
-    ending: str
+    ending: StepEnding
     tokens: int
     lookahead: str = ""
 
@@ -114,7 +119,7 @@ class Beam:
     scores: list[float] = field(default_factory=list)
     step_scores: list[list[float]] = field(default_factory=list)
     step_tokens: list[int] = field(default_factory=list)
-    ending: str | None = None
+    ending: StepEnding | None = None
     last_step_empty: bool = False
 
     @property
@@ -124,7 +129,7 @@ class Beam:
     @property
     def ended(self) -> bool:
         """The last step was empty or stopped at the end of the sequence or the token limit."""
-        return self.last_step_empty or self.ending in ("eos", "length")
+        return self.last_step_empty or self.ending in (StepEnding.EOS, StepEnding.LENGTH)
 
     def score(self, how: str) -> float:
         return aggregate_step_scores(self.scores, how)
@@ -192,46 +197,37 @@ def scores_by_step(steps: Sequence[str], parts: Sequence[str], scores: Sequence[
     return grouped
 
 
-def step_ending(completion: Completion) -> str:
-    if completion.finish_reason == "length":
-        return "length"
-    return "delimiter" if completion.stop_reason == STEP_DELIMITER else "eos"
-
-
 class Searcher:
-    """Generates steps and scores solutions of one problem, counting every request per role."""
+    """Generates steps and scores solutions of one problem, entering every request's cost. `writer`
+    is the model that writes the solutions, as the problem's handle: its seed is the problem's
+    (`engine.reasoning.seeds.problem_seed`; None unseeded), and each request's is
+    `request_seed(seed, Purpose.SEARCH, key=...)`, so that cycled copies of a beam sample apart."""
 
     def __init__(
         self,
         *,
-        client: ModelClient,
-        chat: ChatFormat,
+        writer: Model,
         scorer: StepScorer,
         messages: tuple[Message, ...],
         problem: str,
         settings: SearchSettings,
         sampling: Sampling = Sampling(),
-        role: str = "small",
     ):
-        self.client, self.chat, self.scorer = client, chat, scorer
+        self.writer, self.scorer = writer, scorer
         self.messages, self.problem, self.settings = messages, problem, settings
-        self.sampling, self.role = sampling, role
-        self.usage: dict[str, ModelUsage] = {}
+        self.sampling = sampling
+        self.costs: list[RequestCost] = []
         # The beams the search dropped, in the order it dropped them (beam search and DVTS).
         self.pruned: list[PrunedBeam] = []
+
+    @property
+    def usage(self) -> dict[str, ModelUsage]:
+        return usage_of_costs(self.costs)
 
     def prune(self, before: Sequence[Beam], kept: Sequence[Beam], *, iteration: int, reason: str) -> None:
         """Record the beams of `before` that are not in `kept` (by identity) as pruned, in order."""
         kept_ids = {id(b) for b in kept}
         self.pruned += [PrunedBeam(b, iteration, reason) for b in before if id(b) not in kept_ids]
-
-    def _count(self, usage: dict[str, ModelUsage]) -> None:
-        self.usage = sum_usage([self.usage, usage])
-
-    def request_seed(self, key: tuple) -> int | None:
-        """A vLLM seed per (problem seed, request key), so that cycled copies of a beam sample apart."""
-        seed = self.sampling.seed
-        return None if seed is None else zlib.crc32(repr((seed, key)).encode()) & 0x7FFFFFFF
 
     def prompt(self, text: str) -> str:
         """The request that continues the solution `text`: the conversation with the template's
@@ -243,33 +239,34 @@ class Searcher:
         thinking template (QwQ, R1-Distill) opens `<think>\\n` only in the generation prompt, which
         the re-rendering would drop after the first step, and a template that trims content
         (Llama's) would eat the step's "\\n\\n"; here every request continues the first one's text."""
-        return self.chat.generation_prompt(tuple(self.messages)) + text
+        return self.writer.chat.generation_prompt(tuple(self.messages)) + text
 
-    async def _continue(self, text: str, *, temperature: float, final: bool, key: tuple) -> Completion:
-        completion = await self.client.complete(
+    async def _continue(self, text: str, *, temperature: float, final: bool, key: tuple) -> Reply:
+        reply = await self.writer.complete(
             self.prompt(text),
+            purpose=Purpose.SEARCH,
+            key=key,
             max_tokens=self.sampling.max_tokens,
             temperature=temperature,
             top_p=self.sampling.top_p,
             stop=None if final else [STEP_DELIMITER],
-            seed=self.request_seed(key),
-            extra=STEP_OPTIONS,
+            options=STEP_OPTIONS,
         )
-        self._count({self.role: ModelUsage(completion.prompt_tokens, completion.completion_tokens, 1)})
-        return completion
+        self.costs.append(reply.cost)
+        return reply
 
     async def next_step(self, text: str, *, final: bool, key: tuple) -> Step:
         """The next step after `text` (to the end of the sequence when `final`), then the greedy
         lookahead steps, which are only for scoring (search/utils.py `generate_k_steps`)."""
         temperature = self.sampling.temperature
         first = await self._continue(text, temperature=temperature, final=final, key=(*key, 0))
-        step = Step(first.text, step_ending(first), first.completion_tokens)
+        step = Step(first.text, first.step_ending(STEP_DELIMITER), first.tokens)
         ahead, ending = "", step.ending
         for round_ in range(1, 0 if final else self.settings.lookahead + 1):
-            if ending != "delimiter":
+            if ending != StepEnding.DELIMITER:
                 break
             more = await self._continue(text + step.text + ahead, temperature=0.0, final=False, key=(*key, round_))
-            ahead, ending = ahead + more.text, step_ending(more)
+            ahead, ending = ahead + more.text, more.step_ending(STEP_DELIMITER)
         return dataclasses.replace(step, lookahead=ahead)
 
     async def finish(self, beam: Beam, *, key: tuple) -> Beam:
@@ -284,7 +281,7 @@ class Searcher:
         a step of several paragraphs (the last one runs to the end) gets a score for each."""
         parts = paragraphs(beam.text + lookahead, self.settings.prm_split)
         scored = await self.scorer.score(ScoreQuery(self.problem, self.messages, tuple(parts)))
-        self._count(scored.usage)
+        self.costs += scored.costs
         if len(scored.values) != len(parts):
             raise ValueError(f"the scorer rated {len(scored.values)} of {len(parts)} steps; a search needs all")
         beam.scores = list(scored.values)
@@ -312,23 +309,23 @@ def best_index(beams: Sequence[Beam], how: str) -> int:
 
 
 def completion_tracks(
-    beams: Sequence[Beam], *, mode: str, how: str, writer: str = "small", choices: bool = False
+    beams: Sequence[Beam], *, how: str, writer: str = Role.SMALL, choices: bool = False
 ) -> list[TrackRecord]:
     """The completions as track records, in order: steps with their tokens and the score of the
     last paragraph each wrote (all of them in `detail` when it wrote several), the answer, and the
-    aggregate score in `TrackRecord.score`."""
+    aggregate score in `TrackRecord.score`. A search runs no step policy: the tracks' `policy` is
+    None (the problem record's `strategy` names the search); each finishes as its last step did."""
     tracks = []
     for i, beam in enumerate(beams):
         tokens = sum(beam.step_tokens)
         tracks.append(
             TrackRecord(
                 track_id=i,
-                mode=mode,
                 steps=step_records(beam, writer),
                 answer_text=beam.text,
                 answer=extract_answer(beam.text, choices=choices),
                 answer_model=writer,
-                finish_reason=beam.ending or "",
+                finish_reason=FinishReason(beam.ending) if beam.ending else "",
                 thinking_tokens=tokens,
                 score=beam.score(how) if beam.scores else None,
             )

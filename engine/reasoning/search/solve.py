@@ -24,12 +24,12 @@ from engine.reasoning.search.beams import (
 from engine.reasoning.seeds import problem_seed
 from engine.reasoning.strategies.base import SolveContext, StrategySpec
 from engine.reasoning.track import track_messages
-from engine.records import ProblemRecord
+from engine.records import ProblemRecord, Role
 
 log = structlog.get_logger(__name__)
 
 # The model that writes the solutions; the big model judges (--scorer judge), the prm model scores.
-WRITER = "small"
+WRITER = Role.SMALL
 # The judge's expected digit over its top logprobs: a 0-9 scale with ties broken, for ranking.
 JUDGE_METHOD = "average"
 
@@ -53,37 +53,38 @@ def search_strategy(
         description=description,
         settings=SearchSettings,
         templates=("problem", "system", "score", "score_prefix"),
-        roles=(WRITER, "big", "prm"),
-        needed_roles=lambda s: (WRITER, "big" if s.scorer == "judge" else "prm"),
+        roles=(WRITER, Role.BIG, Role.PRM),
+        needed_roles=lambda s: (WRITER, Role.BIG if s.scorer == "judge" else Role.PRM),
         solve=lambda ctx: solve(ctx, name, search, prunes=prunes),
+        # It writes its steps with its own `Searcher`, not the run's step policy.
+        runs_policy=False,
+        track_settings=("temperature", "top_p", "max_step_tokens", "seed"),
         check_prompts=check_settings,
     )
 
 
 async def solve(ctx: SolveContext, name: str, search: SearchFunction, *, prunes: bool = True) -> ProblemRecord:
     """One problem: the search's completions as tracks; the answer is the top-scored one's (search-and-
-    learn's `pred`); the record's usage counts every request, lookahead and scoring included; with
+    learn's `pred`); the record enters every request, lookahead and scoring included; with
     `prunes`, the beams the search dropped in `details["pruned"]` (`beams.pruned_details`)."""
-    settings, reasoning, writer = ctx.settings, ctx.reasoning, ctx.models[WRITER]
+    settings, reasoning = ctx.settings, ctx.reasoning
     seed = None if reasoning.seed is None else problem_seed(reasoning.seed, ctx.problem.id, ctx.repeat_id)
     searcher = Searcher(
-        client=writer.client,
-        chat=writer.chat,
+        writer=ctx.models[WRITER].for_track(seed=seed),
         scorer=await build_scorer(ctx),
         messages=track_messages(ctx.problem, ctx.prompts, None),
         problem=ctx.problem.problem,
         settings=settings,
-        sampling=Sampling(reasoning.temperature, reasoning.top_p, reasoning.max_step_tokens, seed),
-        role=WRITER,
+        sampling=Sampling(reasoning.temperature, reasoning.top_p, reasoning.max_step_tokens),
     )
     # One problem's search counts as one track of the run's limit; its requests are bounded by the clients.
     async with ctx.track_slots:
         beams = await search(searcher)
     how = settings.agg_strategy
-    tracks = completion_tracks(beams, mode=name, how=how, writer=WRITER, choices=bool(ctx.problem.choices))
+    tracks = completion_tracks(beams, how=how, writer=WRITER, choices=bool(ctx.problem.choices))
     answer = tracks[best_index(beams, how)].answer
     details = {"pruned": pruned_details(beams, searcher.pruned, how=how)} if prunes else None
-    record = ctx.record(tracks=tracks, answer=answer, aggregation="naive", usage=searcher.usage, details=details)
+    record = ctx.record(tracks=tracks, answer=answer, aggregation="naive", costs=searcher.costs, details=details)
     log.info(
         "problem_done",
         answer=answer,
@@ -100,9 +101,10 @@ async def build_scorer(ctx: SolveContext) -> StepScorer:
     settings = ctx.settings
     if settings.scorer == "judge":
         return EveryStepJudge(
-            JudgeScorer(ctx.models["big"], ctx.prompts, method=JUDGE_METHOD, delimiter=STEP_DELIMITER)
+            JudgeScorer(ctx.models[Role.BIG], ctx.prompts, method=JUDGE_METHOD, delimiter=STEP_DELIMITER)
         )
     kind = settings.prm_kind
     if kind == "auto":
-        kind = await asyncio.to_thread(prm_kind_of, ctx.model_ids["prm"])
-    return PRMScorer(ctx.models["prm"]) if kind == "pooling" else TokenPRMScorer(ctx.models["prm"])
+        kind = await asyncio.to_thread(prm_kind_of, ctx.model_ids[Role.PRM])
+    prm = ctx.models[Role.PRM]
+    return PRMScorer(prm) if kind == "pooling" else TokenPRMScorer(prm)

@@ -9,26 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from engine.data.problems import Problem
 from engine.data.prompts import PromptSet
 from engine.reasoning.policies import POLICIES
-from engine.reasoning.policies.base import TrackPolicy
+from engine.reasoning.policies.base import PolicySpec, TrackPolicy
 from engine.reasoning.probing import ProbeSettings
 from engine.reasoning.settings import ReasoningConfig, Settings
-from engine.reasoning.track import Track, TrackSetup
-from engine.records import ProblemRecord, TrackRecord
+from engine.reasoning.track import Track, TrackSetup, track_models
+from engine.records import ProblemRecord, RequestCost, TrackRecord, sum_usage, usage_of_costs
 from engine.serving.models import Model
+
+S = TypeVar("S", bound=Settings)
 
 
 @dataclass(frozen=True)
-class SolveContext:
+class SolveContext(Generic[S]):
     """One (problem, repeat) to solve, with everything the run shares: the run's step policy
     (`policy`, `policy_settings`), this strategy's `settings`, the track settings, the models
-    (`model_ids`: the id or path each role was loaded from), and `mode`/`config_digest` for the
+    (`model_ids`: the id or path each role was loaded from), and `runner`/`config_digest` for the
     record. `track_slots` bounds the tracks in flight over the whole run: hold one while a track
     is running."""
 
@@ -41,45 +43,47 @@ class SolveContext:
     dataset: str
     track_slots: asyncio.Semaphore
     strategy: str
-    settings: Any
+    settings: S
     policy: str
-    policy_settings: Any
+    policy_settings: Settings
     reasoning: ReasoningConfig
-    mode: str
+    runner: str
     config_digest: str
     # Dynasor-CoT's answer probing, for every track of the run (off by default).
     probing: ProbeSettings = ProbeSettings()
     started_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)
 
-    def new_policy(self) -> TrackPolicy:
-        """A fresh per-track instance of the run's step policy."""
-        return POLICIES[self.policy].start(self.policy_settings, self.models, self.prompts, self.reasoning)
+    def new_policy(self, models: dict[str, Model]) -> TrackPolicy:
+        """A fresh per-track instance of the run's step policy, started on the track's handles."""
+        return POLICIES[self.policy].start(self.policy_settings, models, self.prompts, self.reasoning)
 
     def new_track(self, record: TrackRecord, setup: TrackSetup) -> Track:
-        """A track of this problem that fills `record`, with a fresh instance of the run's policy."""
-        continuous = POLICIES[self.policy].continuous
+        """A track of this problem that fills `record`, with a fresh instance of the run's policy
+        started on the track's handles (its seed and logprob request)."""
+        models = track_models(self.models, setup)
         return Track(
             record,
             setup,
             self.problem,
-            self.models,
+            models,
             self.prompts,
             self.reasoning,
-            self.new_policy(),
-            continuous=continuous,
+            self.new_policy(models),
+            continuous=POLICIES[self.policy].continuous,
             probing=self.probing,
         )
 
-    def record(self, **fields: Any) -> ProblemRecord:
-        """The problem's record: what every strategy shares, plus the strategy's own `fields`."""
-        problem = self.problem
+    def record(self, *, costs: Sequence[RequestCost] = (), **fields: Any) -> ProblemRecord:
+        """The problem's record: what every strategy shares, plus the strategy's own `fields` and
+        the requests it made itself (`costs`); its usage counts those and every track's."""
+        problem, tracks = self.problem, fields.get("tracks", [])
         return ProblemRecord(
             run_id=self.run_id,
             dataset=self.dataset,
             problem_id=problem.id,
             repeat_id=self.repeat_id,
-            mode=self.mode,
+            runner=self.runner,
             strategy=self.strategy,
             problem=problem.problem,
             reference_answer=problem.answer,
@@ -88,26 +92,50 @@ class SolveContext:
             finished_at=time.time(),
             config_digest=self.config_digest,
             multiple_choice=bool(problem.choices),
+            usage=sum_usage([t.usage for t in tracks] + [usage_of_costs(costs)]),
+            costs=list(costs),
             **fields,
         )
 
 
 @dataclass(frozen=True)
-class StrategySpec:
+class StrategySpec(Generic[S]):
     """A registered strategy. `roles` are the models it may call (each gets its flags),
     `needed_roles(settings)` those these settings call, beyond the policy's;
     `check_prompts(settings, prompts)` refuses a prompt set that lacks what the settings need.
-    `uses_tracks` False: it runs no tracks of the run's step policy, so neither the policy's roles
-    nor the answer model are needed. `server_args(settings)`: vLLM flags for the servers spectra
-    starts for it (RAST needs raw logprobs and a --max-logprobs)."""
+    `runs_policy` False: it runs no tracks of the run's step policy (a search writes its steps with
+    its own `Searcher`, RAST decodes token by token), so neither the policy's roles nor the answer
+    model are needed. `needs_token_logprobs(settings)`: its tracks' steps must record their tokens'
+    confidences (DeepConf weighs traces by them). `server_args(settings)`: vLLM flags for the
+    servers spectra starts for it (RAST needs raw logprobs and a --max-logprobs)."""
 
     name: str
     description: str
-    settings: type[Settings]
+    settings: type[S]
     templates: tuple[str, ...]
     roles: tuple[str, ...]
-    needed_roles: Callable[[Any], tuple[str, ...]]
-    solve: Callable[[SolveContext], Awaitable[ProblemRecord]]
-    check_prompts: Callable[[Any, PromptSet], None] = lambda settings, prompts: None
-    uses_tracks: bool = True
-    server_args: Callable[[Any], tuple[str, ...]] = lambda settings: ()
+    needed_roles: Callable[[S], tuple[str, ...]]
+    solve: Callable[[SolveContext[S]], Awaitable[ProblemRecord]]
+    check_prompts: Callable[[S, PromptSet], None] = lambda settings, prompts: None
+    runs_policy: bool = True
+    # The track settings (`ReasoningConfig` fields) it reads when it runs no policy; None: every one.
+    track_settings: tuple[str, ...] | None = None
+    needs_token_logprobs: Callable[[S], bool] = lambda settings: False
+    server_args: Callable[[S], tuple[str, ...]] = lambda settings: ()
+
+
+def pairing_problem(
+    strategy: StrategySpec[S], strategy_settings: S, policy: PolicySpec[Any], policy_settings: Settings
+) -> str | None:
+    """Why the run's step policy cannot work under this strategy, as one line naming what to
+    choose instead; None when the pair works (or the strategy runs no policy). `policy_settings`
+    are the policy's as given, for checks that depend on them."""
+    if not strategy.runs_policy:
+        return None
+    if strategy.needs_token_logprobs(strategy_settings) and not policy.gives_token_logprobs:
+        able = ", ".join(name for name, spec in POLICIES.items() if spec.gives_token_logprobs)
+        return (
+            f"strategy {strategy.name} needs token logprobs, and policy {policy.name} gives none: "
+            f"choose a policy that does ({able})"
+        )
+    return None

@@ -39,7 +39,7 @@ from engine.reasoning.confidence import (
 from engine.reasoning.settings import Settings, setting
 from engine.reasoning.strategies.base import SolveContext, StrategySpec
 from engine.reasoning.strategies.track_group import plan_tracks, run_tracks
-from engine.records import STOPPED_EARLY, ProblemRecord, TrackRecord, sum_usage
+from engine.records import STOPPED_EARLY, FinishReason, ProblemRecord, Role, TrackRecord
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +85,7 @@ def confidences(tracks: list[TrackRecord], settings: DeepConfSettings) -> dict[i
     """Each answered trace's confidence under the run's measure."""
     found = {}
     for track in tracks:
-        if track.finish_reason in STOPPED_EARLY or track.finish_reason == "failed":
+        if track.finish_reason in STOPPED_EARLY or track.finish_reason == FinishReason.FAILED:
             continue
         tokens = trace_tokens(track, settings.deepconf_token)
         value = trace_confidence(tokens, settings.deepconf_measure, settings.deepconf_window)
@@ -100,7 +100,7 @@ def weighted_vote(tracks: list[TrackRecord], measured: dict[int, float], token_s
     return decide(tracks, "majority", multiple_choice=multiple_choice, weights=weights)
 
 
-async def solve(ctx: SolveContext) -> ProblemRecord:
+async def solve(ctx: SolveContext[DeepConfSettings]) -> ProblemRecord:
     settings = ctx.settings
     setups = plan_tracks(
         settings.deepconf_traces,
@@ -122,7 +122,7 @@ async def solve(ctx: SolveContext) -> ProblemRecord:
     decision = await asyncio.to_thread(
         weighted_vote, tracks, {i: measured[i] for i in kept}, settings.deepconf_token, multiple_choice=choices
     )
-    skipped = [t.track_id for t in tracks if t.finish_reason in ("skipped", "cancelled")]
+    skipped = [t.track_id for t in tracks if t.finish_reason in (FinishReason.SKIPPED, FinishReason.CANCELLED)]
     record = ctx.record(
         tracks=tracks,
         answer=decision.answer,
@@ -130,7 +130,6 @@ async def solve(ctx: SolveContext) -> ProblemRecord:
         votes=decision.votes,
         early_stopped=bool(stopped or skipped),
         cancelled_tracks=sorted(skipped + stopped),
-        usage=sum_usage([t.usage for t in tracks]),
         details={
             "measure": settings.deepconf_measure,
             "token_score": settings.deepconf_token,
@@ -146,7 +145,7 @@ async def solve(ctx: SolveContext) -> ProblemRecord:
     return record
 
 
-async def _online(ctx: SolveContext, setups, settings: DeepConfSettings, choices: bool):
+async def _online(ctx: SolveContext[DeepConfSettings], setups, settings: DeepConfSettings, choices: bool):
     """Warm-up, threshold, then the remaining traces with online pruning and consensus stop."""
     warm = await run_tracks(ctx, setups[: settings.deepconf_warmup])
     warm_conf = {
@@ -166,7 +165,9 @@ async def _online(ctx: SolveContext, setups, settings: DeepConfSettings, choices
         return threshold is not None and group is not None and group < threshold
 
     async def consensus(finished: list[TrackRecord], open_tracks: int) -> bool:
-        answered = [t for t in [*tracks, *finished] if t.finish_reason not in ("stopped", "failed")]
+        answered = [
+            t for t in [*tracks, *finished] if t.finish_reason not in (FinishReason.STOPPED, FinishReason.FAILED)
+        ]
         measured = confidences(answered, settings)
         weights = {i: c for i, c in measured.items() if i in admitted or i not in warmup}
         if not weights:
@@ -183,9 +184,10 @@ async def _online(ctx: SolveContext, setups, settings: DeepConfSettings, choices
         tracks += later.tracks
     else:
         for setup in rest:  # settled by the warm-up alone: the rest never start
-            record = TrackRecord(track_id=setup.track_id, mode=setup.mode, seed=setup.seed, finish_reason="skipped")
+            skipped = FinishReason.SKIPPED
+            record = TrackRecord(track_id=setup.track_id, policy=setup.policy, seed=setup.seed, finish_reason=skipped)
             tracks.append(record)
-    stopped = [t.track_id for t in tracks if t.finish_reason == "stopped"]
+    stopped = [t.track_id for t in tracks if t.finish_reason == FinishReason.STOPPED]
     measured = confidences(tracks, settings)
     kept = sorted(i for i in measured if i in admitted or i not in warmup)
     return tracks, threshold, warmup, stopped, measured, kept
@@ -197,7 +199,8 @@ DEEPCONF = StrategySpec(
     "threshold, weak traces stopped, sampling stopped at consensus",
     settings=DeepConfSettings,
     templates=(),
-    roles=("big", "small"),
+    roles=(Role.BIG, Role.SMALL),
     needed_roles=lambda settings: (),
     solve=solve,
+    needs_token_logprobs=lambda settings: True,
 )

@@ -33,7 +33,7 @@ from engine.reasoning.rast.vocab import rast_server_args, shared_token_space
 from engine.reasoning.seeds import problem_seed
 from engine.reasoning.settings import Settings, setting
 from engine.reasoning.strategies.base import SolveContext, StrategySpec
-from engine.records import ProblemRecord, StepRecord, TrackRecord
+from engine.records import FinishReason, ProblemRecord, Role, StepRecord, TrackRecord
 from engine.serving.chat import ChatFormat
 
 log = structlog.get_logger(__name__)
@@ -82,15 +82,16 @@ class RastSettings(Settings):
 @functools.lru_cache(maxsize=4)
 def _token_space(base: ChatFormat, positive: ChatFormat, negative: ChatFormat) -> TokenSpace:
     """Once per run: checking that the tokenizers agree reads every id of the vocabulary."""
-    return shared_token_space({"base": base.tokenizer, "positive": positive.tokenizer, "negative": negative.tokenizer})
+    tokenizers = {Role.BASE: base.tokenizer, Role.POSITIVE: positive.tokenizer, Role.NEGATIVE: negative.tokenizer}
+    return shared_token_space(tokenizers)
 
 
-async def solve(ctx: SolveContext) -> ProblemRecord:
+async def solve(ctx: SolveContext[RastSettings]) -> ProblemRecord:
     """One RAST sample of the problem, recorded as one track of one step."""
     settings, problem, models = ctx.settings, ctx.problem, ctx.models
     space = await asyncio.to_thread(_token_space, *(models[role].chat for role in ROLES))
     prompt = ctx.prompts.render_problem(problem.problem, problem.choices)
-    prompt_ids = models["base"].chat.tokenizer(prompt)["input_ids"]
+    prompt_ids = models[Role.BASE].chat.tokenizer(prompt)["input_ids"]
     # Seeded per (problem, repeat) even without --seed, so a resumed run redoes a sample identically.
     seed = problem_seed(ctx.reasoning.seed, problem.id, ctx.repeat_id)
     rast_models = RastModels(*(models[role].client for role in ROLES))
@@ -113,9 +114,7 @@ async def solve(ctx: SolveContext) -> ProblemRecord:
         requests_per_token=out.requests_per_token,
         fills_per_position=out.fills_per_position,
     )
-    return ctx.record(
-        tracks=[track], answer=track.answer, aggregation="single", usage=dict(out.usage), details=_details(out)
-    )
+    return ctx.record(tracks=[track], answer=track.answer, aggregation="single", details=_details(out))
 
 
 def _details(out: RastOutput) -> dict[str, Any]:
@@ -134,25 +133,19 @@ def _details(out: RastOutput) -> dict[str, Any]:
 
 
 def _track(out: RastOutput, seed: int, latency_s: float, *, multiple_choice: bool) -> TrackRecord:
-    """The sample as a track of one step holding the whole text."""
-    step = StepRecord(
-        index=0,
-        text=out.text,
-        writer="base",
-        tokens=len(out.token_ids),
-        usage=dict(out.usage),
-        latency_s=latency_s,
-    )
+    """The sample as a track of one step holding the whole text, which enters every request; RAST
+    runs no step policy (the track's `policy` is None)."""
+    step = StepRecord(index=0, text=out.text, writer=Role.BASE, tokens=len(out.token_ids), latency_s=latency_s)
+    step.charge(out.costs.values())
     return TrackRecord(
         track_id=0,
-        mode="rast",
         seed=seed,
         steps=[step],
         answer_text=out.text,
         answer=extract_answer(out.text, choices=multiple_choice),
-        answer_model="base",
-        finish_reason="eos" if out.finish_reason == "stop" else "budget",
-        usage=dict(out.usage),
+        answer_model=Role.BASE,
+        finish_reason=FinishReason.EOS if out.finish_reason == "stop" else FinishReason.BUDGET,
+        usage=dict(step.usage),
         thinking_tokens=len(out.token_ids),
         latency_s=latency_s,
         finished_at=time.time(),
@@ -167,6 +160,7 @@ RAST = StrategySpec(
     roles=ROLES,
     needed_roles=lambda settings: ROLES,
     solve=solve,
-    uses_tracks=False,
+    runs_policy=False,
+    track_settings=("seed", "top_p"),
     server_args=lambda settings: rast_server_args(max(settings.rast_logprobs, settings.rast_aux_logprobs)),
 )

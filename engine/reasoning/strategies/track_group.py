@@ -19,7 +19,7 @@ from engine.logging import bind_context
 from engine.reasoning.seeds import track_seed
 from engine.reasoning.strategies.base import SolveContext
 from engine.reasoning.track import TrackSetup, new_track_record
-from engine.records import TrackRecord
+from engine.records import FinishReason, TrackRecord
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +53,7 @@ def plan_tracks(
         setups.append(
             TrackSetup(
                 track_id=track_id,
-                mode=policy,
+                policy=policy,
                 role=role,
                 method=method,
                 instruction=instruction,
@@ -96,10 +96,11 @@ async def run_tracks(
                 continue
             stopped.append(record.track_id)
             # Set here too: a task cancelled before its first step never runs its own handler.
-            record.finish_reason = "cancelled" if record.track_id in tasks else "skipped"
-            if record.track_id in tasks:
+            started = record.track_id in tasks
+            record.finish_reason = FinishReason.CANCELLED if started else FinishReason.SKIPPED
+            if started:
                 tasks[record.track_id].cancel()
-        skipped = [t.track_id for t in tracks if t.finish_reason == "skipped"]
+        skipped = [t.track_id for t in tracks if t.finish_reason == FinishReason.SKIPPED]
         log.info("tracks_stopped", cancelled=[i for i in stopped if i not in skipped], skipped=skipped)
 
     async def one(setup: TrackSetup, record: TrackRecord) -> None:

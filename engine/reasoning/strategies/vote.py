@@ -23,7 +23,7 @@ from engine.reasoning.method_selection import MethodChoice, select_methods
 from engine.reasoning.settings import Settings, setting
 from engine.reasoning.strategies.base import SolveContext, StrategySpec
 from engine.reasoning.strategies.track_group import plan_tracks, run_tracks
-from engine.records import ProblemRecord, TrackRecord, sum_usage
+from engine.records import ProblemRecord, Role, TrackRecord
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +33,7 @@ class VoteSettings(Settings):
     tracks: int = setting(1, "reasoning tracks per problem")
     use_role_prompts: bool = setting(False, "give each track a role of the prompt set, round-robin")
     method_num: int = setting(0, "let the selector model pick this many methods of the prompt set for the tracks")
-    selector_model: str = setting("big", "the model that picks methods", ("big", "small"))
+    selector_model: str = setting(Role.BIG, "the model that picks methods", (Role.BIG, Role.SMALL))
     aggregation: str = setting("majority", "how the tracks' answers are combined", tuple(AGGREGATIONS))
     early_stop: bool = setting(False, "cancel the remaining tracks once they cannot change the vote")
     early_stop_share: float | None = setting(None, "with --early_stop: stop once the leader holds this share")
@@ -68,7 +68,7 @@ def total_tokens(track: TrackRecord) -> int:
     return sum(u.completion_tokens for u in track.usage.values())
 
 
-async def solve(ctx: SolveContext) -> ProblemRecord:
+async def solve(ctx: SolveContext[VoteSettings]) -> ProblemRecord:
     """Select methods if asked, run the problem's tracks, vote, and build its record."""
     settings, problem = ctx.settings, ctx.problem
     choice: MethodChoice | None = None
@@ -99,7 +99,7 @@ async def solve(ctx: SolveContext) -> ProblemRecord:
         cancelled_tracks=cancelled,
         tokens_saved=_tokens_saved(tracks, cancelled),
         method_selection=choice.to_dict() if choice else None,
-        usage=sum_usage([t.usage for t in tracks] + ([choice.usage] if choice else [])),
+        costs=choice.costs if choice else [],
     )
     log.info(
         "problem_done",
@@ -111,7 +111,7 @@ async def solve(ctx: SolveContext) -> ProblemRecord:
     return record
 
 
-async def _settled(ctx: SolveContext, finished: list[TrackRecord], open_tracks: int) -> bool:
+async def _settled(ctx: SolveContext[VoteSettings], finished: list[TrackRecord], open_tracks: int) -> bool:
     """Whether early stop may end the problem now; `open_tracks` are those running or not started."""
     settings = ctx.settings
     return await asyncio.to_thread(
@@ -151,7 +151,7 @@ VOTE = StrategySpec(
     description="SpecLRM: tracks run concurrently, their answers are voted on, with early stop",
     settings=VoteSettings,
     templates=("select_methods", "select_methods_prefix"),
-    roles=("big", "small"),
+    roles=(Role.BIG, Role.SMALL),
     needed_roles=_roles,
     solve=solve,
     check_prompts=_check_prompts,

@@ -6,12 +6,12 @@ from engine.records import ProblemRecord, StepRecord, TrackRecord
 
 def track(track_id: int, answer: str | None, confidences: list[float]) -> TrackRecord:
     step = StepRecord(index=0, text="...", writer="small", tokens=len(confidences), token_confidence=confidences)
-    return TrackRecord(track_id=track_id, mode="deepconf", steps=[step], answer=answer)
+    return TrackRecord(track_id=track_id, policy="small", steps=[step], answer=answer)
 
 
 def problem(problem_id: str, reference: str, tracks: list[TrackRecord]) -> ProblemRecord:
     return ProblemRecord(
-        run_id="r", dataset="toy", problem_id=problem_id, repeat_id=0, mode="deepconf",
+        run_id="r", dataset="toy", problem_id=problem_id, repeat_id=0, runner="deepconf",
         problem="?", reference_answer=reference, tracks=tracks,
     )  # fmt: skip
 

@@ -15,7 +15,7 @@ def record(problem_id, answers, tokens, *, reference="7", finish="answer"):
     tracks = [
         TrackRecord(
             track_id=i,
-            mode="small",
+            policy="small",
             answer=a,
             finish_reason=finish,
             usage={"small": ModelUsage(completion_tokens=n, requests=1)},
@@ -24,7 +24,7 @@ def record(problem_id, answers, tokens, *, reference="7", finish="answer"):
     ]
     full = max(set(answers), key=answers.count)
     return ProblemRecord(
-        run_id="r", dataset="toy", problem_id=problem_id, repeat_id=0, mode="scale", problem="p",
+        run_id="r", dataset="toy", problem_id=problem_id, repeat_id=0, runner="scale", problem="p",
         reference_answer=reference, tracks=tracks, answer=full, aggregation="majority",
     )  # fmt: skip
 

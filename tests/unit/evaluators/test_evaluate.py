@@ -1,36 +1,20 @@
 """Evaluators on small hand-made run folders; every expected figure is worked out by hand here."""
 
 import json
-import logging
 import re
 from pathlib import Path
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from engine.errors import UsageError
-from engine.records import ACCEPTED, REWRITTEN, ModelUsage, ProblemRecord, StepRecord, TrackRecord
+from engine.records import ModelUsage, ProblemRecord, StepOutcome, StepRecord, TrackRecord
 from engine.run.store import MANIFEST_FILE, RECORDS_FILE, append_record
 from evaluators import compare, metrics, summary
 from evaluators.evaluate import main
 from evaluators.runs import load_run
 
 ROLES = {0: "solver", 1: "critic", 2: None}
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() sets logging up for the process, on pytest's captured stderr: undo it after each test."""
-    config, configured = structlog.get_config(), structlog.is_configured()
-    handlers, level = logging.root.handlers[:], logging.root.level
-    yield
-    if configured:
-        structlog.configure(**config)
-    else:
-        structlog.reset_defaults()
-    logging.root.handlers[:] = handlers
-    logging.root.setLevel(level)
 
 
 def usage(small: tuple[int, int, int], big: tuple[int, int, int]) -> dict[str, ModelUsage]:
@@ -43,7 +27,7 @@ def usage(small: tuple[int, int, int], big: tuple[int, int, int]) -> dict[str, M
 
 def track(track_id: int, answer: str | None, finish: str = "answer", **fields) -> TrackRecord:
     return TrackRecord(
-        track_id=track_id, mode="spec", role=ROLES[track_id], answer=answer, finish_reason=finish, **fields
+        track_id=track_id, policy="spec", role=ROLES[track_id], answer=answer, finish_reason=finish, **fields
     )
 
 
@@ -53,7 +37,7 @@ def record(problem: str, repeat: int, reference: str | None, answer: str | None,
         dataset=fields.pop("dataset", "math500"),
         problem_id=problem,
         repeat_id=repeat,
-        mode=fields.pop("mode", "spec"),
+        runner=fields.pop("runner", "spec"),
         problem=f"problem {problem}",
         reference_answer=reference,
         tracks=tracks,
@@ -80,10 +64,12 @@ def write_run(folder: Path, records: list[ProblemRecord], *, mode: str, config: 
 def spec_records() -> list[ProblemRecord]:
     """Two problems x two repeats, three tracks each (roles solver, critic, none)."""
     steps0 = [
-        StepRecord(index=0, text="s", writer="small", tokens=10, score=8.0, outcome=ACCEPTED),
-        StepRecord(index=1, text="b", writer="big", tokens=20, score=3.5, draft="rejected draft", outcome=REWRITTEN),
+        StepRecord(index=0, text="s", writer="small", tokens=10, score=8.0, outcome=StepOutcome.ACCEPTED),
+        StepRecord(
+            index=1, text="b", writer="big", tokens=20, score=3.5, draft="rejected draft", outcome=StepOutcome.REWRITTEN
+        ),
     ]
-    steps1 = [StepRecord(index=0, text="s", writer="small", tokens=30, score=7.0, outcome=ACCEPTED)]
+    steps1 = [StepRecord(index=0, text="s", writer="small", tokens=30, score=7.0, outcome=StepOutcome.ACCEPTED)]
     steps2 = [StepRecord(index=0, text="b", writer="big", tokens=40)]  # big-only first step: unscored
     p1r0_tracks = [
         track(
@@ -118,11 +104,11 @@ def baseline_records() -> list[ProblemRecord]:
     """One big-model track per record; p3 only here, so it is left out of comparisons."""
 
     def one(problem, repeat, reference, answer, latency, tokens):
-        tracks = [TrackRecord(track_id=0, mode="big", answer=answer, finish_reason="answer")]
+        tracks = [TrackRecord(track_id=0, policy="big", answer=answer, finish_reason="answer")]
         big = ModelUsage(prompt_tokens=100, completion_tokens=tokens, requests=1)
         return record(
             problem, repeat, reference, answer, tracks,
-            run_id="base-run", mode="big", latency_s=latency, usage={"big": big},
+            run_id="base-run", runner="big", latency_s=latency, usage={"big": big},
         )  # fmt: skip
 
     return [
@@ -419,7 +405,7 @@ def test_rast_sampled_pass_and_majority_at_k_match_a_hand_computed_average(tmp_p
     # Two problems x 3 repeats. p1: right, wrong, wrong ("4" "5" "5"); p2: wrong, right, right ("9" "8" "8").
     answers = {"p1": ("4", ["4", "5", "5"]), "p2": ("8", ["9", "8", "8"])}
     records = [
-        record(p, r, ref, given[r], [track(0, given[r])], mode="rast")
+        record(p, r, ref, given[r], [track(0, given[r])], runner="rast")
         for p, (ref, given) in answers.items()
         for r in range(3)
     ]

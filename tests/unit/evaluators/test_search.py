@@ -16,7 +16,7 @@ from tests.unit.evaluators.test_evaluate import write_run
 
 def completion(i: int, answer: str | None, score: float) -> TrackRecord:
     steps = [StepRecord(index=0, text="step\n\n", writer="small", tokens=7, score=score)]
-    return TrackRecord(track_id=i, mode="beam_search", steps=steps, answer=answer, finish_reason="eos", score=score)
+    return TrackRecord(track_id=i, steps=steps, answer=answer, finish_reason="eos", score=score)
 
 
 def search_record(problem: str, reference: str, answers_scores: list[tuple[str | None, float]]) -> ProblemRecord:
@@ -31,7 +31,7 @@ def search_record(problem: str, reference: str, answers_scores: list[tuple[str |
         dataset="math500",
         problem_id=problem,
         repeat_id=0,
-        mode="search",
+        runner="search",
         strategy="beam_search",
         problem=f"problem {problem}",
         reference_answer=reference,
@@ -84,7 +84,7 @@ def test_search_summary_accuracy_and_cost(search_run):
 
 
 def test_runs_that_are_not_searches_have_no_search_figures(tmp_path):
-    plain = TrackRecord(track_id=0, mode="spec", answer="2", finish_reason="answer")
+    plain = TrackRecord(track_id=0, policy="spec", answer="2", finish_reason="answer")
     record = dataclasses.replace(RECORDS[0], tracks=[plain], strategy="vote")
     run = load_run(write_run(tmp_path / "spec", [record], mode="spec"))
     assert summary.summarize_run(run, summary.grade_run(run)).search is None

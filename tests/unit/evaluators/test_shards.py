@@ -11,7 +11,7 @@ from engine.run.store import MANIFEST_FILE, RECORDS_FILE
 from evaluators import summary
 from evaluators.evaluate import main
 from evaluators.runs import load_runs
-from tests.unit.evaluators.test_evaluate import _restore_logging, baseline_records, spec_records, write_run  # noqa: F401
+from tests.unit.evaluators.test_evaluate import baseline_records, spec_records, write_run
 
 
 def write_shard(folder: Path, records, index: int, count: int, *, digest: str = "spec-digest", mode: str = "spec"):

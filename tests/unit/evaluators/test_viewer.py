@@ -11,6 +11,7 @@ from benchmarks import viewer_runs
 from engine.reasoning.strategies import STRATEGIES
 from engine.run.config import ModelConfig, RunConfig
 from engine.run.execute import manifest_for
+from engine.run.runner_plans import SPLIT_MODES
 from evaluators import evaluate, summary, view
 from evaluators.runs import load_run
 from evaluators.viewer.build import VIEWER_FILE, disagreements
@@ -20,6 +21,7 @@ from evaluators.viewer.settings import changed_flags
 from runners.spectra import main as spectra_main
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.paths import REPO_ROOT
+from tests.unit.run.runner_commands import config_of
 
 # A chat template found on disk: the fake server's model has none to download.
 TOY_TOKENIZER = REPO_ROOT / "engine" / "toy" / "weights" / "tokenizer"
@@ -85,6 +87,28 @@ def test_the_flags_shown_are_those_that_differ_from_the_runners_defaults(tmp_pat
     assert changed_flags(manifest_for(config())) == []
     changed = changed_flags(manifest_for(config(tracks=5, early_stop=True)))
     assert changed == [("tracks", 5, 3), ("early_stop", True, False)]
+
+
+@pytest.mark.parametrize(
+    ("runner", "argv"),
+    [
+        ("base", []),
+        ("base", ["--model", "small"]),
+        ("scale", ["--model", "small"]),
+        ("spec", []),
+        ("spec_scale", []),
+        ("spec_scale_methods", []),
+        ("search", []),
+        ("search", ["--approach", "dvts"]),
+        ("rast", []),
+        *(("split", [f"--{mode}"]) for mode in SPLIT_MODES),
+    ],
+)
+def test_a_runner_s_own_command_shows_no_flag_changed(runner, argv):
+    """The viewer reads the same plans the runners run: a runner's command with no setting of its
+    own differs from its runner's defaults in nothing."""
+    assert changed_flags(manifest_for(config_of(runner, *argv))) == []
+    assert changed_flags(manifest_for(config_of(runner, *argv, "--seed", "5")))[0][:2] == ("seed", 5)
 
 
 def test_two_runs_disagree_exactly_where_one_is_right_and_the_other_wrong(tmp_path):

@@ -10,7 +10,7 @@ def track(track_id, answer, *, tokens=10, scores=(), finished_at=None):
     steps = [StepRecord(index=i, text="s", writer="small", tokens=1, score=s) for i, s in enumerate(scores)]
     return TrackRecord(
         track_id=track_id,
-        mode="spec",
+        policy="spec",
         answer=answer,
         thinking_tokens=tokens,
         steps=steps,

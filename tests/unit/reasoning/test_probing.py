@@ -68,11 +68,11 @@ async def test_a_track_ends_once_three_probes_in_a_row_count_and_agree(make_mode
             policy="small",
             policy_settings=SingleModelSettings(stepwise=True),
             reasoning=ReasoningConfig(),
-            mode="test",
+            runner="test",
             config_digest="x",
             probing=ProbeSettings(probe_every=4, probe_agree=3),
         )
-        setup = TrackSetup(track_id=0, mode="small", seed=1)
+        setup = TrackSetup(track_id=0, policy="small", seed=1)
         record = await ctx.new_track(new_track_record(setup), setup).run()
     assert record.finish_reason == "probe" and record.answer == "7" and len(record.steps) == 6
     assert [s.detail["probe"] for s in record.steps] == ["5", "7", "7", "7", "7", "7"]

@@ -14,12 +14,14 @@ from engine.reasoning.policies import POLICIES
 from engine.reasoning.policies.base import StepContext
 from engine.reasoning.settings import ReasoningConfig, Settings
 from engine.reasoning.strategies import STRATEGIES
-from engine.reasoning.track import track_messages
+from engine.reasoning.track import TrackSetup, track_messages, track_models
+from engine.records import StepEnding
 from engine.run.config import ModelConfig, RunConfig
 from engine.run.flags import SETTINGS_CLASSES, check_unique_flags
 from engine.run.scheduler import Scheduler, WorkItem
+from engine.serving.models import WRITING
 from tests.fake_openai import FakeOpenAIServer, Reply
-from tests.unit.conftest import WORDS
+from tests.unit.conftest import WORDS, run_one_track
 
 PROBLEM = Problem(id="p", problem="What is 2 + 2?", answer="4")
 PROMPTS = load_prompt_set("default")
@@ -32,34 +34,55 @@ def answer_chain(model: str, previous: int) -> list[float]:
     return [-0.01 if token == likely else -8.0 for token in range(len(WORDS))]
 
 
-def any_request(body):
-    """A step that ends thinking with an answer; a high score for judge requests; RAST's requests
-    answered by `answer_chain`."""
-    if body.get("return_tokens_as_token_ids"):
-        planned = markov_reply(body, answer_chain)
-        return Reply(tokens=planned.tokens, top_logprobs=planned.top_logprobs, prompt_logprobs=planned.prompt_logprobs)
-    if body["max_tokens"] == 1:
-        return Reply(text="9", top_logprobs=[{"9": -0.01, "1": -5.0}])
+def a_step(body):
+    """A step that ends thinking with an answer, with every token's top-k when asked for them."""
     step = Reply(text="so \\boxed{4}", stop_reason="\n\n")
-    if body.get("logprobs"):  # asked of the writer by a strategy (DeepConf): every token's top-k
+    if body.get("logprobs"):  # the track asked for token logprobs (DeepConf), or a policy did
         step.top_logprobs = [{token: -0.1, "x": -3.0} for token in step.token_list()]
     return step
+
+
+def a_high_rating(body):
+    return Reply(text="9", top_logprobs=[{"9": -0.01, "1": -5.0}])
+
+
+def rast_request(body):
+    """RAST's requests of token ids, answered by `answer_chain`."""
+    planned = markov_reply(body, answer_chain)
+    return Reply(tokens=planned.tokens, top_logprobs=planned.top_logprobs, prompt_logprobs=planned.prompt_logprobs)
+
+
+# Every purpose's requests: ratings for the judges, RAST's own, and a step for any other.
+ANY_REQUEST = {"score": a_high_rating, "verify": a_high_rating, "rast": rast_request}
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
 async def test_every_policy_writes_one_step_with_default_settings(make_models, name):
     spec = POLICIES[name]
     assert issubclass(spec.settings, Settings) and dataclasses.is_dataclass(spec.settings)
-    async with FakeOpenAIServer(any_request) as server:
+    async with FakeOpenAIServer(a_step, by_purpose=ANY_REQUEST) as server:
         models = make_models(**{role: server for role in ("big", "small")})
-        policy = spec.start(spec.settings(), models, PROMPTS, ReasoningConfig())
+        handles = track_models(models, TrackSetup(track_id=0, policy=name, seed=1))
+        policy = spec.start(spec.settings(), handles, PROMPTS, ReasoningConfig())
         messages = track_messages(PROBLEM, PROMPTS, None)
-        ctx = StepContext(models, messages, "", (), 0, ReasoningConfig(), PROMPTS, PROBLEM.problem, seed=1)
-        outcome = await policy.step(ctx)
-    assert outcome.step.text and outcome.step.writer in spec.roles
-    assert outcome.ending in ("delimiter", "think_end", "eos", "length")
-    assert set(outcome.step.usage) <= set(spec.roles)
+        ctx = StepContext(handles, messages, "", (), 0, ReasoningConfig(), PROMPTS, PROBLEM.problem)
+        result = await policy.step(ctx)
+    assert result.step.text and result.step.writer in spec.roles
+    assert result.ending in tuple(StepEnding)
+    assert set(result.step.usage) <= set(spec.roles)
     PROMPTS.require_templates(spec.templates)
+
+
+@pytest.mark.parametrize("name", [name for name, spec in POLICIES.items() if spec.gives_token_logprobs])
+async def test_a_policy_that_gives_token_logprobs_records_every_kept_token_s_confidence(make_models, name):
+    async with FakeOpenAIServer(a_step, by_purpose=ANY_REQUEST) as server:
+        models = make_models(**{role: server for role in ("big", "small")})
+        record = await run_one_track(models, PROBLEM, PROMPTS, policy=name, seed=1, token_logprobs=3)
+    steps = [s for s in record.steps if s.tokens]
+    assert steps and all(len(s.token_confidence) == len(s.token_logprob) == s.tokens for s in steps)
+    # The requests that wrote them asked for at least the track's 3 (SplitReason's greedy ranking: its own 1 too).
+    asked = [body.get("logprobs") for body, p in zip(server.requests, server.purposes, strict=True) if p in WRITING]
+    assert asked and all(k is not None and k >= 3 for k in asked)
 
 
 def any_pooling(body):
@@ -73,7 +96,7 @@ async def test_every_strategy_solves_one_problem_with_default_settings(make_mode
     records = []
     # The PRM is read from its config, as for a local model folder: a Qwen-style pooling PRM.
     (tmp_path / "config.json").write_text('{"model_type": "qwen2", "architectures": ["Qwen2ForProcessRewardModel"]}')
-    async with FakeOpenAIServer(any_request, pooler=any_pooling) as server:
+    async with FakeOpenAIServer(a_step, by_purpose=ANY_REQUEST, pooler=any_pooling) as server:
         models = make_models(**{role: server for role in spec.roles})
         config = RunConfig(
             runner="test",

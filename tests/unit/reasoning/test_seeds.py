@@ -36,23 +36,19 @@ def score_reply(digit: str) -> Reply:
     return Reply(text=digit, top_logprobs=[{digit: math.log(0.9), "0": math.log(0.1)}])
 
 
-def is_score(body) -> bool:
-    return body["max_tokens"] == 1
-
-
 async def run_spec(make_models, problem, small_steps, scores, big_steps=()):
     small_replies = [Reply(text=t, stop_reason="\n\n") for t in small_steps]
     big_replies = {
         "score": [score_reply(d) for d in scores],
-        "step": [Reply(text=t, stop_reason="\n\n") for t in big_steps],
+        "rewrite": [Reply(text=t, stop_reason="\n\n") for t in big_steps],
     }
     async with (
-        FakeOpenAIServer(small_replies) as small,
-        FakeOpenAIServer(lambda body: big_replies["score" if is_score(body) else "step"].pop(0)) as big,
+        FakeOpenAIServer(by_purpose={"draft": small_replies}) as small,
+        FakeOpenAIServer(by_purpose=big_replies) as big,
     ):
         models = make_models(big=big, small=small)
         record = await run_one_track(models, problem, load_prompt_set("default"), ReasoningConfig())
-    return record, small.requests, big.requests
+    return record, small.requests, big
 
 
 async def test_step_prompts_are_the_seed_chat_rendered_by_the_template(make_models):
@@ -67,7 +63,8 @@ async def test_score_prompt_is_the_seed_scoring_conversation(make_models):
     steps = ["First, 6 * 7 means six sevens.", "So the answer is \\boxed{42}."]
     _, _, big = await run_spec(make_models, PROBLEM, steps, ["9", "9"])
     user = ("user", seed.first_user_message(PROBLEM.problem))
-    for n, body in enumerate(big, start=1):
+    assert big.purposes == ["score", "score"]
+    for n, body in enumerate(big.requests, start=1):
         expected = seed_chat(
             [
                 user,
@@ -83,7 +80,7 @@ async def test_a_rewrite_continues_the_prefix_the_rejected_draft_came_from(make_
     record, small, big = await run_spec(
         make_models, PROBLEM, ["6 * 7 = 41.", "So \\boxed{42}."], ["2", "9"], big_steps=["6 * 7 = 42."]
     )
-    rewrite = [b for b in big if not is_score(b)]
+    rewrite = big.requests_for("rewrite")
     assert len(rewrite) == 1 and rewrite[0]["prompt"] == small[0]["prompt"]
     assert [s.text for s in record.steps] == ["6 * 7 = 42.", "So \\boxed{42}."]
     user = ("user", seed.first_user_message(PROBLEM.problem))
@@ -102,8 +99,7 @@ async def test_every_request_kind_has_the_seeds_sampling_parameters(make_models)
     _, small, big = await run_spec(
         make_models, PROBLEM, ["6 * 7 = 41.", "So \\boxed{42}."], ["2", "9"], big_steps=["6 * 7 = 42."]
     )
-    scores = [b for b in big if is_score(b)]
-    rewrites = [b for b in big if not is_score(b)]
+    scores, rewrites = big.requests_for("score"), big.requests_for("rewrite")
     assert len(small) == 2 and len(scores) == 2 and len(rewrites) == 1
     for body in [*small, *rewrites]:  # SpecReason's generate_new_step, for both models
         assert {k: body[k] for k in seed.STEP_PARAMS} == seed.STEP_PARAMS

@@ -1,6 +1,7 @@
 """Every branch of one track, driven by scripted fake servers: kept and rewritten steps, scores,
 budget, end of thinking, stop rules, failures, and the token bookkeeping."""
 
+import functools
 import math
 from collections import defaultdict
 
@@ -20,12 +21,13 @@ PROMPTS = load_prompt_set("default")
 AP = ReasoningConfig(answer_phase=True)
 
 
-def kind(body):
-    if body["max_tokens"] == 1 and body.get("logprobs") == 10:
-        return "score"
-    if "\n\n" in (body.get("stop") or []):
-        return "step"
-    return "answer"
+# The kinds of request a track sends, by the purpose the model handle names each with.
+KINDS = {"step": "step", "draft": "step", "rewrite": "step", "score": "score", "answer": "answer"}
+
+
+def by_kind(reply):
+    """A fake server's scripts by purpose, each request answered by `reply(kind, body)`."""
+    return {purpose: functools.partial(reply, kind) for purpose, kind in KINDS.items()}
 
 
 class Script:
@@ -35,12 +37,11 @@ class Script:
         self.replies = {k: list(v) for k, v in replies.items()}
         self.prompts = defaultdict(list)
 
-    def __call__(self, body):
-        k = kind(body)
-        self.prompts[k].append(body["prompt"])
-        if not self.replies.get(k):
-            raise AssertionError(f"unexpected {k} request")
-        return self.replies[k].pop(0)
+    def __call__(self, kind, body):
+        self.prompts[kind].append(body["prompt"])
+        if not self.replies.get(kind):
+            raise AssertionError(f"unexpected {kind} request")
+        return self.replies[kind].pop(0)
 
 
 def step(text, stop_reason="\n\n"):
@@ -58,7 +59,7 @@ ANSWER = Reply(text="So the answer is \\boxed{42}.", tokens=["So", " the", " ans
 
 
 async def run(make_models, small, big, config=ReasoningConfig(), mode="spec", thinking=True, settings=None):
-    async with FakeOpenAIServer(small) as s, FakeOpenAIServer(big) as b:
+    async with FakeOpenAIServer(by_purpose=by_kind(small)) as s, FakeOpenAIServer(by_purpose=by_kind(big)) as b:
         models = make_models(big=b, small=s, thinking=thinking)
         return await run_one_track(models, PROBLEM, PROMPTS, config, policy=mode, settings=settings)
 
@@ -125,7 +126,7 @@ def honouring_max_tokens(words_per_step: list[int], asked: list[int]):
     """A step server that writes `words_per_step[i]` one-token words for step i, cut at the request's
     max_tokens (finish reason "length") as vLLM does; records the max_tokens it was asked for."""
 
-    def respond(body):
+    def respond(kind, body):
         asked.append(body["max_tokens"])
         wanted = words_per_step[len(asked) - 1]
         n = min(wanted, body["max_tokens"])
@@ -283,7 +284,7 @@ class RaisingPolicy:
 async def test_any_error_inside_a_track_fails_only_that_track(make_models):
     from engine.reasoning.track import Track, TrackSetup, new_track_record
 
-    setup = TrackSetup(track_id=0, mode="spec")
+    setup = TrackSetup(track_id=0, policy="spec")
     track = Track(new_track_record(setup), setup, PROBLEM, {}, PROMPTS, ReasoningConfig(), RaisingPolicy(KeyError("x")))
     record = await track.run()
     assert record.finish_reason == "failed" and record.error == "KeyError: 'x'"

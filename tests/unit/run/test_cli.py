@@ -7,12 +7,11 @@ import threading
 import aiohttp
 import pytest
 
-from engine.run.cli import build_config
 from engine.run.config import ModelConfig, RunConfig
 from engine.run.execute import model_endpoints, roles_needed
-from engine.run.flags import ArgumentParser, add_run_arguments
 from runners.spectra import main
 from tests.fake_openai import FakeOpenAIServer
+from tests.unit.run.runner_commands import config_of
 
 
 def problems_file(tmp_path, rows):
@@ -65,9 +64,8 @@ def test_bad_flags_give_one_line_and_exit_2(capsys, tmp_path, flags, message):
 
 
 def parsed(runner, *flags):
-    parser = ArgumentParser()
-    add_run_arguments(parser)
-    return build_config(runner, parser.parse_args([*SERVED, *flags]))
+    """The config of `runners.<runner> FLAGS`, given the models it calls."""
+    return config_of(runner, *flags)
 
 
 def test_speclrm_runners_take_num_repeats_and_spec_scale_uses_roles_by_default():
@@ -234,8 +232,6 @@ async def test_one_live_replica_is_enough_and_dead_ones_are_kept_for_failover(tm
 
 def test_the_answer_model_is_needed_only_with_the_answer_phase():
     small_only = parsed("base", "--model", "small", "--answer_model", "big")
-    assert roles_needed(small_only) == ["small"]
-    assert roles_needed(parsed("base", "--model", "small", "--answer_model", "big", "--answer_phase")) == [
-        "big",
-        "small",
-    ]
+    assert roles_needed(small_only) == ["small"] and set(small_only.models) == {"small"}
+    answered = parsed("base", "--model", "small", "--answer_model", "big", "--answer_phase")
+    assert roles_needed(answered) == ["big", "small"] and set(answered.models) == {"big", "small"}

@@ -1,5 +1,7 @@
 """Each runner's --help lists the flags that runner takes, in the groups models, data, method,
-limits and output; flags of other specs still parse (and are refused unless chosen)."""
+limits and output, and those of the policy and strategy the command line selects
+(`--strategy deepconf --help` lists DeepConf's); flags of other specs still parse (and are refused
+unless chosen)."""
 
 import importlib
 import re
@@ -17,8 +19,10 @@ RUNNERS = {
         ["--cd_decoding_alpha", "--beam_width", "--base_model", "--score_threshold", "--approach", "--model_name"],
     ),
     "search": (
-        ["--approach", "--beam_width", "--agg_strategy", "--prm_model", "--small_model", "--n"],
-        ["--cd_decoding_alpha", "--sgen", "--random_switch", "--base_model", "--score_threshold"],
+        ["--approach", "--beam_width", "--agg_strategy", "--prm_model", "--small_model", "--n", "--temperature"],
+        # search-and-learn writes its own steps: the track flags it reads, no policy's, no probing
+        ["--cd_decoding_alpha", "--sgen", "--random_switch", "--base_model", "--score_threshold", "--token_budget"]
+        + ["--stepwise", "--probe_every"],
     ),
     "spec": (
         ["--score_threshold", "--pipeline_depth", "--big_model", "--small_model", "--tracks"],
@@ -29,10 +33,10 @@ RUNNERS = {
 GROUPS = ["models:", "data:", "method:", "limits:", "output:"]
 
 
-def help_text(runner: str, capsys) -> str:
+def help_text(runner: str, capsys, argv=()) -> str:
     module = importlib.import_module(f"runners.{runner}")
     with pytest.raises(SystemExit) as exit_:
-        module.main(["--help"])
+        module.main([*argv, "--help"])
     assert exit_.value.code == 0
     return capsys.readouterr().out
 
@@ -46,3 +50,43 @@ def test_help_lists_the_runners_own_flags_in_five_groups(runner, capsys):
     assert not set(hidden) & listed, set(hidden) & listed
     headings = [line for line in text.splitlines() if line in GROUPS]
     assert headings == GROUPS
+
+
+def listed_flags(argv, capsys, runner="scale") -> set[str]:
+    text = help_text(runner, capsys, argv)
+    return set(re.findall(r"^\s+(--[a-z_]+)", text, flags=re.MULTILINE))
+
+
+@pytest.mark.parametrize(
+    ("runner", "argv", "shown", "hidden"),
+    [
+        (
+            "scale",
+            ["--strategy", "deepconf"],
+            ["--deepconf_keep", "--deepconf_online", "--deepconf_traces", "--stepwise", "--model"],
+            ["--tracks", "--early_stop", "--score_threshold"],
+        ),
+        ("spec", ["--policy", "lookahead"], ["--lookahead_steps", "--verifier", "--tracks"], ["--score_threshold"]),
+        ("spec", ["--policy=takeover", "--strategy=deepconf"], ["--deepconf_keep"], ["--tracks", "--score_threshold"]),
+        ("split", ["--random_switch"], ["--switch_ratio", "--switch_chunk"], ["--sgen", "--stepwise"]),
+        ("search", ["--approach", "dvts"], ["--beam_width", "--prm_model"], ["--tracks", "--stepwise"]),
+        ("base", ["--model", "small"], ["--stepwise", "--small_model"], ["--score_threshold"]),
+        ("spectra", ["run", "--runner", "rast"], ["--dataset", "--num_runs", "--gamma", "--runner"], ["--tracks"]),
+        ("spectra", ["run", "--strategy", "deepconf"], ["--deepconf_keep", "--score_threshold"], ["--tracks"]),
+    ],
+)
+def test_help_lists_the_flags_of_the_methods_the_command_line_selects(runner, argv, shown, hidden, capsys):
+    listed = listed_flags(argv, capsys, runner)
+    assert set(shown) <= listed, set(shown) - listed
+    assert not set(hidden) & listed, set(hidden) & listed
+
+
+def test_spectra_help_names_the_toy_demo_and_the_methods_command(capsys):
+    from runners.spectra import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "with no models, the toy demo (trained toy models)" in text and "tiny demo" not in text
+    assert "methods list every runner, policy and strategy" in text

@@ -42,7 +42,7 @@ async def test_the_manifest_records_the_servers_vllm_version_and_the_concurrency
         outcome = await execute(config, progress=False)
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["servers"]["big"]["vllm_version"] == "0.32.0"
-    assert manifest["servers"]["big"]["max_model_len"] is None  # a server the user started
+    assert manifest["servers"]["big"]["max_model_len"] is None  # the fake server reports no context length
     assert manifest["concurrency"] == {
         "max_problems_in_flight": 1,
         "max_tracks_in_flight": 5,

@@ -306,11 +306,11 @@ async def test_a_track_that_raises_fails_alone_and_the_problem_is_still_voted(ma
             raise ZeroDivisionError("a bug in one track")
 
         def close(self):
-            return {}
+            return []
 
-    def new_policy(self):
+    def new_policy(self, models):
         made.append(1)
-        return Broken() if len(made) == 2 else real(self)
+        return Broken() if len(made) == 2 else real(self, models)
 
     monkeypatch.setattr(SolveContext, "new_policy", new_policy)
     cfg = config(tracks=3)

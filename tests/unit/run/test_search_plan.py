@@ -4,24 +4,22 @@ overriding them, and bad input refused with one line, exit code 2 and nothing wr
 import pytest
 import yaml
 
-from engine.data.recipes import parse_with_recipe
 from engine.reasoning.search.beams import SearchSettings
-from engine.run.cli import build_config, main
+from engine.run.cli import main
 from engine.run.execute import roles_needed
-from engine.run.flags import ArgumentParser, add_run_arguments
 from tests.paths import FIXTURES
+from tests.unit.run import runner_commands
 
-MODELS = ["--small_model", "policy-model", "--prm_model", "prm-model", "--big_model", "judge-model"]
+NAMES = {"small": "policy-model", "prm": "prm-model", "big": "judge-model"}
 
 
-def config_of(argv, tmp_path=None):
-    parser = ArgumentParser(prog="test")
-    add_run_arguments(parser)
-    return build_config("search", parse_with_recipe(parser, argv))
+def config_of(argv):
+    """The config of `runners.search ARGV`, given the models it calls (names as in NAMES)."""
+    return runner_commands.config_of("search", *argv, names=NAMES)
 
 
 def test_search_runner_defaults_are_search_and_learns():
-    config = config_of(MODELS)
+    config = config_of([])
     assert config.strategy == "best_of_n" and config.strategy_settings == SearchSettings()
     assert (config.reasoning.temperature, config.reasoning.top_p) == (0.8, 1.0)
     assert config.reasoning.seed == 0, "search-and-learn's recipes run with seed 0"
@@ -32,7 +30,7 @@ def test_search_runner_defaults_are_search_and_learns():
 
 
 def test_approach_picks_the_strategy_and_the_judge_needs_the_big_model():
-    config = config_of([*MODELS, "--approach", "dvts", "--scorer", "judge", "--beam_width", "2"])
+    config = config_of(["--approach", "dvts", "--scorer", "judge", "--beam_width", "2"])
     assert config.strategy == "dvts" and config.strategy_settings.beam_width == 2
     assert roles_needed(config) == ["big", "small"]
 
@@ -86,14 +84,17 @@ def test_recipe_data_keys_pick_positions_as_search_and_learns_get_dataset(tmp_pa
         config = config_of(["--config", str(recipe)])
         assert (config.data.dataset_name, config.data.problem_id) == ("math500", positions)
     # the command line still wins over the recipe and its defaults
-    config = config_of(["--config", str(recipe), "--problem_id", "7", "--dataset_name", "aime24", *MODELS])
+    config = config_of(
+        ["--config", str(recipe), "--problem_id", "7", "--dataset_name", "aime24", "--small_model", "policy-model"]
+    )
     assert (config.data.dataset_name, config.data.problem_id) == ("aime24", "7")
     assert config.model("small").model == "policy-model"
 
 
 def run_search(capsys, tmp_path, *flags):
     out = tmp_path / "out"
-    code = main(["run", "--runner", "search", "--output_dir", str(out), "--no_progress", *MODELS, *flags])
+    argv = runner_commands.with_models("search", ["--output_dir", str(out), "--no_progress", *flags], NAMES)
+    code = main(["run", "--runner", "search", *argv])
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert not out.exists(), "a refused run must write nothing"
     return code, errors
@@ -127,6 +128,6 @@ def test_bad_recipes_and_settings_give_one_line_and_exit_2(capsys, tmp_path, rec
 def test_a_prm_server_spectra_starts_caches_no_prefixes_and_takes_the_users_flags_after():
     from engine.run.execute import _server_args
 
-    config = config_of([*MODELS, "--prm_server_args=--max-model-len 8192 --seed 3"])
+    config = config_of(["--prm_server_args=--max-model-len 8192 --seed 3"])
     assert _server_args(config, "prm") == ("--no-enable-prefix-caching", "--max-model-len", "8192", "--seed", "3")
     assert _server_args(config, "small") == ()

@@ -1,6 +1,5 @@
 """`--shard I/N`: disjoint, covering, stable slices of the work list; one config digest for all shards."""
 
-import argparse
 import json
 from dataclasses import replace
 
@@ -8,11 +7,11 @@ import pytest
 
 from engine.data.problems import Problem
 from engine.errors import UsageError
-from engine.run.cli import build_config, main
+from engine.run.cli import main
 from engine.run.config import DataConfig, ModelConfig, RunConfig
 from engine.run.execute import Shard, manifest_for, parse_shard, select_work
-from engine.run.flags import ArgumentParser, add_run_arguments
 from engine.run.store import MANIFEST_FILE, RunStore
+from tests.unit.run.runner_commands import config_of
 
 
 def work_config(shard: str | None) -> RunConfig:
@@ -79,27 +78,25 @@ def test_bad_shards_are_one_line_exit_2_and_write_nothing(capsys, tmp_path, text
     assert not out.exists()
 
 
-def parsed(*flags: str) -> argparse.Namespace:
-    parser = ArgumentParser()
-    add_run_arguments(parser)
-    return parser.parse_args(["--big_model", "b", "--small_model", "s", "--dataset_name", "aime", *flags])
+def spec_config(*flags: str) -> RunConfig:
+    return config_of("spec", "--dataset_name", "aime", *flags)
 
 
 def test_the_default_output_folder_names_the_shard_and_a_given_one_is_kept():
-    assert build_config("spec", parsed("--shard", "2/4")).output_dir == "results/spec_aime-shard-2-of-4"
-    assert build_config("spec", parsed()).output_dir == "results/spec_aime"
-    given = build_config("spec", parsed("--shard", "2/4", "--output_dir", "/scratch/job-7"))
+    assert spec_config("--shard", "2/4").output_dir == "results/spec_aime-shard-2-of-4"
+    assert spec_config().output_dir == "results/spec_aime"
+    given = spec_config("--shard", "2/4", "--output_dir", "/scratch/job-7")
     assert given.output_dir == "/scratch/job-7" and given.data.shard == "2/4"
 
 
 def test_every_shard_has_the_config_digest_of_the_whole_run_and_its_manifest_names_the_shard():
-    whole = build_config("spec", parsed())
-    shards = [build_config("spec", parsed("--shard", f"{i}/3")) for i in (1, 2, 3)]
+    whole = spec_config()
+    shards = [spec_config("--shard", f"{i}/3") for i in (1, 2, 3)]
     assert {s.digest() for s in shards} == {whole.digest()}
     assert [manifest_for(s)["shard"] for s in shards] == [{"index": i, "count": 3} for i in (1, 2, 3)]
     assert manifest_for(whole)["shard"] is None
     assert manifest_for(shards[0])["config"]["data"]["shard"] == "1/3"
-    assert build_config("spec", parsed("--shard", "1/3", "--score_threshold", "5")).digest() != whole.digest()
+    assert spec_config("--shard", "1/3", "--score_threshold", "5").digest() != whole.digest()
 
 
 def test_a_folder_of_one_shard_refuses_another_shard_unless_overwrite(tmp_path):

@@ -3,18 +3,16 @@ and defaults; bad input is one line, exit 2, nothing written."""
 
 import pytest
 
-from engine.run.cli import build_config
 from engine.run.cli import main as engine_main
-from engine.run.flags import ArgumentParser, add_run_arguments
 from runners.split import main
+from tests.unit.run import runner_commands
 
 SERVED = ["--big_model", "big-model", "--small_model", "small-model"]
+NAMES = {"big": "big-model", "small": "small-model"}
 
 
 def config_of(*flags):
-    parser = ArgumentParser()
-    add_run_arguments(parser)
-    return build_config("split", parser.parse_args([*SERVED, *flags]))
+    return runner_commands.config_of("split", *flags, names=NAMES)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +63,7 @@ def test_mode_settings_come_from_splitreason_s_flags():
 )
 def test_bad_split_flags_give_one_line_and_exit_2(capsys, tmp_path, flags, message):
     out = tmp_path / "out"
-    code = main([*SERVED, "--output_dir", str(out), "--no_progress", *flags])
+    code = main(runner_commands.with_models("split", ["--output_dir", str(out), "--no_progress", *flags], NAMES))
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert code == 2 and len(errors) == 1 and message in errors[0], errors
     assert not out.exists()

@@ -17,18 +17,18 @@ from engine.data.prompts import load_prompt_set
 from engine.reasoning.judges.base import ScoredSteps, ScoreQuery
 from engine.reasoning.judges.prm import QWEN_PRM_SYSTEM, QWEN_STEP_TAG, PRMScorer, TokenPRMScorer
 from engine.reasoning.judges.specreason import JudgeScorer
-from engine.reasoning.policies.base import StepContext, continue_text
+from engine.reasoning.policies.base import StepContext, continue_raw
 from engine.reasoning.policies.splitreason.spec_reason import SpecReasonPolicy
 from engine.reasoning.search.beams import Searcher, SearchSettings
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies.beam_search import beam_search
 from engine.reasoning.strategies.best_of_n import best_of_n
 from engine.reasoning.strategies.dvts import dvts
-from engine.reasoning.track import _answer, track_messages
-from engine.records import StepRecord, TrackRecord
+from engine.reasoning.track import track_messages, write_answer
+from engine.records import FinishReason, StepRecord, TrackRecord
 from engine.serving.chat import ChatFormat, Message
 from engine.serving.client import ModelClient
-from engine.serving.models import Model
+from engine.serving.models import Model, Purpose
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.fixtures.chat_templates import template_text
 from tests.unit.conftest import FAST_LIMITS, chatml_tokenizer
@@ -188,11 +188,12 @@ async def test_the_answer_request_closes_thinking_after_the_steps(form, session)
     chat, messages = chat_format(form), spec_messages()
     async with FakeOpenAIServer([Reply(text="\\boxed{42}")]) as server:
         model = Model("big", ModelClient(session, "big", [server.url], FAST_LIMITS), chat)
-        record = TrackRecord(track_id=0, mode="big")
+        record = TrackRecord(track_id=0, policy="big")
         record.steps = [StepRecord(index=0, text=STEPS[0], writer="big", tokens=3)]
         config = ReasoningConfig(answer_phase=True, answer_model="big")
         prompts = load_prompt_set("default")
-        await _answer(record, "think_end", {"big": model}, prompts, config, messages, multiple_choice=False)
+        ending = FinishReason.THINK_END
+        await write_answer(record, ending, {"big": model}, prompts, config, messages, multiple_choice=False)
     closing = "</think>\n\n" if form.thinking else ""
     expected = form.head(list(messages)) + chat.think_open + STEPS[0] + "\n\n" + closing
     assert server.requests[0]["prompt"] == expected
@@ -221,8 +222,7 @@ async def test_search_steps_are_search_and_learns_conversation(form, strategy, s
     replies += [Reply(text=STEPS[1], stop_reason=None)] * 2
     async with FakeOpenAIServer(replies) as server:
         searcher = Searcher(
-            client=ModelClient(session, "small", [server.url], FAST_LIMITS),
-            chat=chat,
+            writer=Model("small", ModelClient(session, "small", [server.url], FAST_LIMITS), chat),
             scorer=FixedScores(),
             messages=messages,
             problem=PROBLEM.problem,
@@ -249,8 +249,9 @@ async def test_splitreasons_requests_hint_the_small_model_and_open_thinking(form
     messages = spec_messages()
     async with FakeOpenAIServer([Reply(text="more", finish_reason="length")]) as server:
         model = Model("small", ModelClient(session, "small", [server.url], FAST_LIMITS), chat)
-        ctx = StepContext({"small": model}, messages, "So <bigmodel>", (), 0, ReasoningConfig(), prompts, "", None)
-        await continue_text(model, policy._small_messages(messages), ctx.reasoning, ctx, max_tokens=8, seed=None)
+        ctx = StepContext({"small": model}, messages, "So <bigmodel>", (), 0, ReasoningConfig(), prompts, "")
+        hinted = policy._small_messages(messages)
+        await continue_raw(model, hinted, ctx.reasoning, ctx, purpose=Purpose.DRAFT, index=0, max_tokens=8)
     hinted = Message("user", f"{messages[0].content}\n{prompts.render_offload_hint()}")
     opening = "<think>\n" if form.thinking else ""
     assert server.requests[0]["prompt"] == form.head([hinted]) + opening + "So <bigmodel>"

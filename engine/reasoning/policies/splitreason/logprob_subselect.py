@@ -22,21 +22,22 @@ from engine.reasoning.policies.base import (
     NothingAhead,
     PolicySpec,
     StepContext,
-    StepOutcome,
+    StepResult,
+    TokenScores,
     all_of,
     chunk_ending,
     chunk_step,
-    continue_text,
+    continue_raw,
+    reply_chunk,
 )
 from engine.reasoning.settings import ReasoningConfig, Settings, setting
-from engine.records import TAKEN_OVER, WRITTEN, ModelUsage, sum_usage
+from engine.records import RequestCost, Role, StepEnding, StepOutcome
 from engine.serving.chat import THINK_CLOSE
-from engine.serving.client import Completion
-from engine.serving.models import Model, request_seed, usage_of
+from engine.serving.models import Model, Purpose, Reply
 
 # After the selection the small model continues the winner for at most this many tokens (the seed's).
 FINAL_TOKENS = 4096
-# request_seed's index space of the selection: round * ROUND_STRIDE + candidate.
+# The requests' index space of the selection (`request_seed`): round * ROUND_STRIDE + candidate.
 ROUND_STRIDE = 1024
 
 
@@ -67,10 +68,11 @@ class SubselectSettings(Settings):
 
 @dataclass
 class Piece:
-    writer: str
+    writer: Role
     text: str
     tokens: int
     eos: bool
+    measured: TokenScores = TokenScores()
 
 
 @dataclass
@@ -94,32 +96,29 @@ class Candidate:
         return Candidate(list(self.pieces), self.score)
 
 
-def mean_logprob(completion: Completion) -> float:
+def mean_logprob(reply: Reply) -> float:
     """The mean logprob of the generated tokens, read from the top-1 logprobs (vLLM always lists
     the sampled token) by token id (`return_tokens_as_token_ids`: two tokens that decode to the
     same string, or to none, stay apart); no tokens (the big model ended at once) give no
     evidence: -inf."""
-    choice = completion.choices[0]
-    if completion.completion_tokens and not choice.tokens:
-        raise ServerError(completion.endpoint, None, "asked for logprobs=1, got a completion without them")
+    choice, server = reply.choice, reply.cost.server
+    if reply.tokens and not choice.tokens:
+        raise ServerError(server, None, "asked for logprobs=1, got a completion without them")
     values = []
     for token, top in zip(choice.tokens, choice.top_logprobs, strict=True):
         if token not in top:
-            raise ServerError(completion.endpoint, None, f"the logprobs of {token!r} do not list the token itself")
+            raise ServerError(server, None, f"the logprobs of {token!r} do not list the token itself")
         values.append(top[token])
     return sum(values) / len(values) if values else -math.inf
 
 
 @dataclass
 class Selection:
-    """The rounds of one selection: the candidates and every request's usage."""
+    """The rounds of one selection: the candidates and every request's cost entry."""
 
     candidates: list[Candidate]
-    usage: dict[str, ModelUsage] = field(default_factory=dict)
+    costs: list[RequestCost] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
-
-    def spend(self, role: str, completion: Completion) -> None:
-        self.usage = sum_usage([self.usage, {role: usage_of(completion)}])
 
 
 @dataclass
@@ -128,7 +127,7 @@ class SubselectPolicy(NothingAhead):
     pending: deque[Piece] | None = None  # the winner's pieces not yet kept as steps
     selection: Selection | None = None
 
-    async def step(self, ctx: StepContext) -> StepOutcome:
+    async def step(self, ctx: StepContext) -> StepResult:
         started = time.monotonic()
         if self.pending is None:
             self.selection = await self._select(ctx)
@@ -138,32 +137,45 @@ class SubselectPolicy(NothingAhead):
             return self._keep_piece(ctx, started)
         return await self._final_continuation(ctx, started)
 
-    def _keep_piece(self, ctx: StepContext, started: float) -> StepOutcome:
+    def _keep_piece(self, ctx: StepContext, started: float) -> StepResult:
         piece = self.pending.popleft()
-        usage, detail = {}, {"phase": "select"}
+        costs, detail = [], {"phase": "select"}
         if self.selection is not None:  # the selection's cost and rounds go with the first kept piece
-            usage, detail["rounds"] = self.selection.usage, self.selection.rounds
+            costs, detail["rounds"] = self.selection.costs, self.selection.rounds
             self.selection = None
-        outcome = TAKEN_OVER if piece.writer == "big" else WRITTEN
-        step = chunk_step(piece.text, piece.writer, piece.tokens, ctx, usage, started, detail, outcome=outcome)
+        outcome = StepOutcome.TAKEN_OVER if piece.writer == Role.BIG else StepOutcome.WRITTEN
+        step = chunk_step(
+            piece.text,
+            piece.writer,
+            piece.tokens,
+            ctx,
+            costs,
+            started,
+            detail,
+            outcome=outcome,
+            measured=piece.measured,
+        )
         # A winner that ended the sequence has nothing to continue: thinking ends, and the answer
         # is still asked for, as after the final continuation.
-        return StepOutcome(step, "think_end" if piece.eos else "length")
+        return StepResult(step, StepEnding.THINK_END if piece.eos else StepEnding.LENGTH)
 
-    async def _final_continuation(self, ctx: StepContext, started: float) -> StepOutcome:
+    async def _final_continuation(self, ctx: StepContext, started: float) -> StepResult:
         """The small model continues the winner; then, however it ended, thinking is over and the
         track's answer phase asks for the answer (where the seed appends "...\\boxed{" for 8
         big-model tokens), as the seed always does after this continuation."""
         limit = min(FINAL_TOKENS, ctx.config.max_step_tokens)
-        seed = request_seed(ctx.seed, ctx.index, 0)
-        completion = await continue_text(
-            ctx.models["small"], ctx.messages, ctx.reasoning, ctx, max_tokens=limit, seed=seed
+        reply = await continue_raw(
+            ctx.models[Role.SMALL],
+            ctx.messages,
+            ctx.reasoning,
+            ctx,
+            purpose=Purpose.STEP,
+            index=ctx.index,
+            max_tokens=limit,
         )
-        usage, detail = {"small": usage_of(completion)}, {"phase": "continue", "ended": chunk_ending(completion)}
-        step = chunk_step(
-            completion.text, "small", completion.completion_tokens, ctx, usage, started, detail, outcome=WRITTEN
-        )
-        return StepOutcome(step, "think_end")
+        detail = {"phase": "continue", "ended": chunk_ending(reply)}
+        step = reply_chunk(reply, Role.SMALL, ctx, started, detail, outcome=StepOutcome.WRITTEN)
+        return StepResult(step, StepEnding.THINK_END)
 
     async def _select(self, ctx: StepContext) -> Selection:
         """Rounds until one candidate is left, all are finished, the rounds are spent, or one more
@@ -182,8 +194,8 @@ class SubselectPolicy(NothingAhead):
     async def _round(self, ctx: StepContext, selection: Selection, round_no: int) -> bool:
         """One round (SplitReason's 2a-d); True when the selection is over."""
         s, candidates = self.settings, selection.candidates
-        await self._extend(ctx, selection, round_no, "small", s.stok)
-        await self._extend(ctx, selection, round_no, "big", s.ltok)
+        await self._extend(ctx, selection, round_no, Role.SMALL, s.stok)
+        await self._extend(ctx, selection, round_no, Role.BIG, s.ltok)
         # Best first. SplitReason's code sorts ascending and so keeps the lowest-scoring candidates.
         ranked = sorted(candidates, key=lambda c: c.score, reverse=True)
         kept = ranked[: max(1, len(ranked) // s.sdecay)]
@@ -195,7 +207,7 @@ class SubselectPolicy(NothingAhead):
         closed = sum(THINK_CLOSE in c.text for c in kept)
         if closed > 2 * len(kept) // 3:
             # Most candidates closed thinking: rescore, keep the best with its continuation, stop.
-            await self._extend(ctx, selection, round_no, "big", s.ltok, rescore=True)
+            await self._extend(ctx, selection, round_no, Role.BIG, s.ltok, rescore=True)
             selection.candidates = [max(selection.candidates, key=lambda c: c.score)]
             record.update(ended="think_closed", rescores=[c.score for c in kept])
             return True
@@ -204,31 +216,32 @@ class SubselectPolicy(NothingAhead):
         return False
 
     async def _extend(
-        self, ctx: StepContext, selection: Selection, round_no: int, role: str, tokens: int, rescore: bool = False
+        self, ctx: StepContext, selection: Selection, round_no: int, role: Role, tokens: int, rescore: bool = False
     ) -> None:
         """Every unfinished candidate grows by `tokens` of `role`'s text, concurrently: the small
-        model samples, the big model writes greedily and its mean logprob scores the candidate.
-        A finished candidate (EOS) grows no more and keeps its last score."""
-        big = role == "big"
-        salt = 2 + rescore if big else 1
+        model samples (drafts), the big model writes greedily and its mean logprob scores the
+        candidate. A finished candidate (EOS) grows no more and keeps its last score."""
+        big = role == Role.BIG
+        purpose = (Purpose.RESCORE if rescore else Purpose.REWRITE) if big else Purpose.DRAFT
 
         async def grow(j: int, candidate: Candidate) -> None:
-            completion = await continue_text(
+            reply = await continue_raw(
                 ctx.models[role],
                 ctx.messages,
                 ctx.reasoning + candidate.text,
                 ctx,
+                purpose=purpose,
+                index=round_no * ROUND_STRIDE + j,
                 max_tokens=tokens,
-                seed=request_seed(ctx.seed, round_no * ROUND_STRIDE + j, salt),
                 greedy=big,
                 logprobs=1 if big else None,
                 token_ids=big,
             )
-            selection.spend(role, completion)
+            selection.costs.append(reply.cost)
             if big:
-                candidate.score = mean_logprob(completion)
-            eos = chunk_ending(completion) == "eos"
-            candidate.pieces.append(Piece(role, completion.text, completion.completion_tokens, eos))
+                candidate.score = mean_logprob(reply)
+            eos = chunk_ending(reply) == StepEnding.EOS
+            candidate.pieces.append(Piece(role, reply.text, reply.tokens, eos, TokenScores.of(reply)))
 
         await all_of(grow(j, c) for j, c in enumerate(selection.candidates) if not c.finished)
 
@@ -240,9 +253,10 @@ def start(settings: SubselectSettings, models: dict[str, Model], prompts: Prompt
 LOGPROB_SUBSELECT = PolicySpec(
     name="logprob_subselect",
     description="SplitReason's sub-selection: small-model candidates ranked by the big model's greedy logprobs",
-    roles=("small", "big"),
+    roles=(Role.SMALL, Role.BIG),
     settings=SubselectSettings,
     templates=(),
+    gives_token_logprobs=True,
     start=start,
     continuous=True,
 )

@@ -14,14 +14,14 @@ from engine.reasoning.policies.base import (
     NothingAhead,
     PolicySpec,
     StepContext,
-    StepOutcome,
+    StepResult,
     chunk_ending,
-    chunk_step,
-    continue_text,
+    continue_raw,
+    reply_chunk,
 )
 from engine.reasoning.settings import ReasoningConfig, Settings, setting
-from engine.records import TAKEN_OVER, WRITTEN
-from engine.serving.models import Model, request_seed, usage_of
+from engine.records import Role, StepOutcome
+from engine.serving.models import Model, Purpose
 
 
 @dataclass(frozen=True)
@@ -42,29 +42,30 @@ class RandomSwitchPolicy(NothingAhead):
     # Seeded from the track's seed at its first chunk, so a track's writers are reproducible.
     rng: random.Random | None = field(default=None)
 
-    def draw_writer(self, track_seed: int | None) -> str:
+    def draw_writer(self, track_seed: int | None) -> Role:
         """The next chunk's writer. The track's seed folds in the problem's id
         (`engine.reasoning.seeds`), so every problem draws its own coins."""
         if self.rng is None:
             self.rng = random.Random(track_seed)
-        return "big" if self.rng.random() < 1 / (self.settings.switch_ratio + 1) else "small"
+        return Role.BIG if self.rng.random() < 1 / (self.settings.switch_ratio + 1) else Role.SMALL
 
-    async def step(self, ctx: StepContext) -> StepOutcome:
-        writer = self.draw_writer(ctx.seed)
+    async def step(self, ctx: StepContext) -> StepResult:
+        # The track's seed, which its handles carry.
+        writer = self.draw_writer(ctx.models[Role.SMALL].seed)
         started = time.monotonic()
         # The budget counts the tokens really generated, not the chunk size asked for (the seed's counter).
-        completion = await continue_text(
+        reply = await continue_raw(
             ctx.models[writer],
             ctx.messages,
             ctx.reasoning,
             ctx,
+            purpose=Purpose.STEP,
+            index=ctx.index,
             max_tokens=min(self.settings.switch_chunk, ctx.config.max_step_tokens),
-            seed=request_seed(ctx.seed, ctx.index, 0),
         )
-        usage = {writer: usage_of(completion)}
-        outcome = TAKEN_OVER if writer == "big" else WRITTEN
-        step = chunk_step(completion.text, writer, completion.completion_tokens, ctx, usage, started, outcome=outcome)
-        return StepOutcome(step, chunk_ending(completion))
+        outcome = StepOutcome.TAKEN_OVER if writer == Role.BIG else StepOutcome.WRITTEN
+        step = reply_chunk(reply, writer, ctx, started, outcome=outcome)
+        return StepResult(step, chunk_ending(reply))
 
 
 def start(settings: RandomSwitchSettings, models: dict[str, Model], prompts: PromptSet, reasoning: ReasoningConfig):
@@ -74,9 +75,10 @@ def start(settings: RandomSwitchSettings, models: dict[str, Model], prompts: Pro
 RANDOM_SWITCH = PolicySpec(
     name="random_switch",
     description="SplitReason's baseline: each chunk is written by the big model with probability 1/(switch_ratio+1)",
-    roles=("small", "big"),
+    roles=(Role.SMALL, Role.BIG),
     settings=RandomSwitchSettings,
     templates=(),
+    gives_token_logprobs=True,
     start=start,
     continuous=True,
 )

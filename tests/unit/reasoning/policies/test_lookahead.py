@@ -12,15 +12,16 @@ from engine.data.prompts import load_prompt_set
 from engine.errors import UsageError
 from engine.reasoning.policies.lookahead import LookaheadSettings
 from engine.reasoning.policies.takeover import TakeoverSettings
-from engine.records import ACCEPTED, REPLACED, TAKEN_OVER, WRITTEN, ModelUsage
+from engine.records import ModelUsage, ProblemRecord, StepOutcome
 from tests.fake_openai import FakeOpenAIServer, Reply
-from tests.unit.conftest import run_one_track
-from tests.unit.reasoning.test_track import kind
+from tests.unit.conftest import assert_usage_is_its_costs, run_one_track
 
 PROBLEM = Problem(id="p1", problem="What is 6 * 7?", answer="42", choices=None)
 PROMPTS = load_prompt_set("default")
 SEED = 5
 EQUIVALENCE_PREFIX = PROMPTS.render_equivalence_prefix()
+ACCEPTED, REPLACED = StepOutcome.ACCEPTED, StepOutcome.REPLACED
+KEPT_KEPT_REPLACED_KEPT_KEPT = [ACCEPTED, ACCEPTED, REPLACED, ACCEPTED, ACCEPTED]
 
 
 def index_of(body):
@@ -61,16 +62,26 @@ class Script:
         return self.reply("small", body)
 
     def big(self, body):
-        if body["prompt"].endswith(EQUIVALENCE_PREFIX):
-            index = int(re.findall(r"Step A: d(\d+)", body["prompt"])[-1])
-            digit = str(self.ratings[index])
-            return Reply(text=digit, top_logprobs=[{digit: -0.01}])
-        assert kind(body) == "step"
         return self.reply("big", body)
+
+    def verify(self, body):
+        assert body["prompt"].endswith(EQUIVALENCE_PREFIX)
+        index = int(re.findall(r"Step A: d(\d+)", body["prompt"])[-1])
+        digit = str(self.ratings[index])
+        return Reply(text=digit, top_logprobs=[{digit: -0.01}])
+
+
+def servers(script):
+    """The small model drafts; the big model writes its own steps (and, lookahead's judge, rates)."""
+    rates = {"verify": script.verify} if hasattr(script, "verify") else {}
+    return FakeOpenAIServer(by_purpose={"draft": script.small}), FakeOpenAIServer(
+        by_purpose={"rewrite": script.big, **rates}
+    )
 
 
 async def run(make_models, script, settings, policy="lookahead"):
-    async with FakeOpenAIServer(script.small) as s, FakeOpenAIServer(script.big) as b:
+    small, big = servers(script)
+    async with small as s, big as b:
         models = make_models(big=b, small=s)
         record = await run_one_track(models, PROBLEM, PROMPTS, policy=policy, settings=settings, seed=SEED)
         await s.quiet()  # the servers have seen the closed connections
@@ -90,7 +101,7 @@ async def test_drafts_are_kept_up_to_the_first_mismatch_which_the_big_model_s_st
         "d3 words",
         "d4 words so \\boxed{42}",
     ]
-    assert [s.outcome for s in record.steps] == [ACCEPTED, ACCEPTED, REPLACED, ACCEPTED, ACCEPTED]
+    assert [s.outcome for s in record.steps] == KEPT_KEPT_REPLACED_KEPT_KEPT
     assert [s.writer for s in record.steps] == ["small", "small", "big", "small", "small"]
     assert [(s.detail["round"], s.detail["position"]) for s in record.steps] == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1)]
     assert record.steps[2].draft == "d2 words" and record.finish_reason == "answer"
@@ -104,6 +115,12 @@ async def test_drafts_are_kept_up_to_the_first_mismatch_which_the_big_model_s_st
     assert record.steps[0].wasted == {"big": ModelUsage(5, 2, 1)}
     assert record.steps[2].usage == {"big": ModelUsage(5, 3, 1)}
     assert record.steps[2].wasted == {"small": ModelUsage(5, 2, 2), "big": ModelUsage(0, 0, 1)}
+    cancelled = [c for c in record.steps[2].costs if c.cancelled]
+    assert sorted((c.role, c.purpose, c.server) for c in cancelled) == [
+        ("big", "rewrite", None),
+        ("small", "draft", None),
+    ]
+    assert_usage_is_its_costs(ProblemRecord("r", "d", "p", 0, "t", "q", None, tracks=[record], usage=record.usage))
 
 
 async def test_the_judge_verifier_keeps_a_draft_rated_at_the_threshold_and_replaces_one_below(make_models):
@@ -111,7 +128,7 @@ async def test_the_judge_verifier_keeps_a_draft_rated_at_the_threshold_and_repla
     script = Script(same=set(), ratings={0: 9, 1: 7, 2: 6, 3: 9, 4: 8})
     settings = LookaheadSettings(lookahead_steps=3, verifier="judge", equivalence_threshold=7)
     record, _, _ = await run(make_models, script, settings)
-    assert [s.outcome for s in record.steps] == [ACCEPTED, ACCEPTED, REPLACED, ACCEPTED, ACCEPTED]
+    assert [s.outcome for s in record.steps] == KEPT_KEPT_REPLACED_KEPT_KEPT
     assert [s.score for s in record.steps] == [9.0, 7.0, 6.0, 9.0, 8.0]
     # A kept draft's cost holds the judge's request; the replaced step's holds the big step and judge.
     assert record.steps[0].usage == {"small": ModelUsage(5, 2, 1), "big": ModelUsage(5, 1, 1)}
@@ -147,7 +164,14 @@ async def test_takeover_hands_the_steps_after_a_cue_and_every_nth_step_to_the_bi
     record, _, _ = await run(make_models, policy, settings, policy="takeover")
     # s0; "Wait," at 1 hands 2 and 3 to the big model; the 5th step (index 4) is every 5th; s5 answers.
     assert [s.writer for s in record.steps] == ["small", "small", "big", "big", "big", "small"]
-    assert [s.outcome for s in record.steps] == [WRITTEN, WRITTEN, TAKEN_OVER, TAKEN_OVER, TAKEN_OVER, WRITTEN]
+    assert [s.outcome for s in record.steps] == [
+        StepOutcome.WRITTEN,
+        StepOutcome.WRITTEN,
+        StepOutcome.TAKEN_OVER,
+        StepOutcome.TAKEN_OVER,
+        StepOutcome.TAKEN_OVER,
+        StepOutcome.WRITTEN,
+    ]
     assert [s.detail for s in record.steps] == [
         None,
         {"cue": "Wait"},
@@ -168,14 +192,11 @@ async def test_the_embedding_verifier_keeps_drafts_whose_cosine_reaches_the_thre
         return [vectors[body["input"].split()[0]]]
 
     script = Script(same={0, 1, 3, 4})
-    async with (
-        FakeOpenAIServer(script.small) as s,
-        FakeOpenAIServer(script.big) as b,
-        FakeOpenAIServer([], pooler=embed) as e,
-    ):
+    small, big = servers(script)
+    async with small as s, big as b, FakeOpenAIServer([], pooler=embed) as e:
         models = make_models(big=b, small=s, embedder=e)
         settings = LookaheadSettings(lookahead_steps=3, verifier="embedding", embedding_threshold=0.9)
         record = await run_one_track(models, PROBLEM, PROMPTS, policy="lookahead", settings=settings, seed=SEED)
-    assert [s.outcome for s in record.steps] == [ACCEPTED, ACCEPTED, REPLACED, ACCEPTED, ACCEPTED]
+    assert [s.outcome for s in record.steps] == KEPT_KEPT_REPLACED_KEPT_KEPT
     assert record.steps[2].score == pytest.approx(0.6) and record.steps[0].score == pytest.approx(1.0)
     assert record.steps[0].usage["embedder"].requests == 2

@@ -20,11 +20,11 @@ from engine.reasoning.policies.base import StepContext
 from engine.reasoning.policies.spec import SpecSettings
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.track import track_messages
-from engine.records import ModelUsage
+from engine.records import ModelUsage, ProblemRecord
 from tests.clocks import settled
 from tests.fake_openai import FakeOpenAIServer, Reply
-from tests.unit.conftest import run_one_track
-from tests.unit.reasoning.test_track import ANSWER, kind, score
+from tests.unit.conftest import assert_usage_is_its_costs, run_one_track
+from tests.unit.reasoning.test_track import ANSWER, by_kind, score
 
 PROBLEM = Problem(id="p1", problem="What is 6 * 7?", answer="42", choices=None)
 PROMPTS = load_prompt_set("default")
@@ -70,14 +70,14 @@ class Sim:
         after = never() if index in self.slow_drafts and on_a_draft else self._held("draft", index)
         return self._step(f"draft{index} seed{body.get('seed')} words", index, after)
 
-    def big(self, body):
-        if kind(body) == "score":
+    def big(self, kind, body):
+        if kind == "score":
             index = max(int(i) for i in re.findall(r"draft(\d+)", body["prompt"]))
             self._arrive("score", index)
             if index in self.failing_scores:
                 return Reply(status=400, error_message="scripted bad request", after=self._score_after(index))
             return dataclasses.replace(score(str(self.scores[index])), after=self._score_after(index))
-        if kind(body) == "step":
+        if kind == "step":
             index = self._index(body)
             return self._step(f"rewrite{index} seed{body.get('seed')}", index, None)
         return ANSWER
@@ -110,7 +110,7 @@ STUCK_S = 60
 
 
 async def run(make_models, sim, depth, config=ReasoningConfig()):
-    async with FakeOpenAIServer(sim.small) as s, FakeOpenAIServer(sim.big) as b:
+    async with FakeOpenAIServer(sim.small) as s, FakeOpenAIServer(by_purpose=by_kind(sim.big)) as b:
         models = make_models(big=b, small=s)
         settings = SpecSettings(pipeline_depth=depth)
         async with asyncio.timeout(STUCK_S):
@@ -121,13 +121,25 @@ async def run(make_models, sim, depth, config=ReasoningConfig()):
         return record, s, b
 
 
+def used_costs(costs):
+    """The requests a record used, without their timings: who asked, why, and what they cost."""
+    return sorted((c.role, c.purpose, c.prompt_tokens, c.completion_tokens) for c in costs if not c.wasted)
+
+
 def without_timings_and_waste(record):
     data = dataclasses.asdict(record)
     for name in ("latency_s", "finished_at", "wasted"):
         data.pop(name)
-    for step in data["steps"]:
+    data["costs"] = used_costs(record.costs)
+    for step, kept in zip(data["steps"], record.steps, strict=True):
         step.pop("latency_s"), step.pop("wasted")
+        step["costs"] = used_costs(kept.costs)
     return data
+
+
+def pipelined_record(track):
+    """A problem record holding one track (what `assert_usage_is_its_costs` reads)."""
+    return ProblemRecord("r", "d", "p", 0, "test", "q", None, tracks=[track], usage=track.usage)
 
 
 def speculations_left():
@@ -155,6 +167,8 @@ async def test_a_pipelined_track_writes_the_record_of_the_sequential_one(make_mo
     assert pipelined.steps[1].wasted["small"].requests >= 1 and pipelined.steps[4].wasted["small"].requests >= 1
     assert pipelined.wasted["small"].requests == sum(s.wasted["small"].requests for s in pipelined.steps if s.wasted)
     assert len(small.requests) - len(seq_small.requests) == pipelined.wasted["small"].requests
+    # each request thrown away has its entry, counted in `wasted` where it was thrown away
+    assert_usage_is_its_costs(pipelined_record(pipelined))
     # nothing was drafted past the step that states the answer
     assert max(Sim(SCORES)._index(body) for body in small.requests) == 5
 
@@ -204,7 +218,7 @@ async def test_a_track_that_fails_cancels_the_work_ahead_and_counts_it(make_mode
 
 async def test_a_cancelled_track_leaves_no_request_behind(make_models):
     sim = Sim(dict.fromkeys(range(6), 9), held_scores=True)
-    async with FakeOpenAIServer(sim.small) as s, FakeOpenAIServer(sim.big) as b:
+    async with FakeOpenAIServer(sim.small) as s, FakeOpenAIServer(by_purpose=by_kind(sim.big)) as b:
         models = make_models(big=b, small=s)
         task = asyncio.create_task(
             run_one_track(models, PROBLEM, PROMPTS, settings=SpecSettings(pipeline_depth=2), seed=SEED)
@@ -223,7 +237,7 @@ async def test_a_cancelled_track_leaves_no_request_behind(make_models):
 
 async def test_a_step_whose_context_differs_from_the_one_drafted_for_is_drafted_afresh(make_models):
     sim = Sim(dict.fromkeys(range(6), 9))
-    async with FakeOpenAIServer(sim.small) as s, FakeOpenAIServer(sim.big) as b:
+    async with FakeOpenAIServer(sim.small) as s, FakeOpenAIServer(by_purpose=by_kind(sim.big)) as b:
         models = make_models(big=b, small=s)
         config = ReasoningConfig()
         policy = POLICIES["spec"].start(SpecSettings(pipeline_depth=1), models, PROMPTS, config)

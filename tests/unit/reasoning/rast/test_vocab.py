@@ -1,4 +1,4 @@
-"""The token space RAST's models share, RAST's runner flags, and the server flags it needs."""
+"""The token space RAST's models share, and the server flags it needs."""
 
 import pytest
 from tokenizers import Tokenizer, models
@@ -6,8 +6,6 @@ from transformers import PreTrainedTokenizerFast
 
 from engine.errors import UsageError
 from engine.reasoning.rast.vocab import rast_server_args, shared_token_space
-from engine.run.flags import ArgumentParser, add_run_arguments, run_groups
-from runners.rast import own_flags
 from tests.unit.conftest import WORDS, chatml_tokenizer
 
 
@@ -42,26 +40,3 @@ def test_servers_get_raw_logprobs_enough_of_them_and_vllm_sampling_defaults():
     assert args[args.index("--logprobs-mode") + 1] == "raw_logprobs"
     assert args[args.index("--max-logprobs") + 1] == "640"
     assert args[args.index("--generation-config") + 1] == "vllm"
-
-
-def rast_args(argv):
-    parser = ArgumentParser()
-    groups = run_groups(parser)
-    apply = own_flags(groups["data"])
-    add_run_arguments(parser, "rast", groups)
-    args = parser.parse_args(argv)
-    apply(args)
-    return args
-
-
-def test_rast_dataset_names_and_num_runs_become_spectra_flags():
-    args = rast_args(["--dataset", "MATH", "--num_runs", "32", "--gamma", "4"])
-    assert (args.dataset_name, args.repeat_id, args.gamma) == ("math500", "0-31", 4)
-    assert args.dataset is None and args.num_runs is None  # consumed
-    assert rast_args(["--dataset", "aime"]).dataset_name == "aime24"
-    with pytest.raises(UsageError, match="--dataset Olympiad has no spectra preset"):
-        rast_args(["--dataset", "Olympiad"])
-    with pytest.raises(UsageError, match="--num_runs must be at least 1"):
-        rast_args(["--num_runs", "0"])
-    with pytest.raises(UsageError, match="give one of them"):
-        rast_args(["--num_runs", "2", "--repeat_id", "0"])

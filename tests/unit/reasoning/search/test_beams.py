@@ -18,7 +18,6 @@ from engine.reasoning.judges.prm import PRMScorer
 from engine.reasoning.search.beams import (
     STEP_DELIMITER,
     Beam,
-    Sampling,
     Searcher,
     SearchSettings,
     completion_tracks,
@@ -35,7 +34,7 @@ from engine.run.execute import execute
 from engine.run.scheduler import Scheduler, WorkItem
 from engine.serving.chat import ChatFormat, Message
 from engine.serving.client import ModelClient
-from engine.serving.models import Model
+from engine.serving.models import Model, Purpose, request_seed
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import FAST_LIMITS, chatml_tokenizer
 
@@ -83,16 +82,15 @@ async def search(world: World, settings: SearchSettings, strategy, keys, gate_in
     ):
         chat = ChatFormat(chatml_tokenizer(), thinking=False)
         scorer = PRMScorer(Model("prm", ModelClient(session, "prm", [prm.url], FAST_LIMITS), chat))
+        writer = Model("small", ModelClient(session, "policy", [policy.url], FAST_LIMITS), chat)
         searcher = Searcher(
-            client=ModelClient(session, "policy", [policy.url], FAST_LIMITS),
-            chat=chat,
+            writer=writer.for_track(seed=0),
             scorer=scorer,
             messages=MESSAGES,
             problem="What is 1 + 1?",
             settings=settings,
-            sampling=Sampling(seed=0),
         )
-        world.seeds = {searcher.request_seed((*key, 0)): key for key in keys}
+        world.seeds = {request_seed(0, Purpose.SEARCH, key=(*key, 0)): key for key in keys}
         beams = await strategy(searcher)
         return beams, searcher, policy.peak_in_flight
 
@@ -121,7 +119,7 @@ async def test_beam_search_prunes_to_n_over_width_and_keeps_first_n_completed():
     texts = [[s.split(" ")[0].strip() for s in b.steps] for b in beams]
     assert texts == [["a1", "b2"], ["a3", "b1", "c0"], ["a3", "b3", "c1"], ["a3", "b1", "c2"]]
     assert [b.scores for b in beams][2] == [0.9, 0.4, 0.95]
-    tracks = completion_tracks(beams, mode="beam_search", how="last")
+    tracks = completion_tracks(beams, how="last")
     assert [t.score for t in tracks] == [0.6, 0.3, 0.95, 0.5]
     # Only the last iteration runs to the end of the sequence; the others stop at the delimiter.
     stops = {key[1]: stop for key, stop in world.generated}
@@ -227,7 +225,7 @@ async def test_beam_search_scores_the_whole_text_by_paragraph_and_the_reference_
         assert ["a0", ""] in world.scored, "iteration 0 scored each step and the empty paragraph after it"
     assert [b.scores for b in beams] == final_scores
     assert [b.step_scores for b in beams][0] == [[final_scores[0][0]], final_scores[0][1:]]
-    tracks = completion_tracks(beams, mode="beam_search", how="min")
+    tracks = completion_tracks(beams, how="min")
     second = tracks[0].steps[1]
     assert second.score == final_scores[0][2] and second.detail == {"paragraph_scores": final_scores[0][1:]}
     assert [t.score for t in tracks] == [min(f) for f in final_scores]
@@ -285,7 +283,7 @@ async def test_best_of_n_scores_whole_solutions_step_by_step_in_sampling_order()
     beams, searcher, _ = await search(world, SearchSettings(n=3), best_of_n, steps)
     assert [b.steps for b in beams][1] == ["s1 x\n\n", "r1 \\boxed{1}"]
     assert [b.scores for b in beams] == [[0.1, 0.2], [0.3, 0.9], [0.99, 0.4]]
-    tracks = completion_tracks(beams, mode="best_of_n", how="last")
+    tracks = completion_tracks(beams, how="last")
     assert [t.answer for t in tracks] == ["0", "1", "2"]
     assert max(tracks, key=lambda t: t.score).answer == "1"
     assert all(stop is None for _, stop in world.generated), "one request per solution, to the end"

@@ -83,13 +83,16 @@ class Traces:
         return Reply(text=text, tokens=tokens, top_logprobs=top, stop_reason="\n\n")
 
 
-async def solve(make_models, traces, settings):
+STEPWISE = SingleModelSettings(stepwise=True)
+
+
+async def solve(make_models, traces, settings, policy="small", policy_settings=STEPWISE):
     config = RunConfig(
         runner="test",
         output_dir="unused",
         models={"small": ModelConfig("small"), "big": ModelConfig("big")},
-        policy="small",
-        policy_settings=SingleModelSettings(stepwise=True),
+        policy=policy,
+        policy_settings=policy_settings,
         strategy="deepconf",
         strategy_settings=settings,
         reasoning=ReasoningConfig(seed=0),
@@ -117,6 +120,21 @@ async def test_offline_keeps_the_most_confident_traces_and_weighs_their_votes(ma
         make_models, Traces(traces.answers, traces.confidences), DeepConfSettings(deepconf_traces=4, deepconf_keep=90)
     )
     assert wide.answer == "7" and wide.votes == {"7": 3.0, "8": 2.5} and wide.details["kept"] == [0, 1, 2, 3]
+
+
+async def test_a_splitreason_policy_gives_deepconf_the_confidences_of_its_chunks(make_models):
+    # SplitReason's requests once dropped the track's logprobs request: no trace had a confidence
+    # and every DeepConf answer was None. The server answers logprobs only when asked for them.
+    def chunk(body):
+        text = "so \\boxed{7}"
+        asked = body.get("logprobs")
+        return Reply(text=text, top_logprobs=[{t: -0.5, "#": -1.5} for t in text] if asked else None)
+
+    settings = DeepConfSettings(deepconf_traces=4, deepconf_keep=50)
+    record = await solve(make_models, chunk, settings, policy="random_switch", policy_settings=None)
+    assert record.answer == "7" and record.votes == {"7": 2.0}
+    steps = [s for t in record.tracks for s in t.steps]
+    assert steps and all(s.token_confidence == [1.0] * s.tokens for s in steps)
 
 
 async def test_the_sampled_tokens_logprobs_can_be_measured_instead_and_weigh_by_their_probability(make_models):

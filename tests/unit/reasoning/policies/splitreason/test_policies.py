@@ -15,7 +15,9 @@ from engine.reasoning.policies.splitreason.random_switch import RandomSwitchPoli
 from engine.reasoning.policies.splitreason.spec_reason import _token_prefixes
 from engine.reasoning.seeds import track_seed
 from engine.reasoning.settings import ReasoningConfig
+from engine.records import RequestCost
 from engine.serving.client import Choice, Completion
+from engine.serving.models import Reply as HandleReply
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import run_one_track
 
@@ -353,6 +355,11 @@ async def test_spec_reason_span_stops_at_the_budget(make_models):
     assert record.finish_reason == "budget" and record.thinking_tokens == 10
 
 
+def replied(completion):
+    """`completion` as the model handle returns it."""
+    return HandleReply(completion, RequestCost("big", "rewrite", completion.endpoint, completion.model))
+
+
 @pytest.mark.parametrize(
     ("text", "tokens", "prefixes"),
     [
@@ -367,7 +374,7 @@ async def test_spec_reason_span_stops_at_the_budget(make_models):
 )
 def test_probe_cut_points_follow_the_text_through_vllm_s_token_strings(text, tokens, prefixes):
     completion = Completion([Choice(text=text, tokens=tokens)], "m", "u", 1, len(tokens), 0.0, None)
-    assert _token_prefixes(completion) == prefixes
+    assert _token_prefixes(replied(completion)) == prefixes
 
 
 def test_subselect_reads_logprobs_by_token_id():
@@ -376,9 +383,9 @@ def test_subselect_reads_logprobs_by_token_id():
     completion = Completion(
         [Choice(text="aa", tokens=["token_id:5", "token_id:7"], top_logprobs=tops)], "m", "u", 1, 2, 0.0, None
     )
-    assert mean_logprob(completion) == -2.0
+    assert mean_logprob(replied(completion)) == -2.0
     lost = Completion(
         [Choice(text="a", tokens=["token_id:5"], top_logprobs=[{"token_id:9": -0.1}])], "m", "u", 1, 1, 0.0, None
     )
     with pytest.raises(ServerError, match="do not list the token"):
-        mean_logprob(lost)
+        mean_logprob(replied(lost))

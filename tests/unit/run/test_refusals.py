@@ -1,0 +1,196 @@
+"""What would change nothing or cannot work is refused before any server starts: one line naming
+the flag and what would make it apply, exit code 2, nothing written."""
+
+import ast
+import importlib
+
+import pytest
+
+from engine.run.execute import roles_needed
+from tests.paths import REPO_ROOT
+from tests.unit.run.runner_commands import config_of
+
+# Models at an address nothing serves: a run that is not refused fails fast there, starting nothing.
+NOWHERE = "http://127.0.0.1:9"
+BIG = ["--big_model", "big-model", "--big_url", NOWHERE]
+SMALL = ["--small_model", "small-model", "--small_url", NOWHERE]
+BOTH = [*BIG, *SMALL]
+SEARCH = [*SMALL, "--prm_model", "prm-model", "--prm_url", NOWHERE]
+RAST = [
+    f"--{role}_{x}={v}" for role in ("base", "positive", "negative") for x, v in (("model", role), ("url", NOWHERE))
+]
+
+
+def refusal(capsys, tmp_path, runner, *argv):
+    """The one error line of `python -m runners.<runner> ARGV` (`spectra` for the front door)."""
+    out = tmp_path / "out"
+    main = importlib.import_module(f"runners.{runner}").main
+    try:
+        code = main([*argv, "--output_dir", str(out), "--no_progress"])
+    except SystemExit as exited:  # argparse's own refusals
+        code = exited.code
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1, (code, errors)
+    assert not out.exists(), "a refused run must write nothing"
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("runner", "argv", "message"),
+    [
+        # a policy chosen for a strategy that writes its own steps
+        (
+            "spectra",
+            ["run", *SEARCH, "--strategy", "beam_search", "--policy", "spec", "--score_threshold", "5"],
+            "--policy spec changes nothing: strategy beam_search runs no step policy (it writes its own steps); "
+            "drop it, or choose a strategy that runs one (vote, deepconf)",
+        ),
+        ("search", [*SEARCH, "--policy", "small"], "--policy small changes nothing: strategy best_of_n runs no"),
+        ("base", [*RAST, "--strategy", "rast", "--model", "big"], "--model big changes nothing"),
+        ("split", [*BOTH, "--spec_reason", "--strategy", "dvts"], "--spec_reason changes nothing: strategy dvts"),
+        ("search", [*SEARCH, "--score_threshold", "5"], "--score_threshold belongs to policy spec, and strategy"),
+        ("search", [*SEARCH, "--probe_every", "64"], "--probe_every probes the tracks of a step policy"),
+        # a model the run does not call
+        ("spec", [*BOTH, "--prm_model", "prm"], "--prm_model is for the prm model, which this run (spec, vote) does"),
+        ("spec", [*BOTH, "--embedder_url", "http://127.0.0.1:9"], "--embedder_url is for the embedder model"),
+        (
+            "base",
+            [*BOTH],
+            "--small_model is for the small model, which this run (big, vote) does not call: drop it, or",
+        ),
+        ("base", ["--model", "small", *BOTH], "--big_model is for the big model"),
+        ("scale", [*BIG, "--small_tokenizer", "t"], "--small_tokenizer is for the small model"),
+        ("search", [*SEARCH, *BIG], "--big_model is for the big model"),
+        ("search", [*SEARCH, "--scorer", "judge", *BIG], "--prm_model is for the prm model"),
+        ("split", [*BOTH, "--big_model_only"], "--small_model is for the small model"),
+        ("rast", [*RAST, *BOTH], "--big_model is for"),
+        # a flag of another runner, or of a runner's own choosing
+        (
+            "spec",
+            [*BOTH, "--approach", "dvts"],
+            "--approach is a flag of runners.search; with runner spec use --strategy dvts",
+        ),
+        (
+            "spec",
+            [*BOTH, "--dataset", "MATH"],
+            "--dataset is a flag of runners.rast; with runner spec use --dataset_name",
+        ),
+        (
+            "scale",
+            [*BIG, "--num_runs", "4"],
+            "--num_runs is a flag of runners.rast; with runner scale use --num_repeats 4",
+        ),
+        (
+            "search",
+            [*SEARCH, "--model", "small"],
+            "--model has no effect in search (it picks the model of runners base",
+        ),
+        ("split", [*BOTH, "--spec_reason", "--model", "big"], "--model has no effect in split"),
+        # no abbreviations
+        ("spec", [*BOTH, "--score_thr", "5"], "unrecognized arguments: --score_thr 5"),
+        ("spectra", ["run", *BOTH, "--strat", "vote"], "unrecognized arguments: --strat vote"),
+    ],
+)
+def test_what_would_change_nothing_or_cannot_work_is_refused(capsys, tmp_path, runner, argv, message):
+    assert message in refusal(capsys, tmp_path, runner, *argv)
+
+
+def test_the_flags_a_run_calls_a_model_for_are_taken():
+    # the big model is not demanded by a search that judges with the PRM
+    assert roles_needed(config_of("spec", "--strategy", "beam_search")) == ["prm", "small"]
+    # --answer_phase with --answer_model pulls in that model
+    answered = config_of("base", "--model", "small", "--answer_phase", "--answer_model", "big")
+    assert set(answered.models) == {"big", "small"}
+    assert set(config_of("search", "--scorer", "judge").models) == {"big", "small"}
+    assert set(config_of("search").models) == {"prm", "small"}
+
+
+def test_a_search_scoring_with_a_prm_needs_one(capsys, tmp_path):
+    line = refusal(capsys, tmp_path, "search", *SMALL)
+    assert "this run needs the prm model: give --prm_model" in line
+
+
+def test_a_data_file_given_alone_is_the_data_set(capsys, tmp_path):
+    data = tmp_path / "problems.jsonl"
+    data.write_text('{"id": 0, "problem": "1+1?", "answer": "2"}\n')
+    config = config_of("spec", "--data_file", str(data))
+    assert (config.data.dataset_name, config.data.data_file) == (str(data), None)
+    assert config_of("spec", "--dataset_name", "aime24", "--data_file", str(data)).data.data_file == str(data)
+    # without models it is still the data set, which the toy demo models cannot run
+    line = refusal(capsys, tmp_path, "spec", "--data_file", str(data))
+    assert f"--dataset_name {data} needs real models" in line and "built in" not in line
+
+
+def test_no_parser_takes_an_abbreviated_flag():
+    """Every argparse parser of the product is made with allow_abbrev=False, or is spectra's own
+    ArgumentParser (engine.run.flags), whose default it is."""
+    lax = []
+    for folder in ("engine", "evaluators", "runners", "benchmarks"):
+        for path in (REPO_ROOT / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            own = any(
+                (isinstance(node, ast.ImportFrom) and node.module == "engine.run.flags")
+                and "ArgumentParser" in [alias.name for alias in node.names]
+                or (isinstance(node, ast.ClassDef) and node.name == "ArgumentParser")
+                for node in ast.walk(tree)
+            )
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Call) or not ast.unparse(node.func).endswith("ArgumentParser"):
+                    continue
+                keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                if keywords.get("allow_abbrev") != "False" and not (own and isinstance(node.func, ast.Name)):
+                    lax.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not lax, lax
+
+
+def test_recipes_and_evaluators_refuse_abbreviations(capsys, tmp_path):
+    from engine.data.recipes import parse_with_recipe
+    from engine.run.flags import ArgumentParser
+    from evaluators.evaluate import main as evaluate
+    from runners.spectra import main as spectra
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("n: 4\n")
+    parser = ArgumentParser()
+    parser.add_argument("--config")
+    parser.add_argument("--n", type=int)
+    with pytest.raises(SystemExit):
+        parse_with_recipe(parser, ["--conf", str(recipe)])
+    assert "unrecognized arguments: --conf" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        evaluate([str(tmp_path), "--basel", str(tmp_path)])
+    assert exited.value.code == 2 and "unrecognized arguments: --basel" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        spectra(["methods", "--js"])
+    assert exited.value.code == 2 and "unrecognized arguments: --js" in capsys.readouterr().err
+
+
+def test_a_pair_the_specs_say_cannot_work_is_refused(capsys, tmp_path, monkeypatch):
+    # Every shipped policy gives token logprobs; one that gives none must be refused under DeepConf.
+    import dataclasses
+
+    from engine.reasoning.policies import POLICIES
+
+    monkeypatch.setitem(POLICIES, "big", dataclasses.replace(POLICIES["big"], gives_token_logprobs=False))
+    line = refusal(capsys, tmp_path, "spectra", "run", *BIG, "--strategy", "deepconf", "--policy", "big")
+    assert "strategy deepconf needs token logprobs, and policy big gives none: choose a policy that does" in line
+
+
+@pytest.mark.parametrize(
+    ("runner", "argv", "message"),
+    [
+        (
+            "rast",
+            [*RAST, "--token_budget", "100"],
+            "--token_budget changes nothing: strategy rast runs no step policy and reads only --seed, --top_p",
+        ),
+        ("search", [*SEARCH, "--answer_phase"], "--answer_phase changes nothing: strategy best_of_n runs no step"),
+    ],
+)
+def test_a_track_flag_a_strategy_without_policy_does_not_read_is_refused(capsys, tmp_path, runner, argv, message):
+    assert message in refusal(capsys, tmp_path, runner, *argv)
+
+
+def test_the_track_flags_a_search_reads_are_accepted():
+    config = config_of("search", "--temperature", "0.7", "--top_p", "0.9", "--max_step_tokens", "99", "--seed", "5")
+    assert (config.reasoning.temperature, config.reasoning.top_p, config.reasoning.max_step_tokens) == (0.7, 0.9, 99)
