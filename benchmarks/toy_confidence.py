@@ -12,7 +12,7 @@ from benchmarks.toy_speed import Mode
 from engine.data.answers import is_correct
 from engine.reasoning.confidence import trace_confidence, trace_tokens
 from engine.records import ProblemRecord
-from evaluators.metrics import auc
+from evaluators.metrics import within_group_auc
 
 SMALL16 = ("--model", "small", "--stepwise")
 DEEPCONF16 = (*SMALL16, "--strategy", "deepconf", "--deepconf_traces", "16")
@@ -37,7 +37,7 @@ def within_problem_auc(
     """The chance that a right answered trace of a problem is more confident (DeepConf's `measure`)
     than a wrong answered one of the same problem (ties count half), and the number of such pairs:
     whether confidence can pick among a problem's traces, which is all DeepConf asks of it."""
-    pairs = wins = 0.0
+    groups = []
     for record in records:
         right, wrong = [], []
         for track in record.tracks:
@@ -45,10 +45,8 @@ def within_problem_auc(
             if track.answer is not None and tokens:
                 right_answer = is_correct(track.answer, record.reference_answer)
                 (right if right_answer else wrong).append(trace_confidence(tokens, measure, window))
-        if right and wrong:
-            pairs += len(right) * len(wrong)
-            wins += auc(right, wrong) * len(right) * len(wrong)
-    return (wins / pairs if pairs else None), int(pairs)
+        groups.append((right, wrong))
+    return within_group_auc(groups)
 
 
 def confidence_rows(figures: dict, records: dict[str, list[ProblemRecord]], commands: dict[str, str]) -> list:

@@ -1,6 +1,6 @@
 """The toy world (issue 13): do speculation, judging and voting work, measured end to end on vLLM-CPU.
 
-    python -m benchmarks.toy_world [--rows accuracy,confidence,search,speed] [--problems 200] [--speed_problems 100]
+    python -m benchmarks.toy_world [--rows accuracy,confidence,search,prm,speed] [--problems 200] [--speed_problems 100]
 
 Serves the trained toy pair (`spectra make-toy-models`) with vLLM-CPU in float32, the big model as
 the costly big model (its function, at a big model's cost per token; issue 19), runs each mode
@@ -19,6 +19,9 @@ N = 1, 4 and 16, each judged step by step by the big model (`--scorer judge`) an
 over the first k completions, as search-and-learn subsamples one N = 256 run. With
 `--prm_split real_last`: the reference's empty last step is a PRM's habit; a judge asked about an
 empty step has nothing to rate. Target: naive@16 and weighted@16 at least 20 points above one sample.
+
+The toy process reward model (issue 32, `--rows prm`, `benchmarks.toy_prm`): its separation of the
+small model's steps, and the same searches scored by it (`--scorer prm`) instead of the big model.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from pathlib import Path
 import aiohttp
 
 from benchmarks.toy_confidence import CONFIDENCE_MODES, confidence_rows
+from benchmarks.toy_prm import PRM_SEARCH_MODES, prm_rows, prm_step_scores, separation
+from benchmarks.toy_search import SEARCH_MODES, search_rows
 from benchmarks.toy_speed import SPEED_MODES, THROUGHPUT_MODES, Mode, calibrate, speed_rows
 from engine import loop
 from engine.data.answers import is_correct
@@ -45,7 +50,7 @@ from engine.reasoning.judges.specreason import JudgeScorer
 from engine.records import ProblemRecord
 from engine.run.config import ModelConfig, RunConfig
 from engine.run.configure import config_of_command, roles_of_command
-from engine.run.execute import execute
+from engine.run.execute import ROLE_SERVER_ARGS, execute
 from engine.run.flags import parse_run_flags
 from engine.serving.chat import Message, load_chat_format
 from engine.serving.client import ModelClient
@@ -53,9 +58,9 @@ from engine.serving.models import Model
 from engine.serving.servers import serve_models
 from engine.serving.vllm_command import ServerSpec
 from engine.toy.task import held_out_problems, judge_label
+from engine.toy.tiny_prm import prm_server_args
 from engine.toy.trained import MAX_POSITIONS, make_toy_models
 from evaluators.metrics import auc
-from evaluators.search import Completions, selections_at_k
 
 # No per-request seeds: vLLM-CPU 0.32's engine dies on seeded sampling under load ("CPU Generator does
 # not use offset" in _bookkeeping_sync), and SpecReason sends none either.
@@ -63,9 +68,10 @@ JUDGE_CONCURRENCY = 16
 PROMPT_SET = "default"
 
 
+SMALL_ALONE = Mode("small", "base", ("--model", "small"))
 MODES = (
     Mode("big", "base", ("--model", "big")),
-    Mode("small", "base", ("--model", "small")),
+    SMALL_ALONE,
     Mode("spec", "spec", ("--score_threshold", "7")),
     # Issue 14's comparison on real servers: the same spec, drafting one step ahead.
     Mode("spec_pipeline_depth1", "spec", ("--score_threshold", "7", "--pipeline_depth", "1")),
@@ -88,61 +94,6 @@ MODES = (
         ),
     ),
 )
-
-
-SEARCH_FLAGS = ("--scorer", "judge", "--agg_strategy", "min", "--prm_split", "real_last", "--beam_width", "4")
-SEARCH_MODES = (
-    Mode("best_of_n16", "search", ("--approach", "best_of_n", "--n", "16", *SEARCH_FLAGS)),
-    *(
-        Mode(f"beam_search{n}", "search", ("--approach", "beam_search", "--n", str(n), *SEARCH_FLAGS))
-        for n in (1, 4, 16)
-    ),
-    Mode("dvts16", "search", ("--approach", "dvts", "--n", "16", *SEARCH_FLAGS)),
-)
-SEARCH_KS = (1, 4, 16)
-# What one sample scores: the first completion of best-of-N, a plain sample of the small model.
-SEARCH_GAIN = 0.20
-
-
-def search_accuracy(records: list[ProblemRecord], k: int) -> dict[str, float]:
-    """naive@k, weighted@k, maj@k and pass@k over the first k completions of each record."""
-    outcomes = []
-    for r in records:
-        answers = [t.answer for t in r.tracks]
-        correct = [is_correct(a, r.reference_answer) for a in answers]
-        completions = Completions(answers, [t.score or 0.0 for t in r.tracks], correct, multiple_choice=False)
-        outcomes.append(selections_at_k(completions, k))
-    return {s: sum(o[s] for o in outcomes) / len(outcomes) for s in ("naive", "weighted", "maj", "pass")}
-
-
-def search_rows(records: dict[str, list[ProblemRecord]], problems: int, out: Path) -> list:
-    one = search_accuracy(records["best_of_n16"], 1)["naive"]
-    rows = [("search: one sample (best-of-N's first)", f"{one:.1%}", "baseline", "", "")]
-    for mode in SEARCH_MODES:
-        if mode.name.startswith("beam_search"):
-            n = int(mode.name.removeprefix("beam_search"))
-            ks = [n]
-        else:
-            n, ks = 16, list(SEARCH_KS)
-        for k in ks:
-            acc = search_accuracy(records[mode.name], k)
-            figures = ", ".join(f"{s}@{k} {acc[s]:.1%}" for s in ("naive", "weighted", "maj", "pass"))
-            target, verdict = "for the record", ""
-            if k == 16:
-                gain = min(acc["naive"], acc["weighted"]) - one
-                target = f"naive, weighted >= {one + SEARCH_GAIN:.1%}"
-                verdict = "PASS" if gain >= SEARCH_GAIN else "MISS"
-            tokens = sum(u.completion_tokens for r in records[mode.name] for u in r.usage.values()) / problems
-            rows.append(
-                (
-                    f"{mode.name} @{k}",
-                    f"{figures} ({tokens:.0f} tokens/problem)",
-                    target,
-                    verdict,
-                    command(mode, problems, out),
-                )
-            )
-    return rows
 
 
 @dataclass
@@ -206,6 +157,7 @@ def command(mode: Mode, problems: int, out: Path) -> str:
     shown = {
         "big": ModelConfig(model="BIG", urls=("BIG_URL",)),
         "small": ModelConfig(model="SMALL", urls=("SMALL_URL",)),
+        "prm": ModelConfig(model="PRM", urls=("PRM_URL",)),
     }
     return f"python -m runners.{mode.runner} " + " ".join(mode_argv(mode, shown, problems, out))
 
@@ -244,7 +196,7 @@ async def judge_auc(records: list[ProblemRecord], big: ModelConfig, url: str) ->
     return auc(right, wrong), len(right), len(wrong)
 
 
-ROW_GROUPS = ("accuracy", "confidence", "search", "speed")
+ROW_GROUPS = ("accuracy", "confidence", "search", "prm", "speed")
 
 
 def row_groups(text: str) -> tuple[str, ...]:
@@ -265,22 +217,31 @@ TASK_VARIANTS = {"slips": "small", "lost": "small_lost"}
 async def measure(
     groups: tuple[str, ...], problems: int, speed_problems: int, out: Path, models_dir: Path, variant: str = "slips"
 ) -> list[tuple[str, ...]]:
-    """Serve the small model of the task `variant`, the costly big (as "big") and the trained big
-    model and measure the row `groups`: accuracy, confidence and search modes on `problems`
-    problems, the speed modes (after calibrating the models' costs) on `speed_problems`."""
+    """Serve the small model of the task `variant`, the costly big (as "big"), the trained big
+    model and, for the `prm` rows, the toy PRM, and measure the row `groups`: accuracy, confidence,
+    search and PRM modes on `problems` problems, the speed modes (after calibrating the models'
+    costs) on `speed_problems`."""
     toy = make_toy_models(models_dir)
     served = {"big": toy.costly_big, "small": getattr(toy, TASK_VARIANTS[variant]), "trained_big": toy.big}
+    if "prm" in groups:
+        served["prm"] = toy.prm
+    # The PRM as spectra starts one: step pooling at its tag, no prefix cache.
+    extra = {"prm": (*ROLE_SERVER_ARGS["prm"], *prm_server_args(toy.prm))}
     specs = [
-        ServerSpec(name=name, model=str(path), dtype="float32", max_model_len=MAX_POSITIONS)
+        ServerSpec(
+            name=name, model=str(path), dtype="float32", max_model_len=MAX_POSITIONS, extra_args=extra.get(name, ())
+        )
         for name, path in served.items()
     ]
     group_modes = {
         "accuracy": [(m, problems) for m in MODES],
         "confidence": [(m, problems) for m in CONFIDENCE_MODES],
         "search": [(m, problems) for m in SEARCH_MODES],
+        # The small model's own steps (`small`, as the judge's AUC reads them), then the searches.
+        "prm": [(SMALL_ALONE, problems), *((m, problems) for m in PRM_SEARCH_MODES)],
         "speed": [(m, speed_problems) for m in (*SPEED_MODES, *THROUGHPUT_MODES)],
     }
-    plan = [pair for group in groups for pair in group_modes[group]]
+    plan = list(dict.fromkeys(pair for group in groups for pair in group_modes[group]))
     results: dict[str, Figures] = {}
     wall_s: dict[str, float] = {}
     records: dict[str, list[ProblemRecord]] = {}
@@ -298,6 +259,8 @@ async def measure(
             print(f"measured {mode.name}", file=sys.stderr, flush=True)
         if "accuracy" in groups:
             auc_value, n_right, n_wrong = await judge_auc(records["small"], models["big"], running["big"].url)
+        if "prm" in groups:
+            prm_figures = separation(await prm_step_scores(records["small"], models["prm"]))
     rows: list[tuple[str, ...]] = []
     for group in groups:
         commands = {m.name: command(m, count, out) for m, count in group_modes[group]}
@@ -306,7 +269,10 @@ async def measure(
         elif group == "confidence":
             rows += confidence_rows(results, records, commands)
         elif group == "search":
-            rows += search_rows(records, problems, out)
+            rows += search_rows(records, problems, commands, SEARCH_MODES)
+        elif group == "prm":
+            rows += prm_rows(prm_figures, commands["small"])
+            rows += search_rows(records, problems, commands, PRM_SEARCH_MODES)
         else:
             rows += speed_rows(results, costs, wall_s, commands)
     return rows

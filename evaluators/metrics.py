@@ -143,3 +143,15 @@ def auc(positives: list[float], negatives: list[float]) -> float | None:
         below += neg
         i = j
     return wins / (len(positives) * len(negatives))
+
+
+def within_group_auc(groups: list[tuple[list[float], list[float]]]) -> tuple[float | None, int]:
+    """The AUC over pairs of a positive and a negative of the same group (each group's AUC weighted
+    by its pairs), and the number of such pairs: whether the scores rank within a group, as a
+    method that picks among one problem's candidates needs; None without any pair."""
+    pairs = wins = 0.0
+    for positives, negatives in groups:
+        if positives and negatives:
+            pairs += len(positives) * len(negatives)
+            wins += auc(positives, negatives) * len(positives) * len(negatives)
+    return (wins / pairs if pairs else None), int(pairs)

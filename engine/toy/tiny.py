@@ -198,14 +198,16 @@ def build_model(
 
 
 @contextlib.contextmanager
-def building(model_dir: Path, seed: int) -> Iterator[Path]:
+def building(model_dir: Path, seed: int, *, marker: tuple[str, dict] | None = None) -> Iterator[Path]:
     """A temporary sibling of `model_dir` to write a model into. When the block ends without error
-    the marker is added and it is renamed to `model_dir`, so an interrupted build never looks complete."""
+    the marker (`marker`: its file name and content, else the tiny models' own for `seed`) is added
+    and it is renamed to `model_dir`, so an interrupted build never looks complete."""
+    name, content = marker or (MARKER, {"format": FORMAT_VERSION, "seed": seed})
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
     try:
         yield tmp
-        (tmp / MARKER).write_text(json.dumps({"format": FORMAT_VERSION, "seed": seed}))
+        (tmp / name).write_text(json.dumps(content))
         if model_dir.exists():
             shutil.rmtree(model_dir)
         tmp.rename(model_dir)

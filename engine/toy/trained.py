@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import UsageError
-from engine.toy.tiny import TinySize
+from engine.toy.tiny import TinySize, building
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -54,10 +52,16 @@ SERVED_CHAT_TEMPLATE = (
 )
 
 
-# The small model is weaker by design: fewer, narrower layers (and less training).
+# The toy PRM keeps this many of the trained big model's first layers (engine/toy/weights/TRAINING.md).
+PRM_LAYERS = 6
+
+
+# The small model is weaker by design: fewer, narrower layers (and less training). The process
+# reward model is the big model's width and its first layers (engine/toy/trained_prm.py).
 SIZES = {
     "big": TinySize(hidden=256, heads=4, kv_heads=2, layers=6, intermediate=768),
     "small": TinySize(hidden=192, heads=3, kv_heads=1, layers=3, intermediate=512),
+    "prm": TinySize(hidden=256, heads=4, kv_heads=2, layers=PRM_LAYERS, intermediate=768),
 }
 
 
@@ -69,7 +73,7 @@ COSTLY_BIG_LAYERS = 48
 # The shipped weight files: each file's stem, and the size (architecture) its weights fit. The
 # `small_lost` model is the task variant on which DeepConf's confidence carries signal (issue 22):
 # the small model fine-tuned on traces whose results are random once one has slipped.
-WEIGHTS = {"small": "small", "big": "big", "small_lost": "small"}
+WEIGHTS = {"small": "small", "big": "big", "small_lost": "small", "prm": "prm"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,10 @@ class ToyModels:
     costly_big: Path
     # A small model that is unsure of everything after its first slip (engine/toy/weights/TRAINING.md).
     small_lost: Path
+    # The toy process reward model, served as Qwen2ForProcessRewardModel (engine/toy/trained_prm.py),
+    # and its causal-LM twin, which writes "+" or "-" after a step tag.
+    prm: Path
+    prm_token: Path
 
 
 def toy_config(name: str, tokenizer: PreTrainedTokenizerFast, *, padding: int = 0):
@@ -93,7 +101,8 @@ def toy_config(name: str, tokenizer: PreTrainedTokenizerFast, *, padding: int = 
 
 def make_toy_models(out_dir: Path, *, big_layers: int = COSTLY_BIG_LAYERS) -> ToyModels:
     """Write (or reuse) `out_dir/small`, `out_dir/big`, `out_dir/big-costly` (the trained big model
-    padded to `big_layers` decoder layers) and `out_dir/small-lost` from the shipped weights."""
+    padded to `big_layers` decoder layers), `out_dir/small-lost`, `out_dir/prm` and
+    `out_dir/prm-token` from the shipped weights."""
     out_dir = Path(out_dir)
     trained = SIZES["big"].layers
     if big_layers < trained:
@@ -103,6 +112,8 @@ def make_toy_models(out_dir: Path, *, big_layers: int = COSTLY_BIG_LAYERS) -> To
         big=out_dir / "big",
         costly_big=out_dir / "big-costly",
         small_lost=out_dir / "small-lost",
+        prm=out_dir / "prm",
+        prm_token=out_dir / "prm-token",
     )
     stamp = _stamp()
     # field -> (weights, padding)
@@ -111,21 +122,45 @@ def make_toy_models(out_dir: Path, *, big_layers: int = COSTLY_BIG_LAYERS) -> To
         "big": ("big", 0),
         "costly_big": ("big", big_layers - trained),
         "small_lost": ("small_lost", 0),
+        "prm": ("prm", 0),
+        "prm_token": ("prm", 0),
     }
     stale = {
         field: spec
         for field, spec in folders.items()
         if _marker(getattr(models, field)) != {**stamp, "padding": spec[1]}
     }
-    if not stale:
-        return models
+    for field, (weights, padding) in stale.items():
+        folder, folder_stamp = getattr(models, field), {**stamp, "padding": padding}
+        if field == "prm":
+            _write_prm(folder, folder_stamp)
+        else:
+            _write_model(folder, weights, folder_stamp, padding=padding)
+    return models
+
+
+def _tokenizer(weights: str) -> PreTrainedTokenizerFast:
+    """The toy tokenizer with the served chat template; the PRM's has its step tag too."""
+    if weights == "prm":
+        return prm_tokenizer()
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(TOKENIZER_DIR)
     tokenizer.chat_template = SERVED_CHAT_TEMPLATE
-    for field, (weights, padding) in stale.items():
-        _write_model(getattr(models, field), weights, tokenizer, {**stamp, "padding": padding}, padding=padding)
-    return models
+    return tokenizer
+
+
+def prm_tokenizer() -> PreTrainedTokenizerFast:
+    """The toy tokenizer with `<extra_0>` as one special token and the served chat template."""
+    from transformers import PreTrainedTokenizerFast
+
+    from engine.toy.tiny_prm import STEP_TAG
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(TOKENIZER_DIR)
+    # Replaces the list of additional special tokens, so `<|im_start|>` is named again.
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", STEP_TAG]})
+    tokenizer.chat_template = SERVED_CHAT_TEMPLATE
+    return tokenizer
 
 
 def _stamp() -> dict:
@@ -146,16 +181,20 @@ def _marker(model_dir: Path) -> dict | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
-def _write_model(
-    model_dir: Path, weights: str, tokenizer: PreTrainedTokenizerFast, stamp: dict, *, padding: int = 0
-) -> None:
+def _write_model(model_dir: Path, weights: str, stamp: dict, *, padding: int = 0) -> None:
+    """A causal LM folder: the weights' body and the language-model head tied to its embeddings
+    (a process reward model's own head, `score.*`, is left out)."""
     import torch
     from safetensors.torch import load_file
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
-    name = WEIGHTS[weights]
+    name, tokenizer = WEIGHTS[weights], _tokenizer(weights)
     config = toy_config(name, tokenizer, padding=padding)
-    state = {k: v.to(torch.float32) for k, v in load_file(WEIGHTS_DIR / f"{weights}.safetensors").items()}
+    state = {
+        k: v.to(torch.float32)
+        for k, v in load_file(WEIGHTS_DIR / f"{weights}.safetensors").items()
+        if not k.startswith("score.")
+    }
     if padding:
         state = _padded(state, SIZES[name].layers, padding)
     model = Qwen2ForCausalLM(config)
@@ -166,19 +205,40 @@ def _write_model(
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
-    # Written into a temporary sibling and renamed, so an interrupted build never looks complete.
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
-    try:
+    with building(model_dir, 0, marker=(MARKER, stamp)) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps(stamp))
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        tmp.rename(model_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+
+
+def _write_prm(model_dir: Path, stamp: dict) -> None:
+    """The PRM folder vLLM serves as `Qwen2ForProcessRewardModel`: transformers has no such class,
+    so the shipped tensors (`model.*` and the head `score.*`, the names vLLM loads) are written as they are."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from engine.toy.tiny_prm import ARCHITECTURE
+
+    tokenizer = _tokenizer("prm")
+    config = toy_config("prm", tokenizer)  # two labels, Qwen2Config's default and vLLM's for a PRM
+    config.architectures = [ARCHITECTURE]
+    state = {k: v.to(torch.float32).contiguous() for k, v in load_file(WEIGHTS_DIR / "prm.safetensors").items()}
+    expected = {f"model.{k}" for k in _body_keys(config)} | {
+        f"score.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")
+    }
+    if set(state) != expected:
+        raise RuntimeError(f"toy weights prm do not fit the PRM: {sorted(set(state) ^ expected)[:6]}")
+    with building(model_dir, 0, marker=(MARKER, stamp)) as tmp:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def _body_keys(config) -> set[str]:
+    import torch
+    from transformers import Qwen2Model
+
+    with torch.device("meta"):  # names only, no memory
+        return set(Qwen2Model(config).state_dict())
 
 
 # The layers' parameters whose output enters the residual stream; zeroed, a layer adds exactly 0.0.

@@ -143,21 +143,8 @@ def train(args: argparse.Namespace) -> None:
         model = load_model(settings["model"], tokenizer, Path(args.init), args.device).train()
     else:
         model = new_model(settings["model"], tokenizer, args.seed).to(args.device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    rest = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-        lr=settings["lr"],
-        betas=(0.9, 0.98),
-    )
-    steps, warmup = settings["steps"], 200
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    steps = settings["steps"]
+    optimizer, scheduler = optimizer_and_schedule(model, settings["lr"], Schedule(steps))
     dev = dev_problems()
     history = []
     step = 0
@@ -191,6 +178,33 @@ def train(args: argparse.Namespace) -> None:
             break
     meta = {"settings": settings, "init": args.init, "steps_done": step + 1, "history": history}
     save_outputs(settings["model"], model, out, meta)
+
+
+class Schedule:
+    """The learning rate's factor at a step: a linear warm-up over `warmup` steps, then a cosine
+    down to a tenth at `steps`. During the warm-up the factor does not depend on `steps`, so a run
+    may still fit `steps` to its time then and be reproduced by a run given that many steps."""
+
+    def __init__(self, steps: int, warmup: int = 200):
+        self.steps, self.warmup = steps, warmup
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def optimizer_and_schedule(model, lr: float, schedule: Schedule):
+    """AdamW (weight decay 0.1 on matrices only) and its learning rate following `schedule`."""
+    import torch
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98)
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 def bf16_state(model) -> dict:

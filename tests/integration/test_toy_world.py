@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.toy_search import SEARCH_FLAGS, search_accuracy
 from benchmarks.toy_speed import Mode
-from benchmarks.toy_world import MODES, SEARCH_FLAGS, run_config, search_accuracy, summarize
+from benchmarks.toy_world import MODES, run_config, summarize
 from engine.reasoning.policies.lookahead import EMBEDDER_SERVER_ARGS
 from engine.records import StepOutcome
 from engine.run.config import ModelConfig

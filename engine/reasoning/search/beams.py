@@ -49,7 +49,7 @@ T = TypeVar("T")
 
 
 SCORERS = ("prm", "judge")
-PRM_KINDS = ("auto", "pooling", "token")
+PRM_KINDS = ("auto", "pooling", "token", "tag_token")
 PRM_SPLITS = ("reference", "real_last")
 
 
@@ -69,7 +69,10 @@ class SearchSettings(Settings):
     sort_completed: bool = setting(False, "beam search: keep the top N completed beams, not the first N")
     scorer: str = setting("prm", "prm: the process reward model (--prm_model); judge: the big model's 0-9", SCORERS)
     prm_kind: str = setting(
-        "auto", "pooling (Qwen2.5-Math-PRM style), token (RLHFlow '+'/'-'), auto: from the model's config", PRM_KINDS
+        "auto",
+        "pooling (Qwen2.5-Math-PRM style), token (RLHFlow '+'/'-'), auto: from the model's config; tag_token "
+        "(spectra's): a causal LM writing '+'/'-' after the step tag, a generated token a step, prefix-cached",
+        PRM_KINDS,
     )
     prm_split: str = setting(
         "reference",

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from engine.reasoning.judges.base import StepScorer
-from engine.reasoning.judges.prm import PRMScorer, TokenPRMScorer, prm_kind_of
+from engine.reasoning.judges.prm import PRMScorer, TagTokenPRMScorer, TokenPRMScorer, prm_kind_of
 from engine.reasoning.judges.specreason import EveryStepJudge, JudgeScorer
 from engine.reasoning.search.beams import (
     STEP_DELIMITER,
@@ -107,4 +107,6 @@ async def build_scorer(ctx: SolveContext) -> StepScorer:
     if kind == "auto":
         kind = await asyncio.to_thread(prm_kind_of, ctx.model_ids[Role.PRM])
     prm = ctx.models[Role.PRM]
+    if kind == "tag_token":  # rates the last step: asked about each prefix once, as the judge is
+        return EveryStepJudge(TagTokenPRMScorer(prm))
     return PRMScorer(prm) if kind == "pooling" else TokenPRMScorer(prm)

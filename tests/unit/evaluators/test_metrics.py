@@ -106,3 +106,13 @@ def test_auc_counts_every_positive_negative_pair_and_ties_half():
     assert metrics.auc(positives, negatives) == pytest.approx(by_pairs)
     assert metrics.auc([1.0], [2.0]) == 0.0 and metrics.auc([2.0], [2.0]) == 0.5
     assert metrics.auc([], [1.0]) is None
+
+
+def test_within_group_auc_pairs_only_inside_a_group_weighted_by_its_pairs():
+    # Group a: 2 x 1 pairs, both won; group b: 1 x 2 pairs, one won, one tied; c has no negative.
+    groups = [([0.9, 0.8], [0.1]), ([0.5], [0.2, 0.5]), ([0.0], [])]
+    value, pairs = metrics.within_group_auc(groups)
+    assert pairs == 4 and value == pytest.approx((2 + 1.5) / 4)
+    # Pooled, group c's low positive would lose to every negative; within groups it is never compared.
+    assert metrics.auc([0.9, 0.8, 0.5, 0.0], [0.1, 0.2, 0.5]) < value
+    assert metrics.within_group_auc([([1.0], []), ([], [0.0])]) == (None, 0)

@@ -131,3 +131,10 @@ def test_a_prm_server_spectra_starts_caches_no_prefixes_and_takes_the_users_flag
     config = config_of(["--prm_server_args=--max-model-len 8192 --seed 3"])
     assert _server_args(config, "prm") == ("--no-enable-prefix-caching", "--max-model-len", "8192", "--seed", "3")
     assert _server_args(config, "small") == ()
+
+
+def test_a_prm_read_by_generating_a_token_keeps_the_prefix_cache_it_is_read_for():
+    from engine.run.execute import _server_args
+
+    config = config_of(["--prm_kind", "tag_token", "--prm_server_args=--seed 3"])
+    assert _server_args(config, "prm") == ("--seed", "3")

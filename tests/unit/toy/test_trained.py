@@ -10,20 +10,21 @@ from engine.toy.trained import SIZES, WEIGHTS_DIR, make_toy_models
 def test_make_toy_models_writes_both_models_from_the_shipped_weights(tmp_path, capsys):
     assert main(["make-toy-models", str(tmp_path)]) == 0
     printed = capsys.readouterr().out.split()
-    assert printed == [
-        "big",
-        str(tmp_path / "big"),
-        "small",
-        str(tmp_path / "small"),
-        "costly_big",
-        str(tmp_path / "big-costly"),
-        "small_lost",
-        str(tmp_path / "small-lost"),
-    ]
-    for folder_name, size in (*SIZES.items(), ("small-lost", SIZES["small"])):
+    folders = {
+        "big": "big",
+        "small": "small",
+        "costly_big": "big-costly",
+        "small_lost": "small-lost",
+        "prm": "prm",
+        "prm_token": "prm-token",
+    }
+    assert printed == [word for field, folder in folders.items() for word in (field, str(tmp_path / folder))]
+    causal = (*SIZES.items(), ("small-lost", SIZES["small"]), ("prm-token", SIZES["prm"]))
+    for folder_name, size in causal:
         folder = tmp_path / folder_name
         config = json.loads((folder / "config.json").read_text())
-        assert config["architectures"] == ["Qwen2ForCausalLM"] and config["head_dim"] == 64
+        architecture = "Qwen2ForProcessRewardModel" if folder_name == "prm" else "Qwen2ForCausalLM"
+        assert config["architectures"] == [architecture] and config["head_dim"] == 64
         assert config["num_hidden_layers"] == size.layers and config["hidden_size"] == size.hidden
         assert (folder / "model.safetensors").stat().st_size > 0
         chat = load_chat_format(str(folder))
@@ -33,7 +34,7 @@ def test_make_toy_models_writes_both_models_from_the_shipped_weights(tmp_path, c
     lost, small = (tmp_path / name / "model.safetensors" for name in ("small-lost", "small"))
     assert lost.read_bytes() != small.read_bytes()
     shipped = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
-    assert shipped <= 20 * 1024 * 1024
+    assert shipped <= 32 * 1024 * 1024
     stamp = (tmp_path / "big" / "spectra-toy-model.json").stat().st_mtime_ns
     assert main(["make-toy-models", str(tmp_path)]) == 0  # a complete folder is reused, not rewritten
     assert (tmp_path / "big" / "spectra-toy-model.json").stat().st_mtime_ns == stamp

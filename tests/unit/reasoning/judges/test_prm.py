@@ -9,7 +9,14 @@ import pytest
 
 from engine.errors import ServerError, UsageError
 from engine.reasoning.judges.base import ScoreQuery, aggregate_step_scores
-from engine.reasoning.judges.prm import QWEN_PRM_SYSTEM, PRMScorer, TokenPRMScorer, good_token_probability, prm_kind_of
+from engine.reasoning.judges.prm import (
+    QWEN_PRM_SYSTEM,
+    PRMScorer,
+    TagTokenPRMScorer,
+    TokenPRMScorer,
+    good_token_probability,
+    prm_kind_of,
+)
 from engine.serving.chat import ChatFormat, Message
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
@@ -76,8 +83,28 @@ async def test_token_prm_reads_p_plus_at_each_assistant_turn():
 
 def test_missing_minus_is_bounded_by_the_smallest_listed_logprob():
     assert good_token_probability({"+": math.log(0.5), "a": math.log(0.1)}) == pytest.approx(0.5 / 0.6)
+    assert good_token_probability({"-": math.log(0.5), "a": math.log(0.1)}) == pytest.approx(0.1 / 0.6)
     with pytest.raises(ValueError):
         good_token_probability({"a": -1.0})
+
+
+async def test_tag_token_prm_writes_one_token_after_the_pooling_input_and_reads_plus_against_minus():
+    # The one generated token's top logprobs: P("+") 0.6, P("-") 0.2 (and another token).
+    top = {"+": math.log(0.6), "-": math.log(0.2), "x": math.log(0.1)}
+    scored, server = await score_with(
+        TagTokenPRMScorer, {"script": [Reply(text="+", tokens=["+"], top_logprobs=[top])]}
+    )
+    assert scored.values == pytest.approx([0.6 / 0.8]) and scored.usage["prm"].requests == 1
+    body = server.requests[0]
+    # The pooling PRM's input, ending at the last step's tag: a generation the prefix cache serves.
+    assert body["prompt"].endswith("<|im_start|>assistant\n2 + 3<extra_0>= 5<extra_0>")
+    assert (body["max_tokens"], body["logprobs"], body.get("echo")) == (1, 20, None)
+
+
+async def test_tag_token_prm_refuses_a_model_that_writes_neither_plus_nor_minus():
+    reply = Reply(text="x", tokens=["x"], top_logprobs=[{"x": -0.1, "y": -3.0}])
+    with pytest.raises(ServerError, match="not a PRM that writes"):
+        await score_with(TagTokenPRMScorer, {"script": [reply]})
 
 
 @pytest.mark.parametrize(("how", "expected"), [("last", 0.5), ("min", 0.2), ("prod", 0.8 * 0.2 * 0.5)])

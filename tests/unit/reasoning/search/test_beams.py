@@ -469,3 +469,31 @@ async def test_a_scorer_that_raises_fails_its_problem_and_the_run_goes_on(tmp_pa
     by_problem = {r.problem_id: r for r in outcome.records}
     assert by_problem["2"].failure == {"kind": "ZeroDivisionError", "message": "a bug in the scorer"}
     assert by_problem["0"].answer == "0" and by_problem["1"].answer == "1"
+
+
+async def test_tag_token_scores_each_paragraph_by_one_generated_token_after_its_tag(tmp_path):
+    import dataclasses
+    import math
+
+    prm_model = prm_folder(tmp_path)
+    prompts = []
+
+    def token_prm(body):
+        prompts.append(body["prompt"])
+        assert body["max_tokens"] == 1 and body["logprobs"] == 20 and body["prompt"].endswith(TAG)
+        return Reply(text="+", tokens=["+"], top_logprobs=[{"+": math.log(0.8), "-": math.log(0.2)}])
+
+    async with (
+        FakeOpenAIServer(Flaky(doomed="none")) as small,
+        FakeOpenAIServer(token_prm, served_model=prm_model) as prm,
+    ):
+        config = search_run(tmp_path, small.url, prm.url)
+        settings = dataclasses.replace(config.strategy_settings, prm_kind="tag_token")
+        outcome = await execute(dataclasses.replace(config, strategy_settings=settings), progress=False)
+    assert sorted(r.answer for r in outcome.records) == ["0", "1", "2"]
+    # Each completion "s\n\nso \boxed{N}" is two paragraphs, each scored by the token after its tag.
+    assert len(set(prompts)) == 3 * 2
+    for record in outcome.records:
+        assert [t.score for t in record.tracks] == pytest.approx([0.8, 0.8])
+        asked = [p for p in prompts if f"task {record.problem_id}?" in p]
+        assert record.usage["prm"].requests == record.usage["prm"].completion_tokens == len(asked)
