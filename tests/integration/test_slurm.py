@@ -33,11 +33,15 @@ ONE_CORE = ("--cpus-per-task=1", "--mem=1G")
 STALL_S = 3600.0  # longer than any test waits: the stalled shard ends only by scancel
 
 
+# A mark, not a skip in the fixture: the session's vLLM servers would start before the fixture ran.
+needs_slurm = pytest.mark.skipif(
+    bool(missing_commands()),
+    reason=f"SLURM is not installed (no {', '.join(missing_commands())}); `bash .ci/install` installs it",
+)
+
+
 @pytest.fixture(scope="module")
 async def slurm(tmp_path_factory):
-    missing = missing_commands()
-    if missing:
-        pytest.skip(f"SLURM is not installed (no {', '.join(missing)}); `bash .ci/install` installs it")
     async with one_node_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
         yield cluster
 
@@ -114,6 +118,7 @@ def test_the_job_script_outside_a_job_array_is_refused_with_one_line():
     ]
 
 
+@needs_slurm
 async def test_the_job_array_writes_every_record_once_and_evaluates_as_one_run(slurm, vllm_servers, tmp_path):
     out = tmp_path / "spec_demo"
     env = job_env(vllm_servers, out, repeats=2)
@@ -125,6 +130,7 @@ async def test_the_job_array_writes_every_record_once_and_evaluates_as_one_run(s
     check_one_run(out, repeats=2, summary=tmp_path / "summary.json")
 
 
+@needs_slurm
 async def test_a_shard_cancelled_by_scancel_resumes_when_resubmitted(slurm, vllm_servers, tmp_path):
     out = tmp_path / "spec_demo"
     # One repeat: each problem is in one shard, so stalling one problem's requests holds shard 1 alone.
