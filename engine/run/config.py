@@ -19,6 +19,7 @@ from engine.reasoning.probing import ProbeSettings
 from engine.reasoning.settings import ReasoningConfig, Settings, check_choices, setting
 from engine.reasoning.strategies import STRATEGIES
 from engine.serving.endpoints import ClientLimits
+from engine.serving.raw import PROMPT_FORMATS
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class RunConfig:
     data: DataConfig = DataConfig()
     client: ClientLimits = ClientLimits()
     prompt_set: str = "default"
+    # How prompts are rendered (`engine.serving.raw.PROMPT_FORMATS`): the model's chat template, or
+    # SpecLRM's raw text with the tokenizer's special tokens.
+    prompt_format: str = "chat"
     thinking: str = "auto"
     server_log_dir: str | None = None
     # Context length of the servers spectra starts; None: each model's own (its config.json).
@@ -126,6 +130,8 @@ class RunConfig:
             # The texts, not only the name: an edited set is another experiment.
             "prompt_set_content": prompt_set_digest(self.prompt_set),
             "thinking": self.thinking,
+            # Only when raw: run folders made before the raw format existed keep their digest.
+            **({"prompt_format": self.prompt_format} if self.prompt_format != "chat" else {}),
         }
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -138,5 +144,7 @@ class RunConfig:
             settings.validate()
         if self.server_restarts is not None and self.server_restarts < 0:
             raise UsageError(f"--server_restarts must be 0 or more, not {self.server_restarts}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise UsageError(f"--prompt_format must be one of {', '.join(PROMPT_FORMATS)}, not {self.prompt_format!r}")
         if self.thinking not in ("auto", "on", "off"):
             raise UsageError(f"--thinking must be auto, on or off, not {self.thinking!r}")

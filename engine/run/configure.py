@@ -72,6 +72,7 @@ def _settled(plan: RunnerPlan, flags: Flags) -> tuple[dict[str, Any], str, str]:
     chosen = plan.translate(flags)
     policy, strategy = chosen.get("policy") or plan.policy, chosen.get("strategy") or plan.strategy
     refusals.refuse_max_tokens_elsewhere(plan, chosen, strategy)
+    refusals.refuse_prompt_format_for_rast(chosen, strategy)
     refusals.refuse_a_policy_that_never_runs(plan, flags, chosen, strategy)
     refusals.refuse_flags_of_specs_not_in_use(chosen, policy, strategy)
     return _shared_spellings(chosen, policy), policy, strategy
@@ -132,6 +133,7 @@ def _run_config(
         data=_data_config(plan, chosen, dataset, shard),
         client=settings_from_flags(ClientLimits, chosen),
         prompt_set=chosen.get("prompt_set") or defaults.get("prompt_set", "default"),
+        prompt_format=chosen.get("prompt_format") or defaults.get("prompt_format", "chat"),
         thinking=chosen.get("thinking") or "auto",
         server_log_dir=chosen.get("server_log_dir"),
         max_model_len=chosen.get("max_model_len"),

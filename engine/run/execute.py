@@ -40,9 +40,9 @@ from engine.run.preflight import VLLM_DEFAULT_MAX_LOGPROBS, check_server_setting
 from engine.run.provenance import versions
 from engine.run.scheduler import Scheduler, WorkItem
 from engine.run.store import RunStore, read_records
-from engine.serving.chat import load_chat_format
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
+from engine.serving.raw import load_prompt_format
 from engine.serving.servers import DEFAULT_RESTARTS, ServedModel, check_server, serve_models, server_version
 from engine.serving.vllm_command import ServerSpec, model_context_length
 
@@ -384,7 +384,11 @@ async def build_models(
     for role, (urls, served, _) in endpoints.items():
         model_config = config.model(role)
         chat = await asyncio.to_thread(
-            load_chat_format, model_config.model, tokenizer=model_config.tokenizer, thinking=config.thinking
+            load_prompt_format,
+            model_config.model,
+            tokenizer=model_config.tokenizer,
+            thinking=config.thinking,
+            prompt_format=config.prompt_format,
         )
         models[role] = Model(role=role, client=ModelClient(session, served, list(urls), config.client), chat=chat)
     return models

@@ -26,6 +26,7 @@ from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies import STRATEGIES
 from engine.run.config import SchedulerLimits
 from engine.run.runner_plans import PLANS, RUNNERS, SINGLE, SINGLE_MODELS, RunnerPlan
+from engine.serving.raw import PROMPT_FORMATS
 
 TOY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "toy-models"
 SERVER_RESTARTS_HELP = "restarts of one server spectra started (one that exits) before the run stops (default 3)"
@@ -193,6 +194,13 @@ def add_data_flags(data: Group) -> None:
         "(default output folder gets a -shard-I-of-N suffix)",
     )
     add_flag(data, "prompt_set", help="a set under prompts/ by name, or a folder path (default: the runner's)")
+    add_flag(
+        data,
+        "prompt_format",
+        choices=PROMPT_FORMATS,
+        help="chat: each model's chat template; raw: SpecLRM's plain text with the tokenizer's special tokens "
+        "(default: raw in runners base, scale, spec_scale, spec_scale_methods; chat elsewhere)",
+    )
     add_flag(data, CONFIG_FLAG, help="a YAML recipe of flag: value; flags on the command line override it")
 
 

@@ -44,6 +44,16 @@ def refuse_max_tokens_elsewhere(plan: RunnerPlan, chosen: Flags, strategy: str) 
         )
 
 
+def refuse_prompt_format_for_rast(chosen: Flags, strategy: str) -> None:
+    """RAST tokenizes its prompt set's plain text itself: no renderer is asked, so --prompt_format
+    would change nothing."""
+    if chosen.get("prompt_format") is not None and strategy == "rast":
+        raise UsageError(
+            "--prompt_format changes nothing with strategy rast (it sends its prompt as token ids, "
+            "with no chat template): drop it"
+        )
+
+
 def refuse_a_policy_that_never_runs(plan: RunnerPlan, flags: Flags, chosen: Flags, strategy: str) -> None:
     """A policy chosen on the command line (`--policy`, `--model`, a mode flag) for a strategy
     that writes its own steps would change nothing."""
