@@ -102,11 +102,18 @@ def _first_given(flags: Flags, cls: type) -> str | None:
 
 
 def refuse_a_pair_that_cannot_work(config: RunConfig) -> None:
-    """The strategy needs what the policy does not give (DeepConf reads token logprobs)."""
+    """The strategy needs what the policy does not give (DeepConf reads token logprobs, online it
+    stops traces between steps); probing needs steps too."""
     strategy, policy = STRATEGIES[config.strategy], POLICIES[config.policy]
     problem = pairing_problem(strategy, config.strategy_settings, policy, config.policy_settings)
     if problem is not None:
         raise UsageError(problem)
+    if config.probing.probe_every is not None and strategy.runs_policy and policy.one_request(config.policy_settings):
+        # Dynasor probes a one-request generation every N tokens; spectra probes between steps.
+        raise UsageError(
+            f"--probe_every probes a track between its steps, and policy {config.policy} writes each track "
+            "in one request: add --stepwise"
+        )
 
 
 def refuse_models_not_needed(plan: RunnerPlan, flags: Flags, config: RunConfig, needed: Collection[str]) -> None:
