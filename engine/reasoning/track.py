@@ -111,6 +111,7 @@ class Track:
         self.ending: FinishReason | None = None
         self.started = time.monotonic()
         self.probing, self.probes, self.unprobed_tokens = probing, [], 0
+        self.probed: str | None = None  # the answer the probes agreed on
 
     async def _advance(self) -> FinishReason | None:
         """Write one step; returns why thinking ended (answer, repeat, budget, with --answer_phase
@@ -163,13 +164,13 @@ class Track:
             self.messages,
             reasoning_text(record, config.step_delimiter),
             index=len(record.steps),
-            temperature=config.temperature,
-            top_p=config.top_p,
         )
         self.probes.append(found)
         step.charge([found.cost])
         step.detail = {**(step.detail or {}), "probe": found.answer, "probe_hedged": found.hedged}
-        if agreed(self.probes, self.probing.probe_agree) is not None:
+        choices = bool(self.problem.choices)
+        self.probed = await asyncio.to_thread(agreed, self.probes, self.probing.probe_agree, multiple_choice=choices)
+        if self.probed is not None:
             self.ending = FinishReason.PROBE
 
     def _continuous_ending(self, ending: StepEnding) -> FinishReason | None:
@@ -191,7 +192,7 @@ class Track:
         as SplitReason's flow asks the big model for the boxed answer."""
         if self.ending == FinishReason.PROBE:
             self.record.finish_reason = FinishReason.PROBE
-            self.record.answer = agreed(self.probes, self.probing.probe_agree)
+            self.record.answer = self.probed
             self.record.answer_model = self.record.steps[-1].writer
             return
         config = self.config

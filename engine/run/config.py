@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.data.problems import is_gpqa
 from engine.data.prompts import prompt_set_digest
 from engine.errors import UsageError
 from engine.reasoning.policies import POLICIES
@@ -51,6 +52,8 @@ class DataConfig:
     problem_id: str | None = None
     repeat_id: str = "0"
     fields: tuple[str, ...] = ()
+    # GPQA's choice order (`engine.data.problems.GPQA_ORDERS`); read only for the GPQA preset.
+    gpqa_order: str = "shuffled"
     # "I/N": this process does the I-th of N slices of the work (engine.run.execute.Shard); left out of
     # the digest, like the selection, so that the shards of one run share their config digest.
     shard: str | None = None
@@ -123,6 +126,8 @@ class RunConfig:
                 "dataset_name": self.data.dataset_name,
                 "data_file": self.data.data_file,
                 "fields": self.data.fields,
+                # Only where it orders anything, and not spectra's shuffle of before: digests stay.
+                **({"gpqa_order": self.data.gpqa_order} if self._orders_gpqa() else {}),
             },
             # Only when on: run folders made before probing existed keep their digest.
             **({"probing": dataclasses.asdict(self.probing)} if self.probing != ProbeSettings() else {}),
@@ -134,6 +139,9 @@ class RunConfig:
             **({"prompt_format": self.prompt_format} if self.prompt_format != "chat" else {}),
         }
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _orders_gpqa(self) -> bool:
+        return is_gpqa(self.data.dataset_name) and self.data.gpqa_order != "shuffled"
 
     def validate(self) -> None:
         """Raise UsageError for settings that cannot work together."""

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.data.problems import is_gpqa
 from engine.errors import UsageError
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.probing import ProbeSettings
@@ -130,7 +131,7 @@ def _run_config(
         reasoning=settings_from_flags(ReasoningConfig, chosen, defaults),
         probing=settings_from_flags(ProbeSettings, chosen),
         limits=settings_from_flags(SchedulerLimits, chosen, demo.DEMO_LIMITS if is_demo else None),
-        data=_data_config(plan, chosen, dataset, shard),
+        data=_data_config(plan, chosen, defaults, dataset, shard),
         client=settings_from_flags(ClientLimits, chosen),
         prompt_set=chosen.get("prompt_set") or defaults.get("prompt_set", "default"),
         prompt_format=chosen.get("prompt_format") or defaults.get("prompt_format", "chat"),
@@ -141,7 +142,7 @@ def _run_config(
     )
 
 
-def _data_config(plan: RunnerPlan, chosen: Flags, dataset: str, shard: Shard | None) -> DataConfig:
+def _data_config(plan: RunnerPlan, chosen: Flags, defaults: Flags, dataset: str, shard: Shard | None) -> DataConfig:
     repeats = repeat_ids(plan, chosen)
     return DataConfig(
         dataset_name=dataset,
@@ -149,8 +150,17 @@ def _data_config(plan: RunnerPlan, chosen: Flags, dataset: str, shard: Shard | N
         problem_id=chosen.get("problem_id"),
         **({"repeat_id": repeats} if repeats is not None else {}),
         fields=tuple(chosen.get("field") or ()),
+        gpqa_order=_gpqa_order(chosen, defaults, dataset),
         shard=f"{shard.index}/{shard.count}" if shard else None,
     )
+
+
+def _gpqa_order(chosen: Flags, defaults: Flags, dataset: str) -> str:
+    """`--gpqa_order`, refused for a data set it does not order; else the runner's (the seeds': seed)."""
+    given = chosen.get("gpqa_order")
+    if given is not None and not is_gpqa(dataset):
+        raise UsageError(f"--gpqa_order orders GPQA's choices, and the data set is {dataset}: drop it")
+    return given or defaults.get("gpqa_order", "shuffled")
 
 
 def _default_output_dir(runner: str, dataset: str, shard: Shard | None) -> str:

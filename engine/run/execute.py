@@ -168,7 +168,12 @@ def load_work(config: RunConfig) -> tuple[list[Problem], list[int], PromptSet]:
     prompts.require_templates(policy.templates + strategy.templates)
     strategy.check_prompts(config.strategy_settings, prompts)
     data = config.data
-    problems = load_problems(data.dataset_name, data_file=data.data_file, field_map=parse_field_map(data.fields))
+    problems = load_problems(
+        data.dataset_name,
+        data_file=data.data_file,
+        field_map=parse_field_map(data.fields),
+        gpqa_order=data.gpqa_order,
+    )
     problems = select_problems(problems, data.problem_id, dataset=data.dataset_name)
     repeats = parse_id_spec(data.repeat_id, flag="--repeat_id")
     if config.server_restarts is not None and all(config.model(role).urls for role in roles_needed(config)):

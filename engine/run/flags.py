@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from engine.data.problems import GPQA_ORDERS
 from engine.data.recipes import CONFIG_FLAG, parse_with_recipe
 from engine.errors import EXIT_CODES_HELP, UsageError
 from engine.reasoning.policies import POLICIES
@@ -192,6 +193,13 @@ def add_data_flags(data: Group) -> None:
         metavar="I/N",
         help="do the I-th (from 1) of N disjoint slices of the (problem, repeat) list, for N runner processes "
         "(default output folder gets a -shard-I-of-N suffix)",
+    )
+    add_flag(
+        data,
+        "gpqa_order",
+        choices=GPQA_ORDERS,
+        help="GPQA's choices: seed (the right answer as (A), as the seeds show them; default in runners spec, "
+        "base, scale, spec_scale, spec_scale_methods) or shuffled (a fixed shuffle per question; elsewhere)",
     )
     add_flag(data, "prompt_set", help="a set under prompts/ by name, or a folder path (default: the runner's)")
     add_flag(

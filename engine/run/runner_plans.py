@@ -168,8 +168,10 @@ def _frozen(**values: Any) -> Mapping[str, Any]:
     return MappingProxyType(values)
 
 
+# Both seeds show GPQA's right answer as (A).
+SEEDS = {"gpqa_order": "seed"}
 # SpecLRM's scripts send raw text through `LLM.generate`, with no chat template (engine.serving.raw).
-SPECLRM = {"prompt_format": "raw"}
+SPECLRM = {**SEEDS, "prompt_format": "raw"}
 SPECLRM_VOTE = {**SPECLRM, "tracks": 3, "aggregation": "speclrm"}
 _SPEC = {"policy": "spec", "strategy": "vote", "policies_shown": ("spec",), "strategies_shown": ("vote",)}
 _SINGLE = {
@@ -191,7 +193,7 @@ PLANS = (
         speclrm_repeat_id=True,
         **_SINGLE,
     ),
-    RunnerPlan("spec", "SpecReason: one speculative track", defaults=_frozen(tracks=1), models=BOTH, **_SPEC),
+    RunnerPlan("spec", "SpecReason: one speculative track", defaults=_frozen(**SEEDS, tracks=1), models=BOTH, **_SPEC),
     RunnerPlan(
         "scale",
         "SpecLRM's scale_reason: parallel tracks of one model, voted on as SpecLRM does",
