@@ -84,6 +84,9 @@ class RunConfig:
     # Restarts of one server spectra started before the run stops (None: the default, 3); not in the
     # digest: it changes whether a run finishes, not what a record holds.
     server_restarts: int | None = None
+    # False: each problem reaches the model as given, without the prompt set's problem template and
+    # system turn (the API's requests that name no prompt set: the client wrote the conversation).
+    problem_template: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -126,6 +129,8 @@ class RunConfig:
             # The texts, not only the name: an edited set is another experiment.
             "prompt_set_content": prompt_set_digest(self.prompt_set),
             "thinking": self.thinking,
+            # Only when off: run folders made before the API keep their digest.
+            **({} if self.problem_template else {"problem_template": False}),
         }
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
