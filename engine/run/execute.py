@@ -160,11 +160,12 @@ def roles_needed(config: RunConfig) -> list[str]:
     return sorted(needed)
 
 
-def run_prompts(config: RunConfig) -> PromptSet:
-    """The run's prompt set, after its settings are checked: refused when it lacks a text the
-    run's policy or strategy sends."""
+def run_prompts(config: RunConfig, loaded: PromptSet | None = None) -> PromptSet:
+    """The run's prompt set (`loaded`: already loaded, as the API loads each set once for many
+    configs), after its settings are checked: refused when it lacks a text the run's policy or
+    strategy sends."""
     config.validate()
-    prompts = load_prompt_set(config.prompt_set)
+    prompts = loaded or load_prompt_set(config.prompt_set)
     policy, strategy = POLICIES[config.policy], STRATEGIES[config.strategy]
     prompts.require_templates(policy.templates + strategy.templates)
     strategy.check_prompts(config.strategy_settings, prompts)
