@@ -1,12 +1,15 @@
 """`spectra api`'s command line: the flags it refuses, its own settings, the servers it starts for
 the methods it offers, and its one line on stderr for bad input."""
 
+import shlex
+
 import pytest
 
 from engine.api.catalog import Catalog
 from engine.api.launch import main, refuse_server_flags, running_api, serving_needs
 from engine.errors import UsageError
 from tests.fake_openai import FakeOpenAIServer
+from tests.paths import REPO_ROOT
 from tests.unit.api.conftest import api_flags, model_flags, solver
 
 
@@ -67,3 +70,11 @@ async def test_a_model_no_offered_method_calls_is_refused_before_any_server_is_a
             async with running_api("127.0.0.1", 0, settings, flags):
                 pass
         assert big.requests == [] and big.health_checks == 0
+
+
+def test_the_readmes_spectra_api_command_parses_and_is_a_servers():
+    readme = (REPO_ROOT / "README.md").read_text().replace("\\\n", " ")
+    (command,) = [line.strip() for line in readme.splitlines() if line.strip().startswith("spectra api --")]
+    settings, flags = api_flags(*shlex.split(command.replace('"$KEY"', "key"))[2:])
+    refuse_server_flags(flags)
+    assert (settings.api_key, flags["max_problems_in_flight"], flags["output_dir"]) == ("key", 32, "results/api")
