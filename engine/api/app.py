@@ -101,8 +101,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     problem = Problem(id=request_id, problem=chat.problem, answer=None, context=chat.context)
     joint = step_joint(resolved.config)
     reply = Reply(request_id, chat.model, int(time.time()), service.prompt_tokens(resolved, problem))
-    with service.admission(request_id, chat.n), bind_context(request=request_id, method=chat.model, user=chat.user):
+    caller = {"user": chat.user} if chat.user else {}
+    with service.admission(request_id, chat.n), bind_context(request=request_id, method=chat.model, **caller):
         log.info("request_start", choices=chat.n, stream=chat.stream)
+        # Opened (its server settings checked) before a stream starts: a refusal is then a plain 400.
+        await service.scheduler(resolved)
         if chat.stream:
 
             async def solve(observers):

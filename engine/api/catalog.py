@@ -4,25 +4,26 @@ The model name picks the method: each runner preset by its name, and each policy
 as `policy+strategy` (a strategy that runs no policy by its own name), as
 `engine.run.methods.available_methods` lists them for the models the server was given (`spectra
 methods --models`), less those the server's own method flags do not build with. A request's config
-is built by the command line's code (`engine.run.configure.build_config`, the recipes' value
-checks, `engine.run.execute.run_prompts`) from the server's flags, the fields of the body and its
-`spectra` object, so a request is refused with the line the command line would print.
+is built by the command line's code (its parser for the `spectra` object's values,
+`engine.run.configure.build_config`, `engine.run.execute.run_prompts`) from the server's flags, the
+fields of the body and its `spectra` object, so a request is refused with the line the command line
+would print.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
 from engine.api.contract import SAMPLING_FLAGS, ChatRequest, RequestError, bad
 from engine.data.prompts import PromptSet, load_prompt_set, prompt_set_digest
-from engine.data.recipes import checked_value, flag_actions
 from engine.errors import UsageError
 from engine.reasoning.probing import ProbeSettings
 from engine.reasoning.settings import ReasoningConfig
@@ -45,9 +46,22 @@ REQUEST_FLAGS = frozenset(
     for cls in (ReasoningConfig, ProbeSettings, *(spec.settings for spec in SPECS))
     for f in dataclasses.fields(cls)
 ) | {"prompt_set"}
+SWITCHES = frozenset(
+    f.name
+    for cls in (ReasoningConfig, ProbeSettings, *(spec.settings for spec in SPECS))
+    for f in dataclasses.fields(cls)
+    if typing.get_type_hints(cls)[f.name] is bool
+)
 CHOOSING_FLAGS = ("runner", "policy", "strategy", "model")
 # Built configs kept for requests with the same method and flags (most requests of a client).
 CONFIGS_KEPT = 256
+
+
+class RequestFlagParser(ArgumentParser):
+    """The runners' flags parsed as the command line parses them; a bad one raises its line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
 
 
 @dataclass(frozen=True)
@@ -109,9 +123,9 @@ class Catalog:
         self.server_flags = dict(server_flags)
         self.roles = frozenset(roles)
         self.output_root = output_root
-        parser = ArgumentParser(add_help=False)
-        add_run_arguments(parser)
-        self.actions = flag_actions(parser)
+        self.parser = RequestFlagParser(prog="spectra", add_help=False)
+        add_run_arguments(self.parser)
+        self.known = {action.dest for action in self.parser._actions}
         self.configs: OrderedDict[tuple, Resolved] = OrderedDict()
         self.prompt_sets: dict[tuple[str, str], PromptSet] = {}
         self.methods: dict[str, Method] = {}
@@ -165,19 +179,23 @@ class Catalog:
         return resolved
 
     def request_flags(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
-        """The `spectra` object's flags, each checked as a recipe's value is (its type, its choices)."""
-        flags = {}
+        """The `spectra` object's flags, parsed by the command line's parser as `--name=value` (a
+        switch: true, or false for unset as on a command line): a bad value gets its line."""
+        argv = []
         for name, value in overrides.items():
             if name not in REQUEST_FLAGS:
-                raise bad(_not_a_request_flag(name, name in self.actions), "spectra")
-            if value is not None:
-                # As typed on a command line: 7.5 is no int there, nor true a number.
-                typed = value if isinstance(value, bool) else str(value)
-                try:
-                    flags[name] = checked_value("spectra", name, self.actions[name], typed)
-                except UsageError as exc:
-                    raise bad(str(exc), "spectra") from None
-        return {name: value for name, value in flags.items() if value is not None}
+                raise bad(_not_a_request_flag(name, name in self.known), "spectra")
+            if name in SWITCHES:
+                if not isinstance(value, bool | None):
+                    raise bad(f"spectra.{name} is a switch: give true or false, not {value!r}", "spectra")
+                argv += [f"--{name}"] if value else []
+            elif value is not None:
+                argv.append(f"--{name}={value}")
+        try:
+            parsed = vars(self.parser.parse_args(argv))
+        except UsageError as exc:
+            raise bad(f"spectra: {exc}", "spectra") from None
+        return {name: parsed[name] for name in overrides if parsed.get(name) is not None}
 
     def _resolved(self, method: Method, flags: Mapping[str, Any], request: ChatRequest) -> Resolved:
         try:

@@ -72,14 +72,9 @@ def parse_with_recipe(parser: argparse.ArgumentParser, argv: list[str] | None) -
     return parser.parse_args(argv)
 
 
-def flag_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """The parser's flags by name (dest), as a recipe or an API request's `spectra` object names them."""
-    return {a.dest: a for a in parser._actions if a.dest not in ("help", CONFIG_FLAG)}
-
-
 def recipe_defaults(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The recipe at `path` as parser defaults (dest -> value), checked like command-line values."""
-    actions = flag_actions(parser)
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", CONFIG_FLAG)}
     recipe = _read(path)
     values = _seed_recipe(path, recipe) if SEED_ONLY_KEYS & recipe.keys() else {}
     for key, value in recipe.items():
@@ -91,7 +86,7 @@ def recipe_defaults(path: Path, parser: argparse.ArgumentParser) -> dict[str, An
         if dest == "dataset_name":
             value = PRESET_OF_HUB_ID.get(value, value)
         if value is not None:
-            values[dest] = checked_value(path, key, actions[dest], value)
+            values[dest] = _checked(path, key, actions[dest], value)
     return values
 
 
@@ -156,9 +151,7 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def checked_value(path: Path | str, key: str, action: argparse.Action, value: Any) -> Any:
-    """`value` of flag `key` as the command line would parse it (its type, its choices; a switch takes
-    true or false); UsageError naming `path` (a recipe, or the API's `spectra` object) and the key."""
+def _checked(path: Path, key: str, action: argparse.Action, value: Any) -> Any:
     if isinstance(action, argparse._StoreTrueAction):
         if not isinstance(value, bool):
             raise UsageError(f"{path}: key {key!r} is a switch: give true or false, not {value!r}")
@@ -168,7 +161,7 @@ def checked_value(path: Path | str, key: str, action: argparse.Action, value: An
     return _converted(path, key, action, value)
 
 
-def _converted(path: Path | str, key: str, action: argparse.Action, value: Any) -> Any:
+def _converted(path: Path, key: str, action: argparse.Action, value: Any) -> Any:
     if isinstance(value, (dict, list)):
         raise UsageError(f"{path}: key {key!r} takes one value, not {type(value).__name__}")
     try:

@@ -114,7 +114,7 @@ async def test_parallel_tracks_stream_the_leading_tracks_steps_then_the_answer(t
         ({"model": "o1"}, 404, "model 'o1' is not offered here"),
         ({"messages": [{"role": "system", "content": "Be brief."}]}, 400, "no user message"),
         ({"max_tokens": 10**6}, 400, "over this server's limit"),
-        ({"spectra": {"tracks": "many"}}, 400, "spectra: key 'tracks'"),
+        ({"spectra": {"tracks": "many"}}, 400, "spectra: argument --tracks: invalid int value: 'many'"),
     ],
 )
 async def test_a_bad_request_gets_one_line_and_the_server_stays_up(toy_api, body, status, says):

@@ -86,7 +86,11 @@ async def test_the_stream_sends_each_step_as_it_is_kept_then_the_answer():
         ({"model": "o1", "messages": PROBLEM}, 404, "model 'o1' is not offered here"),
         ({"model": "spec", "messages": [{"role": "system", "content": "Be brief."}]}, 400, "no user message"),
         ({"model": "spec", "messages": PROBLEM, "max_tokens": 100_000}, 400, "over this server's limit of 32768"),
-        ({"model": "spec", "messages": PROBLEM, "spectra": {"tracks": "x"}}, 400, "spectra: key 'tracks'"),
+        (
+            {"model": "spec", "messages": PROBLEM, "spectra": {"tracks": "x"}},
+            400,
+            "spectra: argument --tracks: invalid int value: 'x'",
+        ),
         ({"model": "spec", "messages": PROBLEM, "tools": [{"type": "function"}]}, 400, "tools is not supported"),
         ({"model": "spec", "messages": PROBLEM, "pad": "x" * 2000}, 413, "over the limit of 1000 (--max_body_bytes)"),
     ],
@@ -100,6 +104,15 @@ async def test_a_bad_request_gets_one_line_and_the_server_answers_the_next(body,
         assert len(server.big.requests) + len(server.small.requests) == sent  # nothing ran
         ok, answer, _ = await post(server.url, {"model": "spec", "messages": PROBLEM})
         assert ok == 200 and answer["spectra"]["answer"] == "4"
+
+
+async def test_a_request_id_the_client_gives_must_be_a_fit_problem_id():
+    async with api() as server:
+        status, answer, _ = await post(server.url, {"model": "spec", "messages": PROBLEM}, {"X-Request-Id": "a/b"})
+        assert status == 400 and "X-Request-Id must be 1 to 128 letters, digits or ._:-" in answer["error"]["message"]
+        status, answer, _ = await post(server.url, {"model": "spec", "messages": PROBLEM}, {"X-Request-Id": "q-7.1"})
+        record = answer["spectra"]["choices"][0]["record"]
+        assert (status, answer["id"], record["problem_id"]) == (200, "q-7.1", "q-7.1")
 
 
 async def test_with_a_key_every_v1_route_needs_it_and_nothing_runs_without_it(monkeypatch):

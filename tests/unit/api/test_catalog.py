@@ -88,10 +88,11 @@ def test_the_servers_method_flags_are_every_methods_defaults_where_they_apply():
 @pytest.mark.parametrize(
     "overrides, says",
     [
-        ({"tracks": "x"}, "spectra: key 'tracks': 'x' is not a valid int"),
-        ({"tracks": 2.5}, "spectra: key 'tracks': '2.5' is not a valid int"),
-        ({"aggregation": "loudest"}, "spectra: key 'aggregation' must be one of"),
-        ({"early_stop": "yes"}, "spectra: key 'early_stop' is a switch: give true or false"),
+        ({"tracks": "x"}, "spectra: argument --tracks: invalid int value: 'x'"),
+        ({"tracks": 2.5}, "spectra: argument --tracks: invalid int value: '2.5'"),
+        ({"tracks": True}, "spectra: argument --tracks: invalid int value: 'True'"),
+        ({"aggregation": "loudest"}, "spectra: argument --aggregation: invalid choice: 'loudest'"),
+        ({"early_stop": "yes"}, "spectra.early_stop is a switch: give true or false, not 'yes'"),
         ({"deepconf_window": 64}, "--deepconf_window belongs to strategy deepconf, and this run's strategy is vote"),
         ({"tracks": 0}, "--tracks must be at least 1, not 0"),
         ({"strategy": "dvts"}, "spectra.strategy: the request's model picks the method"),
