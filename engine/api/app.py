@@ -74,7 +74,7 @@ async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse
             raise RequestError(401, "missing or wrong API key: send Authorization: Bearer <key> (--api_key)")
         return await handler(request)
     except RequestError as exc:
-        log.info("request_refused", status=exc.status, reason=exc.message)
+        log.info("request_error", status=exc.status, reason=exc.message)
         return error_response(exc.status, exc.message, exc.param)
     except web.HTTPException as exc:  # no such route, or method
         if exc.status < 400:
