@@ -10,6 +10,8 @@ from evaluators.search import SELECTIONS
 from evaluators.summary import RunSummary
 
 DASH = "-"
+# Accuracy of a run none of whose records has a reference answer (API traffic, unlabelled data).
+NOT_APPLICABLE = "n/a"
 
 
 @dataclass
@@ -39,7 +41,7 @@ def accuracy_table(summaries: list[RunSummary]) -> Table:
                 s.dataset,
                 f"{s.problems} x {s.repeats}",
                 f"{s.scored_records}/{s.records}",
-                pct(s.accuracy),
+                pct(s.accuracy) if s.scored_records else NOT_APPLICABLE,
                 spread,
                 pct(s.track_accuracy),
                 skipped,

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from engine.errors import UsageError
+from engine.serving.chat import Message
 
 log = structlog.get_logger(__name__)
 
@@ -42,12 +43,15 @@ Rows = list[dict[str, Any]]
 @dataclass(frozen=True)
 class Problem:
     """One problem. For multiple choice, `choices` are the option texts in display order and
-    `answer` is the letter of the right one."""
+    `answer` is the letter of the right one. `context`: the turns of a conversation before the
+    problem's user turn (a system message, earlier turns: an API request's), which the chat template
+    renders before it."""
 
     id: str
     problem: str
     answer: str | None
     choices: tuple[str, ...] | None = None
+    context: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,14 @@ class PromptSet:
     roles: dict[str, str] = field(default_factory=dict)
     methods: dict[str, Method] = field(default_factory=dict)
 
+    def passing_problems_through(self) -> PromptSet:
+        """This set with each problem sent as given: no problem template around it and no system
+        turn (the API's requests that name no prompt set, whose client wrote the conversation)."""
+        templates = dataclasses.replace(
+            self.templates, problem="{problem}", problem_method="{method}\n\n{problem}", system=""
+        )
+        return dataclasses.replace(self, templates=templates)
+
     def render_problem(
         self, problem: str, choices: list[str] | tuple[str, ...] | None = None, *, method: str = ""
     ) -> str:

@@ -39,6 +39,10 @@ from engine.serving.models import Model, Purpose
 
 log = structlog.get_logger(__name__)
 
+# Told of each step a track keeps, as it keeps it: (track id, the step). A plain function, not a
+# coroutine, so that whoever watches (the API's stream to a slow client) can never hold a track up.
+StepObserver = Callable[[int, StepRecord], None]
+
 
 @dataclass(frozen=True)
 class TrackSetup:
@@ -56,9 +60,9 @@ class TrackSetup:
 
 
 def track_messages(problem: Problem, prompts: PromptSet, setup: TrackSetup | None = None) -> tuple[Message, ...]:
-    """The prompt set's system turn (if any), then the user turn, laid out as SpecLRM lays it out: a
-    method's text inside the problem message (`problem_method`, after "Tips: "), a role's before it
-    (`with_role`).
+    """The prompt set's system turn (if any; a system message of the problem's context replaces
+    it), the problem's context, then the user turn, laid out as SpecLRM lays it out: a method's text
+    inside the problem message (`problem_method`, after "Tips: "), a role's before it (`with_role`).
 
     The instruction goes into the user turn rather than a system turn because several reasoning
     models' templates reject or ignore system messages.
@@ -69,7 +73,9 @@ def track_messages(problem: Problem, prompts: PromptSet, setup: TrackSetup | Non
     if setup is not None and setup.role and setup.instruction:
         text = prompts.render_with_role(setup.instruction, text)
     system = prompts.render_system()
-    return ((Message("system", system),) if system else ()) + (Message("user", text),)
+    if problem.context[:1] and problem.context[0].role == "system":
+        system = ""
+    return ((Message("system", system),) if system else ()) + problem.context + (Message("user", text),)
 
 
 def new_track_record(setup: TrackSetup) -> TrackRecord:
@@ -86,7 +92,8 @@ def track_models(models: dict[str, Model], setup: TrackSetup) -> dict[str, Model
 class Track:
     """One track on one problem: `run` writes its steps with its policy, then its answer. `models`
     are the track's handles (`track_models`), the ones its policy was started with. The
-    `TrackRecord` is filled as the track goes, so whoever cancels it still holds everything it did."""
+    `TrackRecord` is filled as the track goes, so whoever cancels it still holds everything it did;
+    `on_step` is told of each step as it is kept."""
 
     def __init__(
         self,
@@ -100,6 +107,7 @@ class Track:
         *,
         continuous: bool = False,
         probing: ProbeSettings = ProbeSettings(),
+        on_step: StepObserver | None = None,
     ):
         if continuous:
             # A continuous policy's chunks join as written and each may spend the whole budget left.
@@ -112,6 +120,7 @@ class Track:
         self.started = time.monotonic()
         self.probing, self.probes, self.unprobed_tokens = probing, [], 0
         self.probed: str | None = None  # the answer the probes agreed on
+        self.on_step = on_step
 
     async def _advance(self) -> FinishReason | None:
         """Write one step; returns why thinking ended (answer, repeat, budget, with --answer_phase
@@ -133,6 +142,8 @@ class Track:
         step = result.step
         record.steps.append(step)
         record.thinking_tokens += step.tokens
+        if self.on_step is not None:
+            self.on_step(self.setup.track_id, step)
         log.debug(
             "step_done",
             track=self.setup.track_id,

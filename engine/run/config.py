@@ -91,6 +91,9 @@ class RunConfig:
     # Restarts of one server spectra started before the run stops (None: the default, 3); not in the
     # digest: it changes whether a run finishes, not what a record holds.
     server_restarts: int | None = None
+    # False: each problem reaches the model as given, without the prompt set's problem template and
+    # system turn (the API's requests that name no prompt set: the client wrote the conversation).
+    problem_template: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -137,6 +140,8 @@ class RunConfig:
             "thinking": self.thinking,
             # Only when raw: run folders made before the raw format existed keep their digest.
             **({"prompt_format": self.prompt_format} if self.prompt_format != "chat" else {}),
+            # Only when off: run folders made before the API keep their digest.
+            **({} if self.problem_template else {"problem_template": False}),
         }
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 

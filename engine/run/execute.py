@@ -17,7 +17,7 @@ import dataclasses
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,13 +160,21 @@ def roles_needed(config: RunConfig) -> list[str]:
     return sorted(needed)
 
 
-def load_work(config: RunConfig) -> tuple[list[Problem], list[int], PromptSet]:
-    """Problems, repeat ids and the prompt set, checked before any server starts."""
+def run_prompts(config: RunConfig, loaded: PromptSet | None = None) -> PromptSet:
+    """The run's prompt set (`loaded`: already loaded, as the API loads each set once for many
+    configs), after its settings are checked: refused when it lacks a text the run's policy or
+    strategy sends."""
     config.validate()
-    prompts = load_prompt_set(config.prompt_set)
+    prompts = loaded or load_prompt_set(config.prompt_set)
     policy, strategy = POLICIES[config.policy], STRATEGIES[config.strategy]
     prompts.require_templates(policy.templates + strategy.templates)
     strategy.check_prompts(config.strategy_settings, prompts)
+    return prompts if config.problem_template else prompts.passing_problems_through()
+
+
+def load_work(config: RunConfig) -> tuple[list[Problem], list[int], PromptSet]:
+    """Problems, repeat ids and the prompt set, checked before any server starts."""
+    prompts = run_prompts(config)
     data = config.data
     problems = load_problems(
         data.dataset_name,
@@ -285,21 +293,25 @@ class Endpoint(NamedTuple):
 
 
 @asynccontextmanager
-async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> AsyncIterator[dict[str, Endpoint]]:
+async def model_endpoints(
+    config: RunConfig, session: aiohttp.ClientSession, serving: Mapping[str, RunConfig] | None = None
+) -> AsyncIterator[dict[str, Endpoint]]:
     """role -> Endpoint for every model the run needs; starts servers for models given without
-    URLs (with the model's own context length, or --max_model_len) and stops them on the way out."""
-    roles = roles_needed(config)
-    extra_args = STRATEGIES[config.strategy].server_args(config.strategy_settings)
+    URLs (with the model's own context length, or --max_model_len) and stops them on the way out.
+    `serving` (the API, which serves several methods): role -> the config whose needs (logprobs,
+    a strategy's server flags) its server is started for; `config` gives the rest."""
+    serving = serving or {role: config for role in roles_needed(config)}
     to_start = []
-    for role in roles:
+    for role, needs in serving.items():
         model_config = config.model(role)
         if not model_config.urls:
             length = config.max_model_len or await asyncio.to_thread(model_context_length, model_config.model)
+            extra_args = STRATEGIES[needs.strategy].server_args(needs.strategy_settings)
             spec = ServerSpec(
                 name=role,
                 model=model_config.model,
                 max_model_len=length,
-                extra_args=extra_args + _server_args(config, role),
+                extra_args=extra_args + _server_args(needs, role),
             )
             to_start.append(spec)
     lengths = {spec.name: spec.max_model_len for spec in to_start}
@@ -310,7 +322,7 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
             restarts = DEFAULT_RESTARTS if config.server_restarts is None else config.server_restarts
             started = await stack.enter_async_context(serve_models(to_start, log_dir=log_dir, restarts=restarts))
         endpoints = {}
-        for role in roles:
+        for role in serving:
             model_config = config.model(role)
             if role in started:
                 endpoints[role] = Endpoint((started[role].url,), started[role].model, lengths[role])

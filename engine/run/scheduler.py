@@ -4,6 +4,7 @@ Concurrency lives here and in the client only. Problems start in order, at most
 `max_problems_in_flight` at a time; the tracks of all problems share one limit of
 `max_tracks_in_flight` (a semaphore the strategies hold while a track runs); each model client
 bounds requests per endpoint. A problem's record is handed to `on_record` as soon as it is done.
+Several schedulers may share their limits (`Slots`): the API runs one per method and settings.
 
 An error inside one problem ends that problem, never the run: as a track contains its errors (the
 vote strategy goes on without it), the scheduler contains whatever a strategy's `solve` raises (a
@@ -26,8 +27,9 @@ from engine.errors import ServerError, SpectraError
 from engine.logging import bind_context
 from engine.reasoning.strategies import STRATEGIES
 from engine.reasoning.strategies.base import SolveContext
+from engine.reasoning.track import StepObserver
 from engine.records import ProblemRecord
-from engine.run.config import RunConfig
+from engine.run.config import RunConfig, SchedulerLimits
 from engine.serving.models import Model
 
 log = structlog.get_logger(__name__)
@@ -37,6 +39,18 @@ log = structlog.get_logger(__name__)
 class WorkItem:
     problem: Problem
     repeat_id: int
+
+
+@dataclass(frozen=True)
+class Slots:
+    """The limits as semaphores: problems solved at once, and tracks running at once over them all."""
+
+    problems: asyncio.Semaphore
+    tracks: asyncio.Semaphore
+
+    @classmethod
+    def of(cls, limits: SchedulerLimits) -> Slots:
+        return cls(asyncio.Semaphore(limits.max_problems_in_flight), asyncio.Semaphore(limits.max_tracks_in_flight))
 
 
 class Scheduler:
@@ -51,6 +65,7 @@ class Scheduler:
         run_id: str,
         dataset: str,
         on_record: Callable[[ProblemRecord], None],
+        slots: Slots | None = None,
     ):
         self.config = config
         self.models = models
@@ -59,25 +74,31 @@ class Scheduler:
         self.dataset = dataset
         self.on_record = on_record
         self.digest = config.digest()
-        self.track_slots = asyncio.Semaphore(config.limits.max_tracks_in_flight)
-        self.problem_slots = asyncio.Semaphore(config.limits.max_problems_in_flight)
+        self.slots = slots or Slots.of(config.limits)
 
     async def run(self, items: list[WorkItem]) -> None:
         """Solve every item; problems start in the order given."""
         async with asyncio.TaskGroup() as group:
             for item in items:
-                await self.problem_slots.acquire()
+                await self.slots.problems.acquire()
                 group.create_task(self._solve_and_release(item))
 
-    async def _solve_and_release(self, item: WorkItem) -> None:
+    async def solve_one(self, item: WorkItem, on_step: StepObserver | None = None) -> ProblemRecord:
+        """One item as `run` solves each, once a problem slot is free; its record is handed to
+        `on_record` and returned. `on_step` is told of each step its tracks keep."""
+        await self.slots.problems.acquire()
+        return await self._solve_and_release(item, on_step)
+
+    async def _solve_and_release(self, item: WorkItem, on_step: StepObserver | None = None) -> ProblemRecord:
         try:
             with bind_context(run=self.run_id, problem=item.problem.id, repeat=item.repeat_id):
-                record = await self.solve(item)
+                record = await self.solve(item, on_step)
             self.on_record(record)
+            return record
         finally:
-            self.problem_slots.release()
+            self.slots.problems.release()
 
-    async def solve(self, item: WorkItem) -> ProblemRecord:
+    async def solve(self, item: WorkItem, on_step: StepObserver | None = None) -> ProblemRecord:
         """The record of one (problem, repeat), from the run's strategy."""
         config = self.config
         context = SolveContext(
@@ -88,7 +109,7 @@ class Scheduler:
             repeat_id=item.repeat_id,
             run_id=self.run_id,
             dataset=self.dataset,
-            track_slots=self.track_slots,
+            track_slots=self.slots.tracks,
             strategy=config.strategy,
             settings=config.strategy_settings,
             policy=config.policy,
@@ -97,6 +118,7 @@ class Scheduler:
             runner=config.runner,
             config_digest=self.digest,
             probing=config.probing,
+            on_step=on_step,
         )
         try:
             return await STRATEGIES[config.strategy].solve(context)

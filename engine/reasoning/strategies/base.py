@@ -19,7 +19,7 @@ from engine.reasoning.policies import POLICIES
 from engine.reasoning.policies.base import PolicySpec, TrackPolicy
 from engine.reasoning.probing import ProbeSettings
 from engine.reasoning.settings import ReasoningConfig, Settings
-from engine.reasoning.track import Track, TrackSetup, track_models
+from engine.reasoning.track import StepObserver, Track, TrackSetup, track_models
 from engine.records import ProblemRecord, RequestCost, TrackRecord, sum_usage, usage_of_costs
 from engine.serving.models import Model
 
@@ -32,7 +32,8 @@ class SolveContext(Generic[S]):
     (`policy`, `policy_settings`), this strategy's `settings`, the track settings, the models
     (`model_ids`: the id or path each role was loaded from), and `runner`/`config_digest` for the
     record. `track_slots` bounds the tracks in flight over the whole run: hold one while a track
-    is running."""
+    is running. `on_step` is told of each step a track of the run's policy keeps (the API streams
+    them); a strategy that writes its own steps (a search, RAST) tells it nothing."""
 
     models: dict[str, Model]
     model_ids: dict[str, str]
@@ -51,6 +52,7 @@ class SolveContext(Generic[S]):
     config_digest: str
     # Dynasor-CoT's answer probing, for every track of the run (off by default).
     probing: ProbeSettings = ProbeSettings()
+    on_step: StepObserver | None = None
     started_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)
 
@@ -72,6 +74,7 @@ class SolveContext(Generic[S]):
             self.new_policy(models),
             continuous=POLICIES[self.policy].continuous,
             probing=self.probing,
+            on_step=self.on_step,
         )
 
     def record(self, *, costs: Sequence[RequestCost] = (), **fields: Any) -> ProblemRecord:

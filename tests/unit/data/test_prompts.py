@@ -15,6 +15,7 @@ from engine.data.prompts import (
 )
 from engine.errors import UsageError
 from engine.reasoning.track import track_messages
+from engine.serving.chat import Message
 from tests.fixtures import seed_prompts as seed
 
 CLEAN_PROBLEM = (
@@ -228,3 +229,16 @@ def test_search_set_opens_with_search_and_learns_system_turn_and_the_bare_proble
     assert (user.role, user.content) == ("user", "What is 1 + 1?")
     # The default set has an empty system template: no system turn at all.
     assert [m.role for m in track_messages(problem, load_prompt_set("default"), None)] == ["user"]
+
+
+def test_a_set_passing_problems_through_sends_the_problem_alone_and_keeps_its_other_texts():
+    problem = Problem(id="1", problem="What is 1 + 1?", answer=None)
+    search = load_prompt_set("search")  # a system turn, the bare problem
+    assert [m.role for m in track_messages(problem, search, None)] == ["system", "user"]
+    assert track_messages(problem, search.passing_problems_through(), None) == (Message("user", "What is 1 + 1?"),)
+    default = load_prompt_set("default")  # no system turn, the problem in its instruction
+    through = default.passing_problems_through()
+    assert through.render_problem("What is 1 + 1?") == "What is 1 + 1?" != default.render_problem("What is 1 + 1?")
+    assert through.render_problem("What is 1 + 1?", method="Tip.") == "Tip.\n\nWhat is 1 + 1?"
+    bare = {"problem": "", "problem_method": ""}
+    assert dataclasses.replace(through.templates, **bare) == dataclasses.replace(default.templates, **bare)

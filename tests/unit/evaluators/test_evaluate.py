@@ -296,7 +296,7 @@ def test_a_run_without_any_reference_answer_still_reports_its_cost(tmp_path, cap
     assert (s.accuracy, s.track_accuracy, s.pass_at_k_tracks, s.maj_at_k_tracks) == (None, None, {}, {})
     assert s.notes == ["no record has a reference answer: accuracy not computed"]
     assert main([str(folder), "--report", str(tmp_path / "report")]) == 0
-    assert re.search(r"\nunscored +spec +math500 +1 x 1 +0/1 +- ", capsys.readouterr().out)
+    assert re.search(r"\nunscored +spec +math500 +1 x 1 +0/1 +n/a ", capsys.readouterr().out)
     assert "no record has a reference answer" in (tmp_path / "report" / "report.md").read_text()
 
 

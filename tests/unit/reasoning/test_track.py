@@ -1,6 +1,7 @@
 """Every branch of one track, driven by scripted fake servers: kept and rewritten steps, scores,
 budget, end of thinking, stop rules, failures, and the token bookkeeping."""
 
+import dataclasses
 import functools
 import math
 from collections import defaultdict
@@ -10,9 +11,12 @@ import pytest
 from engine.data.problems import Problem
 from engine.data.prompts import load_prompt_set
 from engine.errors import Terminated, UsageError
+from engine.reasoning.policies import POLICIES
 from engine.reasoning.policies.single import SingleModelSettings
 from engine.reasoning.policies.spec import SpecSettings
 from engine.reasoning.settings import ReasoningConfig
+from engine.reasoning.track import Track, TrackSetup, new_track_record, track_messages, track_models
+from engine.serving.chat import Message
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import run_one_track
 
@@ -301,3 +305,36 @@ async def test_a_score_digit_outside_ascii_reads_as_no_digit(make_models):
     record = await run(make_models, small, big)
     assert record.steps[0].score == 0.0 and record.steps[0].writer == "big"
     assert record.finish_reason == "answer" and record.answer == "42"
+
+
+async def test_the_step_observer_is_told_of_each_kept_step_as_it_is_kept(make_models):
+    small = Script(step=[step("six times seven"), step("it is forty two")])
+    big = Script(score=[score("9"), score("2")], step=[step("so \\boxed{42}")])
+    told = []
+    async with FakeOpenAIServer(by_purpose=by_kind(small)) as s, FakeOpenAIServer(by_purpose=by_kind(big)) as b:
+        setup = TrackSetup(track_id=3, policy="spec")
+        handles = track_models(make_models(big=b, small=s), setup)
+        record = new_track_record(setup)
+
+        def observe(track_id, kept):
+            # Told before the next step is asked for: the record holds exactly the steps told so far.
+            told.append((track_id, kept.text, kept.writer, len(record.steps)))
+
+        policy = POLICIES["spec"].start(SpecSettings(), handles, PROMPTS, ReasoningConfig())
+        await Track(record, setup, PROBLEM, handles, PROMPTS, ReasoningConfig(), policy, on_step=observe).run()
+    assert told == [(3, "six times seven", "small", 1), (3, "so \\boxed{42}", "big", 2)]
+    assert [s.text for s in record.steps] == ["six times seven", "so \\boxed{42}"]
+
+
+def test_a_problems_context_comes_before_its_user_turn_and_its_system_message_replaces_the_sets():
+    earlier = (Message("user", "Hi"), Message("assistant", "Hello."))
+    problem = Problem(id="r", problem="What is 1 + 1?", answer=None, context=earlier)
+    search = load_prompt_set("search")
+    system, *rest = track_messages(problem, search, None)
+    assert system.role == "system" and system.content == search.render_system()
+    assert rest == [*earlier, Message("user", "What is 1 + 1?")]
+    told = dataclasses.replace(problem, context=(Message("system", "Be brief."), *earlier))
+    with_method = TrackSetup(track_id=0, policy="big", method="algebra", instruction="Use algebra.")
+    system, *rest = track_messages(told, search, with_method)
+    assert system == Message("system", "Be brief.") and rest[:-1] == list(earlier)
+    assert rest[-1].role == "user" and "Use algebra." in rest[-1].content and "What is 1 + 1?" in rest[-1].content

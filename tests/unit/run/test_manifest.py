@@ -1,6 +1,7 @@
 """What a run folder's manifest says about how the run was served, and what its digest covers."""
 
 import contextlib
+import dataclasses
 import json
 import shutil
 
@@ -101,3 +102,9 @@ def test_the_config_digest_covers_the_prompt_set_content(tmp_path):
     roles = copy / "roles.yaml"
     roles.write_text(roles.read_text() + "\nextra_role: Think in pictures.\n")
     assert digest() != before
+
+
+def test_the_digest_covers_problems_sent_as_given():
+    models = {"big": ModelConfig("b"), "small": ModelConfig("s")}
+    config = RunConfig(runner="spec", output_dir="x", models=models)
+    assert dataclasses.replace(config, problem_template=False).digest() != config.digest()

@@ -11,7 +11,7 @@ from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies.track_group import plan_tracks
 from engine.reasoning.strategies.vote import VoteSettings
 from engine.run.config import ModelConfig, RunConfig, SchedulerLimits
-from engine.run.scheduler import Scheduler, WorkItem
+from engine.run.scheduler import Scheduler, Slots, WorkItem
 from engine.serving.models import SEED_STRIDE
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import FAST_LIMITS
@@ -322,3 +322,30 @@ async def test_a_track_that_raises_fails_alone_and_the_problem_is_still_voted(ma
     assert [t.finish_reason for t in record.tracks] == ["answer", "failed", "answer"]
     assert record.tracks[1].error == "ZeroDivisionError: a bug in one track"
     assert record.answer == "7" and record.votes == {"7": 2.0}
+
+
+async def test_schedulers_sharing_their_slots_share_the_problem_limit(make_models):
+    """The API runs a scheduler per method and settings over one set of limits."""
+    cfg = config(tracks=1, max_problems_in_flight=2)
+    records = []
+    # Requests hold until two are at the server at once: four would go out together without the shared limit.
+    async with FakeOpenAIServer(scripted_tracks(["1"]), gate_in_flight=2) as big:
+        models, prompts = make_models(big=big), load_prompt_set(cfg.prompt_set)
+        slots = Slots.of(cfg.limits)
+        one, other = (
+            Scheduler(cfg, models, prompts, run_id=r, dataset="d", on_record=records.append, slots=slots)
+            for r in ("a", "b")
+        )
+        told = []
+        solved = await asyncio.gather(
+            *(
+                s.solve_one(WorkItem(p, 0), on_step=lambda t, step: told.append(t))
+                for s in (one, other)
+                for p in PROBLEMS[:2]
+            )
+        )
+    assert big.peak_in_flight == 2
+    assert sorted(r.run_id for r in solved) == ["a", "a", "b", "b"]
+    assert sorted(map(id, records)) == sorted(map(id, solved))  # each handed to on_record too
+    assert all(r.answer == "1" for r in solved)
+    assert told == [0, 0, 0, 0]  # each problem's one track kept its one step
