@@ -152,6 +152,9 @@ class BatchEngine:
         self._running: list[Sequence] = []
         self._work = asyncio.Event()
         self._loop: asyncio.Task | None = None
+        # When the last iteration was due to end: back-to-back iterations start from there, not
+        # from when the sim woke up, so its late wake-ups do not add up over a long run.
+        self._free_at = 0.0
 
     def submit(self, prompt: list[str], reply: list[str]) -> Sequence:
         """Queue a request that will generate `reply` (none: a pooling request, prefill only)."""
@@ -190,8 +193,8 @@ class BatchEngine:
             prefill = sum(len(s.prompt) - s.cached for s in admitted)
             context = sum(s.context for s in batch)
             seconds = self.cost.iteration_ms(len(batch), context, prefill) / 1e3
-            started = self.clock.now()
-            await self.clock.sleep_until(started + seconds)
+            self._free_at = max(self.clock.now(), self._free_at) + seconds
+            await self.clock.sleep_until(self._free_at)
             self._account(batch, seconds)
             self._running = [s for s in batch if s.finished_at is None and not s.left]
 
