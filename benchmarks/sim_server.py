@@ -50,6 +50,7 @@ from benchmarks.sim_behaviour import (
     unit_hash,
 )
 from benchmarks.sim_gpu import BatchEngine, GpuPacer
+from benchmarks.sim_payloads import completion_payload, pooling_payload
 from engine.clock import WALL_CLOCK, Clock
 
 READY_PREFIX = "sim_server_ready "
@@ -73,6 +74,9 @@ class SimStats:
     queued: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
+    # seconds (on the sim's clock) with at least one request in flight: a client's latency less
+    # the time it had none at the sim (its own work between requests)
+    occupied_s: float = 0.0
     decoding: dict[str, int] = field(default_factory=dict)
     peak_decoding: dict[str, int] = field(default_factory=dict)
     completion_tokens: int = 0
@@ -101,6 +105,7 @@ class SimServer:
         self._slots = {name: asyncio.Semaphore(latency.capacity) for name, latency in config.models.items()}
         # When each model's serial worker is next free (on `clock`).
         self._serial_free = dict.fromkeys(config.models, 0.0)
+        self._occupied_since = 0.0
         self.engines = {name: BatchEngine(cost, clock) for name, cost in config.gpu.items()}
         self._runner: web.AppRunner | None = None
 
@@ -163,8 +168,7 @@ class SimServer:
         self.stats.requests[kind] += 1
         fault = self._draw_fault()
         stats = self.stats
-        stats.in_flight += 1
-        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        self._entered()
         try:
             arrived = await self._serial_work(model, arrived)
             if fault in ("http_500", "http_503"):
@@ -182,7 +186,19 @@ class SimServer:
             stats.disconnects += 1
             raise
         finally:
-            stats.in_flight -= 1
+            self._left()
+
+    def _entered(self) -> None:
+        stats = self.stats
+        if stats.in_flight == 0:
+            self._occupied_since = self.clock.now()
+        stats.in_flight += 1
+        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+
+    def _left(self) -> None:
+        self.stats.in_flight -= 1
+        if self.stats.in_flight == 0:
+            self.stats.occupied_s += self.clock.now() - self._occupied_since
 
     async def _pooling(self, request: web.Request) -> web.Response:
         """A process reward model's rows for the step tags of `input` (vLLM's `/pooling`)."""
@@ -192,19 +208,15 @@ class SimServer:
         if model not in self.config.models:
             return _error(404, f"The model `{model}` does not exist.")
         self.stats.requests["pool"] += 1
-        arrived = await self._serial_work(model, arrived)
-        words = prompt_words(text)
-        async with self._pacer(model, body, Reply([], "stop", None), arrived) as pacer:
-            await pacer.until(0)
+        self._entered()
+        try:
+            arrived = await self._serial_work(model, arrived)
+            async with self._pacer(model, body, Reply([], "stop", None), arrived) as pacer:
+                await pacer.until(0)
+        finally:
+            self._left()
         self.stats.served += 1
-        payload = {
-            "id": "pool-sim",
-            "object": "list",
-            "created": int(time.time()),
-            "model": model,
-            "data": [{"index": 0, "object": "pooling", "data": plan_pooling(text, self.config)}],
-            "usage": {"prompt_tokens": len(words), "total_tokens": len(words)},
-        }
+        payload = pooling_payload(model, plan_pooling(text, self.config), len(prompt_words(text)))
         return _json_response(payload)
 
     def _draw_fault(self) -> str | None:
@@ -264,7 +276,7 @@ class SimServer:
         if fault == "reset":
             request.transport.close()
             return web.Response()
-        payload = _encode_json(_completion(body, reply, with_usage=True, cached_tokens=pacer.cached_tokens))
+        payload = _encode_json(completion_payload(body, reply, with_usage=True, cached_tokens=pacer.cached_tokens))
         if fault == "truncated":
             return web.Response(body=payload[: len(payload) // 2], content_type="application/json")
         self._served(reply, pacer.due(len(reply.tokens)))
@@ -301,9 +313,9 @@ class SimServer:
                 reply.stop_reason if last else None,
                 reply.top_logprobs[start:end] if reply.top_logprobs else None,
             )
-            await _send(response, _completion(body, part, with_usage=False))
+            await _send(response, completion_payload(body, part, with_usage=False))
         if (body.get("stream_options") or {}).get("include_usage"):
-            usage = _completion(body, reply, with_usage=True, cached_tokens=pacer.cached_tokens)
+            usage = completion_payload(body, reply, with_usage=True, cached_tokens=pacer.cached_tokens)
             usage_chunk = {**usage, "choices": []}
             await _send(response, usage_chunk)
         await response.write(b"data: [DONE]\n\n")
@@ -332,45 +344,6 @@ def _error(status: int, message: str) -> web.Response:
 
 def _json_response(payload: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=_encode_json(payload), status=status, content_type="application/json")
-
-
-def _completion(
-    body: dict[str, Any], reply: Reply, *, with_usage: bool, cached_tokens: int | None = None
-) -> dict[str, Any]:
-    choice: dict[str, Any] = {
-        "index": 0,
-        "text": "".join(reply.tokens),
-        "logprobs": None,
-        "finish_reason": reply.finish_reason,
-        "stop_reason": reply.stop_reason,
-    }
-    if reply.prompt_logprobs is not None:
-        choice["prompt_logprobs"] = reply.prompt_logprobs
-    if reply.top_logprobs is not None:
-        choice["logprobs"] = {
-            "tokens": reply.tokens,
-            "token_logprobs": [top.get(t, -1.0) for t, top in zip(reply.tokens, reply.top_logprobs, strict=False)],
-            "top_logprobs": reply.top_logprobs,
-            "text_offset": list(range(len(reply.tokens))),
-        }
-    payload: dict[str, Any] = {
-        "id": "cmpl-sim",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": body.get("model"),
-        "choices": [choice],
-    }
-    if with_usage:
-        prompt_tokens = len(prompt_words(body.get("prompt")))
-        payload["usage"] = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(reply.tokens),
-            "total_tokens": prompt_tokens + len(reply.tokens),
-        }
-        if cached_tokens is not None:
-            # as vLLM reports it with --enable-prompt-tokens-details
-            payload["usage"]["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
-    return payload
 
 
 async def serve(config: SimConfig, host: str, port: int) -> None:

@@ -260,3 +260,13 @@ async def test_no_serial_cost_by_default(session):
 def test_a_negative_serial_cost_is_refused():
     with pytest.raises(UsageError, match="request_cpu_s"):
         SimConfig(models={"m": Latency(request_cpu_s=-0.01)})
+
+
+async def test_occupied_time_counts_only_when_some_request_is_in_flight(session):
+    config = sim_config(models={"m": Latency(request_s=0.0, token_s=0.01, capacity=4)}, step_tokens=10)
+    clock = ManualClock()
+    async with SimServer(config, clock) as sim:
+        await run_clock(clock, await start_requests(session, sim, ["m", "m"]), 4)  # both in [0, 0.1]
+        clock.advance_to(0.5)  # the client's own work: nothing at the sim
+        await run_clock(clock, await start_requests(session, sim, ["m"]), 4)  # [0.5, 0.6]
+    assert clock.now() == pytest.approx(0.6) and sim.stats.occupied_s == pytest.approx(0.2)
