@@ -115,6 +115,7 @@ async def project(args: argparse.Namespace, costs: dict[str, GpuCost]) -> list[d
                 steps_per_track=args.steps,
                 step_tokens=args.step_tokens,
                 accept_rate=rate,
+                lag_free=True,
             )
             async with sim_process(sim) as url:
                 models = sim_models(session, url, chat, LIMITS)

@@ -119,6 +119,8 @@ class SimConfig:
     # Models served by a simulated GPU (`benchmarks.sim_gpu`) instead of their `Latency`.
     gpu: dict[str, GpuCost] = field(default_factory=dict)
     prm_threshold: float = 0.7
+    # The server process's clock forgives its own late wake-ups (`sim_gpu.LagFreeClock`).
+    lag_free: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.fault_kinds) - set(FAULT_KINDS)

@@ -49,7 +49,7 @@ from benchmarks.sim_behaviour import (
     request_kind,
     unit_hash,
 )
-from benchmarks.sim_gpu import BatchEngine, GpuPacer
+from benchmarks.sim_gpu import BatchEngine, GpuPacer, LagFreeClock
 from benchmarks.sim_payloads import completion_payload, pooling_payload
 from engine.clock import WALL_CLOCK, Clock
 
@@ -348,7 +348,7 @@ def _json_response(payload: dict[str, Any], status: int = 200) -> web.Response:
 
 async def serve(config: SimConfig, host: str, port: int) -> None:
     """Serve until SIGTERM or SIGINT; announce the URL on stdout for the process that started us."""
-    server = SimServer(config)
+    server = SimServer(config, LagFreeClock() if config.lag_free else WALL_CLOCK)
     url = await server.start(host, port)
     print(READY_PREFIX + url, flush=True)
     stopping = asyncio.Event()

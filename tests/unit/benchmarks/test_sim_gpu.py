@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from benchmarks.sim_behaviour import PRM_STEP_TAG, Latency, SimConfig, plan_pooling
-from benchmarks.sim_gpu import BatchEngine, GpuCost, PrefixCache
+from benchmarks.sim_gpu import BatchEngine, GpuCost, LagFreeClock, PrefixCache
 from benchmarks.sim_server import SimServer
 from engine.errors import UsageError
 from tests.clocks import ManualClock, settled
@@ -195,3 +195,19 @@ def test_gpu_costs_travel_to_the_server_process_and_name_served_models():
     assert SimConfig.from_json(config.to_json()) == config
     with pytest.raises(UsageError, match="does not serve"):
         SimConfig(models={"m": Latency()}, gpu={"big": COST})
+
+
+async def test_a_lag_free_clock_takes_a_late_wake_up_off_its_time_from_then_on():
+    inner = ManualClock()
+    clock = LagFreeClock(inner)
+    first = asyncio.create_task(clock.sleep_until(1.0))
+    await settled(lambda: inner.sleeping == 1, "the first sleep")
+    inner.advance_to(1.3)  # woken 0.3 s late
+    await first
+    assert clock.now() == pytest.approx(1.0)
+    second = asyncio.create_task(clock.sleep_until(2.0))
+    await settled(lambda: inner.sleeping == 1, "the second sleep")
+    assert inner.next_deadline == pytest.approx(2.3)
+    inner.advance_to(2.3)  # on time
+    await second
+    assert clock.now() == pytest.approx(2.0) and clock.forgiven == pytest.approx(0.3)
