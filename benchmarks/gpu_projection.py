@@ -172,7 +172,7 @@ def report(rows: list[dict[str, Any]], tracks: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     add_models_dir_argument(parser)
     parser.add_argument("--measured", type=Path, default=MEASURED, help="benchmarks.gpu_decode's JSON")
     parser.add_argument("--rates", nargs="+", type=float, default=list(RATES), help="shares of drafts accepted")
