@@ -8,13 +8,22 @@ place of the lm_head; it only prefills (vLLM serves it through `/pooling`).
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 # The H100 SXM's HBM3 bandwidth by the vendor's datasheet: the bound issue 34 checks against.
 H100_BYTES_PER_S = 3.35e12
 BF16_BYTES = 2
 # vLLM's default share of the GPU's memory for weights, activations and the KV cache.
 VLLM_MEMORY_SHARE = 0.9
+# An H100 80GB's memory as the driver reports it (81,559 MiB), and dense bf16 matrix arithmetic as
+# measured on one here (KINDS.md: 798 TFLOP/s on an 8192^3 product of random data).
+H100_MEMORY_BYTES = 81559 * 2**20
+H100_FLOP_PER_S = 798e12
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,11 @@ class Shape:
         """The bandwidth bound of the weights alone (issue 34's bound), in ms."""
         return 1e3 * self.step_weight_bytes / bytes_per_s
 
+    def prefill_flop(self, tokens: int) -> float:
+        """Arithmetic of an uncached prefill: two per weight and token, plus causal attention."""
+        attention = 2 * self.layers * self.heads * self.head_dim * tokens * tokens  # QK^T and PV, halved
+        return 2.0 * (self.params - self.vocab * self.hidden) * tokens + attention
+
     def context_that_fits(self, batch: int, free_bytes: float) -> int:
         """The longest context (tokens a sequence) at which `batch` sequences' KV caches fit in
         `free_bytes` (0 when none does)."""
@@ -98,3 +112,49 @@ TINY_SHAPES: dict[str, Shape] = {
         hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vocab=256, head_dim=16, reward_head=True
     ),
 }
+
+
+def bound_figures(shape: Shape, over_bound: float, flop_share: float, activation_bytes: float = 2e9) -> dict[str, Any]:
+    """`benchmarks.gpu_decode`'s figures for `shape` on an H100, derived instead of measured:
+    decode at `over_bound` times its bandwidth bound, prefill at `flop_share` of the measured bf16
+    matrix rate, a score as a prefill on its cached prefix, vLLM's KV cache from 80 GB."""
+    kv_bytes = VLLM_MEMORY_SHARE * H100_MEMORY_BYTES - 2 * shape.params - activation_bytes
+
+    def prefill_ms(tokens: int, context: int = 0) -> float:
+        flop = shape.prefill_flop(context + tokens) - shape.prefill_flop(context)
+        return max(1e3 * flop / (flop_share * H100_FLOP_PER_S), over_bound * shape.bound_ms(1, context + tokens))
+
+    decode = [
+        {
+            "batch": b,
+            "context": c,
+            "fits": b * (c + 1) <= kv_bytes / shape.kv_bytes_per_token,
+            "eager_ms": over_bound * shape.bound_ms(b, c),
+        }
+        for c in (2000, 8000)
+        for b in (1, 4, 16, 64)
+    ]
+    return {
+        "derived": f"decode at {over_bound}x its bandwidth bound, prefill at {flop_share:.0%} of the matrix rate",
+        "decode": decode,
+        "prefill": [{"tokens": t, "ms": prefill_ms(t)} for t in (512, 2000, 8000)],
+        "score": {"context": 2000, "tokens": 50, "eager_ms": prefill_ms(50, 2000)},
+        "memory": {"kv_tokens_vllm": shape.context_that_fits(1, kv_bytes)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.gpu_shapes --out FILE`: figures derived from the bounds, in
+    `benchmarks.gpu_decode`'s format, for a projection where no GPU was at hand."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=main.__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--over_bound", type=float, default=1.5, help="decode time over its bandwidth bound")
+    parser.add_argument("--flop_share", type=float, default=0.6, help="share of the bf16 matrix rate a prefill gets")
+    args = parser.parse_args(argv)
+    shapes = {name: bound_figures(shape, args.over_bound, args.flop_share) for name, shape in SHAPES.items()}
+    args.out.write_text(json.dumps({"device": "derived from bounds, not measured", "shapes": shapes}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
