@@ -218,8 +218,7 @@ def plan_reply(kind: str, body: dict[str, Any], config: SimConfig) -> Reply:
         accepted = unit_hash("accept", prompt, body.get("seed")) < config.accept_rate
         pick, low = unit_hash("digit", prompt, body.get("seed")), config.accept_threshold
         digit = low + int(pick * (10 - low)) if accepted else int(pick * low)
-        alternatives = [str(d) for d in range(10) if d != digit]
-        reply = Reply([str(digit)], "length", None, [_top(str(digit), alternatives, top_k)])
+        reply = Reply([str(digit)], "length", None, [_score_top(digit, low, top_k)])
     elif kind == "step":
         index = step_index(prompt, config.delimiter)
         tokens = [("" if i == 0 else " ") + f"{body.get('model')}{index}w{i}" for i in range(config.step_tokens)]
@@ -236,6 +235,23 @@ def plan_reply(kind: str, body: dict[str, Any], config: SimConfig) -> Reply:
         top = reply.top_logprobs[:max_tokens] if reply.top_logprobs else None
         reply = Reply(reply.tokens[:max_tokens], "length", None, top)
     return reply
+
+
+def _score_top(digit: int, threshold: int, k: int) -> dict[str, float]:
+    """A score's top-k digits: the chosen one at CHOSEN_PROBABILITY, the rest of the mass on the
+    digits on its side of `threshold`, a trace on the others; so the digits' mean (the "average"
+    reading, which Lookahead Reasoning's judge uses) decides as the greedy digit does."""
+    if k <= 0:
+        return {}
+    same_side = [d for d in range(10) if d != digit and (d >= threshold) == (digit >= threshold)]
+    others = [d for d in range(10) if d != digit and d not in same_side]
+    chosen = sorted(same_side, key=lambda d: abs(d - digit)) + sorted(others, key=lambda d: abs(d - digit))
+    chosen = chosen[: k - 1]
+    near = [d for d in chosen if d in same_side]
+    trace = 1e-4
+    rest = (1 - CHOSEN_PROBABILITY - trace * (len(chosen) - len(near))) / max(1, len(near))
+    top = {str(digit): math.log(CHOSEN_PROBABILITY if near else 1 - trace * len(chosen))}
+    return top | {str(d): math.log(rest if d in same_side else trace) for d in chosen}
 
 
 def _top(chosen: str, alternatives: list[str], k: int) -> dict[str, float]:

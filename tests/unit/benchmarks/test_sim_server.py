@@ -71,6 +71,17 @@ def test_score_replies_accept_at_the_configured_rate_with_top_logprobs():
     )
 
 
+@pytest.mark.parametrize("threshold", [3, 7])
+def test_the_digits_mean_decides_as_the_greedy_digit_does(threshold):
+    # Lookahead Reasoning's judge reads the mean of the digits, SpecReason's the sampled digit
+    config = sim_config(accept_rate=0.5, accept_threshold=threshold)
+    for i in range(300):
+        reply = plan_reply("score", {"prompt": f"step {i}", "max_tokens": 1, "logprobs": 10}, config)
+        greedy = score_from_logprobs(reply.tokens[0], reply.top_logprobs[0], "greedy").value
+        average = score_from_logprobs(reply.tokens[0], reply.top_logprobs[0], "average").value
+        assert (greedy >= threshold) == (average >= threshold), f"digit {greedy}, mean {average:.2f}"
+
+
 def test_a_step_is_cut_at_max_tokens():
     reply = plan_reply("step", {"prompt": "<think>\n", "model": "small", **STEP, "max_tokens": 3}, sim_config())
     assert (len(reply.tokens), reply.finish_reason, reply.stop_reason) == (3, "length", None)
