@@ -1,21 +1,24 @@
 """A projection, not a measurement: spectra's methods on H100s, one problem at a time.
 
-The real engine (scheduler, policies, client) runs against the sim server whose models cost what
-the seeds' shapes measured on an H100 (`benchmarks.gpu_decode`, its JSON in
-`benchmarks/measured/`): QwQ-32B as the big model, R1-Distill-Qwen-1.5B as the small one, each on
-its own GPU, served by the sim's simulated GPU (`benchmarks.sim_gpu`: continuous batching at the
-measured decode-by-batch, KV and prefill costs, a prefix cache the size of vLLM's KV cache). What
-the sim cannot know it takes from the papers: the share of drafts the judge accepts (swept over
-the rates the seeds' papers work at) and the shape of a trace (`--steps` steps of `--step_tokens`).
+The real engine (scheduler, policies, client) runs against the sim server, whose models cost
+what the seeds' shapes cost on an H100: QwQ-32B as the big model and R1-Distill-Qwen-1.5B as the
+small one, each on its own GPU, served by the sim's simulated GPU (`benchmarks.sim_gpu`:
+continuous batching at the figures' decode-by-batch, KV and prefill costs, a prefix cache the
+size of vLLM's KV cache). The figures are `benchmarks.gpu_decode`'s measurement (pass its JSON
+with `--figures`) or, by default until that has run on an H100, derived from the H100's bounds
+(`benchmarks/gpu_figures/h100_derived.json`, written by `python -m benchmarks.gpu_shapes`). What
+the sim cannot know comes from the papers: the share of drafts the judge accepts (swept over
+`--rates`) and the shape of a trace (`--steps` steps of `--step_tokens`).
 
 Rows: the big model alone (step by step, so each step is a request as in the others), `spec`
 (SpecReason: the small model drafts, the big model scores 0-9, rewrites below 7) at
-`--pipeline_depth` 0 and 1, and `lookahead` (Lookahead Reasoning, K = 3, the big model as the
-judge of equivalence), each at every acceptance rate. Latency per problem is projected H100
-seconds: wall seconds times `--time_scale` (the sim runs that much faster than the GPU, so the
-engine's own milliseconds are inflated by the same factor: an upper bound on its share).
+`--pipeline_depth` 0 and 1, and `lookahead` (Lookahead Reasoning, K = 3, the big model judging
+equivalence), each at every acceptance rate. Latency per problem is in projected GPU seconds:
+wall seconds times `--time_scale` (the sim runs that much faster than the GPU, so the engine's own
+milliseconds count that many times over); "at the GPUs" counts only the time some request was at
+the sim, on a clock that forgives the sim's late wake-ups.
 
-Run from the repository root: `python -m benchmarks.gpu_projection` (about 8 minutes).
+Run from the repository root: `python -m benchmarks.gpu_projection` (about 10 minutes).
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ from engine.reasoning.strategies.vote import VoteSettings
 from engine.run.config import ModelConfig, RunConfig, SchedulerLimits
 from engine.serving.endpoints import ClientLimits
 
-MEASURED = Path(__file__).parent / "measured" / "h100_shapes.json"
+# Until `benchmarks.gpu_decode` has run on an H100, the figures derived from its bounds
+# (`python -m benchmarks.gpu_shapes --out ...`); pass the measured JSON with --figures.
+FIGURES = Path(__file__).parent / "gpu_figures" / "h100_derived.json"
 ROLES = {"big": "QwQ-32B", "small": "R1-Distill-Qwen-1.5B"}
 RATES = (0.5, 0.7, 0.9)
 LIMITS = ClientLimits(max_in_flight_per_endpoint=64, request_timeout_s=600.0, stall_timeout_s=120.0, max_attempts=1)
@@ -152,7 +157,7 @@ def row(method: Method, rate: float, measured, before: dict, after: dict, scale:
     }
 
 
-def report(rows: list[dict[str, Any]], tracks: int) -> None:
+def report(rows: list[dict[str, Any]], tracks: int, figures: str) -> None:
     alone = next(r for r in rows if r["accept_rate"] is None)
     table = []
     for r in rows:
@@ -168,13 +173,13 @@ def report(rows: list[dict[str, Any]], tracks: int) -> None:
                 "",
             )
         )
-    print_table(f"projected H100 latency per problem ({tracks} track(s), one problem at a time)", table)
+    print_table(f"projected latency per problem ({tracks} track(s), one problem at a time; figures: {figures})", table)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     add_models_dir_argument(parser)
-    parser.add_argument("--measured", type=Path, default=MEASURED, help="benchmarks.gpu_decode's JSON")
+    parser.add_argument("--figures", type=Path, default=FIGURES, help="benchmarks.gpu_decode's JSON (or derived)")
     parser.add_argument("--rates", nargs="+", type=float, default=list(RATES), help="shares of drafts accepted")
     parser.add_argument("--steps", type=int, default=48, help="steps a trace thinks")
     parser.add_argument("--step_tokens", type=int, default=64, help="tokens a step")
@@ -184,10 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
     configure_logging(level="warning")
-    shapes = json.loads(args.measured.read_text())["shapes"]
+    figures = json.loads(args.figures.read_text())
+    shapes = figures["shapes"]
     costs = {role: gpu_cost(shapes[name]) for role, name in ROLES.items()}
     rows = run(project(args, costs))
-    report(rows, args.tracks)
+    report(rows, args.tracks, figures.get("gpu", figures["device"]))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
     return 0
