@@ -13,6 +13,11 @@ generator seeded with `seed`) in one of `fault_kinds`: HTTP 500 or 503, a connec
 mid-stream, a stall of `stall_s` mid-stream (longer than the client's stall timeout), or a body
 cut short (a stream without `[DONE]`, or half a JSON document).
 
+A model with a `GpuCost` in `SimConfig.gpu` is served instead by a simulated GPU
+(`benchmarks.sim_gpu`): continuous batching iteration by iteration at measured decode and prefill
+costs, with a prefix cache whose hits the usage reports (`prompt_tokens_details.cached_tokens`).
+`/pooling` serves a process reward model's step rows (`plan_pooling`).
+
 Run it in its own process (`python -m benchmarks.sim_server --port 0 --config JSON`) so it does
 not compete with the engine for the event loop; it prints one line `sim_server_ready <url>`.
 """
@@ -22,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import math
 import random
 import signal
 import time
@@ -34,10 +38,23 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from benchmarks.sim_behaviour import FAULT_KINDS, Latency, Reply, SimConfig, plan_reply, request_kind, unit_hash
+from benchmarks.sim_behaviour import (
+    FAULT_KINDS,
+    LatencyPacer,
+    Reply,
+    SimConfig,
+    plan_pooling,
+    plan_reply,
+    prompt_words,
+    request_kind,
+    unit_hash,
+)
+from benchmarks.sim_gpu import BatchEngine, GpuPacer, LagFreeClock
+from benchmarks.sim_payloads import completion_payload, pooling_payload
 from engine.clock import WALL_CLOCK, Clock
 
 READY_PREFIX = "sim_server_ready "
+Pacer = LatencyPacer | GpuPacer
 # msgspec, not the standard library: json.dumps of a RAST scoring answer (prompt_logprobs for every
 # prefix token) took milliseconds of the sim's CPU, which the engine's process competes for.
 _encode_json = msgspec.json.Encoder().encode
@@ -49,7 +66,7 @@ class SimStats:
     """What the sim served: requests by kind, faults by kind, peaks of concurrency."""
 
     requests: dict[str, int] = field(
-        default_factory=lambda: {"step": 0, "score": 0, "answer": 0, "rast": 0, "tokenize": 0}
+        default_factory=lambda: {"step": 0, "score": 0, "answer": 0, "rast": 0, "pool": 0, "tokenize": 0}
     )
     served: int = 0
     faults: dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in FAULT_KINDS})
@@ -57,6 +74,9 @@ class SimStats:
     queued: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
+    # seconds (on the sim's clock) with at least one request in flight: a client's latency less
+    # the time it had none at the sim (its own work between requests)
+    occupied_s: float = 0.0
     decoding: dict[str, int] = field(default_factory=dict)
     peak_decoding: dict[str, int] = field(default_factory=dict)
     completion_tokens: int = 0
@@ -64,6 +84,8 @@ class SimStats:
     late_s_total: float = 0.0
     late_s_max: float = 0.0
     serial_wait_s_total: float = 0.0
+    # per model served by a simulated GPU: iterations, busy seconds, prompt and cached tokens
+    gpu: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The counters, and the CPU time the sim's process has used (it runs alone in it)."""
@@ -83,11 +105,14 @@ class SimServer:
         self._slots = {name: asyncio.Semaphore(latency.capacity) for name, latency in config.models.items()}
         # When each model's serial worker is next free (on `clock`).
         self._serial_free = dict.fromkeys(config.models, 0.0)
+        self._occupied_since = 0.0
+        self.engines = {name: BatchEngine(cost, clock) for name, cost in config.gpu.items()}
         self._runner: web.AppRunner | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         app = web.Application()
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/pooling", self._pooling)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
@@ -104,6 +129,8 @@ class SimServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        for engine in self.engines.values():
+            await engine.close()
 
     async def __aenter__(self) -> SimServer:
         await self.start()
@@ -116,6 +143,7 @@ class SimServer:
         return web.Response(text="")
 
     async def _stats(self, request: web.Request) -> web.Response:
+        self.stats.gpu = {name: dataclasses.asdict(engine.stats) for name, engine in self.engines.items()}
         return _json_response(self.stats.to_dict())
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -140,27 +168,56 @@ class SimServer:
         self.stats.requests[kind] += 1
         fault = self._draw_fault()
         stats = self.stats
-        stats.in_flight += 1
-        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        self._entered()
         try:
             arrived = await self._serial_work(model, arrived)
             if fault in ("http_500", "http_503"):
                 return _error(int(fault[-3:]), "simulated server failure")
             reply = plan_reply(kind, body, self.config)
-            async with self._decoding_slot(model) as waited:
-                started = self.clock.now() if waited else arrived
+            async with self._pacer(model, body, reply, arrived) as pacer:
                 try:
                     if body.get("stream"):
-                        return await self._stream(request, body, reply, started, fault)
-                    return await self._whole(request, body, reply, started, fault)
+                        return await self._stream(request, body, reply, pacer, fault)
+                    return await self._whole(request, body, reply, pacer, fault)
                 except (asyncio.CancelledError, ConnectionResetError):
-                    self._aborted(reply, started, self.config.models[model])
+                    self.stats.aborted_tokens += pacer.generated(len(reply.tokens))
                     raise
         except (asyncio.CancelledError, ConnectionResetError):
             stats.disconnects += 1
             raise
         finally:
-            stats.in_flight -= 1
+            self._left()
+
+    def _entered(self) -> None:
+        stats = self.stats
+        if stats.in_flight == 0:
+            self._occupied_since = self.clock.now()
+        stats.in_flight += 1
+        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+
+    def _left(self) -> None:
+        self.stats.in_flight -= 1
+        if self.stats.in_flight == 0:
+            self.stats.occupied_s += self.clock.now() - self._occupied_since
+
+    async def _pooling(self, request: web.Request) -> web.Response:
+        """A process reward model's rows for the step tags of `input` (vLLM's `/pooling`)."""
+        arrived = self.clock.now()
+        body = _decode_json(await request.read())
+        model, text = body.get("model"), str(body.get("input", ""))
+        if model not in self.config.models:
+            return _error(404, f"The model `{model}` does not exist.")
+        self.stats.requests["pool"] += 1
+        self._entered()
+        try:
+            arrived = await self._serial_work(model, arrived)
+            async with self._pacer(model, body, Reply([], "stop", None), arrived) as pacer:
+                await pacer.until(0)
+        finally:
+            self._left()
+        self.stats.served += 1
+        payload = pooling_payload(model, plan_pooling(text, self.config), len(prompt_words(text)))
+        return _json_response(payload)
 
     def _draw_fault(self) -> str | None:
         if self.config.fault_rate <= 0 or self._faults.random() >= self.config.fault_rate:
@@ -183,8 +240,17 @@ class SimServer:
         return done
 
     @asynccontextmanager
-    async def _decoding_slot(self, model: str) -> AsyncIterator[bool]:
-        """Hold one of the model's `capacity` decoding slots; yields whether the request had to wait."""
+    async def _pacer(self, model: str, body: dict[str, Any], reply: Reply, arrived: float) -> AsyncIterator[Pacer]:
+        """The request's pace: its place in the simulated GPU's batch, or one of the model's
+        `capacity` decoding slots and its fixed latency from when it got it."""
+        engine = self.engines.get(model)
+        if engine is not None:
+            sequence = engine.submit(prompt_words(body.get("prompt", body.get("input"))), reply.tokens)
+            try:
+                yield GpuPacer(engine, sequence)
+            finally:
+                engine.leave(sequence)
+            return
         slots, stats = self._slots[model], self.stats
         waited = slots.locked()
         stats.queued += waited
@@ -192,30 +258,38 @@ class SimServer:
             stats.decoding[model] += 1
             stats.peak_decoding[model] = max(stats.peak_decoding[model], stats.decoding[model])
             try:
-                yield waited
+                yield LatencyPacer(self.clock, self.config.models[model], self.clock.now() if waited else arrived)
             finally:
                 stats.decoding[model] -= 1
 
     async def _whole(
-        self, request: web.Request, body: dict[str, Any], reply: Reply, started: float, fault: str | None
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        reply: Reply,
+        pacer: Pacer,
+        fault: str | None,
     ) -> web.StreamResponse:
-        latency = self.config.models[body["model"]]
-        await self.clock.sleep_until(started + latency.seconds(len(reply.tokens)))
+        await pacer.until(len(reply.tokens))
         if fault == "stall":
             await self.clock.sleep(self.config.stall_s)
         if fault == "reset":
             request.transport.close()
             return web.Response()
-        payload = _encode_json(_completion(body, reply, with_usage=True))
+        payload = _encode_json(completion_payload(body, reply, with_usage=True, cached_tokens=pacer.cached_tokens))
         if fault == "truncated":
             return web.Response(body=payload[: len(payload) // 2], content_type="application/json")
-        self._served(reply, started + latency.seconds(len(reply.tokens)))
+        self._served(reply, pacer.due(len(reply.tokens)))
         return web.Response(body=payload, content_type="application/json")
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], reply: Reply, started: float, fault: str | None
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        reply: Reply,
+        pacer: Pacer,
+        fault: str | None,
     ) -> web.StreamResponse:
-        latency = self.config.models[body["model"]]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         cut_at = len(reply.tokens) // 2 if fault in ("reset", "stall", "truncated") else None
@@ -231,7 +305,7 @@ class SimServer:
                     return response
                 await self.clock.sleep(self.config.stall_s)
             # Absolute deadlines: a late wake-up of the sim does not add up over a long answer.
-            await self.clock.sleep_until(started + latency.seconds(end))
+            await pacer.until(end)
             last = end == count
             part = Reply(
                 reply.tokens[start:end],
@@ -239,21 +313,15 @@ class SimServer:
                 reply.stop_reason if last else None,
                 reply.top_logprobs[start:end] if reply.top_logprobs else None,
             )
-            await _send(response, _completion(body, part, with_usage=False))
+            await _send(response, completion_payload(body, part, with_usage=False))
         if (body.get("stream_options") or {}).get("include_usage"):
-            usage_chunk = {**_completion(body, reply, with_usage=True), "choices": []}
+            usage = completion_payload(body, reply, with_usage=True, cached_tokens=pacer.cached_tokens)
+            usage_chunk = {**usage, "choices": []}
             await _send(response, usage_chunk)
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
-        self._served(reply, started + latency.seconds(len(reply.tokens)))
+        self._served(reply, pacer.due(len(reply.tokens)))
         return response
-
-    def _aborted(self, reply: Reply, started: float, latency: Latency) -> None:
-        """Count the tokens the latency model had generated for a request its client went away from."""
-        decoding_s = self.clock.now() - started - latency.request_s
-        # (the small epsilon: a token due at exactly now, as float sums of token_s fall, was sent)
-        generated = math.floor(decoding_s / latency.token_s + 1e-9) if latency.token_s > 0 else len(reply.tokens)
-        self.stats.aborted_tokens += min(len(reply.tokens), max(0, generated))
 
     def _served(self, reply: Reply, due: float) -> None:
         """Count a request served in full; `due` is when the latency model says it should end."""
@@ -278,44 +346,9 @@ def _json_response(payload: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=_encode_json(payload), status=status, content_type="application/json")
 
 
-def _completion(body: dict[str, Any], reply: Reply, *, with_usage: bool) -> dict[str, Any]:
-    choice: dict[str, Any] = {
-        "index": 0,
-        "text": "".join(reply.tokens),
-        "logprobs": None,
-        "finish_reason": reply.finish_reason,
-        "stop_reason": reply.stop_reason,
-    }
-    if reply.prompt_logprobs is not None:
-        choice["prompt_logprobs"] = reply.prompt_logprobs
-    if reply.top_logprobs is not None:
-        choice["logprobs"] = {
-            "tokens": reply.tokens,
-            "token_logprobs": [top.get(t, -1.0) for t, top in zip(reply.tokens, reply.top_logprobs, strict=False)],
-            "top_logprobs": reply.top_logprobs,
-            "text_offset": list(range(len(reply.tokens))),
-        }
-    payload: dict[str, Any] = {
-        "id": "cmpl-sim",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": body.get("model"),
-        "choices": [choice],
-    }
-    if with_usage:
-        prompt = body.get("prompt")
-        prompt_tokens = len(prompt) if isinstance(prompt, list) else max(1, len(str(prompt)) // 4)
-        payload["usage"] = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(reply.tokens),
-            "total_tokens": prompt_tokens + len(reply.tokens),
-        }
-    return payload
-
-
 async def serve(config: SimConfig, host: str, port: int) -> None:
     """Serve until SIGTERM or SIGINT; announce the URL on stdout for the process that started us."""
-    server = SimServer(config)
+    server = SimServer(config, LagFreeClock() if config.lag_free else WALL_CLOCK)
     url = await server.start(host, port)
     print(READY_PREFIX + url, flush=True)
     stopping = asyncio.Event()

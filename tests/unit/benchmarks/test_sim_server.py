@@ -47,7 +47,7 @@ async def test_a_spec_track_thinks_the_configured_steps_then_answers(make_models
     assert [s.tokens for s in record.steps] == [4, 4, 4]
     assert record.answer == str(answer_number(head))
     rewrites = 3 if writer == "big" else 0
-    assert sim.stats.requests == {"step": 3 + rewrites, "score": 3, "answer": 0, "rast": 0, "tokenize": 0}
+    assert sim.stats.requests == {"step": 3 + rewrites, "score": 3, "answer": 0, "rast": 0, "pool": 0, "tokenize": 0}
     assert sim.stats.served == 6 + rewrites and sim.stats.queued == 0
 
 
@@ -69,6 +69,17 @@ def test_score_replies_accept_at_the_configured_rate_with_top_logprobs():
         len(r.top_logprobs[0]) == 10 and max(r.top_logprobs[0], key=r.top_logprobs[0].get) == r.tokens[0]
         for r in replies
     )
+
+
+@pytest.mark.parametrize("threshold", [3, 7])
+def test_the_digits_mean_decides_as_the_greedy_digit_does(threshold):
+    # Lookahead Reasoning's judge reads the mean of the digits, SpecReason's the sampled digit
+    config = sim_config(accept_rate=0.5, accept_threshold=threshold)
+    for i in range(300):
+        reply = plan_reply("score", {"prompt": f"step {i}", "max_tokens": 1, "logprobs": 10}, config)
+        greedy = score_from_logprobs(reply.tokens[0], reply.top_logprobs[0], "greedy").value
+        average = score_from_logprobs(reply.tokens[0], reply.top_logprobs[0], "average").value
+        assert (greedy >= threshold) == (average >= threshold), f"digit {greedy}, mean {average:.2f}"
 
 
 def test_a_step_is_cut_at_max_tokens():
@@ -196,7 +207,8 @@ async def test_the_server_process_serves_its_endpoints_and_counters(session):
         score = await client.complete("a step", max_tokens=1, logprobs=10, stream=False)
         assert score.text.isdigit() and len(score.top_logprobs[0]) == 10
         stats = await sim_stats(session, url)
-    assert stats["requests"] == {"step": 0, "score": 1, "answer": 0, "rast": 0, "tokenize": 1} and stats["served"] == 1
+    assert stats["requests"] == {"step": 0, "score": 1, "answer": 0, "rast": 0, "pool": 0, "tokenize": 1}
+    assert stats["served"] == 1
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -259,3 +271,13 @@ async def test_no_serial_cost_by_default(session):
 def test_a_negative_serial_cost_is_refused():
     with pytest.raises(UsageError, match="request_cpu_s"):
         SimConfig(models={"m": Latency(request_cpu_s=-0.01)})
+
+
+async def test_occupied_time_counts_only_when_some_request_is_in_flight(session):
+    config = sim_config(models={"m": Latency(request_s=0.0, token_s=0.01, capacity=4)}, step_tokens=10)
+    clock = ManualClock()
+    async with SimServer(config, clock) as sim:
+        await run_clock(clock, await start_requests(session, sim, ["m", "m"]), 4)  # both in [0, 0.1]
+        clock.advance_to(0.5)  # the client's own work: nothing at the sim
+        await run_clock(clock, await start_requests(session, sim, ["m"]), 4)  # [0.5, 0.6]
+    assert clock.now() == pytest.approx(0.6) and sim.stats.occupied_s == pytest.approx(0.2)
