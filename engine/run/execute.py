@@ -295,6 +295,7 @@ async def model_endpoints(config: RunConfig, session: aiohttp.ClientSession) -> 
                 model=model_config.model,
                 max_model_len=length,
                 extra_args=extra_args + _server_args(config, role),
+                api_key=model_config.api_key,
             )
             to_start.append(spec)
     lengths = {spec.name: spec.max_model_len for spec in to_start}
@@ -344,7 +345,8 @@ async def serving_facts(
     that runs measured differently are not compared silently."""
     servers = {}
     for role, endpoint in endpoints.items():
-        versions = [await server_version(session, url) for url in endpoint.urls]
+        key = config.model(role).api_key
+        versions = [await server_version(session, url, key) for url in endpoint.urls]
         servers[role] = {
             "urls": list(endpoint.urls),
             "served_model": endpoint.served,
@@ -367,7 +369,7 @@ async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelCon
     served, unreachable = [], []
     for url in model_config.urls:
         try:
-            served.append(await check_server(session, url, model_config.model, role=role))
+            served.append(await check_server(session, url, model_config.model, role=role, api_key=model_config.api_key))
         except UnreachableServerError as exc:
             unreachable.append(exc)
     if not served:
@@ -386,5 +388,6 @@ async def build_models(
         chat = await asyncio.to_thread(
             load_chat_format, model_config.model, tokenizer=model_config.tokenizer, thinking=config.thinking
         )
-        models[role] = Model(role=role, client=ModelClient(session, served, list(urls), config.client), chat=chat)
+        client = ModelClient(session, served, list(urls), config.client, api_key=model_config.api_key, role=role)
+        models[role] = Model(role=role, client=client, chat=chat)
     return models
