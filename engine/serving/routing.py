@@ -103,16 +103,20 @@ class ReplicaLoads:
             return
         self._reading = True
         try:
-            own = {endpoint.url: endpoint.load for endpoint in endpoints}
-            reported = await asyncio.gather(*(self._read(endpoint.url) for endpoint in endpoints))
-            self._reported.update(zip(own, reported, strict=True))
-            self._own_then.update(own)
+            await asyncio.gather(*(self._read(endpoint) for endpoint in endpoints))
             self._read_at = self.clock.now()
             self.readings += 1
         finally:
             self._reading = False
 
-    async def _read(self, url: str) -> int | None:
+    async def _read(self, endpoint: Loaded) -> None:
+        """Read `endpoint`'s load, and this process's requests to it as the answer comes: what
+        the server counted when it answered (requests sent while the reading was under way
+        included)."""
+        self._reported[endpoint.url] = await self._reported_load(endpoint.url)
+        self._own_then[endpoint.url] = endpoint.load
+
+    async def _reported_load(self, url: str) -> int | None:
         try:
             async with self.session.get(url + "/load", headers=self.headers, timeout=self._timeout) as response:
                 if response.status != 200:
