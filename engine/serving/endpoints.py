@@ -250,9 +250,10 @@ class EndpointPool:
         endpoints = list(self._endpoints.values())
         if len(endpoints) == 1:
             return endpoints[0]
-        await self.loads.refresh(endpoints)
         now = self.clock.now()
         healthy = {e.url for e in endpoints if e.unhealthy_until <= now}
+        # A replica passed over as unhealthy is not asked its load either (it may not answer).
+        await self.loads.refresh([e for e in endpoints if e.url in healthy] or endpoints)
         affine = route is not None and self.limits.routing == AFFINE
         previous = self._affinity.get(route) if affine else None
         loads = {e.url: self.loads.load(e) for e in endpoints}

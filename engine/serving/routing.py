@@ -36,7 +36,9 @@ UNBOUNDED = "none"
 DEFAULT_AFFINITY_BOUND = 4
 # How old a reading of the replicas' load may be before a request reads them again.
 LOAD_POLL_S = 0.5
-_LOAD_TIMEOUT_S = 2.0
+# A request waits for the reading it starts: a replica that takes longer to say its load is read as
+# saying nothing this time.
+_LOAD_TIMEOUT_S = 1.0
 
 
 class RouteKey:

@@ -156,9 +156,13 @@ async def test_a_track_on_a_failing_replica_is_retried_on_the_other_and_stays_th
         assert (await client.complete("p", max_tokens=1, route=track)).endpoint == first.url
         # the second request fails on the track's replica; the retry goes to the healthy one
         assert (await client.complete("p", max_tokens=1, route=track)).endpoint == second.url
+        reads = (first.load_reads, second.load_reads)
+        clock.time += LOAD_POLL_S  # still passed over: the unhealthy replica is not asked its load
+        assert (await client.complete("p", max_tokens=1, route=track)).endpoint == second.url
+        assert (first.load_reads, second.load_reads) == (reads[0], reads[1] + 1)
         clock.time += 60  # the first replica is healthy again, as loaded: the track stays where it went
         assert (await client.complete("p", max_tokens=1, route=track)).endpoint == second.url
-        assert len(first.requests) == 2 and len(second.requests) == 2
+        assert len(first.requests) == 2 and len(second.requests) == 3
 
 
 async def test_least_loaded_routing_follows_the_load_not_the_track(session):
