@@ -141,7 +141,13 @@ def mode_argv(mode: Mode, models: dict[str, ModelConfig], problems: int, out: Pa
         if role in needed
         for what, value in (("model", m.model), ("url", m.urls[0]))
     ]
-    data = ["--dataset_name=toy", f"--problem_id=0-{problems - 1}", f"--prompt_set={PROMPT_SET}"]
+    # The toy models were taught chat-rendered conversations: SpecLRM's runners send them those too.
+    data = [
+        "--dataset_name=toy",
+        f"--problem_id=0-{problems - 1}",
+        f"--prompt_set={PROMPT_SET}",
+        "--prompt_format=chat",
+    ]
     data.append(f"--output_dir={out / mode.name}")
     return [*mode.flags, *data, *served]
 

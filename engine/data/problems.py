@@ -58,7 +58,13 @@ class Preset:
     config: str | None
     split: str
     fields: dict[str, tuple[str, ...]]
-    convert: Callable[[Rows, str], list[Problem]] | None = None
+    # (rows, source, GPQA's choice order) -> problems, for a preset read from fixed columns.
+    convert: Callable[[Rows, str, str], list[Problem]] | None = None
+
+
+# `--gpqa_order`: the seeds' (the right answer first, the texts as the rows give them), or spectra's
+# shuffle, fixed per question.
+GPQA_ORDERS = ("seed", "shuffled")
 
 
 def load_problems(
@@ -67,11 +73,13 @@ def load_problems(
     data_file: str | Path | None = None,
     split: str | None = None,
     field_map: dict[str, str] | None = None,
+    gpqa_order: str = "shuffled",
 ) -> list[Problem]:
     """Load the problems of `dataset` (a preset, a local file, a hub id or "demo").
 
     `data_file` gives a local copy of a preset; `split` picks a hub split (a preset has its
-    own default); `field_map` maps our fields (problem, answer, id, choices) to columns.
+    own default); `field_map` maps our fields (problem, answer, id, choices) to columns;
+    `gpqa_order` orders GPQA's choices (`GPQA_ORDERS`).
     """
     field_map = dict(field_map or {})
     unknown = sorted(set(field_map) - set(DEFAULT_FIELDS))
@@ -86,7 +94,7 @@ def load_problems(
             raise UsageError("the toy data set is generated; it takes no data file or --field (--split test|train)")
         problems = toy_problems(split or "test")
     elif (preset := PRESETS.get(ALIASES.get(dataset, dataset))) is not None:
-        problems = _load_preset(preset, data_file, split, field_map)
+        problems = _load_preset(preset, data_file, split, field_map, gpqa_order)
     elif data_file is not None:
         raise UsageError(
             f"a data file goes with a preset ({', '.join(PRESETS)}); to load {data_file} alone, "
@@ -200,8 +208,13 @@ def toy_problems(split: str = "test") -> list[Problem]:
     return [Problem(id=str(i), problem=p.text, answer=str(p.answer)) for i, p in enumerate(generated)]
 
 
+def is_gpqa(dataset: str) -> bool:
+    """Whether `dataset` names the GPQA preset (whose choices `--gpqa_order` orders)."""
+    return ALIASES.get(dataset, dataset) == "gpqa_diamond"
+
+
 def _load_preset(
-    preset: Preset, data_file: str | Path | None, split: str | None, field_map: dict[str, str]
+    preset: Preset, data_file: str | Path | None, split: str | None, field_map: dict[str, str], gpqa_order: str
 ) -> list[Problem]:
     if preset.convert is not None and field_map:
         raise UsageError(f"{preset.hub_id} is read from its fixed columns; --field does not apply")
@@ -212,7 +225,7 @@ def _load_preset(
     else:
         rows, source = _hub_rows(preset.hub_id, preset.config, split or preset.split), preset.hub_id
     if preset.convert is not None:
-        return preset.convert(rows, source)
+        return preset.convert(rows, source, gpqa_order)
     return _rows_to_problems(rows, {**DEFAULT_FIELDS, **preset.fields}, field_map, source)
 
 
@@ -337,8 +350,11 @@ def _check_unique_ids(problems: list[Problem], source: str) -> None:
         seen.add(problem.id)
 
 
-def _gpqa_problems(rows: Rows, source: str) -> list[Problem]:
-    """GPQA rows -> four shuffled choices; the id is the row index, the seeds' --problem_id for gpqa."""
+def _gpqa_problems(rows: Rows, source: str, order: str) -> list[Problem]:
+    """GPQA rows -> four choices; the id is the row index, the seeds' --problem_id for gpqa. `order`
+    "seed": as both seeds show them, the correct answer as (A) and every text as the row gives it;
+    "shuffled": spectra's order, keyed on the question (its Record ID when present) so that it is the
+    same on every run and machine, texts stripped."""
     if not rows:
         raise UsageError(f"{source} holds no problems")
     missing = [c for c in ("Question", *GPQA_OPTIONS) if c not in rows[0]]
@@ -348,17 +364,18 @@ def _gpqa_problems(rows: Rows, source: str) -> list[Problem]:
         )
     problems = []
     for index, row in enumerate(rows):
+        if order == "seed":
+            problems.append(Problem(str(index), str(row["Question"]), "A", tuple(str(row[c]) for c in GPQA_OPTIONS)))
+            continue
         options = [str(row[c]).strip() for c in GPQA_OPTIONS]
-        # The seeds always show the correct answer as (A). We shuffle instead, keyed on the
-        # question (its Record ID when present) so the order is the same on every run and machine.
         key = str(row.get("Record ID") or row["Question"])
-        order = sorted(range(len(options)), key=lambda i: hashlib.sha256(f"{key}\0{i}".encode()).digest())
+        shuffled = sorted(range(len(options)), key=lambda i: hashlib.sha256(f"{key}\0{i}".encode()).digest())
         problems.append(
             Problem(
                 id=str(index),
                 problem=str(row["Question"]).strip(),
-                answer=CHOICE_LETTERS[order.index(0)],
-                choices=tuple(options[i] for i in order),
+                answer=CHOICE_LETTERS[shuffled.index(0)],
+                choices=tuple(options[i] for i in shuffled),
             )
         )
     return problems

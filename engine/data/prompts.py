@@ -37,6 +37,9 @@ class Templates:
 
     problem: str
     problem_multiple_choice: str
+    problem_method: str
+    problem_multiple_choice_method: str
+    with_role: str
     score: str
     score_prefix: str
     rewrite: str
@@ -55,6 +58,12 @@ class Templates:
 PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "problem": (frozenset({"problem"}), frozenset({"problem"})),
     "problem_multiple_choice": (frozenset({"problem", "choices"}), frozenset({"problem", "choices"})),
+    "problem_method": (frozenset({"problem", "method"}), frozenset({"problem", "method"})),
+    "problem_multiple_choice_method": (
+        frozenset({"problem", "choices", "method"}),
+        frozenset({"problem", "choices", "method"}),
+    ),
+    "with_role": (frozenset({"role", "message"}), frozenset({"role", "message"})),
     "score": (frozenset({"problem", "step"}), frozenset()),
     "score_prefix": (frozenset(), frozenset()),
     "rewrite": (frozenset({"draft"}), frozenset({"draft"})),
@@ -78,7 +87,7 @@ MAY_BE_EMPTY = frozenset({"rewrite", "system"})
 @dataclass(frozen=True)
 class Method:
     """A solution method: its letter `code`, a one-line `description` for the selector, an
-    `instruction` for the track ("" for the "unknown" choice: the track gets the plain problem)."""
+    `instruction` for the track (its tip in `problem_method`; "" : the track gets the plain problem)."""
 
     name: str
     code: str
@@ -96,21 +105,29 @@ class PromptSet:
     roles: dict[str, str] = field(default_factory=dict)
     methods: dict[str, Method] = field(default_factory=dict)
 
-    def render_problem(self, problem: str, choices: list[str] | tuple[str, ...] | None = None) -> str:
-        """The first user message: `problem`, or `problem_multiple_choice` when choices are given.
+    def render_problem(
+        self, problem: str, choices: list[str] | tuple[str, ...] | None = None, *, method: str = ""
+    ) -> str:
+        """The first user message: `problem`, or `problem_multiple_choice` when choices are given;
+        with a `method` text, their `_method` twins, which hold it where SpecLRM puts its tip.
 
         Choices are one `(A) text` a line, each line indented like the `{choices}` line of the
         template (SpecReason's message is an indented string, so its choices are indented too).
         """
+        templates = self.templates
         if choices is None:
-            return self.templates.problem.format(problem=problem)
+            return (templates.problem_method if method else templates.problem).format(problem=problem, method=method)
         if not 2 <= len(choices) <= len(CHOICE_LETTERS):
             raise UsageError(f"a multiple-choice problem needs 2 to 26 choices, got {len(choices)}")
-        template = self.templates.problem_multiple_choice
+        template = templates.problem_multiple_choice_method if method else templates.problem_multiple_choice
         line_start = template.split("{choices}", 1)[0].rpartition("\n")[2]
         indent = line_start if not line_start.strip() else ""
         lines = f"\n{indent}".join(f"({CHOICE_LETTERS[i]}) {text}" for i, text in enumerate(choices))
-        return template.format(problem=problem, choices=lines)
+        return template.format(problem=problem, choices=lines, method=method)
+
+    def render_with_role(self, role: str, message: str) -> str:
+        """The first user message of a track that plays `role` (the role's instruction)."""
+        return self.templates.with_role.format(role=role, message=message)
 
     def render_system(self) -> str:
         """The system turn that opens every conversation; "" for none."""
@@ -132,11 +149,16 @@ class PromptSet:
         """The text appended to close thinking and ask for the final answer when the budget is spent."""
         return self.templates.answer.format()
 
-    def render_select_methods(self, problem: str, method_num: int) -> str:
+    def render_select_methods(
+        self, problem: str, method_num: int, choices: list[str] | tuple[str, ...] | None = None
+    ) -> str:
         """The method selector's user message, listing this set's methods as `A. description` lines
-        (SpecLRM's letter-coded list) and asking for `method_num` codes."""
+        (SpecLRM's letter-coded list) and asking for `method_num` codes; a multiple-choice problem is
+        followed by its choices as SpecLRM appends them ("\nChoices: ", then "\n(A) text" each)."""
         methods = list(self.require_methods().values())
         listing = "\n".join(f"{m.code}. {m.description}" for m in methods)
+        if choices:
+            problem += "\nChoices: " + "".join(f"\n({CHOICE_LETTERS[i]}) {text}" for i, text in enumerate(choices))
         return self.templates.select_methods.format(
             problem=problem,
             methods=listing,

@@ -3,9 +3,11 @@
 Answers are grouped with math-verify (`engine.data.answers.group_equivalent`), except by `speclrm`.
 Four ways to vote, registered in `AGGREGATIONS`:
 - `speclrm`: SpecLRM's `select_best_result`. Only tracks that finished with their own answer
-  (a step stated it: finish reason "answer") vote, and answers are compared as exact strings
-  ("1/2" and "0.5" are two answers). The most common answer wins; ties, and answers that all
-  differ, go to the track that spent most tokens.
+  vote (a step stated it, finish reason "answer", or its probes agreed on it, "probe"); each votes
+  SpecLRM's reading of its text (`engine.data.speclrm_answers`: the first box, integers as integers),
+  compared as exact values ("1/2" and "0.5" are two answers, "042" and "42" one). An answer given at
+  least twice wins, the first seen among tied ones (`Counter.most_common`); when all differ, the
+  track that spent most tokens.
 - `majority`: the group with most tracks, any track with an answer voting. Ties go to the group
   holding the track that spent most tokens (SpecLRM's tie-breaker).
 - `weighted`: each track counts with its mean step score (1 for tracks that were not scored).
@@ -19,10 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.data.answers import group_equivalent
+from engine.data.speclrm_answers import speclrm_answer, speclrm_identity
 from engine.records import FinishReason, TrackRecord
 
 # A track's weight is its mean step score, so it can never exceed the top score.
 MAX_SCORE_WEIGHT = 9.0
+# The tracks whose own stated answer SpecLRM's vote counts: a step stated it, or its probes agreed on it.
+OWN_ANSWER = (FinishReason.ANSWER, FinishReason.PROBE)
 
 
 @dataclass(frozen=True)
@@ -53,19 +58,21 @@ def answer_groups(
     first appearance. With `weights` (track id -> weight) only those tracks vote, with those weights."""
     answered = [t for t in tracks if t.answer is not None and (weights is None or t.track_id in weights)]
     if aggregation == "speclrm":
-        answered = [t for t in answered if t.finish_reason == FinishReason.ANSWER]
-        by_text: dict[str, list[int]] = {}
+        voted = {t.track_id: speclrm_vote(t, multiple_choice=multiple_choice) for t in answered}
+        answered = [t for t in answered if t.finish_reason in OWN_ANSWER and voted[t.track_id] is not None]
+        by_value: dict[str, list[int]] = {}
         for i, t in enumerate(answered):
-            by_text.setdefault(t.answer, []).append(i)
-        partition = list(by_text.values())
+            by_value.setdefault(voted[t.track_id], []).append(i)
+        partition, names = list(by_value.values()), list(by_value)
     else:
         partition = group_equivalent([t.answer for t in answered], multiple_choice=multiple_choice)
+        names = [answered[members[0]].answer for members in partition]
     groups = []
-    for members in partition:
+    for members, name in zip(partition, names, strict=True):
         group = [answered[i] for i in members]
         groups.append(
             AnswerGroup(
-                answer=group[0].answer,
+                answer=name,
                 track_ids=tuple(t.track_id for t in group),
                 weight=sum(track_weight(t, aggregation) if weights is None else weights[t.track_id] for t in group),
                 most_tokens=max(t.thinking_tokens + t.answer_tokens for t in group),
@@ -75,8 +82,23 @@ def answer_groups(
     return groups
 
 
+def speclrm_vote(track: TrackRecord, *, multiple_choice: bool) -> str | None:
+    """What a track votes under `speclrm`: SpecLRM's reading of its steps, or of its probed answer."""
+    if track.finish_reason == FinishReason.PROBE and track.answer is not None:
+        return speclrm_identity(track.answer, choices=multiple_choice)
+    return speclrm_answer("\n\n".join(step.text for step in track.steps), choices=multiple_choice)
+
+
 def _by_weight(groups: list[AnswerGroup]) -> AnswerGroup | None:
     return max(groups, key=lambda g: (g.weight, g.most_tokens), default=None)
+
+
+def _by_speclrm(groups: list[AnswerGroup]) -> AnswerGroup | None:
+    """SpecLRM's pick: the most common answer given at least twice, the first seen among tied ones;
+    when every answer differs, the one of the track that spent most tokens (the first such)."""
+    if any(g.weight > 1 for g in groups):
+        return max(groups, key=lambda g: g.weight)
+    return max(groups, key=lambda g: g.most_tokens, default=None)
 
 
 def _by_first(groups: list[AnswerGroup]) -> AnswerGroup | None:
@@ -84,9 +106,8 @@ def _by_first(groups: list[AnswerGroup]) -> AnswerGroup | None:
 
 
 AGGREGATIONS: dict[str, Callable[[list[AnswerGroup]], AnswerGroup | None]] = {
-    # Most votes, then the group holding the longest track: with all answers different this is
-    # the longest track, as SpecLRM picks.
-    "speclrm": _by_weight,
+    "speclrm": _by_speclrm,
+    # Most votes, then the group holding the longest track.
     "majority": _by_weight,
     "weighted": _by_weight,
     "first": _by_first,

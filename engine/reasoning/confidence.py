@@ -87,21 +87,26 @@ def trace_confidence(tokens: Sequence[float], measure: str, window: int) -> floa
     if measure == "lowest":
         return min(groups)
     if measure == "bottom10":
-        lowest = sorted(groups)[: max(1, math.ceil(0.1 * len(groups)))]
+        # DeepConf's count of the lowest 10%: int(), at least one (utils.py `num_bottom`).
+        lowest = sorted(groups)[: max(1, int(0.1 * len(groups)))]
         return sum(lowest) / len(lowest)
     raise ValueError(f"unknown confidence measure {measure!r}; use one of {', '.join(MEASURES)}")
 
 
 def keep_most_confident(confidences: dict[int, float], percent: float) -> list[int]:
-    """The ids of the top `percent`% of traces by confidence (at least one), most confident first;
-    ties keep the lower id."""
-    ranked = sorted(confidences, key=lambda i: (-confidences[i], i))
-    return ranked[: max(1, math.ceil(percent / 100 * len(ranked)))]
+    """The ids of the traces at or above the (100 - `percent`)-th percentile of the confidences, as
+    DeepConf's `filter_top_confidence` keeps them (every trace tied at the bar too), in id order."""
+    if not confidences:
+        return []
+    bar = percentile(list(confidences.values()), 100 - percent)
+    return sorted(i for i, c in confidences.items() if c >= bar)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile of `values`, interpolated linearly (numpy's default)."""
     ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
+    position = (len(ordered) - 1) * (q / 100)
     low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    below, above, t = ordered[low], ordered[high], position - low
+    # numpy's lerp, to the last bit: from the nearer end, so a bar DeepConf compares with `>=` is its bar.
+    return above - (above - below) * (1 - t) if t >= 0.5 else below + (above - below) * t

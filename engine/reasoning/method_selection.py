@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from engine.data.problems import Problem
 from engine.data.prompts import PromptSet
 from engine.errors import ServerError
 from engine.records import ModelUsage, RequestCost, usage_of_costs
@@ -64,11 +65,11 @@ def parse_codes(text: str, codes: list[str], count: int) -> list[str]:
     return found[:count]
 
 
-async def select_methods(problem: str, prompts: PromptSet, selector: Model, count: int) -> MethodChoice:
+async def select_methods(problem: Problem, prompts: PromptSet, selector: Model, count: int) -> MethodChoice:
     """Ask `selector` for `count` method codes; fill a short answer with the last code ("unknown")."""
     library = list(prompts.require_methods().values())
     codes = [m.code for m in library]
-    request = [Message("user", prompts.render_select_methods(problem, count))]
+    request = [Message("user", prompts.render_select_methods(problem.problem, count, problem.choices))]
     try:
         reply = await selector.continue_text(
             request,

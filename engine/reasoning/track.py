@@ -55,16 +55,19 @@ class TrackSetup:
     token_logprobs: int | None = None
 
 
-def track_messages(problem: Problem, prompts: PromptSet, instruction: str | None) -> tuple[Message, ...]:
-    """The prompt set's system turn (if any), then the user turn: the role or method instruction
-    (if any) before the problem prompt.
+def track_messages(problem: Problem, prompts: PromptSet, setup: TrackSetup | None = None) -> tuple[Message, ...]:
+    """The prompt set's system turn (if any), then the user turn, laid out as SpecLRM lays it out: a
+    method's text inside the problem message (`problem_method`, after "Tips: "), a role's before it
+    (`with_role`).
 
     The instruction goes into the user turn rather than a system turn because several reasoning
     models' templates reject or ignore system messages.
     """
-    text = prompts.render_problem(problem.problem, list(problem.choices) if problem.choices else None)
-    if instruction:
-        text = f"{instruction.strip()}\n\n{text}"
+    choices = list(problem.choices) if problem.choices else None
+    method = (setup.instruction or "") if setup is not None and setup.method else ""
+    text = prompts.render_problem(problem.problem, choices, method=method)
+    if setup is not None and setup.role and setup.instruction:
+        text = prompts.render_with_role(setup.instruction, text)
     system = prompts.render_system()
     return ((Message("system", system),) if system else ()) + (Message("user", text),)
 
@@ -104,10 +107,11 @@ class Track:
         self.record, self.setup, self.problem = record, setup, problem
         self.models, self.prompts, self.config, self.policy = models, prompts, config, policy
         self.continuous = continuous
-        self.messages = track_messages(problem, prompts, setup.instruction)
+        self.messages = track_messages(problem, prompts, setup)
         self.ending: FinishReason | None = None
         self.started = time.monotonic()
         self.probing, self.probes, self.unprobed_tokens = probing, [], 0
+        self.probed: str | None = None  # the answer the probes agreed on
 
     async def _advance(self) -> FinishReason | None:
         """Write one step; returns why thinking ended (answer, repeat, budget, with --answer_phase
@@ -160,13 +164,13 @@ class Track:
             self.messages,
             reasoning_text(record, config.step_delimiter),
             index=len(record.steps),
-            temperature=config.temperature,
-            top_p=config.top_p,
         )
         self.probes.append(found)
         step.charge([found.cost])
         step.detail = {**(step.detail or {}), "probe": found.answer, "probe_hedged": found.hedged}
-        if agreed(self.probes, self.probing.probe_agree) is not None:
+        choices = bool(self.problem.choices)
+        self.probed = await asyncio.to_thread(agreed, self.probes, self.probing.probe_agree, multiple_choice=choices)
+        if self.probed is not None:
             self.ending = FinishReason.PROBE
 
     def _continuous_ending(self, ending: StepEnding) -> FinishReason | None:
@@ -188,7 +192,7 @@ class Track:
         as SplitReason's flow asks the big model for the boxed answer."""
         if self.ending == FinishReason.PROBE:
             self.record.finish_reason = FinishReason.PROBE
-            self.record.answer = agreed(self.probes, self.probing.probe_agree)
+            self.record.answer = self.probed
             self.record.answer_model = self.record.steps[-1].writer
             return
         config = self.config

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.data.problems import is_gpqa
 from engine.data.prompts import prompt_set_digest
 from engine.errors import UsageError
 from engine.reasoning.policies import POLICIES
@@ -19,6 +20,7 @@ from engine.reasoning.probing import ProbeSettings
 from engine.reasoning.settings import ReasoningConfig, Settings, check_choices, setting
 from engine.reasoning.strategies import STRATEGIES
 from engine.serving.endpoints import ClientLimits
+from engine.serving.raw import PROMPT_FORMATS
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class DataConfig:
     problem_id: str | None = None
     repeat_id: str = "0"
     fields: tuple[str, ...] = ()
+    # GPQA's choice order (`engine.data.problems.GPQA_ORDERS`); read only for the GPQA preset.
+    gpqa_order: str = "shuffled"
     # "I/N": this process does the I-th of N slices of the work (engine.run.execute.Shard); left out of
     # the digest, like the selection, so that the shards of one run share their config digest.
     shard: str | None = None
@@ -80,6 +84,9 @@ class RunConfig:
     data: DataConfig = DataConfig()
     client: ClientLimits = ClientLimits()
     prompt_set: str = "default"
+    # How prompts are rendered (`engine.serving.raw.PROMPT_FORMATS`): the model's chat template, or
+    # SpecLRM's raw text with the tokenizer's special tokens.
+    prompt_format: str = "chat"
     thinking: str = "auto"
     server_log_dir: str | None = None
     # Context length of the servers spectra starts; None: each model's own (its config.json).
@@ -126,6 +133,8 @@ class RunConfig:
                 "dataset_name": self.data.dataset_name,
                 "data_file": self.data.data_file,
                 "fields": self.data.fields,
+                # Only where it orders anything, and not spectra's shuffle of before: digests stay.
+                **({"gpqa_order": self.data.gpqa_order} if self._orders_gpqa() else {}),
             },
             # Only when on: run folders made before probing existed keep their digest.
             **({"probing": dataclasses.asdict(self.probing)} if self.probing != ProbeSettings() else {}),
@@ -133,8 +142,13 @@ class RunConfig:
             # The texts, not only the name: an edited set is another experiment.
             "prompt_set_content": prompt_set_digest(self.prompt_set),
             "thinking": self.thinking,
+            # Only when raw: run folders made before the raw format existed keep their digest.
+            **({"prompt_format": self.prompt_format} if self.prompt_format != "chat" else {}),
         }
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _orders_gpqa(self) -> bool:
+        return is_gpqa(self.data.dataset_name) and self.data.gpqa_order != "shuffled"
 
     def validate(self) -> None:
         """Raise UsageError for settings that cannot work together."""
@@ -145,5 +159,7 @@ class RunConfig:
             settings.validate()
         if self.server_restarts is not None and self.server_restarts < 0:
             raise UsageError(f"--server_restarts must be 0 or more, not {self.server_restarts}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise UsageError(f"--prompt_format must be one of {', '.join(PROMPT_FORMATS)}, not {self.prompt_format!r}")
         if self.thinking not in ("auto", "on", "off"):
             raise UsageError(f"--thinking must be auto, on or off, not {self.thinking!r}")

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.data.problems import is_gpqa
 from engine.errors import UsageError
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.probing import ProbeSettings
@@ -73,6 +74,7 @@ def _settled(plan: RunnerPlan, flags: Flags) -> tuple[dict[str, Any], str, str]:
     chosen = plan.translate(flags)
     policy, strategy = chosen.get("policy") or plan.policy, chosen.get("strategy") or plan.strategy
     refusals.refuse_max_tokens_elsewhere(plan, chosen, strategy)
+    refusals.refuse_prompt_format_for_rast(chosen, strategy)
     refusals.refuse_a_policy_that_never_runs(plan, flags, chosen, strategy)
     refusals.refuse_flags_of_specs_not_in_use(chosen, policy, strategy)
     return _shared_spellings(chosen, policy), policy, strategy
@@ -130,9 +132,10 @@ def _run_config(
         reasoning=settings_from_flags(ReasoningConfig, chosen, defaults),
         probing=settings_from_flags(ProbeSettings, chosen),
         limits=settings_from_flags(SchedulerLimits, chosen, demo.DEMO_LIMITS if is_demo else None),
-        data=_data_config(plan, chosen, dataset, shard),
+        data=_data_config(plan, chosen, defaults, dataset, shard),
         client=settings_from_flags(ClientLimits, chosen),
         prompt_set=chosen.get("prompt_set") or defaults.get("prompt_set", "default"),
+        prompt_format=chosen.get("prompt_format") or defaults.get("prompt_format", "chat"),
         thinking=chosen.get("thinking") or "auto",
         server_log_dir=chosen.get("server_log_dir"),
         max_model_len=chosen.get("max_model_len"),
@@ -140,7 +143,7 @@ def _run_config(
     )
 
 
-def _data_config(plan: RunnerPlan, chosen: Flags, dataset: str, shard: Shard | None) -> DataConfig:
+def _data_config(plan: RunnerPlan, chosen: Flags, defaults: Flags, dataset: str, shard: Shard | None) -> DataConfig:
     repeats = repeat_ids(plan, chosen)
     return DataConfig(
         dataset_name=dataset,
@@ -148,8 +151,17 @@ def _data_config(plan: RunnerPlan, chosen: Flags, dataset: str, shard: Shard | N
         problem_id=chosen.get("problem_id"),
         **({"repeat_id": repeats} if repeats is not None else {}),
         fields=tuple(chosen.get("field") or ()),
+        gpqa_order=_gpqa_order(chosen, defaults, dataset),
         shard=f"{shard.index}/{shard.count}" if shard else None,
     )
+
+
+def _gpqa_order(chosen: Flags, defaults: Flags, dataset: str) -> str:
+    """`--gpqa_order`, refused for a data set it does not order; else the runner's (the seeds': seed)."""
+    given = chosen.get("gpqa_order")
+    if given is not None and not is_gpqa(dataset):
+        raise UsageError(f"--gpqa_order orders GPQA's choices, and the data set is {dataset}: drop it")
+    return given or defaults.get("gpqa_order", "shuffled")
 
 
 def _default_output_dir(runner: str, dataset: str, shard: Shard | None) -> str:

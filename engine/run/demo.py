@@ -29,9 +29,13 @@ DEMO_SEARCH = {"num_iterations": 4}
 DEMO_LIMITS = {"max_problems_in_flight": 1}
 
 
+# The toy models were taught chat-rendered conversations, so every runner sends them those, SpecLRM's too.
+DEMO_PROMPTS = {"prompt_format": "chat"}
+
+
 def demo_defaults(defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The demo's limits beat a runner's defaults (SplitReason's 16384 tokens); flags beat both."""
-    return {**defaults, **DEMO_REASONING, **DEMO_SEARCH}
+    return {**defaults, **DEMO_REASONING, **DEMO_SEARCH, **DEMO_PROMPTS}
 
 
 def demo_models(flags: Mapping[str, Any], roles: Collection[str]) -> dict[str, ModelConfig]:

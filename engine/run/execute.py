@@ -40,9 +40,9 @@ from engine.run.preflight import VLLM_DEFAULT_MAX_LOGPROBS, check_server_setting
 from engine.run.provenance import versions
 from engine.run.scheduler import Scheduler, WorkItem
 from engine.run.store import RunStore, read_records
-from engine.serving.chat import load_chat_format
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
+from engine.serving.raw import load_prompt_format
 from engine.serving.servers import DEFAULT_RESTARTS, ServedModel, check_server, serve_models, server_version
 from engine.serving.vllm_command import ServerSpec, model_context_length
 
@@ -168,7 +168,12 @@ def load_work(config: RunConfig) -> tuple[list[Problem], list[int], PromptSet]:
     prompts.require_templates(policy.templates + strategy.templates)
     strategy.check_prompts(config.strategy_settings, prompts)
     data = config.data
-    problems = load_problems(data.dataset_name, data_file=data.data_file, field_map=parse_field_map(data.fields))
+    problems = load_problems(
+        data.dataset_name,
+        data_file=data.data_file,
+        field_map=parse_field_map(data.fields),
+        gpqa_order=data.gpqa_order,
+    )
     problems = select_problems(problems, data.problem_id, dataset=data.dataset_name)
     repeats = parse_id_spec(data.repeat_id, flag="--repeat_id")
     if config.server_restarts is not None and all(config.model(role).urls for role in roles_needed(config)):
@@ -386,7 +391,11 @@ async def build_models(
     for role, (urls, served, _) in endpoints.items():
         model_config = config.model(role)
         chat = await asyncio.to_thread(
-            load_chat_format, model_config.model, tokenizer=model_config.tokenizer, thinking=config.thinking
+            load_prompt_format,
+            model_config.model,
+            tokenizer=model_config.tokenizer,
+            thinking=config.thinking,
+            prompt_format=config.prompt_format,
         )
         client = ModelClient(session, served, list(urls), config.client, api_key=model_config.api_key, role=role)
         models[role] = Model(role=role, client=client, chat=chat)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from engine.data.problems import GPQA_ORDERS
 from engine.data.recipes import CONFIG_FLAG, parse_with_recipe
 from engine.errors import EXIT_CODES_HELP, UsageError
 from engine.reasoning.policies import POLICIES
@@ -28,6 +29,7 @@ from engine.run.config import SchedulerLimits
 from engine.run.runner_plans import PLANS, RUNNERS, SINGLE, SINGLE_MODELS, RunnerPlan
 from engine.serving.client import role_key_env
 from engine.serving.endpoints import ClientLimits
+from engine.serving.raw import PROMPT_FORMATS
 from engine.serving.routing import ROUTINGS, UNBOUNDED
 
 TOY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "toy-models"
@@ -202,7 +204,21 @@ def add_data_flags(data: Group) -> None:
         help="do the I-th (from 1) of N disjoint slices of the (problem, repeat) list, for N runner processes "
         "(default output folder gets a -shard-I-of-N suffix)",
     )
+    add_flag(
+        data,
+        "gpqa_order",
+        choices=GPQA_ORDERS,
+        help="GPQA's choices: seed (the right answer as (A), as the seeds show them; default in runners spec, "
+        "base, scale, spec_scale, spec_scale_methods) or shuffled (a fixed shuffle per question; elsewhere)",
+    )
     add_flag(data, "prompt_set", help="a set under prompts/ by name, or a folder path (default: the runner's)")
+    add_flag(
+        data,
+        "prompt_format",
+        choices=PROMPT_FORMATS,
+        help="chat: each model's chat template; raw: SpecLRM's plain text with the tokenizer's special tokens "
+        "(default: raw in runners base, scale, spec_scale, spec_scale_methods; chat elsewhere)",
+    )
     add_flag(data, CONFIG_FLAG, help="a YAML recipe of flag: value; flags on the command line override it")
 
 

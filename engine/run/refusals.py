@@ -44,6 +44,16 @@ def refuse_max_tokens_elsewhere(plan: RunnerPlan, chosen: Flags, strategy: str) 
         )
 
 
+def refuse_prompt_format_for_rast(chosen: Flags, strategy: str) -> None:
+    """RAST tokenizes its prompt set's plain text itself: no renderer is asked, so --prompt_format
+    would change nothing."""
+    if chosen.get("prompt_format") is not None and strategy == "rast":
+        raise UsageError(
+            "--prompt_format changes nothing with strategy rast (it sends its prompt as token ids, "
+            "with no chat template): drop it"
+        )
+
+
 def refuse_a_policy_that_never_runs(plan: RunnerPlan, flags: Flags, chosen: Flags, strategy: str) -> None:
     """A policy chosen on the command line (`--policy`, `--model`, a mode flag) for a strategy
     that writes its own steps would change nothing."""
@@ -92,11 +102,18 @@ def _first_given(flags: Flags, cls: type) -> str | None:
 
 
 def refuse_a_pair_that_cannot_work(config: RunConfig) -> None:
-    """The strategy needs what the policy does not give (DeepConf reads token logprobs)."""
+    """The strategy needs what the policy does not give (DeepConf reads token logprobs, online it
+    stops traces between steps); probing needs steps too."""
     strategy, policy = STRATEGIES[config.strategy], POLICIES[config.policy]
     problem = pairing_problem(strategy, config.strategy_settings, policy, config.policy_settings)
     if problem is not None:
         raise UsageError(problem)
+    if config.probing.probe_every is not None and strategy.runs_policy and policy.one_request(config.policy_settings):
+        # Dynasor probes a one-request generation every N tokens; spectra probes between steps.
+        raise UsageError(
+            f"--probe_every probes a track between its steps, and policy {config.policy} writes each track "
+            "in one request: add --stepwise"
+        )
 
 
 def refuse_routing_without_replicas(flags: Flags, config: RunConfig) -> None:

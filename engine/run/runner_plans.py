@@ -168,7 +168,11 @@ def _frozen(**values: Any) -> Mapping[str, Any]:
     return MappingProxyType(values)
 
 
-SPECLRM_VOTE = {"tracks": 3, "aggregation": "speclrm"}
+# Both seeds show GPQA's right answer as (A).
+SEEDS = {"gpqa_order": "seed"}
+# SpecLRM's scripts send raw text through `LLM.generate`, with no chat template (engine.serving.raw).
+SPECLRM = {**SEEDS, "prompt_format": "raw"}
+SPECLRM_VOTE = {**SPECLRM, "tracks": 3, "aggregation": "speclrm"}
 _SPEC = {"policy": "spec", "strategy": "vote", "policies_shown": ("spec",), "strategies_shown": ("vote",)}
 _SINGLE = {
     "policy": "big",
@@ -185,11 +189,11 @@ PLANS = (
     RunnerPlan(
         "base",
         "SpecLRM's base_test: one model (--model big|small) reasons alone on one track",
-        defaults=_frozen(tracks=1),
+        defaults=_frozen(**SPECLRM, tracks=1),
         speclrm_repeat_id=True,
         **_SINGLE,
     ),
-    RunnerPlan("spec", "SpecReason: one speculative track", defaults=_frozen(tracks=1), models=BOTH, **_SPEC),
+    RunnerPlan("spec", "SpecReason: one speculative track", defaults=_frozen(**SEEDS, tracks=1), models=BOTH, **_SPEC),
     RunnerPlan(
         "scale",
         "SpecLRM's scale_reason: parallel tracks of one model, voted on as SpecLRM does",

@@ -29,6 +29,10 @@ class Message:
 class ChatFormat:
     """A model's chat template and thinking convention."""
 
+    # The template already holds BOS and role tokens; letting vLLM add them again would double the
+    # BOS of Llama-style tokenizers.
+    add_special_tokens = False
+
     def __init__(self, tokenizer, *, thinking: bool):
         self._tokenizer = tokenizer
         self.thinking = thinking
@@ -77,21 +81,34 @@ def load_chat_format(model: str, *, tokenizer: str | None = None, thinking: str 
 
     `thinking` is "on", "off" or "auto" (on when the vocabulary has a `<think>` token).
     """
+    loaded = load_tokenizer(model, tokenizer=tokenizer)
+    if not getattr(loaded, "chat_template", None):
+        source = tokenizer or model
+        raise UsageError(
+            f"the tokenizer of {source!r} has no chat template; use an instruct or reasoning model, "
+            "or --prompt_format raw"
+        )
+    return ChatFormat(loaded, thinking=is_thinking(loaded, thinking))
+
+
+def load_tokenizer(model: str, *, tokenizer: str | None = None):
+    """The tokenizer of `model` (or of `tokenizer`, a Hugging Face id or local path)."""
     from transformers import AutoTokenizer  # heavy import, needed only when a run starts
 
     source = tokenizer or model
     try:
-        loaded = AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise UsageError(
             f"cannot load the tokenizer of {source!r} ({exc.__class__.__name__}); "
             "pass a local model folder, or a Hugging Face id this machine can reach, "
             "with --big_tokenizer/--small_tokenizer"
         ) from exc
-    if not getattr(loaded, "chat_template", None):
-        raise UsageError(f"the tokenizer of {source!r} has no chat template; use an instruct or reasoning model")
+
+
+def is_thinking(tokenizer, thinking: str) -> bool:
+    """Whether the model thinks between `<think>` tags: `thinking` "on", "off", or "auto" (on when
+    the vocabulary has a `<think>` token)."""
     if thinking == "auto":
-        is_thinking = THINK_OPEN in loaded.get_vocab()
-    else:
-        is_thinking = thinking == "on"
-    return ChatFormat(loaded, thinking=is_thinking)
+        return THINK_OPEN in tokenizer.get_vocab()
+    return thinking == "on"

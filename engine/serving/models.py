@@ -2,7 +2,8 @@
 
 `Model` is a role's client and prompt format. Every request a policy, strategy, judge or
 selector sends goes through `Model.complete` (or `continue_text` / `continue_reasoning`, which
-render the prompt first, or `pool`): it sets the request flags (`NO_SPECIAL_TOKENS`), derives the
+render the prompt first, or `pool`): it sets the request flags (the special tokens its renderer
+wants added: none under a chat template, the tokenizer's own for SpecLRM's raw text), derives the
 seed from the request's `Purpose` by the one rule (`request_seed`), asks for the track's token
 logprobs on every request that writes a step, names the purpose in a header vLLM ignores, and
 returns a `Reply`: the completion and its `RequestCost` (`engine.records`), with the server's own
@@ -30,8 +31,8 @@ from engine.serving.client import Choice, Completion, ModelClient, Pooled
 from engine.serving.responses import ServerTimings
 from engine.serving.routing import RouteKey
 
-# The chat template already holds BOS and role tokens; letting vLLM add them again would
-# double the BOS of Llama-style tokenizers.
+# vLLM's flag for a prompt a chat template rendered (it holds its BOS and role tokens already): what
+# the handle sends for `ChatFormat` prompts, and what benchmarks calling a client directly send.
 NO_SPECIAL_TOKENS = {"add_special_tokens": False}
 
 
@@ -114,9 +115,11 @@ def request_seed(track_seed: int | None, purpose: Purpose, index: int = 0, key: 
 
 class PromptFormat(Protocol):
     """How a model's prompts are rendered: `engine.serving.chat.ChatFormat` (the model's chat
-    template); a raw-text format is another class with these members."""
+    template) or `engine.serving.raw.RawFormat` (SpecLRM's plain text). `add_special_tokens`: whether
+    vLLM adds the tokenizer's special tokens (a BOS) to the rendered text."""
 
     thinking: bool
+    add_special_tokens: bool
 
     @property
     def think_open(self) -> str: ...
@@ -227,7 +230,7 @@ class Model:
         """Continue `prompt` (rendered by this model's format) for `purpose`: the seed is
         `request_seed(self.seed, purpose, index, key)` unless the purpose is `UNSEEDED`; a request that
         writes a step asks for at least the track's token logprobs; `options` are vLLM's own
-        parameters, after `NO_SPECIAL_TOKENS`."""
+        parameters, after the renderer's `add_special_tokens`."""
         measured = purpose in WRITING and bool(self.token_logprobs)
         if measured:
             logprobs = max(logprobs or 0, self.token_logprobs)
@@ -241,7 +244,7 @@ class Model:
             seed=None if purpose in UNSEEDED else request_seed(self.seed, purpose, index, key),
             logprobs=logprobs,
             stream=stream,
-            extra={**NO_SPECIAL_TOKENS, **(options or {})},
+            extra={**self.special_tokens, **(options or {})},
             purpose=purpose,
             route=self.route,
         )
@@ -263,9 +266,15 @@ class Model:
         """This pooling model's output for `text`: a prompt rendered by its format (`rendered`: no
         special tokens added), or raw text (an embedder's input: the server adds them)."""
         started_at = time.time()
-        extra = NO_SPECIAL_TOKENS if rendered else None
+        extra = self.special_tokens if rendered else None
         pooled = await self.client.pool(text, extra=extra, purpose=purpose, route=self.route)
         return PooledReply(pooled, cost_of(self.role, purpose, pooled, started_at))
+
+    @property
+    def special_tokens(self) -> dict[str, bool]:
+        """vLLM's flag for a prompt this model's renderer made: a chat template holds its special tokens
+        already, raw text gets the tokenizer's (the BOS `LLM.generate` adds)."""
+        return {"add_special_tokens": self.chat.add_special_tokens}
 
     def cancelled(self, purpose: Purpose) -> RequestCost:
         """The entry of a request of this model cancelled in flight, its result thrown away: one

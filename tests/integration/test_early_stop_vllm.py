@@ -34,6 +34,8 @@ async def test_windowed_tracks_stop_early_and_record_the_skipped_ones(toy_small,
         *("--dataset_name", "toy", "--problem_id", f"0-{PROBLEMS - 1}"),
         *("--tracks", str(TRACKS), "--tracks_in_flight", "1", "--early_stop", "--early_stop_confidence", "0.6"),
         *("--output_dir", str(tmp_path / "run")),
+        # The toy model was taught chat-rendered conversations, not SpecLRM's raw text.
+        *("--prompt_format", "chat"),
     ]
     config = config_of_command("scale", flags)
     outcome = await execute(config, progress=False)

@@ -2,17 +2,22 @@
 
 Random weights write random text, so these check protocol and bookkeeping, never content."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 
 from benchmarks.browser import chromium, watched_page
 from engine.data.answers import is_correct
+from engine.data.problems import demo_problems
+from engine.data.prompts import load_prompt_set
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies.vote import VoteSettings
+from engine.reasoning.track import track_messages
 from engine.run.config import DataConfig, ModelConfig, RunConfig
 from engine.run.execute import execute
 from engine.run.store import MANIFEST_FILE, RECORDS_FILE, read_records
+from engine.serving.chat import load_tokenizer
 from evaluators.viewer.build import VIEWER_FILE
 
 FINISH_REASONS = {"answer", "think_end", "eos", "repeat", "budget"}
@@ -87,14 +92,20 @@ async def test_spec_run_writes_complete_consistent_records_and_resumes(vllm_serv
 
 
 async def test_big_only_baseline_uses_only_the_big_model(vllm_servers, tmp_path):
-    config = config_for(vllm_servers, tmp_path, runner="base", policy="big")
+    # runners.base's default: SpecLRM's raw message, no chat template, the tokenizer's special tokens
+    config = dataclasses.replace(config_for(vllm_servers, tmp_path, runner="base", policy="big"), prompt_format="raw")
     outcome = await execute(config, progress=False)
+    tokenizer = load_tokenizer(vllm_servers.big.model)
+    problems = {p.id: p for p in demo_problems()}
     for record in outcome.records:
         assert set(record.usage) == {"big"}
         check_track_bookkeeping(record.tracks[0], config)
         # SpecLRM's base_test: the whole reasoning in one request of at most the token budget
         (step,) = record.tracks[0].steps
         assert record.usage["big"].requests == 1 and step.tokens <= config.reasoning.token_budget
+        # vLLM read the message alone, as LLM.generate tokenizes it (a chat template adds role tokens)
+        (message,) = track_messages(problems[record.problem_id], load_prompt_set("default"))
+        assert step.costs[0].prompt_tokens == len(tokenizer(message.content)["input_ids"])
 
 
 async def test_spec_scale_methods_selects_methods_and_votes(vllm_servers, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from benchmarks.toy_search import SEARCH_FLAGS, search_accuracy
 from benchmarks.toy_speed import Mode
 from benchmarks.toy_world import MODES, run_config, summarize
+from engine.reasoning.confidence import keep_most_confident
 from engine.reasoning.policies.lookahead import EMBEDDER_SERVER_ARGS
 from engine.records import StepOutcome
 from engine.run.config import ModelConfig
@@ -87,7 +88,10 @@ async def test_deepconf_offline_and_online_record_confidences_and_their_choices(
         assert record.strategy == "deepconf" and len(record.tracks) == 4
         confident = record.details["confidence"]
         assert all(s.token_confidence and len(s.token_confidence) == s.tokens for t in record.tracks for s in t.steps)
-        assert len(record.details["kept"]) == 2 and set(record.details["kept"]) <= {int(i) for i in confident}
+        # the answered traces at or above the median of their confidences (DeepConf's percentile bar)
+        answered = {t.track_id for t in record.tracks if t.answer is not None}
+        assert {int(i) for i in confident} == answered
+        assert record.details["kept"] == keep_most_confident({int(i): c for i, c in confident.items()}, 50)
     # Online, measuring the sampled tokens' logprobs: vLLM's, so at most 0 and one per token.
     online_flags = ("--deepconf_online", "--deepconf_warmup", "2", "--deepconf_token", "logprob")
     online = Mode("deepconf_online", "base", (*small, *online_flags))

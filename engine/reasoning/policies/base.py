@@ -86,7 +86,8 @@ class PolicySpec(Generic[S]):
     as they are, not by the step delimiter, each may spend all the budget left, and the track ends
     only at EOS, at the budget, or when the policy ends thinking, not by SpecReason's stop rules.
     `gives_token_logprobs`: its kept steps record their tokens' confidences when the track asks for
-    token logprobs (what DeepConf weighs traces by).
+    token logprobs (what DeepConf weighs traces by). `one_request(settings)`: it writes the whole trace
+    in one request, so nothing runs between its steps.
     """
 
     name: str
@@ -99,6 +100,9 @@ class PolicySpec(Generic[S]):
     continuous: bool = False
     # The roles these settings call, when not all of `roles` (a verifier's own model, say).
     needed_roles: Callable[[S], tuple[str, ...]] | None = None
+    # Whether these settings write a whole trace in one request: no step boundary for a check
+    # between steps (DeepConf online, probing) to run at.
+    one_request: Callable[[S], bool] = lambda settings: False
 
     def roles_for(self, settings: S) -> tuple[str, ...]:
         return self.roles if self.needed_roles is None else self.needed_roles(settings)

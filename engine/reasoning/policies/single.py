@@ -69,6 +69,7 @@ def _single(writer: Role, description: str) -> PolicySpec[SingleModelSettings]:
         templates=(),
         gives_token_logprobs=True,
         start=start,
+        one_request=lambda settings: not settings.stepwise,
     )
 
 

@@ -106,8 +106,10 @@ class StrategySpec(Generic[S]):
     `runs_policy` False: it runs no tracks of the run's step policy (a search writes its steps with
     its own `Searcher`, RAST decodes token by token), so neither the policy's roles nor the answer
     model are needed. `needs_token_logprobs(settings)`: its tracks' steps must record their tokens'
-    confidences (DeepConf weighs traces by them). `server_args(settings)`: vLLM flags for the
-    servers spectra starts for it (RAST needs raw logprobs and a --max-logprobs)."""
+    confidences (DeepConf weighs traces by them). `checks_between_steps(settings)`: it acts on a track
+    between its steps (DeepConf online), which a one-request policy has none of.
+    `server_args(settings)`: vLLM flags for the servers spectra starts for it (RAST needs raw logprobs
+    and a --max-logprobs)."""
 
     name: str
     description: str
@@ -121,6 +123,8 @@ class StrategySpec(Generic[S]):
     # The track settings (`ReasoningConfig` fields) it reads when it runs no policy; None: every one.
     track_settings: tuple[str, ...] | None = None
     needs_token_logprobs: Callable[[S], bool] = lambda settings: False
+    # Whether these settings check tracks between their steps (DeepConf online stops weak ones).
+    checks_between_steps: Callable[[S], bool] = lambda settings: False
     server_args: Callable[[S], tuple[str, ...]] = lambda settings: ()
 
 
@@ -137,5 +141,10 @@ def pairing_problem(
         return (
             f"strategy {strategy.name} needs token logprobs, and policy {policy.name} gives none: "
             f"choose a policy that does ({able})"
+        )
+    if strategy.checks_between_steps(strategy_settings) and policy.one_request(policy_settings):
+        return (
+            f"strategy {strategy.name} checks traces between their steps, and policy {policy.name} writes "
+            "each trace in one request: add --stepwise"
         )
     return None

@@ -74,7 +74,7 @@ async def solve(ctx: SolveContext[VoteSettings]) -> ProblemRecord:
     choice: MethodChoice | None = None
     if settings.method_num > 0:
         selector = ctx.models[settings.selector_model]
-        choice = await select_methods(problem.problem, ctx.prompts, selector, settings.method_num)
+        choice = await select_methods(problem, ctx.prompts, selector, settings.method_num)
     setups = plan_tracks(
         settings.tracks,
         ctx.prompts,

@@ -214,6 +214,34 @@ def test_gpqa_shuffles_choices_reproducibly_and_answers_with_the_letter(tmp_path
     assert all(again[p.problem] == p.choices for p in problems)
 
 
+def test_gpqa_in_the_seeds_order_shows_the_right_answer_first_as_the_row_gives_it(tmp_path):
+    rows = gpqa_rows(3)
+    problems = load_problems("gpqa", data_file=write_jsonl(tmp_path / "gpqa.jsonl", rows), gpqa_order="seed")
+    for i, problem in enumerate(problems):
+        assert problem.answer == "A" and problem.choices == (
+            f" right {i}\n",
+            f"wrong {i}.1",
+            f"wrong {i}.2",
+            f"wrong {i}.3",
+        )
+
+
+def test_the_seed_runners_show_gpqa_in_the_seeds_order_and_the_flag_is_refused_elsewhere():
+    from engine.run.configure import build_config
+    from engine.run.runner_plans import RUNNERS
+
+    both = {"big_model": "b", "small_model": "s", "dataset_name": "gpqa"}
+    assert build_config(RUNNERS["spec"], both).data.gpqa_order == "seed"
+    assert build_config(RUNNERS["spec_scale"], both).data.gpqa_order == "seed"
+    assert (
+        build_config(RUNNERS["split"], {**both, "big_model_only": True, "small_model": None}).data.gpqa_order
+        == "shuffled"
+    )
+    assert build_config(RUNNERS["spec"], {**both, "gpqa_order": "shuffled"}).data.gpqa_order == "shuffled"
+    with pytest.raises(UsageError, match="--gpqa_order orders GPQA's choices, and the data set is math500: drop it"):
+        build_config(RUNNERS["spec"], {**both, "dataset_name": "math500", "gpqa_order": "seed"})
+
+
 def test_gpqa_needs_its_columns_and_takes_no_field_map(tmp_path):
     path = write_jsonl(tmp_path / "notgpqa.jsonl", [{"problem": "p", "answer": "A"}])
     assert "not in GPQA's format: no field 'Question'" in usage_error("gpqa", data_file=path)

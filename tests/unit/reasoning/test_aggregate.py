@@ -6,8 +6,12 @@ from engine.reasoning.aggregate import decide, leader_confidence, outcome_settle
 from engine.records import StepRecord, TrackRecord
 
 
-def track(track_id, answer, *, tokens=10, scores=(), finished_at=None):
+def track(track_id, answer, *, tokens=10, scores=(), finished_at=None, text=None):
+    """A track that stated `answer`: its last step boxes it (`text`: that step's text instead)."""
     steps = [StepRecord(index=i, text="s", writer="small", tokens=1, score=s) for i, s in enumerate(scores)]
+    if answer is not None or text is not None:
+        boxed = f"So \\boxed{{{answer}}}." if text is None else text
+        steps.append(StepRecord(index=len(steps), text=boxed, writer="small", tokens=1))
     return TrackRecord(
         track_id=track_id,
         policy="spec",
@@ -97,13 +101,38 @@ def test_speclrm_votes_only_tracks_that_stated_their_answer_and_compares_exact_s
     assert decide(tracks, "majority", multiple_choice=False).votes == {"\\frac{1}{2}": 4.0}
 
 
-def test_speclrm_all_different_or_tied_goes_to_the_track_with_most_tokens():
+def test_speclrm_all_different_goes_to_the_track_with_most_tokens():
     different = [track(0, "1", tokens=30), track(1, "2", tokens=90), track(2, "3", tokens=60)]
     assert decide(different, "speclrm", multiple_choice=False).answer == "2"
-    tied = [track(0, "1", tokens=10), track(1, "2", tokens=70), track(2, "1", tokens=40), track(3, "2", tokens=5)]
-    assert decide(tied, "speclrm", multiple_choice=False).answer == "2"
     assert decide([track(0, "7", tokens=1)], "speclrm", multiple_choice=False).answer == "7"
     assert decide([], "speclrm", multiple_choice=False).answer is None
+
+
+def test_speclrm_ties_go_to_the_first_seen_answer():
+    # Counter.most_common: of two answers given twice, the first seen wins, whatever the tokens
+    tied = [track(0, "1", tokens=10), track(1, "2", tokens=70), track(2, "1", tokens=40), track(3, "2", tokens=5)]
+    assert decide(tied, "speclrm", multiple_choice=False).answer == "1"
+    assert decide(tied, "majority", multiple_choice=False).answer == "2"  # spectra's: the longest track's group
+
+
+def test_speclrm_votes_speclrms_reading_first_box_and_integers():
+    # "042" and "42" are one answer (int()); a track votes its first box, not its last
+    tracks = [track(0, "042"), track(1, "42", tokens=5), track(2, "7", text="\\boxed{41}, no: \\boxed{7}")]
+    decision = decide(tracks, "speclrm", multiple_choice=False)
+    assert decision.votes == {"42": 2.0, "41": 1.0} and decision.answer == "42"
+    # an unclosed first box reads as no answer: that track does not vote
+    unclosed = track(3, "5", text="\\boxed{\\frac{1}{2} and later \\boxed{5}")
+    assert decide([unclosed], "speclrm", multiple_choice=False).answer is None
+    letters = [track(0, "B", text="\\boxed{B) Argon}"), track(1, "B", text="Answer: B")]
+    assert decide(letters, "speclrm", multiple_choice=True).votes == {"B": 2.0}
+
+
+def test_probe_ended_tracks_vote_under_speclrm_and_settle_early_stop():
+    probed = [track(i, "42", text="Six sevens.") for i in range(3)]
+    for t in probed:
+        t.finish_reason = "probe"  # Dynasor's probes agreed on 42; no step stated it
+    assert decide(probed, "speclrm", multiple_choice=False).answer == "42"
+    assert outcome_settled(probed[:2], 1, "speclrm", multiple_choice=False)
 
 
 def test_speclrm_early_stop_counts_only_voting_tracks():

@@ -23,11 +23,14 @@ PAIRS = [(s, p) for s in STRATEGIES for p in POLICIES] + [
 ]
 # SplitReason's policies write until EOS or the budget: a short one keeps their tracks short.
 SHORT = {"token_budget": 64}
+# DeepConf's own budget is its examples' 512 traces: a few show the pair works.
+FEW = {"deepconf": {"deepconf_traces": 4}}
 
 
 def pair_flags(strategy, policy, prm_folder="prm"):
     """`spectra run --strategy S [--policy P]` with a model for each role it calls."""
     flags = {"strategy": strategy, "policy": policy, **(SHORT if STRATEGIES[strategy].runs_policy else {})}
+    flags.update(FEW.get(strategy, {}))
     roles = roles_of_command(RUNNERS["spec"], flags)
     return {**flags, **{f"{role}_model": str(prm_folder) if role == "prm" else role for role in roles}}
 

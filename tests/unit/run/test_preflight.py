@@ -28,12 +28,14 @@ SHORT = ReasoningConfig(token_budget=48, max_step_tokens=16, answer_max_tokens=8
 # settings that change which requests ask for logprobs.
 RUNS = [
     *((policy, "vote", {}) for policy in POLICIES),
-    *(("big", strategy, {}) for strategy in STRATEGIES if strategy != "vote"),
-    ("spec", "deepconf", {}),
+    *(("big", strategy, {}) for strategy in STRATEGIES if strategy not in ("vote", "deepconf")),
+    # A few of DeepConf's traces (its default is its examples' 512) ask what all of them would.
+    ("big", "deepconf", {"deepconf_traces": 4}),
+    ("spec", "deepconf", {"deepconf_traces": 4}),
     ("lookahead", "vote", {"verifier": "exact"}),
     ("small", "best_of_n", {"scorer": "judge"}),
     ("big", "rast", {"rast_logprobs": 3, "rast_aux_logprobs": 30, "rast_mode": "speculative"}),
-    ("big", "deepconf", {"deepconf_top_logprobs": 7}),
+    ("big", "deepconf", {"deepconf_top_logprobs": 7, "deepconf_traces": 4}),
 ]
 
 # Runs whose one short problem on the fake server ends before the big model's requests that ask

@@ -102,6 +102,23 @@ def refusal(capsys, tmp_path, runner, *argv):
         ),
         ("spec", [*BOTH, "--affinity_bound", "-1"], "--affinity_bound/--affinity-bound: takes a number of requests"),
         ("spec", [*BOTH, "--affinity_bound", "some"], "takes a number of requests, 0 or more, or none; not 'some'"),
+        # checks between steps with a policy that writes a track in one request (issue 33 B3, C3)
+        (
+            "base",
+            [*BIG, "--strategy", "deepconf", "--deepconf_online"],
+            "strategy deepconf checks traces between their steps, and policy big writes each trace in one "
+            "request: add --stepwise",
+        ),
+        ("scale", [*BIG, "--probe_every", "64"], "--probe_every probes a track between its steps, and policy big"),
+        # DeepConf online's warm-up and spectra's consensus stop
+        (
+            "base",
+            [*BIG, "--stepwise", "--strategy", "deepconf", "--deepconf_online", "--deepconf_traces", "16"],
+            "--deepconf_warmup must be at least 1 and under the 16 traces (--deepconf_traces), not 16",
+        ),
+        ("base", [*BIG, "--strategy", "deepconf", "--deepconf_consensus", "0.9"], "--deepconf_consensus stops online"),
+        # RAST renders no prompt
+        ("rast", [*RAST, "--prompt_format", "chat"], "--prompt_format changes nothing with strategy rast"),
         # no abbreviations
         ("spec", [*BOTH, "--score_thr", "5"], "unrecognized arguments: --score_thr 5"),
         ("spectra", ["run", *BOTH, "--strat", "vote"], "unrecognized arguments: --strat vote"),
@@ -109,6 +126,12 @@ def refusal(capsys, tmp_path, runner, *argv):
 )
 def test_what_would_change_nothing_or_cannot_work_is_refused(capsys, tmp_path, runner, argv, message):
     assert message in refusal(capsys, tmp_path, runner, *argv)
+
+
+def test_checks_between_steps_run_with_a_stepwise_single_model_and_deepconf_budgets_are_its_examples():
+    online = config_of("base", "--stepwise", "--strategy", "deepconf", "--deepconf_online", "--probe_every", "64")
+    assert online.strategy_settings.traces == 256 and online.strategy_settings.deepconf_warmup == 16
+    assert config_of("base", "--strategy", "deepconf").strategy_settings.traces == 512
 
 
 def test_the_flags_a_run_calls_a_model_for_are_taken():

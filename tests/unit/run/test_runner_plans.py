@@ -66,7 +66,11 @@ def test_the_captured_commands_cover_every_runner():
     } >= {plan.name for plan in PLANS}
 
 
-FLAG_NAMES = {f.name for cls in SETTINGS_CLASSES for f in dataclasses.fields(cls)} | {"prompt_set"}
+FLAG_NAMES = {f.name for cls in SETTINGS_CLASSES for f in dataclasses.fields(cls)} | {
+    "prompt_set",
+    "prompt_format",
+    "gpqa_order",
+}
 
 
 @pytest.mark.parametrize("plan", PLANS, ids=[p.name for p in PLANS])
@@ -82,8 +86,10 @@ def test_a_plan_names_methods_and_flags_that_exist(plan):
 
 
 def test_the_model_that_reasons_alone_also_answers_and_selects_in_speclrm_s_baselines():
-    assert plan_defaults(RUNNERS["base"], "small") == {"tracks": 1, "answer_model": "small", "selector_model": "small"}
-    assert plan_defaults(RUNNERS["base"], "spec") == {"tracks": 1}
+    speclrm = {"tracks": 1, "prompt_format": "raw", "gpqa_order": "seed"}
+    alone = {**speclrm, "answer_model": "small", "selector_model": "small"}
+    assert plan_defaults(RUNNERS["base"], "small") == alone
+    assert plan_defaults(RUNNERS["base"], "spec") == speclrm
     assert plan_defaults(RUNNERS["split"], "small")["answer_model"] == "small"
     assert "answer_model" not in plan_defaults(RUNNERS["split"], "random_switch")
     assert "answer_model" not in plan_defaults(RUNNERS["spec"], "small")

@@ -255,10 +255,13 @@ def test_selector_asks_for_2n_minus_1_tokens():
     assert [selector_max_tokens(n) for n in (1, 3, 5)] == [1, 5, 9]
 
 
+A_PROBLEM = Problem(id="p", problem="a problem", answer="1")
+
+
 async def test_select_methods_sends_the_letter_list_after_a_fixed_prefix_and_reads_codes(make_models):
     prompts = load_prompt_set("default")
     async with FakeOpenAIServer([Reply(text="B,E,F")]) as big:
-        choice = await select_methods("a problem", prompts, make_models(big=big)["big"], 3)
+        choice = await select_methods(A_PROBLEM, prompts, make_models(big=big)["big"], 3)
     body = big.requests[0]
     assert body["max_tokens"] == 5 and body["temperature"] == 0.0
     assert body["prompt"].endswith("<|im_start|>assistant\n<think></think>I think the best 3 methods are: ")
@@ -273,7 +276,7 @@ async def test_select_methods_sends_the_letter_list_after_a_fixed_prefix_and_rea
 async def test_select_methods_fills_a_short_answer_with_the_unknown_choice(make_models):
     prompts = load_prompt_set("methods")
     async with FakeOpenAIServer([Reply(text="no idea")]) as big:
-        choice = await select_methods("a problem", prompts, make_models(big=big)["big"], 3)
+        choice = await select_methods(A_PROBLEM, prompts, make_models(big=big)["big"], 3)
     # "no idea" holds no capital letter of the list: every track takes the last entry, "unknown"
     assert choice.fallback and choice.raw == "no idea"
     assert choice.methods == ["unknown"] * 3 and choice.codes == ["M"] * 3
@@ -283,14 +286,14 @@ async def test_select_methods_fills_a_short_answer_with_the_unknown_choice(make_
 async def test_select_methods_keeps_a_repeated_code(make_models):
     prompts = load_prompt_set("methods")
     async with FakeOpenAIServer([Reply(text="C,C")]) as big:
-        choice = await select_methods("p", prompts, make_models(big=big)["big"], 2)
+        choice = await select_methods(A_PROBLEM, prompts, make_models(big=big)["big"], 2)
     assert choice.methods == [list(prompts.methods)[2]] * 2 and not choice.fallback
 
 
 async def test_a_selector_that_fails_for_good_falls_back_and_records_the_error(make_models):
     prompts = load_prompt_set("methods")
     async with FakeOpenAIServer([Reply(status=400, error_message="prompt too long")]) as big:
-        choice = await select_methods("p", prompts, make_models(big=big)["big"], 2)
+        choice = await select_methods(A_PROBLEM, prompts, make_models(big=big)["big"], 2)
     assert choice.fallback and choice.methods == ["unknown", "unknown"]
     assert "prompt too long" in choice.error and choice.usage == {}
 

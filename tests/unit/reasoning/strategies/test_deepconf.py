@@ -2,7 +2,9 @@
 threshold, pruning and consensus stop, on a scripted fake server with chosen logprobs."""
 
 import math
+import random
 
+import numpy
 import pytest
 
 from engine.data.problems import Problem
@@ -40,8 +42,26 @@ def test_token_group_and_trace_confidence():
 
 def test_the_most_confident_percent_is_kept_and_percentiles_interpolate():
     assert keep_most_confident({0: 1.0, 1: 3.0, 2: 2.0, 3: 3.0}, 50) == [1, 3]
-    assert keep_most_confident({0: 1.0, 1: 3.0}, 10) == [1]  # at least one
+    assert keep_most_confident({0: 1.0, 1: 3.0}, 10) == [1]
     assert percentile([1.0, 2.0, 3.0, 4.0], 90) == pytest.approx(3.7)
+    # DeepConf's bar is np.percentile's, compared with >=: 90% keeps 14 of 16 (a ceil count kept 15)
+    assert len(keep_most_confident({i: float(i) for i in range(16)}, 90)) == 14
+    assert len(keep_most_confident({i: float(i) for i in range(512)}, 90)) == 460
+    assert len(keep_most_confident({i: float(i) for i in range(512)}, 10)) == 52
+
+
+def test_percentiles_are_numpys_to_the_bit():
+    rng = random.Random(3)
+    for size in (2, 5, 16, 17, 255):
+        values = [rng.uniform(0.0, 20.0) for _ in range(size)]
+        for q in (10, 33.3, 50, 90):
+            assert percentile(values, q) == float(numpy.percentile(values, q))
+
+
+def test_bottom10_averages_deepconfs_int_count_of_groups():
+    # 19 windows: int(1.9) = 1 group, the lowest (a ceil count averaged the lowest two)
+    tokens = [5.0] * 10 + [1.0] + [3.0] + [5.0] * 8
+    assert trace_confidence(tokens, "bottom10", 2) == trace_confidence(tokens, "lowest", 2) == 2.0
 
 
 def logprobs_of(confidence):
@@ -56,34 +76,40 @@ TRACK_OF_SEED = {track_seed(0, PROBLEM.id, 0, t): t for t in range(16)}
 
 
 class Traces:
-    """Track t (known by its seed, base seed 0) writes `steps` steps, the last stating answers[t];
-    every token of its steps has confidence confidences[t] (and, given `sampled`, that logprob as
-    the sampled token's own, the one alternative making up the confidence)."""
+    """Track t (known by its seed, base seed 0) writes `steps` steps, the last stating answers[t] (None:
+    a last step with no answer); every token of its steps has confidence confidences[t], or a pair's
+    first value before its last step and the second in it (and, given `sampled`, that logprob as the
+    sampled token's own, the one alternative making up the confidence)."""
 
     def __init__(self, answers, confidences, steps=1, sampled=None):
         self.answers, self.confidences, self.steps, self.sampled = answers, confidences, steps, sampled
         self.asked = []
 
-    def top(self, track, token):
+    def top(self, track, token, last):
+        confidence = self.confidences[track]
+        if isinstance(confidence, tuple):
+            confidence = confidence[1] if last else confidence[0]
         if self.sampled is None:
-            pair = logprobs_of(self.confidences[track])
+            pair = logprobs_of(confidence)
             return {token: pair["t"], "x": pair["x"]}
         own = self.sampled[track]
-        return {token: own, "x": -2 * self.confidences[track] - own}
+        return {token: own, "x": -2 * confidence - own}
 
     def __call__(self, body):
         track = TRACK_OF_SEED[body["seed"] // SEED_STRIDE]
         self.asked.append((track, body.get("logprobs")))
         _, found, reasoning = body["prompt"].rpartition("<think>")
         index = reasoning.count("\n\n") if found else 0  # a first step has no `<think>` yet
-        text = f"so \\boxed{{{self.answers[track]}}}" if index == self.steps - 1 else "let me think"
+        last, answer = index == self.steps - 1, self.answers[track]
+        text = ("so I stop" if answer is None else f"so \\boxed{{{answer}}}") if last else "let me think"
         tokens = text.split(" ")
         tokens = [w + " " for w in tokens[:-1]] + tokens[-1:]
-        top = [self.top(track, tok) for tok in tokens]
+        top = [self.top(track, tok, last) for tok in tokens]
         return Reply(text=text, tokens=tokens, top_logprobs=top, stop_reason="\n\n")
 
 
 STEPWISE = SingleModelSettings(stepwise=True)
+ONE_REQUEST = SingleModelSettings()
 
 
 async def solve(make_models, traces, settings, policy="small", policy_settings=STEPWISE):
@@ -122,6 +148,34 @@ async def test_offline_keeps_the_most_confident_traces_and_weighs_their_votes(ma
     assert wide.answer == "7" and wide.votes == {"7": 3.0, "8": 2.5} and wide.details["kept"] == [0, 1, 2, 3]
 
 
+async def test_offline_ranks_only_answered_traces(make_models):
+    # The two most confident traces end without an answer (a budget-cut or looping trace is often the
+    # most confident): DeepConf keeps the top half of the answered ones, not those two.
+    traces = Traces({0: None, 1: None, 2: "7", 3: "8"}, {0: 5.0, 1: 5.0, 2: 2.0, 3: 1.0})
+    record = await solve(
+        make_models, traces, DeepConfSettings(deepconf_traces=4, deepconf_keep=50), policy_settings=ONE_REQUEST
+    )
+    assert record.details["confidence"] == {"2": 2.0, "3": 1.0} and record.details["kept"] == [2]
+    assert record.answer == "7"
+
+
+async def test_online_never_stops_a_trace_short_of_a_full_window_nor_stops_at_consensus(make_models):
+    # Every trace is shorter than the 2048-token window: DeepConf's processor stops none. t2 (1.0)
+    # ends with its answer but votes not (its one group is under the 3.0 bar, as DeepConf marks it
+    # afterwards); with no --deepconf_consensus every trace of the budget runs.
+    answers = {0: "7", 1: "8", 2: "7", 3: "8"}
+    confidences = {0: 3.0, 1: 3.0, 2: 1.0, 3: (4.0, 2.0)}
+    settings = DeepConfSettings(
+        deepconf_traces=4, deepconf_keep=50, deepconf_online=True, deepconf_warmup=2, deepconf_measure="mean"
+    )
+    record = await solve(make_models, Traces(answers, confidences, steps=2), settings)
+    assert record.details["stopped"] == [] and record.details["skipped"] == []
+    assert [t.finish_reason for t in record.tracks] == ["answer"] * 4
+    assert record.details["measure"] == "lowest" and record.details["kept"] == [0, 1, 3]
+    # t3: the mean of its one group (3 tokens at 4.0, 2 at 2.0) is 3.2, and that group is its lowest
+    assert record.votes == {"7": pytest.approx(3.0), "8": pytest.approx(6.2)} and record.answer == "8"
+
+
 async def test_a_splitreason_policy_gives_deepconf_the_confidences_of_its_chunks(make_models):
     # SplitReason's requests once dropped the track's logprobs request: no trace had a confidence
     # and every DeepConf answer was None. The server answers logprobs only when asked for them.
@@ -132,7 +186,8 @@ async def test_a_splitreason_policy_gives_deepconf_the_confidences_of_its_chunks
 
     settings = DeepConfSettings(deepconf_traces=4, deepconf_keep=50)
     record = await solve(make_models, chunk, settings, policy="random_switch", policy_settings=None)
-    assert record.answer == "7" and record.votes == {"7": 2.0}
+    # every trace is as confident as the others: all sit at the bar, and DeepConf keeps what ties it
+    assert record.answer == "7" and record.votes == {"7": 4.0}
     steps = [s for t in record.tracks for s in t.steps]
     assert steps and all(s.token_confidence == [1.0] * s.tokens for s in steps)
 
@@ -151,23 +206,25 @@ async def test_the_sampled_tokens_logprobs_can_be_measured_instead_and_weigh_by_
     assert top.details["token_score"] == "logprob" and top.details["kept"] == [0]
     assert top.answer == "7" and top.details["confidence"]["2"] == pytest.approx(-2.0)
     assert top.votes == {"7": pytest.approx(math.exp(-0.1))}
-    # Keeping 90%: each trace weighs the geometric-mean probability of its tokens.
+    # Keeping 90%: the bar is the 10th percentile, -1.49, so the 8 (-2.0) falls under it, as under
+    # DeepConf's filter_top_confidence (a count of ceil(90% of 4) kept it); each kept trace weighs the
+    # geometric-mean probability of its tokens.
     wide = await solve(
         make_models,
         Traces(answers, confidences, sampled=sampled),
         DeepConfSettings(deepconf_traces=4, deepconf_keep=90, deepconf_token="logprob"),
     )
-    assert wide.votes == {
-        "7": pytest.approx(math.exp(-0.1) + math.exp(-0.2) + math.exp(-0.3)),
-        "8": pytest.approx(math.exp(-2.0)),
-    }
+    assert wide.details["kept"] == [0, 1, 3]
+    assert wide.votes == {"7": pytest.approx(math.exp(-0.1) + math.exp(-0.2) + math.exp(-0.3))}
 
 
 async def test_online_sets_a_threshold_stops_weak_traces_and_stops_at_consensus(make_models):
     # Warm-up t0 ("7") and t1 ("8"), both at 3.0: threshold 3.0, a 50:50 vote. t2 (1.0) is stopped
-    # after its first step; t3 and t4 ("7", 3.0) bring 7 to 9/12 = 0.75 >= 0.7: t5 never starts.
+    # after its first step (3 tokens: a full window of 2); t3 and t4 ("7", 3.0) bring 7 to 9/12 = 0.75
+    # >= 0.7 (spectra's --deepconf_consensus): t5 never starts.
+    # t4's lowest group is 3.0 (its mean 3.8): online votes weigh the lowest group, not the measure.
     answers = {0: "7", 1: "8", 2: "7", 3: "7", 4: "7", 5: "8"}
-    confidences = {0: 3.0, 1: 3.0, 2: 1.0, 3: 3.0, 4: 3.0, 5: 3.0}
+    confidences = {0: 3.0, 1: 3.0, 2: 1.0, 3: 3.0, 4: (3.0, 5.0), 5: 3.0}
     settings = DeepConfSettings(
         deepconf_traces=6,
         deepconf_keep=50,
@@ -175,6 +232,8 @@ async def test_online_sets_a_threshold_stops_weak_traces_and_stops_at_consensus(
         deepconf_warmup=2,
         deepconf_consensus=0.7,
         deepconf_in_flight=1,
+        deepconf_window=2,
+        deepconf_measure="mean",
     )
     record = await solve(make_models, Traces(answers, confidences, steps=2), settings)
     assert record.details["threshold"] == pytest.approx(3.0) and record.details["warmup"] == [0, 1]
