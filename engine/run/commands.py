@@ -81,8 +81,9 @@ def _serve(args: argparse.Namespace) -> int:
         pairs = [(r, m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
     else:
         pairs = [(role, m.model) for role, m in demo_models(vars(args), ["big", "small"]).items()]
-    if args.port is not None and not 1 <= args.port <= 65535 - len(pairs):
-        raise UsageError(f"--port must be between 1 and {65535 - len(pairs)}, not {args.port}")
+    last_port = 65536 - len(pairs)  # the servers take --port, --port + 1, ...
+    if args.port is not None and not 1 <= args.port <= last_port:
+        raise UsageError(f"--port must be between 1 and {last_port}, not {args.port}")
     key, generated = serve_key(args.api_key, os.environ, args.host)
     specs = [
         ServerSpec(
