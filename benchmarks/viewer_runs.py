@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from engine.reasoning.search.beams import LOWER_SCORE, SURPLUS, Beam, PrunedBeam, completion_tracks, pruned_details
-from engine.records import ModelUsage, ProblemRecord, StepOutcome, StepRecord, TrackRecord
+from engine.records import ModelUsage, ProblemRecord, RequestCost, StepOutcome, StepRecord, TrackRecord
 from engine.run.config import ModelConfig, RunConfig
 from engine.run.execute import manifest_for
 from engine.run.store import MANIFEST_FILE, RECORDS_FILE, append_record
@@ -59,10 +59,17 @@ def _record(
 
 
 def _spec_track(track_id: int, texts: list[tuple[str, str, str]], answer: str | None, finish: str, **kw) -> TrackRecord:
-    """`texts`: (writer, outcome, text) per step; a rewritten step gets a draft and a low score."""
+    """`texts`: (writer, outcome, text) per step; a rewritten step gets a draft and a low score. Each
+    step enters one request of its writer's, timed by its server (half a second, 60% of it cached)."""
     steps = []
     for i, (writer, outcome, text) in enumerate(texts):
         step = StepRecord(index=i, text=text, writer=writer, tokens=len(text.split()) + 1, outcome=outcome)
+        start = 1000.0 + 10 * track_id + i
+        step.charge([RequestCost(
+            writer, "step", f"http://{writer}:8000", writer, prompt_tokens=100, completion_tokens=step.tokens,
+            cached_prompt_tokens=60, client_s=0.5, started_at=start, ended_at=start + 0.5, queue_s=0.05,
+            prefill_s=0.1, generation_s=0.35,
+        )])  # fmt: skip
         if outcome == StepOutcome.ACCEPTED:
             step.score, step.score_distribution = 8.0, {"8": 0.7, "9": 0.3}
         if outcome == StepOutcome.REWRITTEN:

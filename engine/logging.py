@@ -21,9 +21,12 @@ def configure_logging(*, json: bool = False, level: str = "info") -> None:
     numeric_level = logging.getLevelName(level.upper())
     if not isinstance(numeric_level, int):
         raise ValueError(f"unknown log level {level!r}")
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    # Tracebacks without their frames' local variables (structlog's rich default shows them): a
+    # request's frames hold its headers, and so the server's API key.
+    console = structlog.dev.ConsoleRenderer(
+        colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
     )
+    renderer: Any = structlog.processors.JSONRenderer() if json else console
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -6,6 +6,8 @@ the mean completion tokens (all models) of its repeats.
 
 - speedup = baseline mean latency / run mean latency, over the common problems (> 1: faster).
 - token_ratio = run mean tokens / baseline mean tokens, over the common problems (< 1: cheaper).
+- request_s_ratio = the same for request seconds, the server time of every request (`evaluators.ledger`);
+  None when the baseline's records hold none (written before requests were entered one by one).
 - accuracy_diff = run accuracy - baseline accuracy over the problems both scored, with a
   paired percentile bootstrap 95% interval (problems resampled with replacement).
 - concurrency_note says how the two runs' concurrency (problems and tracks in flight, requests
@@ -22,6 +24,7 @@ from typing import Any
 
 from engine.errors import UsageError
 from evaluators import metrics
+from evaluators.ledger import request_seconds
 from evaluators.summary import GradedRecord
 
 
@@ -32,6 +35,7 @@ class ProblemFigures:
     accuracy: float | None
     latency_s: float
     completion_tokens: float
+    request_s: float = 0.0
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Comparison:
     accuracy_diff: float | None
     accuracy_diff_ci: tuple[float, float] | None
     concurrency_note: str | None = None
+    request_s_ratio: float | None = None
 
 
 def problem_figures(graded: list[GradedRecord]) -> dict[str, ProblemFigures]:
@@ -61,6 +66,7 @@ def problem_figures(graded: list[GradedRecord]) -> dict[str, ProblemFigures]:
             accuracy=metrics.mean(scored),
             latency_s=sum(g.record.latency_s for g in repeats) / len(repeats),
             completion_tokens=sum(_completion_tokens(g) for g in repeats) / len(repeats),
+            request_s=sum(request_seconds(g.record) for g in repeats) / len(repeats),
         )
     return figures
 
@@ -86,6 +92,8 @@ def compare(
     base_latency = sum(baseline[p].latency_s for p in common)
     run_tokens = sum(run[p].completion_tokens for p in common)
     base_tokens = sum(baseline[p].completion_tokens for p in common)
+    run_seconds = sum(run[p].request_s for p in common)
+    base_seconds = sum(baseline[p].request_s for p in common)
     return Comparison(
         run=name,
         baseline=baseline_name,
@@ -96,6 +104,7 @@ def compare(
         accuracy_diff=metrics.mean(diffs),
         accuracy_diff_ci=metrics.bootstrap_mean_ci(diffs, resamples=resamples),
         concurrency_note=concurrency_note,
+        request_s_ratio=metrics.ratio(run_seconds, base_seconds) if common else None,
     )
 
 

@@ -33,6 +33,8 @@ never a complete sample; failed tracks count, as wrong):
 - steps (speculative modes, steps with a score; not search records): acceptance_rate = scored steps kept as
   drafted / scored steps; score_histogram counts floor(score) in bins 0-9.
 - latency: mean, p50, p95 of `latency_s` per record. requests: per record, all models.
+- ledger: per model role, server time: request seconds, each server's busy seconds, the share of
+  prompt tokens served from cache and the queue share; defined in `evaluators.ledger`.
 - search runs (best-of-N, beam search, DVTS): naive@k, weighted@k, maj@k and pass@k over the
   first k completions, and their cost; defined in `evaluators.search`.
 """
@@ -47,6 +49,7 @@ from engine.data.answers import DEFAULT_TIMEOUT_S, group_equivalent, is_correct
 from engine.records import CHECKED, STOPPED_EARLY, ProblemRecord, Role, StepOutcome, TrackRecord, sum_usage
 from evaluators import metrics
 from evaluators.details import DetailFigures, summarize_details
+from evaluators.ledger import RoleLedger, ledger_of
 from evaluators.runs import Run
 from evaluators.search import Completions, SearchSummary, is_search_record, summarize_search
 
@@ -126,6 +129,8 @@ class RunSummary:
     search: SearchSummary | None = None
     # A method's own figures, key by key (`evaluators.details`).
     details: dict[str, DetailFigures] = field(default_factory=dict)
+    # Server time per model role over all records (`evaluators.ledger`).
+    ledger: dict[str, RoleLedger] = field(default_factory=dict)
 
 
 def grade_run(run: Run, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[GradedRecord]:
@@ -197,6 +202,7 @@ def summarize_run(
         notes=notes,
         search=_search_summary(graded, ks, timeout_s),
         details=summarize_details(records),
+        ledger=ledger_of(records),
     )
 
 

@@ -105,6 +105,35 @@ def cost_table(summaries: list[RunSummary]) -> Table:
     return Table("Cost per record (problem x repeat)", headers, rows)
 
 
+def ledger_table(summaries: list[RunSummary]) -> Table:
+    """Server time per record and model role (`evaluators.ledger`): what the tokens cost on the servers."""
+    rows = []
+    for s in summaries:
+        for role, ledger in s.ledger.items():
+            client = f"{ledger.client_timed} of {ledger.requests}" if ledger.client_timed else DASH
+            busy = "; ".join(f"{_server_name(server)} {num(seconds, 1)}" for server, seconds in ledger.busy_s.items())
+            rows.append(
+                [
+                    s.name,
+                    role,
+                    num(ledger.requests / s.records, 1),
+                    num(ledger.request_s / s.records, 2),
+                    client,
+                    busy or DASH,
+                    pct(ledger.cached_share),
+                    pct(ledger.queue_share),
+                ]
+            )
+    headers = ["run", "role", "requests/record", "request-s/record", "client-timed requests", "busy s per server"]
+    headers += ["prompt cached", "queue share"]
+    return Table("Server time per record, by role (request-s: the sum over requests)", headers, rows)
+
+
+def _server_name(url: str) -> str:
+    """A server's URL without its scheme: host:port."""
+    return url.split("://", 1)[-1]
+
+
 def search_table(summaries: list[RunSummary]) -> Table:
     """Accuracy of each answer selection over the first N completions (search runs)."""
     searched = [s for s in summaries if s.search is not None]
@@ -150,9 +179,10 @@ def comparison_table(comparisons: list[Comparison]) -> Table:
         )
         speedup = DASH if c.speedup is None else f"{c.speedup:.2f}x"
         ratio = DASH if c.token_ratio is None else f"{c.token_ratio:.2f}"
-        rows.append([c.run, str(c.common_problems), speedup, ratio, _signed(c.accuracy_diff), ci])
+        server = DASH if c.request_s_ratio is None else f"{c.request_s_ratio:.2f}"
+        rows.append([c.run, str(c.common_problems), speedup, ratio, server, _signed(c.accuracy_diff), ci])
     baseline = comparisons[0].baseline if comparisons else DASH
-    headers = ["run", "common problems", "speedup", "token ratio", "accuracy diff", "95% CI"]
+    headers = ["run", "common problems", "speedup", "token ratio", "request-s ratio", "accuracy diff", "95% CI"]
     if any(c.concurrency_note for c in comparisons):
         headers.append("note")
         for row, c in zip(rows, comparisons, strict=True):
@@ -178,6 +208,7 @@ def detail_tables(summaries: list[RunSummary]) -> list[Table]:
 def all_tables(summaries: list[RunSummary], comparisons: list[Comparison]) -> list[Table]:
     """The tables of an evaluation, in reading order; empty ones left out."""
     tables = [accuracy_table(summaries), k_table(summaries), track_table(summaries), cost_table(summaries)]
+    tables.append(ledger_table(summaries))
     tables += [search_table(summaries), search_cost_table(summaries), *detail_tables(summaries)]
     if comparisons:
         tables.append(comparison_table(comparisons))

@@ -8,7 +8,9 @@ so every branch of the client can be driven. The server records every request bo
 purpose, every request whose client went away and every `/health` check; started on a given
 `port`, a new server can stand in for one that stopped.
 `/pooling` answers as vLLM does for a process reward model, with the rows a `pooler` function
-gives for the request body.
+gives for the request body. A reply's `metrics` go out as vLLM's per-request metrics do; `GET /load`
+answers as vLLM's does with load tracking (the requests in hand, plus `other_load`: other clients');
+with `api_key` set, the `/v1/` routes answer 401, as vLLM's `--api-key` does, to a request without it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Reply:
     prompt_tokens: int = 5
     # Reported as `usage.prompt_tokens_details.cached_tokens` (vLLM --enable-prompt-tokens-details).
     cached_tokens: int | None = None
+    # vLLM's per-request `metrics` (--enable-per-request-metrics), e.g. {"queue_time_ms": 3.0, ...}.
+    metrics: dict[str, Any] | None = None
     status: int = 200
     error_message: str = "scripted failure"
     delay_s: float = 0.0
@@ -93,15 +97,22 @@ class FakeOpenAIServer:
     # Completions wait until this many were in flight at once, so a test of concurrency sees its
     # peak whatever the machine's load (not the order of sleeps); None: no gate.
     gate_in_flight: int | None = None
+    # The key the /v1/ routes require (vLLM's --api-key); the Authorization header of every request.
+    api_key: str | None = None
+    authorizations: list[str | None] = field(default_factory=list)
+    # Requests other clients have in hand, added to this server's own in GET /load's answer.
+    other_load: int = 0
+    load_reads: int = 0
 
     async def __aenter__(self) -> FakeOpenAIServer:
-        app = web.Application()
+        app = web.Application(middlewares=[self._authenticate])
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/pooling", self._pooling)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/version", self._version)
+        app.router.add_get("/load", self._load)
         self._gate, self._quiet = asyncio.Event(), asyncio.Event()
         self._quiet.set()
         self._runner = web.AppRunner(app, shutdown_timeout=0.1, handler_cancellation=True)
@@ -149,6 +160,18 @@ class FakeOpenAIServer:
         if not script:
             raise AssertionError(f"fake server got an unscripted {purpose or ''} request: {body}")
         return script.pop(0)
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        authorization = request.headers.get("Authorization")
+        self.authorizations.append(authorization)
+        if self.api_key is not None and request.path.startswith("/v1/") and authorization != f"Bearer {self.api_key}":
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        return await handler(request)
+
+    async def _load(self, request: web.Request) -> web.Response:
+        self.load_reads += 1
+        return web.json_response({"server_load": self.in_flight + self.other_load})
 
     async def _health(self, request: web.Request) -> web.Response:
         self.health_checks += 1
@@ -253,7 +276,8 @@ class FakeOpenAIServer:
             end = {"index": 0, "text": "", "finish_reason": reply.finish_reason, "stop_reason": reply.stop_reason}
             await _send(response, {"object": "text_completion", "choices": [end]})
         if (body.get("stream_options") or {}).get("include_usage"):
-            await _send(response, {"object": "text_completion", "choices": [], "usage": _usage(reply)})
+            last = {"object": "text_completion", "choices": [], "usage": _usage(reply)}
+            await _send(response, {**last, "metrics": reply.metrics} if reply.metrics else last)
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -307,4 +331,5 @@ def _full_response(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
                 "prompt_logprobs": reply.prompt_logprobs,
             }
         )
-    return {"object": "text_completion", "model": body.get("model"), "choices": choices, "usage": _usage(reply)}
+    response = {"object": "text_completion", "model": body.get("model"), "choices": choices, "usage": _usage(reply)}
+    return {**response, "metrics": reply.metrics} if reply.metrics else response

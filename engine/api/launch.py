@@ -36,6 +36,7 @@ from engine.run.config import RunConfig
 from engine.run.demo import demo_models
 from engine.run.execute import build_models, model_endpoints, roles_needed
 from engine.run.flags import MODEL_ROLES, ArgumentParser, add_flag, add_run_arguments, run_groups
+from engine.run.keys import with_environment_keys
 from engine.run.preflight import check_server_settings, logprob_needs
 from engine.run.runner_plans import OWN_FLAGS
 
@@ -149,7 +150,8 @@ async def running_api(
     unused = sorted(set(roles) - {role for r in offered for role in roles_needed(r.config)})
     if unused:
         raise UsageError(f"--{unused[0]}_model changes nothing: no method offered here calls the {unused[0]} model")
-    every = _every_model(offered, output_root)
+    # The keys the model servers require: --{role}_api_key, else SPECTRA_{ROLE}_API_KEY.
+    every = with_environment_keys(_every_model(offered, output_root), os.environ)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async with model_endpoints(every, session, serving_needs(r.config for r in offered)) as endpoints:
             models = await build_models(every, session, endpoints)

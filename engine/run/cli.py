@@ -8,6 +8,7 @@ exit code 3; Ctrl-C keeps finished records, stops the servers and exits 130.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from engine.run import demo
 from engine.run.commands import add_commands
 from engine.run.configure import build_config
 from engine.run.flags import MODEL_ROLES, ArgumentParser, parse_run_flags
+from engine.run.keys import with_environment_keys
 from engine.run.runner_plans import RUNNERS, RunnerPlan
 
 # A command a higher layer owns: it takes the arguments after its name, returns the exit code.
@@ -44,7 +46,8 @@ def run_runner(
 def _run(plan: RunnerPlan, flags: Mapping[str, Any], after_run: AfterRun | None = None) -> int:
     from engine.run.execute import execute, failure_report
 
-    config = build_config(plan, flags)
+    # The environment's keys join here, at the door: build_config is a function of the flags alone.
+    config = with_environment_keys(build_config(plan, flags), os.environ)
     progress, overwrite = not flags["no_progress"], bool(flags["overwrite"])
     outcome = loop.run(execute(config, overwrite=overwrite, progress=progress))
     print(demo.format_summary(outcome.records))

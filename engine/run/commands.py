@@ -1,20 +1,25 @@
 """The `spectra` commands around a run: `serve` (vLLM servers until Ctrl-C; with no models, the
-demo's toy pair), `make-tiny-models` (the tests' tiny random models), `make-toy-models` (the
-demo's trained toy models as model folders), and `methods` (what spectra can run)."""
+demo's toy pair; beyond this machine only with a key), `make-tiny-models` (the tests' tiny random
+models), `make-toy-models` (the demo's trained toy models as model folders), and `methods` (what
+spectra can run)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import functools
+import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from engine import loop
 from engine.errors import UsageError
 from engine.run.demo import demo_models
 from engine.run.flags import SERVER_RESTARTS_HELP, add_common_arguments, add_flag
+from engine.run.keys import SERVE_KEY_ENV, serve_key
 from engine.run.methods import methods_command
 from engine.toy.trained import COSTLY_BIG_LAYERS
 
@@ -32,6 +37,14 @@ def add_commands(commands: Any) -> dict[str, Command]:
     add_flag(serve, "toy_models_dir")
     add_flag(serve, "big_url", action="append")
     add_flag(serve, "small_url", action="append")
+    add_flag(serve, "host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    add_flag(serve, "port", type=int, help="port of the first server, the next one's is port + 1 (default: free ports)")
+    add_flag(
+        serve,
+        "api_key",
+        help=f"the key the servers require (default ${SERVE_KEY_ENV}; beyond 127.0.0.1 one is made and printed "
+        "once when none is given)",
+    )
     add_common_arguments(serve)
     tiny = commands.add_parser("make-tiny-models", help="build the tiny random-weight models the tests use")
     tiny.add_argument("directory")
@@ -68,7 +81,21 @@ def _serve(args: argparse.Namespace) -> int:
         pairs = [(r, m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
     else:
         pairs = [(role, m.model) for role, m in demo_models(vars(args), ["big", "small"]).items()]
-    specs = [ServerSpec(name=r, model=m, max_model_len=args.max_model_len or model_context_length(m)) for r, m in pairs]
+    last_port = 65536 - len(pairs)  # the servers take --port, --port + 1, ...
+    if args.port is not None and not 1 <= args.port <= last_port:
+        raise UsageError(f"--port must be between 1 and {last_port}, not {args.port}")
+    key, generated = serve_key(args.api_key, os.environ, args.host)
+    specs = [
+        ServerSpec(
+            name=role,
+            model=model,
+            max_model_len=args.max_model_len or model_context_length(model),
+            host=args.host,
+            port=None if args.port is None else args.port + number,
+            api_key=key,
+        )
+        for number, (role, model) in enumerate(pairs)
+    ]
 
     async def serve() -> None:
         restarts = DEFAULT_RESTARTS if args.server_restarts is None else args.server_restarts
@@ -79,11 +106,20 @@ def _serve(args: argparse.Namespace) -> int:
         on_restart = functools.partial(print, flush=True)
         async with serve_models(specs, log_dir=log_dir, restarts=restarts, on_restart=on_restart) as running:
             for name, server in running.items():
-                print(f"{name}\t{server.url}\t{server.model}", flush=True)
+                print(f"{name}\t{_reachable_url(server.url, args.host)}\t{server.model}", flush=True)
+            if generated:  # printed this once, nowhere else: runners take it as --{role}_api_key
+                print(f"api_key\t{key}", flush=True)
             await asyncio.Event().wait()
 
     loop.run(serve())
     return 0
+
+
+def _reachable_url(url: str, host: str) -> str:
+    """`url` as other machines reach it: a server listening on every interface by this machine's name."""
+    if host not in ("0.0.0.0", "::"):
+        return url
+    return f"http://{socket.gethostname()}:{urlsplit(url).port}"
 
 
 def _make_tiny_models(args: argparse.Namespace) -> int:

@@ -36,13 +36,16 @@ class ModelConfig:
     """One model: its id (a Hugging Face id or a local path) and where it is served.
 
     No `urls` means spectra starts a vLLM server for it, with `server_args` appended to its command
-    line; `tokenizer` overrides where the chat template is loaded from.
+    line; `tokenizer` overrides where the chat template is loaded from. `api_key` is the key its
+    servers require (sent as `Authorization: Bearer`; a server spectra starts is started with it):
+    never shown, never in the manifest (`RunConfig.to_dict`).
     """
 
     model: str
     urls: tuple[str, ...] = ()
     tokenizer: str | None = None
     server_args: tuple[str, ...] = ()
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,11 @@ class RunConfig:
         return self.models[role]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as the manifest keeps it: the models' API keys left out."""
+        data = dataclasses.asdict(self)
+        for model in data["models"].values():
+            del model["api_key"]
+        return data
 
     def digest(self) -> str:
         """A hash of the settings that change what a record holds (not URLs, limits or paths)."""

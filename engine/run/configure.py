@@ -47,6 +47,7 @@ def build_config(plan: RunnerPlan, flags: Flags) -> RunConfig:
         models.update(_demo_models(chosen, defaults, policy, strategy))
         defaults = demo.demo_defaults(defaults)
     config = _run_config(plan, chosen, defaults, policy, strategy, models, is_demo)
+    refusals.refuse_routing_without_replicas(chosen, config)
     refusals.refuse_a_pair_that_cannot_work(config)
     needed = roles_needed(config)
     refusals.refuse_models_not_needed(plan, chosen, config, needed)
@@ -175,4 +176,5 @@ def _model_config(flags: Flags, role: str) -> ModelConfig:
         urls=urls,
         tokenizer=flags.get(f"{role}_tokenizer"),
         server_args=tuple(shlex.split(flags.get(f"{role}_server_args") or "")),
+        api_key=flags.get(f"{role}_api_key"),
     )

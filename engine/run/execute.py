@@ -312,6 +312,7 @@ async def model_endpoints(
                 model=model_config.model,
                 max_model_len=length,
                 extra_args=extra_args + _server_args(needs, role),
+                api_key=model_config.api_key,
             )
             to_start.append(spec)
     lengths = {spec.name: spec.max_model_len for spec in to_start}
@@ -361,7 +362,8 @@ async def serving_facts(
     that runs measured differently are not compared silently."""
     servers = {}
     for role, endpoint in endpoints.items():
-        versions = [await server_version(session, url) for url in endpoint.urls]
+        key = config.model(role).api_key
+        versions = [await server_version(session, url, key) for url in endpoint.urls]
         servers[role] = {
             "urls": list(endpoint.urls),
             "served_model": endpoint.served,
@@ -384,7 +386,7 @@ async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelCon
     served, unreachable = [], []
     for url in model_config.urls:
         try:
-            served.append(await check_server(session, url, model_config.model, role=role))
+            served.append(await check_server(session, url, model_config.model, role=role, api_key=model_config.api_key))
         except UnreachableServerError as exc:
             unreachable.append(exc)
     if not served:
@@ -407,5 +409,6 @@ async def build_models(
             thinking=config.thinking,
             prompt_format=config.prompt_format,
         )
-        models[role] = Model(role=role, client=ModelClient(session, served, list(urls), config.client), chat=chat)
+        client = ModelClient(session, served, list(urls), config.client, api_key=model_config.api_key, role=role)
+        models[role] = Model(role=role, client=client, chat=chat)
     return models

@@ -27,11 +27,14 @@ from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies import STRATEGIES
 from engine.run.config import SchedulerLimits
 from engine.run.runner_plans import PLANS, RUNNERS, SINGLE, SINGLE_MODELS, RunnerPlan
+from engine.serving.client import role_key_env
+from engine.serving.endpoints import ClientLimits
 from engine.serving.raw import PROMPT_FORMATS
+from engine.serving.routing import ROUTINGS, UNBOUNDED
 
 TOY_MODELS_DIR = Path.home() / ".cache" / "spectra" / "toy-models"
 SERVER_RESTARTS_HELP = "restarts of one server spectra started (one that exits) before the run stops (default 3)"
-ROLE_FLAGS = ("model", "url", "tokenizer", "server_args")
+ROLE_FLAGS = ("model", "url", "tokenizer", "server_args", "api_key")
 Group = Any  # an argparse parser or argument group
 
 
@@ -167,6 +170,13 @@ def add_model_flags(models: Group, scope: HelpScope) -> None:
             shown=shown,
             help=f'vLLM flags for the {role} server spectra starts: --{role}_server_args="..."',
         )
+        add_flag(
+            models,
+            f"{role}_api_key",
+            shown=shown,
+            help=f"the key the {role} model's server requires, sent as Authorization: Bearer (a server spectra "
+            f"starts is started with it); default ${role_key_env(role)}, never $OPENAI_API_KEY",
+        )
     add_flag(models, "thinking", choices=("auto", "on", "off"))
     add_flag(
         models, "max_model_len", type=int, help="context length of servers spectra starts (default: the model's own)"
@@ -250,6 +260,27 @@ def add_limit_flags(limits: Group) -> None:
     for name in ("request_timeout_s", "stall_timeout_s", "retry_deadline_s"):
         add_flag(limits, name, type=float)
     add_flag(limits, "server_restarts", type=int, help=SERVER_RESTARTS_HELP)
+    add_flag(
+        limits,
+        "routing",
+        choices=ROUTINGS,
+        help="with replicas (a repeated --*_url): affine keeps a track on the replica that holds its prefix, "
+        "least_loaded sends each request to the least loaded (default affine)",
+    )
+    add_flag(
+        limits,
+        "affinity_bound",
+        type=affinity_bound,
+        help="affine routing leaves a track's replica when its load is more than this many requests above the "
+        f"least loaded one's; {UNBOUNDED}: never (default {ClientLimits.affinity_bound})",
+    )
+
+
+def affinity_bound(text: str) -> int | str:
+    """`--affinity_bound`: a number of requests, 0 or more, or `none`."""
+    if text == UNBOUNDED or (text.isdigit() and text.isascii()):
+        return text if text == UNBOUNDED else int(text)
+    raise argparse.ArgumentTypeError(f"takes a number of requests, 0 or more, or {UNBOUNDED}; not {text!r}")
 
 
 def add_output_flags(out: Group) -> None:

@@ -126,7 +126,9 @@ async def _logprob_issues(config: RunConfig, session: aiohttp.ClientSession, ser
     needs = logprob_needs(config, prm_kind=await _prm_kind(config))
     for role, need in needs.items():
         urls, model_id, _ = served[role]
-        limit = await logprobs_limit(ModelClient(session, model_id, list(urls), config.client), need.count)
+        key = config.model(role).api_key
+        client = ModelClient(session, model_id, list(urls), config.client, api_key=key, role=role)
+        limit = await logprobs_limit(client, need.count)
         if limit is None:
             continue
         fix = (

@@ -116,6 +116,21 @@ def refuse_a_pair_that_cannot_work(config: RunConfig) -> None:
         )
 
 
+def refuse_routing_without_replicas(flags: Flags, config: RunConfig) -> None:
+    """`--routing` and `--affinity_bound` choose among the replicas of a model (a repeated
+    `--*_url`): with none, or `--affinity_bound` under least-loaded routing, they change nothing."""
+    given = next((name for name in ("routing", "affinity_bound") if flags.get(name) is not None), None)
+    if given is None:
+        return
+    if not any(len(model.urls) > 1 for model in config.models.values()):
+        raise UsageError(
+            f"--{given} chooses among a model's replicas, and this run has none: drop it, "
+            "or give a model's servers as a repeated --*_url"
+        )
+    if flags.get("affinity_bound") is not None and config.client.routing != "affine":
+        raise UsageError("--affinity_bound bounds affine routing, and this run routes least_loaded: drop one of them")
+
+
 def refuse_models_not_needed(plan: RunnerPlan, flags: Flags, config: RunConfig, needed: Collection[str]) -> None:
     """A `--{role}_*` flag of a model the run does not call would change nothing."""
     for role in MODEL_ROLES:

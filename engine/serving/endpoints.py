@@ -1,13 +1,15 @@
-"""The endpoints of one model and what keeps requests to them going: the choice of endpoint, the
-bound on requests in flight per endpoint, retries with backoff and jitter, and the ride-out of a
-server restart (`/health` polled while a retry waits, the wait ended as soon as it answers again).
+"""The endpoints of one model and what keeps requests to them going: the choice of endpoint
+(`engine.serving.routing`: a track's requests stay on its replica), the bound on requests in
+flight per endpoint, retries with backoff and jitter, and the ride-out of a server restart
+(`/health` polled while a retry waits, the wait ended as soon as it answers again).
 `engine.serving.client` sends the requests through an `EndpointPool`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,16 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from engine.clock import WALL_CLOCK, Clock
-from engine.errors import RetryableServerError, ServerError
+from engine.errors import RetryableServerError, ServerError, UsageError
+from engine.serving.routing import (
+    AFFINE,
+    DEFAULT_AFFINITY_BOUND,
+    ROUTINGS,
+    UNBOUNDED,
+    ReplicaLoads,
+    RouteKey,
+    choose_replica,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +43,11 @@ class ClientLimits:
     and 502/503/504 do not count against it. While a retry waits out its backoff after such an
     error, the endpoint's `/health` is polled every `health_poll_s` (not its completions), and
     the wait ends as soon as the endpoint answers again.
+
+    With several endpoints (replicas), `routing` picks one per request (`engine.serving.routing`):
+    `affine` keeps a track on the replica that took its previous request unless that one's load
+    is more than `affinity_bound` requests above the least loaded's (`"none"`: no bound);
+    `least_loaded` sends every request to the least loaded.
     """
 
     max_in_flight_per_endpoint: int = 64
@@ -43,6 +59,15 @@ class ClientLimits:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 20.0
     health_poll_s: float = 1.0
+    routing: str = AFFINE
+    affinity_bound: int | str = DEFAULT_AFFINITY_BOUND
+
+    def __post_init__(self) -> None:
+        if self.routing not in ROUTINGS:
+            raise UsageError(f"--routing must be one of {', '.join(ROUTINGS)}, not {self.routing!r}")
+        bound = self.affinity_bound
+        if bound != UNBOUNDED and not (isinstance(bound, int) and bound >= 0):
+            raise UsageError(f"--affinity_bound takes a number of requests, 0 or more, or {UNBOUNDED}; not {bound!r}")
 
 
 @dataclass
@@ -102,8 +127,9 @@ class _Failures:
 
 class EndpointPool:
     """The endpoints serving one model (`model`: its served name, for logs); `attempt` runs a
-    request against the least loaded endpoint, with retries. `stats` counts over its life. Its
-    deadlines, backoffs and health polls read and wait on `clock` (tests pass one they move)."""
+    request against the endpoint routing picks, with retries. `stats` counts over its life. Its
+    deadlines, backoffs, health polls and load readings read and wait on `clock` (tests pass one
+    they move); `headers` go with its health and load requests (the model's key)."""
 
     def __init__(
         self,
@@ -112,6 +138,8 @@ class EndpointPool:
         urls: list[str],
         limits: ClientLimits,
         clock: Clock = WALL_CLOCK,
+        *,
+        headers: Mapping[str, str] | None = None,
     ):
         if not urls:
             raise ValueError("ModelClient needs at least one endpoint URL")
@@ -125,6 +153,10 @@ class EndpointPool:
             for url in urls
         }
         self._health_timeout = aiohttp.ClientTimeout(total=_HEALTH_TIMEOUT_S)
+        self._headers = dict(headers or {})
+        self.loads = ReplicaLoads(session, clock, self._headers)
+        # Track -> the replica that took its previous request; a finished track's entry goes with it.
+        self._affinity: weakref.WeakKeyDictionary[RouteKey, Endpoint] = weakref.WeakKeyDictionary()
         self._wait = wait_random_exponential(multiplier=limits.backoff_initial_s, max=limits.backoff_max_s)
 
     @property
@@ -135,20 +167,25 @@ class EndpointPool:
         """Requests in flight per endpoint URL."""
         return {e.url: e.in_flight for e in self._endpoints.values()}
 
-    async def attempt(self, once: Callable[[Endpoint, int], Awaitable[Any]]) -> Any:
+    async def attempt(self, once: Callable[[Endpoint, int], Awaitable[Any]], route: RouteKey | None = None) -> Any:
+        """Run `once` on an endpoint (for the track `route` names, if any), with retries."""
         started = self.clock.now()
         try:
             # Nearly every request succeeds at once; tenacity's machinery costs about 90 us a
             # request (benchmarks/README.md), so it is set up only when a retry is needed.
-            return await self._attempt(once, 1)
+            return await self._attempt(once, 1, route)
         except RetryableServerError as error:
-            return await self._retry(once, _Failures(self.limits, self.clock, started), error)
+            return await self._retry(once, _Failures(self.limits, self.clock, started), error, route)
         except ServerError:
             self.stats.failures += 1
             raise
 
     async def _retry(
-        self, once: Callable[[Endpoint, int], Awaitable[Any]], failures: _Failures, first: RetryableServerError
+        self,
+        once: Callable[[Endpoint, int], Awaitable[Any]],
+        failures: _Failures,
+        first: RetryableServerError,
+        route: RouteKey | None,
     ) -> Any:
         """Retry after the first attempt failed with `first`, until `failures.exhausted`."""
 
@@ -179,7 +216,7 @@ class EndpointPool:
                             # tenacity decides on the first attempt's failure as on any other.
                             error, replay = replay, None
                             raise error
-                        return await self._attempt(once, attempt.retry_state.attempt_number)
+                        return await self._attempt(once, attempt.retry_state.attempt_number, route)
                     except RetryableServerError as error:
                         failures.add(error)
                         raise
@@ -187,8 +224,10 @@ class EndpointPool:
             self.stats.failures += 1
             raise
 
-    async def _attempt(self, once: Callable[[Endpoint, int], Awaitable[Any]], number: int) -> Any:
-        endpoint = self._pick_endpoint()
+    async def _attempt(
+        self, once: Callable[[Endpoint, int], Awaitable[Any]], number: int, route: RouteKey | None
+    ) -> Any:
+        endpoint = await self._pick_endpoint(route)
         endpoint.waiting += 1
         try:
             await endpoint.slots.acquire()
@@ -205,13 +244,25 @@ class EndpointPool:
             endpoint.slots.release()
         return result
 
-    def _pick_endpoint(self) -> Endpoint:
-        endpoints = self._endpoints.values()
+    async def _pick_endpoint(self, route: RouteKey | None) -> Endpoint:
+        """The endpoint routing picks for a request of the track `route` names (None: no track);
+        under affine routing the track's next request follows it there."""
+        endpoints = list(self._endpoints.values())
         if len(endpoints) == 1:
-            return next(iter(endpoints))
+            return endpoints[0]
         now = self.clock.now()
-        healthy = [e for e in endpoints if e.unhealthy_until <= now] or list(endpoints)
-        return min(healthy, key=lambda e: e.load)
+        healthy = {e.url for e in endpoints if e.unhealthy_until <= now}
+        # A replica passed over as unhealthy is not asked its load either (it may not answer).
+        await self.loads.refresh([e for e in endpoints if e.url in healthy] or endpoints)
+        affine = route is not None and self.limits.routing == AFFINE
+        previous = self._affinity.get(route) if affine else None
+        loads = {e.url: self.loads.load(e) for e in endpoints}
+        endpoint = self._endpoints[
+            choose_replica(loads, healthy, previous.url if previous else None, self.limits.affinity_bound)
+        ]
+        if affine:
+            self._affinity[route] = endpoint
+        return endpoint
 
     async def _backoff(self, seconds: float, error: RetryableServerError | None) -> None:
         """Sleep `seconds` before a retry. After an error a restart explains, poll the endpoint's
@@ -247,7 +298,9 @@ class EndpointPool:
     async def _healthy(self, endpoint: Endpoint) -> bool:
         self.stats.health_probes += 1
         try:
-            async with self.session.get(endpoint.url + "/health", timeout=self._health_timeout) as response:
+            async with self.session.get(
+                endpoint.url + "/health", headers=self._headers, timeout=self._health_timeout
+            ) as response:
                 return response.status == 200
         except (TimeoutError, aiohttp.ClientError):
             return False

@@ -6,9 +6,10 @@ render the prompt first, or `pool`): it sets the request flags (the special toke
 wants added: none under a chat template, the tokenizer's own for SpecLRM's raw text), derives the
 seed from the request's `Purpose` by the one rule (`request_seed`), asks for the track's token
 logprobs on every request that writes a step, names the purpose in a header vLLM ignores, and
-returns a `Reply`: the completion and its `RequestCost` (`engine.records`). A track hands its
-policy per-track handles (`Model.for_track`) that carry the track's seed and logprob request, so a
-policy cannot forget either.
+returns a `Reply`: the completion and its `RequestCost` (`engine.records`), with the server's own
+timings where it reports them. A track hands its policy per-track handles (`Model.for_track`) that
+carry the track's seed, its logprob request and its route key (its requests stay on the replica
+that holds its prefix, `engine.serving.routing`), so a policy cannot forget any of them.
 
 The one exception is RAST's token-level decoding (`engine.reasoning.rast.decoding`): it sends token
 ids, not rendered text, reads `prompt_logprobs`, and seeds each draft from its own per-sample seed,
@@ -27,6 +28,8 @@ from typing import Any, Protocol
 from engine.records import ModelUsage, RequestCost, StepEnding, Vocabulary
 from engine.serving.chat import THINK_CLOSE, Message
 from engine.serving.client import Choice, Completion, ModelClient, Pooled
+from engine.serving.responses import ServerTimings
+from engine.serving.routing import RouteKey
 
 # vLLM's flag for a prompt a chat template rendered (it holds its BOS and role tokens already): what
 # the handle sends for `ChatFormat` prompts, and what benchmarks calling a client directly send.
@@ -195,18 +198,19 @@ class PooledReply:
 @dataclass(frozen=True)
 class Model:
     """One model of a run, e.g. role "big": how to reach it and how to render its prompts; bound to
-    a track (`for_track`), it also carries the track's seed and the top-k logprobs the track asks of
-    every token it writes."""
+    a track (`for_track`), it also carries the track's seed, the top-k logprobs the track asks of
+    every token it writes, and the key that keeps the track's requests on one replica."""
 
     role: str
     client: ModelClient
     chat: PromptFormat
     seed: int | None = None
     token_logprobs: int | None = None
+    route: RouteKey | None = None
 
     def for_track(self, *, seed: int | None, token_logprobs: int | None = None) -> Model:
-        """This model as one track's handle (DSPy's `lm.copy(rollout_id=...)`)."""
-        return dataclasses.replace(self, seed=seed, token_logprobs=token_logprobs)
+        """This model as one track's handle (DSPy's `lm.copy(rollout_id=...)`), with a route key of its own."""
+        return dataclasses.replace(self, seed=seed, token_logprobs=token_logprobs, route=RouteKey())
 
     async def complete(
         self,
@@ -242,6 +246,7 @@ class Model:
             stream=stream,
             extra={**self.special_tokens, **(options or {})},
             purpose=purpose,
+            route=self.route,
         )
         return Reply(completion, cost_of(self.role, purpose, completion, started_at), measured)
 
@@ -261,7 +266,8 @@ class Model:
         """This pooling model's output for `text`: a prompt rendered by its format (`rendered`: no
         special tokens added), or raw text (an embedder's input: the server adds them)."""
         started_at = time.time()
-        pooled = await self.client.pool(text, extra=self.special_tokens if rendered else None, purpose=purpose)
+        extra = self.special_tokens if rendered else None
+        pooled = await self.client.pool(text, extra=extra, purpose=purpose, route=self.route)
         return PooledReply(pooled, cost_of(self.role, purpose, pooled, started_at))
 
     @property
@@ -278,9 +284,11 @@ class Model:
 
 def cost_of(role: str, purpose: str, result: Completion | Pooled, started_at: float) -> RequestCost:
     """The cost entry of a request that `role` started at `started_at` (wall clock) and that just
-    returned `result`."""
+    returned `result`, with the server's timings when it reported them (a pooling request keeps only
+    the client's seconds)."""
     ended_at = time.time()
     completion_tokens = result.completion_tokens if isinstance(result, Completion) else 0
+    timings = result.timings if isinstance(result, Completion) else None
     return RequestCost(
         role=role,
         purpose=purpose,
@@ -293,4 +301,19 @@ def cost_of(role: str, purpose: str, result: Completion | Pooled, started_at: fl
         started_at=round(started_at, 3),
         ended_at=round(ended_at, 3),
         attempts=result.attempts,
+        **_timing_fields(timings),
     )
+
+
+def _timing_fields(timings: ServerTimings | None) -> dict[str, float | None]:
+    if timings is None:
+        return {}
+    return {
+        "queue_s": _rounded(timings.queue_s),
+        "prefill_s": _rounded(timings.prefill_s),
+        "generation_s": _rounded(timings.generation_s),
+    }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 5)

@@ -88,6 +88,50 @@ class _WholeCompletion(msgspec.Struct):
 
     choices: list[_WholeChoice] | None = None
     usage: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ServerTimings:
+    """What the server measured of one request: vLLM 0.32's `metrics` object, sent with
+    `--enable-per-request-metrics` for one prompt and `n` 1 (vllm/entrypoints/generate/base/serving.py
+    `build_per_request_timing_metrics`). `queue_s`: from arrival to being scheduled (queue_time_ms);
+    `prefill_s`: from being scheduled to the first token (vLLM's time_to_first_token_ms starts at
+    scheduling, so it is the prefill); `generation_s`: from the first token to the last. None where
+    the server left a figure out."""
+
+    queue_s: float | None
+    prefill_s: float | None
+    generation_s: float | None
+
+    @property
+    def seconds(self) -> float | None:
+        """From arrival to the last token: the request's time on the server (None unless all three are known)."""
+        parts = (self.queue_s, self.prefill_s, self.generation_s)
+        return None if None in parts else sum(parts)
+
+
+_TIMING_FIELDS = ("queue_time_ms", "time_to_first_token_ms", "generation_time_ms")
+
+
+def server_timings(metrics: Any) -> ServerTimings | None:
+    """The timings of a `metrics` object; None when there is none (a server without the flag)."""
+    if not isinstance(metrics, dict):
+        return None
+    values = [metrics.get(name) for name in _TIMING_FIELDS]
+    seconds = [value / 1000 if isinstance(value, int | float) and value >= 0 else None for value in values]
+    return None if seconds == [None, None, None] else ServerTimings(*seconds)
+
+
+@dataclass
+class Answer:
+    """A completion as read: its choices, its usage, the server's timings (None: not reported) and,
+    for a stream, when its first token came (`time.monotonic()`)."""
+
+    choices: list[Choice]
+    usage: dict[str, Any]
+    timings: ServerTimings | None = None
+    first_token_at: float | None = None
 
 
 _decode_whole_completion = msgspec.json.Decoder(_WholeCompletion).decode
@@ -112,9 +156,7 @@ async def status_error(server: str, response: aiohttp.ClientResponse) -> ServerE
 _UNAVAILABLE_STATUSES = (502, 503, 504)
 
 
-async def read_whole_completion(
-    server: str, response: aiohttp.ClientResponse
-) -> tuple[list[Choice], dict[str, Any], None]:
+async def read_whole_completion(server: str, response: aiohttp.ClientResponse) -> Answer:
     raw = await response.read()
     try:
         payload = _decode_whole_completion(raw)
@@ -125,7 +167,7 @@ async def read_whole_completion(
     if not payload.choices:
         raise RetryableServerError(server, None, f"no choices in response: {raw[:200]!r}")
     choices = [_whole_choice(server, c) for c in sorted(payload.choices, key=lambda c: c.index)]
-    return choices, payload.usage or {}, None
+    return Answer(choices, payload.usage or {}, server_timings(payload.metrics))
 
 
 async def read_pooling(server: str, response: aiohttp.ClientResponse) -> tuple[list, dict[str, Any]]:
@@ -176,18 +218,18 @@ def _add_logprobs(choice: Choice, logprobs: dict[str, Any] | None) -> None:
         choice.top_logprobs.append(dict(top or {}))
 
 
-async def read_stream_completion(
-    server: str, response: aiohttp.ClientResponse
-) -> tuple[list[Choice], dict[str, Any], float | None]:
-    """Read server-sent events until `data: [DONE]`; a stream that ends before it was cut."""
+async def read_stream_completion(server: str, response: aiohttp.ClientResponse) -> Answer:
+    """Read server-sent events until `data: [DONE]`; a stream that ends before it was cut. vLLM
+    sends the usage, and the request's `metrics`, in the last event before it."""
     choices: dict[int, Choice] = {}
     usage: dict[str, Any] = {}
+    timings: ServerTimings | None = None
     first_token_at: float | None = None
     async for data in _event_data(response):
         if data == b"[DONE]":
             if not choices:
                 raise RetryableServerError(server, response.status, "stream ended with no choices")
-            return [choices[i] for i in sorted(choices)], usage, first_token_at
+            return Answer([choices[i] for i in sorted(choices)], usage, timings, first_token_at)
         try:
             chunk = decode_json(data)
         except ValueError as exc:
@@ -198,6 +240,7 @@ async def read_stream_completion(
             raise _in_band_error(server, chunk["error"])
         if chunk.get("usage"):
             usage = chunk["usage"]
+            timings = server_timings(chunk.get("metrics"))
         for part in chunk.get("choices") or []:
             choice = choices.setdefault(part.get("index", 0), Choice())
             if part.get("text"):

@@ -29,9 +29,9 @@ import structlog
 
 from engine.errors import ServerDiedError, ServerError, ServerStartError, UnreachableServerError, UsageError
 from engine.records import Role
-from engine.serving.client import ModelClient
+from engine.serving.client import UNAUTHORIZED, ModelClient, bearer, key_refused
 from engine.serving.supervision import Supervision, error_and_log, process_exit, root_error_line
-from engine.serving.vllm_command import ServerSpec, cpu_env, on_cpu, server_command
+from engine.serving.vllm_command import ServerSpec, on_cpu, server_command, server_env
 
 log = structlog.get_logger(__name__)
 
@@ -54,18 +54,30 @@ class RunningServer:
     restarts: int = 0
 
 
+# Listening on every interface: the server is reached here on the loopback one.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def url_host(host: str) -> str:
+    """`host` as a URL names it when this machine connects to a server listening there."""
+    host = _WILDCARDS.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-async def server_version(session: aiohttp.ClientSession, url: str) -> str | None:
+async def server_version(session: aiohttp.ClientSession, url: str, api_key: str | None = None) -> str | None:
     """The vLLM version a server reports at GET /version (None when it does not say)."""
     try:
         async with session.get(
-            f"{url.rstrip('/')}/version", timeout=aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S)
+            f"{url.rstrip('/')}/version",
+            headers=bearer(api_key),
+            timeout=aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S),
         ) as r:
             if r.status != 200:
                 return None
@@ -140,8 +152,8 @@ class _Process:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{spec.name}.log"
         log_path.write_bytes(b"")
-        env = {**os.environ, **(cpu_env(threads) if on_cpu(spec) else {}), **spec.env}
-        url = f"http://{spec.host}:{port}"
+        env = server_env(spec, threads)
+        url = f"http://{url_host(spec.host)}:{port}"
         proc = cls(spec, RunningServer(spec.name, url, spec.model_id, 0, log_path), server_command(spec, port), env)
         proc.launch()
         log.info("server_starting", name=spec.name, model=spec.model, url=url, log=str(log_path), pid=proc.running.pid)
@@ -273,17 +285,20 @@ class ServedModel(NamedTuple):
 
 
 async def check_server(
-    session: aiohttp.ClientSession, url: str, model: str | None, *, role: str = Role.BIG
+    session: aiohttp.ClientSession, url: str, model: str | None, *, role: str = Role.BIG, api_key: str | None = None
 ) -> ServedModel:
     """Check that the server at `url` is up and serves `model`; return what it says of it.
 
     With `model=None` the first served model is returned. Raises `UsageError` when the server
-    cannot be reached or does not serve `model`; `role` names the flags to fix (`--big_url`).
+    cannot be reached, does not serve `model`, or answers 401 (it wants a key, or not `api_key`);
+    `role` names the flags to fix (`--big_url`, `--big_api_key`).
     """
     url = url.rstrip("/")
     try:
         timeout = aiohttp.ClientTimeout(total=MODELS_TIMEOUT_S)
-        async with session.get(f"{url}/v1/models", timeout=timeout) as resp:
+        async with session.get(f"{url}/v1/models", headers=bearer(api_key), timeout=timeout) as resp:
+            if resp.status == UNAUTHORIZED:
+                raise UsageError(f"{url}: HTTP 401: {key_refused(role, bool(api_key))}")
             if resp.status != 200:
                 raise UsageError(
                     f"model server at {url} answered HTTP {resp.status} to /v1/models; "

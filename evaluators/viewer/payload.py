@@ -15,6 +15,7 @@ from engine.data.answers import DEFAULT_TIMEOUT_S
 from engine.reasoning.policies import POLICIES
 from engine.records import STOPPED_EARLY, FinishReason, ModelUsage, ProblemRecord, StepRecord, TrackRecord
 from evaluators import metrics
+from evaluators.ledger import ledger_of
 from evaluators.runs import Run
 from evaluators.search import Completions, is_search_record, selected_indices
 from evaluators.summary import GradedRecord, RunSummary
@@ -68,6 +69,7 @@ def problem_payload(g: GradedRecord, policy: str, *, timeout_s: float = DEFAULT_
         "fail": failed,
         "tok": sum(u.completion_tokens for u in record.usage.values()),
         "use": _usage(record.usage),
+        "led": ledger_payload(record),
         "lat": round(record.latency_s, 3),
         "strat": record.strategy,
         "view": _view(record, policy),
@@ -87,6 +89,24 @@ def problem_payload(g: GradedRecord, policy: str, *, timeout_s: float = DEFAULT_
         out["details"] = details
     if record.method_selection:
         out["msel"] = record.method_selection
+    return out
+
+
+def ledger_payload(record: ProblemRecord) -> dict[str, dict[str, Any]]:
+    """Per model role, the record's server time (`evaluators.ledger`): `n` requests, `s` request
+    seconds, `c` requests timed by the client alone, `b` busy seconds per server, `ch` the share of
+    prompt tokens cached, `q` the queue share; figures no request reported are left out."""
+    out = {}
+    for role, ledger in ledger_of([record]).items():
+        figures = {
+            "n": ledger.requests,
+            "s": round(ledger.request_s, 4),
+            "c": ledger.client_timed or None,
+            "b": {server: round(seconds, 4) for server, seconds in ledger.busy_s.items()} or None,
+            "ch": ledger.cached_share,
+            "q": ledger.queue_share,
+        }
+        out[role] = {key: value for key, value in figures.items() if value is not None}
     return out
 
 

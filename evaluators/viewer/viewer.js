@@ -62,6 +62,15 @@ function resultBadge(ok, answer) {
   const st = answer === null || answer === undefined ? "none" : ok === null || ok === undefined ? "unscored" : ok ? "right" : "wrong";
   return el("span", { class: "badge " + st, "data-status": st }, STATUS[st]);
 }
+function ledgerLine(led) {
+  return Object.entries(led || {}).map(([m, l]) => {
+    const busy = Object.entries(l.b || {}).map(([server, s]) => `${server.replace(/^\w+:\/\//, "")} busy ${fmt(s)} s`);
+    const parts = [`${writerName(m)}: ${fmt(l.s)} request-s in ${l.n} requests`, l.c ? `${l.c} timed by the client` : "",
+      ...busy, l.ch !== undefined ? `${pct(l.ch)} of prompt tokens cached` : "", l.q !== undefined ? `queue ${pct(l.q)}` : ""];
+    return parts.filter(Boolean).join(", ");
+  }).join("; ");
+}
+
 function usageLine(use) {
   return Object.entries(use || {}).map(([m, u]) => `${writerName(m)}: ${u[0]} tokens in ${u[2]} requests`).join("; ");
 }
@@ -209,7 +218,8 @@ function problemView(r, i) {
     el("div", { class: "card" }, el("h3", {}, "Question"), el("div", { class: "text question" }, p.q),
       el("table", {}, el("tr", {}, el("th", {}, "final answer"), el("td", { id: "final-answer" }, shown(p.ans))),
         el("tr", {}, el("th", {}, "reference"), el("td", {}, shown(p.ref))),
-        el("tr", {}, el("th", {}, "cost"), el("td", {}, `${fmt(p.lat)} s; ${usageLine(p.use) || "no usage recorded"}`)))));
+        el("tr", {}, el("th", {}, "cost"), el("td", {}, `${fmt(p.lat)} s; ${usageLine(p.use) || "no usage recorded"}`)),
+        el("tr", {}, el("th", {}, "server time"), el("td", { id: "ledger" }, ledgerLine(p.led) || "no request entered")))));
   if (p.tracks.length && p.fail === p.tracks.length) put(view, el("p", { class: "error" }, "Every track of this problem failed; a resumed run does it again."));
   put(view, legend(p.view === "steps"));
   const render = { steps: stepsView, text: textView, search: searchView, rast: rastView }[p.view] || stepsView;

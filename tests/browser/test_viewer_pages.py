@@ -72,6 +72,8 @@ def test_a_step_track_page_shows_each_step_by_writer_with_drafts_votes_and_stops
     assert tracks.nth(2).locator(".end").text_content() == "■ cancelled by early stop"
     vote = page.page.locator("#vote").text_content()
     assert "Early stop" in vote and "cancelled tracks 2" in vote
+    ledger = page.page.locator("#ledger").text_content()
+    assert "request-s in" in ledger and "small:8000 busy" in ledger and "60.0% of prompt tokens cached" in ledger
     page.shot("problem-steps")
     page.open(viewers["spec"], "run=0&p=1")
     assert page.page.locator(".track .error").text_content() == "ServerError: big model at http://x returned 500 <boom>"

@@ -441,3 +441,6 @@ def _account(out: RastOutput, role: str, completion: Completion, started_at: flo
     entry.requests += 1
     entry.client_s = round(entry.client_s + cost.client_s, 4)
     entry.ended_at = cost.ended_at
+    for timing in ("queue_s", "prefill_s", "generation_s"):  # the server's seconds, where it reports them
+        if (seconds := getattr(cost, timing)) is not None:
+            setattr(entry, timing, round((getattr(entry, timing) or 0.0) + seconds, 5))

@@ -86,6 +86,22 @@ def refusal(capsys, tmp_path, runner, *argv):
             "--model has no effect in search (it picks the model of runners base",
         ),
         ("split", [*BOTH, "--spec_reason", "--model", "big"], "--model has no effect in split"),
+        # a key for a model the run does not call; routing among replicas the run does not have
+        ("base", [*BIG, "--small_api_key", "k"], "--small_api_key is for the small model, which this run"),
+        (
+            "spec",
+            [*BOTH, "--routing", "least_loaded"],
+            "--routing chooses among a model's replicas, and this run has none: drop it, or give a model's servers "
+            "as a repeated --*_url",
+        ),
+        ("spec", [*BOTH, "--affinity_bound", "2"], "--affinity_bound chooses among a model's replicas"),
+        (
+            "spec",
+            [*BOTH, "--big_url", NOWHERE, "--routing", "least_loaded", "--affinity_bound", "2"],
+            "--affinity_bound bounds affine routing, and this run routes least_loaded: drop one of them",
+        ),
+        ("spec", [*BOTH, "--affinity_bound", "-1"], "--affinity_bound/--affinity-bound: takes a number of requests"),
+        ("spec", [*BOTH, "--affinity_bound", "some"], "takes a number of requests, 0 or more, or none; not 'some'"),
         # checks between steps with a policy that writes a track in one request (issue 33 B3, C3)
         (
             "base",
@@ -217,3 +233,11 @@ def test_a_track_flag_a_strategy_without_policy_does_not_read_is_refused(capsys,
 def test_the_track_flags_a_search_reads_are_accepted():
     config = config_of("search", "--temperature", "0.7", "--top_p", "0.9", "--max_step_tokens", "99", "--seed", "5")
     assert (config.reasoning.temperature, config.reasoning.top_p, config.reasoning.max_step_tokens) == (0.7, 0.9, 99)
+
+
+def test_routing_flags_reach_the_client_limits_of_a_run_with_replicas():
+    replicas = ["--big_url", f"{NOWHERE},http://127.0.0.1:10"]
+    assert config_of("spec", *replicas, "--affinity_bound", "none").client.affinity_bound == "none"
+    assert config_of("spec", *replicas, "--affinity-bound", "8").client.affinity_bound == 8
+    assert config_of("spec", *replicas, "--routing", "least_loaded").client.routing == "least_loaded"
+    assert config_of("spec").client.routing == "affine"

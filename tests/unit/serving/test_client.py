@@ -339,3 +339,63 @@ async def test_a_whole_answer_not_shaped_as_a_completion_is_retried(session, bod
         with pytest.raises(RetryableServerError, match=error):
             await client.complete("p", max_tokens=1)
     assert len(server.requests) == 2
+
+
+METRICS = {"queue_time_ms": 12.5, "time_to_first_token_ms": 40.0, "generation_time_ms": 250.0, "mean_itl_ms": 5.0}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_servers_per_request_metrics_are_read_as_seconds(session, stream):
+    async with FakeOpenAIServer([Reply(text="abc", metrics=METRICS, cached_tokens=3)]) as server:
+        result = await client_for(session, server).complete("p", max_tokens=4, stream=stream)
+    timings = result.timings
+    assert (timings.queue_s, timings.prefill_s, timings.generation_s) == (0.0125, 0.04, 0.25)
+    assert timings.seconds == pytest.approx(0.3025)
+    assert result.cached_prompt_tokens == 3
+
+
+@pytest.mark.parametrize(
+    ("metrics", "expected"),
+    [
+        (None, None),  # a server without --enable-per-request-metrics
+        ({"queue_time_ms": 1.0, "time_to_first_token_ms": None, "generation_time_ms": None}, (0.001, None, None)),
+        ({"mean_itl_ms": 3.0}, None),
+        ({"queue_time_ms": "soon", "time_to_first_token_ms": -1, "generation_time_ms": 2000}, (None, None, 2.0)),
+    ],
+)
+async def test_missing_or_partial_metrics_leave_what_is_unknown_none(session, metrics, expected):
+    async with FakeOpenAIServer([Reply(text="a", metrics=metrics)]) as server:
+        result = await client_for(session, server).complete("p", max_tokens=4)
+    timings = result.timings
+    assert (None if timings is None else (timings.queue_s, timings.prefill_s, timings.generation_s)) == expected
+    assert timings is None or timings.seconds is None
+
+
+async def test_the_api_key_goes_as_a_bearer_token_to_every_route(session):
+    pooler = lambda body: [[0.2, 0.8]]  # noqa: E731
+    async with (
+        FakeOpenAIServer([Reply(), Reply()], api_key="k-123", pooler=pooler) as first,
+        FakeOpenAIServer([Reply()], api_key="k-123") as second,
+    ):
+        client = ModelClient(session, "fake-model", [first.url, second.url], FAST, api_key="k-123", role="big")
+        await client.complete("p", max_tokens=1)
+        await client.complete("p", max_tokens=1, stream=True)
+        await client.pool("p")
+        await client.tokenize("p")
+    sent = first.authorizations + second.authorizations
+    assert first.load_reads and len(sent) >= 6 and set(sent) == {"Bearer k-123"}
+
+
+@pytest.mark.parametrize(("key", "said"), [(None, "requires an API key"), ("wrong", "refused the API key sent")])
+async def test_a_401_is_one_line_naming_the_role_and_its_key_flag_and_is_not_retried(session, key, said):
+    async with FakeOpenAIServer([Reply(), Reply()], api_key="right") as server:
+        client = ModelClient(session, "fake-model", [server.url], FAST, api_key=key, role="small")
+        with pytest.raises(ServerError) as caught:
+            await client.complete("p", max_tokens=1)
+    message = str(caught.value)
+    assert caught.value.status == 401 and not isinstance(caught.value, RetryableServerError)
+    assert message == (
+        f"{server.url}: HTTP 401: the small model's server {said}: "
+        "give its key with --small_api_key or SPECTRA_SMALL_API_KEY"
+    )
+    assert "right" not in message and len(server.authorizations) == 1 and client.stats.retries == 0

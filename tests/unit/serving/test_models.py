@@ -117,3 +117,21 @@ def test_a_cancelled_request_s_entry_is_one_wasted_request_of_unknown_tokens(mak
     assert cost.wasted and cost.cancelled and cost.server is None and cost.usage.requests == 1
     assert cost.to_dict() == {"role": "small", "purpose": "draft", "server": None, "model": "small", "wasted": True,
                               "cancelled": True}  # fmt: skip
+
+
+async def test_a_request_s_entry_keeps_the_server_s_timings_and_a_pooling_entry_the_client_s_alone(make_models):
+    metrics = {"queue_time_ms": 2.0, "time_to_first_token_ms": 30.0, "generation_time_ms": 120.0}
+    async with FakeOpenAIServer([Reply(text="x", metrics=metrics)], pooler=lambda body: [[0.5, 0.5]]) as server:
+        handle = make_models(big=server)["big"].for_track(seed=1)
+        reply = await handle.continue_text([Message("user", "q")], "", purpose=Purpose.SCORE, max_tokens=1,
+                                           temperature=0.0)  # fmt: skip
+        pooled = await handle.pool("rendered", purpose=Purpose.PRM)
+    assert (reply.cost.queue_s, reply.cost.prefill_s, reply.cost.generation_s) == (0.002, 0.03, 0.12)
+    assert (pooled.cost.queue_s, pooled.cost.prefill_s, pooled.cost.generation_s) == (None, None, None)
+    assert pooled.cost.client_s >= 0 and pooled.cost.started_at <= pooled.cost.ended_at
+
+
+def test_each_track_handle_has_a_route_key_of_its_own_and_the_run_s_model_none(make_models):
+    model = make_models(small=FakeOpenAIServer())["small"]
+    first, second = model.for_track(seed=1), model.for_track(seed=1)
+    assert model.route is None and first.route is not None and first.route is not second.route

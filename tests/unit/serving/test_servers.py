@@ -4,7 +4,7 @@ and its --max-logprobs when that is below what a run asks (on the scripted fake 
 import pytest
 from aiohttp import web
 
-from engine.errors import ServerError
+from engine.errors import ServerError, UsageError
 from engine.serving.client import ModelClient
 from engine.serving.servers import ServedModel, check_server, logprobs_limit
 from tests.fake_openai import FakeOpenAIServer, Reply
@@ -51,3 +51,15 @@ async def test_any_other_refusal_of_the_probe_is_raised(session):
     async with FakeOpenAIServer([Reply(status=404, error_message="The model `x` does not exist.")]) as server:
         with pytest.raises(ServerError, match="HTTP 404: The model `x` does not exist."):
             await logprobs_limit(ModelClient(session, "x", [server.url], FAST_LIMITS), 10)
+
+
+@pytest.mark.parametrize(("key", "said"), [(None, "requires an API key"), ("wrong", "refused the API key sent")])
+async def test_a_server_that_wants_another_key_is_refused_naming_the_role_s_key_flag(session, key, said):
+    async with FakeOpenAIServer([], api_key="right") as server:
+        with pytest.raises(UsageError) as caught:
+            await check_server(session, server.url, "fake-model", role="big", api_key=key)
+        assert await check_server(session, server.url, "fake-model", api_key="right") == ServedModel("fake-model", None)
+    assert str(caught.value) == (
+        f"{server.url}: HTTP 401: the big model's server {said}: give its key with --big_api_key or SPECTRA_BIG_API_KEY"
+    )
+    assert caught.value.exit_code == 2

@@ -2,7 +2,7 @@
 
 from transformers import Qwen2Config
 
-from engine.serving.vllm_command import CPU_KV_CACHE_BYTES, ServerSpec, kv_cache_bytes, server_command
+from engine.serving.vllm_command import CPU_KV_CACHE_BYTES, ServerSpec, kv_cache_bytes, server_command, server_env
 
 
 def model_folder(tmp_path, layers):
@@ -27,3 +27,19 @@ def test_a_deep_model_with_a_long_context_gets_the_cache_one_sequence_needs(tmp_
     shallow = ServerSpec(name="small", model=model_folder(tmp_path, 3), max_model_len=16384, cpu=True)
     assert reserved(server_command(deep, 8000)) == int(1.25 * 48 * 1024 * 16384)
     assert reserved(server_command(shallow, 8001)) == CPU_KV_CACHE_BYTES
+
+
+def test_servers_report_cached_tokens_per_request_timings_and_their_load(tmp_path):
+    command = server_command(ServerSpec(name="big", model=model_folder(tmp_path, 3), cpu=False), 8000)
+    for flag in ("--enable-prompt-tokens-details", "--enable-per-request-metrics", "--enable-server-load-tracking"):
+        assert flag in command
+
+
+def test_a_servers_key_is_in_its_environment_never_on_its_command_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_API_KEY", "inherited")
+    keyed = ServerSpec(name="big", model=model_folder(tmp_path, 3), cpu=False, api_key="k-42")
+    open_spec = ServerSpec(name="small", model=model_folder(tmp_path, 3), cpu=False)
+    assert server_env(keyed, 1)["VLLM_API_KEY"] == "k-42"
+    assert "k-42" not in " ".join(server_command(keyed, 8000)) and "k-42" not in repr(keyed)
+    # an inherited key is not passed on: a server spectra starts requires the key spectra sends, or none
+    assert "VLLM_API_KEY" not in server_env(open_spec, 1)
