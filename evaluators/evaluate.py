@@ -19,7 +19,7 @@ import structlog
 
 from engine.data.answers import DEFAULT_TIMEOUT_S
 from engine.errors import SpectraError, UsageError
-from engine.logging import configure_logging
+from engine.logging import LOG_LEVELS, SCREEN_LEVEL, configure_logging
 from evaluators import compare, report, summary, tables
 from evaluators.runs import Run, load_runs, version_difference
 from evaluators.viewer.build import VIEWER_FILE, write_viewer
@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples of the accuracy difference"
     )
+    parser.add_argument(
+        "--log-level", "--log_level", default=SCREEN_LEVEL, choices=LOG_LEVELS,
+        help=f"what the screen (stderr) shows of the log (default {SCREEN_LEVEL})",
+    )  # fmt: skip
 
 
 def build_parser(prog: str = "python -m evaluators.evaluate") -> argparse.ArgumentParser:
@@ -162,8 +166,8 @@ def _baseline_index(choice: str | None, runs: list[Run]) -> int | None:
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m evaluators.evaluate") -> int:
     """Command-line entry: set logging up, parse `argv`, evaluate; the exit code (2 for usage errors)."""
-    configure_logging()
     args = build_parser(prog).parse_args(argv)
+    configure_logging(level=args.log_level)
     try:
         return run(args)
     except SpectraError as exc:

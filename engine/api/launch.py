@@ -3,9 +3,9 @@
 It takes the runners' flags: the models (`--big_model` with `--big_url`, or without a URL spectra
 starts and supervises the server; with no model at all, the toy demo's trained pair), the method
 flags as defaults of every method they apply to (a method they do not apply to is not offered),
-the limits every request shares, `--output_dir` for the records; and its own: `--host`, `--port`,
-`--api_key` (or SPECTRA_API_KEY), `--max_queued_requests`, `--max_request_tokens`,
-`--max_body_bytes`, `--drain_timeout_s`. It prints one line, `spectra api: serving N methods at
+the limits every request shares, `--output_dir` for the records (and the log, `spectra.log`); and
+its own: `--host`, `--port`, `--api_key` (or SPECTRA_API_KEY), `--max_queued_requests`,
+`--max_request_tokens`, `--max_body_bytes`, `--drain_timeout_s`. It prints one line, `spectra api: serving N methods at
 URL`, once it answers. SIGTERM or Ctrl-C drains the requests in flight (new ones get 503), stops
 the servers spectra started and exits 0.
 """
@@ -31,7 +31,7 @@ from engine.api.app import ApiSettings, answering, make_app
 from engine.api.catalog import CHOOSING_FLAGS, Catalog, Resolved
 from engine.api.service import ReasoningService
 from engine.errors import ServerSettingError, SpectraError, Terminated, UsageError
-from engine.logging import configure_logging
+from engine.logging import configure_logging, write_log_to
 from engine.run.config import RunConfig
 from engine.run.demo import demo_models
 from engine.run.execute import build_models, model_endpoints, roles_needed
@@ -84,7 +84,8 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """`spectra api ARGV`; the exit code (0 after a drain on SIGTERM or Ctrl-C, 2 for bad flags)."""
     flags = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
-    configure_logging(json=flags["log_json"], level=flags["log_level"])
+    # The log is kept beside the records, in <output_dir>/spectra.log; without a folder, the screen is all.
+    configure_logging(json=flags["log_json"], level=flags["log_level"], keep=bool(flags["output_dir"]))
     try:
         settings, run_flags = api_settings(flags), {k: v for k, v in flags.items() if k not in API_FLAGS}
         refuse_server_flags(run_flags)
@@ -152,6 +153,8 @@ async def running_api(
         raise UsageError(f"--{unused[0]}_model changes nothing: no method offered here calls the {unused[0]} model")
     # The keys the model servers require: --{role}_api_key, else SPECTRA_{ROLE}_API_KEY.
     every = with_environment_keys(_every_model(offered, output_root), os.environ)
+    if output_root is not None:  # refused no more: the log joins the records
+        write_log_to(output_root)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async with model_endpoints(every, session, serving_needs(r.config for r in offered)) as endpoints:
             models = await build_models(every, session, endpoints)

@@ -68,8 +68,10 @@ def _run(plan: RunnerPlan, flags: Mapping[str, Any], after_run: AfterRun | None 
     return report.exit_code
 
 
-def _guarded(flags: Mapping[str, Any], body: Callable[[], int]) -> int:
-    configure_logging(json=flags["log_json"], level=flags["log_level"])
+def _guarded(flags: Mapping[str, Any], body: Callable[[], int], *, keep_log: bool = True) -> int:
+    """`body`'s exit code, its errors as one line; the log on the screen at --log_level, and with
+    `keep_log` kept for the folder the command writes (`engine.logging.write_log_to`)."""
+    configure_logging(json=flags["log_json"], level=flags["log_level"], keep=keep_log)
     try:
         return body()
     except SpectraError as exc:
@@ -113,4 +115,5 @@ def main(
     if argv[:1] == ["run"]:
         return run_runner("spec", argv[1:], choose_runner=True, after_run=after_run)
     args = parser.parse_args(argv)
-    return _guarded(vars(args), lambda: handlers[args.command](args))
+    # Of these commands, only serve writes a folder to keep its log in (its servers' logs).
+    return _guarded(vars(args), lambda: handlers[args.command](args), keep_log=args.command == "serve")

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from engine import loop
 from engine.errors import UsageError
+from engine.logging import write_log_to
 from engine.run.demo import demo_models
 from engine.run.flags import SERVER_RESTARTS_HELP, add_common_arguments, add_flag
 from engine.run.keys import SERVE_KEY_ENV, serve_key
@@ -102,6 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
         if restarts < 0:
             raise UsageError(f"--server_restarts must be 0 or more, not {restarts}")
         log_dir = Path(args.server_log_dir or "server-logs")
+        write_log_to(log_dir)  # spectra's own log beside its servers'
         # Each restart is printed where the servers' URLs were (stdout), for whoever watches it.
         on_restart = functools.partial(print, flush=True)
         async with serve_models(specs, log_dir=log_dir, restarts=restarts, on_restart=on_restart) as running:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from engine.data.problems import Problem, load_problems, parse_field_map, parse_id_spec, select_problems
 from engine.data.prompts import PromptSet, load_prompt_set
 from engine.errors import PROBLEMS_FAILED_EXIT, UnreachableServerError, UsageError
-from engine.logging import bind_context
+from engine.logging import bind_context, write_log_to
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.strategies import STRATEGIES
 from engine.records import ProblemRecord, Role
@@ -260,6 +260,7 @@ async def _run_work(
             await check_server_settings(config, session, endpoints, models, [w.problem for w in todo])
             manifest = {**manifest, **await serving_facts(config, session, endpoints)}
             store = RunStore.open(Path(config.output_dir), manifest, overwrite=overwrite)
+            write_log_to(store.folder)
             with bind_context(run=store.manifest["run_id"]):
                 log.info("run_models_ready", models={role: m.client.model for role, m in models.items()})
                 with tqdm(

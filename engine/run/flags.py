@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from engine.data.problems import GPQA_ORDERS
 from engine.data.recipes import CONFIG_FLAG, parse_with_recipe
 from engine.errors import EXIT_CODES_HELP, UsageError
+from engine.logging import LOG_FILE, LOG_LEVELS, SCREEN_LEVEL
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.probing import ProbeSettings
 from engine.reasoning.settings import ReasoningConfig
@@ -290,8 +291,15 @@ def add_output_flags(out: Group) -> None:
 
 
 def add_common_arguments(parser: Group) -> None:
-    add_flag(parser, "log_json", action="store_true", help="log JSON lines to stderr")
-    add_flag(parser, "log_level", default="info")
+    add_flag(parser, "log_json", action="store_true", help="log JSON lines (on the screen and in spectra.log)")
+    add_flag(
+        parser,
+        "log_level",
+        default=SCREEN_LEVEL,
+        choices=LOG_LEVELS,
+        help=f"what the screen (stderr) shows of the log (default {SCREEN_LEVEL}); a command that writes a "
+        f"folder keeps info and above in its {LOG_FILE}",
+    )
     add_flag(parser, "no_progress", action="store_true", help="no progress bar")
 
 

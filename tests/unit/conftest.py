@@ -3,10 +3,12 @@ models whose clients talk to scripted fake servers."""
 
 import aiohttp
 import pytest
+import structlog
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from engine.data.prompts import PromptSet
+from engine.logging import configure_logging
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.track import Track, TrackSetup, new_track_record, track_models
@@ -31,6 +33,15 @@ def chatml_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", eos_token="<|im_end|>")
     tokenizer.chat_template = CHATML
     return tokenizer
+
+
+@pytest.fixture
+def restore_logging():
+    """The test may configure logging (keep a log file): structlog's set-up as it was afterwards, and no log kept."""
+    config = structlog.get_config()
+    yield
+    configure_logging()
+    structlog.configure(**config)
 
 
 @pytest.fixture
