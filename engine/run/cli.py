@@ -49,7 +49,7 @@ def _run(plan: RunnerPlan, flags: Mapping[str, Any], after_run: AfterRun | None 
     # The environment's keys join here, at the door: build_config is a function of the flags alone.
     config = with_environment_keys(build_config(plan, flags), os.environ)
     progress, overwrite = not flags["no_progress"], bool(flags["overwrite"])
-    outcome = loop.run(execute(config, overwrite=overwrite, progress=progress))
+    outcome = loop.run(execute(config, overwrite=overwrite, progress=progress, warm_up=True))
     print(demo.format_summary(outcome.records))
     print(f"records: {outcome.store.records_path} ({outcome.new} new, {outcome.resumed} already done)")
     if after_run is not None and outcome.records:
@@ -59,7 +59,7 @@ def _run(plan: RunnerPlan, flags: Mapping[str, Any], after_run: AfterRun | None 
     if is_demo and config.policy == "spec":
         alone_flags = {**demo.big_alone_flags(flags), "output_dir": f"{config.output_dir}-big_alone"}
         baseline = build_config(RUNNERS["base"], alone_flags)
-        alone = loop.run(execute(baseline, overwrite=overwrite, progress=progress))
+        alone = loop.run(execute(baseline, overwrite=overwrite, progress=progress, warm_up=True))
         print(demo.compare_with_big_alone(outcome.records, alone.records))
         records = records + alone.records
     report = failure_report(records)

@@ -109,6 +109,15 @@ class RunConfig:
             elif not isinstance(settings, table[name].settings):
                 raise TypeError(f"{kind} {name!r} takes {table[name].settings.__name__}, not {type(settings).__name__}")
 
+    @property
+    def prm_kind(self) -> str | None:
+        """How the run reads its process reward model: the `--prm_kind` of its strategy (a search's),
+        else of its policy when the strategy runs one; None when neither takes one."""
+        readers = [self.strategy_settings]
+        if STRATEGIES[self.strategy].runs_policy:
+            readers.append(self.policy_settings)
+        return next((s.prm_kind for s in readers if hasattr(s, "prm_kind")), None)
+
     def model(self, role: str) -> ModelConfig:
         """The model playing `role`; a UsageError naming the flag when the run has none."""
         if role not in self.models or not self.models[role].model:

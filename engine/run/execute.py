@@ -40,6 +40,7 @@ from engine.run.preflight import VLLM_DEFAULT_MAX_LOGPROBS, check_server_setting
 from engine.run.provenance import versions
 from engine.run.scheduler import Scheduler, WorkItem
 from engine.run.store import RunStore, read_records
+from engine.run.warmup import warm_servers
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
 from engine.serving.raw import load_prompt_format
@@ -215,8 +216,17 @@ def manifest_for(config: RunConfig) -> dict[str, Any]:
     }
 
 
-async def execute(config: RunConfig, *, overwrite: bool = False, progress: bool = True) -> RunOutcome:
-    """Run `config` to completion in its output folder, resuming what is already there."""
+async def execute(
+    config: RunConfig,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    warm_up: bool = False,
+    label: str | None = None,
+) -> RunOutcome:
+    """Run `config` to completion in its output folder, resuming what is already there. `warm_up`:
+    each server gets one request first (`engine.run.warmup`); `label` names the progress bar (the
+    runner's name by default)."""
     problems, repeats, prompts = load_work(config)
     folder, manifest = Path(config.output_dir), manifest_for(config)
     work = select_work(config, problems, repeats)
@@ -235,7 +245,9 @@ async def execute(config: RunConfig, *, overwrite: bool = False, progress: bool 
             already_done=len(work) - len(todo),
         )
         if todo:
-            store = await _run_work(config, prompts, manifest, todo, overwrite=overwrite, progress=progress)
+            store = await _run_work(
+                config, prompts, manifest, todo, overwrite=overwrite, progress=progress, warm_up=warm_up, label=label
+            )
         else:
             store = RunStore.open(folder, manifest, overwrite=overwrite)
     by_key = {r.key: r for r in read_records(store.records_path).records}
@@ -252,6 +264,8 @@ async def _run_work(
     *,
     overwrite: bool,
     progress: bool,
+    warm_up: bool,
+    label: str | None,
 ) -> RunStore:
     # One session for the whole process; concurrency is bounded by the clients, not the connector.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -259,12 +273,14 @@ async def _run_work(
             models = await build_models(config, session, endpoints)
             await check_server_settings(config, session, endpoints, models, [w.problem for w in todo])
             manifest = {**manifest, **await serving_facts(config, session, endpoints)}
+            if warm_up:
+                await warm_servers(config, session, models)
             store = RunStore.open(Path(config.output_dir), manifest, overwrite=overwrite)
             write_log_to(store.folder)
             with bind_context(run=store.manifest["run_id"]):
                 log.info("run_models_ready", models={role: m.client.model for role, m in models.items()})
                 with tqdm(
-                    total=len(todo), desc=config.runner, unit="problem", disable=None if progress else True
+                    total=len(todo), desc=label or config.runner, unit="problem", disable=None if progress else True
                 ) as bar:
 
                     def on_record(record: ProblemRecord) -> None:
@@ -350,7 +366,7 @@ def _server_args(config: RunConfig, role: str) -> tuple[str, ...]:
     strategy_args = STRATEGIES[config.strategy].server_args(config.strategy_settings)
     more_logprobs = need is not None and need.count > VLLM_DEFAULT_MAX_LOGPROBS
     logprobs = ("--max-logprobs", str(need.count)) if more_logprobs and "--max-logprobs" not in strategy_args else ()
-    cached = role == Role.PRM and getattr(config.strategy_settings, "prm_kind", None) == "tag_token"
+    cached = role == Role.PRM and config.prm_kind == "tag_token"
     own = () if cached else ROLE_SERVER_ARGS.get(role, ())
     return own + logprobs + config.model(role).server_args
 

@@ -53,6 +53,7 @@ class Purpose(Vocabulary):
     SPAN_PROBE = "span_probe"  # SplitReason: would the small model close the big model's span here? (greedy)
     SEARCH = "search"  # search-and-learn's steps and lookahead (seeded by a key, `request_seed`)
     RAST = "rast"  # RAST's token-level requests (seeded by RAST itself)
+    WARM_UP = "warm_up"  # one short request a server gets before a run times anything (greedy, or pooling)
 
 
 # The purposes whose requests write a step's text: they carry the track's token logprobs.
@@ -61,7 +62,16 @@ WRITING = frozenset({Purpose.STEP, Purpose.DRAFT, Purpose.REWRITE, Purpose.RESCO
 # also dies, "CPU Generator does not use offset", on a batch of many concurrent seeded requests,
 # which SplitReason's span probes are.)
 UNSEEDED = frozenset(
-    {Purpose.SCORE, Purpose.SELECT, Purpose.VERIFY, Purpose.EMBED, Purpose.PRM, Purpose.SPAN_PROBE, Purpose.RAST}
+    {
+        Purpose.SCORE,
+        Purpose.SELECT,
+        Purpose.VERIFY,
+        Purpose.EMBED,
+        Purpose.PRM,
+        Purpose.SPAN_PROBE,
+        Purpose.RAST,
+        Purpose.WARM_UP,
+    }
 )
 
 # The purposes seeded before purposes had names, and their salts in `track_seed * SEED_STRIDE +
@@ -90,6 +100,7 @@ NEW_SLOTS = {
     Purpose.PRM: 4,
     Purpose.SPAN_PROBE: 5,
     Purpose.RAST: 6,
+    Purpose.WARM_UP: 7,
 }
 
 

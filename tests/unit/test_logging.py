@@ -83,7 +83,7 @@ def test_a_run_shows_no_info_on_the_screen_and_keeps_it_in_its_folder(capsys, tm
     screen = capsys.readouterr()
     assert screen.err == "" and screen.out.startswith("problem")
     kept = (out / LOG_FILE).read_text()
-    assert "run_start" in kept and "run_models_ready" in kept
+    assert "run_start" in kept and "server_warmed" in kept and "run_models_ready" in kept
 
 
 def test_a_run_with_log_level_info_shows_it_on_the_screen_too(capsys, tmp_path):
