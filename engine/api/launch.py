@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import ipaddress
 import os
 import sys
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,17 @@ import structlog
 
 from engine import loop
 from engine.api.app import ApiSettings, answering, make_app
-from engine.api.catalog import CHOOSING_FLAGS, Catalog, Resolved
+from engine.api.catalog import CHOOSING_FLAGS, Catalog
 from engine.api.service import ReasoningService
 from engine.errors import ServerSettingError, SpectraError, Terminated, UsageError
 from engine.logging import configure_logging, write_log_to
-from engine.run.config import RunConfig
 from engine.run.demo import demo_models
 from engine.run.execute import build_models, model_endpoints, roles_needed
 from engine.run.flags import MODEL_ROLES, ArgumentParser, add_flag, add_run_arguments, run_groups
 from engine.run.keys import with_environment_keys
-from engine.run.preflight import check_server_settings, logprob_needs
+from engine.run.preflight import check_server_settings
 from engine.run.runner_plans import OWN_FLAGS
+from engine.run.shared_servers import serving_config, serving_needs
 
 log = structlog.get_logger(__name__)
 
@@ -151,8 +150,10 @@ async def running_api(
     unused = sorted(set(roles) - {role for r in offered for role in roles_needed(r.config)})
     if unused:
         raise UsageError(f"--{unused[0]}_model changes nothing: no method offered here calls the {unused[0]} model")
+    # The servers spectra starts log to <output_dir>/server-logs (./server-logs without one) unless --server_log_dir.
+    every = serving_config([r.config for r in offered], str(output_root or ""))
     # The keys the model servers require: --{role}_api_key, else SPECTRA_{ROLE}_API_KEY.
-    every = with_environment_keys(_every_model(offered, output_root), os.environ)
+    every = with_environment_keys(every, os.environ)
     if output_root is not None:  # refused no more: the log joins the records
         write_log_to(output_root)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -172,29 +173,6 @@ async def running_api(
                     yield url, service
             finally:
                 service.close()
-
-
-def serving_needs(configs: Iterable[RunConfig]) -> dict[str, RunConfig]:
-    """Per role, the offered config whose requests ask the most of its server (logprobs, a
-    strategy's server flags): the server spectra starts for it is started for that config."""
-    chosen: dict[str, RunConfig] = {}
-    for config in configs:
-        for role in roles_needed(config):
-            if role not in chosen or _logprobs_asked(config, role) > _logprobs_asked(chosen[role], role):
-                chosen[role] = config
-    return chosen
-
-
-def _logprobs_asked(config: RunConfig, role: str) -> int:
-    need = logprob_needs(config).get(role)
-    return need.count if need else 0
-
-
-def _every_model(offered: list[Resolved], output_root: Path | None) -> RunConfig:
-    """A config holding every served model (for starting, checking and loading them); the servers
-    spectra starts log to <output_dir>/server-logs (./server-logs without one) unless --server_log_dir."""
-    models = {role: m for resolved in offered for role, m in resolved.config.models.items()}
-    return dataclasses.replace(offered[0].config, models=models, output_dir=str(output_root or ""))
 
 
 def _is_loopback(host: str) -> bool:

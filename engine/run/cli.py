@@ -16,11 +16,14 @@ from typing import Any
 
 from engine import loop
 from engine.errors import SpectraError
-from engine.logging import configure_logging
-from engine.run import demo
+from engine.logging import LOG_FILE, configure_logging
+from engine.records import ProblemRecord
+from engine.run import demo, report
 from engine.run.commands import add_commands
+from engine.run.config import RunConfig
 from engine.run.configure import build_config
-from engine.run.flags import MODEL_ROLES, ArgumentParser, parse_run_flags
+from engine.run.execute import RunOutcome, execute, failure_report
+from engine.run.flags import ArgumentParser, parse_run_flags
 from engine.run.keys import with_environment_keys
 from engine.run.runner_plans import RUNNERS, RunnerPlan
 
@@ -44,28 +47,54 @@ def run_runner(
 
 
 def _run(plan: RunnerPlan, flags: Mapping[str, Any], after_run: AfterRun | None = None) -> int:
-    from engine.run.execute import execute, failure_report
-
+    if demo.compares_methods(plan, flags):
+        return _run_demo(plan, flags, after_run)
     # The environment's keys join here, at the door: build_config is a function of the flags alone.
     config = with_environment_keys(build_config(plan, flags), os.environ)
+    run = execute(config, overwrite=bool(flags["overwrite"]), progress=not flags["no_progress"], warm_up=True)
+    outcome = loop.run(run)
+    print(report.format_summary(outcome.records))
+    _print_folder(outcome, after_run)
+    return _failures(outcome.records)
+
+
+def _run_demo(plan: RunnerPlan, flags: Mapping[str, Any], after_run: AfterRun | None) -> int:
+    """The demo of a speculative runner: each judge, then the big model alone; one table, the run
+    folders, and one line per method against the big model."""
+    runs: list[tuple[str, RunConfig]] = []
+    for method in demo.demo_runs(plan, flags):
+        folder = {"output_dir": runs[0][1].output_dir + method.folder_suffix} if runs else {}
+        config = build_config(RUNNERS[method.runner] if method.runner else plan, {**method.flags, **folder})
+        runs.append((method.name, with_environment_keys(config, os.environ)))
+    log_file = Path(runs[0][1].output_dir) / LOG_FILE
+    _say(f"spectra's toy demo: {', '.join(name for name, _ in runs)}, on the same problems; the whole log: {log_file}")
     progress, overwrite = not flags["no_progress"], bool(flags["overwrite"])
-    outcome = loop.run(execute(config, overwrite=overwrite, progress=progress, warm_up=True))
-    print(demo.format_summary(outcome.records))
+    outcomes = loop.run(demo.run_demo(runs, overwrite=overwrite, progress=progress, say=_say))
+    named = [(name, outcome.records) for (name, _), outcome in zip(runs, outcomes, strict=True)]
+    print(report.format_runs(named), end="\n\n")
+    for outcome in outcomes:
+        _print_folder(outcome, after_run)
+    print()
+    print("\n".join(report.against_big_alone(named[:-1], named[-1])))
+    return _failures([r for outcome in outcomes for r in outcome.records])
+
+
+def _say(line: str) -> None:
+    """What is happening, for the person at the screen (stderr: stdout is for the results)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _print_folder(outcome: RunOutcome, after_run: AfterRun | None) -> None:
     print(f"records: {outcome.store.records_path} ({outcome.new} new, {outcome.resumed} already done)")
     if after_run is not None and outcome.records:
         print(f"viewer: {after_run(outcome.store.folder)} (open it in a browser)")
-    records = outcome.records
-    is_demo = not any(flags.get(f"{role}_model") or flags.get("model_name") for role in MODEL_ROLES)
-    if is_demo and config.policy == "spec":
-        alone_flags = {**demo.big_alone_flags(flags), "output_dir": f"{config.output_dir}-big_alone"}
-        baseline = build_config(RUNNERS["base"], alone_flags)
-        alone = loop.run(execute(baseline, overwrite=overwrite, progress=progress, warm_up=True))
-        print(demo.compare_with_big_alone(outcome.records, alone.records))
-        records = records + alone.records
-    report = failure_report(records)
-    if report.line():
-        print(report.line(), file=sys.stderr)
-    return report.exit_code
+
+
+def _failures(records: list[ProblemRecord]) -> int:
+    failures = failure_report(records)
+    if failures.line():
+        print(failures.line(), file=sys.stderr)
+    return failures.exit_code
 
 
 def _guarded(flags: Mapping[str, Any], body: Callable[[], int], *, keep_log: bool = True) -> int:

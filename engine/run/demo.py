@@ -1,24 +1,35 @@
-"""The toy demo: `spectra run` with no models runs the trained toy pair on a handful of toy problems,
-prints a graded table, and (for spec) compares speculation with the big model alone.
+"""The toy demo: `spectra run` with no models runs the trained toy models on a handful of toy problems.
 
 Its models, budgets and limits are data that `engine.run.configure.build_config` applies when no
-model is given; the table and the comparison grade the records the run wrote.
+model is given. A speculative runner's demo (`spectra run`, whose default runner is `spec`) shows
+what speculation wins: the runner with a PRM as its judge (`--scorer prm`, the trained toy PRM read
+by its tag token, which the prefix cache serves: the cheap reading, benchmarks/README.md "What a PRM
+score costs"), with SpecReason's big judge, then the big model alone (runner `base`), each in a run
+folder of its own, on one set of servers started and warmed once (`run_demo`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.data.answers import is_correct
+import aiohttp
+
 from engine.errors import UsageError
+from engine.logging import write_log_to
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.policies.lookahead import EMBEDDER_SERVER_ARGS
-from engine.records import ProblemRecord
-from engine.run.config import ModelConfig
+from engine.reasoning.strategies import STRATEGIES
+from engine.run.config import ModelConfig, RunConfig
+from engine.run.execute import Endpoint, RunOutcome, build_models, execute, model_endpoints, unfinished
 from engine.run.flags import MODEL_ROLES, ROLE_FLAGS, TOY_MODELS_DIR
+from engine.run.runner_plans import RunnerPlan
+from engine.run.shared_servers import serving_config, serving_needs
+from engine.run.warmup import warm_servers
 
 # The trained toy pair on a handful of toy problems, whose solutions are ~10 steps of ~10 tokens,
 # so short budgets keep a runaway sample short.
@@ -27,10 +38,13 @@ DEMO_DATA = {"dataset_name": "toy", "problem_id": "0-5"}
 DEMO_SEARCH = {"num_iterations": 4}
 # One problem at a time, so that the demo's latencies compare speculation with the big model alone.
 DEMO_LIMITS = {"max_problems_in_flight": 1}
-
+# The toy PRM's cheap reading: one generated token after the step tag, through the prefix cache.
+DEMO_PRM_KIND = "tag_token"
 
 # The toy models were taught chat-rendered conversations, so every runner sends them those, SpecLRM's too.
 DEMO_PROMPTS = {"prompt_format": "chat"}
+
+Say = Callable[[str], None]  # a line telling the person at the screen what is happening
 
 
 def demo_defaults(defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,8 +53,9 @@ def demo_defaults(defaults: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def demo_models(flags: Mapping[str, Any], roles: Collection[str]) -> dict[str, ModelConfig]:
-    """The demo's models: the trained toy pair, and a tiny random PRM when the run scores with one."""
-    from engine.toy.tiny_prm import make_tiny_prm, prm_server_args
+    """The demo's models: the trained toy pair, and the trained toy PRM when the run scores with one
+    (its causal-LM twin for `--prm_kind tag_token`, else the pooling model as a real PRM is served)."""
+    from engine.toy.tiny_prm import prm_server_args
     from engine.toy.trained import make_toy_models
 
     given = next((f"{r}_{x}" for r in MODEL_ROLES for x in ROLE_FLAGS[1:] if flags.get(f"{r}_{x}")), None)
@@ -52,11 +67,59 @@ def demo_models(flags: Mapping[str, Any], roles: Collection[str]) -> dict[str, M
     # The costly big model: the trained big model's function at a big model's cost per token.
     models = {"big": ModelConfig(model=str(toy.costly_big)), "small": ModelConfig(model=str(toy.small))}
     if "prm" in roles:
-        prm = make_tiny_prm(folder)
-        models["prm"] = ModelConfig(model=str(prm), server_args=prm_server_args(prm))
+        kind = flags.get("prm_kind")
+        if kind == "token":
+            raise UsageError("the toy PRM is read by pooling or by its tag token: give --prm_kind pooling or tag_token")
+        if kind == DEMO_PRM_KIND:
+            models["prm"] = ModelConfig(model=str(toy.prm_token))
+        else:
+            models["prm"] = ModelConfig(model=str(toy.prm), server_args=prm_server_args(toy.prm))
     if "embedder" in roles:  # lookahead's embedding verifier: the small toy model's pooled states
         models["embedder"] = ModelConfig(model=str(toy.small), server_args=EMBEDDER_SERVER_ARGS)
     return models
+
+
+def is_demo(flags: Mapping[str, Any]) -> bool:
+    """Whether the command gives no model: the toy demo."""
+    return not any(flags.get(f"{role}_model") or flags.get("model_name") for role in MODEL_ROLES)
+
+
+def compares_methods(plan: RunnerPlan, flags: Mapping[str, Any]) -> bool:
+    """Whether the command is the demo of a speculative runner (its tracks' steps written by `spec`),
+    which runs each judge and the big model alone."""
+    chosen = plan.translate(flags)
+    policy, strategy = chosen.get("policy") or plan.policy, chosen.get("strategy") or plan.strategy
+    return is_demo(flags) and policy == "spec" and STRATEGIES[strategy].runs_policy
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One method of the demo: its name in the report, its runner (None: the command's), its flags,
+    and what its run folder's name adds to the first one's."""
+
+    name: str
+    runner: str | None
+    flags: dict[str, Any]
+    folder_suffix: str
+
+
+def demo_runs(plan: RunnerPlan, flags: Mapping[str, Any]) -> list[DemoRun]:
+    """The methods of a speculative runner's demo: the runner with the PRM judge and with the big
+    judge (`-big_judge`), or with the one `--scorer` names, each without the other judge's flags,
+    then the big model alone (`-big_alone`)."""
+    runs = []
+    if flags.get("scorer") in (None, "prm"):
+        prm = {**_judged_by("prm", flags), "prm_kind": flags.get("prm_kind") or DEMO_PRM_KIND}
+        runs.append(DemoRun(f"{plan.name} (PRM judge)", None, prm, ""))
+    if flags.get("scorer") in (None, "judge"):
+        runs.append(DemoRun(f"{plan.name} (big judge)", None, _judged_by("judge", flags), "-big_judge" if runs else ""))
+    return [*runs, DemoRun("big model alone", "base", big_alone_flags(flags), "-big_alone")]
+
+
+def _judged_by(scorer: str, flags: Mapping[str, Any]) -> dict[str, Any]:
+    """`flags` for `spec` judged by `scorer`, without the flags that judge leaves idle (the other's bar)."""
+    idle = POLICIES["spec"].settings(scorer=scorer).idle_flags()
+    return {**flags, **dict.fromkeys(idle), "scorer": scorer}
 
 
 def big_alone_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,53 +132,36 @@ def big_alone_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
     return alone
 
 
-def format_summary(records: list[ProblemRecord]) -> str:
-    """Per problem: answer, reference, right or wrong, steps kept and rewritten, tokens per model,
-    seconds; then the accuracy and the big model's share of the generated tokens."""
-    header = (
-        f"{'problem':<14}{'rep':>4}  {'answer':<14}{'ref':<10}{'ok':<4}{'kept':>5}{'rewr':>5}"
-        f"{'small tok':>10}{'big tok':>9}{'sec':>8}"
-    )
-    lines = [header]
-    right, generated = 0, {"small": 0, "big": 0}
-    for r in records:
-        steps = [s for t in r.tracks for s in t.steps]
-        kept = sum(1 for s in steps if s.accepted)
-        rewritten = sum(1 for s in steps if s.accepted is False)
-        tokens = {m: r.usage[m].completion_tokens if m in r.usage else 0 for m in ("small", "big")}
-        correct = _right(r)
-        right += correct
-        generated = {m: generated[m] + tokens[m] for m in generated}
-        ok = "yes" if correct else "no"
-        lines.append(
-            f"{r.problem_id[:13]:<14}{r.repeat_id:>4}  {str(r.answer)[:13]:<14}{str(r.reference_answer)[:9]:<10}"
-            f"{ok:<4}{kept:>5}{rewritten:>5}{tokens['small']:>10}{tokens['big']:>9}{r.latency_s:>8.1f}"
-        )
-    if records:
-        total = sum(generated.values())
-        share = f"{generated['big'] / total:.0%}" if total else "-"
-        lines.append(
-            f"accuracy {right}/{len(records)} ({right / len(records):.0%}); big model's share of tokens {share}"
-        )
-    return "\n".join(lines)
+async def run_demo(runs: list[tuple[str, RunConfig]], *, overwrite: bool, progress: bool, say: Say) -> list[RunOutcome]:
+    """Run each (name, config) of the demo in turn, one problem at a time, on one set of servers:
+    started once for all, each warmed with one request before the first is timed, and stopped at
+    the end; with nothing left to run, none start. The first config's folder holds the servers'
+    logs and the log (`spectra.log`)."""
+    configs = [config for _, config in runs]
+    # What would be refused is refused before a server starts (a folder of another config among them).
+    if not any([unfinished(config, overwrite=overwrite) for config in configs]):
+        return [await execute(config, overwrite=overwrite, progress=False) for config in configs]
+    every = serving_config(configs, configs[0].output_dir)
+    log_dir = Path(every.server_log_dir or Path(every.output_dir) / "server-logs")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        needs = serving_needs(configs)
+        say(f"starting vLLM servers for the {', '.join(needs)} models (their logs: {log_dir}) ...")
+        write_log_to(Path(every.output_dir))
+        started = time.monotonic()
+        async with model_endpoints(every, session, needs) as endpoints:
+            say(f"servers ready in {time.monotonic() - started:.0f} s; warming each with one request ...")
+            await warm_servers(every, session, await build_models(every, session, endpoints))
+            outcomes = []
+            for name, config in runs:
+                served = _on_servers(config, endpoints)
+                outcomes.append(await execute(served, overwrite=overwrite, progress=progress, label=name))
+    return outcomes
 
 
-def _right(record: ProblemRecord) -> bool:
-    return bool(is_correct(record.answer, record.reference_answer, multiple_choice=record.is_multiple_choice))
-
-
-def compare_with_big_alone(spec: list[ProblemRecord], alone: list[ProblemRecord]) -> str:
-    """One line: spec against the big model alone on the same problems (accuracy, big-model tokens
-    and seconds per problem)."""
-
-    def figures(records: list[ProblemRecord]) -> tuple[int, float, float]:
-        right = sum(_right(r) for r in records)
-        big = sum(r.usage["big"].completion_tokens for r in records if "big" in r.usage) / len(records)
-        return right, big, sum(r.latency_s for r in records) / len(records)
-
-    (right, big, seconds), (right_alone, big_alone, seconds_alone) = figures(spec), figures(alone)
-    ratio = f"{seconds / seconds_alone:.2f}x" if seconds_alone else "-"
-    return (
-        f"spec: {right}/{len(spec)} right, {ratio} the big model's latency ({seconds:.2f} s vs {seconds_alone:.2f} s a "
-        f"problem), {big:.0f} vs {big_alone:.0f} big-model tokens a problem; big alone {right_alone}/{len(alone)} right"
-    )
+def _on_servers(config: RunConfig, endpoints: Mapping[str, Endpoint]) -> RunConfig:
+    """`config` on the demo's running servers (no restarts of its own: they are the demo's)."""
+    models = {
+        role: dataclasses.replace(m, urls=endpoints[role].urls) if role in endpoints else m
+        for role, m in config.models.items()
+    }
+    return dataclasses.replace(config, models=models, server_restarts=None)

@@ -216,6 +216,14 @@ def manifest_for(config: RunConfig) -> dict[str, Any]:
     }
 
 
+def unfinished(config: RunConfig, *, overwrite: bool = False) -> int:
+    """How many (problem, repeat) pairs of `config` its folder does not hold finished, read without
+    writing anything; refuses what `execute` refuses before it starts (a folder of another config)."""
+    problems, repeats, _ = load_work(config)
+    done = RunStore.finished_keys(Path(config.output_dir), manifest_for(config), overwrite=overwrite)
+    return sum(1 for w in select_work(config, problems, repeats) if (w.problem.id, w.repeat_id) not in done)
+
+
 async def execute(
     config: RunConfig,
     *,

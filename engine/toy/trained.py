@@ -21,8 +21,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
+
 from engine.errors import UsageError
 from engine.toy.tiny import TinySize, building
+
+log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -130,12 +134,23 @@ def make_toy_models(out_dir: Path, *, big_layers: int = COSTLY_BIG_LAYERS) -> To
         for field, spec in folders.items()
         if _marker(getattr(models, field)) != {**stamp, "padding": spec[1]}
     }
-    for field, (weights, padding) in stale.items():
-        folder, folder_stamp = getattr(models, field), {**stamp, "padding": padding}
-        if field == "prm":
-            _write_prm(folder, folder_stamp)
-        else:
-            _write_model(folder, weights, folder_stamp, padding=padding)
+    if stale:
+        from transformers.utils import logging as transformers_logging
+
+        # Written once, in seconds: transformers' bar per shard would be noise on the demo's screen.
+        shown = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()
+        try:
+            for field, (weights, padding) in stale.items():
+                folder, folder_stamp = getattr(models, field), {**stamp, "padding": padding}
+                if field == "prm":
+                    _write_prm(folder, folder_stamp)
+                else:
+                    _write_model(folder, weights, folder_stamp, padding=padding)
+        finally:
+            if shown:
+                transformers_logging.enable_progress_bar()
+        log.info("toy_models_written", folder=str(out_dir), models=sorted(stale))
     return models
 
 

@@ -60,7 +60,7 @@ def served_with_a_key(tiny_models, tmp_path_factory):
 def run_flags(served, out):
     flags = ["run", "--runner", "base", "--big_model", served.model, "--big_url", served.url]
     flags += ["--dataset_name", "demo", "--problem_id", "0", "--token_budget", "32", "--max_step_tokens", "16"]
-    return [*flags, "--answer_max_tokens", "8", "--output_dir", str(out), "--no_progress"]
+    return [*flags, "--output_dir", str(out), "--no_progress"]
 
 
 def test_serve_beyond_this_machine_makes_a_key_and_prints_it_once(served_with_a_key):

@@ -11,6 +11,7 @@ from benchmarks.browser import chromium, watched_page
 from engine.data.answers import is_correct
 from engine.data.problems import demo_problems
 from engine.data.prompts import load_prompt_set
+from engine.logging import LOG_FILE
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies.vote import VoteSettings
 from engine.reasoning.track import track_messages
@@ -160,8 +161,6 @@ def test_runner_command_line_runs_and_prints_a_summary(vllm_servers, tmp_path):
         "64",
         "--max_step_tokens",
         "16",
-        "--answer_max_tokens",
-        "8",
         "--output_dir",
         str(out),
         "--no_progress",
@@ -189,36 +188,56 @@ def test_the_demo_command_starts_its_own_servers_and_prints_a_summary(toy_models
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    header, row, totals, records_line, viewer_line, comparison = result.stdout.splitlines()
-    assert header.split()[:5] == ["problem", "rep", "answer", "ref", "ok"] and row.split()[0] == "0"
-    (record,) = read_records(tmp_path / "demo" / RECORDS_FILE).records
-    assert record.dataset == "toy" and record.tracks[0].policy == "spec"
-    assert (
-        record.usage["big"].requests > 0
-        and "big-costly"
-        in json.loads((tmp_path / "demo" / MANIFEST_FILE).read_text())["config"]["models"]["big"]["model"]
-    )
-    assert row.split()[2:4] == [str(record.answer), record.reference_answer]
-    assert totals.startswith("accuracy ") and "big model's share of tokens" in totals
-    assert "1 new, 0 already done" in records_line
-    # the big model alone on the same problem, and one line comparing the two
-    (alone,) = read_records(tmp_path / "demo-big_alone" / RECORDS_FILE).records
-    assert alone.problem_id == record.problem_id and set(alone.usage) == {"big"}
-    right = int(is_correct(record.answer, record.reference_answer))
-    assert comparison.startswith(f"spec: {right}/1 right, ") and "x the big model's latency" in comparison
-    assert comparison.endswith(f"big alone {int(is_correct(alone.answer, alone.reference_answer))}/1 right")
-    logs = sorted(p.name for p in (tmp_path / "demo" / "server-logs").iterdir())
-    assert logs == ["big.log", "small.log"]
+    # The screen says what is happening, and shows no info event: those are in the run folder's log.
+    said = result.stderr.splitlines()
+    assert said[0].startswith("spectra's toy demo: spec (PRM judge), spec (big judge), big model alone, on the same")
+    assert said[1].startswith("starting vLLM servers for the ") and said[2].startswith("servers ready in ")
+    assert "run_start" not in result.stderr
+    log = (tmp_path / "demo" / LOG_FILE).read_text()
+    assert log.count("server_warmed") == 3 and log.count("run_start") == 3
+    assert sorted(p.name for p in (tmp_path / "demo" / "server-logs").iterdir()) == ["big.log", "prm.log", "small.log"]
+
+    # stdout: the table, the run folders, one line per method against the big model alone
+    table, folders, comparison = (block.splitlines() for block in result.stdout.rstrip("\n").split("\n\n"))
+    folder_of = {"spec (PRM judge)": "demo", "spec (big judge)": "demo-big_judge", "big model alone": "demo-big_alone"}
+    runs = {name: read_records(tmp_path / folder / RECORDS_FILE).records for name, folder in folder_of.items()}
+    assert table[0].split()[:3] == ["method", "problem", "rep"] and len(table) == 1 + len(runs)
+    for row, (name, (record,)) in zip(table[1:], runs.items(), strict=True):
+        assert row.startswith(name) and row[len(name) :].split()[0] == record.problem_id == "0"
+        assert row[len(name) :].split()[2:4] == [str(record.answer), record.reference_answer]
+    (prm,), (judge,), (alone,) = runs.values()
+    assert prm.tracks[0].policy == judge.tracks[0].policy == "spec" and set(alone.usage) == {"big"}
+    assert "prm" in prm.usage and "prm" not in judge.usage, "the PRM judged the first run only"
+    manifest = json.loads((tmp_path / "demo" / MANIFEST_FILE).read_text())
+    assert "big-costly" in manifest["config"]["models"]["big"]["model"]
+    for folder in folder_of.values():
+        records, viewer = folders.pop(0), folders.pop(0)
+        assert records == f"records: {tmp_path / folder / RECORDS_FILE} (1 new, 0 already done)"
+        assert viewer == f"viewer: {tmp_path / folder / VIEWER_FILE} (open it in a browser)"
+    assert folders == []
+    seconds_alone = alone.latency_s
+    for line, (name, (record,)) in zip(comparison, runs.items(), strict=True):
+        right = int(is_correct(record.answer, record.reference_answer))
+        figures = (
+            f"{right}/1 right, {record.usage['big'].completion_tokens if 'big' in record.usage else 0} big-model "
+            "tokens a problem, "
+            f"{record.latency_s:.2f} s a problem"
+        )
+        assert line.startswith(f"{name}:") and figures in line
+        if record is not alone:
+            assert line.endswith(f", {record.latency_s / seconds_alone:.2f}x the big model's latency")
+
     # The run's viewer, written into its folder, shows the real trace step by step, by writer.
     viewer = tmp_path / "demo" / VIEWER_FILE
-    assert viewer_line == f"viewer: {viewer} (open it in a browser)"
     with chromium() as browser:
         page = watched_page(browser)
         page.open(viewer, "run=0&p=0")
         steps = page.page.locator(".track .step")
         assert [steps.nth(i).get_attribute("data-writer") for i in range(steps.count())] == [
-            s.writer for s in record.tracks[0].steps
+            s.writer for s in prm.tracks[0].steps
         ]
-        assert page.page.locator(".track .step .text").all_text_contents() == [s.text for s in record.tracks[0].steps]
+        # the kept text of each step (a rewritten step shows its rejected draft beside it)
+        kept = page.page.locator(".track .step .text:not(.draft-text)").all_text_contents()
+        assert kept == [s.text for s in prm.tracks[0].steps]
         page.shot("real-demo-run")
         assert page.errors == [] and page.requests == []

@@ -6,8 +6,9 @@ import shlex
 import pytest
 
 from engine.api.catalog import Catalog
-from engine.api.launch import main, refuse_server_flags, running_api, serving_needs
+from engine.api.launch import main, refuse_server_flags, running_api
 from engine.errors import UsageError
+from engine.run.shared_servers import serving_needs
 from tests.fake_openai import FakeOpenAIServer
 from tests.paths import REPO_ROOT
 from tests.unit.api.conftest import api_flags, model_flags, solver
