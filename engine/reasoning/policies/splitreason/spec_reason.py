@@ -33,9 +33,11 @@ from engine.serving.models import Model, Purpose, Reply
 
 OPEN_TAG, CLOSE_TAG = "<bigmodel>", "</bigmodel>"
 # SplitReason's constants (modes/speculative_reasoning.py): the big model writes a span in chunks
-# of 64 tokens, at most 512 tokens a span; the small model is probed for 8 tokens.
+# of 64 tokens and the small model is probed for 8 tokens. Its span constant is 512 tokens, but its
+# loop counts chunks from 1 and closes once the count exceeds 512 // 64: chunks 1-8 are probed, and
+# the 9th is kept whole and closed unprobed, so a span holds up to 576 tokens.
 SPAN_CHUNK_TOKENS = 64
-SPAN_CAP_TOKENS = 512
+PROBED_CHUNKS = 512 // SPAN_CHUNK_TOKENS
 PROBE_TOKENS = 8
 # A probe closes the span when its continuation starts with this, after whitespace (the perf
 # version's test; a continuation that closes later would put small-model text in the span).
@@ -148,7 +150,7 @@ class SpecReasonPolicy(NothingAhead):
             if chunk.finish_reason != "length":
                 span.add(chunk, chunk.text, chunk.tokens, ended="eos")
                 return
-            if span.tokens + chunk.tokens >= SPAN_CAP_TOKENS:
+            if span.chunks > PROBED_CHUNKS:
                 span.add(chunk, chunk.text, chunk.tokens, ended="cap")
                 return
             prefixes = _token_prefixes(chunk)

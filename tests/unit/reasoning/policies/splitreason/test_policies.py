@@ -335,14 +335,16 @@ async def test_spec_reason_span_runs_over_chunks_until_the_big_model_ends_the_se
     assert record.finish_reason == "eos" and len(record.steps) == 2
 
 
-async def test_spec_reason_closes_the_span_at_the_cap_without_probing_the_last_chunk(make_models):
-    chunks = [[f" t{c}.{i}" for i in range(64)] for c in range(8)]
+async def test_spec_reason_closes_the_span_on_its_ninth_chunk_unprobed(make_models):
+    # SplitReason counts chunks from 1 and closes once the count exceeds 512 // 64 = 8: eight
+    # chunks are probed, the ninth is kept whole, 9 * 64 = 576 tokens.
+    chunks = [[f" t{c}.{i}" for i in range(64)] for c in range(9)]
     script = Offload(["Hi "], chunks)
     record = await run(make_models, script.small, script.big, "spec_reason")
     span = record.steps[1]
-    assert span.detail == {"ended": "cap", "chunks": 8} and span.tokens == 512
-    assert span.text.endswith(" t7.63</bigmodel>")
-    assert len(script.probes()) == 7 * 64
+    assert span.detail == {"ended": "cap", "chunks": 9} and span.tokens == 576
+    assert span.text.endswith(" t8.63</bigmodel>")
+    assert len(script.probes()) == 8 * 64
     assert record.steps[2].writer == "small" and record.answer == "42"
 
 
