@@ -357,6 +357,29 @@ async def test_spec_reason_span_stops_at_the_budget(make_models):
     assert record.finish_reason == "budget" and record.thinking_tokens == 10
 
 
+# SplitReason's terminating string as its test_spec.py and lm-eval wrapper pass it: a raw string,
+# so "\\n" is a backslash and an n.
+TERMINATING = r"\n Put your final answer within \boxed{}."
+
+
+async def test_prompt_set_splitreason_sends_the_question_hint_and_terminating_string_as_splitreason(make_models):
+    # modes/speculative_reasoning.py: f"{question}\n{hint}\n{terminating_string}" to the small model,
+    # the hint removed for the big model; random_switch_flow.py: f"{question}\n{terminating_string}".
+    prompts = load_prompt_set("splitreason")
+    script = Offload(["Hi "], [[" A"]], eos=True)
+    async with FakeOpenAIServer(script.small) as s, FakeOpenAIServer(script.big) as b:
+        await run_one_track(make_models(big=b, small=s), PROBLEM, prompts, policy="spec_reason")
+    question = PROBLEM.problem
+    assert f"{question}\n{HINT}\n{TERMINATING}<|im_end|>" in script.small.steps()[0]["prompt"]
+    (big_body,) = script.big.steps()
+    assert f"{question}\n{TERMINATING}<|im_end|>" in big_body["prompt"] and HINT not in big_body["prompt"]
+    small, big = Log(chunk_of("s")), Log(chunk_of("b"))
+    async with FakeOpenAIServer(small) as s, FakeOpenAIServer(big) as b:
+        config = ReasoningConfig(token_budget=8)
+        await run_one_track(make_models(big=b, small=s), PROBLEM, prompts, config, policy="random_switch", seed=1)
+    assert all(f"{question}\n{TERMINATING}<|im_end|>" in b["prompt"] for b in small.steps() + big.steps())
+
+
 def replied(completion):
     """`completion` as the model handle returns it."""
     return HandleReply(completion, RequestCost("big", "rewrite", completion.endpoint, completion.model))
