@@ -65,16 +65,43 @@ LIMITS = ClientLimits(max_in_flight_per_endpoint=64, request_timeout_s=600.0, st
 def gpu_cost(shape: dict[str, Any]) -> GpuCost:
     """A shape's measured figures as the sim's cost model: decode by batch at the 2,000-token
     context (the faster of eager and fused kernels), the KV term from the longer context, the
-    prefill term from the 2,000-token prefill less one decode step's weight reading."""
+    prefill terms through the two longest prefills less one decode step's weight reading."""
     points = [p for p in shape["decode"] if p["fits"]]
     reference = min(p["context"] for p in points)
     best = {(p["batch"], p["context"]): min(p.get("eager_ms", 1e9), p.get("fused_ms", 1e9)) for p in points}
     decode_ms = tuple(sorted((b, ms) for (b, c), ms in best.items() if c == reference))
     longer = [(b, c, ms) for (b, c), ms in best.items() if c != reference and (b, reference) in best]
     kv_ms = statistics.mean((ms - best[(b, reference)]) / (b * (c - reference)) for b, c, ms in longer) if longer else 0
-    prefill = min(shape["prefill"], key=lambda p: abs(p["tokens"] - reference))
-    per_token = max(0.0, (prefill["ms"] - decode_ms[0][1]) / prefill["tokens"])
-    return GpuCost(decode_ms, per_token, max(0.0, kv_ms), reference, kv_tokens=shape["memory"]["kv_tokens_vllm"])
+    per_token, squared = prefill_terms(shape["prefill"], decode_ms[0][1])
+    return GpuCost(
+        decode_ms,
+        per_token,
+        kv_ms_per_token=max(0.0, kv_ms),
+        reference_context=reference,
+        kv_tokens=shape["memory"]["kv_tokens_vllm"],
+        prefill_ms_per_token_squared=squared,
+    )
+
+
+def reward_model_cost(shape: dict[str, Any]) -> GpuCost:
+    """A PRM's measured figures as the sim's cost model: it only prefills (its iteration is its
+    prefill), and vLLM caches no prefix for its step pooling, so every score prefills the trace."""
+    per_token, squared = prefill_terms(shape["prefill"], 0.0)
+    return GpuCost(
+        ((1, 0.0),),
+        per_token,
+        prefill_ms_per_token_squared=squared,
+        prefix_cache=False,
+        kv_tokens=shape["memory"]["kv_tokens_vllm"],
+    )
+
+
+def prefill_terms(prefills: list[dict[str, Any]], base_ms: float) -> tuple[float, float]:
+    """`a` and `b` of ms = base_ms + a * n + b * n^2 through the two longest prefills measured (the
+    second term is attention's); `base_ms` is what the sim's iteration charges a prompt anyway."""
+    (n1, t1), (n2, t2) = sorted((p["tokens"], p["ms"] - base_ms) for p in prefills)[-2:]
+    squared = max(0.0, (t2 / n2 - t1 / n1) / (n2 - n1))
+    return max(0.0, t1 / n1 - squared * n1), squared
 
 
 @dataclass(frozen=True)
