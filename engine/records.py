@@ -114,6 +114,8 @@ class RequestCost:
     them. `wasted`: the request's result was thrown away (work done ahead, a draft replaced);
     `cancelled`: it was cancelled in flight, its tokens unknown. `requests` is 1, except where one
     entry stands for many requests to one server (RAST's one-token requests, a sample's each).
+    A step judge's requests name the judge that ruled (`judge`, an `engine.reasoning.judges` name)
+    and the value it gave (`verdict`: the 0-9 score, or the PRM's reward of the judged step).
     """
 
     role: str
@@ -133,6 +135,8 @@ class RequestCost:
     queue_s: float | None = None
     prefill_s: float | None = None
     generation_s: float | None = None
+    judge: str | None = None
+    verdict: float | None = None
 
     @property
     def usage(self) -> ModelUsage:
@@ -170,7 +174,8 @@ class StepRecord:
     """One reasoning step as kept in the track.
 
     `writer` is the model whose text was kept (a `Role`). In `spec` mode `score`
-    is the big model's 0-9 judgement of the small model's draft and `score_distribution`
+    is the judge's value of the small model's draft (the big model's 0-9, or a PRM's reward in
+    [0, 1]: `judge` names it) and `score_distribution`
     the renormalised probabilities of the digits found in the top logprobs; when the draft
     was rejected, `draft` keeps its text. `costs` holds every request made for the step (draft,
     score, rewrite, probe); `usage` sums those whose results the step used, per model; `wasted` those
@@ -186,6 +191,8 @@ class StepRecord:
     tokens: int
     score: float | None = None
     score_distribution: dict[str, float] | None = None
+    # The judge that rated the draft (`engine.reasoning.judges`): `score` is its value, 0-9 or a reward.
+    judge: str | None = None
     draft: str | None = None
     usage: dict[str, ModelUsage] = field(default_factory=dict)
     latency_s: float = 0.0

@@ -58,6 +58,8 @@ class Reply:
     raw_event: bytes | None = None
     # A whole answer's body as given, instead of the completion built from the fields above.
     raw_body: bytes | None = None
+    # A request for several continuations (`n`): the choices after the first (else copies of it).
+    others: list[Reply] | None = None
 
     def token_list(self) -> list[str]:
         if self.tokens is not None:
@@ -320,16 +322,22 @@ def _logprobs(reply: Reply, tokens: list[str], offset: int) -> dict[str, Any] | 
 
 def _full_response(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     choices = []
+    replies = [reply, *(reply.others or [])]
     for index in range(int(body.get("n", 1))):
+        this = replies[index] if index < len(replies) else reply
         choices.append(
             {
                 "index": index,
-                "text": reply.text,
-                "finish_reason": reply.finish_reason,
-                "stop_reason": reply.stop_reason,
-                "logprobs": _logprobs(reply, reply.token_list(), 0),
+                "text": this.text,
+                "finish_reason": this.finish_reason,
+                "stop_reason": this.stop_reason,
+                "logprobs": _logprobs(this, this.token_list(), 0),
                 "prompt_logprobs": reply.prompt_logprobs,
             }
         )
-    response = {"object": "text_completion", "model": body.get("model"), "choices": choices, "usage": _usage(reply)}
+    usage = _usage(reply)
+    if reply.others:  # vLLM counts the tokens of every choice
+        usage["completion_tokens"] = sum(len(r.token_list()) for r in replies[: int(body.get("n", 1))])
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    response = {"object": "text_completion", "model": body.get("model"), "choices": choices, "usage": usage}
     return {**response, "metrics": reply.metrics} if reply.metrics else response

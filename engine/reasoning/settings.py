@@ -24,10 +24,17 @@ class Settings:
     def validate(self) -> None:
         """Raise UsageError for a value that cannot work; the base accepts everything."""
 
+    def idle_flags(self) -> dict[str, str]:
+        """The fields these values leave without effect (`--score_threshold` when the PRM judges),
+        each with what would make it apply: given on the command line, they are refused."""
+        return {}
 
-def setting(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
-    """A settings field with its flag's help text (and allowed values, checked on validate)."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+
+def setting(default: Any, help: str, choices: tuple[Any, ...] | None = None, *, shared: bool = False) -> Any:
+    """A settings field with its flag's help text (and allowed values, checked on validate).
+    `shared`: the same knob in several settings classes (`--scorer`, for spec and the searches),
+    declared with the same help and choices; its default may differ by method."""
+    return field(default=default, metadata={"help": help, "choices": choices, "shared": shared})
 
 
 def check_choices(settings: Settings) -> None:
@@ -57,6 +64,12 @@ class ReasoningConfig(Settings):
     )
     answer_max_tokens: int = setting(1024, "with --answer_phase: tokens the answer may take")
     seed: int | None = setting(None, "base seed of every request (reproducible runs)")
+
+    def idle_flags(self) -> dict[str, str]:
+        if self.answer_phase:
+            return {}
+        why = "the answer phase is off, so no answer is written after the thinking; add --answer_phase"
+        return {"answer_model": why, "answer_max_tokens": why}
 
     def validate(self) -> None:
         for name, value in (

@@ -410,5 +410,5 @@ async def build_models(
             prompt_format=config.prompt_format,
         )
         client = ModelClient(session, served, list(urls), config.client, api_key=model_config.api_key, role=role)
-        models[role] = Model(role=role, client=client, chat=chat)
+        models[role] = Model(role=role, client=client, chat=chat, source=model_config.model)
     return models

@@ -55,11 +55,18 @@ def _flag_type(annotation: Any) -> type:
     return options[0]
 
 
-def add_settings_flags(parser: Group, cls: type, *, shown: bool | set[str] = True) -> None:
+def add_settings_flags(
+    parser: Group, cls: type, *, shown: bool | set[str] = True, added: set[str] | None = None
+) -> None:
     """One flag per field of the settings dataclass `cls`; unset flags stay None (the default).
-    `shown`: whether `--help` lists them, or the names of those it lists."""
+    `shown`: whether `--help` lists them, or the names of those it lists; `added`: flags already
+    added (a shared knob, added with the first class that declares it), skipped, then recorded."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if added is not None and f.name in added:
+            continue
+        if added is not None:
+            added.add(f.name)
         kind, default = _flag_type(hints[f.name]), f.default
         listed = f.name in shown if isinstance(shown, set) else shown
         text = f"{f.metadata.get('help', '')} (default {default!r})".strip()
@@ -80,13 +87,17 @@ def settings_from_flags(
 
 
 def check_unique_flags(classes: list[type]) -> None:
-    """Refuse two settings classes declaring the same flag: one flag must mean one thing."""
-    owner: dict[str, str] = {}
+    """Refuse two settings classes declaring the same flag, unless both declare it as the same shared
+    knob (same help and choices): one flag must mean one thing."""
+    owner: dict[str, tuple[str, dataclasses.Field]] = {}
     for cls in dict.fromkeys(classes):
         for f in dataclasses.fields(cls):
             if f.name in owner:
-                raise TypeError(f"flag --{f.name} is declared by both {owner[f.name]} and {cls.__name__}")
-            owner[f.name] = cls.__name__
+                first_owner, first = owner[f.name]
+                if not (f.metadata.get("shared") and dict(f.metadata) == dict(first.metadata)):
+                    raise TypeError(f"flag --{f.name} is declared by both {first_owner} and {cls.__name__}")
+                continue
+            owner[f.name] = (cls.__name__, f)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -228,6 +239,7 @@ def add_method_flags(parser: argparse.ArgumentParser, method: Group, scope: Help
     add_flag(method, "strategy", choices=tuple(STRATEGIES), help="how a problem is solved (default: the runner's)")
     add_settings_flags(method, ReasoningConfig, shown=True if scope.track_flags is None else set(scope.track_flags))
     add_settings_flags(method, ProbeSettings, shown=bool(scope.policies))
+    groups = []
     for kind, table, chosen in (("policy", POLICIES, scope.policies), ("strategy", STRATEGIES, scope.strategies)):
         # Specs may share one settings class (big and small; the three searches): one set of flags.
         sharing: dict[type, list[Any]] = {}
@@ -237,7 +249,11 @@ def add_method_flags(parser: argparse.ArgumentParser, method: Group, scope: Help
             shown = any(s.name in chosen for s in specs)
             title = f"method: {kind} {', '.join(s.name for s in specs)}"
             group = parser.add_argument_group(title, "; ".join(s.description for s in specs)) if shown else method
-            add_settings_flags(group, cls, shown=shown)
+            groups.append((not shown, group, cls, shown))
+    # The groups --help lists first, so that a shared knob (--scorer) is listed under a chosen method.
+    added: set[str] = set()
+    for _, group, cls, shown in sorted(groups, key=lambda entry: entry[0]):
+        add_settings_flags(group, cls, shown=shown, added=added)
 
 
 def add_own_flags(groups: dict[str, Any], runner: str | None) -> None:

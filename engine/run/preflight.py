@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
 from engine.data.problems import Problem
 from engine.errors import ServerSettingError
-from engine.reasoning.judges.prm import PRM_TOP_LOGPROBS, prm_kind_of
+from engine.reasoning.judges import JUDGES
+from engine.reasoning.judges.prm import prm_kind_of
 from engine.reasoning.judges.specreason import SCORE_TOP_LOGPROBS
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.strategies import STRATEGIES
@@ -72,20 +74,25 @@ def _logprob_requests(config: RunConfig, prm_kind: str) -> Iterator[LogprobReque
         yield "positive", settings.rast_aux_logprobs, "--rast_aux_logprobs"
         yield "negative", settings.rast_aux_logprobs, "--rast_aux_logprobs"
     elif strategy in SEARCH_APPROACHES:  # the search writes and scores itself: the step policy is unused
-        if settings.scorer == "judge":
-            yield "big", SCORE_TOP_LOGPROBS, "the judge's 0-9 scores (--scorer judge)"
-        elif (prm_kind if settings.prm_kind == "auto" else settings.prm_kind) == "token":
-            yield "prm", PRM_TOP_LOGPROBS, "the token PRM's step scores"
+        yield from _judge_logprob_requests(settings, prm_kind)
     elif STRATEGIES[strategy].runs_policy:
         if strategy == "deepconf":
             for role in POLICIES[config.policy].roles_for(config.policy_settings):
                 yield role, settings.deepconf_top_logprobs, "--deepconf_top_logprobs"
-        yield from _policy_logprob_requests(config.policy, config.policy_settings)
+        yield from _policy_logprob_requests(config.policy, config.policy_settings, prm_kind)
 
 
-def _policy_logprob_requests(policy: str, settings: object) -> Iterator[LogprobRequest]:
+def _judge_logprob_requests(settings: Any, prm_kind: str) -> Iterator[LogprobRequest]:
+    """What the step judge `--scorer` names asks of its model's logprobs."""
+    judge = JUDGES[settings.scorer]
+    count = judge.top_logprobs(prm_kind if settings.prm_kind == "auto" else settings.prm_kind)
+    if count is not None:
+        yield judge.role, count, f"the step judge (--scorer {settings.scorer}: {judge.description})"
+
+
+def _policy_logprob_requests(policy: str, settings: Any, prm_kind: str) -> Iterator[LogprobRequest]:
     if policy == "spec":
-        yield "big", SCORE_TOP_LOGPROBS, "SpecReason's 0-9 judge"
+        yield from _judge_logprob_requests(settings, prm_kind)
     elif policy == "lookahead" and settings.verifier == "judge":
         yield "big", SCORE_TOP_LOGPROBS, "lookahead's judge (--verifier judge)"
     elif policy in ("logprob_subselect", "spec_reason"):
@@ -144,9 +151,9 @@ async def _logprob_issues(config: RunConfig, session: aiohttp.ClientSession, ser
 
 
 async def _prm_kind(config: RunConfig) -> str:
-    """How the run's PRM is read when --prm_kind is auto (as the search's scorer decides it)."""
-    settings = config.strategy_settings
-    if config.strategy in SEARCH_APPROACHES and settings.scorer == "prm" and settings.prm_kind == "auto":
+    """How the run's PRM is read when --prm_kind is auto (as its judge decides it at the first score)."""
+    judged = config.strategy_settings if config.strategy in SEARCH_APPROACHES else config.policy_settings
+    if getattr(judged, "scorer", None) == "prm" and judged.prm_kind == "auto":
         return await asyncio.to_thread(prm_kind_of, config.model("prm").model)
     return "token"
 

@@ -74,9 +74,11 @@ def refuse_flags_of_specs_not_in_use(flags: Flags, policy: str, strategy: str) -
     a strategy this run does not use: it would change nothing, silently."""
     runs_policy = STRATEGIES[strategy].runs_policy
     in_use = {STRATEGIES[strategy].settings, *([POLICIES[policy].settings, ProbeSettings] if runs_policy else [])}
+    # A shared knob (--scorer) of a settings class in use is in use, whoever else declares it.
+    used = {f.name for cls in in_use for f in dataclasses.fields(cls)}
     for kind, table, chosen in (("policy", POLICIES, policy), ("strategy", STRATEGIES, strategy)):
         for cls in dict.fromkeys(spec.settings for spec in table.values()):
-            given = _first_given(flags, cls) if cls not in in_use else None
+            given = _first_given({k: v for k, v in flags.items() if k not in used}, cls) if cls not in in_use else None
             if given is None:
                 continue
             owners = " or ".join(spec.name for spec in table.values() if spec.settings is cls)
@@ -106,6 +108,8 @@ def refuse_a_pair_that_cannot_work(config: RunConfig) -> None:
     stops traces between steps); probing needs steps too."""
     strategy, policy = STRATEGIES[config.strategy], POLICIES[config.policy]
     problem = pairing_problem(strategy, config.strategy_settings, policy, config.policy_settings)
+    if strategy.runs_policy:
+        problem = problem or policy.check_track(config.policy_settings, config.reasoning)
     if problem is not None:
         raise UsageError(problem)
     if config.probing.probe_every is not None and strategy.runs_policy and policy.one_request(config.policy_settings):
@@ -114,6 +118,18 @@ def refuse_a_pair_that_cannot_work(config: RunConfig) -> None:
             f"--probe_every probes a track between its steps, and policy {config.policy} writes each track "
             "in one request: add --stepwise"
         )
+
+
+def refuse_idle_flags(flags: Flags, config: RunConfig) -> None:
+    """A flag given that the run's own settings leave without effect (`--score_threshold` when a PRM
+    judges, `--answer_model` without `--answer_phase`): refused, naming what would make it apply."""
+    in_use: list[Any] = [config.reasoning, config.strategy_settings]
+    if STRATEGIES[config.strategy].runs_policy:
+        in_use += [config.policy_settings, config.probing]
+    for settings in in_use:
+        given = next(((name, why) for name, why in settings.idle_flags().items() if flags.get(name) is not None), None)
+        if given is not None:
+            raise UsageError(f"--{given[0]} changes nothing here: {given[1]}")
 
 
 def refuse_routing_without_replicas(flags: Flags, config: RunConfig) -> None:

@@ -103,7 +103,6 @@ class Scheduler:
         config = self.config
         context = SolveContext(
             models=self.models,
-            model_ids={role: m.model for role, m in config.models.items()},
             prompts=self.prompts,
             problem=item.problem,
             repeat_id=item.repeat_id,

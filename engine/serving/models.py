@@ -172,6 +172,19 @@ class Reply:
     def usage(self) -> dict[str, ModelUsage]:
         return {self.cost.role: self.cost.usage}
 
+    def candidates(self) -> list[Reply]:
+        """Each continuation of a request for several (`n`) as a reply of its own, its tokens counted
+        from its logprobs (asked for with `logprobs=0` at least); all share the request's one cost
+        entry, which whoever keeps one of them charges once."""
+        return [
+            Reply(
+                dataclasses.replace(self.completion, choices=[choice], completion_tokens=len(choice.token_logprobs)),
+                self.cost,
+                self.measured,
+            )
+            for choice in self.completion.choices
+        ]
+
     def step_ending(self, delimiter: str) -> StepEnding:
         """Why a step's generation stopped, from vLLM's finish and stop reasons."""
         if self.finish_reason == "length":
@@ -207,6 +220,8 @@ class Model:
     seed: int | None = None
     token_logprobs: int | None = None
     route: RouteKey | None = None
+    # The id or folder the model was loaded from, whose config names its architecture ("": its served name).
+    source: str = ""
 
     def for_track(self, *, seed: int | None, token_logprobs: int | None = None) -> Model:
         """This model as one track's handle (DSPy's `lm.copy(rollout_id=...)`), with a route key of its own."""
@@ -224,6 +239,7 @@ class Model:
         key: tuple = (),
         stop: list[str] | None = None,
         logprobs: int | None = None,
+        n: int = 1,
         stream: bool = False,
         options: dict[str, Any] | None = None,
     ) -> Reply:
@@ -243,6 +259,7 @@ class Model:
             stop=stop,
             seed=None if purpose in UNSEEDED else request_seed(self.seed, purpose, index, key),
             logprobs=logprobs,
+            n=n,
             stream=stream,
             extra={**self.special_tokens, **(options or {})},
             purpose=purpose,

@@ -41,12 +41,15 @@ async def session():
 
 @pytest.fixture
 def make_models(session):
-    """models(big=server, small=server, thinking=True) -> {"big": Model, "small": Model}."""
+    """models(big=server, small=server, thinking=True) -> {"big": Model, "small": Model};
+    `sources`: role -> the folder a model was loaded from (a PRM's config names its kind)."""
 
-    def build(*, thinking: bool = True, limits: ClientLimits = FAST_LIMITS, **servers):
+    def build(*, thinking: bool = True, limits: ClientLimits = FAST_LIMITS, sources=None, **servers):
         chat = ChatFormat(chatml_tokenizer(), thinking=thinking)
         return {
-            role: Model(role, ModelClient(session, role, [server.url], limits), chat)
+            role: Model(
+                role, ModelClient(session, role, [server.url], limits), chat, source=(sources or {}).get(role, "")
+            )
             for role, server in servers.items()
         }
 

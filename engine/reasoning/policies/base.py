@@ -103,6 +103,8 @@ class PolicySpec(Generic[S]):
     # Whether these settings write a whole trace in one request: no step boundary for a check
     # between steps (DeepConf online, probing) to run at.
     one_request: Callable[[S], bool] = lambda settings: False
+    # What these settings cannot do with the track's reasoning config (one line), or None.
+    check_track: Callable[[S, ReasoningConfig], str | None] = lambda settings, reasoning: None
 
     def roles_for(self, settings: S) -> tuple[str, ...]:
         return self.roles if self.needed_roles is None else self.needed_roles(settings)
@@ -144,10 +146,13 @@ def next_context(ctx: StepContext, text: str, tokens: int) -> StepContext:
     )
 
 
-async def generate_step(model: Model, ctx: StepContext, *, purpose: Purpose) -> Reply:
+async def generate_step(model: Model, ctx: StepContext, *, purpose: Purpose, n: int = 1) -> Reply:
     """`model` continues the reasoning by one step, stopping at the delimiter only (the seeds'
-    `stop=["\n\n"]`); with --answer_phase also at the end of thinking."""
+    `stop=["\n\n"]`); with --answer_phase also at the end of thinking. `n` > 1: that many
+    candidates in one request (`Reply.candidates`), each with its sampled tokens' logprobs, which
+    count its tokens."""
     closing = [THINK_CLOSE] if ctx.config.answer_phase and model.chat.thinking else []
+    several = {"n": n, "logprobs": 0} if n > 1 else {}
     return await model.continue_reasoning(
         ctx.messages,
         ctx.reasoning,
@@ -157,6 +162,7 @@ async def generate_step(model: Model, ctx: StepContext, *, purpose: Purpose) -> 
         temperature=ctx.config.temperature,
         top_p=ctx.config.top_p,
         stop=[ctx.config.step_delimiter, *closing],
+        **several,
     )
 
 

@@ -1,6 +1,6 @@
 """Pipelined speculation, a spectra improvement (SpecReason drafts, scores and rewrites one step at
 a time): while the big model scores draft i, the small model already drafts step i+1 on top of
-draft i, up to `depth` steps ahead, and each draft made ahead is scored as soon as it is written.
+draft i, up to `depth` steps ahead, and each draft made ahead is judged as soon as it is written.
 
 A step uses a draft made ahead only when the context that draft assumed (the reasoning, with every
 earlier draft kept, the step index, the config with its token limit, the seed...) equals the
@@ -13,13 +13,14 @@ is cancelled: cancelling a request's task closes its connection and vLLM aborts 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from dataclasses import dataclass
 
 import structlog
 
+from engine.reasoning.judges import StepJudge
 from engine.reasoning.judges.base import ScoredSteps, ScoreQuery
-from engine.reasoning.judges.specreason import JudgeScorer
 from engine.reasoning.policies.base import (
     StepContext,
     discard,
@@ -43,14 +44,18 @@ class Speculation:
     drafted: Reply | None = None
     scoring: bool = False
     verdict: ScoredSteps | None = None
+    # With several drafts a step: each candidate's value, in the order the small model wrote them.
+    draft_values: list[float] | None = None
 
 
 class DraftPipeline:
     """One track's drafts and scores: the step being decided first, then up to `depth` steps ahead,
-    each drafted on top of the one before it (assuming it is kept)."""
+    each drafted on top of the one before it (assuming it is kept). With `drafts` > 1 (no work
+    ahead), the small model writes that many candidates of the step in one request, the judge rates
+    each, and the best-rated is the step's draft."""
 
-    def __init__(self, small: Model, judge: JudgeScorer, depth: int):
-        self.small, self.judge, self.depth = small, judge, depth
+    def __init__(self, small: Model, judge: StepJudge, depth: int, drafts: int = 1):
+        self.small, self.judge, self.depth, self.drafts = small, judge, depth, drafts
         self._queue: deque[Speculation] = deque()
 
     def head(self, ctx: StepContext) -> tuple[Speculation, list[RequestCost]]:
@@ -92,12 +97,32 @@ class DraftPipeline:
 
     async def _draft_and_score(self, spec: Speculation) -> tuple[Reply, ScoredSteps]:
         ctx = spec.ctx
+        if self.drafts > 1:
+            return await self._best_of_drafts(spec)
         spec.drafted = await generate_step(self.small, ctx, purpose=Purpose.DRAFT)
         self._fill()
         spec.scoring = True
         query = ScoreQuery(ctx.problem, ctx.messages, (*ctx.steps, spec.drafted.text))
         spec.verdict = await self.judge.score(query)
         return spec.drafted, spec.verdict
+
+    async def _best_of_drafts(self, spec: Speculation) -> tuple[Reply, ScoredSteps]:
+        """The best-rated of the small model's candidates (the first of equals), with the verdict of
+        every candidate's judging in its costs."""
+        ctx = spec.ctx
+        spec.drafted = await generate_step(self.small, ctx, purpose=Purpose.DRAFT, n=self.drafts)
+        spec.scoring = True
+        candidates = spec.drafted.candidates()
+        async with asyncio.TaskGroup() as group:
+            asked = [
+                group.create_task(self.judge.score(ScoreQuery(ctx.problem, ctx.messages, (*ctx.steps, c.text))))
+                for c in candidates
+            ]
+        verdicts = [task.result() for task in asked]
+        spec.draft_values = [self.judge.value(verdict) for verdict in verdicts]
+        best = max(range(len(candidates)), key=lambda i: (spec.draft_values[i], -i))
+        spec.verdict = dataclasses.replace(verdicts[best], costs=[c for v in verdicts for c in v.costs])
+        return candidates[best], spec.verdict
 
     def _fill(self) -> None:
         """Draft on top of the last speculation while there is room ahead and its draft is written
@@ -121,4 +146,4 @@ class DraftPipeline:
         cost = thrown_away([spec.drafted.cost])
         if spec.verdict is not None:
             return cost + thrown_away(spec.verdict.costs)
-        return cost + [self.judge.model.cancelled(Purpose.SCORE)] if spec.scoring else cost
+        return cost + [self.judge.cancelled()] if spec.scoring else cost

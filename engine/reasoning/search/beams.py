@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from engine.data.answers import extract_answer
 from engine.errors import UsageError
+from engine.reasoning.judges import prm_kind_setting, scorer_setting
 from engine.reasoning.judges.base import STEP_SCORE_AGGREGATIONS, ScoreQuery, StepScorer, aggregate_step_scores
 from engine.reasoning.settings import Settings, setting
 from engine.records import (
@@ -48,8 +49,6 @@ STEP_OPTIONS = {"include_stop_str_in_output": True}
 T = TypeVar("T")
 
 
-SCORERS = ("prm", "judge")
-PRM_KINDS = ("auto", "pooling", "token", "tag_token")
 PRM_SPLITS = ("reference", "real_last")
 
 
@@ -67,13 +66,8 @@ class SearchSettings(Settings):
     agg_strategy: str = setting("last", "how a solution's step scores make its score", STEP_SCORE_AGGREGATIONS)
     filter_duplicates: bool = setting(False, "beam search: drop active beams whose text repeats another's")
     sort_completed: bool = setting(False, "beam search: keep the top N completed beams, not the first N")
-    scorer: str = setting("prm", "prm: the process reward model (--prm_model); judge: the big model's 0-9", SCORERS)
-    prm_kind: str = setting(
-        "auto",
-        "pooling (Qwen2.5-Math-PRM style), token (RLHFlow '+'/'-'), auto: from the model's config; tag_token "
-        "(spectra's): a causal LM writing '+'/'-' after the step tag, a generated token a step, prefix-cached",
-        PRM_KINDS,
-    )
+    scorer: str = scorer_setting("prm")
+    prm_kind: str = prm_kind_setting()
     prm_split: str = setting(
         "reference",
         "the text is scored split at \\n\\n; reference: an empty last step after a kept \\n\\n is scored too "
@@ -86,6 +80,11 @@ class SearchSettings(Settings):
             value = getattr(self, name)
             if value < least:
                 raise UsageError(f"--{name} must be at least {least}, not {value}")
+
+    def idle_flags(self) -> dict[str, str]:
+        if self.scorer == "prm":
+            return {}
+        return {name: "the big model judges (--scorer judge); use --scorer prm" for name in ("prm_kind", "prm_split")}
 
     def check_width(self) -> None:
         """DVTS splits N into subtrees of the beam width (search-and-learn refuses the rest there)."""

@@ -3,14 +3,12 @@ how one problem is solved from a search, and the step scorer they search against
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 import structlog
 
+from engine.reasoning.judges import JUDGES, JudgeInputs
 from engine.reasoning.judges.base import StepScorer
-from engine.reasoning.judges.prm import PRMScorer, TagTokenPRMScorer, TokenPRMScorer, prm_kind_of
-from engine.reasoning.judges.specreason import EveryStepJudge, JudgeScorer
 from engine.reasoning.search.beams import (
     STEP_DELIMITER,
     Beam,
@@ -28,10 +26,8 @@ from engine.records import ProblemRecord, Role
 
 log = structlog.get_logger(__name__)
 
-# The model that writes the solutions; the big model judges (--scorer judge), the prm model scores.
+# The model that writes the solutions; the judge (--scorer) is the big model or the PRM.
 WRITER = Role.SMALL
-# The judge's expected digit over its top logprobs: a 0-9 scale with ties broken, for ranking.
-JUDGE_METHOD = "average"
 
 SearchFunction = Callable[[Searcher], Awaitable[list[Beam]]]
 
@@ -54,7 +50,7 @@ def search_strategy(
         settings=SearchSettings,
         templates=("problem", "system", "score", "score_prefix"),
         roles=(WRITER, Role.BIG, Role.PRM),
-        needed_roles=lambda s: (WRITER, Role.BIG if s.scorer == "judge" else Role.PRM),
+        needed_roles=lambda s: (WRITER, JUDGES[s.scorer].role),
         solve=lambda ctx: solve(ctx, name, search, prunes=prunes),
         # It writes its steps with its own `Searcher`, not the run's step policy.
         runs_policy=False,
@@ -71,7 +67,7 @@ async def solve(ctx: SolveContext, name: str, search: SearchFunction, *, prunes:
     seed = None if reasoning.seed is None else problem_seed(reasoning.seed, ctx.problem.id, ctx.repeat_id)
     searcher = Searcher(
         writer=ctx.models[WRITER].for_track(seed=seed),
-        scorer=await build_scorer(ctx),
+        scorer=build_scorer(ctx),
         messages=track_messages(ctx.problem, ctx.prompts, None),
         problem=ctx.problem.problem,
         settings=settings,
@@ -95,18 +91,9 @@ async def solve(ctx: SolveContext, name: str, search: SearchFunction, *, prunes:
     return record
 
 
-async def build_scorer(ctx: SolveContext) -> StepScorer:
-    """The big model's judgement of every step, or the PRM of the kind its config names (or
-    `--prm_kind` says)."""
+def build_scorer(ctx: SolveContext) -> StepScorer:
+    """The judge `--scorer` names, asked about every step of a solution."""
     settings = ctx.settings
-    if settings.scorer == "judge":
-        return EveryStepJudge(
-            JudgeScorer(ctx.models[Role.BIG], ctx.prompts, method=JUDGE_METHOD, delimiter=STEP_DELIMITER)
-        )
-    kind = settings.prm_kind
-    if kind == "auto":
-        kind = await asyncio.to_thread(prm_kind_of, ctx.model_ids[Role.PRM])
-    prm = ctx.models[Role.PRM]
-    if kind == "tag_token":  # rates the last step: asked about each prefix once, as the judge is
-        return EveryStepJudge(TagTokenPRMScorer(prm))
-    return PRMScorer(prm) if kind == "pooling" else TokenPRMScorer(prm)
+    judge = JUDGES[settings.scorer]
+    inputs = JudgeInputs(ctx.models[judge.role], ctx.prompts, STEP_DELIMITER, prm_kind=settings.prm_kind)
+    return judge.every_step(inputs)

@@ -29,14 +29,13 @@ S = TypeVar("S", bound=Settings)
 @dataclass(frozen=True)
 class SolveContext(Generic[S]):
     """One (problem, repeat) to solve, with everything the run shares: the run's step policy
-    (`policy`, `policy_settings`), this strategy's `settings`, the track settings, the models
-    (`model_ids`: the id or path each role was loaded from), and `runner`/`config_digest` for the
+    (`policy`, `policy_settings`), this strategy's `settings`, the track settings, the models'
+    handles, and `runner`/`config_digest` for the
     record. `track_slots` bounds the tracks in flight over the whole run: hold one while a track
     is running. `on_step` is told of each step a track of the run's policy keeps (the API streams
     them); a strategy that writes its own steps (a search, RAST) tells it nothing."""
 
     models: dict[str, Model]
-    model_ids: dict[str, str]
     prompts: PromptSet
     problem: Problem
     repeat_id: int

@@ -81,7 +81,6 @@ async def test_a_track_ends_once_three_probes_in_a_row_count_and_agree(make_mode
         models = make_models(small=server, big=server)
         ctx = SolveContext(
             models=models,
-            model_ids={},
             prompts=PROMPTS,
             problem=PROBLEM,
             repeat_id=0,

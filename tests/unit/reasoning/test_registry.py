@@ -97,7 +97,7 @@ async def test_every_strategy_solves_one_problem_with_default_settings(make_mode
     # The PRM is read from its config, as for a local model folder: a Qwen-style pooling PRM.
     (tmp_path / "config.json").write_text('{"model_type": "qwen2", "architectures": ["Qwen2ForProcessRewardModel"]}')
     async with FakeOpenAIServer(a_step, by_purpose=ANY_REQUEST, pooler=any_pooling) as server:
-        models = make_models(**{role: server for role in spec.roles})
+        models = make_models(**{role: server for role in spec.roles}, sources={"prm": str(tmp_path)})
         config = RunConfig(
             runner="test",
             output_dir="unused",

@@ -106,7 +106,7 @@ async def run_scenario(make_models, tmp_path, name):
     (tmp_path / "config.json").write_text('{"model_type": "qwen2", "architectures": ["Qwen2ForProcessRewardModel"]}')
     records = []
     async with FakeOpenAIServer(responder, pooler=pooler) as server:
-        models = make_models(big=server, small=server, prm=server)
+        models = make_models(big=server, small=server, prm=server, sources={"prm": str(tmp_path)})
         config = RunConfig(
             runner="test",
             output_dir="unused",

@@ -7,6 +7,7 @@ import threading
 import aiohttp
 import pytest
 
+from engine.errors import UsageError
 from engine.run.config import ModelConfig, RunConfig
 from engine.run.execute import model_endpoints, roles_needed
 from runners.spectra import main
@@ -231,7 +232,9 @@ async def test_one_live_replica_is_enough_and_dead_ones_are_kept_for_failover(tm
 
 
 def test_the_answer_model_is_needed_only_with_the_answer_phase():
-    small_only = parsed("base", "--model", "small", "--answer_model", "big")
+    with pytest.raises(UsageError, match="--answer_model changes nothing here: the answer phase is off"):
+        parsed("base", "--model", "small", "--answer_model", "big")
+    small_only = parsed("base", "--model", "small")
     assert roles_needed(small_only) == ["small"] and set(small_only.models) == {"small"}
     answered = parsed("base", "--model", "small", "--answer_model", "big", "--answer_phase")
     assert roles_needed(answered) == ["big", "small"] and set(answered.models) == {"big", "small"}

@@ -25,8 +25,10 @@ RUNNERS = {
         + ["--stepwise", "--probe_every"],
     ),
     "spec": (
-        ["--score_threshold", "--pipeline_depth", "--big_model", "--small_model", "--tracks"],
-        ["--sgen", "--beam_width", "--cd_decoding_alpha", "--prm_model", "--approach", "--dataset"],
+        # its judge is chosen by --scorer: the PRM's flags too (issue 32.1)
+        ["--score_threshold", "--pipeline_depth", "--big_model", "--small_model", "--tracks", "--scorer"]
+        + ["--prm_threshold", "--prm_model", "--drafts_per_step"],
+        ["--sgen", "--beam_width", "--cd_decoding_alpha", "--approach", "--dataset"],
     ),
     "base": (["--model", "--model_name", "--stepwise", "--big_model"], ["--score_threshold", "--gamma"]),
 }

@@ -38,7 +38,8 @@ def pair_flags(strategy, policy, prm_folder="prm"):
 async def solve_one(config, make_models):
     records = []
     async with FakeOpenAIServer(a_step, by_purpose=ANY_REQUEST, pooler=any_pooling) as server:
-        models = make_models(**{role: server for role in config.models})
+        sources = {role: model.model for role, model in config.models.items()}
+        models = make_models(**{role: server for role in config.models}, sources=sources)
         prompts = load_prompt_set(config.prompt_set)
         scheduler = Scheduler(config, models, prompts, run_id="r", dataset="d", on_record=records.append)
         await scheduler.run([WorkItem(PROBLEM, 0)])

@@ -79,7 +79,8 @@ async def test_the_logprobs_expected_of_each_role_are_those_its_requests_ask(
             )
             for role in roles_needed(config)
         }
-        records, models, prompts = [], make_models(**servers), load_prompt_set(config.prompt_set)
+        records, prompts = [], load_prompt_set(config.prompt_set)
+        models = make_models(**servers, sources={"prm": str(tmp_path)})
         scheduler = Scheduler(config, models, prompts, run_id="r", dataset="d", on_record=records.append)
         await scheduler.run([WorkItem(PROBLEM, 0)])
     assert not records[0].failed, records[0]

@@ -117,6 +117,39 @@ def refusal(capsys, tmp_path, runner, *argv):
             "--deepconf_warmup must be at least 1 and under the 16 traces (--deepconf_traces), not 16",
         ),
         ("base", [*BIG, "--strategy", "deepconf", "--deepconf_consensus", "0.9"], "--deepconf_consensus stops online"),
+        # a judge's knob when another judge rules (issue 32.1); the answer phase's, without it
+        (
+            "spec",
+            [*BOTH, "--prm_model", "prm", "--prm_url", NOWHERE, "--scorer", "prm", "--score_threshold", "5"],
+            "--score_threshold changes nothing here: a PRM judges (--scorer prm), whose bar is --prm_threshold",
+        ),
+        (
+            "spec",
+            [*BOTH, "--prm_threshold", "0.5"],
+            "--prm_threshold changes nothing here: the big model judges (--scorer judge); add --scorer prm",
+        ),
+        (
+            "spec",
+            [*BOTH, "--prm_model", "prm", "--prm_url", NOWHERE, "--scorer", "prm", "--prm_threshold", "1.5"],
+            "--prm_threshold must be between 0 and 1, not 1.5",
+        ),
+        ("spec", [*BOTH, "--scorer", "prm"], "--prm_model"),
+        (
+            "search",
+            [*SMALL, *BIG, "--scorer", "judge", "--prm_kind", "token"],
+            "--prm_kind changes nothing here: the big model judges (--scorer judge); use --scorer prm",
+        ),
+        (
+            "spec",
+            [*BOTH, "--drafts_per_step", "2", "--temperature", "0"],
+            "--drafts_per_step 2 at --temperature 0 drafts the same step 2 times: raise --temperature",
+        ),
+        (
+            "spec",
+            [*BOTH, "--drafts_per_step", "2", "--pipeline_depth", "1"],
+            "--drafts_per_step and --pipeline_depth cannot be combined",
+        ),
+        ("spec", [*BOTH, "--answer_model", "small"], "--answer_model changes nothing here: the answer phase is off"),
         # RAST renders no prompt
         ("rast", [*RAST, "--prompt_format", "chat"], "--prompt_format changes nothing with strategy rast"),
         # no abbreviations

@@ -358,7 +358,7 @@ async def test_beam_search_runs_the_candidates_of_all_problems_in_flight_togethe
         FakeOpenAIServer(policy, gate_in_flight=8) as small,
         FakeOpenAIServer(pooler=lambda b: [[0.5, 0.5]] * b["input"].count("<extra_0>")) as prm,
     ):
-        models = make_models(small=small, prm=prm)
+        models = make_models(small=small, prm=prm, sources={"prm": str(tmp_path)})
         config = RunConfig(
             runner="search",
             output_dir="unused",
@@ -456,8 +456,8 @@ async def test_a_scorer_that_raises_fails_its_problem_and_the_run_goes_on(tmp_pa
         async def score(self, query):
             raise ZeroDivisionError("a bug in the scorer")
 
-    async def build(ctx):
-        return Raising() if ctx.problem.id == "2" else await real(ctx)
+    def build(ctx):
+        return Raising() if ctx.problem.id == "2" else real(ctx)
 
     monkeypatch.setattr(search_module, "build_scorer", build)
     prm_model = prm_folder(tmp_path)
@@ -479,6 +479,8 @@ async def test_tag_token_scores_each_paragraph_by_one_generated_token_after_its_
     prompts = []
 
     def token_prm(body):
+        if not body["prompt"].endswith(TAG):  # the preflight's probe of the server's logprobs limit
+            return Reply(text="+", tokens=["+"], top_logprobs=[{"+": 0.0}])
         prompts.append(body["prompt"])
         assert body["max_tokens"] == 1 and body["logprobs"] == 20 and body["prompt"].endswith(TAG)
         return Reply(text="+", tokens=["+"], top_logprobs=[{"+": math.log(0.8), "-": math.log(0.2)}])

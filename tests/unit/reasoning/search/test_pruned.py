@@ -152,10 +152,10 @@ async def test_a_beam_search_record_keeps_its_pruned_beams_in_details_and_reads_
                 strategy=strategy,
                 strategy_settings=SearchSettings(n=4, beam_width=2, num_iterations=2),
             )
+            models = make_models(small=small, prm=prm, sources={"prm": str(tmp_path)})
             scheduler = Scheduler(
-                config, make_models(small=small, prm=prm), load_prompt_set("search"), run_id="r", dataset="d",
-                on_record=records.append,
-            )  # fmt: skip
+                config, models, load_prompt_set("search"), run_id="r", dataset="d", on_record=records.append
+            )
             await scheduler.run([WorkItem(Problem(id="0", problem="problem 0", answer="1"), 0)])
     beam, best = records
     # Iteration 0: four distinct first steps, two go on; iteration 1 completes four: 2 pruned.
