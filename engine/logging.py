@@ -65,8 +65,11 @@ class _Sinks:
         self.held.clear()
 
     def close(self) -> None:
+        """Stop keeping the log: a logger still configured with these sinks writes to the screen only."""
         if self.file is not None:
             self.file.close()
+        self.file, self.kept = None, None
+        self.held.clear()
 
 
 _sinks: _Sinks | None = None
