@@ -48,6 +48,7 @@ def build_config(plan: RunnerPlan, flags: Flags) -> RunConfig:
         defaults = demo.demo_defaults(defaults)
     config = _run_config(plan, chosen, defaults, policy, strategy, models, is_demo)
     refusals.refuse_idle_flags(chosen, config)
+    refusals.refuse_step_rules_without_steps(chosen, config)
     refusals.refuse_routing_without_replicas(chosen, config)
     refusals.refuse_a_pair_that_cannot_work(config)
     needed = roles_needed(config)
