@@ -18,6 +18,7 @@ from engine.errors import UsageError
 from engine.run.configure import build_config
 from engine.run.runner_plans import RUNNERS
 from engine.run.scheduler import Scheduler, WorkItem
+from engine.serving.chat import Message
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
 from engine.serving.raw import RawFormat
@@ -137,6 +138,20 @@ async def test_spec_scale_methods_selects_and_puts_each_tip_where_speclrm_does(s
     # that leaks out of the loop); spectra's take each track's own (README).
     expected = [("big", "select", select), *[request for message in messages for request in spec_track(message)]]
     assert_sent(requests, expected)
+
+
+def test_a_prompt_sets_raw_separator_joins_the_turns_and_the_text_the_model_continues(tmp_path):
+    assert PROMPTS.templates.raw_separator == "\n"  # SpecLRM's, the default
+    (tmp_path / "templates.yaml").write_text('problem: "<open>{problem}<close>"\nraw_separator: ""\n')
+    joined = RawFormat(
+        qwen2_tokenizer(), thinking=False, separator=load_prompt_set(str(tmp_path)).templates.raw_separator
+    )
+    messages = (Message("user", "<open>Q<close>"),)
+    assert (joined.continuation(messages, ""), joined.continuation(messages, "a\n\n")) == (
+        "<open>Q<close>",
+        "<open>Q<close>a\n\n",
+    )
+    assert joined.render([Message("user", "x"), Message("user", "y")], "z") == "xyz"
 
 
 def test_the_gpqa_method_message_is_speclrms():
