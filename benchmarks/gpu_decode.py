@@ -40,6 +40,8 @@ PREFILLS = (512, 2000, 8000)
 SCORE_TOKENS = 50
 PREFILL_REPEATS = 3
 GIB = 2**30
+# Tiny kernels in the graph that measures what one costs when replayed (`graph_kernel_us`).
+FLOOR_KERNELS = 1000
 
 
 class Timer:
@@ -120,13 +122,25 @@ class Bench:
         if batch == 1:
             # for comparison with issue 34's eager figures: no graph, every kernel launched from Python
             point["no_graph_ms"] = self.run(batch, 1, context, True, graph=False)
+            if self.graph:
+                point["kernels"] = self.kernels(context)
         return {**point, "fits": True, "over_bound": point["eager_ms"] / point["bound_ms"]}
 
     def fused(self, point: dict[str, Any], ops: Ops) -> None:
         """Adds a decode point's time with the elementwise ops fused (torch.compile)."""
         if point["fits"]:
             point["fused_ms"] = self.run(point["batch"], 1, point["context"], True, ops, self.graph)
+            if "kernels" in point:
+                point["fused_kernels"] = self.kernels(point["context"], ops)
             point["over_bound"] = min(point["eager_ms"], point["fused_ms"]) / point["bound_ms"]
+
+    def kernels(self, context: int, ops: Ops = EAGER) -> int:
+        """GPU operations one decode step of one sequence at `context` launches."""
+        step = new_step(self.shape, 1, 1, context, True, self.device, self.dtype, ops)
+        count = kernels_launched(lambda: forward(self.shape, self.weights, step))
+        step = None
+        empty_cache(self.device)
+        return count
 
     def score(self, context: int, tokens: int, ops: Ops = EAGER) -> float:
         """A judge's score: `tokens` new tokens after a cached `context`, batch 1."""
@@ -201,6 +215,30 @@ def copy_bandwidth(device: str, timer: Timer) -> float | None:
     return 2 * GIB / (ms / 1e3)
 
 
+def kernels_launched(run: Callable[[], Any]) -> int:
+    """Kernels, copies and fills one call of `run` puts on the GPU (after a warm-up call), by the profiler."""
+    run()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        run()
+        torch.cuda.synchronize()
+    return sum(event.device_type == torch.autograd.DeviceType.CUDA for event in profile.events())
+
+
+def graph_kernel_us(device: str, timer: Timer) -> float | None:
+    """Microseconds one tiny kernel takes in a replayed CUDA graph: the floor under a decode step of
+    many small kernels, whatever bytes they move (None on a CPU)."""
+    if device == "cpu":
+        return None
+    x = torch.randn(1, device=device)
+
+    def run() -> torch.Tensor:
+        for _ in range(FLOOR_KERNELS):
+            x.add_(1.0)
+        return x
+
+    return 1e3 * timer.median_ms(run, graph=True) / FLOOR_KERNELS
+
+
 def empty_cache(device: str) -> None:
     if device != "cpu":
         torch.cuda.empty_cache()
@@ -247,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     timer = Timer(args.device, args.repeats)
     report: dict[str, Any] = {**environment(args.device), "copy_bytes_per_s": copy_bandwidth(args.device, timer)}
+    report["graph_kernel_us"] = graph_kernel_us(args.device, timer)
     report["shapes"] = {}
     # First every shape with eager kernels, then the fused ops (torch.compile takes a while): a run
     # cut short by the lease keeps what it measured first (the JSON is written after each shape).

@@ -1,19 +1,22 @@
 """A projection, not a measurement: spectra's methods on H100s, one problem at a time.
 
 The real engine (scheduler, policies, client) runs against the sim server, whose models cost
-what the seeds' shapes cost on an H100: QwQ-32B as the big model and R1-Distill-Qwen-1.5B as the
-small one, each on its own GPU, served by the sim's simulated GPU (`benchmarks.sim_gpu`:
-continuous batching at the figures' decode-by-batch, KV and prefill costs, a prefix cache the
-size of vLLM's KV cache). The figures are `benchmarks.gpu_decode`'s measurement (pass its JSON
-with `--figures`) or, by default until that has run on an H100, derived from the H100's bounds
-(`benchmarks/gpu_figures/h100_derived.json`, written by `python -m benchmarks.gpu_shapes`). What
-the sim cannot know comes from the papers: the share of drafts the judge accepts (swept over
-`--rates`) and the shape of a trace (`--steps` steps of `--step_tokens`).
+what the seeds' shapes cost on an H100: QwQ-32B as the big model, R1-Distill-Qwen-1.5B as the
+small one and Qwen2.5-Math-PRM-7B as the PRM, each on its own GPU, served by the sim's simulated
+GPU (`benchmarks.sim_gpu`: continuous batching at the figures' decode-by-batch, KV and prefill
+costs, a prefix cache the size of vLLM's KV cache, none for the PRM). The figures are
+`benchmarks.gpu_decode`'s measurement (pass its JSON with `--figures`) or, by default until that
+has run on an H100, derived from the H100's bounds (`benchmarks/gpu_figures/h100_derived.json`,
+written by `python -m benchmarks.gpu_shapes`). What the sim cannot know comes from the papers:
+the share of drafts the judge accepts (swept over `--rates`) and the shape of a trace (`--steps`
+steps of `--step_tokens`).
 
 Rows: the big model alone (step by step, so each step is a request as in the others), `spec`
 (SpecReason: the small model drafts, the big model scores 0-9, rewrites below 7) at
-`--pipeline_depth` 0 and 1, and `lookahead` (Lookahead Reasoning, K = 3, the big model judging
-equivalence), each at every acceptance rate. Latency per problem is in projected GPU seconds:
+`--pipeline_depth` 0 and 1, `lookahead` (Lookahead Reasoning, K = 3, the big model judging
+equivalence), and `spec --scorer prm` (Qwen2.5-Math-PRM-7B on a third GPU judges each draft, RSD's
+judge; vLLM caches none of its prompts, so every score prefills the whole trace), each at every
+acceptance rate. Latency per problem is in projected GPU seconds:
 wall seconds times `--time_scale` (the sim runs that much faster than the GPU, so the engine's own
 milliseconds count that many times over); "at the GPUs" counts only the time some request was at
 the sim, on a clock that forgives the sim's late wake-ups.
@@ -46,18 +49,21 @@ from benchmarks.sim_behaviour import Latency, SimConfig
 from benchmarks.sim_gpu import GpuCost
 from engine.logging import configure_logging
 from engine.loop import run
+from engine.reasoning.policies import POLICIES
 from engine.reasoning.policies.lookahead import LookaheadSettings
 from engine.reasoning.policies.single import SingleModelSettings
 from engine.reasoning.policies.spec import SpecSettings
 from engine.reasoning.settings import ReasoningConfig
 from engine.reasoning.strategies.vote import VoteSettings
 from engine.run.config import ModelConfig, RunConfig, SchedulerLimits
+from engine.serving.client import ModelClient
 from engine.serving.endpoints import ClientLimits
+from engine.serving.models import Model
 
 # Until `benchmarks.gpu_decode` has run on an H100, the figures derived from its bounds
 # (`python -m benchmarks.gpu_shapes --out ...`); pass the measured JSON with --figures.
 FIGURES = Path(__file__).parent / "gpu_figures" / "h100_derived.json"
-ROLES = {"big": "QwQ-32B", "small": "R1-Distill-Qwen-1.5B"}
+ROLES = {"big": "QwQ-32B", "small": "R1-Distill-Qwen-1.5B", "prm": "Qwen2.5-Math-PRM-7B"}
 RATES = (0.5, 0.7, 0.9)
 LIMITS = ClientLimits(max_in_flight_per_endpoint=64, request_timeout_s=600.0, stall_timeout_s=120.0, max_attempts=1)
 
@@ -65,16 +71,43 @@ LIMITS = ClientLimits(max_in_flight_per_endpoint=64, request_timeout_s=600.0, st
 def gpu_cost(shape: dict[str, Any]) -> GpuCost:
     """A shape's measured figures as the sim's cost model: decode by batch at the 2,000-token
     context (the faster of eager and fused kernels), the KV term from the longer context, the
-    prefill term from the 2,000-token prefill less one decode step's weight reading."""
+    prefill terms through the two longest prefills less one decode step's weight reading."""
     points = [p for p in shape["decode"] if p["fits"]]
     reference = min(p["context"] for p in points)
     best = {(p["batch"], p["context"]): min(p.get("eager_ms", 1e9), p.get("fused_ms", 1e9)) for p in points}
     decode_ms = tuple(sorted((b, ms) for (b, c), ms in best.items() if c == reference))
     longer = [(b, c, ms) for (b, c), ms in best.items() if c != reference and (b, reference) in best]
     kv_ms = statistics.mean((ms - best[(b, reference)]) / (b * (c - reference)) for b, c, ms in longer) if longer else 0
-    prefill = min(shape["prefill"], key=lambda p: abs(p["tokens"] - reference))
-    per_token = max(0.0, (prefill["ms"] - decode_ms[0][1]) / prefill["tokens"])
-    return GpuCost(decode_ms, per_token, max(0.0, kv_ms), reference, kv_tokens=shape["memory"]["kv_tokens_vllm"])
+    per_token, squared = prefill_terms(shape["prefill"], decode_ms[0][1])
+    return GpuCost(
+        decode_ms,
+        per_token,
+        kv_ms_per_token=max(0.0, kv_ms),
+        reference_context=reference,
+        kv_tokens=shape["memory"]["kv_tokens_vllm"],
+        prefill_ms_per_token_squared=squared,
+    )
+
+
+def reward_model_cost(shape: dict[str, Any]) -> GpuCost:
+    """A PRM's measured figures as the sim's cost model: it only prefills (its iteration is its
+    prefill), and vLLM caches no prefix for its step pooling, so every score prefills the trace."""
+    per_token, squared = prefill_terms(shape["prefill"], 0.0)
+    return GpuCost(
+        ((1, 0.0),),
+        per_token,
+        prefill_ms_per_token_squared=squared,
+        prefix_cache=False,
+        kv_tokens=shape["memory"]["kv_tokens_vllm"],
+    )
+
+
+def prefill_terms(prefills: list[dict[str, Any]], base_ms: float) -> tuple[float, float]:
+    """`a` and `b` of ms = base_ms + a * n + b * n^2 through the two longest prefills measured (the
+    second term is attention's); `base_ms` is what the sim's iteration charges a prompt anyway."""
+    (n1, t1), (n2, t2) = sorted((p["tokens"], p["ms"] - base_ms) for p in prefills)[-2:]
+    squared = max(0.0, (t2 / n2 - t1 / n1) / (n2 - n1))
+    return max(0.0, t1 / n1 - squared * n1), squared
 
 
 @dataclass(frozen=True)
@@ -90,15 +123,16 @@ METHODS = (
     Method("spec (SpecReason)", "spec", SpecSettings()),
     Method("spec --pipeline_depth 1", "spec", SpecSettings(pipeline_depth=1)),
     Method("lookahead (K = 3, judge)", "lookahead", LookaheadSettings()),
+    Method("spec --scorer prm (RSD's judge)", "spec", SpecSettings(scorer="prm", prm_kind="pooling")),
 )
 
 
 def run_config(method: Method, reasoning: ReasoningConfig, tracks: int) -> RunConfig:
-    roles = {role: ModelConfig(role) for role in ROLES}
+    roles = ("big", "small", *POLICIES[method.policy].roles_for(method.settings))
     return RunConfig(
         runner="projection",
         output_dir="unused",
-        models=roles,
+        models={role: ModelConfig(role) for role in dict.fromkeys(roles)},
         policy=method.policy,
         policy_settings=method.settings,
         strategy_settings=VoteSettings(tracks=tracks),
@@ -124,6 +158,7 @@ async def project(args: argparse.Namespace, costs: dict[str, GpuCost]) -> list[d
             )
             async with sim_process(sim) as url:
                 models = sim_models(session, url, chat, LIMITS)
+                models["prm"] = Model("prm", ModelClient(session, "prm", [url], LIMITS), chat)
                 for method in METHODS:
                     if not method.rated and rate != args.rates[0]:
                         continue
@@ -191,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level="warning")
     figures = json.loads(args.figures.read_text())
     shapes = figures["shapes"]
-    costs = {role: gpu_cost(shapes[name]) for role, name in ROLES.items()}
+    costs = {role: (reward_model_cost if role == "prm" else gpu_cost)(shapes[name]) for role, name in ROLES.items()}
     rows = run(project(args, costs))
     report(rows, args.tracks, figures.get("gpu", figures["device"]))
     if args.out:

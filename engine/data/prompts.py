@@ -49,7 +49,10 @@ class Templates:
     offload_hint: str
     equivalence: str
     equivalence_prefix: str
-    takeover_cues: str
+    takeover_negative: str
+    takeover_verify: str
+    takeover_positive: str
+    takeover_recap: str
     system: str = ""
     # With --prompt_format raw: what joins the turns' texts, and the text the model continues to
     # them (SpecLRM's f-strings: a newline; RSD's prompt, whose text ends with the assistant's
@@ -80,7 +83,10 @@ PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "offload_hint": (frozenset(), frozenset()),
     "equivalence": (frozenset({"problem", "draft", "step"}), frozenset({"draft", "step"})),
     "equivalence_prefix": (frozenset(), frozenset()),
-    "takeover_cues": (frozenset(), frozenset()),
+    "takeover_negative": (frozenset(), frozenset()),
+    "takeover_verify": (frozenset(), frozenset()),
+    "takeover_positive": (frozenset(), frozenset()),
+    "takeover_recap": (frozenset(), frozenset()),
     "system": (frozenset(), frozenset()),
     "raw_separator": (frozenset(), frozenset()),
 }
@@ -196,9 +202,15 @@ class PromptSet:
     def render_equivalence_prefix(self) -> str:
         return self.templates.equivalence_prefix.format()
 
-    def takeover_cues(self) -> tuple[str, ...]:
-        """Speculative Thinking's reflection cues, one a line of `takeover_cues`."""
-        return tuple(line.strip() for line in self.templates.takeover_cues.format().splitlines() if line.strip())
+    def takeover_words(self, kind: str) -> tuple[str, ...]:
+        """Speculative Thinking's cue words of `kind` (negative, verify, positive), one a line of
+        `takeover_<kind>`, lower-cased: the reference matches them in lower-cased text."""
+        text = getattr(self.templates, f"takeover_{kind}").format()
+        return tuple(line.strip().lower() for line in text.splitlines() if line.strip())
+
+    def render_takeover_recap(self) -> str:
+        """The words Speculative Thinking puts before the big model's recap."""
+        return self.templates.takeover_recap.format()
 
     def require_templates(self, keys: tuple[str, ...]) -> None:
         """A UsageError when a template a policy or strategy renders is unknown or empty."""

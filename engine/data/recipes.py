@@ -165,7 +165,8 @@ def _converted(path: Path, key: str, action: argparse.Action, value: Any) -> Any
     if isinstance(value, (dict, list)):
         raise UsageError(f"{path}: key {key!r} takes one value, not {type(value).__name__}")
     try:
-        converted = action.type(value) if action.type else str(value)
+        # As the command line reads it: from text, so that 2.5 is no int (int(2.5) would be 2).
+        converted = action.type(str(value)) if action.type else str(value)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{path}: key {key!r}: {value!r} is not a valid {action.type.__name__}") from exc
     if action.choices and converted not in action.choices:

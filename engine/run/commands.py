@@ -35,8 +35,6 @@ def add_commands(commands: Any) -> dict[str, Command]:
     add_flag(serve, "server_restarts", type=int, help=SERVER_RESTARTS_HELP.replace("the run stops", "serve stops"))
     add_flag(serve, "max_model_len", type=int, help="context length (default: each model's own)")
     add_flag(serve, "toy_models_dir")
-    add_flag(serve, "big_url", action="append")
-    add_flag(serve, "small_url", action="append")
     add_flag(serve, "host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     add_flag(serve, "port", type=int, help="port of the first server, the next one's is port + 1 (default: free ports)")
     add_flag(

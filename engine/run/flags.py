@@ -261,7 +261,7 @@ def add_own_flags(groups: dict[str, Any], runner: str | None) -> None:
     parse under every runner, so that another runner refuses them by name."""
     for plan in PLANS:
         for flag in plan.own_flags:
-            shown = runner in (None, plan.name)
+            shown = flag.listed and runner in (None, plan.name)
             group = groups[flag.group]
             if flag.kind is None:
                 add_flag(group, flag.name, shown=shown, action="store_true", default=None, help=flag.help)

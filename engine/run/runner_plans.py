@@ -38,6 +38,8 @@ class OwnFlag:
     kind: type | None = str
     choices: tuple[str, ...] | None = None
     group: str = "method"
+    # Listed by `--help`: False for a seed flag that is parsed only to be refused by name.
+    listed: bool = True
 
 
 def _unchanged(flags: Flags) -> dict[str, Any]:
@@ -141,10 +143,22 @@ def _one_track_per_method(flags: Flags) -> dict[str, Any]:
 RAST_DATASETS = {"math": "math500", "aime": "aime24", "amc": "amc23", "gsm8k": "gsm8k"}
 RAST_NAMES = ("MATH", "AIME", "AMC", "GSM8K")
 RAST_DATASET_HELP = f"RAST's data set name: {', '.join(RAST_NAMES)} (or use --dataset_name)"
+# RAST's second and third (positive, negative) pairs: its patched vLLM sums three pairs' deltas and
+# weighs two pairs 0.4 and 0.1, ignoring alpha. spectra runs one pair; these are refused by name.
+RAST_EXTRA_PAIRS = ("positive_model1", "negative_model1", "positive_model2", "negative_model2")
+# RAST's runner samples every problem 10 times unless --num_runs says otherwise.
+RAST_RUNS = 10
 
 
 def _rast(flags: Flags) -> dict[str, Any]:
-    """RAST's `--dataset` is `--dataset_name` (its preset), its `--num_runs N` `--repeat_id 0-(N-1)`."""
+    """RAST's `--dataset` is `--dataset_name` (its preset), its `--num_runs N` `--repeat_id 0-(N-1)`,
+    and with none of them the run samples RAST's 10 runs."""
+    extra = next((name for name in RAST_EXTRA_PAIRS if flags.get(name) is not None), None)
+    if extra is not None:
+        raise UsageError(
+            f"--{extra} names a second or third RAST pair, which spectra does not run (one pair: "
+            "--positive_model, --negative_model); drop it"
+        )
     translated = {**flags, "dataset": None, "num_runs": None}
     if flags.get("dataset") is not None:
         preset = RAST_DATASETS.get(flags["dataset"].lower())
@@ -161,6 +175,8 @@ def _rast(flags: Flags) -> dict[str, Any]:
         if flags.get("repeat_id") is not None or flags.get("num_repeats") is not None:
             raise UsageError("--num_runs N means --repeat_id 0-(N-1): give one of them")
         translated["repeat_id"] = f"0-{runs - 1}"
+    elif flags.get("repeat_id") is None and flags.get("num_repeats") is None:
+        translated["repeat_id"] = f"0-{RAST_RUNS - 1}"
     return translated
 
 
@@ -285,7 +301,15 @@ PLANS = (
         own_flags=(
             OwnFlag("dataset", RAST_DATASET_HELP, "--dataset_name", group="data"),
             OwnFlag(
-                "num_runs", "RAST's runs: repeats 0 to N-1 (--repeat_id)", "--num_repeats {value}", int, group="data"
+                "num_runs",
+                f"RAST's runs: repeats 0 to N-1 (--repeat_id; default {RAST_RUNS}, as RAST's runner)",
+                "--num_repeats {value}",
+                int,
+                group="data",
+            ),
+            *(
+                OwnFlag(name, "RAST's extra pair: refused", "runners.rast, which runs one pair", listed=False)
+                for name in RAST_EXTRA_PAIRS
             ),
         ),
         translate=_rast,
@@ -297,8 +321,9 @@ PLANS = (
         strategy="vote",
         policies_shown=tuple(dict.fromkeys(SPLIT_MODES.values())),
         strategies_shown=("vote",),
-        # SplitReason's defaults: --max_tokens 16384 in all; it sends no top_p (vLLM's default is 1).
-        defaults=_frozen(tracks=1, token_budget=16384, top_p=1.0),
+        # SplitReason's defaults: --max_tokens 16384 in all; it sends no top_p (vLLM's default is 1);
+        # its user message ends with its terminating string (prompt set `splitreason`).
+        defaults=_frozen(tracks=1, token_budget=16384, top_p=1.0, prompt_set="splitreason"),
         alone_settings=("answer_model",),
         own_flags=tuple(OwnFlag(f, f"SplitReason's mode: {p}", f"--policy {p}", None) for f, p in SPLIT_MODES.items()),
         policy_flags=tuple(SPLIT_MODES),

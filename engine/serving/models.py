@@ -51,6 +51,7 @@ class Purpose(Vocabulary):
     EMBED = "embed"  # lookahead's embedding verifier (pooling)
     PRM = "prm"  # a process reward model's step scores (pooling, or a greedy token PRM)
     SPAN_PROBE = "span_probe"  # SplitReason: would the small model close the big model's span here? (greedy)
+    PEEK = "peek"  # Speculative Thinking: the small model's next tokens after a paragraph break, looked at, not kept
     SEARCH = "search"  # search-and-learn's steps and lookahead (seeded by a key, `request_seed`)
     RAST = "rast"  # RAST's token-level requests (seeded by RAST itself)
 
@@ -90,6 +91,7 @@ NEW_SLOTS = {
     Purpose.PRM: 4,
     Purpose.SPAN_PROBE: 5,
     Purpose.RAST: 6,
+    Purpose.PEEK: 7,
 }
 
 

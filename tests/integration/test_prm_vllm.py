@@ -2,13 +2,14 @@
 causal model read as an RLHFlow-style "+"/"-" PRM through echoed prompt logprobs, and RSD's runner
 judging the tiny pair's drafts with the tiny PRM (random weights: protocol and bookkeeping, not content)."""
 
+import math
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from engine.reasoning.judges.base import ScoreQuery
-from engine.reasoning.judges.prm import PRMScorer, TokenPRMScorer
+from engine.reasoning.judges.prm import PRM_TOP_LOGPROBS, PRMScorer, TokenPRMScorer
 from engine.run.configure import config_of_command
 from engine.run.execute import execute
 from engine.run.store import RECORDS_FILE, read_records
@@ -62,11 +63,39 @@ async def test_pooling_prm_scores_every_step_as_transformers_does(prm_server, se
     assert shorter.values == pytest.approx(scored.values[:2], abs=1e-5)
 
 
-async def test_token_prm_reads_plus_at_each_assistant_turn(vllm_servers, session):
+def reference_plus_scores(model_dir: Path, prompt: str, offsets: list[int]) -> list[float]:
+    """RLHFlow's step score computed with transformers from the same weights: P("+") / (P("+") + P("-"))
+    from the logits before each step's "+". vLLM returns only the top 20 alternatives of a prompt
+    token (and the token itself), so where "-" is not among them its logprob is the lowest one
+    returned, the bound spectra documents; with "-" among them the score is exact."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    encoded = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
+    starts = [start for start, _ in encoded.offset_mapping[0].tolist()]
+    plus, minus = tokenizer.convert_tokens_to_ids(["+", "-"])
+    with torch.no_grad():
+        logprobs = model(input_ids=encoded.input_ids).logits[0].log_softmax(-1)
+    scores = []
+    for offset in offsets:
+        row = logprobs[starts.index(offset) - 1]  # the distribution the "+" was drawn from
+        lowest_top = row.topk(PRM_TOP_LOGPROBS).values[-1]
+        bad = row[minus] if row[minus] >= lowest_top else min(lowest_top, row[plus])
+        scores.append(1.0 / (1.0 + math.exp(float(bad - row[plus]))))
+    return scores
+
+
+async def test_token_prm_reads_plus_at_each_assistant_turn_as_transformers_does(vllm_servers, session):
     big = vllm_servers.big
     scorer = TokenPRMScorer(Model("prm", ModelClient(session, big.model, [big.url]), load_chat_format(big.model)))
     scored = await scorer.score(query(STEPS))
     assert len(scored.values) == 3 and all(0.0 < v < 1.0 for v in scored.values)
+    # Random weights rank "+" and "-" far below the top 20 here, so this checks the bound (0.5);
+    # test_toy_prm_vllm.py checks exact scores on a model that ranks them first.
+    prompt, offsets = scorer.conversation(query(STEPS))
+    assert scored.values == pytest.approx(reference_plus_scores(Path(big.model), prompt, offsets), abs=1e-4)
     assert scored.usage["prm"].requests == 1 and scored.usage["prm"].completion_tokens == 1
     shorter = await scorer.score(query(STEPS[:2]))
     assert shorter.values == pytest.approx(scored.values[:2], abs=1e-4)

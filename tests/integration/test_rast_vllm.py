@@ -226,7 +226,8 @@ def test_runner_starts_servers_that_serve_the_logprobs_it_asks_for(rast_servers:
     models = [
         f for role in ("base", "positive", "negative") for f in (f"--{role}_model", str(rast_servers.paths[role]))
     ]
-    done = run_rast(tmp_path, *models, "--rast_logprobs", "30", "--problem_id", "0")  # token mode by default
+    # Token mode by default; one run (RAST's runner makes 10 by default).
+    done = run_rast(tmp_path, *models, "--rast_logprobs", "30", "--problem_id", "0", "--num_runs", "1")
     assert done.returncode == 0, done.stderr[-2000:]
     (record,) = read_records(tmp_path / "rast" / RECORDS_FILE).records
     assert record.details["requests_per_token"] == 3 and record.details["chunks"] == []

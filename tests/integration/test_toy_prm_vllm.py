@@ -10,12 +10,13 @@ and other corruptions, the steps after them going on from the value written), la
 """
 
 import random
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from engine.reasoning.judges.base import ScoreQuery
-from engine.reasoning.judges.prm import PRMScorer, TagTokenPRMScorer
+from engine.reasoning.judges.prm import PRMScorer, TagTokenPRMScorer, TokenPRMScorer
 from engine.reasoning.judges.specreason import EveryStepJudge
 from engine.run.execute import ROLE_SERVER_ARGS
 from engine.serving.chat import Message, load_chat_format
@@ -27,6 +28,7 @@ from engine.toy.task import held_out_problems
 from engine.toy.tiny_prm import prm_server_args
 from engine.toy.trained_prm import labelled_solution
 from evaluators.metrics import auc
+from tests.integration.test_prm_vllm import reference_plus_scores
 from tests.integration.test_servers import metric
 
 PROBLEMS = 24
@@ -92,3 +94,18 @@ async def test_the_token_twin_read_a_token_a_step_agrees_and_reads_the_prefix_ca
     assert agree >= 0.9 * total, f"the two heads agree on {agree} of {total} steps"
     # Every later step's request finds the earlier steps' blocks in the cache.
     assert hits > 0
+
+
+async def test_the_token_twin_read_as_rlhflows_prm_scores_each_step_as_transformers_does(toy_prm):
+    # Read through RLHFlow's layout (`TokenPRMScorer`: echoed prompt logprobs at each assistant "+"),
+    # the twin ranks "-" and "+" first and second there, so every score is exact, not the top-20
+    # bound the random tiny model of test_prm_vllm.py gives (0.5 everywhere).
+    server = toy_prm["prm_token"]
+    query, _ = held_out_queries()[0]
+    async with aiohttp.ClientSession() as session:
+        scorer = TokenPRMScorer(model(server, session))
+        scored = await scorer.score(query)
+    prompt, offsets = scorer.conversation(query)
+    expected = reference_plus_scores(Path(server.model), prompt, offsets)
+    assert len(expected) == len(query.steps) and max(abs(v - 0.5) for v in expected) > 0.3
+    assert scored.values == pytest.approx(expected, abs=1e-4)

@@ -106,21 +106,21 @@ class EveryStepJudge:
     """The judge asked about every step of a solution, one request per step, as a process reward
     model scores every step: so `last`, `min` and `prod` aggregate real step scores. A step's verdict
     depends only on the steps up to it, so each prefix is judged once per problem (the search asks
-    about the same prefixes again as a beam grows) and the server's prefix cache shares the rest."""
+    about the same prefixes again as a beam grows, and beams that share a prefix ask at the same
+    time: the later asker awaits the first one's request) and the server's prefix cache shares the
+    rest. A verdict's costs are entered by the call that sent its request."""
 
     name = "judge"
 
     def __init__(self, judge: JudgeScorer):
         self.judge = judge
-        self.known: dict[tuple[str, ...], float] = {}
+        self.known: dict[tuple[str, ...], asyncio.Future[ScoredSteps]] = {}
 
     async def score(self, query: ScoreQuery) -> ScoredSteps:
         prefixes = [query.steps[: i + 1] for i in range(len(query.steps))]
-        missing = list(dict.fromkeys(p for p in prefixes if p not in self.known))
-        async with asyncio.TaskGroup() as group:
-            asked = [group.create_task(self.judge.score(dataclasses.replace(query, steps=p))) for p in missing]
-        verdicts = [task.result() for task in asked]
-        for prefix, verdict in zip(missing, verdicts, strict=True):
-            self.known[prefix] = verdict.values[0]
-        costs = [cost for verdict in verdicts for cost in verdict.costs]
-        return ScoredSteps(values=[self.known[p] for p in prefixes], costs=costs)
+        asked = [p for p in dict.fromkeys(prefixes) if p not in self.known]
+        for prefix in asked:
+            self.known[prefix] = asyncio.ensure_future(self.judge.score(dataclasses.replace(query, steps=prefix)))
+        verdicts = dict(zip(prefixes, await asyncio.gather(*(self.known[p] for p in prefixes)), strict=True))
+        costs = [cost for prefix in asked for cost in verdicts[prefix].costs]
+        return ScoredSteps(values=[verdicts[p].values[0] for p in prefixes], costs=costs)

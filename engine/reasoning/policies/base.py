@@ -261,10 +261,12 @@ async def continue_raw(
     greedy: bool = False,
     logprobs: int | None = None,
     token_ids: bool = False,
+    top_k: int | None = None,
 ) -> Reply:
     """`model` continues the raw reasoning `text` (tags and all) by up to `max_tokens` tokens:
-    SplitReason's requests, which stop only at EOS, the token limit, or `stop`. With `token_ids`
-    the logprobs name tokens `token_id:N` (vLLM's `return_tokens_as_token_ids`), not by string."""
+    SplitReason's requests (and Speculative Thinking's), which stop only at EOS, the token limit, or
+    `stop`. With `token_ids` the logprobs name tokens `token_id:N` (vLLM's
+    `return_tokens_as_token_ids`), not by string; `top_k`: vLLM's top-k sampling."""
     # SplitReason's prompt opens thinking with "<think>\n" before the text it continues.
     opening = model.chat.think_open + "\n" if model.chat.thinking else ""
     return await model.continue_text(
@@ -277,7 +279,7 @@ async def continue_raw(
         top_p=1.0 if greedy else ctx.config.top_p,
         stop=stop,
         logprobs=logprobs,
-        options={"return_tokens_as_token_ids": True} if token_ids else None,
+        options={**({"return_tokens_as_token_ids": True} if token_ids else {}), **({"top_k": top_k} if top_k else {})},
     )
 
 

@@ -84,7 +84,7 @@ class SearchSettings(Settings):
     def idle_flags(self) -> dict[str, str]:
         if self.scorer == "prm":
             return {}
-        return {name: "the big model judges (--scorer judge); use --scorer prm" for name in ("prm_kind", "prm_split")}
+        return {"prm_kind": "the big model judges (--scorer judge); use --scorer prm"}
 
     def check_width(self) -> None:
         """DVTS splits N into subtrees of the beam width (search-and-learn refuses the rest there)."""

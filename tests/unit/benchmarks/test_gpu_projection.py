@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.gpu_projection import gpu_cost
+from benchmarks.gpu_projection import gpu_cost, reward_model_cost
 
 
 def point(batch: int, context: int, eager: float | None, fused: float | None = None) -> dict:
@@ -37,6 +37,16 @@ def test_the_kv_term_is_the_mean_cost_of_a_longer_context_per_sequence_and_token
     assert gpu_cost(MEASURED).kv_ms_per_token == pytest.approx((0.6 / 6000 + 2.4 / 24000) / 2)
 
 
-def test_prefill_is_charged_per_token_beyond_one_decode_steps_weight_reading():
-    # the 2,000-token prefill (the reference context's) less a batch-1 decode step
-    assert gpu_cost(MEASURED).prefill_ms_per_token == pytest.approx((221.0 - 21.0) / 2000)
+def test_prefill_runs_through_the_two_longest_prefills_beyond_one_decode_steps_weight_reading():
+    cost = gpu_cost(MEASURED)
+    # 200 ms for 2,000 tokens and 879 ms for 8,000 once the batch-1 decode step is taken off
+    assert cost.iteration_ms(1, 2000, [(0, 2000)]) == pytest.approx(221.0)
+    assert cost.iteration_ms(1, 2000, [(0, 8000)]) == pytest.approx(900.0)
+    assert cost.prefill_ms_per_token_squared == pytest.approx((879 / 8000 - 200 / 2000) / 6000)
+    assert cost.prefix_cache
+
+
+def test_a_reward_model_only_prefills_and_never_from_a_cache():
+    cost = reward_model_cost({"prefill": MEASURED["prefill"], "memory": MEASURED["memory"]})
+    assert [cost.iteration_ms(1, 0, [(0, n)]) for n in (2000, 8000)] == pytest.approx([221.0, 900.0])
+    assert not cost.prefix_cache and cost.kv_tokens == 45000

@@ -29,9 +29,18 @@ def test_decode_cost_is_interpolated_by_batch_and_extrapolated_beyond():
 def test_an_iteration_charges_context_beyond_the_reference_and_uncached_prefill():
     cost = GpuCost(decode_ms=((1, 10.0), (4, 16.0)), prefill_ms_per_token=0.01, kv_ms_per_token=0.001)
     # two sequences of 3,000 tokens against a 2,000-token reference: 2,000 tokens more
-    assert cost.iteration_ms(2, 6000, 0) == pytest.approx(12.0 + 2.0)
-    assert cost.iteration_ms(2, 4000, 500) == pytest.approx(12.0 + 5.0)
-    assert cost.scaled(4).iteration_ms(2, 6000, 500) == pytest.approx((12.0 + 2.0 + 5.0) / 4)
+    assert cost.iteration_ms(2, 6000) == pytest.approx(12.0 + 2.0)
+    # a 600-token prompt of which 100 were cached, and a whole 100-token one
+    assert cost.iteration_ms(2, 4000, [(100, 600), (0, 100)]) == pytest.approx(12.0 + 6.0)
+    assert cost.scaled(4).iteration_ms(2, 6000, [(0, 500)]) == pytest.approx((12.0 + 2.0 + 5.0) / 4)
+
+
+def test_attention_makes_a_token_cost_more_the_later_it_comes():
+    cost = GpuCost(decode_ms=((1, 0.0),), prefill_ms_per_token=0.01, prefill_ms_per_token_squared=1e-6)
+    assert cost.prefill_ms(0, 1000) == pytest.approx(10.0 + 1.0)
+    # the same 1,000 tokens after 2,000 cached ones: (3000^2 - 2000^2) * 1e-6
+    assert cost.prefill_ms(2000, 3000) == pytest.approx(10.0 + 5.0)
+    assert cost.scaled(2).prefill_ms(2000, 3000) == pytest.approx(7.5)
 
 
 @pytest.mark.parametrize(
@@ -163,6 +172,19 @@ async def test_a_pooling_request_answers_a_row_per_step_tag_after_one_prefill(se
     assert payload["data"][0]["data"] == plan_pooling(text, gpu_config())
     assert len(payload["data"][0]["data"]) == 3 and payload["usage"]["prompt_tokens"] == words_in
     assert stats.requests["pool"] == 1 and sim.engines["prm"].stats.iterations == 1
+
+
+async def test_a_model_without_a_prefix_cache_prefills_every_prompt_whole(session):
+    # a PRM with step pooling, as vLLM serves it: a trace scored twice costs two whole prefills
+    prm = GpuCost(decode_ms=((1, 0.0),), prefill_ms_per_token=0.01, prefix_cache=False)
+    clock = ManualClock()
+    text = " ".join(words("w", 200)) + f" {PRM_STEP_TAG}"
+    async with SimServer(gpu_config(gpu={"m": COST, "prm": prm}), clock) as sim:
+        for _ in range(2):
+            await answered(session, sim.url + "/pooling", {"model": "prm", "input": text}, clock)
+        engine = sim.engines["prm"]
+    assert clock.deadlines == pytest.approx([0.00201, 0.00402])
+    assert (engine.stats.prompt_tokens, engine.stats.cached_tokens) == (402, 0)
 
 
 def test_pooling_rows_say_good_at_the_configured_rate():

@@ -18,6 +18,7 @@ from engine.reasoning.policies.lookahead import LookaheadSettings
 from engine.reasoning.policies.single import SingleModelSettings
 from engine.reasoning.policies.spec import SpecSettings
 from engine.reasoning.policies.splitreason.logprob_subselect import SubselectSettings
+from engine.reasoning.policies.takeover import TakeoverSettings
 from engine.reasoning.probing import PROBE_SUFFIX, ProbeSettings
 from engine.reasoning.search.beams import SearchSettings
 from engine.reasoning.settings import ReasoningConfig
@@ -76,7 +77,8 @@ SCENARIOS = {
     # One step a round: a replaced draft leaves nothing in flight to cancel.
     "lookahead": dict(policy="lookahead", policy_settings=LookaheadSettings(lookahead_steps=1, verifier="exact")),
     "lookahead_judge": dict(policy="lookahead", policy_settings=LookaheadSettings(lookahead_steps=2), problem=CLEAN),
-    "takeover": dict(policy="takeover"),
+    # The big model's every second opening ends the track: the responder writes no cue words.
+    "takeover": dict(policy="takeover", policy_settings=TakeoverSettings(takeover_every=2)),
     "logprob_subselect": dict(
         policy="logprob_subselect", policy_settings=SubselectSettings(sgen=4, lbound=0, max_iterations=3)
     ),
@@ -158,7 +160,8 @@ PINNED = {
     "random_switch": (8, "c20e3264c7bb2f36", "0bf3c358bb00d77d"),
     "lookahead": (16, "ae6bc1a651d9ef14", "875085bb421aaf51"),
     "lookahead_judge": (24, "b12a35fe364a8177", "2ebbd039b7f925dc"),
-    "takeover": (8, "243a87c2bd63d9b2", "abcf712ebf036e96"),
+    # Re-pinned for issue 33 (Speculative Thinking as its code runs it: peeks, a continuous text).
+    "takeover": (16, "2e20626c15f7cb33", "509320c80027a537"),
     "logprob_subselect": (26, "03f0307382935e17", "ee437692bf4f2cfc"),
     "probing": (8, "4addae24048fb02e", "b097b74554425d87"),
     "answer_phase": (6, "be058f824236f5ae", "2b2dccf7f51db413"),
@@ -188,15 +191,23 @@ PINNED_SEEDS = {
         22042418989970,
     ],
     "answer_phase": [22042418982040, 22042418982043, 22042418982044, 22042418989959, 22042418989962, 22042418989963],
+    # Per track, drafts at steps 0, 1, 3, 4 (salt 1) and the big model's openings at 2 and 5 (salt
+    # 2); then the peeks, seeded from slot 7 (2**46 + (track seed * 32 + 7) * 2**25 + step).
     "takeover": [
         22042418982041,
         22042418982045,
-        22042418982049,
+        22042418982050,
         22042418982053,
+        22042418982057,
+        22042418982062,
         22042418989960,
         22042418989964,
-        22042418989968,
+        22042418989969,
         22042418989972,
+        22042418989976,
+        22042418989981,
+        2988814801754390529,
+        2988814801754390532,
     ],
     "beam_search": [46913914, 50967373, 73378772, 94224867, 317117856, 321175447],
 }

@@ -118,6 +118,19 @@ def test_rast_dataset_names_and_num_runs_become_spectra_flags():
         translated("rast", dataset="MATH", dataset_name="aime24")
 
 
+def test_rast_runs_its_runners_ten_runs_by_default_and_refuses_its_extra_pairs():
+    # vllm/tests/RAST_decode/run.py: --num_runs defaults to 10.
+    assert translated("rast", dataset="MATH")["repeat_id"] == "0-9"
+    assert translated("rast", repeat_id="3")["repeat_id"] == "3"
+    assert "repeat_id" not in translated("rast", num_repeats=2)
+    for extra in ("positive_model1", "negative_model1", "positive_model2", "negative_model2"):
+        with pytest.raises(UsageError, match=f"--{extra} names a second or third RAST pair"):
+            translated("rast", **{extra: "Qwen/Qwen2.5-7B"})
+    plan, flags = parse_run_flags("spec", ["--positive_model1", "m"])
+    with pytest.raises(UsageError, match="--positive_model1 is a flag of runners.rast"):
+        build_config(plan, flags)
+
+
 def test_seed_flag_names_become_spectra_s_and_a_clash_is_refused():
     assert translated("split", spec_reason=True, max_tokens=300)["token_budget"] == 300
     assert translated("search", approach="dvts", max_tokens=100)["strategy"] == "dvts"

@@ -111,6 +111,7 @@ def run_search(capsys, tmp_path, *flags):
         ("system_prompt: Be brief.\n", [], "system_prompt differs from search-and-learn's"),
         ("num_samples: -1\n", [], "num_samples must be a whole number of 0 or more, not -1"),
         ("n: many\n", [], "key 'n': 'many' is not a valid int"),
+        ("n: 2.5\n", [], "key 'n': 2.5 is not a valid int"),
         ("- n\n", [], "a recipe is a mapping"),
         (None, ["--lookahead", "-1"], "--lookahead must be at least 0, not -1"),
         (None, ["--approach", "dvts", "--n", "6"], "--n (6) must be a multiple of --beam_width (4)"),

@@ -250,7 +250,7 @@ async def test_splitreasons_requests_hint_the_small_model_and_open_thinking(form
     async with FakeOpenAIServer([Reply(text="more", finish_reason="length")]) as server:
         model = Model("small", ModelClient(session, "small", [server.url], FAST_LIMITS), chat)
         ctx = StepContext({"small": model}, messages, "So <bigmodel>", (), 0, ReasoningConfig(), prompts, "")
-        hinted = policy._small_messages(messages)
+        hinted = policy._small_messages(messages, "")
         await continue_raw(model, hinted, ctx.reasoning, ctx, purpose=Purpose.DRAFT, index=0, max_tokens=8)
     hinted = Message("user", f"{messages[0].content}\n{prompts.render_offload_hint()}")
     opening = "<think>\n" if form.thinking else ""

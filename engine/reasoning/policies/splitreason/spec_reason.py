@@ -33,9 +33,11 @@ from engine.serving.models import Model, Purpose, Reply
 
 OPEN_TAG, CLOSE_TAG = "<bigmodel>", "</bigmodel>"
 # SplitReason's constants (modes/speculative_reasoning.py): the big model writes a span in chunks
-# of 64 tokens, at most 512 tokens a span; the small model is probed for 8 tokens.
+# of 64 tokens and the small model is probed for 8 tokens. Its span constant is 512 tokens, but its
+# loop counts chunks from 1 and closes once the count exceeds 512 // 64: chunks 1-8 are probed, and
+# the 9th is kept whole and closed unprobed, so a span holds up to 576 tokens.
 SPAN_CHUNK_TOKENS = 64
-SPAN_CAP_TOKENS = 512
+PROBED_CHUNKS = 512 // SPAN_CHUNK_TOKENS
 PROBE_TOKENS = 8
 # A probe closes the span when its continuation starts with this, after whitespace (the perf
 # version's test; a continuation that closes later would put small-model text in the span).
@@ -75,14 +77,19 @@ class SpecReasonPolicy(NothingAhead):
             return await self._big_span(ctx)
         return await self._small_stretch(ctx)
 
-    def _small_messages(self, messages: tuple[Message, ...]) -> tuple[Message, ...]:
-        """The first user turn with the offload hint after the problem (SplitReason's prompt, 1.4)."""
+    def _small_messages(self, messages: tuple[Message, ...], problem: str) -> tuple[Message, ...]:
+        """The problem's user turn (the last) with the offload hint right after the problem text, where
+        SplitReason puts it: the question, the hint, then what follows the question (its terminating
+        string: prompt set `splitreason`). A turn without the problem text as given gets it at its end."""
         users = [i for i, m in enumerate(messages) if m.role == "user"]
         if not users:
             return (*messages, Message("user", self.hint))
-        first = messages[users[0]]
-        hinted = Message("user", f"{first.content}\n{self.hint}")
-        return (*messages[: users[0]], hinted, *messages[users[0] + 1 :])
+        at, content = users[-1], messages[users[-1]].content
+        if problem and problem in content:
+            hinted = content.replace(problem, f"{problem}\n{self.hint}", 1)
+        else:
+            hinted = f"{content}\n{self.hint}"
+        return (*messages[:at], Message("user", hinted), *messages[at + 1 :])
 
     def _big_view(self, text: str) -> str:
         """What the big model is shown: no tags, no hint (SplitReason strips both)."""
@@ -93,7 +100,7 @@ class SpecReasonPolicy(NothingAhead):
         started = time.monotonic()
         reply = await continue_raw(
             ctx.models[Role.SMALL],
-            self._small_messages(ctx.messages),
+            self._small_messages(ctx.messages, ctx.problem),
             ctx.reasoning,
             ctx,
             purpose=Purpose.DRAFT,
@@ -148,7 +155,7 @@ class SpecReasonPolicy(NothingAhead):
             if chunk.finish_reason != "length":
                 span.add(chunk, chunk.text, chunk.tokens, ended="eos")
                 return
-            if span.tokens + chunk.tokens >= SPAN_CAP_TOKENS:
+            if span.chunks > PROBED_CHUNKS:
                 span.add(chunk, chunk.text, chunk.tokens, ended="cap")
                 return
             prefixes = _token_prefixes(chunk)
@@ -161,7 +168,7 @@ class SpecReasonPolicy(NothingAhead):
     async def _probe(self, ctx: StepContext, span: _Span, prefixes: dict[int, str]) -> int | None:
         """The longest prefix (in tokens) after which the small model writes `</bigmodel>`, from one
         batch of concurrent 8-token probes; None when no probe closes the span."""
-        messages = self._small_messages(ctx.messages)
+        messages = self._small_messages(ctx.messages, ctx.problem)
         probes = await all_of(
             continue_raw(
                 ctx.models[Role.SMALL],

@@ -1,5 +1,6 @@
 """Scores from the big model's top logprobs (SpecReason's greedy and average)."""
 
+import asyncio
 import dataclasses
 import math
 
@@ -63,3 +64,20 @@ async def test_every_step_judge_asks_once_per_step_prefix_and_scores_every_step(
     # min sees the slip the last step hides; the grown solution's first three steps were not asked again
     assert aggregate_step_scores(first.values, "last") == 1.0 and aggregate_step_scores(first.values, "min") == 0.0
     assert len(big.requests) == 4 and first.usage["big"].requests == 3 and grown.usage["big"].requests == 1
+
+
+async def test_beams_sharing_a_prefix_at_the_same_time_ask_about_it_once(make_models):
+    def judge(body):
+        return Reply(text="9", top_logprobs=[{"9": 0.0}])
+
+    prompts = load_prompt_set("default")
+    async with FakeOpenAIServer(judge) as big:
+        scorer = EveryStepJudge(JudgeScorer(make_models(big=big)["big"], prompts, method="average", delimiter="\n\n"))
+        query = ScoreQuery("What is 1 + 1?", (Message("user", "What is 1 + 1?"),), ("s1", "s2"))
+        one, other = await asyncio.gather(
+            scorer.score(query), scorer.score(dataclasses.replace(query, steps=("s1", "s3")))
+        )
+    # s1 once, s2 and s3 once each; its cost entered once, by the beam that asked first
+    assert len(big.requests) == 3
+    assert one.values == other.values == [1.0, 1.0]
+    assert one.usage["big"].requests + other.usage["big"].requests == 3

@@ -1,6 +1,6 @@
-"""Lookahead Reasoning and Speculative Thinking on scripted fake servers whose replies depend only on
-the request: which steps are kept, replaced or taken over, what each cost, and which requests were
-cancelled, computed by hand."""
+"""Lookahead Reasoning on scripted fake servers whose replies depend only on the request: which steps
+are kept or replaced, what each cost, and which requests were cancelled, computed by hand
+(Speculative Thinking's tests are in test_takeover.py)."""
 
 import asyncio
 import re
@@ -11,7 +11,6 @@ from engine.data.problems import Problem
 from engine.data.prompts import load_prompt_set
 from engine.errors import UsageError
 from engine.reasoning.policies.lookahead import LookaheadSettings
-from engine.reasoning.policies.takeover import TakeoverSettings
 from engine.records import ModelUsage, ProblemRecord, StepOutcome
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.unit.conftest import assert_usage_is_its_costs, run_one_track
@@ -135,52 +134,11 @@ async def test_the_judge_verifier_keeps_a_draft_rated_at_the_threshold_and_repla
     assert record.steps[2].usage == {"big": ModelUsage(10, 4, 2)}
 
 
-def test_lookahead_and_takeover_settings_refuse_what_cannot_work():
+def test_lookahead_settings_refuse_what_cannot_work():
     with pytest.raises(UsageError, match="--lookahead_steps must be at least 1"):
         LookaheadSettings(lookahead_steps=0).validate()
     with pytest.raises(UsageError, match="--equivalence_threshold must be between 0 and 9"):
         LookaheadSettings(equivalence_threshold=10).validate()
-    with pytest.raises(UsageError, match="--takeover_every must be at least 1"):
-        TakeoverSettings(takeover_every=0).validate()
-
-
-class Reflective:
-    """The small model writes `s{i}` steps; step 1 starts with "Wait," (a cue) and step 5 answers.
-    The big model writes `B{i}`."""
-
-    def small(self, body):
-        index = index_of(body)
-        text = {1: "Wait, let me redo s1", 5: "s5 so \\boxed{42}"}.get(index, f"s{index} plain")
-        return step_reply(text)
-
-    def big(self, body):
-        index = index_of(body)
-        return step_reply(f"B{index} checks" + (" so \\boxed{42}" if index >= 5 else ""))
-
-
-async def test_takeover_hands_the_steps_after_a_cue_and_every_nth_step_to_the_big_model(make_models):
-    policy = Reflective()
-    settings = TakeoverSettings(takeover_steps=2, takeover_every=5)
-    record, _, _ = await run(make_models, policy, settings, policy="takeover")
-    # s0; "Wait," at 1 hands 2 and 3 to the big model; the 5th step (index 4) is every 5th; s5 answers.
-    assert [s.writer for s in record.steps] == ["small", "small", "big", "big", "big", "small"]
-    assert [s.outcome for s in record.steps] == [
-        StepOutcome.WRITTEN,
-        StepOutcome.WRITTEN,
-        StepOutcome.TAKEN_OVER,
-        StepOutcome.TAKEN_OVER,
-        StepOutcome.TAKEN_OVER,
-        StepOutcome.WRITTEN,
-    ]
-    assert [s.detail for s in record.steps] == [
-        None,
-        {"cue": "Wait"},
-        {"why": "cue: Wait"},
-        {"why": "cue: Wait"},
-        {"why": "every"},
-        None,
-    ]
-    assert record.finish_reason == "answer" and record.steps[-1].text == "s5 so \\boxed{42}"
 
 
 async def test_the_embedding_verifier_keeps_drafts_whose_cosine_reaches_the_threshold(make_models):

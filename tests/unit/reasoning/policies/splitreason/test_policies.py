@@ -335,14 +335,16 @@ async def test_spec_reason_span_runs_over_chunks_until_the_big_model_ends_the_se
     assert record.finish_reason == "eos" and len(record.steps) == 2
 
 
-async def test_spec_reason_closes_the_span_at_the_cap_without_probing_the_last_chunk(make_models):
-    chunks = [[f" t{c}.{i}" for i in range(64)] for c in range(8)]
+async def test_spec_reason_closes_the_span_on_its_ninth_chunk_unprobed(make_models):
+    # SplitReason counts chunks from 1 and closes once the count exceeds 512 // 64 = 8: eight
+    # chunks are probed, the ninth is kept whole, 9 * 64 = 576 tokens.
+    chunks = [[f" t{c}.{i}" for i in range(64)] for c in range(9)]
     script = Offload(["Hi "], chunks)
     record = await run(make_models, script.small, script.big, "spec_reason")
     span = record.steps[1]
-    assert span.detail == {"ended": "cap", "chunks": 8} and span.tokens == 512
-    assert span.text.endswith(" t7.63</bigmodel>")
-    assert len(script.probes()) == 7 * 64
+    assert span.detail == {"ended": "cap", "chunks": 9} and span.tokens == 576
+    assert span.text.endswith(" t8.63</bigmodel>")
+    assert len(script.probes()) == 8 * 64
     assert record.steps[2].writer == "small" and record.answer == "42"
 
 
@@ -353,6 +355,29 @@ async def test_spec_reason_span_stops_at_the_budget(make_models):
     span = record.steps[1]
     assert span.detail == {"ended": "budget", "chunks": 1} and span.text == " A B C D E F"
     assert record.finish_reason == "budget" and record.thinking_tokens == 10
+
+
+# SplitReason's terminating string as its test_spec.py and lm-eval wrapper pass it: a raw string,
+# so "\\n" is a backslash and an n.
+TERMINATING = r"\n Put your final answer within \boxed{}."
+
+
+async def test_prompt_set_splitreason_sends_the_question_hint_and_terminating_string_as_splitreason(make_models):
+    # modes/speculative_reasoning.py: f"{question}\n{hint}\n{terminating_string}" to the small model,
+    # the hint removed for the big model; random_switch_flow.py: f"{question}\n{terminating_string}".
+    prompts = load_prompt_set("splitreason")
+    script = Offload(["Hi "], [[" A"]], eos=True)
+    async with FakeOpenAIServer(script.small) as s, FakeOpenAIServer(script.big) as b:
+        await run_one_track(make_models(big=b, small=s), PROBLEM, prompts, policy="spec_reason")
+    question = PROBLEM.problem
+    assert f"{question}\n{HINT}\n{TERMINATING}<|im_end|>" in script.small.steps()[0]["prompt"]
+    (big_body,) = script.big.steps()
+    assert f"{question}\n{TERMINATING}<|im_end|>" in big_body["prompt"] and HINT not in big_body["prompt"]
+    small, big = Log(chunk_of("s")), Log(chunk_of("b"))
+    async with FakeOpenAIServer(small) as s, FakeOpenAIServer(big) as b:
+        config = ReasoningConfig(token_budget=8)
+        await run_one_track(make_models(big=b, small=s), PROBLEM, prompts, config, policy="random_switch", seed=1)
+    assert all(f"{question}\n{TERMINATING}<|im_end|>" in b["prompt"] for b in small.steps() + big.steps())
 
 
 def replied(completion):
