@@ -46,6 +46,7 @@ class FinishReason(Vocabulary):
     ANSWER = "answer"  # a step stated the answer
     BUDGET = "budget"  # the kept steps reached the thinking budget
     REPEAT = "repeat"  # a step repeated the previous one
+    MAX_STEPS = "max_steps"  # the track kept --max_steps steps
     EOS = "eos"  # a one-request baseline (or, with --answer_phase, a model) ended the sequence
     THINK_END = "think_end"  # --answer_phase, or a continuous policy: thinking was closed
     PROBE = "probe"  # Dynasor-CoT: the last probes agreed
@@ -54,7 +55,8 @@ class FinishReason(Vocabulary):
     STOPPED = "stopped"  # a strategy ended it mid-way (DeepConf's online pruning); no answer
     FAILED = "failed"  # an error, kept in `TrackRecord.error`
     # A search's completion ends as its last request did (`StepEnding`): at the token limit, or (DVTS)
-    # at a delimiter after the step that stated the answer.
+    # at a delimiter after the step that stated the answer. Under `--stop_rule rsd` a track ends at a
+    # step that hit the token limit (length) or ended the sequence (eos).
     LENGTH = "length"
     DELIMITER = "delimiter"
 

@@ -54,6 +54,10 @@ class Templates:
     takeover_positive: str
     takeover_recap: str
     system: str = ""
+    # With --prompt_format raw: what joins the turns' texts, and the text the model continues to
+    # them (SpecLRM's f-strings: a newline; RSD's prompt, whose text ends with the assistant's
+    # header, runs straight on into the steps: nothing). Absent from `default`, whose digest stays.
+    raw_separator: str = "\n"
 
 
 # key -> (allowed placeholders, required placeholders). A template that drops a required
@@ -84,10 +88,11 @@ PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "takeover_positive": (frozenset(), frozenset()),
     "takeover_recap": (frozenset(), frozenset()),
     "system": (frozenset(), frozenset()),
+    "raw_separator": (frozenset(), frozenset()),
 }
 # An empty `rewrite` selects SpecReason's behaviour (the big model continues the same prefix); an
 # empty `system` sends no system turn.
-MAY_BE_EMPTY = frozenset({"rewrite", "system"})
+MAY_BE_EMPTY = frozenset({"rewrite", "system", "raw_separator"})
 
 
 @dataclass(frozen=True)
@@ -250,7 +255,7 @@ def load_prompt_set(name_or_path: str) -> PromptSet:
         raise UsageError(f"prompt set folder {folder} holds none of {', '.join(KNOWN_FILES)}")
     given = _read_templates(folder / TEMPLATES_FILE) if TEMPLATES_FILE in files else {}
     if folder == _package_root() / DEFAULT_SET:
-        missing = [f.name for f in fields(Templates) if f.name not in given]
+        missing = [f.name for f in fields(Templates) if f.name not in given and f.default is dataclasses.MISSING]
         if missing:
             raise UsageError(f"{folder / TEMPLATES_FILE}: missing key {missing[0]!r}")
         base = {}

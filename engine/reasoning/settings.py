@@ -45,6 +45,10 @@ def check_choices(settings: Settings) -> None:
             raise UsageError(f"--{f.name} must be one of {', '.join(map(str, choices))}, not {value!r}")
 
 
+# `--stop_rule`: SpecReason's step loop (also SpecLRM's and SplitReason's), or RSD's (main_online.py).
+STOP_RULES = ("specreason", "rsd")
+
+
 @dataclass(frozen=True)
 class ReasoningConfig(Settings):
     """How a track reasons, whatever its policy (defaults are SpecReason's)."""
@@ -64,6 +68,13 @@ class ReasoningConfig(Settings):
     )
     answer_max_tokens: int = setting(1024, "with --answer_phase: tokens the answer may take")
     seed: int | None = setting(None, "base seed of every request (reproducible runs)")
+    stop_rule: str = setting(
+        "specreason",
+        "when thinking ends: specreason (at a step that states an answer, 'boxed' or 'Answer:', or repeats the "
+        "one before) or rsd (at a step that ends the sequence or reaches --max_step_tokens); both at the budget",
+        STOP_RULES,
+    )
+    max_steps: int | None = setting(None, "thinking ends after this many steps (None: no limit; RSD's is 100)")
 
     def idle_flags(self) -> dict[str, str]:
         if self.answer_phase:
@@ -76,6 +87,7 @@ class ReasoningConfig(Settings):
             ("--token_budget", self.token_budget),
             ("--max_step_tokens", self.max_step_tokens),
             ("--answer_max_tokens", self.answer_max_tokens),
+            ("--max_steps", 1 if self.max_steps is None else self.max_steps),
         ):
             if value < 1:
                 raise UsageError(f"{name} must be at least 1, not {value}")

@@ -62,6 +62,20 @@ class DataConfig:
     shard: str | None = None
 
 
+# Track flags added since run folders were first made, left out of the digest at their defaults so
+# that those folders keep theirs.
+LATER_TRACK_FLAGS = ("stop_rule", "max_steps")
+
+
+def decisive_reasoning(reasoning: ReasoningConfig) -> dict[str, Any]:
+    """The track flags the config digest covers: all, those added later only when set."""
+    values = dataclasses.asdict(reasoning)
+    for name in LATER_TRACK_FLAGS:
+        if values[name] == getattr(ReasoningConfig, name):
+            del values[name]
+    return values
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs. `digest()` covers what decides its results, for safe resumes.
@@ -140,7 +154,7 @@ class RunConfig:
             "policy_settings": dataclasses.asdict(self.policy_settings),
             "strategy": self.strategy,
             "strategy_settings": dataclasses.asdict(self.strategy_settings),
-            "reasoning": dataclasses.asdict(self.reasoning),
+            "reasoning": decisive_reasoning(self.reasoning),
             "data": {
                 "dataset_name": self.data.dataset_name,
                 "data_file": self.data.data_file,

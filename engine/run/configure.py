@@ -48,6 +48,7 @@ def build_config(plan: RunnerPlan, flags: Flags) -> RunConfig:
         defaults = demo.demo_defaults(defaults)
     config = _run_config(plan, chosen, defaults, policy, strategy, models, is_demo)
     refusals.refuse_idle_flags(chosen, config)
+    refusals.refuse_step_rules_without_steps(chosen, config)
     refusals.refuse_routing_without_replicas(chosen, config)
     refusals.refuse_a_pair_that_cannot_work(config)
     needed = roles_needed(config)
@@ -135,13 +136,30 @@ def _run_config(
         limits=settings_from_flags(SchedulerLimits, chosen, demo.DEMO_LIMITS if is_demo else None),
         data=_data_config(plan, chosen, defaults, dataset, shard),
         client=settings_from_flags(ClientLimits, chosen),
-        prompt_set=chosen.get("prompt_set") or defaults.get("prompt_set", "default"),
-        prompt_format=chosen.get("prompt_format") or defaults.get("prompt_format", "chat"),
-        thinking=chosen.get("thinking") or "auto",
+        **_rendering(plan, chosen, defaults),
         server_log_dir=chosen.get("server_log_dir"),
         max_model_len=chosen.get("max_model_len"),
         server_restarts=chosen.get("server_restarts"),
     )
+
+
+# What a runner sets for its seed's raw text (RSD's prompt set is its whole ChatML prompt as text,
+# sent with thinking off): it does not apply to a text rendered with chat templates.
+RAW_TEXT_DEFAULTS = ("prompt_set", "thinking")
+
+
+def _rendering(plan: RunnerPlan, chosen: Flags, defaults: Flags) -> dict[str, str]:
+    """--prompt_format, --prompt_set and --thinking: given, else the runner's. A runner that sends
+    raw text, rendered with chat templates instead (--prompt_format chat, the toy demo, the API),
+    gets the default prompt set and thinking auto unless they are given."""
+    prompt_format = chosen.get("prompt_format") or defaults.get("prompt_format", "chat")
+    if prompt_format == "chat" and plan.defaults.get("prompt_format") == "raw":
+        defaults = {name: value for name, value in defaults.items() if name not in RAW_TEXT_DEFAULTS}
+    return {
+        "prompt_format": prompt_format,
+        "prompt_set": chosen.get("prompt_set") or defaults.get("prompt_set", "default"),
+        "thinking": chosen.get("thinking") or defaults.get("thinking", "auto"),
+    }
 
 
 def _data_config(plan: RunnerPlan, chosen: Flags, defaults: Flags, dataset: str, shard: Shard | None) -> DataConfig:

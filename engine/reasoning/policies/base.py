@@ -116,16 +116,25 @@ def thinking_ending(
     """Why thinking ends after the last of the kept `steps` (texts), which ended as `ending`, with
     `thinking_tokens` kept in all; None while it goes on. SpecLRM's order: a stated answer, a
     repeated step (SpecReason compares only when there are more than two steps), the budget (kept
-    tokens, checked after the step). A policy that wrote the whole reasoning in one request
-    (`final`) ends it whatever the step says. The track's loop applies it after each step; a
-    policy that works ahead applies it to foresee whether the loop will ask for another step."""
+    tokens, checked after the step). Under `--stop_rule rsd`, RSD's: a step that ended the sequence
+    or hit its token limit, then the budget. Then `--max_steps`. A policy that wrote the whole
+    reasoning in one request (`final`) ends it whatever the step says. The track's loop applies it
+    after each step; a policy that works ahead applies it to foresee whether the loop will ask for
+    another step."""
     text = steps[-1]
-    if any(marker in text for marker in ANSWER_MARKERS):
+    if config.stop_rule == "rsd":
+        # RSD (main_online.py) ends a trace whose step stopped otherwise than at the step word
+        # (vLLM's stop_reason None: the end of the sequence, or max_tokens).
+        if ending in (StepEnding.EOS, StepEnding.LENGTH):
+            return FinishReason(ending)
+    elif any(marker in text for marker in ANSWER_MARKERS):
         return FinishReason.ANSWER
-    if len(steps) > 2 and text == steps[-2]:
+    elif len(steps) > 2 and text == steps[-2]:
         return FinishReason.REPEAT
     if thinking_tokens >= config.token_budget or (final and ending == StepEnding.LENGTH):
         return FinishReason.BUDGET
+    if config.max_steps is not None and len(steps) >= config.max_steps:
+        return FinishReason.MAX_STEPS
     if final:
         return FinishReason.EOS  # the one request ended by itself without stating an answer
     if config.answer_phase and ending in (StepEnding.THINK_END, StepEnding.EOS):

@@ -213,6 +213,45 @@ async def test_the_end_of_a_sequence_does_not_end_thinking(make_models):
     assert record.finish_reason == "answer" and record.answer == "7"
 
 
+RSD = ReasoningConfig(stop_rule="rsd")
+
+
+async def test_under_rsds_rule_a_step_that_ends_the_sequence_ends_thinking_and_an_answer_does_not(make_models):
+    # RSD ends a trace at a step whose stop_reason is not the step word; a boxed answer or a
+    # repeated step does not end it
+    steps = [step("so \\boxed{41}"), step("same"), step("same"), step("same"), step("so \\boxed{42}", None)]
+    small = Script(step=steps)
+    big = Script(score=[score("9")] * 5)
+    record = await run(make_models, small, big, RSD)
+    assert [s.ending for s in record.steps] == ["delimiter"] * 4 + ["eos"]
+    assert record.finish_reason == "eos" and record.answer == "42" and record.answer_model == "small"
+    assert "answer" not in big.prompts
+
+
+async def test_under_rsds_rule_a_step_cut_at_max_tokens_ends_thinking(make_models):
+    asked: list[int] = []
+    small = honouring_max_tokens([700, 100], asked)
+    big = Script(score=[score("9")])
+    record = await run(make_models, small, big, dataclasses.replace(RSD, max_step_tokens=512))
+    assert asked == [512] and [s.ending for s in record.steps] == ["length"] and record.finish_reason == "length"
+
+
+@pytest.mark.parametrize("config", [ReasoningConfig(max_steps=2), dataclasses.replace(RSD, max_steps=2)])
+async def test_max_steps_ends_thinking_after_that_many_steps(make_models, config):
+    small = Script(step=[step("one"), step("two")])
+    big = Script(score=[score("9")] * 2)
+    record = await run(make_models, small, big, config)
+    assert [s.text for s in record.steps] == ["one", "two"] and record.finish_reason == "max_steps"
+    assert record.answer is None
+
+
+async def test_a_budget_reached_with_the_last_allowed_step_is_the_budget(make_models):
+    small = Script(step=[step("one two three")])
+    big = Script(score=[score("9")])
+    record = await run(make_models, small, big, dataclasses.replace(RSD, max_steps=1, token_budget=3))
+    assert record.finish_reason == "budget"
+
+
 async def test_first_n_steps_come_from_the_big_model(make_models):
     small = Script(step=[step("small one", stop_reason="</think>")])
     big = Script(step=[step("big one")], score=[score("9")], answer=[ANSWER])

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from engine.data.prompts import _package_root
-from engine.run.config import DataConfig, ModelConfig, RunConfig, SchedulerLimits
+from engine.run.config import DataConfig, ModelConfig, RunConfig, SchedulerLimits, decisive_reasoning
 from engine.run.execute import execute, model_endpoints
 from engine.serving.servers import RunningServer
 from engine.serving.vllm_command import model_context_length
@@ -108,3 +108,14 @@ def test_the_digest_covers_problems_sent_as_given():
     models = {"big": ModelConfig("b"), "small": ModelConfig("s")}
     config = RunConfig(runner="spec", output_dir="x", models=models)
     assert dataclasses.replace(config, problem_template=False).digest() != config.digest()
+
+
+def test_the_digest_covers_the_stop_rule_and_the_step_limit_and_leaves_them_out_at_their_defaults():
+    models = {"big": ModelConfig("b"), "small": ModelConfig("s")}
+    config = RunConfig(runner="spec", output_dir="x", models=models)
+    for changed in ({"stop_rule": "rsd"}, {"max_steps": 100}):
+        reasoning = dataclasses.replace(config.reasoning, **changed)
+        assert dataclasses.replace(config, reasoning=reasoning).digest() != config.digest()
+        assert set(changed) <= set(decisive_reasoning(reasoning))
+    # run folders made before the two flags keep their digest: at their defaults they are not in it
+    assert not {"stop_rule", "max_steps"} & set(decisive_reasoning(config.reasoning))

@@ -150,6 +150,15 @@ def refusal(capsys, tmp_path, runner, *argv):
             "--drafts_per_step and --pipeline_depth cannot be combined",
         ),
         ("spec", [*BOTH, "--answer_model", "small"], "--answer_model changes nothing here: the answer phase is off"),
+        # the rules that end a loop of steps, where a track has none (issue 32.4)
+        ("base", [*BIG, "--max_steps", "5"], "--max_steps changes nothing: policy big writes each track in one"),
+        (
+            "split",
+            [*BOTH, "--random_switch", "--stop_rule", "rsd"],
+            "--stop_rule changes nothing: policy random_switch writes one continuous text, not steps",
+        ),
+        ("search", [*SEARCH, "--max_steps", "3"], "--max_steps changes nothing: strategy best_of_n runs no step"),
+        ("spec", [*BOTH, "--max_steps", "0"], "--max_steps must be at least 1, not 0"),
         # RAST renders no prompt
         ("rast", [*RAST, "--prompt_format", "chat"], "--prompt_format changes nothing with strategy rast"),
         # no abbreviations

@@ -70,6 +70,7 @@ FLAG_NAMES = {f.name for cls in SETTINGS_CLASSES for f in dataclasses.fields(cls
     "prompt_set",
     "prompt_format",
     "gpqa_order",
+    "thinking",
 }
 
 

@@ -6,18 +6,25 @@ its BOS first by default, as `LLM.generate` sends it; QwQ's (the big model) adds
 tokenizers carry their real chat templates, which the raw renderer must not use.
 
 The role and method texts are spectra's own wording (issue 07); the layout around them is SpecLRM's.
+RSD's runner sends its ChatML prompt as text with the steps straight after it, and its PRM reads
+the PRM's own chat template: each request compared with RSD's f-strings.
 """
 
 import functools
+import json
 
 import pytest
 
 from engine.data.problems import Problem
 from engine.data.prompts import load_prompt_set
 from engine.errors import UsageError
-from engine.run.configure import build_config
+from engine.reasoning.judges.prm import QWEN_PRM_SYSTEM
+from engine.run.configure import build_config, config_of_command
+from engine.run.execute import execute
 from engine.run.runner_plans import RUNNERS
 from engine.run.scheduler import Scheduler, WorkItem
+from engine.run.store import RECORDS_FILE, read_records
+from engine.serving.chat import Message
 from engine.serving.client import ModelClient
 from engine.serving.models import Model
 from engine.serving.raw import RawFormat
@@ -139,6 +146,20 @@ async def test_spec_scale_methods_selects_and_puts_each_tip_where_speclrm_does(s
     assert_sent(requests, expected)
 
 
+def test_a_prompt_sets_raw_separator_joins_the_turns_and_the_text_the_model_continues(tmp_path):
+    assert PROMPTS.templates.raw_separator == "\n"  # SpecLRM's, the default
+    (tmp_path / "templates.yaml").write_text('problem: "<open>{problem}<close>"\nraw_separator: ""\n')
+    joined = RawFormat(
+        qwen2_tokenizer(), thinking=False, separator=load_prompt_set(str(tmp_path)).templates.raw_separator
+    )
+    messages = (Message("user", "<open>Q<close>"),)
+    assert (joined.continuation(messages, ""), joined.continuation(messages, "a\n\n")) == (
+        "<open>Q<close>",
+        "<open>Q<close>a\n\n",
+    )
+    assert joined.render([Message("user", "x"), Message("user", "y")], "z") == "xyz"
+
+
 def test_the_gpqa_method_message_is_speclrms():
     gpqa = Problem(
         id="g", problem="Which gas is inert?", answer="A", choices=("Argon", "Oxygen", "Fluorine", "Chlorine")
@@ -161,3 +182,62 @@ def test_other_runners_render_with_the_chat_template_and_rast_refuses_a_format()
     assert build_config(RUNNERS["spec"], BOTH).prompt_format == "chat"
     with pytest.raises(UsageError, match="--prompt_format changes nothing with strategy rast"):
         build_config(RUNNERS["rast"], {"prompt_format": "raw", "base_model": "b"})
+
+
+def qwen_folder(tmp_path, name: str, template: str, architecture: str | None = None) -> str:
+    """A model folder holding Qwen2's tokenizer with `template` (and a config naming `architecture`)."""
+    folder = tmp_path / name
+    tokenizer = qwen2_tokenizer()
+    tokenizer.chat_template = template_text(template)
+    tokenizer.save_pretrained(folder)
+    if architecture:
+        (folder / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": [architecture]}))
+    return str(folder)
+
+
+def qwen_prm_input(problem: str, steps: list[str]) -> str:
+    """Qwen2.5-Math-PRM's input (search-and-learn's): its system line, the problem, each step and its tag."""
+    head = f"<|im_start|>system\n{QWEN_PRM_SYSTEM}<|im_end|>\n<|im_start|>user\n{problem}<|im_end|>\n"
+    return head + "<|im_start|>assistant\n" + "".join(f"{step}<extra_0>" for step in steps)
+
+
+async def test_rsd_sends_its_prompt_and_steps_as_text_and_its_prm_reads_the_question_and_steps(tmp_path):
+    # The PRM rejects the first draft (the big model writes the step) and keeps the second, which ends
+    # the sequence: RSD ends the trace there.
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps({"id": "p1", "problem": PROBLEM.problem, "answer": "42"}) + "\n")
+    writer = qwen_folder(tmp_path, "writer", "Qwen-Qwen2.5-7B-Instruct.jinja")
+    prm_model = qwen_folder(tmp_path, "prm", "Qwen-Qwen2.5-7B-Instruct.jinja", "Qwen2ForProcessRewardModel")
+
+    def rate(body):
+        last = 0.2 if body["input"].endswith(f"{FIRST}<extra_0>") else 0.9
+        return [[0.5, 0.5]] * (body["input"].count("<extra_0>") - 1) + [[1 - last, last]]
+
+    drafts = [Reply(text=FIRST, stop_reason="\n\n"), Reply(text=LAST, stop_reason=None)]
+    async with (
+        FakeOpenAIServer(by_purpose={"draft": drafts}) as small,
+        FakeOpenAIServer(by_purpose={"rewrite": [Reply(text=REWRITE, stop_reason="\n\n")]}) as big,
+        FakeOpenAIServer(pooler=rate, served_model=prm_model) as prm,
+    ):
+        argv = ["--dataset_name", str(problems), "--output_dir", str(tmp_path / "run")]
+        for role, server, model in (("small", small, writer), ("big", big, writer), ("prm", prm, prm_model)):
+            argv += [f"--{role}_model", server.served_model, f"--{role}_url", server.url, f"--{role}_tokenizer", model]
+        await execute(config_of_command("rsd", argv), progress=False)
+    question = PROBLEM.problem
+    assert [body["prompt"] for body in small.requests] == [
+        seed.rsd_step_prompt(question, []),
+        seed.rsd_step_prompt(question, [REWRITE]),
+    ]
+    assert [body["prompt"] for body in big.requests] == [seed.rsd_step_prompt(question, [])]
+    for body in small.requests + big.requests:
+        assert {key: body[key] for key in seed.RSD_STEP_PARAMS} == seed.RSD_STEP_PARAMS
+        assert "seed" not in body and body.get("add_special_tokens", True)
+    readings = [seed.rsd_prm_reading(question, [], FIRST), seed.rsd_prm_reading(question, [REWRITE], LAST)]
+    assert [body["input"] for body in prm.pooling_requests] == [qwen_prm_input(*r) for r in readings]
+    (record,) = read_records(tmp_path / "run" / RECORDS_FILE).records
+    (track,) = record.tracks
+    assert [(s.text, s.writer, s.outcome) for s in track.steps] == [
+        (REWRITE, "big", "rewritten"),
+        (LAST, "small", "accepted"),
+    ]
+    assert (track.finish_reason, record.answer) == ("eos", "42")
