@@ -13,10 +13,10 @@ steps of `--step_tokens`).
 
 Rows: the big model alone (step by step, so each step is a request as in the others), `spec`
 (SpecReason: the small model drafts, the big model scores 0-9, rewrites below 7) at
-`--pipeline_depth` 0 and 1, `lookahead` (Lookahead Reasoning, K = 3, the big model judging
-equivalence), and `spec --scorer prm` (Qwen2.5-Math-PRM-7B on a third GPU judges each draft, RSD's
-judge; vLLM caches none of its prompts, so every score prefills the whole trace), each at every
-acceptance rate. Latency per problem is in projected GPU seconds:
+`--pipeline_depth` 0 and 1, `lookahead` (Lookahead Reasoning, K = 3, the big model rating
+equivalence: `--verifier big_rating`), and `spec --scorer prm` (Qwen2.5-Math-PRM-7B on a third GPU
+judges each draft, RSD's judge; vLLM caches none of its prompts, so every score prefills the whole
+trace), each at every acceptance rate. Latency per problem is in projected GPU seconds:
 wall seconds times `--time_scale` (the sim runs that much faster than the GPU, so the engine's own
 milliseconds count that many times over); "at the GPUs" counts only the time some request was at
 the sim, on a clock that forgives the sim's late wake-ups.
@@ -122,7 +122,7 @@ METHODS = (
     Method("big model alone", "big", SingleModelSettings(stepwise=True), rated=False),
     Method("spec (SpecReason)", "spec", SpecSettings()),
     Method("spec --pipeline_depth 1", "spec", SpecSettings(pipeline_depth=1)),
-    Method("lookahead (K = 3, judge)", "lookahead", LookaheadSettings()),
+    Method("lookahead (K = 3, big_rating)", "lookahead", LookaheadSettings(lookahead_steps=3, verifier="big_rating")),
     Method("spec --scorer prm (RSD's judge)", "spec", SpecSettings(scorer="prm", prm_kind="pooling")),
 )
 

@@ -35,6 +35,7 @@ class Role(Vocabulary):
     BIG = "big"  # checks, rewrites, takes over, or writes alone
     PRM = "prm"  # a process reward model a search scores steps with
     EMBEDDER = "embedder"  # lookahead's embedding verifier
+    JUDGE = "judge"  # Lookahead Reasoning's judge of two steps (the reference's --judge_model)
     BASE = "base"  # RAST's big base model
     POSITIVE = "positive"  # RAST's small RL-tuned model
     NEGATIVE = "negative"  # RAST's small model before RL

@@ -34,8 +34,8 @@ from engine.serving.models import Model
 
 # How long a model server may take to answer GET /health before it counts as down.
 HEALTH_TIMEOUT_S = 2.0
-# Models that write no text: a process reward model, an embedder.
-NOT_WRITING = (Role.PRM, Role.EMBEDDER)
+# Models that write no reasoning: a process reward model, an embedder, lookahead's judge.
+NOT_WRITING = (Role.PRM, Role.EMBEDDER, Role.JUDGE)
 # What a refused client is told to wait: the openai client honours it (it retries after it).
 RETRY_AFTER_S = 1
 

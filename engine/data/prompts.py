@@ -53,6 +53,9 @@ class Templates:
     takeover_verify: str
     takeover_positive: str
     takeover_recap: str
+    aligned: str
+    aligned_prefix: str
+    aligned_system: str = ""
     system: str = ""
     # With --prompt_format raw: what joins the turns' texts, and the text the model continues to
     # them (SpecLRM's f-strings: a newline; RSD's prompt, whose text ends with the assistant's
@@ -87,12 +90,15 @@ PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "takeover_verify": (frozenset(), frozenset()),
     "takeover_positive": (frozenset(), frozenset()),
     "takeover_recap": (frozenset(), frozenset()),
+    "aligned": (frozenset({"step", "draft"}), frozenset({"step", "draft"})),
+    "aligned_prefix": (frozenset(), frozenset()),
+    "aligned_system": (frozenset(), frozenset()),
     "system": (frozenset(), frozenset()),
     "raw_separator": (frozenset(), frozenset()),
 }
 # An empty `rewrite` selects SpecReason's behaviour (the big model continues the same prefix); an
-# empty `system` sends no system turn.
-MAY_BE_EMPTY = frozenset({"rewrite", "system", "raw_separator"})
+# empty `system` or `aligned_system` sends no system turn.
+MAY_BE_EMPTY = frozenset({"rewrite", "system", "aligned_system", "raw_separator"})
 
 
 @dataclass(frozen=True)
@@ -211,6 +217,18 @@ class PromptSet:
     def render_takeover_recap(self) -> str:
         """The words Speculative Thinking puts before the big model's recap."""
         return self.templates.takeover_recap.format()
+
+    def render_aligned(self, step: str, draft: str) -> str:
+        """Lookahead Reasoning's judge question: the big model's step (s1) and the draft (s2)."""
+        return self.templates.aligned.format(step=step, draft=draft)
+
+    def render_aligned_prefix(self) -> str:
+        """The text the judge's answer opens with; its next token says aligned or not."""
+        return self.templates.aligned_prefix.format()
+
+    def render_aligned_system(self) -> str:
+        """The judge's system turn; "" for none."""
+        return self.templates.aligned_system.format()
 
     def require_templates(self, keys: tuple[str, ...]) -> None:
         """A UsageError when a template a policy or strategy renders is unknown or empty."""

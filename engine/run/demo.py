@@ -53,8 +53,9 @@ def demo_defaults(defaults: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def demo_models(flags: Mapping[str, Any], roles: Collection[str]) -> dict[str, ModelConfig]:
-    """The demo's models: the trained toy pair, and the trained toy PRM when the run scores with one
-    (its causal-LM twin for `--prm_kind tag_token`, else the pooling model as a real PRM is served)."""
+    """The demo's models: the trained toy pair, the trained toy PRM when the run scores with one
+    (its causal-LM twin for `--prm_kind tag_token`, else the pooling model as a real PRM is served),
+    and the small toy model as lookahead's embedder or judge."""
     from engine.toy.tiny_prm import prm_server_args
     from engine.toy.trained import make_toy_models
 
@@ -76,6 +77,8 @@ def demo_models(flags: Mapping[str, Any], roles: Collection[str]) -> dict[str, M
             models["prm"] = ModelConfig(model=str(toy.prm), server_args=prm_server_args(toy.prm))
     if "embedder" in roles:  # lookahead's embedding verifier: the small toy model's pooled states
         models["embedder"] = ModelConfig(model=str(toy.small), server_args=EMBEDDER_SERVER_ARGS)
+    if "judge" in roles:  # lookahead's judge: the small toy model, never taught [aligned] (README)
+        models["judge"] = ModelConfig(model=str(toy.small))
     return models
 
 

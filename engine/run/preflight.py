@@ -24,9 +24,8 @@ import aiohttp
 
 from engine.data.problems import Problem
 from engine.errors import ServerSettingError
-from engine.reasoning.judges import JUDGES
+from engine.reasoning.judges import JUDGES, PAIR_JUDGES
 from engine.reasoning.judges.prm import prm_kind_of
-from engine.reasoning.judges.specreason import SCORE_TOP_LOGPROBS
 from engine.reasoning.policies import POLICIES
 from engine.reasoning.strategies import STRATEGIES
 from engine.run.config import RunConfig
@@ -39,8 +38,9 @@ from engine.serving.servers import logprobs_limit
 VLLM_DEFAULT_MAX_LOGPROBS = 20
 # RAST's start-up check asks each of its models for its top 5 (`rast.decoding.check_raw_logprobs`).
 RAST_RAW_CHECK_LOGPROBS = 5
-# The embedder embeds one step at a time, never a whole sample: the context check leaves it out.
-ONE_STEP_ROLES = ("embedder",)
+# The embedder and lookahead's judge read one or two steps at a time, never a whole sample: the
+# context check leaves them out.
+ONE_STEP_ROLES = ("embedder", "judge")
 # role, the logprobs a request asks of it, and what asks them (the flag to change, or the part of the method).
 LogprobRequest = tuple[str, int, str]
 # What `check_server_settings` reads of each role's servers: their URLs, the model id they serve
@@ -93,8 +93,10 @@ def _judge_logprob_requests(settings: Any, prm_kind: str) -> Iterator[LogprobReq
 def _policy_logprob_requests(policy: str, settings: Any, prm_kind: str) -> Iterator[LogprobRequest]:
     if policy == "spec":
         yield from _judge_logprob_requests(settings, prm_kind)
-    elif policy == "lookahead" and settings.verifier == "judge":
-        yield "big", SCORE_TOP_LOGPROBS, "lookahead's judge (--verifier judge)"
+    elif policy == "lookahead" and settings.verifier in PAIR_JUDGES:
+        pair = PAIR_JUDGES[settings.verifier]
+        if pair.top_logprobs is not None:
+            yield pair.role, pair.top_logprobs, f"lookahead's verifier (--verifier {settings.verifier})"
     elif policy in ("logprob_subselect", "spec_reason"):
         yield "big", 1, f"SplitReason's {policy} (the big model's token logprobs)"
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from engine.data.problems import PRESETS
 from engine.errors import UsageError
+from engine.reasoning.policies import POLICIES
 
 # Parsed flag values by name (None: left unset); translations return a new dict, never mutate.
 Flags = Mapping[str, Any]
@@ -71,9 +72,10 @@ class RunnerPlan:
 
 
 def plan_defaults(plan: RunnerPlan, policy: str) -> dict[str, Any]:
-    """The values `plan` gives to unset flags when its tracks run `policy`."""
+    """The values `plan` gives to unset flags when its tracks run `policy`: the policy's own track
+    defaults (`PolicySpec.track_defaults`), then the plan's."""
     alone = {name: policy for name in plan.alone_settings} if policy in SINGLE_MODELS else {}
-    return {**plan.defaults, **alone}
+    return {**POLICIES[policy].track_defaults, **plan.defaults, **alone}
 
 
 def _one_of(flags: Flags, name: str, seed_name: str, value: Any, runner: str) -> Any:

@@ -47,7 +47,7 @@ class Purpose(Vocabulary):
     RESCORE = "rescore"  # logprob_subselect: the big model rescores candidates that closed thinking
     SCORE = "score"  # SpecReason's 0-9 judgement (greedy)
     SELECT = "select"  # SpecLRM's method selection (greedy)
-    VERIFY = "verify"  # lookahead's equivalence judge (greedy)
+    VERIFY = "verify"  # lookahead's verifier: the judge model's one token, the big model's rating (greedy)
     EMBED = "embed"  # lookahead's embedding verifier (pooling)
     PRM = "prm"  # a process reward model's step scores (pooling, or a greedy token PRM)
     SPAN_PROBE = "span_probe"  # SplitReason: would the small model close the big model's span here? (greedy)

@@ -9,17 +9,25 @@ token. The full measurement is `python -m benchmarks.toy_world`.
 
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from benchmarks.toy_judges import judged_mode
 from benchmarks.toy_search import SEARCH_FLAGS, search_accuracy
 from benchmarks.toy_speed import Mode
 from benchmarks.toy_world import MODES, run_config, summarize
+from engine.data.prompts import load_prompt_set
 from engine.reasoning.confidence import keep_most_confident
+from engine.reasoning.judges.aligned import AlignedJudge
+from engine.reasoning.judges.base import StepPair
+from engine.reasoning.judges.embedding import EmbeddingSimilarity
 from engine.reasoning.policies.lookahead import EMBEDDER_SERVER_ARGS
 from engine.records import Role, StepOutcome
 from engine.run.config import ModelConfig
 from engine.run.execute import execute
+from engine.serving.chat import load_chat_format
+from engine.serving.client import ModelClient
+from engine.serving.models import Model
 from engine.serving.servers import serve_models
 from engine.serving.vllm_command import ServerSpec
 from engine.toy.trained import MAX_POSITIONS
@@ -101,10 +109,38 @@ async def test_lookahead_keeps_the_big_model_s_answers_with_drafts_it_verified(t
     )
     for step in steps:  # a kept draft is the small model's text, a replacement the big model's
         assert step.writer == ("small" if step.outcome == StepOutcome.ACCEPTED else "big")
-        assert step.detail["position"] < 3
+        assert rule_of(step) in ("half_sentence", "exact")
+    # The first draft follows the prompt, not a step: the reference rejects it unjudged.
+    assert all(r.tracks[0].steps[0].detail["rejected_by"] == "half_sentence" for r in outcome.records)
     assert all(
         sum(u.completion_tokens for u in s.wasted.values()) > 0 for s in steps if s.outcome == StepOutcome.ACCEPTED
     )
+
+
+def rule_of(step) -> str:
+    """What ruled on a lookahead step's draft: half_sentence, exact or the verifier."""
+    return step.detail.get("kept_by", step.detail.get("rejected_by"))
+
+
+async def test_lookahead_s_judge_model_is_the_small_toy_model_here(toy_servers, tmp_path):
+    # The paper's verifier on vLLM: the small toy model plays the judge (the toy models were never
+    # taught "[aligned]": what keeps the toy world's drafts is the free exact check). Its one-token
+    # request, rendered with the toy chat template, comes back; then a run with it.
+    small = toy_servers["small"]
+    async with aiohttp.ClientSession() as session:
+        model = Model("judge", ModelClient(session, small.model, list(small.urls)), load_chat_format(small.model))
+        pair = StepPair("", (), "", "Add 33 to 57: 90.", "57 + 33 = 90.")
+        verdict = await AlignedJudge(model, load_prompt_set("default")).compare(pair)
+    assert isinstance(verdict.said, str) and verdict.costs[0].usage.completion_tokens <= 1
+    mode = Mode("lookahead_judge", "spec", ("--policy", "lookahead"))
+    outcome = await execute(run_config(mode, {**toy_servers, "judge": small}, 2, tmp_path), progress=False)
+    for record in outcome.records:
+        (track,) = record.tracks
+        assert track.error is None and rule_of(track.steps[0]) == "half_sentence"
+        for step in track.steps:
+            assert step.writer == ("small" if step.outcome == StepOutcome.ACCEPTED else "big")
+            assert rule_of(step) in ("half_sentence", "exact", "judge")
+            assert ("judge" in step.usage) == (rule_of(step) == "judge")
 
 
 async def test_takeover_hands_every_second_paragraph_opening_to_the_big_model(toy_servers, tmp_path):
@@ -171,6 +207,12 @@ async def test_lookahead_s_embedding_verifier_on_a_vllm_embedding_server(toy_ser
     )
     async with serve_models([spec], log_dir=tmp_path / "logs") as running:
         embedder = running["embedder"]
+        # The pair judge itself, on two steps the free check tells apart: a cosine, two embeddings.
+        async with aiohttp.ClientSession() as session:
+            client = ModelClient(session, embedder.model, [embedder.url])
+            similarity = EmbeddingSimilarity(Model("embedder", client, load_chat_format(embedder.model)), 0.99)
+            verdict = await similarity.compare(StepPair("", (), "", "Add 33 to 57: 90.", "57 + 33 = 90."))
+        assert -1 <= verdict.value <= 1 and len(verdict.costs) == 2
         models = {**toy_servers, "embedder": ModelConfig(model=embedder.model, urls=(embedder.url,))}
         flags = ("--policy", "lookahead", "--verifier", "embedding", "--embedding_threshold", "0.99")
         outcome = await execute(
@@ -178,8 +220,11 @@ async def test_lookahead_s_embedding_verifier_on_a_vllm_embedding_server(toy_ser
         )
     (record,) = outcome.records
     steps = record.tracks[0].steps
-    assert steps and all(-1 <= s.score <= 1 for s in steps) and record.tracks[0].error is None
-    assert all(s.usage["embedder"].requests == 2 for s in steps)
+    assert steps and record.tracks[0].error is None
+    # The drafts the free check did not decide, the embeddings did.
+    embedded = [s for s in steps if rule_of(s) == "embedding"]
+    assert all(-1 <= s.score <= 1 and s.usage["embedder"].requests == 2 for s in embedded)
+    assert all("embedder" not in s.usage for s in steps if s not in embedded)
 
 
 async def test_search_judged_step_by_step_picks_better_than_one_sample(toy_servers, tmp_path):

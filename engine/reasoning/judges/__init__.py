@@ -5,6 +5,11 @@ reward model's step reward (`prm`, RSD's judge and search-and-learn's scorer). `
 draft whose value reaches the judge's bar (`--score_threshold` on the 0-9 scale, `--prm_threshold`
 on the reward); a search ranks solutions by every step's value. Adding a judge is one file in this
 package and one entry in `JUDGES`.
+
+A pair judge tells whether two steps written at the same position say the same thing: what
+Lookahead Reasoning's `--verifier` chooses (`PAIR_JUDGES`): the reference's judge model shown only
+the two steps (`judge`), the big model's 0-9 rating in context (`big_rating`), or the cosine of the
+steps' embeddings (`embedding`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.data.prompts import PromptSet
-from engine.reasoning.judges.base import ScoredSteps, ScoreQuery, StepScorer
+from engine.reasoning.judges.aligned import AlignedJudge
+from engine.reasoning.judges.base import PairJudge, ScoredSteps, ScoreQuery, StepScorer
+from engine.reasoning.judges.embedding import EmbeddingSimilarity
+from engine.reasoning.judges.equivalence import EquivalenceRating
 from engine.reasoning.judges.prm import (
     PRM_TOP_LOGPROBS,
     PRMScorer,
@@ -140,6 +148,51 @@ JUDGES: dict[str, JudgeSpec] = {
             every_step=lambda inputs: ProcessRewardJudge(inputs.model, inputs.prm_kind, every_step=True),
             value=lambda verdict: verdict.values[-1],
             top_logprobs=lambda prm_kind: None if prm_kind == "pooling" else PRM_TOP_LOGPROBS,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class PairJudgeSpec:
+    """A registered pair judge: the model role it asks, `build(model, prompts, bar)`, the flag of its
+    bar (None: it answers yes or no), and the logprobs its requests ask of its model (checked
+    against the server before a run)."""
+
+    name: str
+    description: str
+    role: str
+    build: Callable[[Model, PromptSet, float | None], PairJudge]
+    threshold_flag: str | None = None
+    top_logprobs: int | None = None
+
+
+PAIR_JUDGES: dict[str, PairJudgeSpec] = {
+    spec.name: spec
+    for spec in (
+        PairJudgeSpec(
+            name="judge",
+            description="Lookahead Reasoning's: a judge model (--judge_model) shown only the two steps writes one "
+            "greedy token; [aligned] keeps the draft",
+            role=Role.JUDGE,
+            build=lambda model, prompts, bar: AlignedJudge(model, prompts),
+        ),
+        PairJudgeSpec(
+            name="big_rating",
+            description="spectra's: the big model rates 0-9, after the track's reasoning, whether the two steps are "
+            "equivalent (the prompt set's equivalence question); kept at --equivalence_threshold",
+            role=Role.BIG,
+            build=lambda model, prompts, bar: EquivalenceRating(model, prompts, bar),
+            threshold_flag="equivalence_threshold",
+            top_logprobs=SCORE_TOP_LOGPROBS,
+        ),
+        PairJudgeSpec(
+            name="embedding",
+            description="spectra's: the cosine of the two steps' embeddings by --embedder_model; kept at "
+            "--embedding_threshold",
+            role=Role.EMBEDDER,
+            build=lambda model, prompts, bar: EmbeddingSimilarity(model, bar),
+            threshold_flag="embedding_threshold",
         ),
     )
 }

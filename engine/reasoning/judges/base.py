@@ -1,9 +1,12 @@
-"""The contract of a step judge: what it reads (`ScoreQuery`), what it answers (`ScoredSteps`), and
-how a search turns step scores into one (`aggregate_step_scores`, search-and-learn's `aggregate_scores`).
+"""The contracts of the judges: a step judge's (what it reads, `ScoreQuery`; what it answers,
+`ScoredSteps`; how a search turns step scores into one, `aggregate_step_scores`, search-and-learn's
+`aggregate_scores`) and a pair judge's (`StepPair` in, `PairVerdict` out).
 
 `StepScorer` is the one interface of everything that scores steps: SpecReason's 0-9 judge
 (`judges/specreason.py`) and process reward models (`judges/prm.py`); policies and search
-strategies share it.
+strategies share it. `PairJudge` is the interface of what tells whether two steps written at the
+same position say the same thing (Lookahead Reasoning's verifiers: `judges/aligned.py`,
+`judges/equivalence.py`, `judges/embedding.py`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,43 @@ class StepScorer(Protocol):
     name: str
 
     async def score(self, query: ScoreQuery) -> ScoredSteps: ...
+
+
+@dataclass(frozen=True)
+class StepPair:
+    """What a pair judge reads: the big model's own step and the small model's draft written at the
+    same position, and what came before them (the problem, the track's conversation, the reasoning)."""
+
+    problem: str
+    messages: tuple[Message, ...]
+    reasoning: str
+    step: str
+    draft: str
+
+
+@dataclass
+class PairVerdict:
+    """A pair judge's ruling: whether the draft says what the step says; `value` is what it was
+    decided on (a rating, a similarity; None for a judge that answers yes or no), `said` the text
+    the judge wrote (None: it wrote none), `costs` the entries of its requests."""
+
+    same: bool
+    value: float | None = None
+    distribution: dict[str, float] | None = None
+    said: str | None = None
+    costs: list[RequestCost] = field(default_factory=list)
+
+
+class PairJudge(Protocol):
+    """Anything that tells whether a draft says what the big model's step at its position says."""
+
+    name: str
+
+    async def compare(self, pair: StepPair) -> PairVerdict: ...
+
+    def cancelled(self) -> list[RequestCost]:
+        """The entries of its requests for one pair, cancelled in flight."""
+        ...
 
 
 STEP_SCORE_AGGREGATIONS = ("last", "min", "prod")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from engine.data.prompts import PromptSet
@@ -105,6 +105,10 @@ class PolicySpec(Generic[S]):
     one_request: Callable[[S], bool] = lambda settings: False
     # What these settings cannot do with the track's reasoning config (one line), or None.
     check_track: Callable[[S, ReasoningConfig], str | None] = lambda settings, reasoning: None
+    # The track flags (`ReasoningConfig`'s) this policy's paper sets otherwise than SpecReason, given
+    # to those a user left unset (Lookahead Reasoning's 100-token steps); a runner's own defaults
+    # (the demo's short steps) and the user's flags come over them.
+    track_defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def roles_for(self, settings: S) -> tuple[str, ...]:
         return self.roles if self.needed_roles is None else self.needed_roles(settings)

@@ -163,7 +163,7 @@ def test_unknown_set_lists_the_available_ones():
         load_prompt_set("nosuchset")
     message = str(caught.value)
     assert "unknown prompt set 'nosuchset'" in message
-    assert "default, methods, rast, roles" in message
+    assert "default, lookahead, methods, rast, roles" in message
 
 
 @pytest.mark.parametrize(
@@ -242,3 +242,10 @@ def test_a_set_passing_problems_through_sends_the_problem_alone_and_keeps_its_ot
     assert through.render_problem("What is 1 + 1?", method="Tip.") == "Tip.\n\nWhat is 1 + 1?"
     bare = {"problem": "", "problem_method": ""}
     assert dataclasses.replace(through.templates, **bare) == dataclasses.replace(default.templates, **bare)
+
+
+def test_the_lookahead_set_sends_the_problem_message_of_lookahead_reasoning_s_code():
+    # hao-ai-lab/LookaheadReasoning src/lr.py never formats its string: "\\boxed{{}}" reaches the model doubled.
+    question = "What is 6 * 7?"
+    expected = question + "\nPlease reason step by step, and put your final answer within \\boxed{{}}.\n"
+    assert load_prompt_set("lookahead").render_problem(question) == expected

@@ -56,17 +56,23 @@ def rast_request(body):
 ANY_REQUEST = {"score": a_high_rating, "verify": a_high_rating, "rast": rast_request}
 
 
+def roles_of(spec) -> tuple[str, ...]:
+    """The big and small models, and any other a policy's default settings call (lookahead's judge)."""
+    return tuple(dict.fromkeys(("big", "small", *spec.roles_for(spec.settings()))))
+
+
 @pytest.mark.parametrize("name", list(POLICIES))
 async def test_every_policy_writes_one_step_with_default_settings(make_models, name):
     spec = POLICIES[name]
     assert issubclass(spec.settings, Settings) and dataclasses.is_dataclass(spec.settings)
     async with FakeOpenAIServer(a_step, by_purpose=ANY_REQUEST) as server:
-        models = make_models(**{role: server for role in ("big", "small")})
+        models = make_models(**{role: server for role in roles_of(spec)})
         handles = track_models(models, TrackSetup(track_id=0, policy=name, seed=1))
         policy = spec.start(spec.settings(), handles, PROMPTS, ReasoningConfig())
         messages = track_messages(PROBLEM, PROMPTS, None)
         ctx = StepContext(handles, messages, "", (), 0, ReasoningConfig(), PROMPTS, PROBLEM.problem)
         result = await policy.step(ctx)
+        policy.close()  # what a policy started ahead of the step is cancelled with the track
     assert result.step.text and result.step.writer in spec.roles
     assert result.ending in tuple(StepEnding)
     assert set(result.step.usage) <= set(spec.roles)
@@ -76,7 +82,7 @@ async def test_every_policy_writes_one_step_with_default_settings(make_models, n
 @pytest.mark.parametrize("name", [name for name, spec in POLICIES.items() if spec.gives_token_logprobs])
 async def test_a_policy_that_gives_token_logprobs_records_every_kept_token_s_confidence(make_models, name):
     async with FakeOpenAIServer(a_step, by_purpose=ANY_REQUEST) as server:
-        models = make_models(**{role: server for role in ("big", "small")})
+        models = make_models(**{role: server for role in roles_of(POLICIES[name])})
         record = await run_one_track(models, PROBLEM, PROMPTS, policy=name, seed=1, token_logprobs=3)
     steps = [s for s in record.steps if s.tokens]
     assert steps and all(len(s.token_confidence) == len(s.token_logprob) == s.tokens for s in steps)

@@ -32,6 +32,9 @@ PROBLEM = Problem(id="p7", problem="What is 6 * 7?", answer="42")
 # Where no first step goes wrong: nothing drafted ahead is thrown away, so the requests a run sends
 # do not depend on when a cancellation reaches the server.
 CLEAN = Problem(id="p8", problem="What is 7 * 6?", answer="42")
+# Where the small model words its steps otherwise than the big one (a verifier rules on each), and
+# nothing goes wrong either.
+VARIED = Problem(id="p9", problem="What is 21 * 2?", answer="42")
 PROMPTS = load_prompt_set("default")
 SEED = 20240611
 
@@ -47,6 +50,8 @@ def responder(body):
     answer after three."""
     prompt, writer = body["prompt"], body["model"]
     wrong = writer == "small" and PROBLEM.problem in prompt
+    if prompt.endswith("["):  # Lookahead Reasoning's judge model, shown two steps
+        return Reply(text="aligned", tokens=["aligned"])
     if body["max_tokens"] == 1:  # a score or an equivalence rating
         digit = "2" if "wrong" in prompt.rpartition("<think>")[2].rpartition("Step 1")[2][:8] else "9"
         return Reply(text=digit, top_logprobs=[{digit: -0.01, "0": -5.0}])
@@ -56,6 +61,8 @@ def responder(body):
         return Reply(text="\\boxed{42}")
     n = step_count(prompt)
     text = "So \\boxed{42}." if n >= 3 else f"Step {n + 1}{' wrong' if wrong and n == 0 else ''}."
+    if writer == "small" and VARIED.problem in prompt and n < 3:
+        text = f"Step {n + 1}, small."
     if body.get("include_stop_str_in_output"):  # a search step keeps its delimiter
         return Reply(text=text + "\n\n", stop_reason="\n\n")
     if "stop" not in body:  # a continuous chunk (SplitReason) or a whole reasoning
@@ -74,9 +81,24 @@ SCENARIOS = {
     "spec": dict(policy="spec", policy_settings=SpecSettings(first_n_steps_base_model=1)),
     "spec_pipelined": dict(policy="spec", policy_settings=SpecSettings(pipeline_depth=2), problem=CLEAN),
     "random_switch": dict(policy="random_switch"),
-    # One step a round: a replaced draft leaves nothing in flight to cancel.
-    "lookahead": dict(policy="lookahead", policy_settings=LookaheadSettings(lookahead_steps=1, verifier="exact")),
-    "lookahead_judge": dict(policy="lookahead", policy_settings=LookaheadSettings(lookahead_steps=2), problem=CLEAN),
+    # Lookahead's pins were taken anew at issue 33 (point 4: the window rolls, the reference's
+    # checks). Every draft is kept, so nothing ahead is cancelled (the first draft too: the
+    # reference's rejection of it would cancel what was started on it, at a time the server decides).
+    "lookahead": dict(
+        policy="lookahead",
+        policy_settings=LookaheadSettings(lookahead_steps=1, verifier="exact", judge_half_sentences=True),
+        problem=CLEAN,
+    ),
+    "lookahead_judge": dict(
+        policy="lookahead",
+        policy_settings=LookaheadSettings(lookahead_steps=2, verifier="big_rating", judge_half_sentences=True),
+        problem=VARIED,
+    ),
+    "lookahead_aligned": dict(
+        policy="lookahead",
+        policy_settings=LookaheadSettings(lookahead_steps=2, judge_half_sentences=True),
+        problem=VARIED,
+    ),
     # The big model's every second opening ends the track: the responder writes no cue words.
     "takeover": dict(policy="takeover", policy_settings=TakeoverSettings(takeover_every=2)),
     "logprob_subselect": dict(
@@ -108,7 +130,7 @@ async def run_scenario(make_models, tmp_path, name):
     (tmp_path / "config.json").write_text('{"model_type": "qwen2", "architectures": ["Qwen2ForProcessRewardModel"]}')
     records = []
     async with FakeOpenAIServer(responder, pooler=pooler) as server:
-        models = make_models(big=server, small=server, prm=server, sources={"prm": str(tmp_path)})
+        models = make_models(big=server, small=server, prm=server, judge=server, sources={"prm": str(tmp_path)})
         config = RunConfig(
             runner="test",
             output_dir="unused",
@@ -158,8 +180,10 @@ PINNED = {
     "spec": (14, "9e7d013e8623e280", "4772aa73f28ad034"),
     "spec_pipelined": (16, "9cb0d9cfae3888e0", "c7543a4870f8a7c3"),
     "random_switch": (8, "c20e3264c7bb2f36", "0bf3c358bb00d77d"),
-    "lookahead": (16, "ae6bc1a651d9ef14", "875085bb421aaf51"),
-    "lookahead_judge": (24, "b12a35fe364a8177", "2ebbd039b7f925dc"),
+    # Lookahead's, as printed at issue 33 (point 4), the scenarios' comment says why.
+    "lookahead": (16, "e8e1afc6318949c3", "f36b14910d1a301d"),
+    "lookahead_judge": (22, "7e502377660ab468", "c7f5b5ed46e4a550"),
+    "lookahead_aligned": (22, "f972ecb9101e047b", "39bcfde020609e71"),
     # Re-pinned for issue 33 (Speculative Thinking as its code runs it: peeks, a continuous text).
     "takeover": (16, "2e20626c15f7cb33", "509320c80027a537"),
     "logprob_subselect": (26, "03f0307382935e17", "ee437692bf4f2cfc"),

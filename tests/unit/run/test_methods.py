@@ -43,8 +43,10 @@ def names(methods):
 
 def test_what_a_set_of_models_can_run():
     both = names(available_methods(["big", "small"]))
-    assert {"spec", "base", "scale", "spec_scale", "spec+vote", "big+deepconf", "lookahead+vote"} <= both
-    assert not {"search", "rast", "split", "best_of_n"} & both
+    assert {"spec", "base", "scale", "spec_scale", "spec+vote", "big+deepconf"} <= both
+    assert not {"search", "rast", "split", "best_of_n", "lookahead+vote"} & both
+    # Lookahead Reasoning's default verifier is a judge model of its own.
+    assert "lookahead+vote" in names(available_methods(["big", "small", "judge"]))
     small_prm = names(available_methods(["small", "prm"]))
     assert {"search", "best_of_n", "beam_search", "dvts", "small+vote"} <= small_prm
     assert not {"spec", "spec+vote", "base"} & small_prm

@@ -33,6 +33,9 @@ RUNS = [
     ("big", "deepconf", {"deepconf_traces": 4}),
     ("spec", "deepconf", {"deepconf_traces": 4}),
     ("lookahead", "vote", {"verifier": "exact"}),
+    # Lookahead's verifiers rule on the first draft too (the reference rejects it unjudged).
+    ("lookahead", "vote", {"judge_half_sentences": True}),
+    ("lookahead", "vote", {"verifier": "big_rating", "judge_half_sentences": True}),
     ("small", "best_of_n", {"scorer": "judge"}),
     ("big", "rast", {"rast_logprobs": 3, "rast_aux_logprobs": 30, "rast_mode": "speculative"}),
     ("big", "deepconf", {"deepconf_top_logprobs": 7, "deepconf_traces": 4}),
@@ -48,7 +51,7 @@ def config_of(policy: str, strategy: str, changes: dict, tmp_path, reasoning: Re
     policy_fields = {f.name for f in dataclasses.fields(POLICIES[policy].settings)}
     # A local Qwen-style pooling PRM config: how the search reads its PRM is decided from it.
     (tmp_path / "config.json").write_text('{"model_type": "qwen2", "architectures": ["Qwen2ForProcessRewardModel"]}')
-    roles = ("big", "small", "prm", "embedder", "base", "positive", "negative")
+    roles = ("big", "small", "prm", "embedder", "judge", "base", "positive", "negative")
     return RunConfig(
         runner="test",
         output_dir=str(tmp_path / "run"),
@@ -62,6 +65,13 @@ def config_of(policy: str, strategy: str, changes: dict, tmp_path, reasoning: Re
     )
 
 
+def a_draft_worded_otherwise(body):
+    """The small model's draft, in other words than the big model's step: lookahead's verifier rules."""
+    step = a_step(body)
+    step.text = step.text.replace("so", "thus")
+    return step
+
+
 def pooler_of(role: str):
     """What the role's server pools: an embedding model's one vector per input, or a PRM's rows."""
     return (lambda body: [1.0, 0.0]) if role == "embedder" else any_pooling
@@ -72,10 +82,11 @@ async def test_the_logprobs_expected_of_each_role_are_those_its_requests_ask(
     make_models, tmp_path, policy, strategy, changes
 ):
     config = config_of(policy, strategy, changes, tmp_path)
+    draft = a_draft_worded_otherwise if policy == "lookahead" else a_step
     async with contextlib.AsyncExitStack() as stack:
         servers = {
             role: await stack.enter_async_context(
-                FakeOpenAIServer(a_step, by_purpose=ANY_REQUEST, pooler=pooler_of(role))
+                FakeOpenAIServer(a_step, by_purpose={**ANY_REQUEST, "draft": draft}, pooler=pooler_of(role))
             )
             for role in roles_needed(config)
         }

@@ -134,6 +134,29 @@ def refusal(capsys, tmp_path, runner, *argv):
             "--prm_threshold must be between 0 and 1, not 1.5",
         ),
         ("spec", [*BOTH, "--scorer", "prm"], "--prm_model"),
+        # Lookahead Reasoning's judge model is a role of its own; a verifier's bar under another (issue 33.4)
+        ("spec", [*BOTH, "--policy", "lookahead"], "this run needs the judge model: give --judge_model"),
+        (
+            "spec",
+            [*BOTH, "--policy", "lookahead", "--verifier", "exact", "--judge_model", "judge-model"],
+            "--judge_model is for the judge model, which this run (lookahead, vote) does not call",
+        ),
+        (
+            "spec",
+            [
+                *BOTH,
+                "--policy",
+                "lookahead",
+                "--judge_model",
+                "j",
+                "--judge_url",
+                NOWHERE,
+                "--embedding_threshold",
+                "1",
+            ],
+            "--embedding_threshold changes nothing here: --verifier judge rules, and it is the bar of --verifier "
+            "embedding; add --verifier embedding",
+        ),
         (
             "search",
             [*SMALL, *BIG, "--scorer", "judge", "--prm_kind", "token"],

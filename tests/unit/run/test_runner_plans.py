@@ -96,6 +96,25 @@ def test_the_model_that_reasons_alone_also_answers_and_selects_in_speclrm_s_base
     assert "answer_model" not in plan_defaults(RUNNERS["spec"], "small")
 
 
+def test_lookahead_takes_its_reference_s_step_size_where_no_runner_or_flag_sets_one(toy_dir):
+    # Lookahead Reasoning's steps are 100 tokens (its `step_tokens`), SpecReason's 512; the demo's
+    # short steps and a flag given come over it.
+    assert plan_defaults(RUNNERS["spec"], "lookahead")["max_step_tokens"] == 100
+    assert "max_step_tokens" not in plan_defaults(RUNNERS["spec"], "spec")
+    models = ["--big_model", "b", "--small_model", "s"]
+    lookahead = ["--policy", "lookahead", "--judge_model", "j"]
+    for argv, tokens in (
+        (lookahead, 100),
+        ([*lookahead, "--max_step_tokens", "512"], 512),
+        (["--policy", "spec"], 512),
+    ):
+        assert build_config(*parse_run_flags("spec", [*models, *argv])).reasoning.max_step_tokens == tokens
+    demo = build_config(*parse_run_flags("spec", ["--policy", "lookahead", "--toy_models_dir", toy_dir]))
+    assert demo.reasoning.max_step_tokens == 48
+    # The demo's judge is the small toy model (never taught "[aligned]": the free check keeps its drafts).
+    assert demo.models["judge"].model == demo.models["small"].model
+
+
 def translated(runner, **flags):
     given = dict(flags)
     out = RUNNERS[runner].translate(given)
