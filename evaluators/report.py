@@ -157,7 +157,7 @@ def plot_score_histogram(path: Path, summaries: list[RunSummary]) -> Path:
         positions = [b - 0.4 + width * (index + 0.5) for b in range(SCORE_BINS)]
         axes.bar(positions, shares, width=width, label=s.name)
     axes.set_xticks(range(SCORE_BINS))
-    axes.set_xlabel("step score (floor)")
+    axes.set_xlabel("step score (floor; a PRM's reward in tenths)")
     axes.set_ylabel("share of scored steps (%)")
     axes.set_title("Scores of drafted steps")
     axes.legend()

@@ -31,7 +31,7 @@ never a complete sample; failed tracks count, as wrong):
   request cancelled mid-generation counts as a request with no tokens, so wasted tokens are a
   lower bound.
 - steps (speculative modes, steps with a score; not search records): acceptance_rate = scored steps kept as
-  drafted / scored steps; score_histogram counts floor(score) in bins 0-9.
+  drafted / scored steps; score_histogram counts floor(score) in bins 0-9 (a PRM's reward in tenths).
 - latency: mean, p50, p95 of `latency_s` per record. requests: per record, all models.
 - ledger: per model role, server time: request seconds, each server's busy seconds, the share of
   prompt tokens served from cache and the queue share; defined in `evaluators.ledger`.
@@ -341,7 +341,10 @@ def _step_summary(records: list[ProblemRecord]) -> StepSummary:
         scored_steps=len(checked),
         accepted_steps=accepted,
         acceptance_rate=metrics.ratio(accepted, len(checked)),
-        score_histogram=metrics.score_histogram([s.score for s in checked if s.score is not None]),
+        # On the 0-9 judge's scale: a PRM's reward in [0, 1] counts in tenths.
+        score_histogram=metrics.score_histogram(
+            [s.score * 10 if s.judge == "prm" else s.score for s in checked if s.score is not None]
+        ),
     )
 
 

@@ -132,6 +132,7 @@ def step_payload(step: StepRecord) -> dict[str, Any]:
     out: dict[str, Any] = {"w": step.writer, "o": step.outcome, "t": step.text, "n": step.tokens}
     optional = (
         ("s", step.score),
+        ("j", step.judge),
         ("d", step.score_distribution),
         ("dr", step.draft),
         ("e", step.ending or None),

@@ -201,7 +201,7 @@ function legend(drafts) {
     el("span", {}, el("span", { class: "dot", style: "background:var(--small)" }), "small model wrote it"),
     el("span", {}, el("span", { class: "dot", style: "background:var(--big)" }), "big model wrote it"),
     el("span", {}, el("span", { class: "dot", style: "background:var(--other)" }), "another model"),
-    drafts ? el("span", {}, "score: the judge's 0-9 rating of a draft, grey bars its probability of each score; struck-through: a draft the judge rejected") : null);
+    drafts ? el("span", {}, "score: the judge's 0-9 rating of a draft (a PRM judge: its reward in [0, 1]), grey bars its probability of each score; struck-through: a draft the judge rejected") : null);
 }
 
 function problemPage(r, i) {
@@ -275,7 +275,7 @@ function distribution(d) {
 
 function stepMeta(s, j) {
   const parts = [`step ${j + 1}`, writerName(s.w), OUTCOMES[s.o] || s.o, `${s.n} tokens`];
-  if (s.s !== undefined) parts.push(`score ${fmt(s.s, 1)}`);
+  if (s.s !== undefined) parts.push(s.j === "prm" ? `PRM reward ${fmt(s.s, 2)}` : `score ${fmt(s.s, 1)}`);
   if (s.e && s.e !== "delimiter") parts.push(`ended: ${ENDS[s.e] || s.e}`);
   return el("div", { class: "meta" }, parts.join(" · "));
 }

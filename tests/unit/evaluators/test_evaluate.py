@@ -463,3 +463,13 @@ def test_baseline_comparison_is_quiet_when_concurrency_matches(spec_run, base_ru
     captured = capsys.readouterr()
     assert json.loads(captured.out)["comparisons"][0]["concurrency_note"] is None
     assert "concurrency_differs" not in captured.err
+
+
+def test_a_prm_judges_rewards_count_in_tenths_on_the_score_histogram(tmp_path):
+    steps = [
+        StepRecord(index=0, text="s", writer="small", tokens=5, score=0.75, judge="prm", outcome=StepOutcome.ACCEPTED),
+        StepRecord(index=1, text="b", writer="big", tokens=5, score=0.31, judge="prm", outcome=StepOutcome.REWRITTEN),
+        StepRecord(index=2, text="c", writer="small", tokens=5, score=1.0, judge="prm", outcome=StepOutcome.ACCEPTED),
+    ]
+    run = write_run(tmp_path / "r", [record("1", 0, "1", "1", [track(0, "1", steps=steps)])], mode="spec")
+    assert evaluate(run).steps.score_histogram == [0, 0, 0, 1, 0, 0, 0, 1, 0, 1]
