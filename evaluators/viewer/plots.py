@@ -23,7 +23,10 @@ def run_plots(summary: RunSummary, latencies: list[float]) -> dict[str, str]:
         out["latency"] = histogram(latencies, "seconds per problem")
     if summary.steps.scored_steps:
         counts = dict(enumerate(summary.steps.score_histogram))
-        out["scores"] = columns({str(k): float(v) for k, v in counts.items()}, "judge score of checked drafts (0-9; a PRM's reward in tenths)")
+        out["scores"] = columns(
+            {str(k): float(v) for k, v in counts.items()},
+            "judge score of checked drafts (0-9; a PRM's reward in tenths)",
+        )
     return out
 
 
