@@ -373,7 +373,8 @@ async def test_a_killed_server_restarted_on_its_port_lets_the_run_finish(vllm_se
         "--big_model", vllm_servers.big.model, "--big_url", vllm_servers.big.url,
         "--small_model", vllm_servers.small.model, "--small_url", url,
         "--problem_id", "0-3", "--tracks", "2", *(f"--{name}={value}" for name, value in SHORT.items()),
-        "--output_dir", str(out), "--no_progress", "--log_json", "--max_attempts", str(MAX_ATTEMPTS),
+        "--output_dir", str(out), "--no_progress", "--log_json", "--log_level", "info",
+        "--max_attempts", str(MAX_ATTEMPTS),
     ]  # fmt: skip
     # restarts=None: a server the user runs, which nobody restarts but the test.
     async with serve_models([spec], log_dir=tmp_path / "first", restarts=None) as first:

@@ -108,7 +108,7 @@ def runner_command(servers, out: Path, *flags: str, runner: str = "spec") -> lis
         sys.executable, "-m", f"runners.{runner}",
         "--big_model", servers.big.model, "--big_url", servers.big.url,
         "--small_model", servers.small.model, "--small_url", servers.small.url,
-        "--output_dir", str(out), "--no_progress", "--log_json",
+        "--output_dir", str(out), "--no_progress", "--log_json", "--log_level", "info",
         *(f"--{name}={value}" for name, value in SHORT.items()),
         *flags,
     ]  # fmt: skip
@@ -189,7 +189,8 @@ async def test_an_interrupt_stops_the_servers_spectra_started(
         *SPECTRA, "run",
         "--toy_models_dir", str(toy_models.small.parent),
         "--server_log_dir", str(tmp_path / "server-logs"),
-        "--output_dir", str(tmp_path / "run"), "--repeat_id", "0-9", "--no_progress", "--log_json",
+        "--output_dir", str(tmp_path / "run"), "--repeat_id", "0-9",
+        "--no_progress", "--log_json", "--log_level", "info",
     ]  # fmt: skip
     runner = await launch(command)
 
@@ -199,7 +200,8 @@ async def test_an_interrupt_stops_the_servers_spectra_started(
     def models_ready() -> bool:
         return any(e["event"] == "run_models_ready" for e in runner.events())
 
-    await wait_until(lambda: len(urls()) == len(runner.find_servers()) == 2, "the servers", runner)
+    # The demo's servers: the big model, the small one and the PRM that judges spec's drafts.
+    await wait_until(lambda: len(urls()) == len(runner.find_servers()) == 3, "the servers", runner)
     if moment == "while_requests_run":
         await wait_until(models_ready, "healthy servers", runner, within_s=300)
         await wait_until(lambda: requests_running(http, urls()), "a request on spectra's servers", runner)
@@ -210,7 +212,7 @@ async def test_an_interrupt_stops_the_servers_spectra_started(
 
     assert code == 128 + sig, runner.stderr()[-3000:]
     assert models_ready() == (moment == "while_requests_run")
-    assert sorted(e["name"] for e in runner.events() if e["event"] == "server_stopped") == ["big", "small"]
+    assert sorted(e["name"] for e in runner.events() if e["event"] == "server_stopped") == ["big", "prm", "small"]
     alive = {pid: cmd for pid, (_, group, cmd) in _processes().items() if group in groups}
     assert alive == {}, f"processes of the servers spectra started survived: {alive}"
     for url in urls():

@@ -22,7 +22,7 @@ from engine.serving.chat import load_tokenizer
 from evaluators.viewer.build import VIEWER_FILE
 
 FINISH_REASONS = {"answer", "think_end", "eos", "repeat", "budget"}
-SHORT = dict(token_budget=96, max_step_tokens=24, answer_max_tokens=16, seed=1)
+SHORT = dict(token_budget=96, max_step_tokens=24, seed=1)
 
 
 def config_for(

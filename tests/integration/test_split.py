@@ -40,7 +40,7 @@ def test_runners_split_runs_each_mode(vllm_servers, tmp_path, mode):
     # The models the mode calls: a run refuses a model it does not call.
     for role in [policy] if policy in ("big", "small") else ["big", "small"]:
         command += [f"--{role}_model", getattr(servers, role).model, f"--{role}_url", getattr(servers, role).url]
-    command += ["--max_tokens", "48", "--answer_max_tokens", "8", "--seed", "3", "--output_dir", str(out)]
+    command += ["--max_tokens", "48", "--seed", "3", "--output_dir", str(out)]
     result = subprocess.run([*command, "--no_progress"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (record,) = read_records(out / RECORDS_FILE).records

@@ -61,7 +61,8 @@ class Runner:
 
     @classmethod
     async def start(cls, module: str, out: Path, *flags: str) -> "Runner":
-        command = [sys.executable, "-m", module, *flags, "--output_dir", str(out), "--no_progress", "--log_json"]
+        logs = ("--no_progress", "--log_json", "--log_level", "info")  # the events the test waits for
+        command = [sys.executable, "-m", module, *flags, "--output_dir", str(out), *logs]
         return cls(await asyncio.create_subprocess_exec(*command, stdout=PIPE, stderr=PIPE))
 
     async def _read(self) -> None:
@@ -114,6 +115,8 @@ async def test_the_seeded_search_that_crashed_vllm_cpu_finishes_through_a_killed
     try:
         url = (await runner.wait_event("server_starting", name="small"))["url"]
         first = await runner.wait_event("server_ready", name="small")
+        # After the warm-up's one request: what runs then is the problems'.
+        await runner.wait_event("server_warmed", role="small")
 
         async def serving() -> bool:
             return await metric(session, url, "vllm:num_requests_running") >= 1
