@@ -31,7 +31,7 @@ from engine.api.catalog import CHOOSING_FLAGS, Catalog
 from engine.api.service import ReasoningService
 from engine.errors import ServerSettingError, SpectraError, Terminated, UsageError
 from engine.logging import configure_logging, write_log_to
-from engine.run.demo import demo_models
+from engine.run.demo import demo_model_flags
 from engine.run.execute import build_models, model_endpoints, roles_needed
 from engine.run.flags import MODEL_ROLES, ArgumentParser, add_flag, add_run_arguments, run_groups
 from engine.run.keys import with_environment_keys
@@ -140,7 +140,7 @@ async def running_api(
     roles = [role for role in MODEL_ROLES if flags.get(f"{role}_model")]
     if not roles:  # the toy demo's trained pair
         roles = ["big", "small"]
-        flags = {**flags, **{f"{r}_model": m.model for r, m in demo_models(flags, roles).items()}}
+        flags = {**flags, **demo_model_flags(flags, roles)}
     output_root = Path(flags["output_dir"]) if flags.get("output_dir") else None
     catalog = Catalog(flags, roles, output_root)
     offered = list(catalog.defaults.values())

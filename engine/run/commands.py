@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from engine import loop
 from engine.errors import UsageError
 from engine.logging import write_log_to
+from engine.run.config import ModelConfig
 from engine.run.demo import demo_models
 from engine.run.flags import SERVER_RESTARTS_HELP, add_common_arguments, add_flag
 from engine.run.keys import SERVE_KEY_ENV, serve_key
@@ -77,9 +78,9 @@ def _serve(args: argparse.Namespace) -> int:
     from engine.serving.vllm_command import ServerSpec, model_context_length
 
     if args.big_model or args.small_model:
-        pairs = [(r, m) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
+        pairs = [(r, ModelConfig(m)) for r, m in (("big", args.big_model), ("small", args.small_model)) if m]
     else:
-        pairs = [(role, m.model) for role, m in demo_models(vars(args), ["big", "small"]).items()]
+        pairs = list(demo_models(vars(args), ["big", "small"]).items())
     last_port = 65536 - len(pairs)  # the servers take --port, --port + 1, ...
     if args.port is not None and not 1 <= args.port <= last_port:
         raise UsageError(f"--port must be between 1 and {last_port}, not {args.port}")
@@ -87,10 +88,11 @@ def _serve(args: argparse.Namespace) -> int:
     specs = [
         ServerSpec(
             name=role,
-            model=model,
-            max_model_len=args.max_model_len or model_context_length(model),
+            model=model.model,
+            max_model_len=args.max_model_len or model_context_length(model.model),
             host=args.host,
             port=None if args.port is None else args.port + number,
+            extra_args=model.server_args,
             api_key=key,
         )
         for number, (role, model) in enumerate(pairs)

@@ -11,6 +11,7 @@ folder of its own, on one set of servers started and warmed once (`run_demo`).
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -55,9 +56,9 @@ def demo_defaults(defaults: Mapping[str, Any]) -> dict[str, Any]:
 def demo_models(flags: Mapping[str, Any], roles: Collection[str]) -> dict[str, ModelConfig]:
     """The demo's models: the trained toy pair, the trained toy PRM when the run scores with one
     (its causal-LM twin for `--prm_kind tag_token`, else the pooling model as a real PRM is served),
-    and the small toy model as lookahead's embedder or judge."""
+    and the small toy model as lookahead's embedder or judge; each served in float32."""
     from engine.toy.tiny_prm import prm_server_args
-    from engine.toy.trained import make_toy_models
+    from engine.toy.trained import SERVER_ARGS, make_toy_models
 
     given = next((f"{r}_{x}" for r in MODEL_ROLES for x in ROLE_FLAGS[1:] if flags.get(f"{r}_{x}")), None)
     if given is not None:
@@ -66,20 +67,28 @@ def demo_models(flags: Mapping[str, Any], roles: Collection[str]) -> dict[str, M
     folder = Path(flags.get("toy_models_dir") or TOY_MODELS_DIR)
     toy = make_toy_models(folder)
     # The costly big model: the trained big model's function at a big model's cost per token.
-    models = {"big": ModelConfig(model=str(toy.costly_big)), "small": ModelConfig(model=str(toy.small))}
+    # The costly big model: the trained big model's function at a big model's cost per token.
+    served = {"big": (toy.costly_big, ()), "small": (toy.small, ())}
     if "prm" in roles:
         kind = flags.get("prm_kind")
         if kind == "token":
             raise UsageError("the toy PRM is read by pooling or by its tag token: give --prm_kind pooling or tag_token")
-        if kind == DEMO_PRM_KIND:
-            models["prm"] = ModelConfig(model=str(toy.prm_token))
-        else:
-            models["prm"] = ModelConfig(model=str(toy.prm), server_args=prm_server_args(toy.prm))
+        served["prm"] = (toy.prm_token, ()) if kind == DEMO_PRM_KIND else (toy.prm, prm_server_args(toy.prm))
     if "embedder" in roles:  # lookahead's embedding verifier: the small toy model's pooled states
-        models["embedder"] = ModelConfig(model=str(toy.small), server_args=EMBEDDER_SERVER_ARGS)
+        served["embedder"] = (toy.small, EMBEDDER_SERVER_ARGS)
     if "judge" in roles:  # lookahead's judge: the small toy model, never taught [aligned] (README)
-        models["judge"] = ModelConfig(model=str(toy.small))
-    return models
+        served["judge"] = (toy.small, ())
+    return {
+        role: ModelConfig(model=str(path), server_args=(*args, *SERVER_ARGS)) for role, (path, args) in served.items()
+    }
+
+
+def demo_model_flags(flags: Mapping[str, Any], roles: Collection[str]) -> dict[str, str]:
+    """`demo_models` as the flags that give them (`--big_model`, `--big_server_args`, ...)."""
+    chosen = {}
+    for role, model in demo_models(flags, roles).items():
+        chosen[f"{role}_model"], chosen[f"{role}_server_args"] = model.model, shlex.join(model.server_args)
+    return chosen
 
 
 def is_demo(flags: Mapping[str, Any]) -> bool:

@@ -38,6 +38,10 @@ FORMAT_VERSION = 1
 # RoPE positions: no weights depend on it; room for the seeds' 8192-token single-request baselines.
 MAX_POSITIONS = 16384
 VOCAB_SIZE = 2048
+# vLLM's `--dtype auto` serves a float32 checkpoint in bfloat16 on a CPU: slow there without native
+# bf16 kernels, and the costly big model no longer bit-identical to the trained one. The toy models
+# are measured and tested in float32; every server spectra starts for one gets these flags.
+SERVER_ARGS = ("--dtype", "float32")
 # The models were trained with `<think>\n` before the steps. A first step starts from the template's
 # generation prompt, which for reasoning models (DeepSeek-R1's template) already ends with
 # `<think>\n`; earlier assistant turns (SpecReason's scoring conversation holds one) get the newline

@@ -195,7 +195,10 @@ def test_the_demo_command_starts_its_own_servers_and_prints_a_summary(toy_models
     assert "run_start" not in result.stderr
     log = (tmp_path / "demo" / LOG_FILE).read_text()
     assert log.count("server_warmed") == 3 and log.count("run_start") == 3
-    assert sorted(p.name for p in (tmp_path / "demo" / "server-logs").iterdir()) == ["big.log", "prm.log", "small.log"]
+    server_logs = sorted((tmp_path / "demo" / "server-logs").iterdir())
+    assert [p.name for p in server_logs] == ["big.log", "prm.log", "small.log"]
+    # the float32 toy models as they are measured (vLLM's dtype auto would serve them in bfloat16)
+    assert all("dtype=torch.float32" in p.read_text() for p in server_logs)
 
     # stdout: the table, the run folders, one line per method against the big model alone
     table, folders, comparison = (block.splitlines() for block in result.stdout.rstrip("\n").split("\n\n"))

@@ -6,9 +6,11 @@ import json
 from engine.logging import LOG_FILE, configure_logging
 from engine.reasoning.settings import ReasoningConfig
 from engine.run.config import DataConfig, ModelConfig, RunConfig
-from engine.run.demo import DemoRun, demo_runs, run_demo
+from engine.run.configure import config_of_command
+from engine.run.demo import DemoRun, demo_model_flags, demo_runs, run_demo
 from engine.run.runner_plans import RUNNERS
 from engine.run.store import MANIFEST_FILE
+from engine.serving.vllm_command import ServerSpec, server_command
 from tests.fake_openai import FakeOpenAIServer, Reply
 from tests.paths import REPO_ROOT
 
@@ -74,3 +76,24 @@ def test_scorer_names_the_one_judge_the_demo_runs():
     assert (judge.name, judge.folder_suffix, big.name) == ("spec (big judge)", "", "big model alone")
     (prm, _) = demo_runs(RUNNERS["spec"], {"scorer": "prm", "prm_kind": "pooling"})
     assert prm.flags["prm_kind"] == "pooling"
+
+
+def test_every_toy_model_is_served_in_float32_as_it_is_measured(tmp_path):
+    """vLLM's --dtype auto would serve the float32 toy checkpoints in bfloat16 on a CPU."""
+    toy = ["--toy_models_dir", str(tmp_path)]
+    for runner, argv in (
+        ("spec", ["--scorer", "prm", "--prm_kind", "pooling"]),
+        ("spec", ["--policy", "lookahead", "--verifier", "embedding"]),
+        ("spec", ["--policy", "lookahead"]),
+    ):
+        models = config_of_command(runner, [*toy, *argv]).models
+        assert len(models) >= 3
+        for role, model in models.items():
+            # argparse keeps a flag's last value: the toy models' flags come after the role's own
+            command = server_command(ServerSpec(name=role, model=model.model, extra_args=model.server_args), 8000)
+            last = max(i for i, arg in enumerate(command) if arg == "--dtype")
+            assert command[last + 1] == "float32", role
+    # `spectra api` gives the toy models as flags
+    flags = demo_model_flags({"toy_models_dir": str(tmp_path)}, ["big", "small"])
+    assert flags["big_server_args"] == flags["small_server_args"] == "--dtype float32"
+    assert flags["big_model"].endswith("big-costly")
