@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--refuse_start_if")
     parser.add_argument("--crash_after_health", type=int)
-    args = parser.parse_args()
+    args, _vllm_flags = parser.parse_known_args()  # it stands in for vLLM: vLLM's flags change nothing
     Handler.health_checks_left = args.crash_after_health
     if args.refuse_start_if and Path(args.refuse_start_if).exists():
         print(REFUSED_LINE, flush=True)

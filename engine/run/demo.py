@@ -42,8 +42,10 @@ DEMO_LIMITS = {"max_problems_in_flight": 1}
 # The toy PRM's cheap reading: one generated token after the step tag, through the prefix cache.
 DEMO_PRM_KIND = "tag_token"
 
-# The toy models were taught chat-rendered conversations, so every runner sends them those, SpecLRM's too.
-DEMO_PROMPTS = {"prompt_format": "chat"}
+# The toy models were taught chat-rendered conversations with the default set's problem message, so
+# every runner sends them those (SpecLRM's raw text, SplitReason's and search's own messages too), as
+# benchmarks.toy_world does.
+DEMO_PROMPTS = {"prompt_format": "chat", "prompt_set": "default"}
 
 Say = Callable[[str], None]  # a line telling the person at the screen what is happening
 

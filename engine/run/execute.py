@@ -326,8 +326,10 @@ async def model_endpoints(
     `serving` (the API, which serves several methods): role -> the config whose needs (logprobs,
     a strategy's server flags) its server is started for; `config` gives the rest."""
     serving = serving or {role: config for role in roles_needed(config)}
-    to_start = []
-    for role, needs in serving.items():
+    to_start: list[ServerSpec] = []
+    server_of: dict[str, ServerSpec] = {}  # role -> the server started for it
+    # In `Role` order: a server two roles share is named after the writer (small), not the judge.
+    for role, needs in sorted(serving.items(), key=lambda item: list(Role).index(item[0])):
         model_config = config.model(role)
         if not model_config.urls:
             length = config.max_model_len or await asyncio.to_thread(model_context_length, model_config.model)
@@ -339,8 +341,12 @@ async def model_endpoints(
                 extra_args=extra_args + _server_args(needs, role),
                 api_key=model_config.api_key,
             )
-            to_start.append(spec)
-    lengths = {spec.name: spec.max_model_len for spec in to_start}
+            # Roles given the same model with the same server flags (lookahead's judge played by the
+            # small model) share one server: a second would only split the cores.
+            twin = next((other for other in to_start if dataclasses.replace(spec, name=other.name) == other), None)
+            if twin is None:
+                to_start.append(spec)
+            server_of[role] = twin or spec
     async with AsyncExitStack() as stack:
         started = {}
         if to_start:
@@ -350,8 +356,10 @@ async def model_endpoints(
         endpoints = {}
         for role in serving:
             model_config = config.model(role)
-            if role in started:
-                endpoints[role] = Endpoint((started[role].url,), started[role].model, lengths[role])
+            if role in server_of:
+                spec = server_of[role]
+                server = started[spec.name]
+                endpoints[role] = Endpoint((server.url,), server.model, spec.max_model_len)
                 continue
             served = await _check_replicas(session, model_config, role)
             endpoints[role] = Endpoint(model_config.urls, served.id, served.max_model_len)

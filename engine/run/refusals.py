@@ -134,15 +134,21 @@ def refuse_idle_flags(flags: Flags, config: RunConfig) -> None:
 
 # The track flags that end a loop of steps.
 STEP_LOOP_FLAGS = ("stop_rule", "max_steps")
+# The track flags that cut steps: a continuous policy's chunks join as written, each free to spend
+# the budget left (`engine.reasoning.track`), so they change nothing there.
+STEP_CUT_FLAGS = ("max_step_tokens", "step_delimiter")
 
 
 def refuse_step_rules_without_steps(flags: Flags, config: RunConfig) -> None:
     """`--stop_rule` and `--max_steps` end a loop of steps: given for a policy that writes each track
     in one request, or as one continuous text (SplitReason's chunks, which end by its own rules),
-    they change nothing."""
-    given = next((name for name in STEP_LOOP_FLAGS if flags.get(name) is not None), None)
+    they change nothing; nor do `--max_step_tokens` and `--step_delimiter` for a continuous text."""
     policy = POLICIES[config.policy]
-    if given is None or not STRATEGIES[config.strategy].runs_policy:
+    if not STRATEGIES[config.strategy].runs_policy:
+        return
+    flag_names = (*STEP_LOOP_FLAGS, *STEP_CUT_FLAGS) if policy.continuous else STEP_LOOP_FLAGS
+    given = next((name for name in flag_names if flags.get(name) is not None), None)
+    if given is None:
         return
     if policy.continuous:
         raise UsageError(f"--{given} changes nothing: policy {config.policy} writes one continuous text, not steps")

@@ -97,3 +97,11 @@ def test_every_toy_model_is_served_in_float32_as_it_is_measured(tmp_path):
     flags = demo_model_flags({"toy_models_dir": str(tmp_path)}, ["big", "small"])
     assert flags["big_server_args"] == flags["small_server_args"] == "--dtype float32"
     assert flags["big_model"].endswith("big-costly")
+
+
+def test_every_runner_sends_the_toy_models_the_default_set_they_were_taught(tmp_path):
+    toy = ["--toy_models_dir", str(tmp_path)]
+    assert config_of_command("split", [*toy, "--spec_reason"]).prompt_set == "default"
+    assert config_of_command("search", toy).prompt_set == "default"
+    given = config_of_command("split", [*toy, "--spec_reason", "--prompt_set", "splitreason"])
+    assert given.prompt_set == "splitreason"

@@ -180,6 +180,17 @@ def refusal(capsys, tmp_path, runner, *argv):
             [*BOTH, "--random_switch", "--stop_rule", "rsd"],
             "--stop_rule changes nothing: policy random_switch writes one continuous text, not steps",
         ),
+        # nor the flags that cut steps, where a continuous text has none
+        (
+            "split",
+            [*BOTH, "--spec_reason", "--max_step_tokens", "256"],
+            "--max_step_tokens changes nothing: policy spec_reason writes one continuous text, not steps",
+        ),
+        (
+            "spec",
+            [*BOTH, "--policy", "takeover", "--step_delimiter", "\\n"],
+            "--step_delimiter changes nothing: policy takeover writes one continuous text, not steps",
+        ),
         ("search", [*SEARCH, "--max_steps", "3"], "--max_steps changes nothing: strategy best_of_n runs no step"),
         ("spec", [*BOTH, "--max_steps", "0"], "--max_steps must be at least 1, not 0"),
         # RAST renders no prompt

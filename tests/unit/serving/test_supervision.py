@@ -14,6 +14,8 @@ import pytest
 
 from engine.errors import ServerDiedError, ServerStartError
 from engine.run.config import RunConfig
+from engine.run.configure import config_of_command
+from engine.run.execute import model_endpoints
 from engine.serving import servers
 from engine.serving.servers import serve_models
 from engine.serving.vllm_command import ServerSpec
@@ -211,3 +213,19 @@ def test_server_restarts_is_a_flag_saved_with_the_run_and_out_of_the_digest():
 def test_server_restarts_that_cannot_apply_are_refused(capsys, tmp_path, flags, message):
     code, errors = run_cli(capsys, tmp_path, *flags)
     assert code == 2 and len(errors) == 1 and message in errors[0]
+
+
+async def test_roles_given_the_same_model_and_server_flags_share_one_server(tmp_path, monkeypatch):
+    """Lookahead's judge played by the small model is the small model's server, not a second one."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    models = ["--big_model", "big", "--small_model", "small", "--max_model_len", "64"]
+    argv = [*models, "--policy", "lookahead", "--judge_model", "small", "--output_dir", str(tmp_path)]
+    config = config_of_command("spec", argv)
+    async with aiohttp.ClientSession() as session, model_endpoints(config, session) as endpoints:
+        assert set(endpoints) == {"big", "small", "judge"}
+        assert endpoints["judge"] == endpoints["small"] and endpoints["big"].urls != endpoints["small"].urls
+    assert sorted(log.name for log in (tmp_path / "server-logs").iterdir()) == ["big.log", "small.log"]
+    # other server flags: a server of its own
+    config = config_of_command("spec", [*argv, "--judge_server_args=--max-logprobs 30"])
+    async with aiohttp.ClientSession() as session, model_endpoints(config, session) as endpoints:
+        assert endpoints["judge"].urls != endpoints["small"].urls
