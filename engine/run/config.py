@@ -62,18 +62,27 @@ class DataConfig:
     shard: str | None = None
 
 
-# Track flags added since run folders were first made, left out of the digest at their defaults so
-# that those folders keep theirs.
+# Flags added since run folders were first made whose defaults do what the run did before: left out
+# of the digest at their defaults so that those folders keep theirs and resume. Track flags, then
+# spec's (its judge and drafts a step: at their defaults, SpecReason's big judge and one draft).
 LATER_TRACK_FLAGS = ("stop_rule", "max_steps")
+LATER_POLICY_FLAGS = ("scorer", "prm_threshold", "prm_kind", "drafts_per_step")
 
 
 def decisive_reasoning(reasoning: ReasoningConfig) -> dict[str, Any]:
     """The track flags the config digest covers: all, those added later only when set."""
-    values = dataclasses.asdict(reasoning)
-    for name in LATER_TRACK_FLAGS:
-        if values[name] == getattr(ReasoningConfig, name):
-            del values[name]
-    return values
+    return _decisive(reasoning, LATER_TRACK_FLAGS)
+
+
+def decisive_policy(settings: Any) -> dict[str, Any]:
+    """The policy settings the config digest covers: all, those added later only when set."""
+    return _decisive(settings, LATER_POLICY_FLAGS)
+
+
+def _decisive(settings: Any, later: tuple[str, ...]) -> dict[str, Any]:
+    defaults = {f.name: f.default for f in dataclasses.fields(settings)}
+    values = dataclasses.asdict(settings)
+    return {name: value for name, value in values.items() if name not in later or value != defaults[name]}
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,7 @@ class RunConfig:
             "runner": self.runner,
             "models": {role: m.model for role, m in sorted(self.models.items())},
             "policy": self.policy,
-            "policy_settings": dataclasses.asdict(self.policy_settings),
+            "policy_settings": decisive_policy(self.policy_settings),
             "strategy": self.strategy,
             "strategy_settings": dataclasses.asdict(self.strategy_settings),
             "reasoning": decisive_reasoning(self.reasoning),

@@ -8,7 +8,14 @@ import shutil
 import pytest
 
 from engine.data.prompts import _package_root
-from engine.run.config import DataConfig, ModelConfig, RunConfig, SchedulerLimits, decisive_reasoning
+from engine.run.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    SchedulerLimits,
+    decisive_policy,
+    decisive_reasoning,
+)
 from engine.run.execute import execute, model_endpoints
 from engine.serving.servers import RunningServer
 from engine.serving.vllm_command import model_context_length
@@ -119,3 +126,14 @@ def test_the_digest_covers_the_stop_rule_and_the_step_limit_and_leaves_them_out_
         assert set(changed) <= set(decisive_reasoning(reasoning))
     # run folders made before the two flags keep their digest: at their defaults they are not in it
     assert not {"stop_rule", "max_steps"} & set(decisive_reasoning(config.reasoning))
+
+
+def test_spec_run_folders_made_before_its_judges_and_drafts_keep_their_digest():
+    models = {"big": ModelConfig("b"), "small": ModelConfig("s")}
+    config = RunConfig(runner="spec", output_dir="x", models=models)
+    # spec's settings as run folders hold them from before --scorer (tests/fixtures/runner_configs.json)
+    before = {"first_n_steps_base_model": 0, "pipeline_depth": 0, "score_method": "greedy", "score_threshold": 7.0}
+    assert decisive_policy(config.policy_settings) == before
+    for changed in ({"scorer": "prm"}, {"drafts_per_step": 2}, {"prm_threshold": 0.5}):
+        settings = dataclasses.replace(config.policy_settings, **changed)
+        assert dataclasses.replace(config, policy_settings=settings).digest() != config.digest()
