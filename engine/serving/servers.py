@@ -18,6 +18,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -167,7 +168,7 @@ class _Process:
             # Own session = own process group, so stopping reaches vLLM's engine processes too and a
             # Ctrl-C in our terminal does not hit the servers before we stop them in order.
             self.popen = subprocess.Popen(
-                self.command,
+                orphan_guarded(self.command),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -180,6 +181,29 @@ class _Process:
         self.backstop = functools.partial(_kill_group, self.popen.pid, signal.SIGKILL)
         atexit.register(self.backstop)
         self.running.pid = self.popen.pid
+
+
+# Python run before the server's own program: it asks Linux to send the server SIGTERM when the
+# thread that started it ends (PR_SET_PDEATHSIG, which survives exec), so that a `kill -9` of spectra,
+# which no `finally` or atexit outlives, does not leave a vLLM server holding its port and memory; then
+# it becomes the server's program (exec: the same pid). The first argument is spectra's pid: a parent
+# gone before the request was made is seen as a changed parent.
+_ORPHAN_GUARD = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def orphan_guarded(command: list[str]) -> list[str]:
+    """`command`, ended by Linux when the spectra process that starts it dies (elsewhere, as is).
+
+    Servers are started from the event loop's thread, which lives as long as the process."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-c", _ORPHAN_GUARD, str(os.getpid()), *command]
 
 
 async def _supervise(

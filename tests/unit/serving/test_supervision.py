@@ -229,3 +229,42 @@ async def test_roles_given_the_same_model_and_server_flags_share_one_server(tmp_
     config = config_of_command("spec", [*argv, "--judge_server_args=--max-logprobs 30"])
     async with aiohttp.ClientSession() as session, model_endpoints(config, session) as endpoints:
         assert endpoints["judge"].urls != endpoints["small"].urls
+
+
+SPECTRA_WITH_A_STAND_IN = """
+import asyncio, sys
+from pathlib import Path
+from engine.logging import configure_logging
+from engine.serving import servers
+from engine.serving.vllm_command import ServerSpec
+
+configure_logging(json=False, level="warning")
+servers.server_command = lambda spec, port: [sys.executable, "-m", "tests.fake_server_process", "--port", str(port)]
+
+async def serve():
+    spec = ServerSpec(name="small", model="stand-in", cpu=False)
+    async with servers.serve_models([spec], log_dir=Path(sys.argv[1])) as running:
+        print(running["small"].pid, running["small"].url, flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(serve())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_a_server_does_not_outlive_a_spectra_killed_with_sigkill(tmp_path):
+    """No `finally` or atexit runs after a `kill -9`: Linux ends the server with its parent."""
+    spectra = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SPECTRA_WITH_A_STAND_IN, str(tmp_path),
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    pid, url = (await asyncio.wait_for(spectra.stdout.readline(), 60)).decode().split()
+    async with aiohttp.ClientSession() as session:
+        assert await health_pid(session, url) == int(pid), "the guard became the server (exec: the same pid)"
+        spectra.kill()
+        await spectra.wait()
+        for _ in range(600):
+            if await health_pid(session, url) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert await health_pid(session, url) is None, "the server outlived spectra"
