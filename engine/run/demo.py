@@ -69,7 +69,6 @@ def demo_models(flags: Mapping[str, Any], roles: Collection[str]) -> dict[str, M
     folder = Path(flags.get("toy_models_dir") or TOY_MODELS_DIR)
     toy = make_toy_models(folder)
     # The costly big model: the trained big model's function at a big model's cost per token.
-    # The costly big model: the trained big model's function at a big model's cost per token.
     served = {"big": (toy.costly_big, ()), "small": (toy.small, ())}
     if "prm" in roles:
         kind = flags.get("prm_kind")

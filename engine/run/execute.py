@@ -357,9 +357,9 @@ async def model_endpoints(
         for role in serving:
             model_config = config.model(role)
             if role in server_of:
-                spec = server_of[role]
-                server = started[spec.name]
-                endpoints[role] = Endpoint((server.url,), server.model, spec.max_model_len)
+                started_for = server_of[role]
+                server = started[started_for.name]
+                endpoints[role] = Endpoint((server.url,), server.model, started_for.max_model_len)
                 continue
             served = await _check_replicas(session, model_config, role)
             endpoints[role] = Endpoint(model_config.urls, served.id, served.max_model_len)
