@@ -31,7 +31,7 @@ def test_only_a_mode_that_scores_with_the_prm_is_given_the_prm():
 
 def test_every_mode_s_samples_fit_the_toy_servers_context_after_a_prompt():
     """A run whose budget and prompt overflow the servers' context is refused before it starts."""
-    modes = (*MODES, *CONFIDENCE_MODES, *SEARCH_MODES, *PRM_SEARCH_MODES, *JUDGE_MODES, *SPEED_MODES)
-    for mode in (*modes, *THROUGHPUT_MODES):
+    groups = (MODES, CONFIDENCE_MODES, SEARCH_MODES, PRM_SEARCH_MODES, JUDGE_MODES, SPEED_MODES, THROUGHPUT_MODES)
+    for mode in (mode for group in groups for mode in group):
         budget, flags = sample_budget(run_config(mode, MODELS, 4, Path("out")))
         assert budget + PROMPT_ROOM <= MAX_POSITIONS, f"{mode.name}: {flags} {budget}"
